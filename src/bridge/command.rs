@@ -1,0 +1,216 @@
+//! Turning a `/set` message into a validated [`Command`]. Pure: no I/O, no clock reads.
+
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use crate::model::{Capability, Command, GuardPower};
+
+/// A parsed `/set` payload: plain text (`UNLOCK`, `PRESS`, `200W`, `25`) or JSON
+/// `{"action": "...", "code": "...", "id": "...", "ts": <unix s or ms>}`.
+#[derive(Debug, Default, PartialEq)]
+pub struct Payload {
+    pub action: String,
+    pub code: Option<String>,
+    pub id: Option<String>,
+    /// When the sender issued the command, in unix milliseconds.
+    pub ts_ms: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct JsonPayload {
+    #[serde(default, alias = "state", alias = "value")]
+    action: Option<serde_json::Value>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    ts: Option<i64>,
+}
+
+/// Largest `/set` payload looked at; anything bigger is refused unread.
+pub const MAX_PAYLOAD: usize = 4096;
+
+pub fn parse_payload(raw: &[u8]) -> Result<Payload, String> {
+    if raw.len() > MAX_PAYLOAD {
+        return Err(format!(
+            "payload of {} bytes exceeds {MAX_PAYLOAD}",
+            raw.len()
+        ));
+    }
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| "payload is not UTF-8".to_string())?
+        .trim();
+    if text.starts_with('{') {
+        let p: JsonPayload =
+            serde_json::from_str(text).map_err(|e| format!("bad JSON payload: {e}"))?;
+        let action = match p.action {
+            Some(serde_json::Value::String(s)) => s,
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            Some(other) => return Err(format!("`action` must be a string or number, got {other}")),
+            None => "PRESS".to_string(),
+        };
+        // Seconds or milliseconds: anything below 10^11 is seconds (year 5138 in ms).
+        let ts_ms = p.ts.map(|t| {
+            if t.abs() < 100_000_000_000 {
+                t.saturating_mul(1000)
+            } else {
+                t
+            }
+        });
+        let id =
+            p.id.map(|s| s.chars().filter(|c| !c.is_control()).take(64).collect());
+        Ok(Payload {
+            action: action.trim().to_string(),
+            code: p.code,
+            id,
+            ts_ms,
+        })
+    } else {
+        Ok(Payload {
+            action: text.to_string(),
+            ..Default::default()
+        })
+    }
+}
+
+/// Maps an entity key and action onto a command the vehicle supports.
+pub fn to_command(entity: &str, action: &str, caps: &[Capability]) -> Result<Command, String> {
+    let has = |c: &Capability| caps.contains(c);
+    let unsupported = || format!("vehicle does not support `{entity}`");
+    let upper = action.to_ascii_uppercase();
+    let cmd = match entity {
+        "lock" if has(&Capability::Lock) => match upper.as_str() {
+            "LOCK" => Command::Lock,
+            "UNLOCK" => Command::Unlock,
+            _ => return Err(format!("lock takes LOCK or UNLOCK, not `{action}`")),
+        },
+        "engine" if has(&Capability::Engine) => match upper.as_str() {
+            "ON" | "START" => Command::EngineStart,
+            "OFF" | "STOP" => Command::EngineStop,
+            _ => return Err(format!("engine takes ON or OFF, not `{action}`")),
+        },
+        "horn_lights" if has(&Capability::HornAndLights) => Command::HornAndLights,
+        "flash_lights" if has(&Capability::FlashLights) => Command::FlashLights,
+        "horn" if has(&Capability::Horn) => Command::Horn,
+        "open_seat" if has(&Capability::OpenSeat) => Command::OpenSeat,
+        "open_glovebox" if has(&Capability::OpenGlovebox) => Command::OpenGlovebox,
+        "open_helmet" if has(&Capability::OpenHelmet) => Command::OpenHelmet,
+        "hazard_lights" if has(&Capability::HazardLights) => Command::HazardLights,
+        "guard_power" if has(&Capability::GuardPower) => Command::Guard(
+            GuardPower::parse(action)
+                .ok_or_else(|| format!("guard_power takes one of {:?}", GuardPower::OPTIONS))?,
+        ),
+        "max_speed" => {
+            let max = caps
+                .iter()
+                .find_map(|c| match c {
+                    Capability::MaxSpeed { max } => Some(*max),
+                    _ => None,
+                })
+                .ok_or_else(unsupported)?;
+            let v: f64 = action
+                .parse()
+                .map_err(|_| format!("max_speed takes a number, not `{action}`"))?;
+            if !(1.0..=f64::from(max)).contains(&v) {
+                return Err(format!("max_speed must be 1 to {max} km/h"));
+            }
+            Command::MaxSpeed(v.round() as u16)
+        }
+        _ => match entity.strip_prefix("cmd_") {
+            Some(name) if has(&Capability::Passthrough(name.to_string())) => {
+                Command::Passthrough(name.to_string())
+            }
+            _ => return Err(unsupported()),
+        },
+    };
+    Ok(cmd)
+}
+
+/// Compares a PIN in constant time (for equal lengths; a length mismatch is rejected
+/// after the same amount of work).
+pub fn pin_matches(expected: &str, given: Option<&str>) -> bool {
+    let given = given.unwrap_or("").as_bytes();
+    let expected = expected.as_bytes();
+    if given.len() != expected.len() {
+        // Burn comparable time so a wrong length is not cheaper to detect.
+        let _ = expected.ct_eq(expected);
+        return false;
+    }
+    expected.ct_eq(given).into()
+}
+
+/// Whether a command stamped `ts_ms` is too old (or too far in the future) at `now_ms`.
+pub fn is_expired(ts_ms: Option<i64>, now_ms: i64, max_age_ms: i64) -> bool {
+    match ts_ms {
+        Some(ts) => {
+            now_ms.saturating_sub(ts) > max_age_ms || ts.saturating_sub(now_ms) > max_age_ms
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_and_json_payloads() {
+        assert_eq!(parse_payload(b" UNLOCK\n").unwrap().action, "UNLOCK");
+        let p = parse_payload(br#"{"action":"UNLOCK","code":"1234","id":"a1","ts":1700000000}"#)
+            .unwrap();
+        assert_eq!(p.action, "UNLOCK");
+        assert_eq!(p.code.as_deref(), Some("1234"));
+        assert_eq!(p.id.as_deref(), Some("a1"));
+        assert_eq!(p.ts_ms, Some(1_700_000_000_000));
+        assert_eq!(
+            parse_payload(br#"{"ts":1700000000123}"#).unwrap().ts_ms,
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(parse_payload(br#"{"value":25}"#).unwrap().action, "25");
+        assert!(parse_payload(b"{not json").is_err());
+        assert!(parse_payload(&[0xff, 0xfe]).is_err());
+        assert!(parse_payload(&vec![b'a'; MAX_PAYLOAD + 1]).is_err());
+    }
+
+    #[test]
+    fn commands_need_capabilities() {
+        let caps = vec![
+            Capability::Lock,
+            Capability::MaxSpeed { max: 45 },
+            Capability::Passthrough("reboot".into()),
+        ];
+        assert_eq!(to_command("lock", "unlock", &caps), Ok(Command::Unlock));
+        assert_eq!(to_command("lock", "LOCK", &caps), Ok(Command::Lock));
+        assert!(to_command("lock", "OPEN", &caps).is_err());
+        assert!(to_command("engine", "ON", &caps).is_err());
+        assert_eq!(
+            to_command("max_speed", "25", &caps),
+            Ok(Command::MaxSpeed(25))
+        );
+        assert!(to_command("max_speed", "46", &caps).is_err());
+        assert!(to_command("max_speed", "fast", &caps).is_err());
+        assert_eq!(
+            to_command("cmd_reboot", "PRESS", &caps),
+            Ok(Command::Passthrough("reboot".into()))
+        );
+        assert!(to_command("cmd_other", "PRESS", &caps).is_err());
+        assert!(to_command("horn", "PRESS", &caps).is_err());
+    }
+
+    #[test]
+    fn pin_comparison() {
+        assert!(pin_matches("1234", Some("1234")));
+        assert!(!pin_matches("1234", Some("1235")));
+        assert!(!pin_matches("1234", Some("12345")));
+        assert!(!pin_matches("1234", None));
+    }
+
+    #[test]
+    fn expiry() {
+        assert!(!is_expired(None, 1_000_000, 60_000));
+        assert!(!is_expired(Some(990_000), 1_000_000, 60_000));
+        assert!(is_expired(Some(900_000), 1_000_000, 60_000));
+        assert!(is_expired(Some(1_100_000), 1_000_000, 60_000));
+    }
+}

@@ -1,0 +1,710 @@
+//! The hub: receives connector updates, keeps each vehicle's last state, publishes state,
+//! availability and discovery, validates commands and routes them to their connector.
+//!
+//! Everything here runs on one task, so vehicle state needs no locks. The hub never waits
+//! on MQTT (see [`crate::mqtt::Publisher`]); per-vehicle command workers do the waiting.
+
+pub mod command;
+mod worker;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use chrono::{SecondsFormat, Utc};
+use rand::Rng;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{BrokerUrl, Config};
+use crate::connector::{CommandRequest, Connector, ConnectorContext, Update, UpdateSink};
+use crate::hass::{self, Topics, VehicleDiscovery};
+use crate::model::{
+    lock_state, Command, CommandStatus, Field, Value, VehicleEvent, VehicleId, VehicleInfo,
+    VehicleState,
+};
+use crate::mqtt::{self, MqttEvent, Publisher};
+use worker::{Queued, WorkerEvent};
+
+/// Capacity of the connectors → hub queue.
+const UPDATE_QUEUE: usize = 8192;
+/// Capacity of each connector's command queue.
+const CONNECTOR_COMMAND_QUEUE: usize = 64;
+
+struct ConnectorSlot {
+    name: &'static str,
+    commands: mpsc::Sender<CommandRequest>,
+    links: usize,
+    error: Option<String>,
+}
+
+struct Vehicle {
+    owner: usize,
+    info: VehicleInfo,
+    state: VehicleState,
+    /// The connector's view.
+    online: bool,
+    last_update: Option<Instant>,
+    stale: bool,
+    published_availability: Option<bool>,
+    /// Discovery topic → payload, as last published.
+    discovery: BTreeMap<String, String>,
+    /// What decided the entity set last time; rebuild discovery only when it changes.
+    entity_signature: Option<(Vec<Field>, bool)>,
+    /// Per-field topic → payload, as last published (only with `per_field_topics`).
+    field_payloads: BTreeMap<String, String>,
+    /// LOCKING / UNLOCKING while a lock command is in flight.
+    pending_lock: Option<&'static str>,
+    worker: Option<mpsc::Sender<Queued>>,
+}
+
+impl Vehicle {
+    fn new(owner: usize, info: VehicleInfo) -> Vehicle {
+        Vehicle {
+            owner,
+            info,
+            state: VehicleState::default(),
+            online: true,
+            last_update: None,
+            stale: false,
+            published_availability: None,
+            discovery: BTreeMap::new(),
+            entity_signature: None,
+            field_payloads: BTreeMap::new(),
+            pending_lock: None,
+            worker: None,
+        }
+    }
+
+    fn available(&self) -> bool {
+        self.online && !self.stale
+    }
+}
+
+fn default_info(id: &VehicleId, connector: &str) -> VehicleInfo {
+    VehicleInfo {
+        id: id.clone(),
+        name: id.to_string(),
+        manufacturer: connector.to_string(),
+        model: "Vehicle".into(),
+        sw_version: None,
+        capabilities: Vec::new(),
+        event_types: Vec::new(),
+    }
+}
+
+fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn new_command_id() -> String {
+    format!("{:016x}", rand::rng().random::<u64>())
+}
+
+struct Hub {
+    config: Config,
+    topics: Topics,
+    publisher: Publisher,
+    connectors: Vec<ConnectorSlot>,
+    vehicles: HashMap<VehicleId, Vehicle>,
+    worker_tx: mpsc::Sender<WorkerEvent>,
+    last_error: Option<String>,
+    info_dirty: bool,
+    last_info: String,
+    rediscover_at: Option<Instant>,
+}
+
+/// Runs the bridge until `shutdown` is cancelled: starts the broker (if embedded), the
+/// MQTT client and every connector.
+pub async fn run(
+    config: Config,
+    connectors: Vec<Box<dyn Connector>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let endpoint = match config
+        .mqtt
+        .broker_url()
+        .map_err(anyhow::Error::msg)
+        .context("mqtt.url")?
+    {
+        BrokerUrl::Embedded => start_embedded(&config)?,
+        BrokerUrl::Tcp { host, port, tls } => mqtt::Endpoint { host, port, tls },
+    };
+    let (mqtt_tx, mut mqtt_rx) = mpsc::channel(1024);
+    let (publisher, mqtt_task) = mqtt::start(&config.mqtt, &endpoint, mqtt_tx)?;
+
+    let (update_tx, mut update_rx) = mpsc::channel(UPDATE_QUEUE);
+    let (worker_tx, mut worker_rx) = mpsc::channel(1024);
+    let (exit_tx, mut exit_rx) = mpsc::channel::<(usize, String)>(16);
+    let mut slots = Vec::new();
+    for (index, connector) in connectors.into_iter().enumerate() {
+        let name = connector.name();
+        let (cmd_tx, cmd_rx) = mpsc::channel(CONNECTOR_COMMAND_QUEUE);
+        let ctx = ConnectorContext {
+            updates: UpdateSink::new(index, update_tx.clone()),
+            commands: cmd_rx,
+            shutdown: shutdown.child_token(),
+        };
+        let exit_tx = exit_tx.clone();
+        tokio::spawn(async move {
+            let result = connector.run(ctx).await;
+            let reason = match result {
+                Ok(()) => "stopped".to_string(),
+                Err(err) => format!("{err:#}"),
+            };
+            let _ = exit_tx.send((index, reason)).await;
+        });
+        tracing::info!(
+            event = "connector_started",
+            connector = name,
+            "connector started"
+        );
+        slots.push(ConnectorSlot {
+            name,
+            commands: cmd_tx,
+            links: 0,
+            error: None,
+        });
+    }
+    drop(update_tx);
+
+    let topics = Topics::new(&config.mqtt.base_topic, &config.mqtt.discovery_prefix);
+    let mut hub = Hub {
+        config,
+        topics,
+        publisher: publisher.clone(),
+        connectors: slots,
+        vehicles: HashMap::new(),
+        worker_tx,
+        last_error: None,
+        info_dirty: true,
+        last_info: String::new(),
+        rediscover_at: None,
+    };
+    let stale_check = (hub.config.bridge.stale_after / 4)
+        .clamp(Duration::from_millis(200), Duration::from_secs(30));
+    let mut stale_tick = tokio::time::interval(stale_check);
+    let mut info_tick = tokio::time::interval(Duration::from_secs(1));
+
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some((index, update)) = update_rx.recv() => hub.on_update(index, update),
+            Some(event) = mqtt_rx.recv() => hub.on_mqtt(event),
+            Some(event) = worker_rx.recv() => hub.on_worker(event),
+            Some((index, reason)) = exit_rx.recv() => {
+                let name = hub.connectors[index].name;
+                if !shutdown.is_cancelled() {
+                    tracing::error!(event = "connector_exited", connector = name, reason = %reason, "connector stopped");
+                    hub.set_error(format!("{name}: {reason}"));
+                }
+            }
+            _ = async { tokio::time::sleep_until(hub.rediscover_at.unwrap_or_else(Instant::now)).await },
+                if hub.rediscover_at.is_some() => {
+                hub.rediscover_at = None;
+                hub.publish_everything(true);
+            }
+            _ = stale_tick.tick() => hub.check_stale(),
+            _ = info_tick.tick() => hub.flush_info(),
+        }
+    }
+
+    tracing::info!(event = "shutdown", "shutting down: publishing offline");
+    hub.publisher
+        .publish(&hub.topics.bridge_state(), "offline", true);
+    publisher.disconnect().await;
+    if tokio::time::timeout(Duration::from_secs(5), mqtt_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            event = "shutdown_flush_timeout",
+            "MQTT did not flush within 5 s"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(feature = "embedded-broker")]
+fn start_embedded(config: &Config) -> anyhow::Result<mqtt::Endpoint> {
+    let listen = mqtt::broker::start(&config.mqtt, 20_000)?;
+    let host = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => Ipv4Addr::LOCALHOST.to_string(),
+        IpAddr::V6(ip) if ip.is_unspecified() => Ipv6Addr::LOCALHOST.to_string(),
+        ip => ip.to_string(),
+    };
+    tracing::info!(event = "embedded_broker_started", listen = %listen,
+        "embedded MQTT broker listening on {listen}: point Home Assistant's MQTT integration here");
+    Ok(mqtt::Endpoint {
+        host,
+        port: listen.port(),
+        tls: false,
+    })
+}
+
+#[cfg(not(feature = "embedded-broker"))]
+fn start_embedded(_config: &Config) -> anyhow::Result<mqtt::Endpoint> {
+    anyhow::bail!(
+        "mqtt.url = \"embedded\" but this build has no embedded broker (feature `embedded-broker`)"
+    )
+}
+
+impl Hub {
+    fn set_error(&mut self, error: String) {
+        self.last_error = Some(error);
+        self.info_dirty = true;
+    }
+
+    // ---- connector updates -------------------------------------------------------
+
+    fn on_update(&mut self, owner: usize, update: Update) {
+        match update {
+            Update::Vehicle(info) => {
+                let id = info.id.clone();
+                match self.vehicles.get_mut(&id) {
+                    Some(v) => {
+                        v.owner = owner;
+                        if v.info != info {
+                            v.info = info;
+                            v.entity_signature = None;
+                        }
+                    }
+                    None => {
+                        tracing::info!(event = "vehicle_added", vehicle = %id, connector = self.connectors[owner].name, "new vehicle");
+                        self.vehicles.insert(id.clone(), Vehicle::new(owner, info));
+                        self.info_dirty = true;
+                    }
+                }
+                self.sync_discovery(&id, false);
+                self.publish_availability(&id, false);
+            }
+            Update::State {
+                vehicle,
+                state,
+                replace,
+            } => {
+                let name = self.connectors[owner].name;
+                let v = self.vehicles.entry(vehicle.clone()).or_insert_with(|| {
+                    tracing::info!(event = "vehicle_added", vehicle = %vehicle, connector = name, "new vehicle");
+                    Vehicle::new(owner, default_info(&vehicle, name))
+                });
+                if replace {
+                    v.state = state;
+                } else {
+                    v.state.merge(state);
+                }
+                v.state.set(Field::LastUpdate, now_rfc3339());
+                v.last_update = Some(Instant::now());
+                v.stale = false;
+                self.info_dirty = true;
+                self.sync_discovery(&vehicle, false);
+                self.publish_state(&vehicle);
+                self.publish_availability(&vehicle, false);
+            }
+            Update::Availability { vehicle, online } => {
+                if let Some(v) = self.vehicles.get_mut(&vehicle) {
+                    v.online = online;
+                    self.publish_availability(&vehicle, false);
+                }
+            }
+            Update::Event { vehicle, event } => self.publish_event(&vehicle, event),
+            Update::Health { links, error } => {
+                let slot = &mut self.connectors[owner];
+                slot.links = links;
+                if let Some(err) = error {
+                    let msg = format!("{}: {err}", slot.name);
+                    slot.error = Some(err);
+                    self.set_error(msg);
+                }
+                self.info_dirty = true;
+            }
+        }
+    }
+
+    // ---- publishing ----------------------------------------------------------------
+
+    fn publish_state(&mut self, id: &VehicleId) {
+        let Some(v) = self.vehicles.get_mut(id) else {
+            return;
+        };
+        let mut json = v.state.to_json();
+        if let Some(pending) = v.pending_lock {
+            json["lock"] = pending.into();
+        }
+        let topic = self.topics.vehicle(id.as_str(), "state");
+        self.publisher.publish(&topic, json.to_string(), true);
+        if self.config.mqtt.per_field_topics {
+            for (field, value) in &v.state.values {
+                let topic = self.topics.vehicle(id.as_str(), field.key());
+                let payload = match (field, v.pending_lock) {
+                    (Field::Lock, Some(p)) => p.to_string(),
+                    _ => value.to_payload(),
+                };
+                if v.field_payloads.get(&topic) != Some(&payload) {
+                    self.publisher.publish(&topic, payload.clone(), true);
+                    v.field_payloads.insert(topic, payload);
+                }
+            }
+            if let Some(p) = v.state.position {
+                for (leaf, val) in [("latitude", p.latitude), ("longitude", p.longitude)] {
+                    let topic = self.topics.vehicle(id.as_str(), leaf);
+                    let payload = val.to_string();
+                    if v.field_payloads.get(&topic) != Some(&payload) {
+                        self.publisher.publish(&topic, payload.clone(), true);
+                        v.field_payloads.insert(topic, payload);
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish_availability(&mut self, id: &VehicleId, force: bool) {
+        let Some(v) = self.vehicles.get_mut(id) else {
+            return;
+        };
+        let available = v.available();
+        if force || v.published_availability != Some(available) {
+            v.published_availability = Some(available);
+            let topic = self.topics.vehicle(id.as_str(), "availability");
+            self.publisher
+                .publish(&topic, if available { "online" } else { "offline" }, true);
+        }
+    }
+
+    /// Publishes discovery documents that changed and removes those no longer wanted.
+    /// With `force`, re-publishes every document (after a reconnect or HA birth).
+    fn sync_discovery(&mut self, id: &VehicleId, force: bool) {
+        if !self.config.mqtt.discovery {
+            return;
+        }
+        let pin_required = !self.config.bridge.command_pin.is_empty();
+        let Some(v) = self.vehicles.get_mut(id) else {
+            return;
+        };
+        let signature = (
+            v.state.values.keys().copied().collect::<Vec<_>>(),
+            v.state.position.is_some(),
+        );
+        if !force && v.entity_signature.as_ref() == Some(&signature) {
+            return;
+        }
+        v.entity_signature = Some(signature);
+        let builder = VehicleDiscovery {
+            topics: &self.topics,
+            info: &v.info,
+            pin_required,
+        };
+        let wanted: BTreeMap<String, String> = builder
+            .entities(&v.state)
+            .into_iter()
+            .map(|e| (e.topic(&self.topics, id.as_str()), e.config.to_string()))
+            .collect();
+        for (topic, payload) in &wanted {
+            if force || v.discovery.get(topic) != Some(payload) {
+                self.publisher.publish(topic, payload.clone(), true);
+            }
+        }
+        for topic in v.discovery.keys().filter(|t| !wanted.contains_key(*t)) {
+            tracing::info!(event = "entity_removed", vehicle = %id, topic, "entity no longer reported; removing");
+            self.publisher.publish(topic, Vec::new(), true);
+        }
+        v.discovery = wanted;
+    }
+
+    fn publish_event(&mut self, id: &VehicleId, event: VehicleEvent) {
+        let mut payload = event.attributes;
+        payload.insert("event_type".into(), event.event_type.into());
+        payload.insert("ts".into(), now_rfc3339().into());
+        let topic = self.topics.vehicle(id.as_str(), "event");
+        self.publisher.publish(
+            &topic,
+            serde_json::Value::Object(payload).to_string(),
+            false,
+        );
+    }
+
+    fn publish_result(
+        &self,
+        vehicle: &str,
+        id: &str,
+        command: &str,
+        status: CommandStatus,
+        reason: Option<&str>,
+    ) {
+        let payload = json!({
+            "id": id,
+            "command": command,
+            "status": status,
+            "reason": reason,
+            "ts": now_rfc3339(),
+        });
+        let topic = self.topics.vehicle(vehicle, "command/result");
+        self.publisher.publish(&topic, payload.to_string(), false);
+    }
+
+    fn bridge_info(&self) -> serde_json::Value {
+        let connectors: Vec<_> = self
+            .connectors
+            .iter()
+            .map(|c| json!({"name": c.name, "links": c.links, "error": c.error}))
+            .collect();
+        json!({
+            "version": hass::VERSION,
+            "connectors": connectors,
+            "vehicles": self.vehicles.len(),
+            "links": self.connectors.iter().map(|c| c.links).sum::<usize>(),
+            "last_error": self.last_error,
+            "dropped_publishes": self.publisher.stats().dropped_publishes.load(std::sync::atomic::Ordering::Relaxed),
+        })
+    }
+
+    fn flush_info(&mut self) {
+        if !self.info_dirty {
+            return;
+        }
+        self.info_dirty = false;
+        let info = self.bridge_info().to_string();
+        if info != self.last_info {
+            self.publisher
+                .publish(&self.topics.bridge_info(), info.clone(), true);
+            self.last_info = info;
+        }
+    }
+
+    /// On every (re)connection and after HA's birth message: everything retained again.
+    fn publish_everything(&mut self, discovery_only: bool) {
+        if self.config.mqtt.discovery {
+            for e in hass::bridge_entities(&self.topics) {
+                self.publisher.publish(
+                    &e.topic(&self.topics, "bridge"),
+                    e.config.to_string(),
+                    true,
+                );
+            }
+        }
+        let ids: Vec<VehicleId> = self.vehicles.keys().cloned().collect();
+        for id in &ids {
+            self.sync_discovery(id, true);
+            if !discovery_only {
+                if let Some(v) = self.vehicles.get_mut(id) {
+                    v.field_payloads.clear();
+                }
+                if self
+                    .vehicles
+                    .get(id)
+                    .is_some_and(|v| v.last_update.is_some())
+                {
+                    self.publish_state(id);
+                }
+                self.publish_availability(id, true);
+            }
+        }
+    }
+
+    fn check_stale(&mut self) {
+        let stale_after = self.config.bridge.stale_after;
+        let now = Instant::now();
+        let newly_stale: Vec<VehicleId> = self
+            .vehicles
+            .iter_mut()
+            .filter(|(_, v)| {
+                !v.stale
+                    && v.last_update
+                        .is_some_and(|t| now.duration_since(t) > stale_after)
+            })
+            .map(|(id, v)| {
+                v.stale = true;
+                id.clone()
+            })
+            .collect();
+        for id in newly_stale {
+            tracing::info!(event = "vehicle_stale", vehicle = %id, "no update within stale_after; marking offline");
+            self.publish_availability(&id, false);
+        }
+    }
+
+    // ---- MQTT in -------------------------------------------------------------------
+
+    fn on_mqtt(&mut self, event: MqttEvent) {
+        match event {
+            MqttEvent::Connected => {
+                self.publisher
+                    .publish(&self.topics.bridge_state(), "online", true);
+                self.publisher.subscribe(&self.topics.command_filter());
+                if self.config.mqtt.discovery {
+                    self.publisher.subscribe(&self.topics.ha_status());
+                }
+                self.publish_everything(false);
+                self.last_info.clear();
+                self.info_dirty = true;
+                self.flush_info();
+            }
+            MqttEvent::Disconnected(reason) => self.set_error(format!("mqtt: {reason}")),
+            MqttEvent::Message {
+                topic,
+                payload,
+                retain,
+            } => {
+                if topic == self.topics.ha_status() {
+                    if &payload[..] == b"online" && !retain {
+                        // Spread HA restarts across bridges: 0.5–2.5 s.
+                        let delay = Duration::from_millis(rand::rng().random_range(500..2500));
+                        tracing::info!(
+                            event = "ha_birth",
+                            delay_ms = delay.as_millis() as u64,
+                            "Home Assistant came online; re-sending discovery"
+                        );
+                        self.rediscover_at = Some(Instant::now() + delay);
+                    }
+                } else if let Some(rest) = topic.strip_prefix(&format!("{}/", self.topics.base)) {
+                    let parts: Vec<&str> = rest.split('/').collect();
+                    if let [vehicle, entity, "set"] = parts[..] {
+                        self.on_command(vehicle, entity, &payload, retain);
+                    }
+                }
+            }
+        }
+    }
+
+    fn reject(&self, vehicle: &str, id: &str, command: &str, reason: &str) {
+        tracing::warn!(
+            event = "command_rejected",
+            vehicle,
+            command,
+            reason,
+            "command rejected"
+        );
+        self.publish_result(vehicle, id, command, CommandStatus::Rejected, Some(reason));
+    }
+
+    fn on_command(&mut self, vehicle: &str, entity: &str, raw: &Bytes, retain: bool) {
+        if retain {
+            // A retained command would fire again on every reconnect: never execute it.
+            self.reject(
+                vehicle,
+                &new_command_id(),
+                entity,
+                "retained command ignored: publish commands without the retain flag",
+            );
+            return;
+        }
+        let payload = match command::parse_payload(raw) {
+            Ok(p) => p,
+            Err(reason) => return self.reject(vehicle, &new_command_id(), entity, &reason),
+        };
+        let id = payload.id.clone().unwrap_or_else(new_command_id);
+        let Some(v) = VehicleId::new(vehicle).and_then(|vid| self.vehicles.get(&vid)) else {
+            return self.reject(vehicle, &id, entity, "unknown vehicle");
+        };
+        let timeout_ms = self.config.bridge.command_timeout.as_millis() as i64;
+        if command::is_expired(payload.ts_ms, Utc::now().timestamp_millis(), timeout_ms) {
+            return self.reject(
+                vehicle,
+                &id,
+                entity,
+                "expired: its ts is older than command_timeout",
+            );
+        }
+        let command = match command::to_command(entity, &payload.action, &v.info.capabilities) {
+            Ok(c) => c,
+            Err(reason) => return self.reject(vehicle, &id, entity, &reason),
+        };
+        let pin = &self.config.bridge.command_pin;
+        if command.needs_pin()
+            && !pin.is_empty()
+            && !command::pin_matches(pin.expose(), payload.code.as_deref())
+        {
+            return self.reject(vehicle, &id, &command.name(), "wrong or missing PIN");
+        }
+        let vid = v.info.id.clone();
+        let owner = v.owner;
+        let queue = self.config.bridge.command_queue;
+        let timeout = self.config.bridge.command_timeout;
+        let connector = self.connectors[owner].commands.clone();
+        let worker_tx = self.worker_tx.clone();
+        let Some(v) = self.vehicles.get_mut(&vid) else {
+            return;
+        };
+        let sender = v.worker.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(queue);
+            tokio::spawn(worker::run(vid.clone(), rx, connector, worker_tx, timeout));
+            tx
+        });
+        let name = command.name();
+        tracing::info!(event = "command_received", vehicle = %vid, command = %name, id = %id, "command queued");
+        if sender
+            .try_send(Queued {
+                id: id.clone(),
+                command,
+            })
+            .is_err()
+        {
+            self.reject(
+                vehicle,
+                &id,
+                &name,
+                "command queue for this vehicle is full",
+            );
+        }
+    }
+
+    fn on_worker(&mut self, event: WorkerEvent) {
+        match event {
+            WorkerEvent::Started { vehicle, command } => {
+                let pending = match command {
+                    Command::Lock => Some(lock_state::LOCKING),
+                    Command::Unlock => Some(lock_state::UNLOCKING),
+                    _ => None,
+                };
+                if let (Some(p), Some(v)) = (pending, self.vehicles.get_mut(&vehicle)) {
+                    v.pending_lock = Some(p);
+                    self.publish_state(&vehicle);
+                }
+            }
+            WorkerEvent::Outcome {
+                vehicle,
+                id,
+                command,
+                status,
+                reason,
+            } => {
+                let name = command.name();
+                match status {
+                    CommandStatus::Succeeded | CommandStatus::Accepted => {
+                        tracing::info!(event = "command_outcome", vehicle = %vehicle, command = %name, id = %id, status = ?status)
+                    }
+                    _ => {
+                        tracing::warn!(event = "command_outcome", vehicle = %vehicle, command = %name, id = %id,
+                        status = ?status, reason = reason.as_deref().unwrap_or(""), "command did not succeed")
+                    }
+                }
+                self.publish_result(vehicle.as_str(), &id, &name, status, reason.as_deref());
+                if !status.is_final() {
+                    return;
+                }
+                let Some(v) = self.vehicles.get_mut(&vehicle) else {
+                    return;
+                };
+                if v.pending_lock.take().is_some() {
+                    if status == CommandStatus::Succeeded {
+                        let locked = command == Command::Lock;
+                        v.state.set(
+                            Field::Lock,
+                            Value::from(if locked {
+                                lock_state::LOCKED
+                            } else {
+                                lock_state::UNLOCKED
+                            }),
+                        );
+                        self.sync_discovery(&vehicle, false);
+                    }
+                    self.publish_state(&vehicle);
+                }
+            }
+        }
+    }
+}

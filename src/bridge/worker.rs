@@ -1,0 +1,123 @@
+//! One task per vehicle that has received a command: it runs that vehicle's commands one
+//! at a time, in order, and turns whatever the connector does (or fails to do) into
+//! exactly one final outcome per command.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::{timeout_at, Instant};
+
+use crate::connector::CommandRequest;
+use crate::model::{Command, CommandProgress, CommandStatus, VehicleId};
+
+/// A validated command waiting for its turn.
+#[derive(Debug)]
+pub struct Queued {
+    pub id: String,
+    pub command: Command,
+}
+
+/// What a worker tells the hub.
+#[derive(Debug)]
+pub enum WorkerEvent {
+    Started {
+        vehicle: VehicleId,
+        command: Command,
+    },
+    Outcome {
+        vehicle: VehicleId,
+        id: String,
+        command: Command,
+        status: CommandStatus,
+        reason: Option<String>,
+    },
+}
+
+pub async fn run(
+    vehicle: VehicleId,
+    mut queue: mpsc::Receiver<Queued>,
+    connector: mpsc::Sender<CommandRequest>,
+    hub: mpsc::Sender<WorkerEvent>,
+    command_timeout: Duration,
+) {
+    while let Some(Queued { id, command }) = queue.recv().await {
+        let started = WorkerEvent::Started {
+            vehicle: vehicle.clone(),
+            command: command.clone(),
+        };
+        if hub.send(started).await.is_err() {
+            return;
+        }
+        let deadline = Instant::now() + command_timeout;
+        let (progress_tx, mut progress) = mpsc::channel(4);
+        let request = CommandRequest {
+            id: id.clone(),
+            vehicle: vehicle.clone(),
+            command: command.clone(),
+            progress: progress_tx,
+        };
+        let (status, reason) = match timeout_at(deadline, connector.send(request)).await {
+            Err(_) => (
+                CommandStatus::Timeout,
+                Some("connector busy: command not taken in time".to_string()),
+            ),
+            Ok(Err(_)) => (
+                CommandStatus::Failed,
+                Some("connector has stopped".to_string()),
+            ),
+            Ok(Ok(())) => {
+                let mut accepted = false;
+                loop {
+                    match timeout_at(deadline, progress.recv()).await {
+                        Err(_) => {
+                            break (
+                                CommandStatus::Timeout,
+                                Some(format!(
+                                    "no confirmation within {}",
+                                    humantime::format_duration(command_timeout)
+                                )),
+                            )
+                        }
+                        Ok(None) => {
+                            break (
+                                CommandStatus::Failed,
+                                Some("connector dropped the command".to_string()),
+                            )
+                        }
+                        Ok(Some(CommandProgress::Accepted)) => {
+                            if !accepted {
+                                accepted = true;
+                                let ev = WorkerEvent::Outcome {
+                                    vehicle: vehicle.clone(),
+                                    id: id.clone(),
+                                    command: command.clone(),
+                                    status: CommandStatus::Accepted,
+                                    reason: None,
+                                };
+                                if hub.send(ev).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Ok(Some(CommandProgress::Succeeded)) => {
+                            break (CommandStatus::Succeeded, None)
+                        }
+                        Ok(Some(CommandProgress::Failed(reason))) => {
+                            break (CommandStatus::Failed, Some(reason))
+                        }
+                    }
+                }
+            }
+        };
+        let ev = WorkerEvent::Outcome {
+            vehicle: vehicle.clone(),
+            id,
+            command,
+            status,
+            reason,
+        };
+        if hub.send(ev).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! Layered configuration: built-in defaults < TOML file < `V2M_` environment.
+//!
+//! Every section denies unknown keys so that a typo is an error, not a silent default.
+//! Secrets are held in [`Secret`], whose `Debug` never shows the value; `check-config`
+//! masks them by key name (see [`SECRET_KEYS`]).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// A secret string: usable, serialisable for layering, never printed by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"********\""
+        })
+    }
+}
+
+/// Keys whose values are masked in `check-config` output, wherever they appear.
+pub const SECRET_KEYS: &[&str] = &[
+    "password",
+    "command_pin",
+    "key",
+    "iv",
+    "app_key",
+    "secure_code",
+    "access_token",
+    "refresh_token",
+    "auth_code",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// "embedded", or mqtt://host:port, or mqtts://host:port.
+    pub url: String,
+    pub embedded_listen: SocketAddr,
+    pub username: String,
+    pub password: Secret,
+    pub client_id: String,
+    pub base_topic: String,
+    pub discovery_prefix: String,
+    pub discovery: bool,
+    pub per_field_topics: bool,
+    pub ca_file: Option<PathBuf>,
+    /// Capacity of the outgoing publish queue; past it, publishes are dropped and counted.
+    pub queue_capacity: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            url: "embedded".into(),
+            embedded_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            username: String::new(),
+            password: Secret::default(),
+            client_id: "vehicle2mqtt".into(),
+            base_topic: "vehicle2mqtt".into(),
+            discovery_prefix: "homeassistant".into(),
+            discovery: true,
+            per_field_topics: false,
+            ca_file: None,
+            queue_capacity: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeConfig {
+    pub state_dir: PathBuf,
+    pub command_pin: Secret,
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub stale_after: Duration,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    /// Commands waiting behind the one in flight, per vehicle.
+    pub command_queue: usize,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        BridgeConfig {
+            state_dir: PathBuf::from("./data"),
+            command_pin: Secret::default(),
+            command_timeout: Duration::from_secs(60),
+            stale_after: Duration::from_secs(30 * 60),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            command_queue: 8,
+        }
+    }
+}
+
+/// A connector section that is not implemented in this build yet: it only accepts
+/// `enabled = false`, so a user who turns it on hears so at start-up instead of
+/// silently getting nothing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlannedConnectorConfig {
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub mqtt: MqttConfig,
+    pub bridge: BridgeConfig,
+    pub xchanger: PlannedConnectorConfig,
+    pub iauto360: PlannedConnectorConfig,
+    pub kingxun: PlannedConnectorConfig,
+    pub exlive: PlannedConnectorConfig,
+}
+
+/// Where the broker lives, parsed from `mqtt.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerUrl {
+    Embedded,
+    Tcp { host: String, port: u16, tls: bool },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}", describe_figment(.0))]
+    Figment(#[from] Box<figment::Error>),
+    #[error("invalid value for key `{key}` (from {source_name}): {reason}")]
+    Invalid {
+        key: String,
+        source_name: String,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Builds the effective configuration. `file` is read when given (it must exist) or,
+    /// when `None`, `config.toml` in the working directory if present.
+    pub fn load(file: Option<&Path>) -> Result<(Config, Figment), ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None if Path::new("config.toml").exists() => {
+                figment = figment.merge(Toml::file_exact("config.toml"))
+            }
+            None => {}
+        }
+        figment = figment.merge(Env::prefixed("V2M_").split("__"));
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate(&figment)?;
+        Ok((config, figment))
+    }
+
+    fn validate(&self, figment: &Figment) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            key: key.to_string(),
+            source_name: figment
+                .find_metadata(key)
+                .map(|m| match &m.source {
+                    Some(src) => format!("{} {src}", m.name),
+                    None => m.name.to_string(),
+                })
+                .unwrap_or_else(|| "defaults".into()),
+            reason,
+        };
+        if let Err(reason) = self.mqtt.broker_url() {
+            return Err(invalid("mqtt.url", reason));
+        }
+        if !valid_topic_segment(&self.mqtt.base_topic, true) {
+            return Err(invalid(
+                "mqtt.base_topic",
+                "must be non-empty and free of '+', '#' and a leading or trailing '/'".into(),
+            ));
+        }
+        if !valid_topic_segment(&self.mqtt.discovery_prefix, true) {
+            return Err(invalid(
+                "mqtt.discovery_prefix",
+                "must be non-empty and free of '+', '#' and a leading or trailing '/'".into(),
+            ));
+        }
+        if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 64 {
+            return Err(invalid(
+                "mqtt.client_id",
+                "must be 1 to 64 characters".into(),
+            ));
+        }
+        if self.mqtt.queue_capacity == 0 {
+            return Err(invalid("mqtt.queue_capacity", "must be at least 1".into()));
+        }
+        if self.bridge.command_timeout.is_zero() {
+            return Err(invalid(
+                "bridge.command_timeout",
+                "must be greater than 0".into(),
+            ));
+        }
+        if self.bridge.stale_after.is_zero() {
+            return Err(invalid(
+                "bridge.stale_after",
+                "must be greater than 0".into(),
+            ));
+        }
+        if self.bridge.command_queue == 0 || self.bridge.command_queue > 1000 {
+            return Err(invalid("bridge.command_queue", "must be 1 to 1000".into()));
+        }
+        if let Err(reason) = tracing_subscriber::EnvFilter::try_new(&self.bridge.log_level) {
+            return Err(invalid("bridge.log_level", reason.to_string()));
+        }
+        for (key, cfg) in [
+            ("xchanger.enabled", &self.xchanger),
+            ("iauto360.enabled", &self.iauto360),
+            ("kingxun.enabled", &self.kingxun),
+            ("exlive.enabled", &self.exlive),
+        ] {
+            if cfg.enabled {
+                return Err(invalid(
+                    key,
+                    "this connector is not available in this build yet".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, every secret masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut value = match toml::Value::try_from(self) {
+            Ok(v) => v,
+            Err(e) => return format!("# could not render config: {e}\n"),
+        };
+        mask_secrets(&mut value);
+        toml::to_string_pretty(&value)
+            .unwrap_or_else(|e| format!("# could not render config: {e}\n"))
+    }
+}
+
+impl MqttConfig {
+    pub fn broker_url(&self) -> Result<BrokerUrl, String> {
+        if self.url == "embedded" {
+            return Ok(BrokerUrl::Embedded);
+        }
+        let (tls, rest) = if let Some(rest) = self.url.strip_prefix("mqtt://") {
+            (false, rest)
+        } else if let Some(rest) = self.url.strip_prefix("mqtts://") {
+            (true, rest)
+        } else {
+            return Err(format!(
+                "`{}` is neither \"embedded\" nor mqtt://host:port nor mqtts://host:port",
+                self.url
+            ));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                let port = p.parse::<u16>().map_err(|_| format!("bad port `{p}`"))?;
+                (
+                    h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                    port,
+                )
+            }
+            _ => (rest.to_string(), if tls { 8883 } else { 1883 }),
+        };
+        if host.is_empty() {
+            return Err("missing host".into());
+        }
+        Ok(BrokerUrl::Tcp { host, port, tls })
+    }
+}
+
+/// One line per problem: the dotted key, where its value came from, and why it is wrong.
+fn describe_figment(err: &figment::Error) -> String {
+    err.clone()
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".").to_lowercase();
+            let source = match &e.metadata {
+                Some(m) => match &m.source {
+                    Some(src) => format!("{} {src}", m.name),
+                    None => m.name.to_string(),
+                },
+                None => "unknown source".to_string(),
+            };
+            if key.is_empty() {
+                format!("{} (from {source})", e.kind)
+            } else {
+                format!("invalid value for key `{key}` (from {source}): {}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn valid_topic_segment(topic: &str, allow_slash: bool) -> bool {
+    !topic.is_empty()
+        && !topic.contains(['+', '#', '\0'])
+        && (allow_slash || !topic.contains('/'))
+        && !topic.starts_with('/')
+        && !topic.ends_with('/')
+}
+
+fn mask_secrets(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(table) => {
+            for (k, v) in table.iter_mut() {
+                if SECRET_KEYS.contains(&k.as_str()) {
+                    if let toml::Value::String(s) = v {
+                        if !s.is_empty() {
+                            *s = "********".into();
+                        }
+                    }
+                } else {
+                    mask_secrets(v);
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(mask_secrets),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(u: &str) -> Result<BrokerUrl, String> {
+        MqttConfig {
+            url: u.into(),
+            ..Default::default()
+        }
+        .broker_url()
+    }
+
+    #[test]
+    fn broker_urls() {
+        assert_eq!(url("embedded"), Ok(BrokerUrl::Embedded));
+        assert_eq!(
+            url("mqtt://10.0.0.2:1884"),
+            Ok(BrokerUrl::Tcp {
+                host: "10.0.0.2".into(),
+                port: 1884,
+                tls: false
+            })
+        );
+        assert_eq!(
+            url("mqtts://broker.local"),
+            Ok(BrokerUrl::Tcp {
+                host: "broker.local".into(),
+                port: 8883,
+                tls: true
+            })
+        );
+        assert!(url("http://x:1").is_err());
+        assert!(url("mqtt://host:notaport").is_err());
+        assert!(url("mqtt://:1883").is_err());
+    }
+
+    #[test]
+    fn secret_debug_is_masked() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "\"********\"");
+        assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn masked_toml_hides_every_secret_key() {
+        let mut c = Config::default();
+        c.mqtt.password = Secret::new("mqtt-pass");
+        c.bridge.command_pin = Secret::new("1234");
+        let out = c.to_masked_toml();
+        assert!(!out.contains("mqtt-pass"), "{out}");
+        assert!(!out.contains("1234"), "{out}");
+        assert!(out.contains("password = \"********\""), "{out}");
+    }
+}

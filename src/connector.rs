@@ -1,0 +1,92 @@
+//! The contract between the bridge and a connector.
+//!
+//! A connector owns its upstream I/O and speaks to the bridge only through
+//! [`ConnectorContext`]: it sends [`Update`]s (vehicles, states, availability, events,
+//! health) and receives [`CommandRequest`]s, answering each on its `progress` channel
+//! with at most one `Accepted` followed by one final `Succeeded`/`Failed`. The bridge
+//! owns timeouts: a connector that never answers produces `timeout`, not a hang.
+//!
+//! Connectors never touch MQTT or Home Assistant.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{Command, CommandProgress, VehicleEvent, VehicleId, VehicleInfo, VehicleState};
+
+/// What a connector tells the bridge.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// A vehicle exists (or its identity changed). Send before its first state.
+    Vehicle(VehicleInfo),
+    /// New state. With `replace`, fields absent from `state` are gone (their entities are
+    /// removed); otherwise `state` is merged over what the bridge already has.
+    State {
+        vehicle: VehicleId,
+        state: VehicleState,
+        replace: bool,
+    },
+    /// The upstream's view of whether the vehicle is reachable.
+    Availability { vehicle: VehicleId, online: bool },
+    Event {
+        vehicle: VehicleId,
+        event: VehicleEvent,
+    },
+    /// Connector health: open links (TCP connectors) and the latest error, if any.
+    Health { links: usize, error: Option<String> },
+}
+
+/// One command for one vehicle. Answer on `progress`; dropping it without a final
+/// answer is reported as `failed`.
+#[derive(Debug)]
+pub struct CommandRequest {
+    pub id: String,
+    pub vehicle: VehicleId,
+    pub command: Command,
+    pub progress: mpsc::Sender<CommandProgress>,
+}
+
+/// Updates tagged with the connector they came from, so the bridge knows who owns a vehicle.
+#[derive(Debug, Clone)]
+pub struct UpdateSink {
+    connector: usize,
+    tx: mpsc::Sender<(usize, Update)>,
+}
+
+impl UpdateSink {
+    pub fn new(connector: usize, tx: mpsc::Sender<(usize, Update)>) -> Self {
+        UpdateSink { connector, tx }
+    }
+
+    /// Waits while the bridge's queue is full (the bridge never blocks on MQTT, so this
+    /// is brief); fails only when the bridge has stopped.
+    pub async fn send(&self, update: Update) -> Result<(), BridgeGone> {
+        self.tx
+            .send((self.connector, update))
+            .await
+            .map_err(|_| BridgeGone)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the bridge has stopped")]
+pub struct BridgeGone;
+
+/// Everything a connector is given when it starts.
+pub struct ConnectorContext {
+    pub updates: UpdateSink,
+    pub commands: mpsc::Receiver<CommandRequest>,
+    pub shutdown: CancellationToken,
+}
+
+pub type ConnectorFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// A connector: started once, runs until `shutdown` is cancelled. It reconnects to its
+/// upstream by itself; returning an error means it cannot go on at all.
+pub trait Connector: Send {
+    /// Short lowercase name, e.g. "exlive".
+    fn name(&self) -> &'static str;
+    fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture;
+}

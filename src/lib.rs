@@ -1,0 +1,15 @@
+//! vehicle2mqtt: brings connected vehicles from xchanger, iauto360, kingxun and EXLIVE
+//! into MQTT and Home Assistant, and carries commands back.
+//!
+//! Layers (arrows point down only): `protocol` (pure codecs) → `connectors` (I/O per
+//! upstream) → `model` (shared domain) → `bridge` (hub) → `hass` / `mqtt`; `config`
+//! feeds them all and `main.rs` wires them together.
+
+pub mod bridge;
+pub mod config;
+pub mod connector;
+pub mod hass;
+pub mod logging;
+pub mod model;
+pub mod mqtt;
+pub mod state_dir;

@@ -1,0 +1,592 @@
+//! The shared domain: vehicles, their typed state, events, commands and outcomes.
+//!
+//! [`Field`] is the catalog: one line per fact a vehicle can report, with the key it has
+//! in the state JSON and everything Home Assistant needs to show it. Discovery, the state
+//! JSON and per-field topics are all derived from this one table.
+//!
+//! Units are normalised here: km, km/h, %, V, A, °C, kPa, WGS-84 degrees.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+
+/// A stable, readable vehicle id: a VIN, `kx<devId>`, `ex<id>`, or what the user set.
+/// Only `[A-Za-z0-9_-]` survive, so the id is safe in MQTT topics and HA object ids.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct VehicleId(String);
+
+impl VehicleId {
+    /// Sanitises `raw`; returns `None` when nothing usable is left.
+    pub fn new(raw: &str) -> Option<VehicleId> {
+        let id: String = raw
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(64)
+            .collect();
+        if id.trim_matches('_').is_empty() {
+            None
+        } else {
+            Some(VehicleId(id))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for VehicleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which HA component shows a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    /// Numeric sensor.
+    Number,
+    /// Free text sensor.
+    Text,
+    /// ISO-8601 timestamp sensor.
+    Timestamp,
+    /// Date sensor (YYYY-MM-DD).
+    Date,
+    /// On/off sensor; `true` is ON (open, unlocked, running, problem...).
+    Binary,
+    /// Shown by a controllable entity (lock, switch, select, number) rather than a sensor.
+    Control,
+}
+
+/// Everything HA needs about a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldSpec {
+    pub key: &'static str,
+    pub name: &'static str,
+    pub kind: FieldKind,
+    pub device_class: Option<&'static str>,
+    pub unit: Option<&'static str>,
+    pub state_class: Option<&'static str>,
+    pub diagnostic: bool,
+    pub icon: Option<&'static str>,
+}
+
+macro_rules! catalog {
+    ($( $variant:ident = $key:literal, $name:literal, $kind:ident, $class:expr, $unit:expr, $sc:expr, $diag:expr, $icon:expr; )*) => {
+        /// One fact a vehicle can report. See the module docs.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Field { $($variant),* }
+
+        impl Field {
+            pub const ALL: &'static [Field] = &[$(Field::$variant),*];
+
+            pub const fn spec(self) -> FieldSpec {
+                match self {
+                    $(Field::$variant => FieldSpec {
+                        key: $key, name: $name, kind: FieldKind::$kind,
+                        device_class: $class, unit: $unit, state_class: $sc,
+                        diagnostic: $diag, icon: $icon,
+                    }),*
+                }
+            }
+        }
+    };
+}
+
+const M: Option<&str> = Some("measurement");
+const TI: Option<&str> = Some("total_increasing");
+const N: Option<&str> = None;
+
+catalog! {
+    // Motion and position (latitude/longitude live in `Position`).
+    Speed = "speed", "Speed", Number, Some("speed"), Some("km/h"), M, false, N;
+    Heading = "heading", "Heading", Number, N, Some("°"), M, false, Some("mdi:compass");
+    Altitude = "altitude", "Altitude", Number, Some("distance"), Some("m"), M, true, N;
+    GpsValid = "gps_valid", "GPS fix", Binary, N, N, N, true, Some("mdi:crosshairs-gps");
+    GpsTime = "gps_time", "GPS time", Timestamp, Some("timestamp"), N, N, true, N;
+    Driving = "driving", "Driving", Binary, Some("moving"), N, N, false, N;
+    Odometer = "odometer", "Odometer", Number, Some("distance"), Some("km"), TI, false, N;
+    Address = "address", "Address", Text, N, N, N, false, Some("mdi:map-marker");
+    StatusText = "status_text", "Status", Text, N, N, N, false, Some("mdi:information-outline");
+    Alarm = "alarm", "Alarm", Binary, Some("safety"), N, N, false, N;
+    AlarmStatus = "alarm_status", "Alarm status", Text, N, N, N, false, Some("mdi:shield-car");
+    // Engine and drive train.
+    EngineRunning = "engine_running", "Engine running", Binary, Some("running"), N, N, false, N;
+    EngineRpm = "engine_rpm", "Engine speed", Number, N, Some("rpm"), M, false, Some("mdi:engine");
+    KeyStatus = "key_status", "Key", Text, N, N, N, false, Some("mdi:key");
+    UsageMode = "usage_mode", "Usage mode", Text, N, N, N, true, N;
+    CoolantTemperature = "coolant_temperature", "Coolant temperature", Number, Some("temperature"), Some("°C"), M, false, N;
+    FaultCodes = "fault_codes", "Fault codes", Text, N, N, N, true, Some("mdi:car-wrench");
+    // Fuel, range, energy.
+    FuelLevel = "fuel_level", "Fuel level", Number, N, Some("%"), M, false, Some("mdi:gas-station");
+    FuelVolume = "fuel_volume", "Fuel", Number, Some("volume_storage"), Some("L"), M, false, Some("mdi:gas-station");
+    Range = "range", "Range", Number, Some("distance"), Some("km"), M, false, N;
+    RangeElectric = "range_electric", "Electric range", Number, Some("distance"), Some("km"), M, false, N;
+    AvgConsumption = "avg_consumption", "Average consumption", Number, N, Some("L/100km"), M, false, Some("mdi:gas-station-outline");
+    FuelUsedYesterday = "fuel_used_yesterday", "Fuel used yesterday", Number, Some("volume"), Some("L"), M, false, N;
+    BatteryLevel = "battery_level", "Battery", Number, Some("battery"), Some("%"), M, false, N;
+    BatteryVoltage = "battery_voltage", "Battery voltage", Number, Some("voltage"), Some("V"), M, false, N;
+    BatteryCurrent = "battery_current", "Battery current", Number, Some("current"), Some("A"), M, false, N;
+    BatteryTemperature = "battery_temperature", "Battery temperature", Number, Some("temperature"), Some("°C"), M, false, N;
+    BatteryHealth = "battery_health", "Battery health", Number, N, Some("%"), M, true, Some("mdi:battery-heart-variant");
+    BatteryCycles = "battery_cycles", "Battery charge cycles", Number, N, N, TI, true, Some("mdi:battery-sync");
+    BatteryPresent = "battery_present", "Battery present", Binary, Some("presence"), N, N, true, N;
+    Charging = "charging", "Charging", Binary, Some("battery_charging"), N, N, false, N;
+    ChargerConnected = "charger_connected", "Charger connected", Binary, Some("plug"), N, N, false, N;
+    TimeToFull = "time_to_full", "Time to full", Number, Some("duration"), Some("min"), M, false, N;
+    AuxBatteryVoltage = "aux_battery_voltage", "12 V battery voltage", Number, Some("voltage"), Some("V"), M, false, N;
+    AuxBatteryLevel = "aux_battery_level", "12 V battery", Number, Some("battery"), Some("%"), M, false, N;
+    MiniBatteryLevel = "mini_battery_level", "Backup battery", Number, Some("battery"), Some("%"), M, true, N;
+    MiniBatteryVoltage = "mini_battery_voltage", "Backup battery voltage", Number, Some("voltage"), Some("V"), M, true, N;
+    MiniBatteryTemperature = "mini_battery_temperature", "Backup battery temperature", Number, Some("temperature"), Some("°C"), M, true, N;
+    // Service.
+    ServiceDistance = "service_distance", "Distance to service", Number, Some("distance"), Some("km"), M, false, Some("mdi:car-wrench");
+    ServiceDays = "service_days", "Days to service", Number, Some("duration"), Some("d"), M, false, Some("mdi:calendar-clock");
+    TripMeter1 = "trip_meter_1", "Trip meter 1", Number, Some("distance"), Some("km"), TI, false, N;
+    TripMeter2 = "trip_meter_2", "Trip meter 2", Number, Some("distance"), Some("km"), TI, false, N;
+    // Body: the central lock is a lock entity; the rest are sensors (true = open/unlocked).
+    Lock = "lock", "Lock", Control, N, N, N, false, N;
+    DoorLockDriver = "door_lock_driver", "Driver door lock", Binary, Some("lock"), N, N, false, N;
+    DoorLockPassenger = "door_lock_passenger", "Passenger door lock", Binary, Some("lock"), N, N, false, N;
+    DoorLockDriverRear = "door_lock_driver_rear", "Rear driver door lock", Binary, Some("lock"), N, N, false, N;
+    DoorLockPassengerRear = "door_lock_passenger_rear", "Rear passenger door lock", Binary, Some("lock"), N, N, false, N;
+    TrunkLock = "trunk_lock", "Trunk lock", Binary, Some("lock"), N, N, false, N;
+    DoorDriver = "door_driver", "Driver door", Binary, Some("door"), N, N, false, N;
+    DoorPassenger = "door_passenger", "Passenger door", Binary, Some("door"), N, N, false, N;
+    DoorDriverRear = "door_driver_rear", "Rear driver door", Binary, Some("door"), N, N, false, N;
+    DoorPassengerRear = "door_passenger_rear", "Rear passenger door", Binary, Some("door"), N, N, false, N;
+    Trunk = "trunk", "Trunk", Binary, Some("opening"), N, N, false, N;
+    Hood = "hood", "Hood", Binary, Some("opening"), N, N, false, N;
+    WindowDriver = "window_driver", "Driver window", Binary, Some("window"), N, N, false, N;
+    WindowPassenger = "window_passenger", "Passenger window", Binary, Some("window"), N, N, false, N;
+    WindowDriverRear = "window_driver_rear", "Rear driver window", Binary, Some("window"), N, N, false, N;
+    WindowPassengerRear = "window_passenger_rear", "Rear passenger window", Binary, Some("window"), N, N, false, N;
+    Sunroof = "sunroof", "Sunroof", Binary, Some("window"), N, N, false, N;
+    SeatbeltDriver = "seatbelt_driver", "Driver seat belt", Binary, N, N, N, true, Some("mdi:seatbelt");
+    SeatbeltPassenger = "seatbelt_passenger", "Passenger seat belt", Binary, N, N, N, true, Some("mdi:seatbelt");
+    HandBrake = "hand_brake", "Hand brake", Binary, N, N, N, false, Some("mdi:car-brake-parking");
+    // Tyres.
+    TyrePressureFrontLeft = "tyre_pressure_front_left", "Tyre pressure front left", Number, Some("pressure"), Some("kPa"), M, false, N;
+    TyrePressureFrontRight = "tyre_pressure_front_right", "Tyre pressure front right", Number, Some("pressure"), Some("kPa"), M, false, N;
+    TyrePressureRearLeft = "tyre_pressure_rear_left", "Tyre pressure rear left", Number, Some("pressure"), Some("kPa"), M, false, N;
+    TyrePressureRearRight = "tyre_pressure_rear_right", "Tyre pressure rear right", Number, Some("pressure"), Some("kPa"), M, false, N;
+    TyreWarning = "tyre_warning", "Tyre warning", Binary, Some("problem"), N, N, false, N;
+    // Climate.
+    InteriorTemperature = "interior_temperature", "Interior temperature", Number, Some("temperature"), Some("°C"), M, false, N;
+    ExteriorTemperature = "exterior_temperature", "Exterior temperature", Number, Some("temperature"), Some("°C"), M, false, N;
+    PreClimate = "pre_climate", "Pre-climate", Binary, Some("running"), N, N, false, Some("mdi:air-conditioner");
+    // Two-wheelers (kingxun): true = open / unlocked / active.
+    SeatLock = "seat_lock", "Seat lock", Binary, Some("lock"), N, N, false, N;
+    GloveboxLock = "glovebox_lock", "Glovebox lock", Binary, Some("lock"), N, N, false, N;
+    HelmetLock = "helmet_lock", "Helmet lock", Binary, Some("lock"), N, N, false, N;
+    MotorLock = "motor_lock", "Motor lock", Binary, Some("lock"), N, N, false, N;
+    Headlight = "headlight", "Headlight", Binary, Some("light"), N, N, false, N;
+    SeatOccupied = "seat_occupied", "Seat occupied", Binary, Some("occupancy"), N, N, false, N;
+    Kickstand = "kickstand", "Kickstand down", Binary, N, N, N, false, Some("mdi:bicycle");
+    Fallen = "fallen", "Fallen", Binary, Some("problem"), N, N, false, N;
+    Braking = "braking", "Braking", Binary, N, N, N, true, Some("mdi:car-brake-alert");
+    GuardPower = "guard_power", "Guard power", Control, N, N, N, false, N;
+    MaxSpeed = "max_speed", "Max speed", Control, N, N, N, false, N;
+    // Trips.
+    LastTripDistance = "last_trip_distance", "Last trip distance", Number, Some("distance"), Some("km"), M, false, N;
+    LastTripDuration = "last_trip_duration", "Last trip duration", Number, Some("duration"), Some("min"), M, false, N;
+    LastTripMaxSpeed = "last_trip_max_speed", "Last trip max speed", Number, Some("speed"), Some("km/h"), M, false, N;
+    LastTripAvgSpeed = "last_trip_avg_speed", "Last trip average speed", Number, Some("speed"), Some("km/h"), M, false, N;
+    LastTripEnd = "last_trip_end", "Last trip end", Timestamp, Some("timestamp"), N, N, false, N;
+    // Paperwork and connectivity.
+    Plate = "plate", "Plate", Text, N, N, N, true, Some("mdi:card-text");
+    Vin = "vin", "VIN", Text, N, N, N, true, Some("mdi:car-info");
+    InsuranceExpiry = "insurance_expiry", "Insurance expiry", Date, Some("date"), N, N, false, N;
+    InspectionDue = "inspection_due", "Inspection due", Date, Some("date"), N, N, false, N;
+    DataUsed = "data_used", "Data used", Number, Some("data_size"), Some("MiB"), TI, true, N;
+    DataLeft = "data_left", "Data left", Number, Some("data_size"), Some("MiB"), M, true, N;
+    DataTotal = "data_total", "Data plan", Number, Some("data_size"), Some("MiB"), N, true, N;
+    DataExpiry = "data_expiry", "Data plan expiry", Timestamp, Some("timestamp"), N, N, true, N;
+    Plugged = "plugged", "Device plugged in", Binary, Some("plug"), N, N, true, N;
+    ConnectorStatus = "connector_status", "Connection status", Text, N, N, N, true, Some("mdi:cloud-alert");
+    // Set by the bridge on every update.
+    LastUpdate = "last_update", "Last update", Timestamp, Some("timestamp"), N, N, true, N;
+}
+
+impl Field {
+    pub fn key(self) -> &'static str {
+        self.spec().key
+    }
+
+    pub fn from_key(key: &str) -> Option<Field> {
+        Field::ALL.iter().copied().find(|f| f.key() == key)
+    }
+}
+
+/// A reported value. Integers stay integers in JSON.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Value {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl Value {
+    /// A float, rounded to 3 decimals to keep JSON small; non-finite values are refused.
+    pub fn float(v: f64) -> Option<Value> {
+        if !v.is_finite() {
+            return None;
+        }
+        let r = (v * 1000.0).round() / 1000.0;
+        if r.fract() == 0.0 && r.abs() < 9.0e15 {
+            Some(Value::Int(r as i64))
+        } else {
+            Some(Value::Float(r))
+        }
+    }
+
+    /// The value as an MQTT payload for per-field topics.
+    pub fn to_payload(&self) -> String {
+        match self {
+            Value::Bool(true) => "ON".into(),
+            Value::Bool(false) => "OFF".into(),
+            Value::Int(i) => i.to_string(),
+            Value::Float(f) => f.to_string(),
+            Value::Text(s) => s.clone(),
+        }
+    }
+}
+
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Value::Bool(v)
+    }
+}
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::Int(v)
+    }
+}
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Value::Text(v.to_string())
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Value::Text(v)
+    }
+}
+
+/// A WGS-84 position.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Position {
+    pub latitude: f64,
+    pub longitude: f64,
+    /// Metres; `None` when the upstream does not say.
+    pub gps_accuracy: Option<f64>,
+}
+
+impl Position {
+    /// Refuses out-of-range and the (0, 0) "no fix" that many trackers send.
+    pub fn new(latitude: f64, longitude: f64) -> Option<Position> {
+        let valid = latitude.is_finite()
+            && longitude.is_finite()
+            && (-90.0..=90.0).contains(&latitude)
+            && (-180.0..=180.0).contains(&longitude)
+            && !(latitude == 0.0 && longitude == 0.0);
+        valid.then_some(Position {
+            latitude,
+            longitude,
+            gps_accuracy: None,
+        })
+    }
+}
+
+/// What a vehicle reports. Fields absent here have no entity.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VehicleState {
+    pub position: Option<Position>,
+    pub values: BTreeMap<Field, Value>,
+    /// Extra data without an entity of its own (cell voltages, raw codes), shown as
+    /// attributes of the state JSON.
+    pub attributes: BTreeMap<String, serde_json::Value>,
+}
+
+impl VehicleState {
+    pub fn set(&mut self, field: Field, value: impl Into<Value>) -> &mut Self {
+        self.values.insert(field, value.into());
+        self
+    }
+
+    /// Sets a float field; a non-finite value leaves the field absent.
+    pub fn set_f64(&mut self, field: Field, value: f64) -> &mut Self {
+        if let Some(v) = Value::float(value) {
+            self.values.insert(field, v);
+        }
+        self
+    }
+
+    pub fn get(&self, field: Field) -> Option<&Value> {
+        self.values.get(&field)
+    }
+
+    /// Overlays `other` onto `self`: present values win, absent ones are kept.
+    pub fn merge(&mut self, other: VehicleState) {
+        if other.position.is_some() {
+            self.position = other.position;
+        }
+        self.values.extend(other.values);
+        self.attributes.extend(other.attributes);
+    }
+
+    /// The state JSON: one key per field, plus `latitude`/`longitude`/`gps_accuracy` and
+    /// `attributes` when present.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        for (field, value) in &self.values {
+            map.insert(
+                field.key().to_string(),
+                serde_json::to_value(value).unwrap_or_default(),
+            );
+        }
+        if let Some(p) = &self.position {
+            map.insert("latitude".into(), p.latitude.into());
+            map.insert("longitude".into(), p.longitude.into());
+            if let Some(acc) = p.gps_accuracy {
+                map.insert("gps_accuracy".into(), acc.into());
+            }
+        }
+        if !self.attributes.is_empty() {
+            let attrs: serde_json::Map<_, _> = self
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            map.insert("attributes".into(), attrs.into());
+        }
+        serde_json::Value::Object(map)
+    }
+}
+
+/// Lock states as HA's MQTT lock knows them.
+pub mod lock_state {
+    pub const LOCKED: &str = "LOCKED";
+    pub const UNLOCKED: &str = "UNLOCKED";
+    pub const LOCKING: &str = "LOCKING";
+    pub const UNLOCKING: &str = "UNLOCKING";
+    pub const JAMMED: &str = "JAMMED";
+}
+
+/// Motor power limits of a two-wheeler's guard mode (kingxun 2003 / 4003).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum GuardPower {
+    Off,
+    W100,
+    W200,
+    Unlimited,
+}
+
+impl GuardPower {
+    pub const OPTIONS: [&'static str; 4] = ["off", "100W", "200W", "unlimited"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardPower::Off => "off",
+            GuardPower::W100 => "100W",
+            GuardPower::W200 => "200W",
+            GuardPower::Unlimited => "unlimited",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<GuardPower> {
+        match s.trim() {
+            "off" => Some(GuardPower::Off),
+            "100W" => Some(GuardPower::W100),
+            "200W" => Some(GuardPower::W200),
+            "unlimited" => Some(GuardPower::Unlimited),
+            _ => None,
+        }
+    }
+}
+
+/// What a vehicle can be asked to do; a connector lists what each vehicle supports.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Capability {
+    /// Lock and unlock (HA lock entity `lock`).
+    Lock,
+    /// Engine start and stop (HA switch `engine`).
+    Engine,
+    HornAndLights,
+    FlashLights,
+    Horn,
+    OpenSeat,
+    OpenGlovebox,
+    OpenHelmet,
+    /// Hazard lights (HA button `hazard_lights`).
+    HazardLights,
+    GuardPower,
+    /// Speed limit in km/h, 1..=max.
+    MaxSpeed {
+        max: u16,
+    },
+    /// A named raw command for the terminal (EXLIVE pass-through), HA button `cmd_<name>`.
+    Passthrough(String),
+}
+
+/// A command for one vehicle, after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Lock,
+    Unlock,
+    EngineStart,
+    EngineStop,
+    HornAndLights,
+    FlashLights,
+    Horn,
+    OpenSeat,
+    OpenGlovebox,
+    OpenHelmet,
+    HazardLights,
+    Guard(GuardPower),
+    MaxSpeed(u16),
+    Passthrough(String),
+}
+
+impl Command {
+    /// The name used in `command/result`.
+    pub fn name(&self) -> String {
+        match self {
+            Command::Lock => "lock".into(),
+            Command::Unlock => "unlock".into(),
+            Command::EngineStart => "engine_start".into(),
+            Command::EngineStop => "engine_stop".into(),
+            Command::HornAndLights => "horn_lights".into(),
+            Command::FlashLights => "flash_lights".into(),
+            Command::Horn => "horn".into(),
+            Command::OpenSeat => "open_seat".into(),
+            Command::OpenGlovebox => "open_glovebox".into(),
+            Command::OpenHelmet => "open_helmet".into(),
+            Command::HazardLights => "hazard_lights".into(),
+            Command::Guard(p) => format!("guard_power:{}", p.as_str()),
+            Command::MaxSpeed(v) => format!("max_speed:{v}"),
+            Command::Passthrough(name) => format!("cmd_{name}"),
+        }
+    }
+
+    /// Commands that give physical access or move the vehicle need the PIN when one is set.
+    pub fn needs_pin(&self) -> bool {
+        matches!(self, Command::Unlock | Command::EngineStart)
+    }
+}
+
+/// The status of a command as published on `command/result`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandStatus {
+    Accepted,
+    Succeeded,
+    Failed,
+    Timeout,
+    Rejected,
+}
+
+impl CommandStatus {
+    pub fn is_final(self) -> bool {
+        self != CommandStatus::Accepted
+    }
+}
+
+/// What a connector reports about a command it was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandProgress {
+    /// The upstream took the command but has not confirmed it yet.
+    Accepted,
+    Succeeded,
+    Failed(String),
+}
+
+/// Something that happened to a vehicle (trip finished, tip-over, charge finished...).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VehicleEvent {
+    /// snake_case, one of the vehicle's declared `event_types`.
+    pub event_type: String,
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Who a vehicle is and what it can do; sent by a connector before its first state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VehicleInfo {
+    pub id: VehicleId,
+    pub name: String,
+    pub manufacturer: String,
+    pub model: String,
+    pub sw_version: Option<String>,
+    pub capabilities: Vec<Capability>,
+    /// Event types this vehicle can raise; an HA event entity exists when non-empty.
+    pub event_types: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_keys_are_unique_and_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for f in Field::ALL {
+            let key = f.key();
+            assert!(seen.insert(key), "duplicate key {key}");
+            assert!(key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+            assert_eq!(Field::from_key(key), Some(*f));
+        }
+    }
+
+    #[test]
+    fn numeric_sensors_with_state_class_have_units_or_are_counts() {
+        for f in Field::ALL {
+            let s = f.spec();
+            if s.device_class.is_some() && s.kind == FieldKind::Number {
+                assert!(s.unit.is_some(), "{} has a device class but no unit", s.key);
+            }
+        }
+    }
+
+    #[test]
+    fn vehicle_id_sanitises() {
+        assert_eq!(VehicleId::new("LB1 23/4#").unwrap().as_str(), "LB1_23_4_");
+        assert!(VehicleId::new("///").is_none());
+        assert!(VehicleId::new("").is_none());
+    }
+
+    #[test]
+    fn floats_round_and_integral_values_become_ints() {
+        assert_eq!(Value::float(12.0), Some(Value::Int(12)));
+        assert_eq!(Value::float(12.34567), Some(Value::Float(12.346)));
+        assert_eq!(Value::float(f64::NAN), None);
+    }
+
+    #[test]
+    fn position_rejects_null_island_and_out_of_range() {
+        assert!(Position::new(0.0, 0.0).is_none());
+        assert!(Position::new(91.0, 0.0).is_none());
+        assert!(Position::new(31.2, 121.4).is_some());
+    }
+
+    #[test]
+    fn merge_keeps_absent_values() {
+        let mut a = VehicleState::default();
+        a.set(Field::Speed, 10i64).set(Field::Odometer, 100i64);
+        let mut b = VehicleState::default();
+        b.set(Field::Speed, 20i64);
+        a.merge(b);
+        assert_eq!(a.get(Field::Speed), Some(&Value::Int(20)));
+        assert_eq!(a.get(Field::Odometer), Some(&Value::Int(100)));
+    }
+}

@@ -1,0 +1,219 @@
+//! MQTT: the client, its event loop with reconnect backoff, and the embedded broker.
+//!
+//! The event loop runs in its own task and only forwards what it sees ([`MqttEvent`]);
+//! everything that publishes goes through [`Publisher`], which never waits: when the
+//! client's bounded queue is full the message is dropped, logged and counted. The bridge
+//! re-publishes all retained state on every connection, so a drop during an outage
+//! costs nothing that matters.
+
+#[cfg(feature = "embedded-broker")]
+pub mod broker;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use rand::Rng;
+use rumqttc::{AsyncClient, ClientError, Event, LastWill, MqttOptions, Packet, QoS, Transport};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::MqttConfig;
+
+/// Largest packet we send or accept: discovery documents and big states fit easily.
+pub const MAX_PACKET_SIZE: usize = 1024 * 1024;
+
+/// What the event loop reports to the bridge.
+#[derive(Debug)]
+pub enum MqttEvent {
+    Connected,
+    Disconnected(String),
+    Message {
+        topic: String,
+        payload: Bytes,
+        retain: bool,
+    },
+}
+
+/// Counters the bridge shows as diagnostics.
+#[derive(Debug, Default)]
+pub struct MqttStats {
+    pub dropped_publishes: AtomicU64,
+    pub dropped_messages: AtomicU64,
+    pub reconnects: AtomicU64,
+}
+
+/// Publishing handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    client: AsyncClient,
+    stats: Arc<MqttStats>,
+}
+
+impl Publisher {
+    /// Queues a QoS 1 publish without waiting. Returns false when it was dropped.
+    pub fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) -> bool {
+        match self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload.into())
+        {
+            Ok(()) => true,
+            Err(err) => {
+                let n = self.stats.dropped_publishes.fetch_add(1, Ordering::Relaxed) + 1;
+                // One line per power of two keeps a long outage from flooding the log.
+                if n.is_power_of_two() {
+                    tracing::warn!(event = "mqtt_publish_dropped", topic, total_dropped = n, error = %short(&err),
+                        "MQTT publish queue is full or closed; message dropped");
+                }
+                false
+            }
+        }
+    }
+
+    pub fn subscribe(&self, filter: &str) -> bool {
+        self.client.try_subscribe(filter, QoS::AtLeastOnce).is_ok()
+    }
+
+    pub async fn disconnect(&self) {
+        let _ = self.client.disconnect().await;
+    }
+
+    pub fn stats(&self) -> &MqttStats {
+        &self.stats
+    }
+}
+
+fn short(err: &ClientError) -> &'static str {
+    match err {
+        ClientError::TryRequest(_) => "queue full",
+        ClientError::Request(_) => "client closed",
+    }
+}
+
+/// Connection parameters resolved from the config.
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+/// Starts the client and its event loop task. `events` receives connection changes and
+/// incoming messages; messages are dropped (and counted) when the bridge falls behind.
+pub fn start(
+    cfg: &MqttConfig,
+    endpoint: &Endpoint,
+    events: mpsc::Sender<MqttEvent>,
+) -> anyhow::Result<(Publisher, JoinHandle<()>)> {
+    let mut opts = MqttOptions::new(cfg.client_id.clone(), endpoint.host.clone(), endpoint.port);
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(true) // never receive commands queued while we were away
+        .set_max_packet_size(MAX_PACKET_SIZE, MAX_PACKET_SIZE)
+        .set_last_will(LastWill::new(
+            format!("{}/bridge/state", cfg.base_topic),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+    if !cfg.username.is_empty() {
+        opts.set_credentials(cfg.username.clone(), cfg.password.expose().to_string());
+    }
+    if endpoint.tls {
+        let transport = match &cfg.ca_file {
+            Some(path) => {
+                let ca = std::fs::read(path)
+                    .with_context(|| format!("reading mqtt.ca_file {}", path.display()))?;
+                Transport::tls(ca, None, None)
+            }
+            None => Transport::tls_with_default_config(),
+        };
+        opts.set_transport(transport);
+    }
+    let (client, eventloop) = AsyncClient::new(opts, cfg.queue_capacity);
+    let stats = Arc::new(MqttStats::default());
+    let task = tokio::spawn(run_event_loop(eventloop, events, stats.clone()));
+    Ok((Publisher { client, stats }, task))
+}
+
+/// Exponential backoff with full jitter: 0.5 s doubling to 30 s.
+pub fn backoff_delay(attempt: u32) -> Duration {
+    let cap_ms = 500u64.saturating_mul(1 << attempt.min(6)).min(30_000);
+    Duration::from_millis(rand::rng().random_range(cap_ms / 2..=cap_ms))
+}
+
+async fn run_event_loop(
+    mut eventloop: rumqttc::EventLoop,
+    events: mpsc::Sender<MqttEvent>,
+    stats: Arc<MqttStats>,
+) {
+    let mut attempt = 0u32;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                attempt = 0;
+                tracing::info!(
+                    event = "mqtt_connected",
+                    session_present = ack.session_present,
+                    "connected to MQTT broker"
+                );
+                if events.send(MqttEvent::Connected).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let topic = p.topic;
+                let msg = MqttEvent::Message {
+                    topic,
+                    payload: p.payload,
+                    retain: p.retain,
+                };
+                if let Err(mpsc::error::TrySendError::Full(_)) = events.try_send(msg) {
+                    let n = stats.dropped_messages.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n.is_power_of_two() {
+                        tracing::warn!(
+                            event = "mqtt_message_dropped",
+                            total_dropped = n,
+                            "bridge busy; incoming MQTT message dropped"
+                        );
+                    }
+                }
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                // Our own clean disconnect (shutdown): the broker discards the will.
+                return;
+            }
+            Ok(_) => {}
+            Err(err) => {
+                if events.is_closed() {
+                    return;
+                }
+                stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                let delay = backoff_delay(attempt);
+                attempt = attempt.saturating_add(1);
+                tracing::warn!(event = "mqtt_connection_error", error = %err, retry_in_ms = delay.as_millis() as u64,
+                    "MQTT connection lost or refused");
+                let _ = events.try_send(MqttEvent::Disconnected(err.to_string()));
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for attempt in 0..20 {
+            let d = backoff_delay(attempt);
+            let cap = 500u64.saturating_mul(1 << attempt.min(6)).min(30_000);
+            assert!(
+                d.as_millis() as u64 >= cap / 2 && d.as_millis() as u64 <= cap,
+                "{attempt}: {d:?}"
+            );
+        }
+        assert!(backoff_delay(30) <= Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,70 @@
+//! `bridge.state_dir`: where tokens and session state persist. The folder is 0700, files
+//! are 0600 and replaced atomically (write to a temporary file, fsync, rename), so a crash
+//! never leaves half a token file behind.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+/// Creates the folder (0700) if missing and tightens its mode if it exists.
+pub fn prepare(dir: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating state_dir {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("setting mode 0700 on {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Atomically replaces `dir/name` with `data`, mode 0600.
+pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> anyhow::Result<PathBuf> {
+    let target = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut file = opts
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(data)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, &target).with_context(|| format!("renaming into {}", target.display()))?;
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_is_private_and_replaces() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        prepare(&dir).unwrap();
+        write_atomic(&dir, "tokens.json", b"one").unwrap();
+        let path = write_atomic(&dir, "tokens.json", b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            assert_eq!(
+                fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+                0o700
+            );
+        }
+        assert!(!dir.join(".tokens.json.tmp").exists());
+    }
+}

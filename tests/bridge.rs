@@ -1,0 +1,641 @@
+//! The bridge in-process, with a hand-driven connector, against a real mosquitto.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Mosquitto, Probe, RunningBridge};
+use vehicle2mqtt::config::Secret;
+use vehicle2mqtt::connector::Update;
+use vehicle2mqtt::model::{
+    Capability, CommandProgress, Field, Position, VehicleEvent, VehicleId, VehicleInfo,
+    VehicleState,
+};
+
+const T: Duration = Duration::from_secs(10);
+
+fn scooter(caps: Vec<Capability>) -> VehicleInfo {
+    VehicleInfo {
+        id: VehicleId::new("kx1001").unwrap(),
+        name: "Blue scooter".into(),
+        manufacturer: "kingxun".into(),
+        model: "E-motor".into(),
+        sw_version: Some("2.1".into()),
+        capabilities: caps,
+        event_types: vec!["tip_over".into()],
+    }
+}
+
+fn sample_state() -> VehicleState {
+    let mut s = VehicleState {
+        position: Position::new(31.2304, 121.4737),
+        ..Default::default()
+    };
+    s.set(Field::Odometer, 1234i64)
+        .set(Field::Speed, 0i64)
+        .set(Field::BatteryLevel, 87i64);
+    s.set(Field::Lock, "LOCKED").set(Field::SeatLock, false);
+    s
+}
+
+async fn announce(bridge: &RunningBridge, info: VehicleInfo, state: VehicleState) {
+    let id = info.id.clone();
+    bridge
+        .ctx
+        .updates
+        .send(Update::Vehicle(info))
+        .await
+        .unwrap();
+    bridge
+        .ctx
+        .updates
+        .send(Update::State {
+            vehicle: id,
+            state,
+            replace: true,
+        })
+        .await
+        .unwrap();
+}
+
+/// Retained discovery configs (non-empty) for one base topic's node.
+fn configs(probe: &Probe, node: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let mut out = std::collections::BTreeMap::new();
+    for m in probe.messages() {
+        if m.topic.contains(&format!("/{node}/")) && m.topic.ends_with("/config") {
+            if m.payload.is_empty() {
+                out.remove(&m.topic);
+            } else {
+                out.insert(m.topic.clone(), m.json());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn discovery_documents_are_complete_stable_and_follow_fields() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::test_config(&broker.url(), dir.path());
+    let base = config.mqtt.base_topic.clone();
+    let probe = Probe::connect(broker.port, &["homeassistant/#", &format!("{base}/#")]).await;
+
+    let bridge = RunningBridge::start(config.clone()).await;
+    announce(
+        &bridge,
+        scooter(vec![Capability::Lock, Capability::OpenSeat]),
+        sample_state(),
+    )
+    .await;
+    let odo_topic = format!("homeassistant/sensor/{base}/kx1001_odometer/config");
+    probe.wait_topic(&odo_topic, T).await;
+    probe
+        .wait_for("state", T, |m| m.topic == format!("{base}/kx1001/state"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let first = configs(&probe, &base);
+    for (topic, doc) in &first {
+        for key in ["unique_id", "device", "origin"] {
+            assert!(doc.get(key).is_some(), "{topic} lacks {key}: {doc}");
+        }
+        let component = topic.split('/').nth(1).unwrap();
+        if doc["device"]["identifiers"][0] == "v2m_kx1001" {
+            assert_eq!(doc["availability_mode"], "all", "{topic}");
+            assert_eq!(doc["availability"].as_array().unwrap().len(), 2, "{topic}");
+            assert_eq!(doc["device"]["via_device"], format!("v2m_bridge_{base}"));
+            assert_eq!(doc["device"]["manufacturer"], "kingxun");
+            assert_eq!(doc["device"]["sw_version"], "2.1");
+            let uid = doc["unique_id"].as_str().unwrap();
+            assert!(uid.starts_with("v2m_kx1001_"), "{uid}");
+            let obj = doc["object_id"].as_str().unwrap();
+            assert_eq!(doc["default_entity_id"], format!("{component}.{obj}"));
+        }
+    }
+    let odo = &first[&odo_topic];
+    assert_eq!(odo["device_class"], "distance");
+    assert_eq!(odo["unit_of_measurement"], "km");
+    assert_eq!(odo["state_class"], "total_increasing");
+    let tracker = &first[&format!("homeassistant/device_tracker/{base}/kx1001_location/config")];
+    assert_eq!(
+        tracker["json_attributes_topic"],
+        format!("{base}/kx1001/state")
+    );
+    let lock = &first[&format!("homeassistant/lock/{base}/kx1001_lock/config")];
+    assert_eq!(lock["command_topic"], format!("{base}/kx1001/lock/set"));
+    assert!(first.contains_key(&format!(
+        "homeassistant/button/{base}/kx1001_open_seat/config"
+    )));
+    assert!(first.contains_key(&format!("homeassistant/event/{base}/kx1001_events/config")));
+    assert!(first.contains_key(&format!(
+        "homeassistant/sensor/{base}/kx1001_last_update/config"
+    )));
+    assert!(first.contains_key(&format!(
+        "homeassistant/sensor/{base}/bridge_version/config"
+    )));
+    let battery = &first[&format!("homeassistant/sensor/{base}/kx1001_battery_level/config")];
+    assert_eq!(battery["device_class"], "battery");
+    let health = &first[&format!("homeassistant/sensor/{base}/kx1001_last_update/config")];
+    assert_eq!(health["entity_category"], "diagnostic");
+
+    // The state JSON carries the fields the entities read.
+    let state = probe
+        .wait_topic(&format!("{base}/kx1001/state"), T)
+        .await
+        .json();
+    assert_eq!(state["odometer"], 1234);
+    assert_eq!(state["latitude"], 31.2304);
+    assert_eq!(state["lock"], "LOCKED");
+
+    // A field the vehicle stops reporting loses its entity (empty retained config).
+    let mut less = sample_state();
+    less.values.remove(&Field::BatteryLevel);
+    bridge
+        .ctx
+        .updates
+        .send(Update::State {
+            vehicle: VehicleId::new("kx1001").unwrap(),
+            state: less,
+            replace: true,
+        })
+        .await
+        .unwrap();
+    let battery_topic = format!("homeassistant/sensor/{base}/kx1001_battery_level/config");
+    let removal = probe
+        .wait_for("battery entity removal", T, |m| {
+            m.topic == battery_topic && m.payload.is_empty()
+        })
+        .await;
+    assert!(removal.retain || removal.payload.is_empty());
+    bridge.stop().await;
+
+    // Restart: the same unique_ids come back.
+    let probe2 = Probe::connect(broker.port, &[&format!("homeassistant/+/{base}/+/config")]).await;
+    probe2.clear();
+    let bridge = RunningBridge::start(config).await;
+    announce(
+        &bridge,
+        scooter(vec![Capability::Lock, Capability::OpenSeat]),
+        sample_state(),
+    )
+    .await;
+    probe2.wait_topic(&odo_topic, T).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let uids = |m: &std::collections::BTreeMap<String, serde_json::Value>| {
+        m.values()
+            .map(|d| d["unique_id"].as_str().unwrap().to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let second = configs(&probe2, &base);
+    assert_eq!(
+        uids(&first),
+        uids(&second),
+        "unique_ids must survive a restart"
+    );
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn ha_birth_resends_discovery() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::test_config(&broker.url(), dir.path());
+    let base = config.mqtt.base_topic.clone();
+    let bridge = RunningBridge::start(config).await;
+    announce(&bridge, scooter(vec![Capability::Lock]), sample_state()).await;
+    let odo_topic = format!("homeassistant/sensor/{base}/kx1001_odometer/config");
+    let probe = Probe::connect(broker.port, &[&odo_topic]).await;
+    probe.wait_topic(&odo_topic, T).await; // the retained copy
+    probe.clear();
+    probe.publish("homeassistant/status", "online", false).await;
+    let again = probe.wait_topic(&odo_topic, T).await;
+    assert!(
+        !again.retain,
+        "a live re-send, not the broker's retained copy"
+    );
+    assert_eq!(again.json()["unique_id"], "v2m_kx1001_odometer");
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn broker_restart_brings_state_and_discovery_back() {
+    let mut broker = Mosquitto::start(); // persistence off: a restart forgets every retained message
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::test_config(&broker.url(), dir.path());
+    let base = config.mqtt.base_topic.clone();
+    let bridge = RunningBridge::start(config).await;
+    announce(&bridge, scooter(vec![Capability::Lock]), sample_state()).await;
+    {
+        let probe = Probe::connect(broker.port, &[&format!("{base}/kx1001/state")]).await;
+        probe.wait_topic(&format!("{base}/kx1001/state"), T).await;
+    }
+    broker.restart();
+    let probe = Probe::connect(
+        broker.port,
+        &[
+            &format!("{base}/bridge/state"),
+            &format!("{base}/kx1001/#"),
+            &format!("homeassistant/sensor/{base}/#"),
+        ],
+    )
+    .await;
+    let state = probe
+        .wait_topic(&format!("{base}/kx1001/state"), Duration::from_secs(40))
+        .await;
+    assert_eq!(state.json()["odometer"], 1234);
+    probe
+        .wait_for("bridge online", T, |m| {
+            m.topic == format!("{base}/bridge/state") && m.text() == "online"
+        })
+        .await;
+    probe
+        .wait_for("availability", T, |m| {
+            m.topic == format!("{base}/kx1001/availability") && m.text() == "online"
+        })
+        .await;
+    probe
+        .wait_topic(
+            &format!("homeassistant/sensor/{base}/kx1001_odometer/config"),
+            T,
+        )
+        .await;
+    bridge.stop().await;
+}
+
+async fn command_setup(
+    pin: Option<&str>,
+    timeout: Duration,
+) -> (Mosquitto, tempfile::TempDir, String, RunningBridge, Probe) {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(&broker.url(), dir.path());
+    config.bridge.command_timeout = timeout;
+    if let Some(pin) = pin {
+        config.bridge.command_pin = Secret::new(pin);
+    }
+    let base = config.mqtt.base_topic.clone();
+    let bridge = RunningBridge::start(config).await;
+    announce(
+        &bridge,
+        scooter(vec![Capability::Lock, Capability::Engine]),
+        sample_state(),
+    )
+    .await;
+    let probe = Probe::connect(broker.port, &[&format!("{base}/#")]).await;
+    probe.wait_topic(&format!("{base}/kx1001/state"), T).await;
+    probe
+        .wait_for("bridge online", T, |m| {
+            m.topic == format!("{base}/bridge/state") && m.text() == "online"
+        })
+        .await;
+    (broker, dir, base, bridge, probe)
+}
+
+fn results(probe: &Probe, base: &str) -> Vec<serde_json::Value> {
+    probe
+        .messages()
+        .iter()
+        .filter(|m| m.topic == format!("{base}/kx1001/command/result"))
+        .map(|m| m.json())
+        .collect()
+}
+
+#[tokio::test]
+async fn unlock_goes_accepted_then_succeeded_with_unlocking_in_between() {
+    let (_broker, _dir, base, mut bridge, probe) =
+        command_setup(None, Duration::from_secs(10)).await;
+    probe
+        .publish(
+            &format!("{base}/kx1001/lock/set"),
+            r#"{"action":"UNLOCK","id":"c-1"}"#,
+            false,
+        )
+        .await;
+    let req = tokio::time::timeout(T, bridge.ctx.commands.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(req.command, vehicle2mqtt::model::Command::Unlock);
+    assert_eq!(req.id, "c-1");
+    probe
+        .wait_for("UNLOCKING", T, |m| {
+            m.topic == format!("{base}/kx1001/state") && m.json()["lock"] == "UNLOCKING"
+        })
+        .await;
+    req.progress.send(CommandProgress::Accepted).await.unwrap();
+    probe
+        .wait_for("accepted", T, |m| {
+            m.topic.ends_with("/command/result") && m.json()["status"] == "accepted"
+        })
+        .await;
+    req.progress.send(CommandProgress::Succeeded).await.unwrap();
+    probe
+        .wait_for("succeeded", T, |m| {
+            m.topic.ends_with("/command/result") && m.json()["status"] == "succeeded"
+        })
+        .await;
+    probe
+        .wait_for("UNLOCKED", T, |m| {
+            m.topic == format!("{base}/kx1001/state") && m.json()["lock"] == "UNLOCKED"
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = results(&probe, &base);
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert_eq!(r[0]["id"], "c-1");
+    assert_eq!(r[1]["command"], "unlock");
+    assert!(r[1]["ts"].as_str().unwrap().ends_with('Z'));
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn retained_command_is_never_executed() {
+    // The danger: a retained UNLOCK sits on the broker and fires whenever the bridge
+    // (re)subscribes. Put it there first, then start the bridge.
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::test_config(&broker.url(), dir.path());
+    let base = config.mqtt.base_topic.clone();
+    let probe = Probe::connect(broker.port, &[&format!("{base}/+/command/result")]).await;
+    probe
+        .publish(&format!("{base}/kx1001/lock/set"), "UNLOCK", true)
+        .await;
+    let mut bridge = RunningBridge::start(config).await;
+    announce(&bridge, scooter(vec![Capability::Lock]), sample_state()).await;
+    let r = probe
+        .wait_for("rejection", T, |m| m.topic.ends_with("/command/result"))
+        .await
+        .json();
+    assert_eq!(r["status"], "rejected");
+    assert!(r["reason"].as_str().unwrap().contains("retained"), "{r}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        bridge.ctx.commands.try_recv().is_err(),
+        "a retained command reached the connector"
+    );
+    probe
+        .publish(&format!("{base}/kx1001/lock/set"), "", true)
+        .await;
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn pin_is_required_for_unlock_and_engine_start() {
+    let (_broker, _dir, base, mut bridge, probe) =
+        command_setup(Some("2468"), Duration::from_secs(10)).await;
+    probe
+        .publish(
+            &format!("{base}/kx1001/lock/set"),
+            r#"{"action":"UNLOCK","code":"1111","id":"w"}"#,
+            false,
+        )
+        .await;
+    probe
+        .publish(&format!("{base}/kx1001/lock/set"), "UNLOCK", false)
+        .await;
+    probe
+        .publish(&format!("{base}/kx1001/engine/set"), "ON", false)
+        .await;
+    probe
+        .wait_for("three rejections", T, |_| {
+            results(&probe, &base)
+                .iter()
+                .filter(|r| r["status"] == "rejected")
+                .count()
+                == 3
+        })
+        .await;
+    for r in results(&probe, &base) {
+        assert_eq!(r["reason"], "wrong or missing PIN", "{r}");
+    }
+    assert!(bridge.ctx.commands.try_recv().is_err());
+    // Lock needs no PIN; unlock with the right one goes through.
+    probe
+        .publish(&format!("{base}/kx1001/lock/set"), "LOCK", false)
+        .await;
+    let req = tokio::time::timeout(T, bridge.ctx.commands.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(req.command, vehicle2mqtt::model::Command::Lock);
+    req.progress.send(CommandProgress::Succeeded).await.unwrap();
+    probe
+        .publish(
+            &format!("{base}/kx1001/lock/set"),
+            r#"{"action":"UNLOCK","code":"2468"}"#,
+            false,
+        )
+        .await;
+    let req = tokio::time::timeout(T, bridge.ctx.commands.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(req.command, vehicle2mqtt::model::Command::Unlock);
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_vehicle_unsupported_and_expired_commands_are_rejected() {
+    let (_broker, _dir, base, mut bridge, probe) =
+        command_setup(None, Duration::from_secs(10)).await;
+    probe
+        .publish(&format!("{base}/nosuchcar/lock/set"), "UNLOCK", false)
+        .await;
+    let r = probe
+        .wait_for("unknown", T, |m| {
+            m.topic == format!("{base}/nosuchcar/command/result")
+        })
+        .await
+        .json();
+    assert_eq!(r["status"], "rejected");
+    assert_eq!(r["reason"], "unknown vehicle");
+    probe
+        .publish(&format!("{base}/kx1001/horn/set"), "PRESS", false)
+        .await;
+    probe
+        .publish(
+            &format!("{base}/kx1001/lock/set"),
+            r#"{"action":"UNLOCK","ts":1000000000}"#,
+            false,
+        )
+        .await;
+    probe
+        .wait_for("two rejections", T, |_| {
+            results(&probe, &base)
+                .iter()
+                .filter(|r| r["status"] == "rejected")
+                .count()
+                == 2
+        })
+        .await;
+    let r = results(&probe, &base);
+    assert!(
+        r[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not support"),
+        "{r:?}"
+    );
+    assert!(
+        r[1]["reason"].as_str().unwrap().contains("expired"),
+        "{r:?}"
+    );
+    assert!(bridge.ctx.commands.try_recv().is_err());
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn silent_connector_yields_timeout_and_next_command_runs() {
+    let (_broker, _dir, base, mut bridge, probe) =
+        command_setup(None, Duration::from_millis(800)).await;
+    probe
+        .publish(
+            &format!("{base}/kx1001/lock/set"),
+            r#"{"action":"LOCK","id":"first"}"#,
+            false,
+        )
+        .await;
+    probe
+        .publish(
+            &format!("{base}/kx1001/lock/set"),
+            r#"{"action":"UNLOCK","id":"second"}"#,
+            false,
+        )
+        .await;
+    let first = tokio::time::timeout(T, bridge.ctx.commands.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.id, "first");
+    // One in flight per vehicle: the second waits behind the first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        bridge.ctx.commands.try_recv().is_err(),
+        "second command ran while the first was in flight"
+    );
+    let r = probe
+        .wait_for("timeout", T, |m| {
+            m.topic.ends_with("/command/result") && m.json()["id"] == "first"
+        })
+        .await
+        .json();
+    assert_eq!(r["status"], "timeout");
+    let second = tokio::time::timeout(T, bridge.ctx.commands.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.id, "second");
+    drop(first);
+    // Dropping the request without an answer is a failure, not a hang.
+    drop(second);
+    let r = probe
+        .wait_for("failed", T, |m| {
+            m.topic.ends_with("/command/result") && m.json()["id"] == "second"
+        })
+        .await
+        .json();
+    assert_eq!(r["status"], "failed");
+    // The lock is back to its real state after the failed attempts.
+    probe
+        .wait_for("LOCKED", T, |m| {
+            m.topic == format!("{base}/kx1001/state") && m.json()["lock"] == "LOCKED"
+        })
+        .await;
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn events_availability_staleness_and_per_field_topics() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(&broker.url(), dir.path());
+    config.mqtt.per_field_topics = true;
+    config.bridge.stale_after = Duration::from_millis(800);
+    let base = config.mqtt.base_topic.clone();
+    let probe = Probe::connect(broker.port, &[&format!("{base}/#")]).await;
+    let bridge = RunningBridge::start(config).await;
+    announce(&bridge, scooter(vec![]), sample_state()).await;
+    let vid = VehicleId::new("kx1001").unwrap();
+    probe
+        .wait_for("odometer topic", T, |m| {
+            m.topic == format!("{base}/kx1001/odometer") && m.text() == "1234"
+        })
+        .await;
+    probe
+        .wait_for("seat lock topic", T, |m| {
+            m.topic == format!("{base}/kx1001/seat_lock") && m.text() == "OFF"
+        })
+        .await;
+    probe
+        .wait_for("online", T, |m| {
+            m.topic == format!("{base}/kx1001/availability") && m.text() == "online"
+        })
+        .await;
+    let info = probe
+        .wait_for("bridge info", T, |m| {
+            m.topic == format!("{base}/bridge/info") && m.json()["vehicles"] == 1
+        })
+        .await;
+    assert_eq!(info.json()["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(info.json()["connectors"][0]["name"], "test");
+
+    let mut attributes = serde_json::Map::new();
+    attributes.insert("speed".into(), 12.into());
+    bridge
+        .ctx
+        .updates
+        .send(Update::Event {
+            vehicle: vid.clone(),
+            event: VehicleEvent {
+                event_type: "tip_over".into(),
+                attributes,
+            },
+        })
+        .await
+        .unwrap();
+    let ev = probe.wait_topic(&format!("{base}/kx1001/event"), T).await;
+    assert_eq!(ev.json()["event_type"], "tip_over");
+    assert_eq!(ev.json()["speed"], 12);
+    assert!(!ev.retain);
+
+    // No update within stale_after: offline. A new update: online again.
+    probe
+        .wait_for("stale", T, |m| {
+            m.topic == format!("{base}/kx1001/availability") && m.text() == "offline"
+        })
+        .await;
+    probe.clear();
+    bridge
+        .ctx
+        .updates
+        .send(Update::State {
+            vehicle: vid.clone(),
+            state: sample_state(),
+            replace: false,
+        })
+        .await
+        .unwrap();
+    probe
+        .wait_for("fresh", T, |m| {
+            m.topic == format!("{base}/kx1001/availability") && m.text() == "online"
+        })
+        .await;
+    // The connector says the vehicle is gone.
+    bridge
+        .ctx
+        .updates
+        .send(Update::Availability {
+            vehicle: vid,
+            online: false,
+        })
+        .await
+        .unwrap();
+    probe
+        .wait_for("offline", T, |m| {
+            m.topic == format!("{base}/kx1001/availability") && m.text() == "offline"
+        })
+        .await;
+
+    bridge.stop().await;
+}

@@ -1,0 +1,301 @@
+//! Shared test harness: a real mosquitto per test on its own port, an MQTT probe client
+//! that records everything it sees, and a connector the test drives by hand.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use vehicle2mqtt::config::Config;
+use vehicle2mqtt::connector::{Connector, ConnectorContext, ConnectorFuture};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn wait_port(port: u16, timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A mosquitto broker on a free loopback port, killed on drop.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut m = Mosquitto {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_packet_size 2000000\n", self.port),
+        )
+        .expect("write mosquitto.conf");
+        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("mosquitto"));
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (.ci/run installs it)");
+        self.child = Some(child);
+        assert!(
+            wait_port(self.port, Duration::from_secs(10)),
+            "mosquitto did not start on {}",
+            self.port
+        );
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+impl Msg {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.payload).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// An MQTT client that records every message on its subscriptions.
+pub struct Probe {
+    pub client: AsyncClient,
+    log: Arc<Mutex<Vec<Msg>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Probe {
+    pub async fn connect(port: u16, filters: &[&str]) -> Probe {
+        let id = format!("probe-{}", rand::random::<u32>());
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_max_packet_size(2 << 20, 2 << 20);
+        let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let mut ready_tx = Some(ready_tx);
+        let sink = log.clone();
+        let subs: Vec<String> = filters.iter().map(|s| s.to_string()).collect();
+        let sub_client = client.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        for f in &subs {
+                            let _ = sub_client.subscribe(f.clone(), QoS::AtLeastOnce).await;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => sink.lock().unwrap().push(Msg {
+                        topic: p.topic.clone(),
+                        payload: p.payload.to_vec(),
+                        retain: p.retain,
+                    }),
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        if !filters.is_empty() {
+            tokio::time::timeout(Duration::from_secs(10), ready_rx)
+                .await
+                .expect("probe subscribed")
+                .ok();
+        }
+        Probe { client, log, task }
+    }
+
+    pub fn messages(&self) -> Vec<Msg> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn clear(&self) {
+        self.log.lock().unwrap().clear();
+    }
+
+    /// Waits until a message matches, returning the first such message.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Msg) -> bool,
+    ) -> Msg {
+        let end = Instant::now() + timeout;
+        loop {
+            // Snapshot first: the predicate may read the probe itself.
+            let snapshot = self.messages();
+            if let Some(m) = snapshot.into_iter().find(|m| pred(m)) {
+                return m;
+            }
+            if Instant::now() > end {
+                let seen: Vec<String> = self
+                    .messages()
+                    .iter()
+                    .map(|m| format!("{} = {}", m.topic, m.text()))
+                    .take(60)
+                    .collect();
+                panic!("timed out waiting for {what}; saw:\n{}", seen.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_topic(&self, topic: &str, timeout: Duration) -> Msg {
+        self.wait_for(topic, timeout, |m| m.topic == topic).await
+    }
+
+    pub async fn publish(&self, topic: &str, payload: &str, retain: bool) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, retain, payload.as_bytes().to_vec())
+            .await
+            .expect("publish");
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A connector that hands its context to the test, which then plays the upstream.
+pub struct HandConnector {
+    pub ctx: oneshot::Sender<ConnectorContext>,
+}
+
+impl Connector for HandConnector {
+    fn name(&self) -> &'static str {
+        "test"
+    }
+    fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {
+        Box::pin(async move {
+            let shutdown = ctx.shutdown.clone();
+            let _ = self.ctx.send(ctx);
+            shutdown.cancelled().await;
+            Ok(())
+        })
+    }
+}
+
+/// A config for tests: the given broker, a unique base topic and state dir.
+pub fn test_config(broker_url: &str, state_dir: &std::path::Path) -> Config {
+    let mut c = Config::default();
+    c.mqtt.url = broker_url.to_string();
+    c.mqtt.base_topic = format!("t{}", rand::random::<u32>());
+    c.mqtt.client_id = format!("v2m-{}", rand::random::<u32>());
+    c.bridge.state_dir = state_dir.to_path_buf();
+    c
+}
+
+/// A bridge running in this process with one hand-driven connector.
+pub struct RunningBridge {
+    pub ctx: ConnectorContext,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningBridge {
+    pub async fn start(config: Config) -> RunningBridge {
+        let (tx, rx) = oneshot::channel();
+        let shutdown = CancellationToken::new();
+        let connectors: Vec<Box<dyn Connector>> = vec![Box::new(HandConnector { ctx: tx })];
+        let task = tokio::spawn(vehicle2mqtt::bridge::run(
+            config,
+            connectors,
+            shutdown.clone(),
+        ));
+        let ctx = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .expect("connector started")
+            .expect("ctx");
+        RunningBridge {
+            ctx,
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+/// Kills a child process on drop, so a failing test leaves nothing running.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn command_rx(
+    ctx: &mut ConnectorContext,
+) -> &mut mpsc::Receiver<vehicle2mqtt::connector::CommandRequest> {
+    &mut ctx.commands
+}

@@ -1,0 +1,260 @@
+//! The real binary, spawned as a process: signals, last will, exit codes, embedded broker.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{KillOnDrop, Mosquitto, Probe};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vehicle2mqtt");
+const T: Duration = Duration::from_secs(15);
+
+/// A command for the binary with a clean environment (no stray `V2M_` from the caller)
+/// in a fresh working directory.
+fn bridge_cmd(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    cmd.env("V2M_BRIDGE__STATE_DIR", dir.join("state"));
+    cmd
+}
+
+fn spawn_against(broker: &Mosquitto, dir: &std::path::Path, base: &str) -> KillOnDrop {
+    let child = bridge_cmd(dir)
+        .env("V2M_MQTT__URL", broker.url())
+        .env("V2M_MQTT__BASE_TOPIC", base)
+        .env("V2M_MQTT__CLIENT_ID", format!("{base}-bridge"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn vehicle2mqtt");
+    KillOnDrop(child)
+}
+
+fn signal(child: &KillOnDrop, sig: i32) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.0.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn wait_exit(child: &mut KillOnDrop, timeout: Duration) -> std::process::ExitStatus {
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            return status;
+        }
+        assert!(std::time::Instant::now() < end, "process did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigkill_leaves_the_last_will_offline() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("p{}", rand::random::<u32>());
+    let topic = format!("{base}/bridge/state");
+    let probe = Probe::connect(broker.port, &[&topic]).await;
+    let child = spawn_against(&broker, dir.path(), &base);
+    probe
+        .wait_for("online", T, |m| m.topic == topic && m.text() == "online")
+        .await;
+    signal(&child, 9);
+    drop(child);
+    probe
+        .wait_for("last will", Duration::from_secs(60), |m| {
+            m.topic == topic && m.text() == "offline"
+        })
+        .await;
+    // Retained: a client arriving later sees offline too.
+    let late = Probe::connect(broker.port, &[&topic]).await;
+    let m = late.wait_topic(&topic, T).await;
+    assert_eq!(m.text(), "offline");
+    assert!(m.retain);
+}
+
+#[tokio::test]
+async fn sigterm_publishes_offline_and_exits_zero() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("p{}", rand::random::<u32>());
+    let topic = format!("{base}/bridge/state");
+    let probe = Probe::connect(broker.port, &[&topic]).await;
+    let mut child = spawn_against(&broker, dir.path(), &base);
+    probe
+        .wait_for("online", T, |m| m.topic == topic && m.text() == "online")
+        .await;
+    // The info document is published once connected.
+    signal(&child, 15);
+    let status = wait_exit(&mut child, T).await;
+    assert_eq!(status.code(), Some(0), "SIGTERM must exit 0");
+    probe
+        .wait_for("offline", T, |m| m.topic == topic && m.text() == "offline")
+        .await;
+    let late = Probe::connect(broker.port, &[&topic]).await;
+    assert_eq!(late.wait_topic(&topic, T).await.text(), "offline");
+    // The state dir was created private.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("state"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+}
+
+#[tokio::test]
+async fn embedded_broker_serves_mqtt_with_default_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let child = bridge_cmd(dir.path())
+        .env("V2M_MQTT__EMBEDDED_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let _child = KillOnDrop(child);
+    assert!(
+        common::wait_port(port, T),
+        "embedded broker never listened on {port}"
+    );
+    let probe = Probe::connect(port, &["vehicle2mqtt/bridge/#"]).await;
+    probe
+        .wait_for("online on the embedded broker", T, |m| {
+            m.topic == "vehicle2mqtt/bridge/state" && m.text() == "online"
+        })
+        .await;
+    let info = probe.wait_topic("vehicle2mqtt/bridge/info", T).await.json();
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn embedded_broker_port_in_use_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = bridge_cmd(dir.path())
+        .env("V2M_MQTT__EMBEDDED_LISTEN", format!("127.0.0.1:{port}"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("embedded broker cannot listen"), "{err}");
+}
+
+#[test]
+fn check_config_env_overrides_file_and_masks_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("my.toml");
+    std::fs::write(
+        &file,
+        "[mqtt]\nurl = \"mqtt://file-host:1883\"\nusername = \"ha\"\npassword = \"file-secret-pw\"\n\
+         [bridge]\ncommand_pin = \"9753\"\ncommand_timeout = \"45s\"\n",
+    )
+    .unwrap();
+    let out = bridge_cmd(dir.path())
+        .env("V2M_MQTT__URL", "mqtt://env-host:1884")
+        .env("V2M_BRIDGE__STALE_AFTER", "5m")
+        .arg("check-config")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let parsed: toml::Value = toml::from_str(&text).expect("check-config prints TOML");
+    assert_eq!(
+        parsed["mqtt"]["url"].as_str(),
+        Some("mqtt://env-host:1884"),
+        "env wins over the file"
+    );
+    assert_eq!(
+        parsed["mqtt"]["username"].as_str(),
+        Some("ha"),
+        "the file wins over defaults"
+    );
+    assert_eq!(parsed["bridge"]["command_timeout"].as_str(), Some("45s"));
+    assert_eq!(parsed["bridge"]["stale_after"].as_str(), Some("5m"));
+    assert!(!text.contains("file-secret-pw"), "password leaked:\n{text}");
+    assert!(!text.contains("9753"), "PIN leaked:\n{text}");
+    assert_eq!(parsed["mqtt"]["password"].as_str(), Some("********"));
+}
+
+#[test]
+fn bad_config_exits_2_naming_key_and_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &str, &str, &str); 4] = [
+        (
+            "V2M_BRIDGE__COMMAND_TIMEOUT",
+            "soon",
+            "bridge.command_timeout",
+            "V2M_",
+        ),
+        ("V2M_MQTT__URL", "http://nope", "mqtt.url", "V2M_"),
+        ("V2M_BRIDGE__LOG_FORMAT", "xml", "bridge.log_format", "V2M_"),
+        ("V2M_MQTT__NO_SUCH_KEY", "1", "mqtt.no_such_key", "V2M_"),
+    ];
+    for (var, value, key, source) in cases {
+        let out = bridge_cmd(dir.path())
+            .env(var, value)
+            .arg("check-config")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}={value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "{var}: error should name `{key}`: {err}");
+        assert!(
+            err.contains(source),
+            "{var}: error should name the source: {err}"
+        );
+    }
+    // A bad value in a file names the file; the bridge refuses to start with it too.
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[bridge]\nstale_after = \"0s\"\n").unwrap();
+    for sub in ["check-config", "run"] {
+        let out = bridge_cmd(dir.path())
+            .arg(sub)
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{sub}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("bridge.stale_after") && err.contains("bad.toml"),
+            "{err}"
+        );
+    }
+    // A missing file is an error, not silently the defaults.
+    let out = bridge_cmd(dir.path())
+        .arg("check-config")
+        .arg("--config")
+        .arg("nope.toml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn version_and_help() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("check-config") && help.contains("--config"),
+        "{help}"
+    );
+}
