@@ -13,6 +13,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::connectors::exlive::ExliveConfig;
+
 /// A secret string: usable, serialisable for layering, never printed by `Debug`.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -142,7 +144,7 @@ pub struct Config {
     pub xchanger: PlannedConnectorConfig,
     pub iauto360: PlannedConnectorConfig,
     pub kingxun: PlannedConnectorConfig,
-    pub exlive: PlannedConnectorConfig,
+    pub exlive: ExliveConfig,
 }
 
 /// Where the broker lives, parsed from `mqtt.url`.
@@ -240,7 +242,6 @@ impl Config {
             ("xchanger.enabled", &self.xchanger),
             ("iauto360.enabled", &self.iauto360),
             ("kingxun.enabled", &self.kingxun),
-            ("exlive.enabled", &self.exlive),
         ] {
             if cfg.enabled {
                 return Err(invalid(
@@ -248,6 +249,9 @@ impl Config {
                     "this connector is not available in this build yet".into(),
                 ));
             }
+        }
+        if let Err((key, reason)) = self.exlive.validate() {
+            return Err(invalid(&format!("exlive.{key}"), reason));
         }
         Ok(())
     }

@@ -8,8 +8,11 @@
 pub mod bridge;
 pub mod config;
 pub mod connector;
+pub mod connectors;
 pub mod hass;
 pub mod logging;
 pub mod model;
 pub mod mqtt;
+pub mod protocol;
+pub mod sim;
 pub mod state_dir;

@@ -12,8 +12,10 @@ pub fn init(format: LogFormat, level: &str) {
         .and_then(|v| EnvFilter::try_new(v).ok())
         .unwrap_or_else(|| {
             // The embedded broker logs every connection at info; keep it quiet.
-            EnvFilter::try_new(format!("{level},rumqttd=warn,rumqttd::router=error"))
-                .unwrap_or_else(|_| EnvFilter::new("info"))
+            EnvFilter::try_new(format!(
+                "{level},rumqttd=warn,rumqttd::router=error,rumqttd::server=off"
+            ))
+            .unwrap_or_else(|_| EnvFilter::new("info"))
         });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -8,7 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use vehicle2mqtt::config::Config;
 use vehicle2mqtt::connector::Connector;
-use vehicle2mqtt::{bridge, logging, state_dir};
+use vehicle2mqtt::connectors::exlive::ExliveConnector;
+use vehicle2mqtt::{bridge, logging, sim, state_dir};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +31,33 @@ enum Cmd {
     Run,
     /// Print the effective configuration with secrets masked; exit 2 if it is invalid.
     CheckConfig,
+    /// Simulate devices or upstreams against a running bridge.
+    Simulate {
+        #[command(subcommand)]
+        target: SimTarget,
+    },
+}
+
+#[derive(Subcommand)]
+enum SimTarget {
+    /// EXLIVE links that log in and push 1007 positions.
+    Exlive {
+        /// The bridge's EXLIVE listener, host:port.
+        #[arg(long)]
+        server: String,
+        #[arg(long, default_value_t = 1)]
+        links: usize,
+        /// Positions per second per link.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        #[arg(long, default_value = "exlive")]
+        user: String,
+        #[arg(long, default_value = "000000")]
+        password: String,
+        /// First vehicle id (link i reports id + i).
+        #[arg(long, default_value_t = 1000)]
+        first_id: u64,
+    },
 }
 
 /// Exit code for an invalid configuration.
@@ -37,6 +65,10 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Cmd::Run);
+    if let Cmd::Simulate { target } = command {
+        return simulate(target);
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok((config, _)) => config,
         Err(err) => {
@@ -44,13 +76,51 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match cli.command.unwrap_or(Cmd::Run) {
+    match command {
         Cmd::CheckConfig => {
             print!("{}", config.to_masked_toml());
             ExitCode::SUCCESS
         }
         Cmd::Run => run(config),
+        Cmd::Simulate { .. } => unreachable!("handled before the config is read"),
     }
+}
+
+fn simulate(target: SimTarget) -> ExitCode {
+    logging::init(vehicle2mqtt::config::LogFormat::Text, "info");
+    let Ok(runtime) = tokio::runtime::Runtime::new() else {
+        return ExitCode::FAILURE;
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wait_for_signal(shutdown.clone()));
+        match target {
+            SimTarget::Exlive { server, links, rate, user, password, first_id } => {
+                let opts = sim::exlive::SimOptions { server, links, rate, user, password, first_id, stamp: false };
+                let stats = std::sync::Arc::new(sim::exlive::SimStats::default());
+                let reporter = {
+                    let (stats, shutdown) = (stats.clone(), shutdown.clone());
+                    tokio::spawn(async move {
+                        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+                        loop {
+                            tokio::select! {
+                                _ = shutdown.cancelled() => break,
+                                _ = tick.tick() => {
+                                    use std::sync::atomic::Ordering::Relaxed;
+                                    tracing::info!(logged_in = stats.logged_in.load(Relaxed), login_failed = stats.login_failed.load(Relaxed),
+                                        positions = stats.positions.load(Relaxed), commands = stats.commands_answered.load(Relaxed),
+                                        errors = stats.errors.load(Relaxed), "simulator");
+                                }
+                            }
+                        }
+                    })
+                };
+                sim::exlive::run(opts, stats, shutdown).await;
+                reporter.abort();
+            }
+        }
+    });
+    ExitCode::SUCCESS
 }
 
 fn run(config: Config) -> ExitCode {
@@ -80,7 +150,10 @@ fn run(config: Config) -> ExitCode {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     state_dir::prepare(&config.bridge.state_dir)?;
-    let connectors: Vec<Box<dyn Connector>> = Vec::new();
+    let mut connectors: Vec<Box<dyn Connector>> = Vec::new();
+    if config.exlive.enabled {
+        connectors.push(Box::new(ExliveConnector::new(config.exlive.clone())));
+    }
     if connectors.is_empty() {
         tracing::warn!(
             event = "no_connectors",

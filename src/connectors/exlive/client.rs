@@ -1,0 +1,182 @@
+//! Client role: log in to an EXLIVE platform as a user, list its groups and vehicles,
+//! take its 1007 stream, send heartbeats, reconnect with backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use super::server::next_message;
+use super::{Core, ExliveClientConfig, LINK_QUEUE};
+use crate::connector::Update;
+use crate::mqtt::backoff_delay;
+use crate::protocol::exlive::{Message, Splitter};
+
+/// After a refused login, wait this long before trying again: never a login storm.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(15 * 60);
+
+enum Ended {
+    /// The platform refused our credentials.
+    Refused(String),
+    /// Connection trouble: retry with the normal backoff.
+    Lost(String),
+    Shutdown,
+}
+
+pub(super) async fn run(
+    cfg: ExliveClientConfig,
+    core: Arc<Core>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut attempt = 0u32;
+    loop {
+        let started = Instant::now();
+        let ended = session(&cfg, &core, &shutdown).await;
+        let delay = match ended {
+            Ended::Shutdown => return Ok(()),
+            Ended::Refused(result) => {
+                let reason = format!(
+                    "EXLIVE platform {} refused login for `{}`: {result}",
+                    cfg.address, cfg.name
+                );
+                tracing::error!(event = "exlive_client_login_refused", address = %cfg.address, user = %cfg.name,
+                    result = %result, retry_in_s = REFUSED_BACKOFF.as_secs(), "login refused; not retrying soon");
+                let _ = core
+                    .updates
+                    .send(Update::Health {
+                        links: core.links.load(std::sync::atomic::Ordering::Relaxed),
+                        error: Some(reason),
+                    })
+                    .await;
+                REFUSED_BACKOFF
+            }
+            Ended::Lost(reason) => {
+                if started.elapsed() > Duration::from_secs(60) {
+                    attempt = 0;
+                }
+                let delay = backoff_delay(attempt);
+                attempt = attempt.saturating_add(1);
+                tracing::warn!(event = "exlive_client_disconnected", address = %cfg.address, reason = %reason,
+                    retry_in_ms = delay.as_millis() as u64, "EXLIVE platform link lost");
+                delay
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn send(wr: &mut tokio::net::tcp::OwnedWriteHalf, msg: &Message) -> Result<(), Ended> {
+    let mut line = msg.encode().into_bytes();
+    line.push(b'\n');
+    match timeout(Duration::from_secs(10), wr.write_all(&line)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Ended::Lost(format!("write: {e}"))),
+        Err(_) => Err(Ended::Lost("write timed out".into())),
+    }
+}
+
+async fn session(
+    cfg: &ExliveClientConfig,
+    core: &Arc<Core>,
+    shutdown: &CancellationToken,
+) -> Ended {
+    let connect = timeout(Duration::from_secs(10), TcpStream::connect(&cfg.address));
+    let stream = tokio::select! {
+        _ = shutdown.cancelled() => return Ended::Shutdown,
+        r = connect => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Ended::Lost(format!("connect: {e}")),
+            Err(_) => return Ended::Lost("connect timed out".into()),
+        },
+    };
+    let _ = stream.set_nodelay(true);
+    let (rd, mut wr) = stream.into_split();
+    let mut frames = FramedRead::new(rd, Splitter::new(core.config.max_message_size));
+    let peer = cfg.address.clone();
+    let login = Message::Login {
+        name: cfg.name.clone(),
+        pass: cfg.password.expose().to_string(),
+        ver: env!("CARGO_PKG_VERSION").into(),
+        kind: String::new(),
+        mode: String::new(),
+    };
+    if let Err(e) = send(&mut wr, &login).await {
+        return e;
+    }
+    // The answer to our login: an 8000 for cmd 1000.
+    let answer = loop {
+        match timeout(
+            Duration::from_secs(30),
+            next_message(&mut frames, &peer, core),
+        )
+        .await
+        {
+            Err(_) => return Ended::Lost("no login answer within 30 s".into()),
+            Ok(None) => return Ended::Refused("link closed after login".into()),
+            Ok(Some(Message::Ack { cmd, result })) if cmd == "1000" || cmd.is_empty() => {
+                break result
+            }
+            Ok(Some(_)) => continue,
+        }
+    };
+    if !Message::is_success(&answer) {
+        return Ended::Refused(answer);
+    }
+    tracing::info!(event = "exlive_client_logged_in", address = %cfg.address, user = %cfg.name, "logged in to EXLIVE platform");
+    let (out_tx, mut out_rx) = mpsc::channel::<String>(LINK_QUEUE);
+    let link = core.new_link(out_tx);
+    core.report_links(1).await;
+    let result: Result<(), Ended> = async {
+        send(&mut wr, &Message::GroupsRequest { client: true }).await?;
+        let mut heartbeat = interval_at(Instant::now() + cfg.heartbeat, cfg.heartbeat);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // The platform sends positions continuously; silence for three heartbeats means
+        // the link is dead even if TCP has not noticed.
+        let idle_limit = (cfg.heartbeat * 3).max(core.config.heartbeat_timeout);
+        let mut deadline = Instant::now() + idle_limit;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(Ended::Shutdown),
+                _ = heartbeat.tick() => send(&mut wr, &Message::Heartbeat).await?,
+                _ = tokio::time::sleep_until(deadline) => return Err(Ended::Lost("platform silent".into())),
+                Some(line) = out_rx.recv() => {
+                    let mut data = line.into_bytes();
+                    data.push(b'\n');
+                    match timeout(Duration::from_secs(10), wr.write_all(&data)).await {
+                        Ok(Ok(())) => {}
+                        _ => return Err(Ended::Lost("write failed".into())),
+                    }
+                }
+                msg = next_message(&mut frames, &peer, core) => {
+                    let Some(msg) = msg else { return Err(Ended::Lost("platform closed the link".into())) };
+                    deadline = Instant::now() + idle_limit;
+                    match msg {
+                        Message::Group { groupid, .. } => {
+                            send(&mut wr, &Message::VehiclesRequest { groupid }).await?;
+                        }
+                        other => {
+                            if !core.on_message(&link, other).await {
+                                return Err(Ended::Lost("platform logged us out".into()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    core.link_closed(&link).await;
+    core.report_links(-1).await;
+    match result {
+        Err(ended) => ended,
+        Ok(()) => Ended::Lost("session ended".into()),
+    }
+}

@@ -1,0 +1,202 @@
+//! `[exlive]` configuration.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chrono::FixedOffset;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Secret;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExliveConfig {
+    pub enabled: bool,
+    /// Run the server that trackers and platforms log in to.
+    pub server: bool,
+    pub listen: SocketAddr,
+    pub max_links: usize,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+    /// Time zone of `gpstime`: "Asia/Shanghai", "UTC" or a fixed offset like "+08:00".
+    pub timezone: String,
+    /// Largest JSON object accepted on a link; a bigger one closes the link.
+    pub max_message_size: usize,
+    pub accounts: Vec<ExliveAccount>,
+    pub commands: Vec<ExliveCommand>,
+    /// Log in to an EXLIVE platform as a user and take its position stream.
+    pub client: Option<ExliveClientConfig>,
+}
+
+impl Default for ExliveConfig {
+    fn default() -> Self {
+        ExliveConfig {
+            enabled: false,
+            server: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 1502)),
+            max_links: 10_000,
+            heartbeat_timeout: Duration::from_secs(90),
+            timezone: "Asia/Shanghai".into(),
+            max_message_size: 64 * 1024,
+            accounts: Vec::new(),
+            commands: Vec::new(),
+            client: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExliveAccount {
+    pub name: String,
+    pub password: Secret,
+}
+
+/// A pass-through command offered as an HA button on every EXLIVE vehicle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExliveCommand {
+    /// Button key: lowercase letters, digits and '_'.
+    pub name: String,
+    /// The raw terminal command text sent in 1012 `data`.
+    pub data: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExliveClientConfig {
+    /// host:port of the EXLIVE platform.
+    pub address: String,
+    pub name: String,
+    pub password: Secret,
+    #[serde(with = "humantime_serde", default = "default_heartbeat")]
+    pub heartbeat: Duration,
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Parses the `timezone` setting. China has had no daylight saving since 1991, so the
+/// zones users need are fixed offsets.
+pub fn parse_timezone(tz: &str) -> Option<FixedOffset> {
+    let hours = |h: i32| FixedOffset::east_opt(h * 3600);
+    match tz.trim() {
+        "Asia/Shanghai" | "Asia/Chongqing" | "Asia/Harbin" | "Asia/Urumqi" | "Asia/Hong_Kong"
+        | "Asia/Macau" | "Asia/Taipei" | "Asia/Singapore" | "Asia/Kuala_Lumpur" | "PRC" => hours(8),
+        "UTC" | "Etc/UTC" | "GMT" | "Z" => hours(0),
+        other => {
+            let (sign, rest) = match other.as_bytes().first()? {
+                b'+' => (1, &other[1..]),
+                b'-' => (-1, &other[1..]),
+                _ => return None,
+            };
+            let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
+            let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
+            if !(0..=14).contains(&h) || !(0..60).contains(&m) {
+                return None;
+            }
+            FixedOffset::east_opt(sign * (h * 3600 + m * 60))
+        }
+    }
+}
+
+impl ExliveConfig {
+    /// Returns the offending key (relative to `exlive.`) and why.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if parse_timezone(&self.timezone).is_none() {
+            return Err((
+                "timezone".into(),
+                format!("`{}`: use Asia/Shanghai, UTC or ±HH:MM", self.timezone),
+            ));
+        }
+        if self.max_links == 0 {
+            return Err(("max_links".into(), "must be at least 1".into()));
+        }
+        if !(256..=16 * 1024 * 1024).contains(&self.max_message_size) {
+            return Err((
+                "max_message_size".into(),
+                "must be 256 bytes to 16 MiB".into(),
+            ));
+        }
+        if self.heartbeat_timeout < Duration::from_secs(1) {
+            return Err(("heartbeat_timeout".into(), "must be at least 1s".into()));
+        }
+        if self.server && self.accounts.is_empty() {
+            return Err((
+                "accounts".into(),
+                "the server needs at least one [[exlive.accounts]] to log in with".into(),
+            ));
+        }
+        for (i, a) in self.accounts.iter().enumerate() {
+            if a.name.is_empty() || a.password.is_empty() {
+                return Err((
+                    format!("accounts[{i}]"),
+                    "name and password must be set".into(),
+                ));
+            }
+        }
+        for (i, c) in self.commands.iter().enumerate() {
+            let ok = !c.name.is_empty()
+                && c.name.len() <= 32
+                && c.name
+                    .chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_');
+            if !ok {
+                return Err((
+                    format!("commands[{i}].name"),
+                    "use 1-32 of a-z, 0-9 and _".into(),
+                ));
+            }
+            if c.data.is_empty() {
+                return Err((format!("commands[{i}].data"), "must not be empty".into()));
+            }
+        }
+        if let Some(client) = &self.client {
+            if client
+                .address
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err((
+                    "client.address".into(),
+                    format!("`{}` is not host:port", client.address),
+                ));
+            }
+            if client.heartbeat < Duration::from_secs(1) {
+                return Err(("client.heartbeat".into(), "must be at least 1s".into()));
+            }
+        }
+        if !self.server && self.client.is_none() {
+            return Err((
+                "server".into(),
+                "with server = false, configure [exlive.client]".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timezones() {
+        assert_eq!(
+            parse_timezone("Asia/Shanghai"),
+            FixedOffset::east_opt(8 * 3600)
+        );
+        assert_eq!(
+            parse_timezone("-05:30"),
+            FixedOffset::east_opt(-(5 * 3600 + 30 * 60))
+        );
+        assert_eq!(parse_timezone("+8"), FixedOffset::east_opt(8 * 3600));
+        assert_eq!(parse_timezone("Mars/Olympus"), None);
+        assert_eq!(parse_timezone("+25:00"), None);
+    }
+}

@@ -1,0 +1,498 @@
+//! EXLIVE connector: terminates EXLIVE JSON links (server role), logs in to an EXLIVE
+//! platform (client role), and turns pass-through commands into 1012 / 1013.
+//!
+//! Both roles share [`Core`]: the translation of 1007 into vehicle state, the registry
+//! of which link carries which vehicle, and the pending pass-through commands.
+
+mod client;
+mod config;
+mod server;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::{FixedOffset, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use tokio::sync::mpsc;
+
+pub use config::{parse_timezone, ExliveAccount, ExliveClientConfig, ExliveCommand, ExliveConfig};
+
+use crate::connector::{Connector, ConnectorContext, ConnectorFuture, Update, UpdateSink};
+use crate::model::{
+    Capability, CommandProgress, Field, Position, VehicleEvent, VehicleId, VehicleInfo,
+    VehicleState,
+};
+use crate::protocol::exlive::{self as proto, Message};
+
+/// Outgoing lines queued per link before the link is considered stuck.
+const LINK_QUEUE: usize = 256;
+
+/// Named error counters, shown in logs and kept for diagnostics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub links_refused: AtomicU64,
+    pub logins_failed: AtomicU64,
+    pub malformed: AtomicU64,
+    pub oversized: AtomicU64,
+    pub heartbeat_timeouts: AtomicU64,
+    pub unknown_cmd: AtomicU64,
+    pub positions: AtomicU64,
+}
+
+pub struct ExliveConnector {
+    config: ExliveConfig,
+}
+
+impl ExliveConnector {
+    pub fn new(config: ExliveConfig) -> ExliveConnector {
+        ExliveConnector { config }
+    }
+}
+
+impl Connector for ExliveConnector {
+    fn name(&self) -> &'static str {
+        "exlive"
+    }
+
+    fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {
+        Box::pin(async move {
+            let tz = parse_timezone(&self.config.timezone).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "exlive.timezone `{}` is not supported",
+                    self.config.timezone
+                )
+            })?;
+            let core = Arc::new(Core::new(self.config.clone(), tz, ctx.updates.clone()));
+            let ConnectorContext {
+                mut commands,
+                shutdown,
+                ..
+            } = ctx;
+            let mut tasks = tokio::task::JoinSet::new();
+            if self.config.server {
+                let listener = tokio::net::TcpListener::bind(self.config.listen)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("exlive cannot listen on {}: {e}", self.config.listen)
+                    })?;
+                tracing::info!(event = "exlive_listening", listen = %listener.local_addr()?, "EXLIVE server listening");
+                tasks.spawn(server::run(listener, core.clone(), shutdown.clone()));
+            }
+            if let Some(client) = self.config.client.clone() {
+                tasks.spawn(client::run(client, core.clone(), shutdown.clone()));
+            }
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    Some(req) = commands.recv() => core.send_command(req),
+                    Some(done) = tasks.join_next() => {
+                        if let Ok(Err(err)) = done {
+                            return Err(err);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A link's handle in the registry.
+#[derive(Clone)]
+struct LinkHandle {
+    id: u64,
+    out: mpsc::Sender<String>,
+}
+
+#[derive(Default)]
+struct Registry {
+    /// EXLIVE vehicle id → the link that last reported it.
+    routes: HashMap<String, LinkHandle>,
+    /// Vehicles already announced to the bridge, with their last alarm flag.
+    announced: HashMap<String, bool>,
+    /// terminalid → commands waiting for a 1013, oldest first.
+    pending: HashMap<String, VecDeque<mpsc::Sender<CommandProgress>>>,
+}
+
+pub(crate) struct Core {
+    config: ExliveConfig,
+    tz: FixedOffset,
+    updates: UpdateSink,
+    registry: Mutex<Registry>,
+    next_link: AtomicU64,
+    links: AtomicUsize,
+    pub counters: Counters,
+}
+
+/// Vehicle ids on the bridge: `ex<id>`.
+pub fn vehicle_id(exlive_id: &str) -> Option<VehicleId> {
+    if exlive_id.trim().is_empty() {
+        return None;
+    }
+    VehicleId::new(&format!("ex{}", exlive_id.trim()))
+}
+
+/// Parses `gpstime` ("yyyy-MM-dd HH:mm:ss", local to `tz`) into RFC 3339 UTC.
+pub fn gps_time_utc(gpstime: &str, tz: FixedOffset) -> Option<String> {
+    let naive = NaiveDateTime::parse_from_str(gpstime.trim(), "%Y-%m-%d %H:%M:%S").ok()?;
+    let local = tz.from_local_datetime(&naive).single()?;
+    Some(
+        local
+            .with_timezone(&Utc)
+            .to_rfc3339_opts(SecondsFormat::Secs, true),
+    )
+}
+
+/// Translates a 1007 into vehicle state. Absent or unparsable values stay absent.
+pub fn position_state(p: &proto::Position, tz: FixedOffset) -> VehicleState {
+    let mut s = VehicleState::default();
+    if let (Some(lat), Some(lng)) = (p.lat, p.lng) {
+        s.position = Position::new(lat, lng);
+    }
+    if let Some(v) = p.veo {
+        s.set_f64(Field::Speed, v);
+        s.set(Field::Driving, v > 1.0);
+    }
+    if let Some(v) = p.dir {
+        s.set_f64(Field::Heading, v);
+    }
+    if let Some(v) = p.av {
+        s.set(Field::GpsValid, v);
+    }
+    if let Some(v) = p.alarm {
+        s.set(Field::Alarm, v);
+    }
+    if let Some(v) = p.oil {
+        s.set_f64(Field::FuelVolume, v);
+    }
+    if let Some(v) = p.dis {
+        s.set_f64(Field::Odometer, v);
+    }
+    if let Some(v) = &p.cstate {
+        s.set(Field::StatusText, v.as_str());
+    }
+    if let Some(v) = &p.posinfo {
+        s.set(Field::Address, v.as_str());
+    }
+    if let Some(t) = p.gpstime.as_deref().and_then(|t| gps_time_utc(t, tz)) {
+        s.set(Field::GpsTime, t);
+    }
+    if !p.code.is_empty() {
+        s.set(Field::Plate, p.code.as_str());
+    }
+    if let Some(w) = &p.wstate {
+        s.attributes.insert("wstate".into(), w.as_str().into());
+    }
+    s
+}
+
+impl Core {
+    fn new(config: ExliveConfig, tz: FixedOffset, updates: UpdateSink) -> Core {
+        Core {
+            config,
+            tz,
+            updates,
+            registry: Mutex::new(Registry::default()),
+            next_link: AtomicU64::new(1),
+            links: AtomicUsize::new(0),
+            counters: Counters::default(),
+        }
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // A panic while holding the lock cannot leave the maps inconsistent in a way that
+        // matters more than losing the connector, so recover the guard.
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn info(&self, id: &VehicleId, code: &str) -> VehicleInfo {
+        VehicleInfo {
+            id: id.clone(),
+            name: if code.trim().is_empty() {
+                format!("EXLIVE {}", id.as_str())
+            } else {
+                code.trim().to_string()
+            },
+            manufacturer: "EXLIVE".into(),
+            model: "GPS tracker".into(),
+            sw_version: None,
+            capabilities: self
+                .config
+                .commands
+                .iter()
+                .map(|c| Capability::Passthrough(c.name.clone()))
+                .collect(),
+            event_types: vec!["message".into(), "alarm".into(), "terminal_reply".into()],
+        }
+    }
+
+    fn new_link(&self, out: mpsc::Sender<String>) -> LinkHandle {
+        LinkHandle {
+            id: self.next_link.fetch_add(1, Ordering::Relaxed),
+            out,
+        }
+    }
+
+    async fn report_links(&self, delta: isize) {
+        let links = if delta >= 0 {
+            self.links.fetch_add(delta as usize, Ordering::Relaxed) + delta as usize
+        } else {
+            self.links.fetch_sub((-delta) as usize, Ordering::Relaxed) - (-delta) as usize
+        };
+        let _ = self
+            .updates
+            .send(Update::Health { links, error: None })
+            .await;
+    }
+
+    /// A vehicle was announced by a platform (1011) without a position yet.
+    async fn announce(&self, link: &LinkHandle, exlive_id: &str, code: &str) {
+        let Some(id) = vehicle_id(exlive_id) else {
+            return;
+        };
+        let first = {
+            let mut reg = self.registry();
+            reg.routes.insert(exlive_id.to_string(), link.clone());
+            reg.announced.insert(exlive_id.to_string(), false).is_none()
+        };
+        if first {
+            let _ = self
+                .updates
+                .send(Update::Vehicle(self.info(&id, code)))
+                .await;
+        }
+    }
+
+    async fn on_position(&self, link: &LinkHandle, p: proto::Position) {
+        self.counters.positions.fetch_add(1, Ordering::Relaxed);
+        let Some(id) = vehicle_id(&p.id) else {
+            tracing::debug!(
+                event = "exlive_position_without_id",
+                "1007 without an id ignored"
+            );
+            return;
+        };
+        let alarm = p.alarm.unwrap_or(false);
+        let (first, moved, alarm_rose) = {
+            let mut reg = self.registry();
+            let moved = reg.routes.get(&p.id).is_none_or(|l| l.id != link.id);
+            if moved {
+                reg.routes.insert(p.id.clone(), link.clone());
+            }
+            let prev = reg.announced.insert(p.id.clone(), alarm);
+            (prev.is_none(), moved, alarm && prev == Some(false))
+        };
+        if first {
+            let _ = self
+                .updates
+                .send(Update::Vehicle(self.info(&id, &p.code)))
+                .await;
+        }
+        if moved {
+            let _ = self
+                .updates
+                .send(Update::Availability {
+                    vehicle: id.clone(),
+                    online: true,
+                })
+                .await;
+        }
+        if alarm_rose {
+            let mut attributes = serde_json::Map::new();
+            attributes.insert("status".into(), p.cstate.clone().unwrap_or_default().into());
+            let event = VehicleEvent {
+                event_type: "alarm".into(),
+                attributes,
+            };
+            let _ = self
+                .updates
+                .send(Update::Event {
+                    vehicle: id.clone(),
+                    event,
+                })
+                .await;
+        }
+        let state = position_state(&p, self.tz);
+        let _ = self
+            .updates
+            .send(Update::State {
+                vehicle: id,
+                state,
+                replace: false,
+            })
+            .await;
+    }
+
+    async fn on_text(&self, link: &LinkHandle, msg: String) {
+        let ids: Vec<String> = {
+            let reg = self.registry();
+            reg.routes
+                .iter()
+                .filter(|(_, l)| l.id == link.id)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        tracing::info!(
+            event = "exlive_message",
+            link = link.id,
+            vehicles = ids.len(),
+            "EXLIVE 1003 message"
+        );
+        for exlive_id in ids {
+            if let Some(id) = vehicle_id(&exlive_id) {
+                let mut attributes = serde_json::Map::new();
+                attributes.insert("msg".into(), msg.clone().into());
+                let event = VehicleEvent {
+                    event_type: "message".into(),
+                    attributes,
+                };
+                let _ = self
+                    .updates
+                    .send(Update::Event { vehicle: id, event })
+                    .await;
+            }
+        }
+    }
+
+    async fn on_passthrough_data(&self, terminalid: String, data: String) {
+        let waiter = {
+            let mut reg = self.registry();
+            let mut found = None;
+            if let Some(queue) = reg.pending.get_mut(&terminalid) {
+                while let Some(tx) = queue.pop_front() {
+                    if !tx.is_closed() {
+                        found = Some(tx);
+                        break;
+                    }
+                }
+                if queue.is_empty() {
+                    reg.pending.remove(&terminalid);
+                }
+            }
+            found
+        };
+        if let Some(tx) = waiter {
+            let _ = tx.send(CommandProgress::Succeeded).await;
+        }
+        if let Some(id) = vehicle_id(&terminalid) {
+            let mut attributes = serde_json::Map::new();
+            attributes.insert("data".into(), data.into());
+            let event = VehicleEvent {
+                event_type: "terminal_reply".into(),
+                attributes,
+            };
+            let _ = self
+                .updates
+                .send(Update::Event { vehicle: id, event })
+                .await;
+        }
+    }
+
+    /// A link closed: its vehicles go offline.
+    async fn link_closed(&self, link: &LinkHandle) {
+        let gone: Vec<String> = {
+            let mut reg = self.registry();
+            let gone: Vec<String> = reg
+                .routes
+                .iter()
+                .filter(|(_, l)| l.id == link.id)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &gone {
+                reg.routes.remove(id);
+            }
+            gone
+        };
+        for exlive_id in gone {
+            if let Some(id) = vehicle_id(&exlive_id) {
+                let _ = self
+                    .updates
+                    .send(Update::Availability {
+                        vehicle: id,
+                        online: false,
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// Sends a pass-through command as 1012 on the link that carries the vehicle.
+    fn send_command(&self, req: crate::connector::CommandRequest) {
+        let crate::model::Command::Passthrough(name) = &req.command else {
+            let _ = req.progress.try_send(CommandProgress::Failed(
+                "EXLIVE supports only pass-through commands".into(),
+            ));
+            return;
+        };
+        let Some(cmd) = self.config.commands.iter().find(|c| &c.name == name) else {
+            let _ = req.progress.try_send(CommandProgress::Failed(format!(
+                "no command `{name}` configured"
+            )));
+            return;
+        };
+        let exlive_id = req
+            .vehicle
+            .as_str()
+            .strip_prefix("ex")
+            .unwrap_or(req.vehicle.as_str())
+            .to_string();
+        let mut reg = self.registry();
+        let Some(link) = reg.routes.get(&exlive_id).cloned() else {
+            let _ = req
+                .progress
+                .try_send(CommandProgress::Failed("offline".into()));
+            return;
+        };
+        let msg = Message::Passthrough {
+            terminalid: exlive_id.clone(),
+            code: String::new(),
+            data: cmd.data.clone(),
+        };
+        match link.out.try_send(msg.encode()) {
+            Ok(()) => {
+                tracing::info!(event = "exlive_passthrough_sent", vehicle = %req.vehicle, command = %name, id = %req.id);
+                let _ = req.progress.try_send(CommandProgress::Accepted);
+                let queue = reg.pending.entry(exlive_id).or_default();
+                queue.retain(|tx| !tx.is_closed());
+                queue.push_back(req.progress);
+            }
+            Err(_) => {
+                let _ = req
+                    .progress
+                    .try_send(CommandProgress::Failed("link is not accepting data".into()));
+            }
+        }
+    }
+
+    /// Handles a message common to both roles; returns false when the link should close.
+    async fn on_message(&self, link: &LinkHandle, msg: Message) -> bool {
+        match msg {
+            Message::Position(p) => self.on_position(link, p).await,
+            Message::Heartbeat | Message::Ack { .. } => {}
+            Message::Logout => return false,
+            Message::Text { msg } => self.on_text(link, msg).await,
+            Message::PassthroughData {
+                terminalid, data, ..
+            } => self.on_passthrough_data(terminalid, data).await,
+            Message::Vehicle { id, code, .. } => self.announce(link, &id, &code).await,
+            Message::Unknown { cmd, .. } => {
+                self.counters.unknown_cmd.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    event = "exlive_unknown_cmd",
+                    link = link.id,
+                    cmd,
+                    "unknown EXLIVE command ignored"
+                );
+            }
+            other => {
+                tracing::debug!(
+                    event = "exlive_unhandled",
+                    link = link.id,
+                    cmd = other.cmd(),
+                    "EXLIVE message not used by the bridge"
+                );
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,4 @@
+//! One connector per upstream. Each owns its I/O and speaks to the bridge only through
+//! [`crate::connector`].
+
+pub mod exlive;

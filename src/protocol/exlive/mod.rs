@@ -1,0 +1,8 @@
+//! EXLIVE JSON over TCP (seed 003, PROTOCOLS.md §3): every message is
+//! `{"header":{"cmd":"NNNN"},"body":{...}}` with string values.
+
+mod message;
+mod splitter;
+
+pub use message::*;
+pub use splitter::{Frame, SplitError, Splitter, DEFAULT_MAX_OBJECT};

@@ -1,0 +1,4 @@
+//! Pure, sans-IO codecs: bytes in, typed messages out, and back. No sockets, no clock,
+//! no logging. One module per upstream protocol.
+
+pub mod exlive;

@@ -1,0 +1,159 @@
+//! EXLIVE link simulator: N links log in and push 1007 positions along circular routes,
+//! send heartbeats and answer 1012 pass-through commands with 1013.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::{interval, MissedTickBehavior};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::exlive::{Frame, Message, Position, Splitter};
+
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub server: String,
+    pub links: usize,
+    /// Positions per second per link.
+    pub rate: f64,
+    pub user: String,
+    pub password: String,
+    /// First EXLIVE vehicle id; link i reports id `first_id + i`.
+    pub first_id: u64,
+    /// Put the send time (unix ns) into `posinfo` as `t=<ns>` for latency measurement.
+    pub stamp: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct SimStats {
+    pub logged_in: AtomicU64,
+    pub login_failed: AtomicU64,
+    pub positions: AtomicU64,
+    pub commands_answered: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+pub fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Runs every link until `shutdown`. Links are started 2 ms apart to avoid a SYN flood.
+pub async fn run(opts: SimOptions, stats: Arc<SimStats>, shutdown: CancellationToken) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..opts.links {
+        let (link_opts, stats, shutdown) = (opts.clone(), stats.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(err) = link(&link_opts, i, &stats, &shutdown).await {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(link = i, error = %err, "simulated EXLIVE link ended");
+            }
+        });
+        if opts.links > 50 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn link(
+    opts: &SimOptions,
+    index: usize,
+    stats: &SimStats,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let stream = TcpStream::connect(&opts.server).await?;
+    stream.set_nodelay(true)?;
+    let (rd, mut wr) = stream.into_split();
+    let mut frames = FramedRead::new(rd, Splitter::default());
+    let login = Message::Login {
+        name: opts.user.clone(),
+        pass: opts.password.clone(),
+        ver: "sim".into(),
+        kind: String::new(),
+        mode: String::new(),
+    };
+    wr.write_all(format!("{}\n", login.encode()).as_bytes())
+        .await?;
+    match frames.next().await {
+        Some(Ok(Frame::Object(raw))) => match Message::decode(&raw)? {
+            Message::Ack { result, .. } if Message::is_success(&result) => {
+                stats.logged_in.fetch_add(1, Ordering::Relaxed);
+            }
+            other => {
+                stats.login_failed.fetch_add(1, Ordering::Relaxed);
+                anyhow::bail!("login refused: {other:?}");
+            }
+        },
+        other => {
+            stats.login_failed.fetch_add(1, Ordering::Relaxed);
+            anyhow::bail!("no login answer: {other:?}");
+        }
+    }
+    let id = (opts.first_id + index as u64).to_string();
+    let center = (
+        31.20 + (index % 100) as f64 * 0.01,
+        121.40 + (index / 100) as f64 * 0.01,
+    );
+    let period = Duration::from_secs_f64(1.0 / opts.rate.max(0.001));
+    let mut tick = interval(period);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut heartbeat = interval(Duration::from_secs(30));
+    let mut step = 0u64;
+    let mut odometer = 1000.0 + index as f64;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = wr.write_all(format!("{}\n", Message::Logout.encode()).as_bytes()).await;
+                return Ok(());
+            }
+            _ = heartbeat.tick() => wr.write_all(format!("{}\n", Message::Heartbeat.encode()).as_bytes()).await?,
+            _ = tick.tick() => {
+                step += 1;
+                odometer += 0.01;
+                let (lat, lng, heading) = super::route_point(center.0, center.1, 800.0, step, 360);
+                let gpstime = chrono::Utc::now()
+                    .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).expect("valid offset"))
+                    .format("%Y-%m-%d %H:%M:%S")
+                    .to_string();
+                let posinfo = if opts.stamp { format!("t={}", now_ns()) } else { "上海市浦东新区".to_string() };
+                let p = Message::Position(Position {
+                    code: format!("沪A{:05}", index),
+                    id: id.clone(),
+                    lat: Some((lat * 1e6).round() / 1e6),
+                    lng: Some((lng * 1e6).round() / 1e6),
+                    veo: Some(36.0),
+                    dir: Some(heading.round()),
+                    gpstime: Some(gpstime),
+                    av: Some(true),
+                    alarm: Some(false),
+                    oil: Some(42.5),
+                    dis: Some((odometer * 100.0).round() / 100.0),
+                    wstate: None,
+                    cstate: Some("ACC开".into()),
+                    posinfo: Some(posinfo),
+                });
+                wr.write_all(format!("{}\n", p.encode()).as_bytes()).await?;
+                stats.positions.fetch_add(1, Ordering::Relaxed);
+            }
+            frame = frames.next() => match frame {
+                Some(Ok(Frame::Object(raw))) => {
+                    if let Ok(Message::Passthrough { terminalid, code, data }) = Message::decode(&raw) {
+                        let reply = Message::PassthroughData { terminalid, code, data: format!("OK {data}") };
+                        wr.write_all(format!("{}\n", reply.encode()).as_bytes()).await?;
+                        stats.commands_answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Some(Ok(Frame::Malformed(_))) => {}
+                Some(Err(e)) => anyhow::bail!("read: {e}"),
+                None => anyhow::bail!("server closed the link"),
+            },
+        }
+    }
+}
