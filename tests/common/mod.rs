@@ -32,6 +32,21 @@ pub fn wait_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
+/// Like [`wait_port`], without blocking the test's runtime (for in-process servers).
+pub async fn wait_port_async(port: u16, timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 /// A mosquitto broker on a free loopback port, killed on drop.
 pub struct Mosquitto {
     pub port: u16,

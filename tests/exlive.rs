@@ -1,0 +1,658 @@
+//! EXLIVE connector end to end: real TCP links into the bridge, real mosquitto out.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Mosquitto, Probe};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use vehicle2mqtt::config::{Config, Secret};
+use vehicle2mqtt::connector::Connector;
+use vehicle2mqtt::connectors::exlive::{
+    ExliveAccount, ExliveClientConfig, ExliveCommand, ExliveConnector,
+};
+use vehicle2mqtt::protocol::exlive::{Frame, Message, Splitter};
+
+const T: Duration = Duration::from_secs(10);
+
+struct Bridge {
+    base: String,
+    port: u16,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Bridge {
+    async fn start(broker: &Mosquitto, tweak: impl FnOnce(&mut Config)) -> Bridge {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = common::test_config(&broker.url(), dir.path());
+        let port = common::free_port();
+        config.exlive.enabled = true;
+        config.exlive.listen = format!("127.0.0.1:{port}").parse().unwrap();
+        config.exlive.accounts = vec![ExliveAccount {
+            name: "fleet".into(),
+            password: Secret::new("s3cret"),
+        }];
+        config.exlive.commands = vec![ExliveCommand {
+            name: "locate".into(),
+            data: "WHERE#".into(),
+        }];
+        tweak(&mut config);
+        let shutdown = CancellationToken::new();
+        let connectors: Vec<Box<dyn Connector>> =
+            vec![Box::new(ExliveConnector::new(config.exlive.clone()))];
+        let base = config.mqtt.base_topic.clone();
+        let server = config.exlive.server;
+        let task = tokio::spawn(vehicle2mqtt::bridge::run(
+            config,
+            connectors,
+            shutdown.clone(),
+        ));
+        if server {
+            assert!(
+                common::wait_port_async(port, T).await,
+                "EXLIVE listener did not start"
+            );
+        }
+        Bridge {
+            base,
+            port,
+            shutdown,
+            task,
+            _dir: dir,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(T, self.task).await;
+    }
+
+    fn topic(&self, leaf: &str) -> String {
+        format!("{}/{leaf}", self.base)
+    }
+}
+
+/// A raw EXLIVE peer.
+struct Peer {
+    stream: TcpStream,
+    buf: bytes::BytesMut,
+    splitter: Splitter,
+}
+
+impl Peer {
+    async fn connect(port: u16) -> Peer {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        Peer {
+            stream,
+            buf: bytes::BytesMut::new(),
+            splitter: Splitter::default(),
+        }
+    }
+
+    async fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(data).await
+    }
+
+    async fn send_msg(&mut self, msg: &Message) {
+        self.send(format!("{}\n", msg.encode()).as_bytes())
+            .await
+            .unwrap();
+    }
+
+    /// The next message, or None when the link closed.
+    async fn recv(&mut self) -> Option<Message> {
+        loop {
+            if let Some(Frame::Object(raw)) = self.splitter.split(&mut self.buf).unwrap() {
+                return Some(Message::decode(&raw).unwrap());
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(T, self.stream.read(&mut chunk))
+                .await
+                .expect("read timed out")
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn login(port: u16, name: &str, pass: &str) -> (Peer, Message) {
+        let mut p = Peer::connect(port).await;
+        p.send_msg(&Message::Login {
+            name: name.into(),
+            pass: pass.into(),
+            ver: String::new(),
+            kind: String::new(),
+            mode: String::new(),
+        })
+        .await;
+        let ack = p.recv().await.expect("an answer to login");
+        (p, ack)
+    }
+
+    async fn expect_closed(&mut self) {
+        while let Some(m) = self.recv().await {
+            if !matches!(m, Message::Ack { .. }) {
+                panic!("expected the link to close, got {m:?}");
+            }
+        }
+    }
+}
+
+fn position(id: &str, extra: &str) -> String {
+    format!(
+        r#"{{"header":{{"cmd":"1007"}},"body":{{"code":"沪A12345","id":"{id}","lat":"31.2304","lng":"121.4737","veo":"42.5","dir":"270","gpstime":"2024-03-01 08:30:00","av":"1","alarm":"0","oil":"33.5","dis":"12345.6","wstate":"","cstate":"ACC on"{extra}}}}}"#
+    )
+}
+
+fn success() -> Message {
+    Message::Ack {
+        cmd: "1000".into(),
+        result: "success".into(),
+    }
+}
+
+#[tokio::test]
+async fn login_then_positions_become_state_and_a_tracker() {
+    let broker = Mosquitto::start();
+    let bridge = Bridge::start(&broker, |_| {}).await;
+    let probe = Probe::connect(broker.port, &[&bridge.topic("#"), "homeassistant/#"]).await;
+    let (mut peer, ack) = Peer::login(bridge.port, "fleet", "s3cret").await;
+    assert_eq!(ack, success());
+    peer.send(position("77", r#","posinfo":"Pudong""#).as_bytes())
+        .await
+        .unwrap();
+    let state = probe
+        .wait_topic(&bridge.topic("ex77/state"), T)
+        .await
+        .json();
+    assert_eq!(state["latitude"], 31.2304);
+    assert_eq!(state["longitude"], 121.4737);
+    assert_eq!(state["speed"], 42.5);
+    assert_eq!(state["heading"], 270);
+    assert_eq!(state["odometer"], 12345.6);
+    assert_eq!(state["fuel_volume"], 33.5);
+    assert_eq!(state["gps_valid"], true);
+    assert_eq!(state["alarm"], false);
+    assert_eq!(state["status_text"], "ACC on");
+    assert_eq!(state["address"], "Pudong");
+    assert_eq!(state["plate"], "沪A12345");
+    // 08:30 in Asia/Shanghai is 00:30 UTC.
+    assert_eq!(state["gps_time"], "2024-03-01T00:30:00Z");
+    let tracker = probe
+        .wait_topic(
+            &format!(
+                "homeassistant/device_tracker/{}/ex77_location/config",
+                bridge.base
+            ),
+            T,
+        )
+        .await
+        .json();
+    assert_eq!(tracker["device"]["name"], "沪A12345");
+    assert_eq!(tracker["device"]["manufacturer"], "EXLIVE");
+    probe
+        .wait_topic(
+            &format!(
+                "homeassistant/button/{}/ex77_cmd_locate/config",
+                bridge.base
+            ),
+            T,
+        )
+        .await;
+    probe
+        .wait_for("online", T, |m| {
+            m.topic == bridge.topic("ex77/availability") && m.text() == "online"
+        })
+        .await;
+    let info = probe
+        .wait_for("one link", T, |m| {
+            m.topic == bridge.topic("bridge/info") && m.json()["links"] == 1
+        })
+        .await;
+    assert_eq!(info.json()["connectors"][0]["name"], "exlive");
+
+    // Logout closes the link and the vehicle goes offline.
+    peer.send_msg(&Message::Logout).await;
+    peer.expect_closed().await;
+    probe
+        .wait_for("offline", T, |m| {
+            m.topic == bridge.topic("ex77/availability") && m.text() == "offline"
+        })
+        .await;
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn bad_login_is_refused_closed_and_slowed_down() {
+    let broker = Mosquitto::start();
+    let bridge = Bridge::start(&broker, |_| {}).await;
+    let (mut peer, ack) = Peer::login(bridge.port, "fleet", "wrong").await;
+    assert!(
+        matches!(ack, Message::Ack { ref cmd, ref result } if cmd == "1000" && !Message::is_success(result)),
+        "{ack:?}"
+    );
+    peer.expect_closed().await;
+    let (mut peer, _) = Peer::login(bridge.port, "nobody", "s3cret").await;
+    peer.expect_closed().await;
+    // Third failure from this address: answered only after a delay (0.5 s after two).
+    let started = std::time::Instant::now();
+    let (_, ack) = Peer::login(bridge.port, "fleet", "guess").await;
+    assert!(!matches!(ack, Message::Ack { ref result, .. } if Message::is_success(result)));
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "not slowed: {:?}",
+        started.elapsed()
+    );
+    // Good credentials still work from the same address.
+    let (_, ack) = Peer::login(bridge.port, "fleet", "s3cret").await;
+    assert_eq!(ack, success());
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn data_before_login_is_refused() {
+    let broker = Mosquitto::start();
+    let bridge = Bridge::start(&broker, |_| {}).await;
+    let probe = Probe::connect(broker.port, &[&bridge.topic("+/state")]).await;
+    let mut peer = Peer::connect(bridge.port).await;
+    peer.send(position("66", "").as_bytes()).await.unwrap();
+    let ack = peer.recv().await.expect("a refusal");
+    assert!(
+        matches!(ack, Message::Ack { ref result, .. } if result == "not logged in"),
+        "{ack:?}"
+    );
+    peer.expect_closed().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !probe.messages().iter().any(|m| m.topic.contains("/ex66/")),
+        "a position before login was accepted"
+    );
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn silence_past_heartbeat_timeout_closes_the_link_and_heartbeats_keep_it() {
+    let broker = Mosquitto::start();
+    let bridge = Bridge::start(&broker, |c| {
+        c.exlive.heartbeat_timeout = Duration::from_millis(1200)
+    })
+    .await;
+    let probe = Probe::connect(broker.port, &[&bridge.topic("ex5/availability")]).await;
+    let (mut quiet, _) = Peer::login(bridge.port, "fleet", "s3cret").await;
+    quiet.send(position("5", "").as_bytes()).await.unwrap();
+    let (mut chatty, _) = Peer::login(bridge.port, "fleet", "s3cret").await;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        chatty.send_msg(&Message::Heartbeat).await;
+    }
+    // 2 s have passed: the quiet link is gone, the chatty one is alive.
+    quiet.expect_closed().await;
+    probe
+        .wait_for("offline", T, |m| m.text() == "offline")
+        .await;
+    chatty
+        .send(position("6", "").as_bytes())
+        .await
+        .expect("chatty link still open");
+    chatty.send_msg(&Message::Heartbeat).await;
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_gbk_and_oversized_messages() {
+    let broker = Mosquitto::start();
+    let bridge = Bridge::start(&broker, |c| c.exlive.max_message_size = 1024).await;
+    let probe = Probe::connect(broker.port, &[&bridge.topic("+/state")]).await;
+    let (mut peer, _) = Peer::login(bridge.port, "fleet", "s3cret").await;
+    // The seed's 1001 without its closing brace, junk JSON, then a GBK position.
+    peer.send(br#"{"header":{"cmd":"1001"},"body":{"data":""}"#)
+        .await
+        .unwrap();
+    peer.send(b"\n{\"header\":{\"cmd\":\"1002\"},\"body\":{\"result\":\"\",}}\n")
+        .await
+        .unwrap();
+    let text = position("88", r#","posinfo":"浙江省杭州市{西湖区}""#);
+    let (gbk_pos, _, _) = encoding_rs::GBK.encode(&text);
+    peer.send(&gbk_pos).await.unwrap();
+    let state = probe
+        .wait_topic(&bridge.topic("ex88/state"), T)
+        .await
+        .json();
+    assert_eq!(state["address"], "浙江省杭州市{西湖区}");
+    assert_eq!(state["plate"], "沪A12345");
+    // A value that does not parse makes only that field absent.
+    peer.send(
+        position("89", "")
+            .replace(r#""veo":"42.5""#, r#""veo":"n/a""#)
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let state = probe
+        .wait_topic(&bridge.topic("ex89/state"), T)
+        .await
+        .json();
+    assert!(state.get("speed").is_none(), "{state}");
+    assert_eq!(state["odometer"], 12345.6);
+
+    // An oversized message closes that link only.
+    let (mut other, _) = Peer::login(bridge.port, "fleet", "s3cret").await;
+    let huge = format!(
+        r#"{{"header":{{"cmd":"1003"}},"body":{{"msg":"{}"}}}}"#,
+        "x".repeat(4000)
+    );
+    let _ = peer.send(huge.as_bytes()).await;
+    peer.expect_closed().await;
+    other.send(position("90", "").as_bytes()).await.unwrap();
+    probe.wait_topic(&bridge.topic("ex90/state"), T).await;
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn links_past_max_links_are_refused() {
+    let broker = Mosquitto::start();
+    let bridge = Bridge::start(&broker, |c| c.exlive.max_links = 2).await;
+    let (_a, ack_a) = Peer::login(bridge.port, "fleet", "s3cret").await;
+    let (_b, ack_b) = Peer::login(bridge.port, "fleet", "s3cret").await;
+    assert_eq!((ack_a, ack_b), (success(), success()));
+    let mut c = Peer::connect(bridge.port).await;
+    let _ = c.send(b"{}").await;
+    assert!(
+        c.recv().await.is_none(),
+        "third link should be closed at once"
+    );
+    drop(_a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_d, ack_d) = Peer::login(bridge.port, "fleet", "s3cret").await;
+    assert_eq!(ack_d, success(), "a freed slot is usable again");
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn passthrough_command_reaches_the_terminal_and_its_1013_completes_it() {
+    let broker = Mosquitto::start();
+    let bridge = Bridge::start(&broker, |c| {
+        c.bridge.command_timeout = Duration::from_millis(1500)
+    })
+    .await;
+    let probe = Probe::connect(broker.port, &[&bridge.topic("#")]).await;
+    let (mut peer, _) = Peer::login(bridge.port, "fleet", "s3cret").await;
+    peer.send(position("42", "").as_bytes()).await.unwrap();
+    probe.wait_topic(&bridge.topic("ex42/state"), T).await;
+
+    probe
+        .publish(
+            &bridge.topic("ex42/cmd_locate/set"),
+            r#"{"id":"loc-1"}"#,
+            false,
+        )
+        .await;
+    let msg = peer.recv().await.unwrap();
+    assert_eq!(
+        msg,
+        Message::Passthrough {
+            terminalid: "42".into(),
+            code: String::new(),
+            data: "WHERE#".into()
+        }
+    );
+    probe
+        .wait_for("accepted", T, |m| {
+            m.topic.ends_with("command/result") && m.json()["status"] == "accepted"
+        })
+        .await;
+    peer.send_msg(&Message::PassthroughData {
+        terminalid: "42".into(),
+        code: String::new(),
+        data: "LAT:31.2".into(),
+    })
+    .await;
+    let r = probe
+        .wait_for("succeeded", T, |m| {
+            m.topic.ends_with("command/result") && m.json()["status"] == "succeeded"
+        })
+        .await
+        .json();
+    assert_eq!(r["id"], "loc-1");
+    let ev = probe
+        .wait_topic(&bridge.topic("ex42/event"), T)
+        .await
+        .json();
+    assert_eq!(ev["event_type"], "terminal_reply");
+    assert_eq!(ev["data"], "LAT:31.2");
+
+    // No reply: timeout. Then the terminal goes away: failed "offline".
+    probe.clear();
+    probe
+        .publish(
+            &bridge.topic("ex42/cmd_locate/set"),
+            r#"{"id":"loc-2"}"#,
+            false,
+        )
+        .await;
+    assert!(matches!(
+        peer.recv().await,
+        Some(Message::Passthrough { .. })
+    ));
+    let r = probe
+        .wait_for("timeout", T, |m| {
+            m.topic.ends_with("command/result") && m.json()["status"] == "timeout"
+        })
+        .await;
+    assert_eq!(r.json()["id"], "loc-2");
+    drop(peer);
+    probe
+        .wait_for("offline", T, |m| {
+            m.topic == bridge.topic("ex42/availability") && m.text() == "offline"
+        })
+        .await;
+    probe
+        .publish(
+            &bridge.topic("ex42/cmd_locate/set"),
+            r#"{"id":"loc-3"}"#,
+            false,
+        )
+        .await;
+    let r = probe
+        .wait_for("failed", T, |m| {
+            m.topic.ends_with("command/result")
+                && m.json()["id"] == "loc-3"
+                && m.json()["status"] == "failed"
+        })
+        .await
+        .json();
+    assert_eq!(r["reason"], "offline");
+    bridge.stop().await;
+}
+
+/// A fake EXLIVE platform for the client role: answers login, groups and vehicles,
+/// pushes a position, counts heartbeats and answers pass-through commands.
+async fn fake_platform(
+    listener: TcpListener,
+    password: &'static str,
+    heartbeats: tokio::sync::mpsc::Sender<()>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let heartbeats = heartbeats.clone();
+        tokio::spawn(async move {
+            let mut peer = Peer {
+                stream,
+                buf: bytes::BytesMut::new(),
+                splitter: Splitter::default(),
+            };
+            while let Some(msg) = peer.recv().await {
+                match msg {
+                    Message::Login { pass, .. } => {
+                        let ok = pass == password;
+                        peer.send_msg(&Message::Ack {
+                            cmd: "1000".into(),
+                            result: if ok { "succeed" } else { "fail" }.into(),
+                        })
+                        .await;
+                        if !ok {
+                            return;
+                        }
+                    }
+                    Message::GroupsRequest { .. } => {
+                        peer.send_msg(&Message::Group {
+                            groupid: "3".into(),
+                            relation: String::new(),
+                            customer: "c".into(),
+                            groupname: "Fleet".into(),
+                        })
+                        .await;
+                    }
+                    Message::VehiclesRequest { groupid } => {
+                        assert_eq!(groupid, "3");
+                        peer.send_msg(&Message::Vehicle {
+                            id: "501".into(),
+                            code: "粤B501".into(),
+                            sim: "1380000".into(),
+                        })
+                        .await;
+                        peer.send(position("501", "").as_bytes()).await.unwrap();
+                    }
+                    Message::Heartbeat => {
+                        let _ = heartbeats.try_send(());
+                    }
+                    Message::Passthrough {
+                        terminalid,
+                        code,
+                        data,
+                    } => {
+                        peer.send_msg(&Message::PassthroughData {
+                            terminalid,
+                            code,
+                            data: format!("done {data}"),
+                        })
+                        .await;
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn client_role_against_a_fake_platform() {
+    let broker = Mosquitto::start();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (hb_tx, mut hb_rx) = tokio::sync::mpsc::channel(16);
+    let platform = tokio::spawn(fake_platform(listener, "pw", hb_tx));
+    let bridge = Bridge::start(&broker, |c| {
+        c.exlive.server = false;
+        c.exlive.client = Some(ExliveClientConfig {
+            address,
+            name: "me".into(),
+            password: Secret::new("pw"),
+            heartbeat: Duration::from_millis(300),
+        });
+    })
+    .await;
+    let probe = Probe::connect(broker.port, &[&bridge.topic("#"), "homeassistant/#"]).await;
+    let state = probe
+        .wait_topic(&bridge.topic("ex501/state"), T)
+        .await
+        .json();
+    assert_eq!(state["speed"], 42.5);
+    let doc = probe
+        .wait_topic(
+            &format!("homeassistant/sensor/{}/ex501_speed/config", bridge.base),
+            T,
+        )
+        .await
+        .json();
+    assert_eq!(
+        doc["device"]["name"], "粤B501",
+        "the 1011 vehicle name names the device"
+    );
+    tokio::time::timeout(T, hb_rx.recv())
+        .await
+        .expect("heartbeat sent")
+        .unwrap();
+    tokio::time::timeout(T, hb_rx.recv())
+        .await
+        .expect("heartbeats keep coming")
+        .unwrap();
+
+    probe
+        .publish(&bridge.topic("ex501/cmd_locate/set"), "PRESS", false)
+        .await;
+    probe
+        .wait_for("succeeded", T, |m| {
+            m.topic.ends_with("command/result") && m.json()["status"] == "succeeded"
+        })
+        .await;
+    bridge.stop().await;
+    platform.abort();
+}
+
+#[tokio::test]
+async fn client_role_refused_login_is_reported_not_retried_in_a_storm() {
+    let broker = Mosquitto::start();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (hb_tx, _hb_rx) = tokio::sync::mpsc::channel(16);
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Count connection attempts by wrapping the platform's accept loop.
+    let counting = {
+        let attempts = attempts.clone();
+        let inner = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let inner_addr = inner.local_addr().unwrap();
+        tokio::spawn(fake_platform(inner, "right", hb_tx));
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut upstream = TcpStream::connect(inner_addr).await.unwrap();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut s, &mut upstream).await;
+                });
+            }
+        })
+    };
+    let bridge = Bridge::start(&broker, |c| {
+        c.exlive.server = false;
+        c.exlive.client = Some(ExliveClientConfig {
+            address,
+            name: "me".into(),
+            password: Secret::new("wrong"),
+            heartbeat: Duration::from_secs(30),
+        });
+    })
+    .await;
+    let probe = Probe::connect(broker.port, &[&bridge.topic("bridge/info")]).await;
+    let info = probe
+        .wait_for("error reported", T, |m| {
+            m.json()["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("refused login"))
+        })
+        .await
+        .json();
+    assert!(
+        info["connectors"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("fail"),
+        "{info}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        attempts.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "no login storm"
+    );
+    bridge.stop().await;
+    counting.abort();
+}
