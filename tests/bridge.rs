@@ -639,3 +639,80 @@ async fn events_availability_staleness_and_per_field_topics() {
 
     bridge.stop().await;
 }
+
+#[tokio::test]
+async fn overload_coalesces_states_and_keeps_results() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(&broker.url(), dir.path());
+    config.mqtt.queue_capacity = 4; // far too small: MQTT is "busy" all the time
+    let base = config.mqtt.base_topic.clone();
+    let probe = Probe::connect(broker.port, &[&format!("{base}/#")]).await;
+    let mut bridge = RunningBridge::start(config).await;
+    announce(&bridge, scooter(vec![Capability::Lock]), sample_state()).await;
+    probe.wait_topic(&format!("{base}/kx1001/state"), T).await;
+    let vid = VehicleId::new("kx1001").unwrap();
+    probe
+        .publish(
+            &format!("{base}/kx1001/lock/set"),
+            r#"{"action":"LOCK","id":"busy-1"}"#,
+            false,
+        )
+        .await;
+    let req = tokio::time::timeout(T, bridge.ctx.commands.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    for odo in 0..3000i64 {
+        let mut s = VehicleState::default();
+        s.set(Field::Odometer, odo);
+        bridge
+            .ctx
+            .updates
+            .send(Update::State {
+                vehicle: vid.clone(),
+                state: s,
+                replace: false,
+            })
+            .await
+            .unwrap();
+        if odo == 1500 {
+            req.progress.send(CommandProgress::Succeeded).await.unwrap();
+        }
+    }
+    let last = probe
+        .wait_for("the newest state", T, |m| {
+            m.topic == format!("{base}/kx1001/state") && m.json()["odometer"] == 2999
+        })
+        .await;
+    assert_eq!(last.json()["lock"], "LOCKED");
+    let r = probe
+        .wait_for("the result", T, |m| m.topic.ends_with("/command/result"))
+        .await
+        .json();
+    assert_eq!(
+        (r["id"].as_str(), r["status"].as_str()),
+        (Some("busy-1"), Some("succeeded"))
+    );
+    let states = probe
+        .messages()
+        .iter()
+        .filter(|m| m.topic == format!("{base}/kx1001/state"))
+        .count();
+    assert!(
+        states < 3000,
+        "states should coalesce under overload, got {states}"
+    );
+    let info = probe
+        .wait_for("coalesced count", T, |m| {
+            m.topic == format!("{base}/bridge/info")
+                && m.json()["coalesced_states"].as_u64().unwrap_or(0) > 0
+        })
+        .await;
+    assert_eq!(
+        info.json()["dropped_publishes"],
+        0,
+        "nothing is dropped, only superseded states"
+    );
+    bridge.stop().await;
+}

@@ -7,7 +7,7 @@
 pub mod command;
 mod worker;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
@@ -34,6 +34,10 @@ use worker::{Queued, WorkerEvent};
 const UPDATE_QUEUE: usize = 8192;
 /// Capacity of each connector's command queue.
 const CONNECTOR_COMMAND_QUEUE: usize = 64;
+/// Messages (other than states) waiting for room in the MQTT client's queue.
+const RETRY_QUEUE: usize = 50_000;
+/// How often messages that found MQTT busy are retried.
+const RETRY_EVERY: Duration = Duration::from_millis(50);
 
 struct ConnectorSlot {
     name: &'static str,
@@ -116,6 +120,11 @@ struct Hub {
     info_dirty: bool,
     last_info: String,
     rediscover_at: Option<Instant>,
+    /// Non-state messages that found the MQTT queue full, oldest first.
+    retry: VecDeque<(String, Vec<u8>, bool)>,
+    /// Vehicles whose newest state is not yet published (states coalesce: only the
+    /// newest matters, so this is a set, not a queue).
+    unsent_states: HashSet<VehicleId>,
 }
 
 /// Runs the bridge until `shutdown` is cancelled: starts the broker (if embedded), the
@@ -184,7 +193,10 @@ pub async fn run(
         info_dirty: true,
         last_info: String::new(),
         rediscover_at: None,
+        retry: VecDeque::new(),
+        unsent_states: HashSet::new(),
     };
+    let mut retry_tick = tokio::time::interval(RETRY_EVERY);
     let stale_check = (hub.config.bridge.stale_after / 4)
         .clamp(Duration::from_millis(200), Duration::from_secs(30));
     let mut stale_tick = tokio::time::interval(stale_check);
@@ -210,12 +222,12 @@ pub async fn run(
             }
             _ = stale_tick.tick() => hub.check_stale(),
             _ = info_tick.tick() => hub.flush_info(),
+            _ = retry_tick.tick(), if !hub.retry.is_empty() || !hub.unsent_states.is_empty() => hub.flush_retries(),
         }
     }
 
     tracing::info!(event = "shutdown", "shutting down: publishing offline");
-    hub.publisher
-        .publish(&hub.topics.bridge_state(), "offline", true);
+    hub.send(hub.topics.bridge_state(), "offline", true);
     publisher.disconnect().await;
     if tokio::time::timeout(Duration::from_secs(5), mqtt_task)
         .await
@@ -327,39 +339,96 @@ impl Hub {
 
     // ---- publishing ----------------------------------------------------------------
 
+    /// Publishes a vehicle's state now, or remembers that it is owed when MQTT is busy.
     fn publish_state(&mut self, id: &VehicleId) {
+        if !self.retry.is_empty() || !self.try_publish_state(id) {
+            if !self.unsent_states.insert(id.clone()) {
+                self.publisher
+                    .stats()
+                    .coalesced_states
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn try_publish_state(&mut self, id: &VehicleId) -> bool {
         let Some(v) = self.vehicles.get_mut(id) else {
-            return;
+            return true;
         };
         let mut json = v.state.to_json();
         if let Some(pending) = v.pending_lock {
             json["lock"] = pending.into();
         }
         let topic = self.topics.vehicle(id.as_str(), "state");
-        self.publisher.publish(&topic, json.to_string(), true);
+        if !self.publisher.try_publish(&topic, json.to_string(), true) {
+            return false;
+        }
         if self.config.mqtt.per_field_topics {
-            for (field, value) in &v.state.values {
-                let topic = self.topics.vehicle(id.as_str(), field.key());
-                let payload = match (field, v.pending_lock) {
-                    (Field::Lock, Some(p)) => p.to_string(),
-                    _ => value.to_payload(),
-                };
+            let mut fields: Vec<(String, String)> = v
+                .state
+                .values
+                .iter()
+                .map(|(field, value)| {
+                    let payload = match (field, v.pending_lock) {
+                        (Field::Lock, Some(p)) => p.to_string(),
+                        _ => value.to_payload(),
+                    };
+                    (self.topics.vehicle(id.as_str(), field.key()), payload)
+                })
+                .collect();
+            if let Some(p) = v.state.position {
+                fields.push((
+                    self.topics.vehicle(id.as_str(), "latitude"),
+                    p.latitude.to_string(),
+                ));
+                fields.push((
+                    self.topics.vehicle(id.as_str(), "longitude"),
+                    p.longitude.to_string(),
+                ));
+            }
+            for (topic, payload) in fields {
                 if v.field_payloads.get(&topic) != Some(&payload) {
-                    self.publisher.publish(&topic, payload.clone(), true);
+                    if !self.publisher.try_publish(&topic, payload.clone(), true) {
+                        return false; // the rest goes out with the retry
+                    }
                     v.field_payloads.insert(topic, payload);
                 }
             }
-            if let Some(p) = v.state.position {
-                for (leaf, val) in [("latitude", p.latitude), ("longitude", p.longitude)] {
-                    let topic = self.topics.vehicle(id.as_str(), leaf);
-                    let payload = val.to_string();
-                    if v.field_payloads.get(&topic) != Some(&payload) {
-                        self.publisher.publish(&topic, payload.clone(), true);
-                        v.field_payloads.insert(topic, payload);
-                    }
-                }
+        }
+        true
+    }
+
+    /// Publishes now if MQTT has room (and nothing older is waiting), else queues it.
+    fn send(&mut self, topic: String, payload: impl Into<Vec<u8>>, retain: bool) {
+        let payload = payload.into();
+        if self.retry.is_empty() && self.publisher.try_publish(&topic, payload.clone(), retain) {
+            return;
+        }
+        if self.retry.len() >= RETRY_QUEUE {
+            if let Some((dropped, _, _)) = self.retry.pop_front() {
+                self.publisher.dropped(&dropped);
+                self.info_dirty = true;
             }
         }
+        self.retry.push_back((topic, payload, retain));
+    }
+
+    fn flush_retries(&mut self) {
+        while let Some((topic, payload, retain)) = self.retry.pop_front() {
+            if !self.publisher.try_publish(&topic, payload.clone(), retain) {
+                self.retry.push_front((topic, payload, retain));
+                return;
+            }
+        }
+        let ids: Vec<VehicleId> = self.unsent_states.drain().collect();
+        let mut ids = ids.into_iter();
+        for id in ids.by_ref() {
+            if !self.try_publish_state(&id) {
+                self.unsent_states.insert(id);
+                break;
+            }
+        }
+        self.unsent_states.extend(ids);
     }
 
     fn publish_availability(&mut self, id: &VehicleId, force: bool) {
@@ -370,8 +439,7 @@ impl Hub {
         if force || v.published_availability != Some(available) {
             v.published_availability = Some(available);
             let topic = self.topics.vehicle(id.as_str(), "availability");
-            self.publisher
-                .publish(&topic, if available { "online" } else { "offline" }, true);
+            self.send(topic, if available { "online" } else { "offline" }, true);
         }
     }
 
@@ -403,16 +471,19 @@ impl Hub {
             .into_iter()
             .map(|e| (e.topic(&self.topics, id.as_str()), e.config.to_string()))
             .collect();
-        for (topic, payload) in &wanted {
-            if force || v.discovery.get(topic) != Some(payload) {
-                self.publisher.publish(topic, payload.clone(), true);
-            }
-        }
+        let mut out: Vec<(String, Vec<u8>)> = wanted
+            .iter()
+            .filter(|(topic, payload)| force || v.discovery.get(*topic) != Some(*payload))
+            .map(|(topic, payload)| (topic.clone(), payload.clone().into_bytes()))
+            .collect();
         for topic in v.discovery.keys().filter(|t| !wanted.contains_key(*t)) {
             tracing::info!(event = "entity_removed", vehicle = %id, topic, "entity no longer reported; removing");
-            self.publisher.publish(topic, Vec::new(), true);
+            out.push((topic.clone(), Vec::new()));
         }
         v.discovery = wanted;
+        for (topic, payload) in out {
+            self.send(topic, payload, true);
+        }
     }
 
     fn publish_event(&mut self, id: &VehicleId, event: VehicleEvent) {
@@ -420,15 +491,11 @@ impl Hub {
         payload.insert("event_type".into(), event.event_type.into());
         payload.insert("ts".into(), now_rfc3339().into());
         let topic = self.topics.vehicle(id.as_str(), "event");
-        self.publisher.publish(
-            &topic,
-            serde_json::Value::Object(payload).to_string(),
-            false,
-        );
+        self.send(topic, serde_json::Value::Object(payload).to_string(), false);
     }
 
     fn publish_result(
-        &self,
+        &mut self,
         vehicle: &str,
         id: &str,
         command: &str,
@@ -443,7 +510,7 @@ impl Hub {
             "ts": now_rfc3339(),
         });
         let topic = self.topics.vehicle(vehicle, "command/result");
-        self.publisher.publish(&topic, payload.to_string(), false);
+        self.send(topic, payload.to_string(), false);
     }
 
     fn bridge_info(&self) -> serde_json::Value {
@@ -459,6 +526,7 @@ impl Hub {
             "links": self.connectors.iter().map(|c| c.links).sum::<usize>(),
             "last_error": self.last_error,
             "dropped_publishes": self.publisher.stats().dropped_publishes.load(std::sync::atomic::Ordering::Relaxed),
+            "coalesced_states": self.publisher.stats().coalesced_states.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -469,8 +537,7 @@ impl Hub {
         self.info_dirty = false;
         let info = self.bridge_info().to_string();
         if info != self.last_info {
-            self.publisher
-                .publish(&self.topics.bridge_info(), info.clone(), true);
+            self.send(self.topics.bridge_info(), info.clone(), true);
             self.last_info = info;
         }
     }
@@ -479,11 +546,7 @@ impl Hub {
     fn publish_everything(&mut self, discovery_only: bool) {
         if self.config.mqtt.discovery {
             for e in hass::bridge_entities(&self.topics) {
-                self.publisher.publish(
-                    &e.topic(&self.topics, "bridge"),
-                    e.config.to_string(),
-                    true,
-                );
+                self.send(e.topic(&self.topics, "bridge"), e.config.to_string(), true);
             }
         }
         let ids: Vec<VehicleId> = self.vehicles.keys().cloned().collect();
@@ -532,8 +595,7 @@ impl Hub {
     fn on_mqtt(&mut self, event: MqttEvent) {
         match event {
             MqttEvent::Connected => {
-                self.publisher
-                    .publish(&self.topics.bridge_state(), "online", true);
+                self.send(self.topics.bridge_state(), "online", true);
                 self.publisher.subscribe(&self.topics.command_filter());
                 if self.config.mqtt.discovery {
                     self.publisher.subscribe(&self.topics.ha_status());
@@ -570,7 +632,7 @@ impl Hub {
         }
     }
 
-    fn reject(&self, vehicle: &str, id: &str, command: &str, reason: &str) {
+    fn reject(&mut self, vehicle: &str, id: &str, command: &str, reason: &str) {
         tracing::warn!(
             event = "command_rejected",
             vehicle,

@@ -2,9 +2,10 @@
 //!
 //! The event loop runs in its own task and only forwards what it sees ([`MqttEvent`]);
 //! everything that publishes goes through [`Publisher`], which never waits: when the
-//! client's bounded queue is full the message is dropped, logged and counted. The bridge
-//! re-publishes all retained state on every connection, so a drop during an outage
-//! costs nothing that matters.
+//! client's bounded queue is full, `try_publish` says so and the bridge decides (states
+//! coalesce to the newest, other messages wait in a bounded retry queue; only overflow of
+//! that queue is dropped, logged and counted). All retained state is re-published on
+//! every connection.
 
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
@@ -16,7 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use rand::Rng;
-use rumqttc::{AsyncClient, ClientError, Event, LastWill, MqttOptions, Packet, QoS, Transport};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, Transport};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -41,6 +42,8 @@ pub enum MqttEvent {
 #[derive(Debug, Default)]
 pub struct MqttStats {
     pub dropped_publishes: AtomicU64,
+    /// Intermediate states skipped because a newer one replaced them while MQTT was busy.
+    pub coalesced_states: AtomicU64,
     pub dropped_messages: AtomicU64,
     pub reconnects: AtomicU64,
 }
@@ -53,22 +56,25 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Queues a QoS 1 publish without waiting. Returns false when it was dropped.
-    pub fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) -> bool {
-        match self
-            .client
+    /// Queues a QoS 1 publish without waiting. Returns false when the client's queue is
+    /// full (or the client is gone): the caller decides whether to retry or drop.
+    pub fn try_publish(&self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) -> bool {
+        self.client
             .try_publish(topic, QoS::AtLeastOnce, retain, payload.into())
-        {
-            Ok(()) => true,
-            Err(err) => {
-                let n = self.stats.dropped_publishes.fetch_add(1, Ordering::Relaxed) + 1;
-                // One line per power of two keeps a long outage from flooding the log.
-                if n.is_power_of_two() {
-                    tracing::warn!(event = "mqtt_publish_dropped", topic, total_dropped = n, error = %short(&err),
-                        "MQTT publish queue is full or closed; message dropped");
-                }
-                false
-            }
+            .is_ok()
+    }
+
+    /// Counts and logs a message the bridge gave up on.
+    pub fn dropped(&self, topic: &str) {
+        let n = self.stats.dropped_publishes.fetch_add(1, Ordering::Relaxed) + 1;
+        // One line per power of two keeps a long outage from flooding the log.
+        if n.is_power_of_two() {
+            tracing::warn!(
+                event = "mqtt_publish_dropped",
+                topic,
+                total_dropped = n,
+                "MQTT cannot keep up; message dropped"
+            );
         }
     }
 
@@ -82,13 +88,6 @@ impl Publisher {
 
     pub fn stats(&self) -> &MqttStats {
         &self.stats
-    }
-}
-
-fn short(err: &ClientError) -> &'static str {
-    match err {
-        ClientError::TryRequest(_) => "queue full",
-        ClientError::Request(_) => "client closed",
     }
 }
 
@@ -110,6 +109,8 @@ pub fn start(
     opts.set_keep_alive(Duration::from_secs(30))
         .set_clean_session(true) // never receive commands queued while we were away
         .set_max_packet_size(MAX_PACKET_SIZE, MAX_PACKET_SIZE)
+        // QoS 1 throughput on one connection is bound by the in-flight window.
+        .set_inflight(1000)
         .set_last_will(LastWill::new(
             format!("{}/bridge/state", cfg.base_topic),
             "offline",

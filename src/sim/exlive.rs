@@ -44,7 +44,8 @@ pub fn now_ns() -> u128 {
         .unwrap_or(0)
 }
 
-/// Runs every link until `shutdown`. Links are started 2 ms apart to avoid a SYN flood.
+/// Runs every link until `shutdown`. Links start in groups of 20, 2 ms apart, so that
+/// 10 000 links ramp up in about a second without a SYN flood.
 pub async fn run(opts: SimOptions, stats: Arc<SimStats>, shutdown: CancellationToken) {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..opts.links {
@@ -55,7 +56,7 @@ pub async fn run(opts: SimOptions, stats: Arc<SimStats>, shutdown: CancellationT
                 tracing::debug!(link = i, error = %err, "simulated EXLIVE link ended");
             }
         });
-        if opts.links > 50 {
+        if i % 20 == 19 {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
@@ -101,7 +102,15 @@ async fn link(
         31.20 + (index % 100) as f64 * 0.01,
         121.40 + (index / 100) as f64 * 0.01,
     );
-    let period = Duration::from_secs_f64(1.0 / opts.rate.max(0.001));
+    // Timers tick at 1 ms at best: above 100/s, send bursts every 10 ms instead.
+    let (period, burst) = if opts.rate > 100.0 {
+        (
+            Duration::from_millis(10),
+            (opts.rate / 100.0).round().max(1.0) as u64,
+        )
+    } else {
+        (Duration::from_secs_f64(1.0 / opts.rate.max(0.001)), 1)
+    };
     let mut tick = interval(period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut heartbeat = interval(Duration::from_secs(30));
@@ -114,7 +123,7 @@ async fn link(
                 return Ok(());
             }
             _ = heartbeat.tick() => wr.write_all(format!("{}\n", Message::Heartbeat.encode()).as_bytes()).await?,
-            _ = tick.tick() => {
+            _ = tick.tick() => for _ in 0..burst {
                 step += 1;
                 odometer += 0.01;
                 let (lat, lng, heading) = super::route_point(center.0, center.1, 800.0, step, 360);
@@ -141,7 +150,7 @@ async fn link(
                 });
                 wr.write_all(format!("{}\n", p.encode()).as_bytes()).await?;
                 stats.positions.fetch_add(1, Ordering::Relaxed);
-            }
+            },
             frame = frames.next() => match frame {
                 Some(Ok(Frame::Object(raw))) => {
                     if let Ok(Message::Passthrough { terminalid, code, data }) = Message::decode(&raw) {
