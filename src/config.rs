@@ -93,7 +93,7 @@ impl Default for MqttConfig {
             discovery: true,
             per_field_topics: false,
             ca_file: None,
-            queue_capacity: 10_000,
+            queue_capacity: 1_000,
         }
     }
 }
