@@ -2,3 +2,4 @@
 //! no logging. One module per upstream protocol.
 
 pub mod exlive;
+pub mod kingxun;
