@@ -9,11 +9,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chrono::FixedOffset;
+
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::connectors::exlive::ExliveConfig;
+use crate::connectors::kingxun::KingxunConfig;
 
 /// A secret string: usable, serialisable for layering, never printed by `Debug`.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,7 +146,7 @@ pub struct Config {
     pub bridge: BridgeConfig,
     pub xchanger: PlannedConnectorConfig,
     pub iauto360: PlannedConnectorConfig,
-    pub kingxun: PlannedConnectorConfig,
+    pub kingxun: KingxunConfig,
     pub exlive: ExliveConfig,
 }
 
@@ -241,7 +244,6 @@ impl Config {
         for (key, cfg) in [
             ("xchanger.enabled", &self.xchanger),
             ("iauto360.enabled", &self.iauto360),
-            ("kingxun.enabled", &self.kingxun),
         ] {
             if cfg.enabled {
                 return Err(invalid(
@@ -249,6 +251,9 @@ impl Config {
                     "this connector is not available in this build yet".into(),
                 ));
             }
+        }
+        if let Err((key, reason)) = self.kingxun.validate() {
+            return Err(invalid(&format!("kingxun.{key}"), reason));
         }
         if let Err((key, reason)) = self.exlive.validate() {
             return Err(invalid(&format!("exlive.{key}"), reason));
@@ -324,6 +329,30 @@ fn describe_figment(err: &figment::Error) -> String {
         .join("; ")
 }
 
+/// Parses the `timezone` setting. China has had no daylight saving since 1991, so the
+/// zones users need are fixed offsets.
+pub fn parse_timezone(tz: &str) -> Option<FixedOffset> {
+    let hours = |h: i32| FixedOffset::east_opt(h * 3600);
+    match tz.trim() {
+        "Asia/Shanghai" | "Asia/Chongqing" | "Asia/Harbin" | "Asia/Urumqi" | "Asia/Hong_Kong"
+        | "Asia/Macau" | "Asia/Taipei" | "Asia/Singapore" | "Asia/Kuala_Lumpur" | "PRC" => hours(8),
+        "UTC" | "Etc/UTC" | "GMT" | "Z" => hours(0),
+        other => {
+            let (sign, rest) = match other.as_bytes().first()? {
+                b'+' => (1, &other[1..]),
+                b'-' => (-1, &other[1..]),
+                _ => return None,
+            };
+            let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
+            let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
+            if !(0..=14).contains(&h) || !(0..60).contains(&m) {
+                return None;
+            }
+            FixedOffset::east_opt(sign * (h * 3600 + m * 60))
+        }
+    }
+}
+
 fn valid_topic_segment(topic: &str, allow_slash: bool) -> bool {
     !topic.is_empty()
         && !topic.contains(['+', '#', '\0'])
@@ -386,6 +415,21 @@ mod tests {
         assert!(url("http://x:1").is_err());
         assert!(url("mqtt://host:notaport").is_err());
         assert!(url("mqtt://:1883").is_err());
+    }
+
+    #[test]
+    fn timezones() {
+        assert_eq!(
+            parse_timezone("Asia/Shanghai"),
+            chrono::FixedOffset::east_opt(8 * 3600)
+        );
+        assert_eq!(
+            parse_timezone("-05:30"),
+            chrono::FixedOffset::east_opt(-(5 * 3600 + 30 * 60))
+        );
+        assert_eq!(parse_timezone("+8"), chrono::FixedOffset::east_opt(8 * 3600));
+        assert_eq!(parse_timezone("Mars/Olympus"), None);
+        assert_eq!(parse_timezone("+25:00"), None);
     }
 
     #[test]

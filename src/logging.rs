@@ -11,7 +11,7 @@ pub fn init(format: LogFormat, level: &str) {
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
         .unwrap_or_else(|| {
-            // The embedded broker logs every connection at info; keep it quiet.
+            // The embedded broker logs every connection, and routine disconnects as errors.
             EnvFilter::try_new(format!(
                 "{level},rumqttd=warn,rumqttd::router=error,rumqttd::server=off"
             ))

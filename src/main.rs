@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use vehicle2mqtt::config::Config;
 use vehicle2mqtt::connector::Connector;
 use vehicle2mqtt::connectors::exlive::ExliveConnector;
+use vehicle2mqtt::connectors::kingxun::KingxunConnector;
 use vehicle2mqtt::{bridge, logging, sim, state_dir};
 
 #[derive(Parser)]
@@ -40,6 +41,25 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum SimTarget {
+    /// kingxun devices that register, ride, report and obey commands.
+    Kingxun {
+        /// The bridge's kingxun listener, host:port.
+        #[arg(long, default_value = "127.0.0.1:10085")]
+        server: String,
+        #[arg(long, default_value_t = 1)]
+        devices: usize,
+        /// Seed the device keys are derived from.
+        #[arg(long, default_value_t = 1)]
+        key_seed: u64,
+        #[arg(long, default_value_t = 1001)]
+        first_id: u32,
+        /// Time between status reports, e.g. "5s".
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        /// Print the matching [[kingxun.devices]] config and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
     /// EXLIVE links that log in and push 1007 positions.
     Exlive {
         /// The bridge's EXLIVE listener, host:port.
@@ -95,6 +115,15 @@ fn simulate(target: SimTarget) -> ExitCode {
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
         match target {
+            SimTarget::Kingxun { server, devices, key_seed, first_id, interval, print_config } => {
+                let opts = sim::kingxun::SimOptions { server, devices, key_seed, first_id, interval, ..Default::default() };
+                if print_config {
+                    print!("{}", sim::kingxun::config_toml(&opts));
+                    return;
+                }
+                let stats = std::sync::Arc::new(sim::kingxun::SimStats::default());
+                sim::kingxun::run(opts, stats, shutdown).await;
+            }
             SimTarget::Exlive { server, links, rate, user, password, first_id } => {
                 let opts = sim::exlive::SimOptions { server, links, rate, user, password, first_id, stamp: false };
                 let stats = std::sync::Arc::new(sim::exlive::SimStats::default());
@@ -151,6 +180,9 @@ fn run(config: Config) -> ExitCode {
 async fn serve(config: Config) -> anyhow::Result<()> {
     state_dir::prepare(&config.bridge.state_dir)?;
     let mut connectors: Vec<Box<dyn Connector>> = Vec::new();
+    if config.kingxun.enabled {
+        connectors.push(Box::new(KingxunConnector::new(config.kingxun.clone())));
+    }
     if config.exlive.enabled {
         connectors.push(Box::new(ExliveConnector::new(config.exlive.clone())));
     }

@@ -508,6 +508,8 @@ pub enum CommandProgress {
     Accepted,
     Succeeded,
     Failed(String),
+    /// The upstream's own wait ran out (e.g. a device that never answered).
+    TimedOut(String),
 }
 
 /// Something that happened to a vehicle (trip finished, tip-over, charge finished...).

@@ -105,6 +105,9 @@ pub async fn run(
                         Ok(Some(CommandProgress::Failed(reason))) => {
                             break (CommandStatus::Failed, Some(reason))
                         }
+                        Ok(Some(CommandProgress::TimedOut(reason))) => {
+                            break (CommandStatus::Timeout, Some(reason))
+                        }
                     }
                 }
             }

@@ -2,3 +2,4 @@
 //! [`crate::connector`].
 
 pub mod exlive;
+pub mod kingxun;

@@ -1,6 +1,7 @@
 //! Simulated devices and upstreams, for `vehicle2mqtt simulate`, the tests and benches.
 
 pub mod exlive;
+pub mod kingxun;
 
 /// A point on a circular route of `radius_m` around (lat, lng), `step` of `steps`.
 pub fn route_point(lat: f64, lng: f64, radius_m: f64, step: u64, steps: u64) -> (f64, f64, f64) {

@@ -3,10 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chrono::FixedOffset;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Secret;
+use crate::config::{parse_timezone, Secret};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -75,30 +74,6 @@ pub struct ExliveClientConfig {
 
 fn default_heartbeat() -> Duration {
     Duration::from_secs(30)
-}
-
-/// Parses the `timezone` setting. China has had no daylight saving since 1991, so the
-/// zones users need are fixed offsets.
-pub fn parse_timezone(tz: &str) -> Option<FixedOffset> {
-    let hours = |h: i32| FixedOffset::east_opt(h * 3600);
-    match tz.trim() {
-        "Asia/Shanghai" | "Asia/Chongqing" | "Asia/Harbin" | "Asia/Urumqi" | "Asia/Hong_Kong"
-        | "Asia/Macau" | "Asia/Taipei" | "Asia/Singapore" | "Asia/Kuala_Lumpur" | "PRC" => hours(8),
-        "UTC" | "Etc/UTC" | "GMT" | "Z" => hours(0),
-        other => {
-            let (sign, rest) = match other.as_bytes().first()? {
-                b'+' => (1, &other[1..]),
-                b'-' => (-1, &other[1..]),
-                _ => return None,
-            };
-            let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
-            let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
-            if !(0..=14).contains(&h) || !(0..60).contains(&m) {
-                return None;
-            }
-            FixedOffset::east_opt(sign * (h * 3600 + m * 60))
-        }
-    }
 }
 
 impl ExliveConfig {
@@ -181,22 +156,3 @@ impl ExliveConfig {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timezones() {
-        assert_eq!(
-            parse_timezone("Asia/Shanghai"),
-            FixedOffset::east_opt(8 * 3600)
-        );
-        assert_eq!(
-            parse_timezone("-05:30"),
-            FixedOffset::east_opt(-(5 * 3600 + 30 * 60))
-        );
-        assert_eq!(parse_timezone("+8"), FixedOffset::east_opt(8 * 3600));
-        assert_eq!(parse_timezone("Mars/Olympus"), None);
-        assert_eq!(parse_timezone("+25:00"), None);
-    }
-}

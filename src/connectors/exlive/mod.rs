@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use chrono::{FixedOffset, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 use tokio::sync::mpsc;
 
-pub use config::{parse_timezone, ExliveAccount, ExliveClientConfig, ExliveCommand, ExliveConfig};
+pub use crate::config::parse_timezone;
+pub use config::{ExliveAccount, ExliveClientConfig, ExliveCommand, ExliveConfig};
 
 use crate::connector::{Connector, ConnectorContext, ConnectorFuture, Update, UpdateSink};
 use crate::model::{

@@ -1,0 +1,125 @@
+//! `[kingxun]` configuration.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{parse_timezone, Secret};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KingxunConfig {
+    pub enabled: bool,
+    /// Where devices connect (the bridge plays the kingxun "svrInstance").
+    pub listen: SocketAddr,
+    pub max_links: usize,
+    /// A link with no frame for this long is closed and its device goes offline.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A frame started but not finished within this time closes the link.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// How long a command waits for the device's answer.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Largest MsgBodyLen accepted.
+    pub max_body: usize,
+    /// Unlock (2001) parameters.
+    pub allow_time_min: u16,
+    pub lowest_soc: u8,
+    pub farthest_dist_m: u32,
+    /// Answer to 1005: range on a full battery, charge reminder and lowest usable SoC.
+    pub range_full_km: f64,
+    pub charge_notify_soc: u8,
+    pub soc_min: u8,
+    /// Upper bound of the max-speed number entity, km/h.
+    pub max_speed_kmh: u16,
+    /// Time zone of device local times.
+    pub timezone: String,
+    pub devices: Vec<KingxunDevice>,
+}
+
+impl Default for KingxunConfig {
+    fn default() -> Self {
+        KingxunConfig {
+            enabled: false,
+            listen: SocketAddr::from(([0, 0, 0, 0], 10085)),
+            max_links: 10_000,
+            idle_timeout: Duration::from_secs(600),
+            read_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(30),
+            max_body: 64 * 1024,
+            allow_time_min: 240,
+            lowest_soc: 5,
+            farthest_dist_m: 100_000,
+            range_full_km: 60.0,
+            charge_notify_soc: 20,
+            soc_min: 5,
+            max_speed_kmh: 45,
+            timezone: "Asia/Shanghai".into(),
+            devices: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KingxunDevice {
+    pub id: u32,
+    /// The device's AES-128 key: 32 hex characters.
+    pub key: Secret,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl KingxunDevice {
+    pub fn key_bytes(&self) -> Option<[u8; 16]> {
+        let raw = hex::decode(self.key.expose().trim()).ok()?;
+        raw.try_into().ok()
+    }
+}
+
+impl KingxunConfig {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if parse_timezone(&self.timezone).is_none() {
+            return Err(("timezone".into(), format!("`{}`: use Asia/Shanghai, UTC or ±HH:MM", self.timezone)));
+        }
+        if self.max_links == 0 {
+            return Err(("max_links".into(), "must be at least 1".into()));
+        }
+        if !(64..=16 * 1024 * 1024).contains(&self.max_body) {
+            return Err(("max_body".into(), "must be 64 bytes to 16 MiB".into()));
+        }
+        for (key, d) in [("idle_timeout", self.idle_timeout), ("read_timeout", self.read_timeout), ("command_timeout", self.command_timeout)] {
+            if d < Duration::from_millis(100) {
+                return Err((key.into(), "must be at least 100ms".into()));
+            }
+        }
+        if !(self.range_full_km.is_finite() && self.range_full_km > 0.0) {
+            return Err(("range_full_km".into(), "must be a positive number".into()));
+        }
+        if self.lowest_soc > 100 || self.charge_notify_soc > 100 || self.soc_min > 100 {
+            return Err(("lowest_soc".into(), "percentages must be 0 to 100".into()));
+        }
+        if self.max_speed_kmh == 0 {
+            return Err(("max_speed_kmh".into(), "must be at least 1".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            if d.key_bytes().is_none() {
+                return Err((format!("devices[{i}].key"), "must be 32 hex characters (16 bytes)".into()));
+            }
+            if !seen.insert(d.id) {
+                return Err((format!("devices[{i}].id"), format!("device {} is listed twice", d.id)));
+            }
+        }
+        if self.devices.is_empty() {
+            return Err(("devices".into(), "list at least one [[kingxun.devices]] (id and key)".into()));
+        }
+        Ok(())
+    }
+}

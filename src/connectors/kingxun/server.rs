@@ -1,0 +1,384 @@
+//! Device links: registration, session checks, requests and their responses, commands
+//! matched to their answers by SeqNum.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use rand::Rng;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use super::{charge_event, device_event, status_state, trip_update, vehicle_id, Core, LinkCommand};
+use crate::connector::Update;
+use crate::model::{CommandProgress, Field, VehicleState};
+use crate::protocol::kingxun::codec::CodecError;
+use crate::protocol::kingxun::{
+    crypto, id, resp_code_text, ChargeDone, Decoded, DeviceControl, Events, Frame, Kind, KxCodec, RangeAnswer,
+    RangeQuery, Register, RegisterAck, Status, Traffic, Trip,
+};
+
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+const RESP_OK: u32 = 0;
+const RESP_REJECTED: u32 = 1;
+const RESP_REGISTER_REFUSED: u32 = 2;
+
+pub(super) async fn run(listener: TcpListener, core: Arc<Core>, shutdown: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(core.config.max_links));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let (core, shutdown) = (core.clone(), shutdown.clone());
+                        tokio::spawn(async move {
+                            serve_link(stream, peer, core, shutdown).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        let n = core.counters.links_refused.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n.is_power_of_two() {
+                            tracing::warn!(event = "kingxun_link_refused", peer = %peer, max_links = core.config.max_links,
+                                total_refused = n, "kingxun link refused: max_links reached");
+                        }
+                    }
+                },
+                Err(err) => {
+                    tracing::warn!(event = "kingxun_accept_failed", error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn write_frame(wr: &mut OwnedWriteHalf, frame: &Frame) -> std::io::Result<()> {
+    match timeout(WRITE_TIMEOUT, wr.write_all(&frame.to_bytes())).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out")),
+    }
+}
+
+type Frames = FramedRead<tokio::net::tcp::OwnedReadHalf, KxCodec>;
+
+/// The next frame; junk is logged and skipped. `None` ends the link.
+async fn next_frame(frames: &mut Frames, peer: &SocketAddr, core: &Core) -> Option<Frame> {
+    loop {
+        match frames.next().await? {
+            Ok(Decoded::Frame(f)) => return Some(f),
+            Ok(Decoded::Skipped(n)) => {
+                core.counters.bad_headers.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(event = "kingxun_bad_header", peer = %peer, skipped = n, "bad header (CRC or flags); bytes skipped");
+            }
+            Err(CodecError::TooLarge { len, max }) => {
+                core.counters.oversized.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(event = "kingxun_oversized", peer = %peer, len, max, "MsgBodyLen over the limit; closing link");
+                return None;
+            }
+            Err(CodecError::Io(err)) => {
+                tracing::debug!(event = "kingxun_link_io", peer = %peer, error = %err);
+                return None;
+            }
+        }
+    }
+}
+
+/// A session: the device, its key and the IV given at registration.
+struct Session {
+    dev_id: u32,
+    key: [u8; 16],
+    iv: [u8; 16],
+}
+
+impl Session {
+    fn open_body(&self, frame: &Frame) -> Result<Vec<u8>, crypto::CryptoError> {
+        if frame.header.crypt {
+            crypto::decrypt(&self.key, &self.iv, &frame.body)
+        } else {
+            Ok(frame.body.to_vec())
+        }
+    }
+}
+
+async fn serve_link(stream: TcpStream, peer: SocketAddr, core: Arc<Core>, shutdown: CancellationToken) {
+    let _ = stream.set_nodelay(true);
+    let (rd, mut wr) = stream.into_split();
+    let mut frames = FramedRead::new(rd, KxCodec::new(core.config.max_body));
+
+    // Registration: the first frame, within read_timeout.
+    let first = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        f = timeout(core.config.read_timeout, next_frame(&mut frames, &peer, &core)) => f,
+    };
+    let frame = match first {
+        Ok(Some(f)) => f,
+        Ok(None) => return,
+        Err(_) => {
+            core.counters.stalled.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(event = "kingxun_no_register", peer = %peer, "no registration within read_timeout; closing");
+            return;
+        }
+    };
+    let Kind::Request { dev_id, .. } = frame.header.kind else { return };
+    if frame.header.msg_id != id::REGISTER {
+        tracing::warn!(event = "kingxun_not_registered", peer = %peer, dev_id, msg_id = frame.header.msg_id, "first frame is not 1001; closing");
+        let _ = write_frame(&mut wr, &Frame::response(frame.header.msg_id, frame.header.seq, RESP_REJECTED, false, Bytes::new())).await;
+        return;
+    }
+    let Some(key) = core.devices.get(&dev_id).and_then(|d| d.key_bytes()) else {
+        core.counters.unknown_devices.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(event = "kingxun_unknown_device", peer = %peer, dev_id, "unknown device id; registration refused");
+        let _ = write_frame(&mut wr, &Frame::response(id::REGISTER, frame.header.seq, RESP_REGISTER_REFUSED, false, Bytes::new())).await;
+        return;
+    };
+    // 1001 is plain, but honour CryptFlag: a device cannot encrypt before it has an IV,
+    // so an encrypted 1001 is refused like a malformed one.
+    let register = if frame.header.crypt { None } else { Register::decode(&frame.body).ok() };
+    let Some(register) = register else {
+        core.counters.bad_bodies.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(event = "kingxun_bad_register", peer = %peer, dev_id, "malformed 1001; closing");
+        let _ = write_frame(&mut wr, &Frame::response(id::REGISTER, frame.header.seq, RESP_REJECTED, false, Bytes::new())).await;
+        return;
+    };
+    let (session_id, iv) = {
+        let mut rng = rand::rng();
+        (rng.random_range(1..=u32::MAX), rng.random::<[u8; 16]>())
+    };
+    let ack = RegisterAck { session_id, iv }.encode();
+    if write_frame(&mut wr, &Frame::response(id::REGISTER, frame.header.seq, RESP_OK, false, Bytes::from(ack))).await.is_err() {
+        return;
+    }
+    let session = Session { dev_id, key, iv };
+    let vid = vehicle_id(dev_id);
+    let link_id = core.next_link.fetch_add(1, Ordering::Relaxed);
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<LinkCommand>(16);
+    let replaced = core.links.lock().ok().and_then(|mut l| l.insert(dev_id, (link_id, cmd_tx)));
+    if replaced.is_some() {
+        tracing::info!(event = "kingxun_link_replaced", dev_id, "device reconnected; the new link replaces the old one");
+    }
+    tracing::info!(event = "kingxun_registered", peer = %peer, dev_id, link = link_id, "device registered");
+    let _ = core.updates.send(Update::Vehicle(core.info(dev_id, Some(register.versions[1]), None))).await;
+    let _ = core.updates.send(Update::Availability { vehicle: vid.clone(), online: true }).await;
+    core.report_links(1).await;
+
+    // seq → (command, deadline)
+    let mut pending: HashMap<u16, (LinkCommand, Instant)> = HashMap::new();
+    let mut next_seq: u16 = rand::rng().random();
+    let mut idle_deadline = Instant::now() + core.config.idle_timeout;
+    let mut partial_since: Option<Instant> = None;
+    let mut model_known = false;
+    let reason = loop {
+        let next_command_deadline = pending.values().map(|(_, d)| *d).min();
+        let stall_deadline = partial_since.map(|t| t + core.config.read_timeout);
+        tokio::select! {
+            _ = shutdown.cancelled() => break "shutdown",
+            _ = sleep_until(idle_deadline) => {
+                core.counters.idle_closed.fetch_add(1, Ordering::Relaxed);
+                break "idle past idle_timeout";
+            }
+            _ = async { sleep_until(stall_deadline.unwrap_or_else(Instant::now)).await }, if stall_deadline.is_some() => {
+                core.counters.stalled.fetch_add(1, Ordering::Relaxed);
+                break "partial frame stalled past read_timeout";
+            }
+            _ = async { sleep_until(next_command_deadline.unwrap_or_else(Instant::now)).await }, if next_command_deadline.is_some() => {
+                let now = Instant::now();
+                let expired: Vec<u16> = pending.iter().filter(|(_, (_, d))| *d <= now).map(|(s, _)| *s).collect();
+                for seq in expired {
+                    if let Some((cmd, _)) = pending.remove(&seq) {
+                        let secs = core.config.command_timeout.as_secs_f64();
+                        let _ = cmd.request.progress.try_send(CommandProgress::TimedOut(format!("device did not answer within {secs}s")));
+                    }
+                }
+            }
+            Some(cmd) = cmd_rx.recv() => {
+                next_seq = next_seq.wrapping_add(1);
+                let body = DeviceControl { svr_time: now_secs(), session_id, user_id: 0, control: cmd.control }.encode();
+                let sealed = crypto::encrypt(&session.key, &session.iv, &body);
+                let frame = Frame::request(cmd.control.device_msg_id(), next_seq, dev_id, session_id, true, Bytes::from(sealed));
+                if let Err(err) = write_frame(&mut wr, &frame).await {
+                    let _ = cmd.request.progress.try_send(CommandProgress::Failed(format!("send failed: {err}")));
+                    break "write failed";
+                }
+                tracing::info!(event = "kingxun_command_sent", dev_id, msg_id = frame.header.msg_id, seq = next_seq, id = %cmd.request.id);
+                pending.insert(next_seq, (cmd, Instant::now() + core.config.command_timeout));
+            }
+            frame = next_frame(&mut frames, &peer, &core) => {
+                let Some(frame) = frame else { break "link closed" };
+                idle_deadline = Instant::now() + core.config.idle_timeout;
+                match frame.header.kind {
+                    Kind::Response { resp_code } => {
+                        match pending.remove(&frame.header.seq) {
+                            Some((cmd, _)) if cmd.control.device_msg_id() == frame.header.msg_id => {
+                                if resp_code == RESP_OK {
+                                    if !cmd.after.values.is_empty() {
+                                        let _ = core.updates.send(Update::State { vehicle: vid.clone(), state: cmd.after.clone(), replace: false }).await;
+                                        remember_guard(&core, dev_id, &cmd.control);
+                                    }
+                                    let _ = cmd.request.progress.try_send(CommandProgress::Succeeded);
+                                } else {
+                                    let _ = cmd.request.progress.try_send(CommandProgress::Failed(format!(
+                                        "device answered {resp_code} ({})", resp_code_text(resp_code))));
+                                }
+                            }
+                            Some((cmd, deadline)) => {
+                                tracing::warn!(event = "kingxun_response_mismatch", dev_id, seq = frame.header.seq, msg_id = frame.header.msg_id,
+                                    "response's MsgId does not match the command with this SeqNum; ignored");
+                                pending.insert(frame.header.seq, (cmd, deadline));
+                            }
+                            None => tracing::debug!(event = "kingxun_unexpected_response", dev_id, seq = frame.header.seq),
+                        }
+                    }
+                    Kind::Request { dev_id: from, session_id: sid } => {
+                        let (code, body) = if from != dev_id || sid != session_id {
+                            core.counters.bad_sessions.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(event = "kingxun_bad_session", peer = %peer, dev_id, from, "frame with a wrong DevId or SessionId refused");
+                            (RESP_REJECTED, Vec::new())
+                        } else {
+                            handle_request(&core, &session, &frame, &mut model_known).await
+                        };
+                        let resp = Frame::response(frame.header.msg_id, frame.header.seq, code, false, Bytes::from(body));
+                        if write_frame(&mut wr, &resp).await.is_err() {
+                            break "write failed";
+                        }
+                    }
+                }
+            }
+        }
+        partial_since = match (frames.read_buffer().is_empty(), partial_since) {
+            (true, _) => None,
+            (false, Some(t)) => Some(t),
+            (false, None) => Some(Instant::now()),
+        };
+    };
+    tracing::info!(event = "kingxun_link_closed", peer = %peer, dev_id, reason, "device link closed");
+    for (_, (cmd, _)) in pending.drain() {
+        let _ = cmd.request.progress.try_send(CommandProgress::Failed("device link closed".into()));
+    }
+    let still_ours = core.links.lock().map(|mut l| {
+        if l.get(&dev_id).is_some_and(|(id, _)| *id == link_id) {
+            l.remove(&dev_id);
+            true
+        } else {
+            false
+        }
+    });
+    if still_ours.unwrap_or(false) {
+        let _ = core.updates.send(Update::Availability { vehicle: vid, online: false }).await;
+    }
+    core.report_links(-1).await;
+}
+
+fn now_secs() -> u64 {
+    chrono::Utc::now().timestamp().max(0) as u64
+}
+
+fn remember_guard(core: &Core, dev_id: u32, control: &crate::protocol::kingxun::Control) {
+    if let crate::protocol::kingxun::Control::Guard { power, max_speed, .. } = control {
+        if let Ok(mut g) = core.guard.lock() {
+            g.insert(dev_id, (*power, *max_speed));
+        }
+    }
+}
+
+/// Handles one request from a registered device; returns the RespCode and body.
+async fn handle_request(core: &Core, session: &Session, frame: &Frame, model_known: &mut bool) -> (u32, Vec<u8>) {
+    let dev_id = session.dev_id;
+    let vid = vehicle_id(dev_id);
+    let body = match session.open_body(frame) {
+        Ok(b) => b,
+        Err(err) => {
+            core.counters.decrypt_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(event = "kingxun_decrypt_failed", dev_id, msg_id = frame.header.msg_id, error = %err, "body dropped");
+            return (RESP_REJECTED, Vec::new());
+        }
+    };
+    let bad = |err: crate::protocol::kingxun::BodyError| {
+        core.counters.bad_bodies.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(event = "kingxun_bad_body", dev_id, msg_id = frame.header.msg_id, error = %err, "malformed body dropped");
+        (RESP_REJECTED, Vec::new())
+    };
+    let updates = &core.updates;
+    match frame.header.msg_id {
+        id::STATUS => match Status::decode(&body) {
+            Ok(s) => {
+                if !*model_known {
+                    *model_known = true;
+                    let _ = updates.send(Update::Vehicle(core.info(dev_id, None, Some(s.dev_type)))).await;
+                }
+                let _ = updates.send(Update::State { vehicle: vid, state: status_state(&s), replace: false }).await;
+                (RESP_OK, Vec::new())
+            }
+            Err(e) => bad(e),
+        },
+        id::TRAFFIC => match Traffic::decode(&body) {
+            Ok(t) => {
+                let mut s = VehicleState::default();
+                s.set_f64(Field::DataUsed, f64::from(t.used_kib) / 1024.0);
+                let _ = updates.send(Update::State { vehicle: vid, state: s, replace: false }).await;
+                (RESP_OK, Vec::new())
+            }
+            Err(e) => bad(e),
+        },
+        id::RANGE => match RangeQuery::decode(&body) {
+            Ok(q) => {
+                let full_m = core.config.range_full_km * 1000.0;
+                let mut s = VehicleState::default();
+                s.set_f64(Field::Range, (core.config.range_full_km * f64::from(q.soc.min(100)) / 100.0 * 10.0).round() / 10.0);
+                let _ = updates.send(Update::State { vehicle: vid, state: s, replace: false }).await;
+                let answer = RangeAnswer {
+                    max_range_m: full_m.clamp(0.0, u32::MAX as f64) as u32,
+                    charge_notify_soc: core.config.charge_notify_soc,
+                    soc_min: core.config.soc_min,
+                };
+                (RESP_OK, answer.encode())
+            }
+            Err(e) => bad(e),
+        },
+        id::TRIP => match Trip::decode(&body) {
+            Ok(t) => {
+                let (state, event) = trip_update(&t, core.tz);
+                let _ = updates.send(Update::State { vehicle: vid.clone(), state, replace: false }).await;
+                let _ = updates.send(Update::Event { vehicle: vid, event }).await;
+                (RESP_OK, Vec::new())
+            }
+            Err(e) => bad(e),
+        },
+        id::CHARGE_DONE => match ChargeDone::decode(&body) {
+            Ok(c) => {
+                let _ = updates.send(Update::Event { vehicle: vid, event: charge_event(&c, core.tz) }).await;
+                (RESP_OK, Vec::new())
+            }
+            Err(e) => bad(e),
+        },
+        id::EVENTS => match Events::decode(&body) {
+            Ok(evs) => {
+                for e in &evs.events {
+                    if e.kind == 8 {
+                        let mut s = VehicleState::default();
+                        s.set(Field::Fallen, true);
+                        let _ = updates.send(Update::State { vehicle: vid.clone(), state: s, replace: false }).await;
+                    }
+                    let _ = updates.send(Update::Event { vehicle: vid.clone(), event: device_event(e, core.tz) }).await;
+                }
+                (RESP_OK, Vec::new())
+            }
+            Err(e) => bad(e),
+        },
+        other => {
+            core.counters.unknown_msgs.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(event = "kingxun_unknown_msg", dev_id, msg_id = other, "unknown MsgId; rejected");
+            (RESP_REJECTED, Vec::new())
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! kingxun device simulator: N devices register, report 1002 while riding a circular
+//! route, send trips (1008) and events (1012), and obey 2001–2005 by changing their own
+//! lock state, which their next 1002 (sent at once) shows.
+//!
+//! Keys are derived from a seed (splitmix64), so `--print-config` can print the
+//! matching `[[kingxun.devices]]` table.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::{interval, MissedTickBehavior};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::kingxun::*;
+
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub server: String,
+    pub devices: usize,
+    pub first_id: u32,
+    pub key_seed: u64,
+    pub interval: Duration,
+    /// Send a trip every this many status reports (0 = never).
+    pub trip_every: u64,
+    /// Answer commands (tests turn this off to provoke timeouts).
+    pub answer_commands: bool,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            server: "127.0.0.1:10085".into(),
+            devices: 1,
+            first_id: 1001,
+            key_seed: 1,
+            interval: Duration::from_secs(5),
+            trip_every: 12,
+            answer_commands: true,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct SimStats {
+    pub registered: AtomicU64,
+    pub refused: AtomicU64,
+    pub statuses: AtomicU64,
+    pub commands: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The AES key of device `dev_id` under `seed`.
+pub fn derive_key(seed: u64, dev_id: u32) -> [u8; 16] {
+    let mut state = seed ^ (u64::from(dev_id) << 17);
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&splitmix64(&mut state).to_le_bytes());
+    key[8..].copy_from_slice(&splitmix64(&mut state).to_le_bytes());
+    key
+}
+
+/// The `[[kingxun.devices]]` entries matching these options.
+pub fn config_toml(opts: &SimOptions) -> String {
+    (0..opts.devices as u32)
+        .map(|i| {
+            let id = opts.first_id + i;
+            format!("[[kingxun.devices]]\nid = {id}\nkey = \"{}\"\nname = \"Sim scooter {id}\"\n", hex::encode(derive_key(opts.key_seed, id)))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub async fn run(opts: SimOptions, stats: Arc<SimStats>, shutdown: CancellationToken) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..opts.devices {
+        let (o, stats, shutdown) = (opts.clone(), stats.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let dev_id = o.first_id + i as u32;
+            if let Err(err) = device(&o, dev_id, i, &stats, &shutdown).await {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(dev_id, error = %err, "simulated kingxun device ended");
+            }
+        });
+        if i % 20 == 19 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+struct Device {
+    lock: u8,
+    guard: (u8, u16),
+    step: u64,
+    mileage: u32,
+    soc: u8,
+}
+
+fn now_local() -> LocalTime {
+    LocalTime::from_naive((chrono::Utc::now() + chrono::Duration::hours(8)).naive_utc())
+}
+
+fn status(d: &Device, index: usize) -> Status {
+    let (lat, lng, _) = super::route_point(31.23 + (index % 100) as f64 * 0.005, 121.47 + (index / 100) as f64 * 0.005, 500.0, d.step, 120);
+    let riding = d.lock & 1 != 0;
+    Status {
+        dev_type: 2,
+        protocol: 1,
+        lng,
+        lat,
+        mileage: d.mileage,
+        driving: riding,
+        speed: if riding { 5500 } else { 0 },
+        lock: d.lock,
+        light: if riding { 0b01 } else { 0 },
+        sensor: if riding { 0x01 } else { 0x02 },
+        brake: 0,
+        mini_battery: Some(MiniBattery { id: "MINI".into(), soc: 95, voltage_cv: 410, temp_cc: 2500 }),
+        battery: Some(Battery {
+            charging: false,
+            id: format!("BAT{index:05}"),
+            soc: d.soc,
+            voltage_cv: 5000 + u16::from(d.soc) * 3,
+            temp_cc: 2850,
+            cycles: 42,
+            soh: 97,
+            current_flag: 1,
+            current_ca: if riding { 820 } else { 10 },
+            cells: (0..4).map(|c| Cell { voltage_cv: 330 + c, temp_cc: if c == 0 { Some(2800) } else { None } }).collect(),
+        }),
+    }
+}
+
+async fn device(o: &SimOptions, dev_id: u32, index: usize, stats: &SimStats, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let key = derive_key(o.key_seed, dev_id);
+    let stream = TcpStream::connect(&o.server).await?;
+    stream.set_nodelay(true)?;
+    let (rd, mut wr) = stream.into_split();
+    let mut frames = FramedRead::new(rd, KxCodec::default());
+    let mut seq: u16 = 1;
+    let reg = Register { time: now_local(), versions: [0x0100, 0x0001_0203, 1, 1, 1, 1] }.encode();
+    wr.write_all(&Frame::request(id::REGISTER, seq, dev_id, 0, false, Bytes::from(reg)).to_bytes()).await?;
+    let ack = loop {
+        match frames.next().await {
+            Some(Ok(Decoded::Frame(f))) if f.header.msg_id == id::REGISTER => break f,
+            Some(Ok(_)) => continue,
+            other => anyhow::bail!("no registration answer: {other:?}"),
+        }
+    };
+    let Kind::Response { resp_code: 0 } = ack.header.kind else {
+        stats.refused.fetch_add(1, Ordering::Relaxed);
+        anyhow::bail!("registration refused: {:?}", ack.header.kind);
+    };
+    let RegisterAck { session_id, iv } = RegisterAck::decode(&ack.body)?;
+    stats.registered.fetch_add(1, Ordering::Relaxed);
+    let mut d = Device { lock: 0, guard: (0xFF, 0), step: 0, mileage: 100_000 + index as u32, soc: 90 };
+    let mut tick = interval(o.interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut send_status = true;
+    loop {
+        if send_status {
+            send_status = false;
+            seq = seq.wrapping_add(1);
+            let f = Frame::request(id::STATUS, seq, dev_id, session_id, false, Bytes::from(status(&d, index).encode()));
+            wr.write_all(&f.to_bytes()).await?;
+            stats.statuses.fetch_add(1, Ordering::Relaxed);
+            if o.trip_every > 0 && d.step > 0 && d.step % o.trip_every == 0 {
+                let now = now_local();
+                let trip = Trip {
+                    start: now,
+                    start_lng: 121.47,
+                    start_lat: 31.23,
+                    end: now,
+                    end_lng: 121.48,
+                    end_lat: 31.24,
+                    distance_m: 1200,
+                    soc_begin: d.soc.saturating_add(1),
+                    soc_end: d.soc,
+                    max_speed: 7000,
+                    avg_speed: 4200,
+                    max_current_ca: 1500,
+                    battery_id: format!("BAT{index:05}"),
+                    points: vec![(121.475, 31.235)],
+                };
+                seq = seq.wrapping_add(1);
+                let body = crypto::encrypt(&key, &iv, &trip.encode());
+                wr.write_all(&Frame::request(id::TRIP, seq, dev_id, session_id, true, Bytes::from(body)).to_bytes()).await?;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {
+                d.step += 1;
+                if d.lock & 1 != 0 {
+                    d.mileage += 3;
+                    if d.step % 10 == 0 {
+                        d.soc = d.soc.saturating_sub(1).max(10);
+                    }
+                }
+                send_status = true;
+            }
+            frame = frames.next() => {
+                let f = match frame {
+                    Some(Ok(Decoded::Frame(f))) => f,
+                    Some(Ok(Decoded::Skipped(_))) => continue,
+                    Some(Err(e)) => anyhow::bail!("read: {e}"),
+                    None => anyhow::bail!("server closed the link"),
+                };
+                let Kind::Request { .. } = f.header.kind else { continue };
+                if !o.answer_commands {
+                    continue;
+                }
+                let code = match crypto::decrypt(&key, &iv, &f.body).ok().and_then(|b| DeviceControl::decode(f.header.msg_id, &b).ok()) {
+                    Some(c) if c.session_id == session_id => {
+                        match c.control {
+                            Control::Unlock { .. } => d.lock |= 0x01 | 0x10,
+                            Control::Lock { .. } => d.lock &= !(0x01 | 0x10),
+                            Control::OpenLock { flags, .. } => d.lock |= flags & 0x0E,
+                            Control::Guard { power, max_speed, .. } => d.guard = (power, max_speed),
+                            Control::Lights { .. } => {}
+                        }
+                        0
+                    }
+                    _ => 1,
+                };
+                stats.commands.fetch_add(1, Ordering::Relaxed);
+                wr.write_all(&Frame::response(f.header.msg_id, f.header.seq, code, false, Bytes::new()).to_bytes()).await?;
+                send_status = true; // report the change at once
+            }
+        }
+    }
+}
