@@ -427,7 +427,10 @@ mod tests {
             parse_timezone("-05:30"),
             chrono::FixedOffset::east_opt(-(5 * 3600 + 30 * 60))
         );
-        assert_eq!(parse_timezone("+8"), chrono::FixedOffset::east_opt(8 * 3600));
+        assert_eq!(
+            parse_timezone("+8"),
+            chrono::FixedOffset::east_opt(8 * 3600)
+        );
         assert_eq!(parse_timezone("Mars/Olympus"), None);
         assert_eq!(parse_timezone("+25:00"), None);
     }

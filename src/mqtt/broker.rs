@@ -68,12 +68,17 @@ pub fn start(cfg: &MqttConfig, max_connections: usize) -> anyhow::Result<SocketA
         .context("spawning the embedded broker thread")?;
     // Wait (briefly) until it accepts, so the bridge's first connect does not race it.
     let probe = match listen.ip() {
-        ip if ip.is_unspecified() && ip.is_ipv4() => SocketAddr::from(([127, 0, 0, 1], listen.port())),
-        ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, listen.port())),
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            SocketAddr::from(([127, 0, 0, 1], listen.port()))
+        }
+        ip if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, listen.port()))
+        }
         _ => listen,
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    while std::net::TcpStream::connect_timeout(&probe, std::time::Duration::from_millis(200)).is_err()
+    while std::net::TcpStream::connect_timeout(&probe, std::time::Duration::from_millis(200))
+        .is_err()
         && std::time::Instant::now() < deadline
     {
         std::thread::sleep(std::time::Duration::from_millis(10));

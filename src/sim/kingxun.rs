@@ -77,7 +77,10 @@ pub fn config_toml(opts: &SimOptions) -> String {
     (0..opts.devices as u32)
         .map(|i| {
             let id = opts.first_id + i;
-            format!("[[kingxun.devices]]\nid = {id}\nkey = \"{}\"\nname = \"Sim scooter {id}\"\n", hex::encode(derive_key(opts.key_seed, id)))
+            format!(
+                "[[kingxun.devices]]\nid = {id}\nkey = \"{}\"\nname = \"Sim scooter {id}\"\n",
+                hex::encode(derive_key(opts.key_seed, id))
+            )
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -114,7 +117,13 @@ fn now_local() -> LocalTime {
 }
 
 fn status(d: &Device, index: usize) -> Status {
-    let (lat, lng, _) = super::route_point(31.23 + (index % 100) as f64 * 0.005, 121.47 + (index / 100) as f64 * 0.005, 500.0, d.step, 120);
+    let (lat, lng, _) = super::route_point(
+        31.23 + (index % 100) as f64 * 0.005,
+        121.47 + (index / 100) as f64 * 0.005,
+        500.0,
+        d.step,
+        120,
+    );
     let riding = d.lock & 1 != 0;
     Status {
         dev_type: 2,
@@ -128,7 +137,12 @@ fn status(d: &Device, index: usize) -> Status {
         light: if riding { 0b01 } else { 0 },
         sensor: if riding { 0x01 } else { 0x02 },
         brake: 0,
-        mini_battery: Some(MiniBattery { id: "MINI".into(), soc: 95, voltage_cv: 410, temp_cc: 2500 }),
+        mini_battery: Some(MiniBattery {
+            id: "MINI".into(),
+            soc: 95,
+            voltage_cv: 410,
+            temp_cc: 2500,
+        }),
         battery: Some(Battery {
             charging: false,
             id: format!("BAT{index:05}"),
@@ -139,20 +153,36 @@ fn status(d: &Device, index: usize) -> Status {
             soh: 97,
             current_flag: 1,
             current_ca: if riding { 820 } else { 10 },
-            cells: (0..4).map(|c| Cell { voltage_cv: 330 + c, temp_cc: if c == 0 { Some(2800) } else { None } }).collect(),
+            cells: (0..4)
+                .map(|c| Cell {
+                    voltage_cv: 330 + c,
+                    temp_cc: if c == 0 { Some(2800) } else { None },
+                })
+                .collect(),
         }),
     }
 }
 
-async fn device(o: &SimOptions, dev_id: u32, index: usize, stats: &SimStats, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn device(
+    o: &SimOptions,
+    dev_id: u32,
+    index: usize,
+    stats: &SimStats,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let key = derive_key(o.key_seed, dev_id);
     let stream = TcpStream::connect(&o.server).await?;
     stream.set_nodelay(true)?;
     let (rd, mut wr) = stream.into_split();
     let mut frames = FramedRead::new(rd, KxCodec::default());
     let mut seq: u16 = 1;
-    let reg = Register { time: now_local(), versions: [0x0100, 0x0001_0203, 1, 1, 1, 1] }.encode();
-    wr.write_all(&Frame::request(id::REGISTER, seq, dev_id, 0, false, Bytes::from(reg)).to_bytes()).await?;
+    let reg = Register {
+        time: now_local(),
+        versions: [0x0100, 0x0001_0203, 1, 1, 1, 1],
+    }
+    .encode();
+    wr.write_all(&Frame::request(id::REGISTER, seq, dev_id, 0, false, Bytes::from(reg)).to_bytes())
+        .await?;
     let ack = loop {
         match frames.next().await {
             Some(Ok(Decoded::Frame(f))) if f.header.msg_id == id::REGISTER => break f,
@@ -166,7 +196,13 @@ async fn device(o: &SimOptions, dev_id: u32, index: usize, stats: &SimStats, shu
     };
     let RegisterAck { session_id, iv } = RegisterAck::decode(&ack.body)?;
     stats.registered.fetch_add(1, Ordering::Relaxed);
-    let mut d = Device { lock: 0, guard: (0xFF, 0), step: 0, mileage: 100_000 + index as u32, soc: 90 };
+    let mut d = Device {
+        lock: 0,
+        guard: (0xFF, 0),
+        step: 0,
+        mileage: 100_000 + index as u32,
+        soc: 90,
+    };
     let mut tick = interval(o.interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut send_status = true;
@@ -174,7 +210,14 @@ async fn device(o: &SimOptions, dev_id: u32, index: usize, stats: &SimStats, shu
         if send_status {
             send_status = false;
             seq = seq.wrapping_add(1);
-            let f = Frame::request(id::STATUS, seq, dev_id, session_id, false, Bytes::from(status(&d, index).encode()));
+            let f = Frame::request(
+                id::STATUS,
+                seq,
+                dev_id,
+                session_id,
+                false,
+                Bytes::from(status(&d, index).encode()),
+            );
             wr.write_all(&f.to_bytes()).await?;
             stats.statuses.fetch_add(1, Ordering::Relaxed);
             if o.trip_every > 0 && d.step > 0 && d.step % o.trip_every == 0 {
@@ -197,7 +240,11 @@ async fn device(o: &SimOptions, dev_id: u32, index: usize, stats: &SimStats, shu
                 };
                 seq = seq.wrapping_add(1);
                 let body = crypto::encrypt(&key, &iv, &trip.encode());
-                wr.write_all(&Frame::request(id::TRIP, seq, dev_id, session_id, true, Bytes::from(body)).to_bytes()).await?;
+                wr.write_all(
+                    &Frame::request(id::TRIP, seq, dev_id, session_id, true, Bytes::from(body))
+                        .to_bytes(),
+                )
+                .await?;
             }
         }
         tokio::select! {

@@ -86,7 +86,10 @@ impl KingxunConfig {
             return Ok(());
         }
         if parse_timezone(&self.timezone).is_none() {
-            return Err(("timezone".into(), format!("`{}`: use Asia/Shanghai, UTC or ±HH:MM", self.timezone)));
+            return Err((
+                "timezone".into(),
+                format!("`{}`: use Asia/Shanghai, UTC or ±HH:MM", self.timezone),
+            ));
         }
         if self.max_links == 0 {
             return Err(("max_links".into(), "must be at least 1".into()));
@@ -94,7 +97,11 @@ impl KingxunConfig {
         if !(64..=16 * 1024 * 1024).contains(&self.max_body) {
             return Err(("max_body".into(), "must be 64 bytes to 16 MiB".into()));
         }
-        for (key, d) in [("idle_timeout", self.idle_timeout), ("read_timeout", self.read_timeout), ("command_timeout", self.command_timeout)] {
+        for (key, d) in [
+            ("idle_timeout", self.idle_timeout),
+            ("read_timeout", self.read_timeout),
+            ("command_timeout", self.command_timeout),
+        ] {
             if d < Duration::from_millis(100) {
                 return Err((key.into(), "must be at least 100ms".into()));
             }
@@ -111,14 +118,23 @@ impl KingxunConfig {
         let mut seen = std::collections::HashSet::new();
         for (i, d) in self.devices.iter().enumerate() {
             if d.key_bytes().is_none() {
-                return Err((format!("devices[{i}].key"), "must be 32 hex characters (16 bytes)".into()));
+                return Err((
+                    format!("devices[{i}].key"),
+                    "must be 32 hex characters (16 bytes)".into(),
+                ));
             }
             if !seen.insert(d.id) {
-                return Err((format!("devices[{i}].id"), format!("device {} is listed twice", d.id)));
+                return Err((
+                    format!("devices[{i}].id"),
+                    format!("device {} is listed twice", d.id),
+                ));
             }
         }
         if self.devices.is_empty() {
-            return Err(("devices".into(), "list at least one [[kingxun.devices]] (id and key)".into()));
+            return Err((
+                "devices".into(),
+                "list at least one [[kingxun.devices]] (id and key)".into(),
+            ));
         }
         Ok(())
     }

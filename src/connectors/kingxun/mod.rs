@@ -16,10 +16,12 @@ use tokio::sync::mpsc;
 pub use config::{KingxunConfig, KingxunDevice};
 
 use crate::config::parse_timezone;
-use crate::connector::{CommandRequest, Connector, ConnectorContext, ConnectorFuture, Update, UpdateSink};
+use crate::connector::{
+    CommandRequest, Connector, ConnectorContext, ConnectorFuture, Update, UpdateSink,
+};
 use crate::model::{
-    Capability, Command, CommandProgress, Field, GuardPower, Position, VehicleEvent, VehicleId, VehicleInfo,
-    VehicleState,
+    Capability, Command, CommandProgress, Field, GuardPower, Position, VehicleEvent, VehicleId,
+    VehicleInfo, VehicleState,
 };
 use crate::protocol::kingxun::{ChargeDone, Control, DevEvent, LocalTime, Status, Trip};
 
@@ -40,7 +42,8 @@ pub struct Counters {
 
 /// Vehicle ids on the bridge: `kx<devId>`.
 pub fn vehicle_id(dev_id: u32) -> VehicleId {
-    VehicleId::new(&format!("kx{dev_id}")).unwrap_or_else(|| unreachable!("kx<number> is always a valid id"))
+    VehicleId::new(&format!("kx{dev_id}"))
+        .unwrap_or_else(|| unreachable!("kx<number> is always a valid id"))
 }
 
 fn device_model(dev_type: u8) -> &'static str {
@@ -60,7 +63,10 @@ fn light_on(light: u16, shift: u16) -> bool {
 
 /// Translates a 1002 into vehicle state.
 pub fn status_state(s: &Status) -> VehicleState {
-    let mut v = VehicleState { position: Position::new(s.lat, s.lng), ..Default::default() };
+    let mut v = VehicleState {
+        position: Position::new(s.lat, s.lng),
+        ..Default::default()
+    };
     v.set_f64(Field::Odometer, f64::from(s.mileage) / 100.0);
     v.set(Field::Driving, s.driving);
     v.set_f64(Field::Speed, f64::from(s.speed) * 0.0036);
@@ -90,23 +96,40 @@ pub fn status_state(s: &Status) -> VehicleState {
         v.set(Field::BatteryHealth, i64::from(b.soh.min(100)));
         // Positive while discharging, negative while charging.
         let sign = if b.current_flag == 2 { -1.0 } else { 1.0 };
-        v.set_f64(Field::BatteryCurrent, sign * f64::from(b.current_ca) / 100.0);
+        v.set_f64(
+            Field::BatteryCurrent,
+            sign * f64::from(b.current_ca) / 100.0,
+        );
         v.set(Field::Charging, b.charging);
         if !b.id.is_empty() {
-            v.attributes.insert("battery_id".into(), b.id.clone().into());
+            v.attributes
+                .insert("battery_id".into(), b.id.clone().into());
         }
-        let volts: Vec<f64> = b.cells.iter().map(|c| f64::from(c.voltage_cv) / 100.0).collect();
-        let temps: Vec<Option<f64>> = b.cells.iter().map(|c| c.temp_cc.map(|t| f64::from(t) / 100.0)).collect();
+        let volts: Vec<f64> = b
+            .cells
+            .iter()
+            .map(|c| f64::from(c.voltage_cv) / 100.0)
+            .collect();
+        let temps: Vec<Option<f64>> = b
+            .cells
+            .iter()
+            .map(|c| c.temp_cc.map(|t| f64::from(t) / 100.0))
+            .collect();
         if !volts.is_empty() {
             v.attributes.insert("cell_voltages".into(), json!(volts));
-            v.attributes.insert("cell_temperatures".into(), json!(temps));
+            v.attributes
+                .insert("cell_temperatures".into(), json!(temps));
         }
     }
     v
 }
 
 fn local_to_utc(t: &LocalTime, tz: FixedOffset) -> Option<chrono::DateTime<Utc>> {
-    Some(tz.from_local_datetime(&t.to_naive()?).single()?.with_timezone(&Utc))
+    Some(
+        tz.from_local_datetime(&t.to_naive()?)
+            .single()?
+            .with_timezone(&Utc),
+    )
 }
 
 fn rfc3339(t: chrono::DateTime<Utc>) -> String {
@@ -134,13 +157,28 @@ pub fn trip_update(t: &Trip, tz: FixedOffset) -> (VehicleState, VehicleEvent) {
     attrs.insert("distance_km".into(), json!(km));
     attrs.insert("soc_begin".into(), t.soc_begin.into());
     attrs.insert("soc_end".into(), t.soc_end.into());
-    attrs.insert("max_speed_kmh".into(), json!((f64::from(t.max_speed) * 0.036).round() / 10.0));
-    attrs.insert("avg_speed_kmh".into(), json!((f64::from(t.avg_speed) * 0.036).round() / 10.0));
-    attrs.insert("max_current_a".into(), json!(f64::from(t.max_current_ca) / 100.0));
+    attrs.insert(
+        "max_speed_kmh".into(),
+        json!((f64::from(t.max_speed) * 0.036).round() / 10.0),
+    );
+    attrs.insert(
+        "avg_speed_kmh".into(),
+        json!((f64::from(t.avg_speed) * 0.036).round() / 10.0),
+    );
+    attrs.insert(
+        "max_current_a".into(),
+        json!(f64::from(t.max_current_ca) / 100.0),
+    );
     attrs.insert("start_position".into(), json!([t.start_lat, t.start_lng]));
     attrs.insert("end_position".into(), json!([t.end_lat, t.end_lng]));
     attrs.insert("points".into(), t.points.len().into());
-    (v, VehicleEvent { event_type: "trip".into(), attributes: attrs })
+    (
+        v,
+        VehicleEvent {
+            event_type: "trip".into(),
+            attributes: attrs,
+        },
+    )
 }
 
 pub fn charge_event(c: &ChargeDone, tz: FixedOffset) -> VehicleEvent {
@@ -153,29 +191,54 @@ pub fn charge_event(c: &ChargeDone, tz: FixedOffset) -> VehicleEvent {
     }
     attrs.insert("soc_begin".into(), c.soc_begin.into());
     attrs.insert("soc_end".into(), c.soc_end.into());
-    attrs.insert("voltage_begin".into(), json!(f64::from(c.voltage_begin_cv) / 100.0));
-    attrs.insert("voltage_end".into(), json!(f64::from(c.voltage_end_cv) / 100.0));
-    attrs.insert("max_current_a".into(), json!(f64::from(c.max_current_ca) / 100.0));
-    VehicleEvent { event_type: "charge_finished".into(), attributes: attrs }
+    attrs.insert(
+        "voltage_begin".into(),
+        json!(f64::from(c.voltage_begin_cv) / 100.0),
+    );
+    attrs.insert(
+        "voltage_end".into(),
+        json!(f64::from(c.voltage_end_cv) / 100.0),
+    );
+    attrs.insert(
+        "max_current_a".into(),
+        json!(f64::from(c.max_current_ca) / 100.0),
+    );
+    VehicleEvent {
+        event_type: "charge_finished".into(),
+        attributes: attrs,
+    }
 }
 
 pub fn device_event(e: &DevEvent, tz: FixedOffset) -> VehicleEvent {
     let mut attrs = serde_json::Map::new();
     if let Some(t) = local_to_utc(&e.time, tz) {
         let t = t + chrono::Duration::milliseconds(i64::from(e.millis.min(999)));
-        attrs.insert("time".into(), t.to_rfc3339_opts(SecondsFormat::Millis, true).into());
+        attrs.insert(
+            "time".into(),
+            t.to_rfc3339_opts(SecondsFormat::Millis, true).into(),
+        );
     }
     attrs.insert("code".into(), e.kind.into());
     attrs.insert("user_id".into(), e.user_id.into());
-    attrs.insert("speed_kmh".into(), json!((f64::from(e.speed) * 0.036).round() / 10.0));
+    attrs.insert(
+        "speed_kmh".into(),
+        json!((f64::from(e.speed) * 0.036).round() / 10.0),
+    );
     if Position::new(e.lat, e.lng).is_some() {
         attrs.insert("position".into(), json!([e.lat, e.lng]));
     }
-    VehicleEvent { event_type: DevEvent::type_name(e.kind), attributes: attrs }
+    VehicleEvent {
+        event_type: DevEvent::type_name(e.kind),
+        attributes: attrs,
+    }
 }
 
 /// What a command becomes on the wire, and the state it leaves behind on success.
-pub fn control_for(command: &Command, cfg: &KingxunConfig, guard: (u8, u16)) -> Result<(Control, VehicleState), String> {
+pub fn control_for(
+    command: &Command,
+    cfg: &KingxunConfig,
+    guard: (u8, u16),
+) -> Result<(Control, VehicleState), String> {
     let mut after = VehicleState::default();
     let control = match command {
         Command::Unlock => Control::Unlock {
@@ -184,9 +247,18 @@ pub fn control_for(command: &Command, cfg: &KingxunConfig, guard: (u8, u16)) -> 
             farthest_m: cfg.farthest_dist_m,
         },
         Command::Lock => Control::Lock { voice: 1 },
-        Command::OpenSeat => Control::OpenLock { flags: 0x02, voice: 1 },
-        Command::OpenGlovebox => Control::OpenLock { flags: 0x04, voice: 1 },
-        Command::OpenHelmet => Control::OpenLock { flags: 0x08, voice: 1 },
+        Command::OpenSeat => Control::OpenLock {
+            flags: 0x02,
+            voice: 1,
+        },
+        Command::OpenGlovebox => Control::OpenLock {
+            flags: 0x04,
+            voice: 1,
+        },
+        Command::OpenHelmet => Control::OpenLock {
+            flags: 0x08,
+            voice: 1,
+        },
         Command::HazardLights => Control::Lights { flags: 0x0100 },
         Command::Guard(p) => {
             let power = match p {
@@ -196,12 +268,20 @@ pub fn control_for(command: &Command, cfg: &KingxunConfig, guard: (u8, u16)) -> 
                 GuardPower::Unlimited => 0xFF,
             };
             after.set(Field::GuardPower, p.as_str());
-            Control::Guard { power, max_speed: guard.1, voice: 1 }
+            Control::Guard {
+                power,
+                max_speed: guard.1,
+                voice: 1,
+            }
         }
         Command::MaxSpeed(kmh) => {
             after.set(Field::MaxSpeed, i64::from(*kmh));
             // km/h → m/s × 100.
-            Control::Guard { power: guard.0, max_speed: (f64::from(*kmh) / 3.6 * 100.0).round() as u16, voice: 0 }
+            Control::Guard {
+                power: guard.0,
+                max_speed: (f64::from(*kmh) / 3.6 * 100.0).round() as u16,
+                voice: 0,
+            }
         }
         other => return Err(format!("kingxun devices cannot `{}`", other.name())),
     };
@@ -223,6 +303,9 @@ pub(crate) struct Core {
     pub devices: HashMap<u32, KingxunDevice>,
     /// devId → (link id, command sender) of the device's current link.
     pub links: Mutex<HashMap<u32, (u64, mpsc::Sender<LinkCommand>)>>,
+    /// devId → (software version, device type) as last reported, so every announcement
+    /// carries the best-known identity.
+    pub known: Mutex<HashMap<u32, (Option<u32>, Option<u8>)>>,
     /// devId → (guard power flag, max speed m/s × 100) last set, for 2003.
     pub guard: Mutex<HashMap<u32, (u8, u16)>>,
     pub next_link: AtomicU64,
@@ -231,8 +314,22 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    /// The vehicle's identity; `sw` / `dev_type` update what is remembered.
     pub fn info(&self, dev_id: u32, sw: Option<u32>, dev_type: Option<u8>) -> VehicleInfo {
-        let name = self.devices.get(&dev_id).and_then(|d| d.name.clone()).unwrap_or_else(|| format!("kingxun {dev_id}"));
+        let (sw, dev_type) = match self.known.lock() {
+            Ok(mut known) => {
+                let entry = known.entry(dev_id).or_default();
+                entry.0 = sw.or(entry.0);
+                entry.1 = dev_type.or(entry.1);
+                *entry
+            }
+            Err(_) => (sw, dev_type),
+        };
+        let name = self
+            .devices
+            .get(&dev_id)
+            .and_then(|d| d.name.clone())
+            .unwrap_or_else(|| format!("kingxun {dev_id}"));
         let mut event_types: Vec<String> = vec!["trip".into(), "charge_finished".into()];
         event_types.extend((1..=13).map(DevEvent::type_name));
         VehicleInfo {
@@ -248,7 +345,9 @@ impl Core {
                 Capability::OpenHelmet,
                 Capability::HazardLights,
                 Capability::GuardPower,
-                Capability::MaxSpeed { max: self.config.max_speed_kmh },
+                Capability::MaxSpeed {
+                    max: self.config.max_speed_kmh,
+                },
             ],
             event_types,
         }
@@ -258,17 +357,33 @@ impl Core {
         let links = if delta >= 0 {
             self.open_links.fetch_add(delta as usize, Ordering::Relaxed) + delta as usize
         } else {
-            self.open_links.fetch_sub((-delta) as usize, Ordering::Relaxed).saturating_sub((-delta) as usize)
+            self.open_links
+                .fetch_sub((-delta) as usize, Ordering::Relaxed)
+                .saturating_sub((-delta) as usize)
         };
-        let _ = self.updates.send(Update::Health { links, error: None }).await;
+        let _ = self
+            .updates
+            .send(Update::Health { links, error: None })
+            .await;
     }
 
     fn send_command(&self, req: CommandRequest) {
-        let Some(dev_id) = req.vehicle.as_str().strip_prefix("kx").and_then(|s| s.parse::<u32>().ok()) else {
-            let _ = req.progress.try_send(CommandProgress::Failed("not a kingxun vehicle".into()));
+        let Some(dev_id) = req
+            .vehicle
+            .as_str()
+            .strip_prefix("kx")
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            let _ = req
+                .progress
+                .try_send(CommandProgress::Failed("not a kingxun vehicle".into()));
             return;
         };
-        let guard = self.guard.lock().map(|g| g.get(&dev_id).copied().unwrap_or((0xFF, 0))).unwrap_or((0xFF, 0));
+        let guard = self
+            .guard
+            .lock()
+            .map(|g| g.get(&dev_id).copied().unwrap_or((0xFF, 0)))
+            .unwrap_or((0xFF, 0));
         let (control, after) = match control_for(&req.command, &self.config, guard) {
             Ok(c) => c,
             Err(reason) => {
@@ -276,16 +391,30 @@ impl Core {
                 return;
             }
         };
-        let link = self.links.lock().ok().and_then(|l| l.get(&dev_id).map(|(_, tx)| tx.clone()));
+        let link = self
+            .links
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&dev_id).map(|(_, tx)| tx.clone()));
         let Some(link) = link else {
-            let _ = req.progress.try_send(CommandProgress::Failed("offline".into()));
+            let _ = req
+                .progress
+                .try_send(CommandProgress::Failed("offline".into()));
             return;
         };
-        if let Err(err) = link.try_send(LinkCommand { control, after, request: req }) {
+        if let Err(err) = link.try_send(LinkCommand {
+            control,
+            after,
+            request: req,
+        }) {
             let req = match err {
-                mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c.request,
+                mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => {
+                    c.request
+                }
             };
-            let _ = req.progress.try_send(CommandProgress::Failed("offline".into()));
+            let _ = req
+                .progress
+                .try_send(CommandProgress::Failed("offline".into()));
         }
     }
 }
@@ -307,30 +436,55 @@ impl Connector for KingxunConnector {
 
     fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {
         Box::pin(async move {
-            let tz = parse_timezone(&self.config.timezone)
-                .ok_or_else(|| anyhow::anyhow!("kingxun.timezone `{}` is not supported", self.config.timezone))?;
+            let tz = parse_timezone(&self.config.timezone).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "kingxun.timezone `{}` is not supported",
+                    self.config.timezone
+                )
+            })?;
             let core = Arc::new(Core {
-                devices: self.config.devices.iter().map(|d| (d.id, d.clone())).collect(),
+                devices: self
+                    .config
+                    .devices
+                    .iter()
+                    .map(|d| (d.id, d.clone()))
+                    .collect(),
                 config: self.config.clone(),
                 tz,
                 updates: ctx.updates.clone(),
                 links: Mutex::new(HashMap::new()),
                 guard: Mutex::new(HashMap::new()),
+                known: Mutex::new(HashMap::new()),
                 next_link: AtomicU64::new(1),
                 open_links: AtomicUsize::new(0),
                 counters: Counters::default(),
             });
             // Every configured device exists (offline) before it first connects.
             for dev_id in core.devices.keys() {
-                let _ = ctx.updates.send(Update::Vehicle(core.info(*dev_id, None, None))).await;
-                let _ = ctx.updates.send(Update::Availability { vehicle: vehicle_id(*dev_id), online: false }).await;
+                let _ = ctx
+                    .updates
+                    .send(Update::Vehicle(core.info(*dev_id, None, None)))
+                    .await;
+                let _ = ctx
+                    .updates
+                    .send(Update::Availability {
+                        vehicle: vehicle_id(*dev_id),
+                        online: false,
+                    })
+                    .await;
             }
             let listener = tokio::net::TcpListener::bind(self.config.listen)
                 .await
-                .map_err(|e| anyhow::anyhow!("kingxun cannot listen on {}: {e}", self.config.listen))?;
+                .map_err(|e| {
+                    anyhow::anyhow!("kingxun cannot listen on {}: {e}", self.config.listen)
+                })?;
             tracing::info!(event = "kingxun_listening", listen = %listener.local_addr()?, devices = core.devices.len(),
                 "kingxun device server listening");
-            let ConnectorContext { mut commands, shutdown, .. } = ctx;
+            let ConnectorContext {
+                mut commands,
+                shutdown,
+                ..
+            } = ctx;
             let server = tokio::spawn(server::run(listener, core.clone(), shutdown.clone()));
             loop {
                 tokio::select! {

@@ -23,8 +23,8 @@ use crate::connector::Update;
 use crate::model::{CommandProgress, Field, VehicleState};
 use crate::protocol::kingxun::codec::CodecError;
 use crate::protocol::kingxun::{
-    crypto, id, resp_code_text, ChargeDone, Decoded, DeviceControl, Events, Frame, Kind, KxCodec, RangeAnswer,
-    RangeQuery, Register, RegisterAck, Status, Traffic, Trip,
+    crypto, id, resp_code_text, ChargeDone, Decoded, DeviceControl, Events, Frame, Kind, KxCodec,
+    RangeAnswer, RangeQuery, Register, RegisterAck, Status, Traffic, Trip,
 };
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,7 +66,10 @@ pub(super) async fn run(listener: TcpListener, core: Arc<Core>, shutdown: Cancel
 async fn write_frame(wr: &mut OwnedWriteHalf, frame: &Frame) -> std::io::Result<()> {
     match timeout(WRITE_TIMEOUT, wr.write_all(&frame.to_bytes())).await {
         Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out")),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "write timed out",
+        )),
     }
 }
 
@@ -111,7 +114,12 @@ impl Session {
     }
 }
 
-async fn serve_link(stream: TcpStream, peer: SocketAddr, core: Arc<Core>, shutdown: CancellationToken) {
+async fn serve_link(
+    stream: TcpStream,
+    peer: SocketAddr,
+    core: Arc<Core>,
+    shutdown: CancellationToken,
+) {
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
     let mut frames = FramedRead::new(rd, KxCodec::new(core.config.max_body));
@@ -130,25 +138,63 @@ async fn serve_link(stream: TcpStream, peer: SocketAddr, core: Arc<Core>, shutdo
             return;
         }
     };
-    let Kind::Request { dev_id, .. } = frame.header.kind else { return };
+    let Kind::Request { dev_id, .. } = frame.header.kind else {
+        return;
+    };
     if frame.header.msg_id != id::REGISTER {
         tracing::warn!(event = "kingxun_not_registered", peer = %peer, dev_id, msg_id = frame.header.msg_id, "first frame is not 1001; closing");
-        let _ = write_frame(&mut wr, &Frame::response(frame.header.msg_id, frame.header.seq, RESP_REJECTED, false, Bytes::new())).await;
+        let _ = write_frame(
+            &mut wr,
+            &Frame::response(
+                frame.header.msg_id,
+                frame.header.seq,
+                RESP_REJECTED,
+                false,
+                Bytes::new(),
+            ),
+        )
+        .await;
         return;
     }
     let Some(key) = core.devices.get(&dev_id).and_then(|d| d.key_bytes()) else {
-        core.counters.unknown_devices.fetch_add(1, Ordering::Relaxed);
+        core.counters
+            .unknown_devices
+            .fetch_add(1, Ordering::Relaxed);
         tracing::warn!(event = "kingxun_unknown_device", peer = %peer, dev_id, "unknown device id; registration refused");
-        let _ = write_frame(&mut wr, &Frame::response(id::REGISTER, frame.header.seq, RESP_REGISTER_REFUSED, false, Bytes::new())).await;
+        let _ = write_frame(
+            &mut wr,
+            &Frame::response(
+                id::REGISTER,
+                frame.header.seq,
+                RESP_REGISTER_REFUSED,
+                false,
+                Bytes::new(),
+            ),
+        )
+        .await;
         return;
     };
     // 1001 is plain, but honour CryptFlag: a device cannot encrypt before it has an IV,
     // so an encrypted 1001 is refused like a malformed one.
-    let register = if frame.header.crypt { None } else { Register::decode(&frame.body).ok() };
+    let register = if frame.header.crypt {
+        None
+    } else {
+        Register::decode(&frame.body).ok()
+    };
     let Some(register) = register else {
         core.counters.bad_bodies.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(event = "kingxun_bad_register", peer = %peer, dev_id, "malformed 1001; closing");
-        let _ = write_frame(&mut wr, &Frame::response(id::REGISTER, frame.header.seq, RESP_REJECTED, false, Bytes::new())).await;
+        let _ = write_frame(
+            &mut wr,
+            &Frame::response(
+                id::REGISTER,
+                frame.header.seq,
+                RESP_REJECTED,
+                false,
+                Bytes::new(),
+            ),
+        )
+        .await;
         return;
     };
     let (session_id, iv) = {
@@ -156,20 +202,53 @@ async fn serve_link(stream: TcpStream, peer: SocketAddr, core: Arc<Core>, shutdo
         (rng.random_range(1..=u32::MAX), rng.random::<[u8; 16]>())
     };
     let ack = RegisterAck { session_id, iv }.encode();
-    if write_frame(&mut wr, &Frame::response(id::REGISTER, frame.header.seq, RESP_OK, false, Bytes::from(ack))).await.is_err() {
+    if write_frame(
+        &mut wr,
+        &Frame::response(
+            id::REGISTER,
+            frame.header.seq,
+            RESP_OK,
+            false,
+            Bytes::from(ack),
+        ),
+    )
+    .await
+    .is_err()
+    {
         return;
     }
     let session = Session { dev_id, key, iv };
     let vid = vehicle_id(dev_id);
     let link_id = core.next_link.fetch_add(1, Ordering::Relaxed);
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<LinkCommand>(16);
-    let replaced = core.links.lock().ok().and_then(|mut l| l.insert(dev_id, (link_id, cmd_tx)));
+    let replaced = core
+        .links
+        .lock()
+        .ok()
+        .and_then(|mut l| l.insert(dev_id, (link_id, cmd_tx)));
     if replaced.is_some() {
-        tracing::info!(event = "kingxun_link_replaced", dev_id, "device reconnected; the new link replaces the old one");
+        tracing::info!(
+            event = "kingxun_link_replaced",
+            dev_id,
+            "device reconnected; the new link replaces the old one"
+        );
     }
     tracing::info!(event = "kingxun_registered", peer = %peer, dev_id, link = link_id, "device registered");
-    let _ = core.updates.send(Update::Vehicle(core.info(dev_id, Some(register.versions[1]), None))).await;
-    let _ = core.updates.send(Update::Availability { vehicle: vid.clone(), online: true }).await;
+    let _ = core
+        .updates
+        .send(Update::Vehicle(core.info(
+            dev_id,
+            Some(register.versions[1]),
+            None,
+        )))
+        .await;
+    let _ = core
+        .updates
+        .send(Update::Availability {
+            vehicle: vid.clone(),
+            online: true,
+        })
+        .await;
     core.report_links(1).await;
 
     // seq → (command, deadline)
@@ -177,12 +256,16 @@ async fn serve_link(stream: TcpStream, peer: SocketAddr, core: Arc<Core>, shutdo
     let mut next_seq: u16 = rand::rng().random();
     let mut idle_deadline = Instant::now() + core.config.idle_timeout;
     let mut partial_since: Option<Instant> = None;
+    // A half-received frame never completes a read, so look at the buffer periodically.
+    let mut stall_check = tokio::time::interval(core.config.read_timeout / 2);
+    stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut model_known = false;
     let reason = loop {
         let next_command_deadline = pending.values().map(|(_, d)| *d).min();
         let stall_deadline = partial_since.map(|t| t + core.config.read_timeout);
         tokio::select! {
             _ = shutdown.cancelled() => break "shutdown",
+            _ = stall_check.tick() => {}
             _ = sleep_until(idle_deadline) => {
                 core.counters.idle_closed.fetch_add(1, Ordering::Relaxed);
                 break "idle past idle_timeout";
@@ -263,7 +346,10 @@ async fn serve_link(stream: TcpStream, peer: SocketAddr, core: Arc<Core>, shutdo
     };
     tracing::info!(event = "kingxun_link_closed", peer = %peer, dev_id, reason, "device link closed");
     for (_, (cmd, _)) in pending.drain() {
-        let _ = cmd.request.progress.try_send(CommandProgress::Failed("device link closed".into()));
+        let _ = cmd
+            .request
+            .progress
+            .try_send(CommandProgress::Failed("device link closed".into()));
     }
     let still_ours = core.links.lock().map(|mut l| {
         if l.get(&dev_id).is_some_and(|(id, _)| *id == link_id) {
@@ -274,7 +360,13 @@ async fn serve_link(stream: TcpStream, peer: SocketAddr, core: Arc<Core>, shutdo
         }
     });
     if still_ours.unwrap_or(false) {
-        let _ = core.updates.send(Update::Availability { vehicle: vid, online: false }).await;
+        let _ = core
+            .updates
+            .send(Update::Availability {
+                vehicle: vid,
+                online: false,
+            })
+            .await;
     }
     core.report_links(-1).await;
 }
@@ -284,7 +376,10 @@ fn now_secs() -> u64 {
 }
 
 fn remember_guard(core: &Core, dev_id: u32, control: &crate::protocol::kingxun::Control) {
-    if let crate::protocol::kingxun::Control::Guard { power, max_speed, .. } = control {
+    if let crate::protocol::kingxun::Control::Guard {
+        power, max_speed, ..
+    } = control
+    {
         if let Ok(mut g) = core.guard.lock() {
             g.insert(dev_id, (*power, *max_speed));
         }
@@ -292,13 +387,20 @@ fn remember_guard(core: &Core, dev_id: u32, control: &crate::protocol::kingxun::
 }
 
 /// Handles one request from a registered device; returns the RespCode and body.
-async fn handle_request(core: &Core, session: &Session, frame: &Frame, model_known: &mut bool) -> (u32, Vec<u8>) {
+async fn handle_request(
+    core: &Core,
+    session: &Session,
+    frame: &Frame,
+    model_known: &mut bool,
+) -> (u32, Vec<u8>) {
     let dev_id = session.dev_id;
     let vid = vehicle_id(dev_id);
     let body = match session.open_body(frame) {
         Ok(b) => b,
         Err(err) => {
-            core.counters.decrypt_failures.fetch_add(1, Ordering::Relaxed);
+            core.counters
+                .decrypt_failures
+                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(event = "kingxun_decrypt_failed", dev_id, msg_id = frame.header.msg_id, error = %err, "body dropped");
             return (RESP_REJECTED, Vec::new());
         }
@@ -314,9 +416,17 @@ async fn handle_request(core: &Core, session: &Session, frame: &Frame, model_kno
             Ok(s) => {
                 if !*model_known {
                     *model_known = true;
-                    let _ = updates.send(Update::Vehicle(core.info(dev_id, None, Some(s.dev_type)))).await;
+                    let _ = updates
+                        .send(Update::Vehicle(core.info(dev_id, None, Some(s.dev_type))))
+                        .await;
                 }
-                let _ = updates.send(Update::State { vehicle: vid, state: status_state(&s), replace: false }).await;
+                let _ = updates
+                    .send(Update::State {
+                        vehicle: vid,
+                        state: status_state(&s),
+                        replace: false,
+                    })
+                    .await;
                 (RESP_OK, Vec::new())
             }
             Err(e) => bad(e),
@@ -325,7 +435,13 @@ async fn handle_request(core: &Core, session: &Session, frame: &Frame, model_kno
             Ok(t) => {
                 let mut s = VehicleState::default();
                 s.set_f64(Field::DataUsed, f64::from(t.used_kib) / 1024.0);
-                let _ = updates.send(Update::State { vehicle: vid, state: s, replace: false }).await;
+                let _ = updates
+                    .send(Update::State {
+                        vehicle: vid,
+                        state: s,
+                        replace: false,
+                    })
+                    .await;
                 (RESP_OK, Vec::new())
             }
             Err(e) => bad(e),
@@ -334,8 +450,18 @@ async fn handle_request(core: &Core, session: &Session, frame: &Frame, model_kno
             Ok(q) => {
                 let full_m = core.config.range_full_km * 1000.0;
                 let mut s = VehicleState::default();
-                s.set_f64(Field::Range, (core.config.range_full_km * f64::from(q.soc.min(100)) / 100.0 * 10.0).round() / 10.0);
-                let _ = updates.send(Update::State { vehicle: vid, state: s, replace: false }).await;
+                s.set_f64(
+                    Field::Range,
+                    (core.config.range_full_km * f64::from(q.soc.min(100)) / 100.0 * 10.0).round()
+                        / 10.0,
+                );
+                let _ = updates
+                    .send(Update::State {
+                        vehicle: vid,
+                        state: s,
+                        replace: false,
+                    })
+                    .await;
                 let answer = RangeAnswer {
                     max_range_m: full_m.clamp(0.0, u32::MAX as f64) as u32,
                     charge_notify_soc: core.config.charge_notify_soc,
@@ -348,15 +474,31 @@ async fn handle_request(core: &Core, session: &Session, frame: &Frame, model_kno
         id::TRIP => match Trip::decode(&body) {
             Ok(t) => {
                 let (state, event) = trip_update(&t, core.tz);
-                let _ = updates.send(Update::State { vehicle: vid.clone(), state, replace: false }).await;
-                let _ = updates.send(Update::Event { vehicle: vid, event }).await;
+                let _ = updates
+                    .send(Update::State {
+                        vehicle: vid.clone(),
+                        state,
+                        replace: false,
+                    })
+                    .await;
+                let _ = updates
+                    .send(Update::Event {
+                        vehicle: vid,
+                        event,
+                    })
+                    .await;
                 (RESP_OK, Vec::new())
             }
             Err(e) => bad(e),
         },
         id::CHARGE_DONE => match ChargeDone::decode(&body) {
             Ok(c) => {
-                let _ = updates.send(Update::Event { vehicle: vid, event: charge_event(&c, core.tz) }).await;
+                let _ = updates
+                    .send(Update::Event {
+                        vehicle: vid,
+                        event: charge_event(&c, core.tz),
+                    })
+                    .await;
                 (RESP_OK, Vec::new())
             }
             Err(e) => bad(e),
@@ -367,9 +509,20 @@ async fn handle_request(core: &Core, session: &Session, frame: &Frame, model_kno
                     if e.kind == 8 {
                         let mut s = VehicleState::default();
                         s.set(Field::Fallen, true);
-                        let _ = updates.send(Update::State { vehicle: vid.clone(), state: s, replace: false }).await;
+                        let _ = updates
+                            .send(Update::State {
+                                vehicle: vid.clone(),
+                                state: s,
+                                replace: false,
+                            })
+                            .await;
                     }
-                    let _ = updates.send(Update::Event { vehicle: vid.clone(), event: device_event(e, core.tz) }).await;
+                    let _ = updates
+                        .send(Update::Event {
+                            vehicle: vid.clone(),
+                            event: device_event(e, core.tz),
+                        })
+                        .await;
                 }
                 (RESP_OK, Vec::new())
             }
@@ -377,7 +530,12 @@ async fn handle_request(core: &Core, session: &Session, frame: &Frame, model_kno
         },
         other => {
             core.counters.unknown_msgs.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(event = "kingxun_unknown_msg", dev_id, msg_id = other, "unknown MsgId; rejected");
+            tracing::warn!(
+                event = "kingxun_unknown_msg",
+                dev_id,
+                msg_id = other,
+                "unknown MsgId; rejected"
+            );
             (RESP_REJECTED, Vec::new())
         }
     }

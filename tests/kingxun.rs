@@ -1,0 +1,668 @@
+//! kingxun device server end to end: simulated and hand-driven devices over real TCP,
+//! the bridge in-process, a real mosquitto.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use common::{Mosquitto, Probe};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+use vehicle2mqtt::config::{Config, Secret};
+use vehicle2mqtt::connector::Connector;
+use vehicle2mqtt::connectors::kingxun::{KingxunConnector, KingxunDevice};
+use vehicle2mqtt::protocol::kingxun::*;
+use vehicle2mqtt::sim::kingxun::{derive_key, SimOptions, SimStats};
+
+const T: Duration = Duration::from_secs(10);
+const SEED: u64 = 77;
+
+struct Bridge {
+    base: String,
+    port: u16,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Bridge {
+    async fn start(broker: &Mosquitto, tweak: impl FnOnce(&mut Config)) -> Bridge {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = common::test_config(&broker.url(), dir.path());
+        let port = common::free_port();
+        config.kingxun.enabled = true;
+        config.kingxun.listen = format!("127.0.0.1:{port}").parse().unwrap();
+        config.kingxun.devices = (1001..=1003)
+            .map(|id| KingxunDevice {
+                id,
+                key: Secret::new(hex::encode(derive_key(SEED, id))),
+                name: Some(format!("Scooter {id}")),
+            })
+            .collect();
+        tweak(&mut config);
+        config.kingxun.validate().expect("valid test config");
+        let shutdown = CancellationToken::new();
+        let connectors: Vec<Box<dyn Connector>> =
+            vec![Box::new(KingxunConnector::new(config.kingxun.clone()))];
+        let base = config.mqtt.base_topic.clone();
+        let task = tokio::spawn(vehicle2mqtt::bridge::run(
+            config,
+            connectors,
+            shutdown.clone(),
+        ));
+        assert!(
+            common::wait_port_async(port, T).await,
+            "kingxun listener did not start"
+        );
+        Bridge {
+            base,
+            port,
+            shutdown,
+            task,
+            _dir: dir,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(T, self.task).await;
+    }
+
+    fn topic(&self, leaf: &str) -> String {
+        format!("{}/{leaf}", self.base)
+    }
+
+    fn simulate(&self, devices: usize, answer: bool) -> (Arc<SimStats>, CancellationToken) {
+        let opts = SimOptions {
+            server: format!("127.0.0.1:{}", self.port),
+            devices,
+            first_id: 1001,
+            key_seed: SEED,
+            interval: Duration::from_millis(300),
+            trip_every: 3,
+            answer_commands: answer,
+        };
+        let stats = Arc::new(SimStats::default());
+        let stop = CancellationToken::new();
+        tokio::spawn(vehicle2mqtt::sim::kingxun::run(
+            opts,
+            stats.clone(),
+            stop.clone(),
+        ));
+        (stats, stop)
+    }
+}
+
+/// A device driven by hand, byte by byte.
+struct RawDevice {
+    stream: TcpStream,
+    buf: BytesMut,
+    codec: KxCodec,
+    dev_id: u32,
+    session_id: u32,
+    key: [u8; 16],
+    iv: [u8; 16],
+    seq: u16,
+}
+
+impl RawDevice {
+    async fn connect(port: u16) -> TcpStream {
+        TcpStream::connect(("127.0.0.1", port)).await.unwrap()
+    }
+
+    /// Registers; returns the device or the refusal's RespCode.
+    async fn register(port: u16, dev_id: u32) -> Result<RawDevice, u32> {
+        let stream = Self::connect(port).await;
+        let mut d = RawDevice {
+            stream,
+            buf: BytesMut::new(),
+            codec: KxCodec::default(),
+            dev_id,
+            session_id: 0,
+            key: derive_key(SEED, dev_id),
+            iv: [0; 16],
+            seq: 100,
+        };
+        let body = Register::default().encode();
+        d.send(Frame::request(
+            id::REGISTER,
+            1,
+            dev_id,
+            0,
+            false,
+            Bytes::from(body),
+        ))
+        .await;
+        let ack = d.recv().await.expect("registration answer");
+        match ack.header.kind {
+            Kind::Response { resp_code: 0 } => {
+                let a = RegisterAck::decode(&ack.body).unwrap();
+                d.session_id = a.session_id;
+                d.iv = a.iv;
+                Ok(d)
+            }
+            Kind::Response { resp_code } => Err(resp_code),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn send(&mut self, f: Frame) {
+        self.stream.write_all(&f.to_bytes()).await.unwrap();
+    }
+
+    async fn send_raw(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(b).await
+    }
+
+    async fn request(&mut self, msg_id: u16, crypt: bool, plain: Vec<u8>) -> u16 {
+        self.seq += 1;
+        let body = if crypt {
+            crypto::encrypt(&self.key, &self.iv, &plain)
+        } else {
+            plain
+        };
+        let f = Frame::request(
+            msg_id,
+            self.seq,
+            self.dev_id,
+            self.session_id,
+            crypt,
+            Bytes::from(body),
+        );
+        self.send(f).await;
+        self.seq
+    }
+
+    /// The next frame, or None when the link closed.
+    async fn recv(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(Decoded::Frame(f)) = self.codec.decode(&mut self.buf).unwrap() {
+                return Some(f);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(T, self.stream.read(&mut chunk))
+                .await
+                .expect("read timed out")
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn response(&mut self, seq: u16) -> (u32, Bytes) {
+        loop {
+            let f = self.recv().await.expect("a response");
+            if let Kind::Response { resp_code } = f.header.kind {
+                if f.header.seq == seq {
+                    return (resp_code, f.body);
+                }
+            }
+        }
+    }
+}
+
+fn parked_status() -> Status {
+    Status {
+        dev_type: 1,
+        protocol: 1,
+        lng: 121.4737,
+        lat: 31.2304,
+        mileage: 12_345,
+        driving: false,
+        speed: 0,
+        lock: 0,
+        light: 0,
+        sensor: 0x02,
+        brake: 0,
+        mini_battery: None,
+        battery: Some(Battery {
+            charging: true,
+            id: "B1".into(),
+            soc: 55,
+            voltage_cv: 5120,
+            temp_cc: 2450,
+            cycles: 7,
+            soh: 99,
+            current_flag: 2,
+            current_ca: 300,
+            cells: vec![Cell {
+                voltage_cv: 350,
+                temp_cc: Some(2500),
+            }],
+        }),
+    }
+}
+
+#[tokio::test]
+async fn simulated_device_unlocks_end_to_end() {
+    let broker = Mosquitto::start();
+    let bridge = Bridge::start(&broker, |_| {}).await;
+    let probe = Probe::connect(broker.port, &[&bridge.topic("#"), "homeassistant/#"]).await;
+    let (_stats, stop) = bridge.simulate(1, true);
+    let state = probe
+        .wait_for("state", T, |m| {
+            m.topic == bridge.topic("kx1001/state") && m.json()["lock"] == "LOCKED"
+        })
+        .await
+        .json();
+    assert_eq!(state["battery_level"], 90);
+    assert_eq!(state["kickstand"], true);
+    assert_eq!(state["attributes"]["cell_voltages"][0], 3.3);
+    let lock_topic = format!("homeassistant/lock/{}/kx1001_lock/config", bridge.base);
+    let lock_doc = probe
+        .wait_for("model", T, |m| {
+            m.topic == lock_topic && m.json()["device"]["model"] == "E-motor"
+        })
+        .await
+        .json();
+    assert_eq!(lock_doc["device"]["sw_version"], "1.2.3");
+    assert_eq!(lock_doc["device"]["name"], "Scooter 1001");
+    assert_eq!(lock_doc["device"]["model"], "E-motor");
+    probe
+        .wait_topic(
+            &format!(
+                "homeassistant/select/{}/kx1001_guard_power/config",
+                bridge.base
+            ),
+            T,
+        )
+        .await;
+    probe
+        .wait_for("online", T, |m| {
+            m.topic == bridge.topic("kx1001/availability") && m.text() == "online"
+        })
+        .await;
+
+    probe
+        .publish(
+            &bridge.topic("kx1001/lock/set"),
+            r#"{"action":"UNLOCK","id":"u1"}"#,
+            false,
+        )
+        .await;
+    let r = probe
+        .wait_for("result", T, |m| {
+            m.topic == bridge.topic("kx1001/command/result")
+        })
+        .await
+        .json();
+    assert_eq!(
+        (r["id"].as_str(), r["status"].as_str()),
+        (Some("u1"), Some("succeeded")),
+        "{r}"
+    );
+    // The device's own next 1002 shows it unlocked and riding.
+    probe
+        .wait_for("device-reported unlock", T, |m| {
+            m.topic == bridge.topic("kx1001/state")
+                && m.json()["lock"] == "UNLOCKED"
+                && m.json()["driving"] == true
+        })
+        .await;
+    // A trip arrives as sensors and an event.
+    let trip = probe
+        .wait_for("trip", T, |m| {
+            m.topic == bridge.topic("kx1001/event") && m.json()["event_type"] == "trip"
+        })
+        .await;
+    assert_eq!(trip.json()["distance_km"], 1.2);
+    probe
+        .wait_for("trip sensor", T, |m| {
+            m.topic == bridge.topic("kx1001/state") && m.json()["last_trip_distance"] == 1.2
+        })
+        .await;
+
+    // Guard power and speed limit: 2003, then the select/number show the new values.
+    probe
+        .publish(&bridge.topic("kx1001/guard_power/set"), "200W", false)
+        .await;
+    probe
+        .wait_for("guard", T, |m| {
+            m.topic == bridge.topic("kx1001/state") && m.json()["guard_power"] == "200W"
+        })
+        .await;
+    probe
+        .publish(&bridge.topic("kx1001/max_speed/set"), "25", false)
+        .await;
+    probe
+        .wait_for("speed", T, |m| {
+            m.topic == bridge.topic("kx1001/state") && m.json()["max_speed"] == 25
+        })
+        .await;
+    stop.cancel();
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn silent_device_times_out_and_absent_device_is_offline() {
+    let broker = Mosquitto::start();
+    let bridge = Bridge::start(&broker, |c| {
+        c.kingxun.command_timeout = Duration::from_millis(700)
+    })
+    .await;
+    let probe = Probe::connect(broker.port, &[&bridge.topic("#")]).await;
+    let (_stats, stop) = bridge.simulate(1, false);
+    probe.wait_topic(&bridge.topic("kx1001/state"), T).await;
+    probe
+        .publish(&bridge.topic("kx1001/open_seat/set"), "PRESS", false)
+        .await;
+    let r = probe
+        .wait_for("timeout", T, |m| {
+            m.topic == bridge.topic("kx1001/command/result")
+        })
+        .await
+        .json();
+    assert_eq!(r["status"], "timeout", "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("did not answer"));
+    // 1002 is configured but never connected: offline at once, not after a timeout.
+    let started = std::time::Instant::now();
+    probe
+        .publish(&bridge.topic("kx1002/lock/set"), "LOCK", false)
+        .await;
+    let r = probe
+        .wait_for("offline", T, |m| {
+            m.topic == bridge.topic("kx1002/command/result")
+        })
+        .await
+        .json();
+    assert_eq!(
+        (r["status"].as_str(), r["reason"].as_str()),
+        (Some("failed"), Some("offline"))
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(600),
+        "offline must not wait for the timeout"
+    );
+    stop.cancel();
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_device_is_refused_with_code_2() {
+    let broker = Mosquitto::start();
+    let bridge = Bridge::start(&broker, |_| {}).await;
+    match RawDevice::register(bridge.port, 9999).await {
+        Err(code) => assert_eq!(code, 2),
+        Ok(_) => panic!("an unknown device registered"),
+    }
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn requests_get_responses_and_become_state_and_events() {
+    let broker = Mosquitto::start();
+    let bridge = Bridge::start(&broker, |c| c.kingxun.range_full_km = 80.0).await;
+    let probe = Probe::connect(broker.port, &[&bridge.topic("kx1002/#")]).await;
+    let mut d = RawDevice::register(bridge.port, 1002).await.unwrap();
+    // 1002 encrypted (CryptFlag honoured even where devices usually send plain).
+    let seq = d.request(id::STATUS, true, parked_status().encode()).await;
+    assert_eq!(d.response(seq).await.0, 0);
+    let s = probe
+        .wait_topic(&bridge.topic("kx1002/state"), T)
+        .await
+        .json();
+    assert_eq!(s["odometer"], 123.45);
+    assert_eq!(s["battery_level"], 55);
+    assert_eq!(s["battery_current"], -3.0, "charging current is negative");
+    assert_eq!(s["charging"], true);
+    assert_eq!(s["lock"], "LOCKED");
+    // 1004 data used, 1005 range answer.
+    let seq = d
+        .request(
+            id::TRAFFIC,
+            false,
+            Traffic {
+                dev_type: 1,
+                protocol: 1,
+                used_kib: 2048,
+            }
+            .encode(),
+        )
+        .await;
+    assert_eq!(d.response(seq).await.0, 0);
+    probe
+        .wait_for("data used", T, |m| {
+            m.topic == bridge.topic("kx1002/state") && m.json()["data_used"] == 2
+        })
+        .await;
+    let seq = d
+        .request(
+            id::RANGE,
+            false,
+            RangeQuery {
+                dev_type: 1,
+                battery_id: "B1".into(),
+                soc: 50,
+                voltage_cv: 5000,
+            }
+            .encode(),
+        )
+        .await;
+    let (code, body) = d.response(seq).await;
+    assert_eq!(code, 0);
+    assert_eq!(RangeAnswer::decode(&body).unwrap().max_range_m, 80_000);
+    probe
+        .wait_for("range", T, |m| {
+            m.topic == bridge.topic("kx1002/state") && m.json()["range"] == 40
+        })
+        .await;
+    // 1012: tipped over while riding → event and the fallen sensor.
+    let ev = Events {
+        events: vec![DevEvent {
+            time: LocalTime {
+                year: 2024,
+                month: 5,
+                day: 6,
+                hour: 7,
+                minute: 8,
+                second: 9,
+            },
+            millis: 250,
+            kind: 8,
+            user_id: 3,
+            speed: 2000,
+            lng: 121.4,
+            lat: 31.2,
+        }],
+    };
+    let seq = d.request(id::EVENTS, true, ev.encode()).await;
+    assert_eq!(d.response(seq).await.0, 0);
+    let e = probe
+        .wait_for("event", T, |m| m.topic == bridge.topic("kx1002/event"))
+        .await
+        .json();
+    assert_eq!(e["event_type"], "tipped_over");
+    assert_eq!(
+        e["time"], "2024-05-05T23:08:09.250Z",
+        "device local time is Asia/Shanghai"
+    );
+    probe
+        .wait_for("fallen", T, |m| {
+            m.topic == bridge.topic("kx1002/state") && m.json()["fallen"] == true
+        })
+        .await;
+    // 1010 charge finished.
+    let charge = ChargeDone {
+        start: LocalTime {
+            year: 2024,
+            month: 5,
+            day: 6,
+            hour: 1,
+            minute: 0,
+            second: 0,
+        },
+        lng: 121.4,
+        lat: 31.2,
+        end: LocalTime {
+            year: 2024,
+            month: 5,
+            day: 6,
+            hour: 3,
+            minute: 0,
+            second: 0,
+        },
+        max_current_ca: 500,
+        soc_begin: 20,
+        soc_end: 100,
+        voltage_begin_cv: 4800,
+        voltage_end_cv: 5400,
+    };
+    let seq = d.request(id::CHARGE_DONE, true, charge.encode()).await;
+    assert_eq!(d.response(seq).await.0, 0);
+    probe
+        .wait_for("charge", T, |m| {
+            m.topic == bridge.topic("kx1002/event") && m.json()["event_type"] == "charge_finished"
+        })
+        .await;
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_costs_only_itself() {
+    let broker = Mosquitto::start();
+    let bridge = Bridge::start(&broker, |c| {
+        c.kingxun.max_body = 4096;
+        c.kingxun.read_timeout = Duration::from_millis(600);
+    })
+    .await;
+    let probe = Probe::connect(broker.port, &[&bridge.topic("kx1003/state")]).await;
+    let mut d = RawDevice::register(bridge.port, 1003).await.unwrap();
+
+    // A frame with a wrong header CRC is skipped; the next good frame is served.
+    let mut corrupt = Frame::request(
+        id::STATUS,
+        1,
+        1003,
+        d.session_id,
+        false,
+        Bytes::from(parked_status().encode()),
+    )
+    .to_bytes();
+    corrupt[14] ^= 0xFF;
+    d.send_raw(&corrupt).await.unwrap();
+    let seq = d.request(id::STATUS, false, parked_status().encode()).await;
+    assert_eq!(
+        d.response(seq).await.0,
+        0,
+        "the link survived the corrupt frame"
+    );
+    probe.wait_topic(&bridge.topic("kx1003/state"), T).await;
+
+    // An undecryptable body, a body that decrypts with a wrong CRC, a truncated body, an
+    // unknown MsgId and a wrong SessionId: each answered with RespCode 1.
+    let seq = d
+        .request(id::EVENTS, true, Events::default().encode())
+        .await;
+    let mut garbage_seq = seq + 1;
+    d.send(Frame::request(
+        id::EVENTS,
+        garbage_seq,
+        1003,
+        d.session_id,
+        true,
+        Bytes::from(vec![7u8; 38]),
+    ))
+    .await;
+    assert_eq!(d.response(seq).await.0, 0, "an empty event list is fine");
+    assert_eq!(d.response(garbage_seq).await.0, 1);
+    let mut sealed = crypto::encrypt(&d.key, &d.iv, &Events::default().encode());
+    let n = sealed.len();
+    sealed[n - 1] ^= 1;
+    garbage_seq += 1;
+    d.seq = garbage_seq;
+    d.send(Frame::request(
+        id::EVENTS,
+        garbage_seq,
+        1003,
+        d.session_id,
+        true,
+        Bytes::from(sealed),
+    ))
+    .await;
+    assert_eq!(d.response(garbage_seq).await.0, 1, "bad plain CRC");
+    let seq = d.request(id::STATUS, false, vec![1, 2, 3]).await;
+    assert_eq!(d.response(seq).await.0, 1, "truncated 1002");
+    let seq = d.request(1777, false, vec![]).await;
+    assert_eq!(d.response(seq).await.0, 1, "unknown MsgId");
+    d.seq += 1;
+    let seq = d.seq;
+    d.send(Frame::request(
+        id::STATUS,
+        seq,
+        1003,
+        d.session_id ^ 1,
+        false,
+        Bytes::from(parked_status().encode()),
+    ))
+    .await;
+    assert_eq!(d.response(seq).await.0, 1, "wrong SessionId");
+    let seq = d.request(id::STATUS, false, parked_status().encode()).await;
+    assert_eq!(d.response(seq).await.0, 0, "and the link still works");
+
+    // Half a header, then silence: closed after read_timeout.
+    let half =
+        &Frame::request(id::STATUS, 9, 1003, d.session_id, false, Bytes::new()).to_bytes()[..7];
+    d.send_raw(half).await.unwrap();
+    assert!(
+        d.recv().await.is_none(),
+        "a stalled partial frame must close the link"
+    );
+
+    // An oversized MsgBodyLen closes the link without allocating it.
+    let mut d = RawDevice::register(bridge.port, 1003).await.unwrap();
+    let mut header = Vec::new();
+    Header {
+        msg_id: id::STATUS,
+        seq: 1,
+        body_len: 10_000_000,
+        crypt: false,
+        kind: Kind::Request {
+            dev_id: 1003,
+            session_id: d.session_id,
+        },
+    }
+    .write(&mut header);
+    d.send_raw(&header).await.unwrap();
+    assert!(
+        d.recv().await.is_none(),
+        "oversized length must close the link"
+    );
+
+    // The server goes on: a new registration works.
+    assert!(RawDevice::register(bridge.port, 1003).await.is_ok());
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn max_links_and_idle_timeout() {
+    let broker = Mosquitto::start();
+    let bridge = Bridge::start(&broker, |c| {
+        c.kingxun.max_links = 2;
+        c.kingxun.idle_timeout = Duration::from_millis(800);
+    })
+    .await;
+    let probe = Probe::connect(broker.port, &[&bridge.topic("kx1001/availability")]).await;
+    let a = RawDevice::register(bridge.port, 1001).await.unwrap();
+    probe.wait_for("online", T, |m| m.text() == "online").await;
+    let _b = RawDevice::connect(bridge.port).await;
+    let mut c = RawDevice::connect(bridge.port).await;
+    let _ = c.write_all(&[0u8; 4]).await;
+    let mut byte = [0u8; 1];
+    let n = tokio::time::timeout(T, c.read(&mut byte))
+        .await
+        .expect("closed promptly")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the third link must be refused");
+    // Device 1001 says nothing: offline after idle_timeout.
+    probe
+        .wait_for("offline", T, |m| m.text() == "offline")
+        .await;
+    drop(a);
+    bridge.stop().await;
+}
