@@ -211,6 +211,7 @@ catalog! {
     DataExpiry = "data_expiry", "Data plan expiry", Timestamp, Some("timestamp"), N, N, true, N;
     Plugged = "plugged", "Device plugged in", Binary, Some("plug"), N, N, true, N;
     ConnectorStatus = "connector_status", "Connection status", Text, N, N, N, true, Some("mdi:cloud-alert");
+    ServerDevices = "server_devices", "Devices on server", Number, N, N, M, true, Some("mdi:server-network");
     // Set by the bridge on every update.
     LastUpdate = "last_update", "Last update", Timestamp, Some("timestamp"), N, N, true, N;
 }

@@ -58,6 +58,9 @@ fn example_documents_every_key() {
         "exlive.client.name",
         "exlive.client.password",
         "exlive.client.heartbeat",
+        "kingxun.devices.id",
+        "kingxun.devices.key",
+        "kingxun.devices.name",
     ] {
         wanted.insert(optional.to_string());
     }

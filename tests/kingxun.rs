@@ -49,15 +49,18 @@ impl Bridge {
         let connectors: Vec<Box<dyn Connector>> =
             vec![Box::new(KingxunConnector::new(config.kingxun.clone()))];
         let base = config.mqtt.base_topic.clone();
+        let direct = !config.kingxun.devices.is_empty();
         let task = tokio::spawn(vehicle2mqtt::bridge::run(
             config,
             connectors,
             shutdown.clone(),
         ));
-        assert!(
-            common::wait_port_async(port, T).await,
-            "kingxun listener did not start"
-        );
+        if direct {
+            assert!(
+                common::wait_port_async(port, T).await,
+                "kingxun listener did not start"
+            );
+        }
         Bridge {
             base,
             port,
@@ -665,4 +668,99 @@ async fn max_links_and_idle_timeout() {
         .await;
     drop(a);
     bridge.stop().await;
+}
+
+#[tokio::test]
+async fn web_server_role_against_a_fake_kingxun_server() {
+    use vehicle2mqtt::connectors::kingxun::{KingxunUpstream, UpstreamDevice};
+    use vehicle2mqtt::sim::kingxun::{fake_server, FakeServerLog};
+    let broker = Mosquitto::start();
+    let key = [0x3C; 16];
+    let iv = [0x5A; 16];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let log = Arc::new(FakeServerLog::default());
+    // The server says device 2001 is offline for unlocks and accepts everything else.
+    let server = tokio::spawn(fake_server(
+        listener,
+        key,
+        iv,
+        57,
+        |c| matches!(c.control, Control::Unlock { .. }) as u32 * 3,
+        log.clone(),
+    ));
+    let bridge = Bridge::start(&broker, |c| {
+        c.kingxun.devices.clear();
+        c.kingxun.upstream = Some(KingxunUpstream {
+            address,
+            key: Secret::new(hex::encode(key)),
+            iv: Secret::new(hex::encode(iv)),
+            host: "kingxun.site".into(),
+            heartbeat: Duration::from_millis(300),
+            devices: vec![UpstreamDevice {
+                id: 2001,
+                devtype: 2,
+                name: Some("Fleet scooter".into()),
+            }],
+        });
+    })
+    .await;
+    let probe = Probe::connect(broker.port, &[&bridge.topic("#")]).await;
+    probe
+        .wait_for("server online", T, |m| {
+            m.topic == bridge.topic("kxserver/availability") && m.text() == "online"
+        })
+        .await;
+    probe
+        .wait_for("device count", T, |m| {
+            m.topic == bridge.topic("kxserver/state") && m.json()["server_devices"] == 57
+        })
+        .await;
+    probe
+        .wait_for("device online", T, |m| {
+            m.topic == bridge.topic("kx2001/availability") && m.text() == "online"
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        log.heartbeats.load(std::sync::atomic::Ordering::Relaxed) >= 2,
+        "heartbeats keep the link alive"
+    );
+
+    probe
+        .publish(
+            &bridge.topic("kx2001/lock/set"),
+            r#"{"action":"LOCK","id":"l"}"#,
+            false,
+        )
+        .await;
+    let r = probe
+        .wait_for("lock", T, |m| {
+            m.topic == bridge.topic("kx2001/command/result") && m.json()["id"] == "l"
+        })
+        .await
+        .json();
+    assert_eq!(r["status"], "succeeded", "{r}");
+    probe
+        .publish(
+            &bridge.topic("kx2001/lock/set"),
+            r#"{"action":"UNLOCK","id":"u"}"#,
+            false,
+        )
+        .await;
+    let r = probe
+        .wait_for("unlock", T, |m| {
+            m.topic == bridge.topic("kx2001/command/result") && m.json()["id"] == "u"
+        })
+        .await
+        .json();
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["reason"], "server answered 3 (device offline)");
+    let cmds = log.commands.lock().unwrap().clone();
+    assert_eq!(cmds[0].0, id::APP_LOCK);
+    assert_eq!(cmds[0].1.dev_id, 2001);
+    assert_eq!(cmds[1].0, id::APP_UNLOCK);
+    assert_eq!(log.connects.load(std::sync::atomic::Ordering::Relaxed), 1);
+    bridge.stop().await;
+    server.abort();
 }

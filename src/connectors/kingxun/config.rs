@@ -38,6 +38,51 @@ pub struct KingxunConfig {
     /// Time zone of device local times.
     pub timezone: String,
     pub devices: Vec<KingxunDevice>,
+    /// Drive an existing kingxun server as its "web server" (9001/9002/4001–4005).
+    pub upstream: Option<KingxunUpstream>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KingxunUpstream {
+    /// host:port of the kingxun server.
+    pub address: String,
+    /// Initial AES key and IV for 9001 (32 hex characters each; no default).
+    pub key: Secret,
+    pub iv: Secret,
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// Well inside the server's 500 s idle limit.
+    #[serde(with = "humantime_serde", default = "default_heartbeat")]
+    pub heartbeat: Duration,
+    #[serde(default)]
+    pub devices: Vec<UpstreamDevice>,
+}
+
+fn default_host() -> String {
+    "kingxun.site".into()
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamDevice {
+    pub id: u32,
+    #[serde(default = "default_devtype")]
+    pub devtype: u8,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+fn default_devtype() -> u8 {
+    2
+}
+
+pub fn hex16(s: &Secret) -> Option<[u8; 16]> {
+    hex::decode(s.expose().trim()).ok()?.try_into().ok()
 }
 
 impl Default for KingxunConfig {
@@ -59,6 +104,7 @@ impl Default for KingxunConfig {
             max_speed_kmh: 45,
             timezone: "Asia/Shanghai".into(),
             devices: Vec::new(),
+            upstream: None,
         }
     }
 }
@@ -130,10 +176,52 @@ impl KingxunConfig {
                 ));
             }
         }
-        if self.devices.is_empty() {
+        if let Some(up) = &self.upstream {
+            if up
+                .address
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err((
+                    "upstream.address".into(),
+                    format!("`{}` is not host:port", up.address),
+                ));
+            }
+            if hex16(&up.key).is_none() {
+                return Err((
+                    "upstream.key".into(),
+                    "must be 32 hex characters (16 bytes)".into(),
+                ));
+            }
+            if hex16(&up.iv).is_none() {
+                return Err((
+                    "upstream.iv".into(),
+                    "must be 32 hex characters (16 bytes)".into(),
+                ));
+            }
+            if up.host.is_empty() || up.host.len() > 31 {
+                return Err(("upstream.host".into(), "must be 1 to 31 characters".into()));
+            }
+            if !(Duration::from_secs(1) / 10..=Duration::from_secs(400)).contains(&up.heartbeat) {
+                return Err((
+                    "upstream.heartbeat".into(),
+                    "must be at most 400s (the server drops links idle for 500 s)".into(),
+                ));
+            }
+            for (i, d) in up.devices.iter().enumerate() {
+                if !seen.insert(d.id) {
+                    return Err((
+                        format!("upstream.devices[{i}].id"),
+                        format!("device {} is listed twice", d.id),
+                    ));
+                }
+            }
+        }
+        if self.devices.is_empty() && self.upstream.as_ref().is_none_or(|u| u.devices.is_empty()) {
             return Err((
                 "devices".into(),
-                "list at least one [[kingxun.devices]] (id and key)".into(),
+                "list at least one [[kingxun.devices]] (id and key) or [[kingxun.upstream.devices]]".into(),
             ));
         }
         Ok(())

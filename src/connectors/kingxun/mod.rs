@@ -4,6 +4,7 @@
 
 mod config;
 mod server;
+mod upstream;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -13,7 +14,8 @@ use chrono::{FixedOffset, SecondsFormat, TimeZone, Utc};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-pub use config::{KingxunConfig, KingxunDevice};
+pub use config::{KingxunConfig, KingxunDevice, KingxunUpstream, UpstreamDevice};
+pub use upstream::server_vehicle;
 
 use crate::config::parse_timezone;
 use crate::connector::{
@@ -311,6 +313,8 @@ pub(crate) struct Core {
     pub next_link: AtomicU64,
     pub open_links: AtomicUsize,
     pub counters: Counters,
+    /// Commands for devices reached through an upstream kingxun server.
+    pub upstream: Option<(std::collections::HashSet<u32>, mpsc::Sender<LinkCommand>)>,
 }
 
 impl Core {
@@ -391,11 +395,17 @@ impl Core {
                 return;
             }
         };
-        let link = self
-            .links
-            .lock()
-            .ok()
-            .and_then(|l| l.get(&dev_id).map(|(_, tx)| tx.clone()));
+        let upstream = self
+            .upstream
+            .as_ref()
+            .filter(|(ids, _)| ids.contains(&dev_id))
+            .map(|(_, tx)| tx.clone());
+        let link = upstream.or_else(|| {
+            self.links
+                .lock()
+                .ok()
+                .and_then(|l| l.get(&dev_id).map(|(_, tx)| tx.clone()))
+        });
         let Some(link) = link else {
             let _ = req
                 .progress
@@ -442,7 +452,19 @@ impl Connector for KingxunConnector {
                     self.config.timezone
                 )
             })?;
+            let (upstream_tx, upstream_rx) = mpsc::channel(64);
+            let upstream_ids: std::collections::HashSet<u32> = self
+                .config
+                .upstream
+                .iter()
+                .flat_map(|u| u.devices.iter().map(|d| d.id))
+                .collect();
             let core = Arc::new(Core {
+                upstream: self
+                    .config
+                    .upstream
+                    .as_ref()
+                    .map(|_| (upstream_ids.clone(), upstream_tx)),
                 devices: self
                     .config
                     .devices
@@ -460,7 +482,7 @@ impl Connector for KingxunConnector {
                 counters: Counters::default(),
             });
             // Every configured device exists (offline) before it first connects.
-            for dev_id in core.devices.keys() {
+            for dev_id in core.devices.keys().chain(upstream_ids.iter()) {
                 let _ = ctx
                     .updates
                     .send(Update::Vehicle(core.info(*dev_id, None, None)))
@@ -473,26 +495,44 @@ impl Connector for KingxunConnector {
                     })
                     .await;
             }
-            let listener = tokio::net::TcpListener::bind(self.config.listen)
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!("kingxun cannot listen on {}: {e}", self.config.listen)
-                })?;
-            tracing::info!(event = "kingxun_listening", listen = %listener.local_addr()?, devices = core.devices.len(),
-                "kingxun device server listening");
             let ConnectorContext {
                 mut commands,
                 shutdown,
                 ..
             } = ctx;
-            let server = tokio::spawn(server::run(listener, core.clone(), shutdown.clone()));
+            let mut tasks = Vec::new();
+            // The device server runs when devices connect to us directly.
+            if !core.devices.is_empty() {
+                let listener = tokio::net::TcpListener::bind(self.config.listen)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("kingxun cannot listen on {}: {e}", self.config.listen)
+                    })?;
+                tracing::info!(event = "kingxun_listening", listen = %listener.local_addr()?, devices = core.devices.len(),
+                    "kingxun device server listening");
+                tasks.push(tokio::spawn(server::run(
+                    listener,
+                    core.clone(),
+                    shutdown.clone(),
+                )));
+            }
+            if let Some(up) = self.config.upstream.clone() {
+                tasks.push(tokio::spawn(upstream::run(
+                    up,
+                    core.clone(),
+                    upstream_rx,
+                    shutdown.clone(),
+                )));
+            }
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     Some(req) = commands.recv() => core.send_command(req),
                 }
             }
-            server.abort();
+            for t in tasks {
+                t.abort();
+            }
             Ok(())
         })
     }

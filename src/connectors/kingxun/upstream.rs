@@ -1,0 +1,257 @@
+//! Web-server role: the bridge drives an existing kingxun server (seed 001, second half).
+//! 9001 handshake with the initial key and IV, 9002 heartbeats well inside the server's
+//! 500 s idle limit, commands as 4001–4005, reconnect with backoff.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{interval_at, sleep_until, timeout, Instant, MissedTickBehavior};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use super::config::{hex16, KingxunUpstream};
+use super::{vehicle_id, Core, LinkCommand};
+use crate::connector::Update;
+use crate::model::{CommandProgress, Field, VehicleId, VehicleInfo, VehicleState};
+use crate::mqtt::backoff_delay;
+use crate::protocol::kingxun::{
+    crypto, id, resp_code_text, AppControl, Decoded, Frame, Kind, KxCodec, WebConnect,
+    WebConnectAck, WebHeartbeat, WebHeartbeatAck,
+};
+
+/// The HA device that stands for the upstream server itself.
+pub fn server_vehicle() -> VehicleId {
+    VehicleId::new("kxserver").unwrap_or_else(|| unreachable!("a valid literal id"))
+}
+
+fn now_secs() -> u64 {
+    chrono::Utc::now().timestamp().max(0) as u64
+}
+
+pub(super) async fn run(
+    cfg: KingxunUpstream,
+    core: Arc<Core>,
+    mut commands: mpsc::Receiver<LinkCommand>,
+    shutdown: CancellationToken,
+) {
+    let (Some(key), Some(iv0)) = (hex16(&cfg.key), hex16(&cfg.iv)) else {
+        return;
+    };
+    let _ = core
+        .updates
+        .send(Update::Vehicle(VehicleInfo {
+            id: server_vehicle(),
+            name: format!("kingxun server {}", cfg.address),
+            manufacturer: "kingxun".into(),
+            model: "svrInstance".into(),
+            sw_version: None,
+            capabilities: vec![],
+            event_types: vec![],
+        }))
+        .await;
+    let mut attempt = 0u32;
+    loop {
+        let started = Instant::now();
+        let reason = session(&cfg, &core, key, iv0, &mut commands, &shutdown).await;
+        for vid in
+            std::iter::once(server_vehicle()).chain(cfg.devices.iter().map(|d| vehicle_id(d.id)))
+        {
+            let _ = core
+                .updates
+                .send(Update::Availability {
+                    vehicle: vid,
+                    online: false,
+                })
+                .await;
+        }
+        if shutdown.is_cancelled() {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            attempt = 0;
+        }
+        let delay = backoff_delay(attempt);
+        attempt = attempt.saturating_add(1);
+        tracing::warn!(event = "kingxun_upstream_disconnected", address = %cfg.address, reason = %reason,
+            retry_in_ms = delay.as_millis() as u64, "kingxun server link lost");
+        let _ = core
+            .updates
+            .send(Update::Health {
+                links: core.open_links.load(std::sync::atomic::Ordering::Relaxed),
+                error: Some(format!("upstream: {reason}")),
+            })
+            .await;
+        // Commands that arrive while we are away fail at once rather than time out.
+        let until = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = sleep_until(until) => break,
+                Some(cmd) = commands.recv() => {
+                    let _ = cmd.request.progress.try_send(CommandProgress::Failed("kingxun server unreachable".into()));
+                }
+            }
+        }
+    }
+}
+
+async fn session(
+    cfg: &KingxunUpstream,
+    core: &Arc<Core>,
+    key: [u8; 16],
+    iv0: [u8; 16],
+    commands: &mut mpsc::Receiver<LinkCommand>,
+    shutdown: &CancellationToken,
+) -> String {
+    let stream = match timeout(Duration::from_secs(10), TcpStream::connect(&cfg.address)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return format!("connect: {e}"),
+        Err(_) => return "connect timed out".into(),
+    };
+    let _ = stream.set_nodelay(true);
+    let (rd, mut wr) = stream.into_split();
+    let mut frames = FramedRead::new(rd, KxCodec::new(core.config.max_body));
+    let mut seq: u16 = 1;
+    let hello = crypto::encrypt(
+        &key,
+        &iv0,
+        &WebConnect {
+            time: now_secs(),
+            host: cfg.host.clone(),
+        }
+        .encode(),
+    );
+    if let Err(e) = wr
+        .write_all(&Frame::request(id::WEB_CONNECT, seq, 0, 0, true, Bytes::from(hello)).to_bytes())
+        .await
+    {
+        return format!("write: {e}");
+    }
+    let ack = loop {
+        match timeout(Duration::from_secs(15), frames.next()).await {
+            Err(_) => return "no 9001 answer within 15 s".into(),
+            Ok(None) => return "server closed the link during 9001".into(),
+            Ok(Some(Err(e))) => return format!("read: {e}"),
+            Ok(Some(Ok(Decoded::Frame(f)))) if f.header.msg_id == id::WEB_CONNECT => break f,
+            Ok(Some(Ok(_))) => continue,
+        }
+    };
+    let Kind::Response { resp_code } = ack.header.kind else {
+        return "9001 answer is not a response".into();
+    };
+    if resp_code != 0 {
+        return format!("9001 refused: {resp_code} ({})", resp_code_text(resp_code));
+    }
+    let body = if ack.header.crypt {
+        crypto::decrypt(&key, &iv0, &ack.body)
+    } else {
+        Ok(ack.body.to_vec())
+    };
+    let Some(WebConnectAck { session_id, iv, .. }) =
+        body.ok().and_then(|b| WebConnectAck::decode(&b).ok())
+    else {
+        return "9001 answer cannot be decrypted or parsed (wrong key or IV?)".into();
+    };
+    tracing::info!(event = "kingxun_upstream_connected", address = %cfg.address, "connected to kingxun server");
+    let _ = core
+        .updates
+        .send(Update::Availability {
+            vehicle: server_vehicle(),
+            online: true,
+        })
+        .await;
+    for d in &cfg.devices {
+        let _ = core
+            .updates
+            .send(Update::Vehicle(core.info(d.id, None, Some(d.devtype))))
+            .await;
+        let _ = core
+            .updates
+            .send(Update::Availability {
+                vehicle: vehicle_id(d.id),
+                online: true,
+            })
+            .await;
+    }
+    let devtypes: HashMap<u32, u8> = cfg.devices.iter().map(|d| (d.id, d.devtype)).collect();
+    let mut pending: HashMap<u16, (LinkCommand, Instant)> = HashMap::new();
+    let mut heartbeat = interval_at(Instant::now(), cfg.heartbeat);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The server answers heartbeats; three unanswered ones mean the link is dead.
+    let mut last_heard = Instant::now();
+    loop {
+        let next_deadline = pending.values().map(|(_, d)| *d).min();
+        tokio::select! {
+            _ = shutdown.cancelled() => return "shutdown".into(),
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > cfg.heartbeat * 3 + Duration::from_secs(5) {
+                    return "no answer to heartbeats".into();
+                }
+                seq = seq.wrapping_add(1);
+                let hb = WebHeartbeat { time: now_secs(), host: cfg.host.clone() }.encode();
+                if let Err(e) = wr.write_all(&Frame::request(id::WEB_HEARTBEAT, seq, 0, session_id, false, Bytes::from(hb)).to_bytes()).await {
+                    return format!("write: {e}");
+                }
+            }
+            _ = async { sleep_until(next_deadline.unwrap_or_else(Instant::now)).await }, if next_deadline.is_some() => {
+                let now = Instant::now();
+                let expired: Vec<u16> = pending.iter().filter(|(_, (_, d))| *d <= now).map(|(s, _)| *s).collect();
+                for s in expired {
+                    if let Some((cmd, _)) = pending.remove(&s) {
+                        let _ = cmd.request.progress.try_send(CommandProgress::TimedOut("kingxun server did not answer".into()));
+                    }
+                }
+            }
+            Some(cmd) = commands.recv() => {
+                let Some(dev_id) = cmd.request.vehicle.as_str().strip_prefix("kx").and_then(|s| s.parse::<u32>().ok()) else { continue };
+                seq = seq.wrapping_add(1);
+                let body = AppControl { dev_id, dev_type: devtypes.get(&dev_id).copied().unwrap_or(2), time: now_secs(), user_id: 0, control: cmd.control }.encode();
+                let sealed = crypto::encrypt(&key, &iv, &body);
+                let frame = Frame::request(cmd.control.app_msg_id(), seq, 0, session_id, true, Bytes::from(sealed));
+                if let Err(e) = wr.write_all(&frame.to_bytes()).await {
+                    let _ = cmd.request.progress.try_send(CommandProgress::Failed(format!("send failed: {e}")));
+                    return format!("write: {e}");
+                }
+                pending.insert(seq, (cmd, Instant::now() + core.config.command_timeout));
+            }
+            frame = frames.next() => {
+                let frame = match frame {
+                    None => return "server closed the link".into(),
+                    Some(Err(e)) => return format!("read: {e}"),
+                    Some(Ok(Decoded::Skipped(n))) => {
+                        tracing::warn!(event = "kingxun_upstream_bad_header", skipped = n);
+                        continue;
+                    }
+                    Some(Ok(Decoded::Frame(f))) => f,
+                };
+                last_heard = Instant::now();
+                let Kind::Response { resp_code } = frame.header.kind else { continue };
+                if frame.header.msg_id == id::WEB_HEARTBEAT {
+                    if let Ok(ack) = WebHeartbeatAck::decode(&frame.body) {
+                        let mut s = VehicleState::default();
+                        s.set(Field::ServerDevices, i64::from(ack.total_devices));
+                        let _ = core.updates.send(Update::State { vehicle: server_vehicle(), state: s, replace: false }).await;
+                    }
+                    continue;
+                }
+                if let Some((cmd, _)) = pending.remove(&frame.header.seq) {
+                    if resp_code == 0 {
+                        if !cmd.after.values.is_empty() {
+                            let _ = core.updates.send(Update::State { vehicle: cmd.request.vehicle.clone(), state: cmd.after.clone(), replace: false }).await;
+                        }
+                        let _ = cmd.request.progress.try_send(CommandProgress::Succeeded);
+                    } else {
+                        let _ = cmd.request.progress.try_send(CommandProgress::Failed(format!(
+                            "server answered {resp_code} ({})", resp_code_text(resp_code))));
+                    }
+                }
+            }
+        }
+    }
+}
