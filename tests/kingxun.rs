@@ -88,6 +88,7 @@ impl Bridge {
             interval: Duration::from_millis(300),
             trip_every: 3,
             answer_commands: answer,
+            stamp: false,
         };
         let stats = Arc::new(SimStats::default());
         let stop = CancellationToken::new();

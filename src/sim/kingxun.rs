@@ -30,6 +30,9 @@ pub struct SimOptions {
     pub trip_every: u64,
     /// Answer commands (tests turn this off to provoke timeouts).
     pub answer_commands: bool,
+    /// Carry the send time (unix ns) as `t=<ns>` in the battery id, for latency
+    /// measurement.
+    pub stamp: bool,
 }
 
 impl Default for SimOptions {
@@ -42,6 +45,7 @@ impl Default for SimOptions {
             interval: Duration::from_secs(5),
             trip_every: 12,
             answer_commands: true,
+            stamp: false,
         }
     }
 }
@@ -116,7 +120,7 @@ fn now_local() -> LocalTime {
     LocalTime::from_naive((chrono::Utc::now() + chrono::Duration::hours(8)).naive_utc())
 }
 
-fn status(d: &Device, index: usize) -> Status {
+fn status(d: &Device, index: usize, stamp: bool) -> Status {
     let (lat, lng, _) = super::route_point(
         31.23 + (index % 100) as f64 * 0.005,
         121.47 + (index / 100) as f64 * 0.005,
@@ -145,7 +149,7 @@ fn status(d: &Device, index: usize) -> Status {
         }),
         battery: Some(Battery {
             charging: false,
-            id: format!("BAT{index:05}"),
+            id: if stamp { format!("t={}", super::exlive::now_ns()) } else { format!("BAT{index:05}") },
             soc: d.soc,
             voltage_cv: 5000 + u16::from(d.soc) * 3,
             temp_cc: 2850,
@@ -216,7 +220,7 @@ async fn device(
                 dev_id,
                 session_id,
                 false,
-                Bytes::from(status(&d, index).encode()),
+                Bytes::from(status(&d, index, o.stamp).encode()),
             );
             wr.write_all(&f.to_bytes()).await?;
             stats.statuses.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,106 @@
+//! End-to-end kingxun benchmark: N simulated devices send 1002 status frames into the
+//! real bridge process, which publishes state to a real mosquitto, where a subscriber
+//! counts and measures frame → subscriber latency (send time travels in the battery id).
+//!
+//! Run: `cargo bench --bench kingxun_e2e` (needs mosquitto).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use vehicle2mqtt::sim::kingxun::{config_toml, SimOptions, SimStats};
+
+const SEED: u64 = 4242;
+
+async fn scenario(mqtt_port: u16, kx_port: u16, pid: u32, devices: usize, interval: Duration, seconds: u64) {
+    let counter = support::Counter::new(false);
+    let sub = support::subscriber(mqtt_port, "bench/+/state", counter.clone()).await;
+    let stats = Arc::new(SimStats::default());
+    let stop = CancellationToken::new();
+    let opts = SimOptions {
+        server: format!("127.0.0.1:{kx_port}"),
+        devices,
+        first_id: 1,
+        key_seed: SEED,
+        interval,
+        trip_every: 0,
+        answer_commands: true,
+        stamp: true,
+    };
+    let sim = tokio::spawn(vehicle2mqtt::sim::kingxun::run(opts, stats.clone(), stop.clone()));
+    let ramp_end = Instant::now() + Duration::from_secs(60);
+    while (stats.registered.load(Ordering::Relaxed) + stats.refused.load(Ordering::Relaxed)) < devices as u64 && Instant::now() < ramp_end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rss_connected = support::rss_kib(pid);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sent0 = stats.statuses.load(Ordering::Relaxed);
+    counter.measuring.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    counter.measuring.store(false, Ordering::Relaxed);
+    let elapsed = start.elapsed().as_secs_f64();
+    let sent = stats.statuses.load(Ordering::Relaxed) - sent0;
+    let received = counter.received.load(Ordering::Relaxed);
+    let rss_loaded = support::rss_kib(pid);
+    let lat = counter.sorted_latencies();
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), sim).await;
+    sub.abort();
+    println!(
+        "devices={:>6} frames sent={:>7.0}/s delivered={:>7.0}/s  p50={:>6.1} ms p99={:>7.1} ms  bridge RSS: all linked, idle={} MiB, loaded={} MiB  (registered={}, errors={})",
+        devices,
+        sent as f64 / elapsed,
+        received as f64 / elapsed,
+        support::percentile(&lat, 0.50) as f64 / 1000.0,
+        support::percentile(&lat, 0.99) as f64 / 1000.0,
+        rss_connected / 1024,
+        rss_loaded / 1024,
+        stats.registered.load(Ordering::Relaxed),
+        stats.errors.load(Ordering::Relaxed),
+    );
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("kingxun_e2e: skipped (run with `cargo bench --bench kingxun_e2e`)");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let broker = common::Mosquitto::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kx_port = common::free_port();
+        let devices = config_toml(&SimOptions { devices: 10_000, first_id: 1, key_seed: SEED, ..Default::default() });
+        let config = dir.path().join("bench.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[mqtt]\nurl = \"{}\"\nbase_topic = \"bench\"\ndiscovery = false\nclient_id = \"bench-kx\"\n\
+                 [bridge]\nstate_dir = \"{}\"\nlog_level = \"warn\"\n\
+                 [kingxun]\nenabled = true\nlisten = \"127.0.0.1:{kx_port}\"\nmax_links = 20000\n\n{devices}",
+                broker.url(),
+                dir.path().join("state").display()
+            ),
+        )
+        .expect("write config");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_vehicle2mqtt"))
+            .arg("--config")
+            .arg(&config)
+            .spawn()
+            .expect("spawn bridge");
+        let bridge = common::KillOnDrop(child);
+        let pid = bridge.0.id();
+        assert!(common::wait_port_async(kx_port, Duration::from_secs(20)).await);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        println!("bridge idle RSS (10 000 devices configured, none linked): {} KiB", support::rss_kib(pid));
+        scenario(broker.port, kx_port, pid, 1_000, Duration::from_secs(1), 10).await;
+        scenario(broker.port, kx_port, pid, 10_000, Duration::from_secs(1), 10).await;
+        drop(bridge);
+    });
+}

@@ -1,0 +1,160 @@
+//! Shared pieces of the end-to-end benches: a latency-measuring subscriber, RSS of a
+//! process, percentiles, and mosquitto's own ingest rate.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio_util::sync::CancellationToken;
+use vehicle2mqtt::sim::exlive::now_ns;
+
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+pub struct Counter {
+    pub received: AtomicU64,
+    pub latencies_us: Mutex<Vec<u64>>,
+    pub measuring: std::sync::atomic::AtomicBool,
+}
+
+pub async fn subscriber(port: u16, filter: &str, counter: Arc<Counter>) -> tokio::task::JoinHandle<()> {
+    let mut opts = MqttOptions::new(
+        format!("bench-sub-{}", rand::random::<u32>()),
+        "127.0.0.1",
+        port,
+    );
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    opts.set_inflight(1000);
+    let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+    let filter = filter.to_string();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let mut ready_tx = Some(ready_tx);
+    let task = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.subscribe(filter.clone(), QoS::AtMostOnce).await;
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if !counter.measuring.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    counter.received.fetch_add(1, Ordering::Relaxed);
+                    // Find "t=<ns>" in the address field without a full JSON parse.
+                    if let Some(i) = p.payload.windows(2).position(|w| w == b"t=") {
+                        let digits: String = p.payload[i + 2..]
+                            .iter()
+                            .take_while(|b| b.is_ascii_digit())
+                            .map(|&b| b as char)
+                            .collect();
+                        if let Ok(sent) = digits.parse::<u128>() {
+                            let lat = now_ns().saturating_sub(sent) / 1000;
+                            counter.latencies_us.lock().unwrap().push(lat as u64);
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(10), ready_rx).await;
+    task
+}
+
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+impl Counter {
+    pub fn new(measuring: bool) -> Arc<Counter> {
+        Arc::new(Counter { received: AtomicU64::new(0), latencies_us: Mutex::new(Vec::new()), measuring: measuring.into() })
+    }
+
+    /// Sorted latencies in microseconds.
+    pub fn sorted_latencies(&self) -> Vec<u64> {
+        let mut l = self.latencies_us.lock().unwrap().clone();
+        l.sort_unstable();
+        l
+    }
+}
+
+/// mosquitto alone: 4 publishers at full speed (QoS 1, ~350-byte payloads like the
+/// bridge's states), one subscriber counting.
+pub async fn mosquitto_ingest(port: u16, seconds: u64) {
+    let counter = Arc::new(Counter {
+        received: AtomicU64::new(0),
+        latencies_us: Mutex::new(Vec::new()),
+        measuring: true.into(),
+    });
+    let sub = subscriber(port, "raw/+/state", counter.clone()).await;
+    let stop = CancellationToken::new();
+    let published = Arc::new(AtomicU64::new(0));
+    let payload = vec![b'x'; 350];
+    let mut pubs = Vec::new();
+    for i in 0..4 {
+        let mut opts = MqttOptions::new(
+            format!("bench-pub-{i}-{}", rand::random::<u32>()),
+            "127.0.0.1",
+            port,
+        );
+        opts.set_inflight(100);
+        let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+        let (stop, published, payload) = (stop.clone(), published.clone(), payload.clone());
+        pubs.push(tokio::spawn(async move {
+            while eventloop.poll().await.is_ok() {}
+        }));
+        pubs.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                if client
+                    .publish(
+                        format!("raw/v{}/state", n % 1000),
+                        QoS::AtLeastOnce,
+                        false,
+                        payload.clone(),
+                    )
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                n += 1;
+                published.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r0 = counter.received.load(Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let got = counter.received.load(Ordering::Relaxed) - r0;
+    stop.cancel();
+    for p in pubs {
+        p.abort();
+    }
+    sub.abort();
+    println!(
+        "mosquitto alone: {:.0} msg/s delivered to one subscriber (4 QoS 1 publishers)",
+        got as f64 / start.elapsed().as_secs_f64()
+    );
+}
+
