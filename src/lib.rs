@@ -9,6 +9,7 @@ pub mod bridge;
 pub mod config;
 pub mod connector;
 pub mod connectors;
+pub mod demo;
 pub mod hass;
 pub mod logging;
 pub mod model;

@@ -32,6 +32,16 @@ enum Cmd {
     Run,
     /// Print the effective configuration with secrets masked; exit 2 if it is invalid.
     CheckConfig,
+    /// Run a self-contained demo: embedded broker, kingxun and EXLIVE listeners and
+    /// simulated vehicles on both.
+    Demo {
+        #[arg(long, default_value_t = 1883)]
+        mqtt_port: u16,
+        #[arg(long, default_value_t = 10085)]
+        kingxun_port: u16,
+        #[arg(long, default_value_t = 1502)]
+        exlive_port: u16,
+    },
     /// Simulate devices or upstreams against a running bridge.
     Simulate {
         #[command(subcommand)]
@@ -89,6 +99,11 @@ fn main() -> ExitCode {
     if let Cmd::Simulate { target } = command {
         return simulate(target);
     }
+    if let Cmd::Demo { mqtt_port, kingxun_port, exlive_port } = command {
+        let ports = vehicle2mqtt::demo::DemoPorts { mqtt: mqtt_port, kingxun: kingxun_port, exlive: exlive_port };
+        let state = std::env::temp_dir().join(format!("vehicle2mqtt-demo-{}", std::process::id()));
+        return run(vehicle2mqtt::demo::config(&ports, state), true);
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok((config, _)) => config,
         Err(err) => {
@@ -101,8 +116,8 @@ fn main() -> ExitCode {
             print!("{}", config.to_masked_toml());
             ExitCode::SUCCESS
         }
-        Cmd::Run => run(config),
-        Cmd::Simulate { .. } => unreachable!("handled before the config is read"),
+        Cmd::Run => run(config, false),
+        Cmd::Simulate { .. } | Cmd::Demo { .. } => unreachable!("handled before the config is read"),
     }
 }
 
@@ -152,7 +167,7 @@ fn simulate(target: SimTarget) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run(config: Config) -> ExitCode {
+fn run(config: Config, demo: bool) -> ExitCode {
     logging::init(config.bridge.log_format, &config.bridge.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -164,7 +179,7 @@ fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, demo)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(
@@ -177,7 +192,7 @@ fn run(config: Config) -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
     state_dir::prepare(&config.bridge.state_dir)?;
     let mut connectors: Vec<Box<dyn Connector>> = Vec::new();
     if config.kingxun.enabled {
@@ -194,6 +209,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
+    if demo {
+        eprintln!("{}", vehicle2mqtt::demo::instructions(&config));
+        tokio::spawn(vehicle2mqtt::demo::simulators(config.clone(), shutdown.clone()));
+    }
     tracing::info!(
         event = "starting",
         version = env!("CARGO_PKG_VERSION"),
