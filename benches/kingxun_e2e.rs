@@ -17,7 +17,14 @@ use vehicle2mqtt::sim::kingxun::{config_toml, SimOptions, SimStats};
 
 const SEED: u64 = 4242;
 
-async fn scenario(mqtt_port: u16, kx_port: u16, pid: u32, devices: usize, interval: Duration, seconds: u64) {
+async fn scenario(
+    mqtt_port: u16,
+    kx_port: u16,
+    pid: u32,
+    devices: usize,
+    interval: Duration,
+    seconds: u64,
+) {
     let counter = support::Counter::new(false);
     let sub = support::subscriber(mqtt_port, "bench/+/state", counter.clone()).await;
     let stats = Arc::new(SimStats::default());
@@ -32,9 +39,16 @@ async fn scenario(mqtt_port: u16, kx_port: u16, pid: u32, devices: usize, interv
         answer_commands: true,
         stamp: true,
     };
-    let sim = tokio::spawn(vehicle2mqtt::sim::kingxun::run(opts, stats.clone(), stop.clone()));
+    let sim = tokio::spawn(vehicle2mqtt::sim::kingxun::run(
+        opts,
+        stats.clone(),
+        stop.clone(),
+    ));
     let ramp_end = Instant::now() + Duration::from_secs(60);
-    while (stats.registered.load(Ordering::Relaxed) + stats.refused.load(Ordering::Relaxed)) < devices as u64 && Instant::now() < ramp_end {
+    while (stats.registered.load(Ordering::Relaxed) + stats.refused.load(Ordering::Relaxed))
+        < devices as u64
+        && Instant::now() < ramp_end
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let rss_connected = support::rss_kib(pid);
@@ -71,7 +85,10 @@ fn main() {
         println!("kingxun_e2e: skipped (run with `cargo bench --bench kingxun_e2e`)");
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let broker = common::Mosquitto::start();
         let dir = tempfile::tempdir().expect("tempdir");

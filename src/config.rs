@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::FixedOffset;
 
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Env, Format, Json, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
@@ -171,10 +171,14 @@ pub enum ConfigError {
 
 impl Config {
     /// Builds the effective configuration. `file` is read when given (it must exist) or,
-    /// when `None`, `config.toml` in the working directory if present.
+    /// when `None`, `config.toml` in the working directory if present. A `.json` file is
+    /// read as JSON (the Home Assistant add-on passes its `/data/options.json`).
     pub fn load(file: Option<&Path>) -> Result<(Config, Figment), ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         match file {
+            Some(path) if path.extension().is_some_and(|e| e == "json") => {
+                figment = figment.merge(Json::file_exact(path))
+            }
             Some(path) => figment = figment.merge(Toml::file_exact(path)),
             None if Path::new("config.toml").exists() => {
                 figment = figment.merge(Toml::file_exact("config.toml"))

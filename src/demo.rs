@@ -41,8 +41,14 @@ pub fn config(ports: &DemoPorts, state_dir: std::path::PathBuf) -> Config {
         .collect();
     c.exlive.enabled = true;
     c.exlive.listen = ([127, 0, 0, 1], ports.exlive).into();
-    c.exlive.accounts = vec![ExliveAccount { name: "demo".into(), password: Secret::new("demo") }];
-    c.exlive.commands = vec![ExliveCommand { name: "locate".into(), data: "WHERE#".into() }];
+    c.exlive.accounts = vec![ExliveAccount {
+        name: "demo".into(),
+        password: Secret::new("demo"),
+    }];
+    c.exlive.commands = vec![ExliveCommand {
+        name: "locate".into(),
+        data: "WHERE#".into(),
+    }];
     c
 }
 
@@ -61,7 +67,9 @@ async fn wait_for(addr: std::net::SocketAddr, shutdown: &CancellationToken) -> b
 
 /// Starts the simulators once the bridge listens; runs until `shutdown`.
 pub async fn simulators(config: Config, shutdown: CancellationToken) {
-    if !wait_for(config.kingxun.listen, &shutdown).await || !wait_for(config.exlive.listen, &shutdown).await {
+    if !wait_for(config.kingxun.listen, &shutdown).await
+        || !wait_for(config.exlive.listen, &shutdown).await
+    {
         tracing::error!("demo: the bridge's listeners did not come up; simulators not started");
         return;
     }

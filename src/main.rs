@@ -42,6 +42,13 @@ enum Cmd {
         #[arg(long, default_value_t = 1502)]
         exlive_port: u16,
     },
+    /// Exit 0 when a running bridge using this state dir is alive (for container health
+    /// checks).
+    Health {
+        /// The bridge's state_dir (default: from the config).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
     /// Simulate devices or upstreams against a running bridge.
     Simulate {
         #[command(subcommand)]
@@ -99,8 +106,23 @@ fn main() -> ExitCode {
     if let Cmd::Simulate { target } = command {
         return simulate(target);
     }
-    if let Cmd::Demo { mqtt_port, kingxun_port, exlive_port } = command {
-        let ports = vehicle2mqtt::demo::DemoPorts { mqtt: mqtt_port, kingxun: kingxun_port, exlive: exlive_port };
+    if let Cmd::Health {
+        state_dir: Some(dir),
+    } = &command
+    {
+        return health(dir);
+    }
+    if let Cmd::Demo {
+        mqtt_port,
+        kingxun_port,
+        exlive_port,
+    } = command
+    {
+        let ports = vehicle2mqtt::demo::DemoPorts {
+            mqtt: mqtt_port,
+            kingxun: kingxun_port,
+            exlive: exlive_port,
+        };
         let state = std::env::temp_dir().join(format!("vehicle2mqtt-demo-{}", std::process::id()));
         return run(vehicle2mqtt::demo::config(&ports, state), true);
     }
@@ -117,7 +139,23 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Run => run(config, false),
-        Cmd::Simulate { .. } | Cmd::Demo { .. } => unreachable!("handled before the config is read"),
+        Cmd::Health { .. } => health(&config.bridge.state_dir),
+        Cmd::Simulate { .. } | Cmd::Demo { .. } => {
+            unreachable!("handled before the config is read")
+        }
+    }
+}
+
+fn health(dir: &std::path::Path) -> ExitCode {
+    match state_dir::check_alive(dir) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(reason) => {
+            eprintln!("vehicle2mqtt is not healthy: {reason}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -211,7 +249,10 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
     tokio::spawn(wait_for_signal(shutdown.clone()));
     if demo {
         eprintln!("{}", vehicle2mqtt::demo::instructions(&config));
-        tokio::spawn(vehicle2mqtt::demo::simulators(config.clone(), shutdown.clone()));
+        tokio::spawn(vehicle2mqtt::demo::simulators(
+            config.clone(),
+            shutdown.clone(),
+        ));
     }
     tracing::info!(
         event = "starting",

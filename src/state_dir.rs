@@ -41,6 +41,39 @@ pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> anyhow::Result<PathB
     Ok(target)
 }
 
+/// How often the running bridge proves it is alive.
+pub const ALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// Older than this, the bridge counts as dead.
+pub const ALIVE_MAX_AGE: i64 = 30;
+const ALIVE_FILE: &str = "alive.json";
+
+/// Written by the hub's loop: if the loop stalls, the file goes stale.
+pub fn write_alive(dir: &Path, mqtt_connected: bool) -> anyhow::Result<()> {
+    let body =
+        serde_json::json!({"ts": chrono::Utc::now().timestamp(), "mqtt_connected": mqtt_connected});
+    write_atomic(dir, ALIVE_FILE, body.to_string().as_bytes()).map(|_| ())
+}
+
+/// For `vehicle2mqtt health`: Ok with a summary when the bridge wrote its liveness file
+/// within `ALIVE_MAX_AGE` seconds.
+pub fn check_alive(dir: &Path) -> Result<String, String> {
+    let path = dir.join(ALIVE_FILE);
+    let raw = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&raw).map_err(|e| format!("{}: {e}", path.display()))?;
+    let ts = v["ts"]
+        .as_i64()
+        .ok_or_else(|| format!("{}: no ts", path.display()))?;
+    let age = chrono::Utc::now().timestamp() - ts;
+    if age > ALIVE_MAX_AGE {
+        return Err(format!("last sign of life {age} s ago"));
+    }
+    Ok(format!(
+        "alive ({age} s ago), mqtt connected: {}",
+        v["mqtt_connected"]
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +99,19 @@ mod tests {
             );
         }
         assert!(!dir.join(".tokens.json.tmp").exists());
+    }
+
+    #[test]
+    fn liveness_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(check_alive(tmp.path()).is_err(), "no file: not alive");
+        write_alive(tmp.path(), true).unwrap();
+        assert!(check_alive(tmp.path())
+            .unwrap()
+            .contains("mqtt connected: true"));
+        let stale =
+            serde_json::json!({"ts": chrono::Utc::now().timestamp() - 120, "mqtt_connected": true});
+        write_atomic(tmp.path(), ALIVE_FILE, stale.to_string().as_bytes()).unwrap();
+        assert!(check_alive(tmp.path()).is_err(), "stale: not alive");
     }
 }

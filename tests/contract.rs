@@ -6,12 +6,22 @@ use std::collections::BTreeSet;
 use vehicle2mqtt::model::Field;
 
 fn doc() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/mqtt-contract.md")).unwrap()
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/mqtt-contract.md"
+    ))
+    .unwrap()
 }
 
 fn documented_fields() -> BTreeSet<String> {
     let doc = doc();
-    let section = doc.split("## State fields").nth(1).unwrap().split("\n## ").next().unwrap();
+    let section = doc
+        .split("## State fields")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
     section
         .lines()
         .filter_map(|l| l.strip_prefix("| `"))
@@ -23,7 +33,10 @@ fn documented_fields() -> BTreeSet<String> {
 #[test]
 fn every_documented_field_exists() {
     for key in documented_fields() {
-        assert!(Field::from_key(&key).is_some(), "docs/mqtt-contract.md documents `{key}`, which the bridge no longer has");
+        assert!(
+            Field::from_key(&key).is_some(),
+            "docs/mqtt-contract.md documents `{key}`, which the bridge no longer has"
+        );
     }
 }
 
@@ -31,27 +44,52 @@ fn every_documented_field_exists() {
 fn every_field_is_documented() {
     let documented = documented_fields();
     for f in Field::ALL {
-        assert!(documented.contains(f.key()), "field `{}` is not in docs/mqtt-contract.md", f.key());
+        assert!(
+            documented.contains(f.key()),
+            "field `{}` is not in docs/mqtt-contract.md",
+            f.key()
+        );
     }
 }
 
 #[test]
 fn result_schema_and_topics_are_documented() {
     let doc = doc();
-    for key in ["\"id\"", "\"command\"", "\"status\"", "\"reason\"", "\"ts\""] {
+    for key in [
+        "\"id\"",
+        "\"command\"",
+        "\"status\"",
+        "\"reason\"",
+        "\"ts\"",
+    ] {
         assert!(doc.contains(key), "result key {key} undocumented");
     }
     for status in ["accepted", "succeeded", "failed", "timeout", "rejected"] {
-        assert!(doc.contains(&format!("`{status}`")), "status {status} undocumented");
+        assert!(
+            doc.contains(&format!("`{status}`")),
+            "status {status} undocumented"
+        );
     }
-    for topic in ["/bridge/state", "/bridge/info", "/state", "/availability", "/command/result", "/event", "/set"] {
+    for topic in [
+        "/bridge/state",
+        "/bridge/info",
+        "/state",
+        "/availability",
+        "/command/result",
+        "/event",
+        "/set",
+    ] {
         assert!(doc.contains(topic), "topic {topic} undocumented");
     }
 }
 
 #[test]
 fn node_red_example_uses_the_contract() {
-    let raw = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/node-red-flow.json")).unwrap();
+    let raw = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/node-red-flow.json"
+    ))
+    .unwrap();
     let flow: serde_json::Value = serde_json::from_str(&raw).expect("valid JSON");
     let nodes = flow.as_array().unwrap();
     let ids: BTreeSet<&str> = nodes.iter().filter_map(|n| n["id"].as_str()).collect();
@@ -59,7 +97,10 @@ fn node_red_example_uses_the_contract() {
     for n in nodes {
         for out in n["wires"].as_array().into_iter().flatten() {
             for target in out.as_array().unwrap() {
-                assert!(ids.contains(target.as_str().unwrap()), "dangling wire to {target}");
+                assert!(
+                    ids.contains(target.as_str().unwrap()),
+                    "dangling wire to {target}"
+                );
             }
         }
     }

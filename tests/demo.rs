@@ -10,39 +10,90 @@ use common::{KillOnDrop, Probe};
 
 #[tokio::test]
 async fn demo_shows_vehicles_and_unlocks() {
-    let (mqtt, kx, ex) = (common::free_port(), common::free_port(), common::free_port());
+    let (mqtt, kx, ex) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
     let child = Command::new(env!("CARGO_BIN_EXE_vehicle2mqtt"))
-        .args(["demo", "--mqtt-port", &mqtt.to_string(), "--kingxun-port", &kx.to_string(), "--exlive-port", &ex.to_string()])
+        .args([
+            "demo",
+            "--mqtt-port",
+            &mqtt.to_string(),
+            "--kingxun-port",
+            &kx.to_string(),
+            "--exlive-port",
+            &ex.to_string(),
+        ])
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn demo");
     let mut child = KillOnDrop(child);
-    assert!(common::wait_port_async(mqtt, Duration::from_secs(15)).await, "demo broker never listened");
+    assert!(
+        common::wait_port_async(mqtt, Duration::from_secs(15)).await,
+        "demo broker never listened"
+    );
     let probe = Probe::connect(mqtt, &["vehicle2mqtt/#", "homeassistant/#"]).await;
     let t = Duration::from_secs(20);
-    probe.wait_for("kingxun vehicle", t, |m| m.topic == "vehicle2mqtt/kx1001/state").await;
-    probe.wait_for("EXLIVE vehicle", t, |m| m.topic == "vehicle2mqtt/ex7001/state").await;
-    probe.wait_topic("homeassistant/lock/vehicle2mqtt/kx1001_lock/config", t).await;
-    probe.publish("vehicle2mqtt/kx1001/lock/set", "UNLOCK", false).await;
-    let r = probe.wait_for("unlock result", t, |m| m.topic == "vehicle2mqtt/kx1001/command/result").await.json();
+    probe
+        .wait_for("kingxun vehicle", t, |m| {
+            m.topic == "vehicle2mqtt/kx1001/state"
+        })
+        .await;
+    probe
+        .wait_for("EXLIVE vehicle", t, |m| {
+            m.topic == "vehicle2mqtt/ex7001/state"
+        })
+        .await;
+    probe
+        .wait_topic("homeassistant/lock/vehicle2mqtt/kx1001_lock/config", t)
+        .await;
+    probe
+        .publish("vehicle2mqtt/kx1001/lock/set", "UNLOCK", false)
+        .await;
+    let r = probe
+        .wait_for("unlock result", t, |m| {
+            m.topic == "vehicle2mqtt/kx1001/command/result"
+        })
+        .await
+        .json();
     assert_eq!(r["status"], "succeeded", "{r}");
-    probe.wait_for("unlocked", t, |m| m.topic == "vehicle2mqtt/kx1001/state" && m.json()["lock"] == "UNLOCKED").await;
+    probe
+        .wait_for("unlocked", t, |m| {
+            m.topic == "vehicle2mqtt/kx1001/state" && m.json()["lock"] == "UNLOCKED"
+        })
+        .await;
 
-    let status = Command::new("kill").args(["-15", &child.0.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-15", &child.0.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let end = std::time::Instant::now() + Duration::from_secs(15);
     let code = loop {
         if let Some(s) = child.0.try_wait().unwrap() {
             break s.code();
         }
-        assert!(std::time::Instant::now() < end, "demo did not stop on SIGTERM");
+        assert!(
+            std::time::Instant::now() < end,
+            "demo did not stop on SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(code, Some(0));
     let mut stderr = String::new();
     use std::io::Read;
-    child.0.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    assert!(stderr.contains("mosquitto_sub") && stderr.contains("lock/set"), "the demo explains itself: {stderr}");
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stderr.contains("mosquitto_sub") && stderr.contains("lock/set"),
+        "the demo explains itself: {stderr}"
+    );
 }

@@ -89,7 +89,19 @@ async fn sigterm_publishes_offline_and_exits_zero() {
     probe
         .wait_for("online", T, |m| m.topic == topic && m.text() == "online")
         .await;
-    // The info document is published once connected.
+    // The liveness check used by the container health checks sees it alive.
+    let health = bridge_cmd(dir.path())
+        .arg("health")
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        health.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
     signal(&child, 15);
     let status = wait_exit(&mut child, T).await;
     assert_eq!(status.code(), Some(0), "SIGTERM must exit 0");
@@ -98,6 +110,14 @@ async fn sigterm_publishes_offline_and_exits_zero() {
         .await;
     let late = Probe::connect(broker.port, &[&topic]).await;
     assert_eq!(late.wait_topic(&topic, T).await.text(), "offline");
+    // Stopped: nothing refreshes the liveness file; a missing dir is unhealthy at once.
+    let health = bridge_cmd(dir.path())
+        .arg("health")
+        .arg("--state-dir")
+        .arg(dir.path().join("nope"))
+        .output()
+        .unwrap();
+    assert_eq!(health.status.code(), Some(1));
     // The state dir was created private.
     #[cfg(unix)]
     {

@@ -27,7 +27,11 @@ pub struct Counter {
     pub measuring: std::sync::atomic::AtomicBool,
 }
 
-pub async fn subscriber(port: u16, filter: &str, counter: Arc<Counter>) -> tokio::task::JoinHandle<()> {
+pub async fn subscriber(
+    port: u16,
+    filter: &str,
+    counter: Arc<Counter>,
+) -> tokio::task::JoinHandle<()> {
     let mut opts = MqttOptions::new(
         format!("bench-sub-{}", rand::random::<u32>()),
         "127.0.0.1",
@@ -86,7 +90,11 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 impl Counter {
     pub fn new(measuring: bool) -> Arc<Counter> {
-        Arc::new(Counter { received: AtomicU64::new(0), latencies_us: Mutex::new(Vec::new()), measuring: measuring.into() })
+        Arc::new(Counter {
+            received: AtomicU64::new(0),
+            latencies_us: Mutex::new(Vec::new()),
+            measuring: measuring.into(),
+        })
     }
 
     /// Sorted latencies in microseconds.
@@ -157,4 +165,3 @@ pub async fn mosquitto_ingest(port: u16, seconds: u64) {
         got as f64 / start.elapsed().as_secs_f64()
     );
 }
-

@@ -8,7 +8,6 @@ pub mod command;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -122,6 +121,7 @@ struct Hub {
     rediscover_at: Option<Instant>,
     /// Non-state messages that found the MQTT queue full, oldest first.
     retry: VecDeque<(String, Vec<u8>, bool)>,
+    mqtt_connected: bool,
     /// Vehicles whose newest state is not yet published (states coalesce: only the
     /// newest matters, so this is a set, not a queue).
     unsent_states: HashSet<VehicleId>,
@@ -194,6 +194,7 @@ pub async fn run(
         last_info: String::new(),
         rediscover_at: None,
         retry: VecDeque::new(),
+        mqtt_connected: false,
         unsent_states: HashSet::new(),
     };
     let mut retry_tick = tokio::time::interval(RETRY_EVERY);
@@ -201,6 +202,7 @@ pub async fn run(
         .clamp(Duration::from_millis(200), Duration::from_secs(30));
     let mut stale_tick = tokio::time::interval(stale_check);
     let mut info_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut alive_tick = tokio::time::interval(crate::state_dir::ALIVE_EVERY);
 
     loop {
         tokio::select! {
@@ -222,6 +224,11 @@ pub async fn run(
             }
             _ = stale_tick.tick() => hub.check_stale(),
             _ = info_tick.tick() => hub.flush_info(),
+            _ = alive_tick.tick() => {
+                if let Err(err) = crate::state_dir::write_alive(&hub.config.bridge.state_dir, hub.mqtt_connected) {
+                    tracing::warn!(event = "alive_write_failed", error = format!("{err:#}"), "cannot write the liveness file");
+                }
+            }
             _ = retry_tick.tick(), if !hub.retry.is_empty() || !hub.unsent_states.is_empty() => hub.flush_retries(),
         }
     }
@@ -243,6 +250,7 @@ pub async fn run(
 
 #[cfg(feature = "embedded-broker")]
 fn start_embedded(config: &Config) -> anyhow::Result<mqtt::Endpoint> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let listen = mqtt::broker::start(&config.mqtt, 20_000)?;
     let host = match listen.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => Ipv4Addr::LOCALHOST.to_string(),
@@ -595,6 +603,7 @@ impl Hub {
     fn on_mqtt(&mut self, event: MqttEvent) {
         match event {
             MqttEvent::Connected => {
+                self.mqtt_connected = true;
                 self.send(self.topics.bridge_state(), "online", true);
                 self.publisher.subscribe(&self.topics.command_filter());
                 if self.config.mqtt.discovery {
@@ -605,7 +614,10 @@ impl Hub {
                 self.info_dirty = true;
                 self.flush_info();
             }
-            MqttEvent::Disconnected(reason) => self.set_error(format!("mqtt: {reason}")),
+            MqttEvent::Disconnected(reason) => {
+                self.mqtt_connected = false;
+                self.set_error(format!("mqtt: {reason}"));
+            }
             MqttEvent::Message {
                 topic,
                 payload,

@@ -149,7 +149,11 @@ fn status(d: &Device, index: usize, stamp: bool) -> Status {
         }),
         battery: Some(Battery {
             charging: false,
-            id: if stamp { format!("t={}", super::exlive::now_ns()) } else { format!("BAT{index:05}") },
+            id: if stamp {
+                format!("t={}", super::exlive::now_ns())
+            } else {
+                format!("BAT{index:05}")
+            },
             soc: d.soc,
             voltage_cv: 5000 + u16::from(d.soc) * 3,
             temp_cc: 2850,

@@ -1,0 +1,171 @@
+//! The Home Assistant add-on: its options must be real bridge config keys, its schema and
+//! options must agree, secrets must be password fields, and its version must be ours.
+
+use serde_yaml::Value;
+use vehicle2mqtt::config::{Config, SECRET_KEYS};
+
+fn addon(file: &str) -> Value {
+    let path = format!("{}/addon/{file}", env!("CARGO_MANIFEST_DIR"));
+    serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Options and schema must have the same keys at every level; list schemas describe
+/// their items.
+fn agree(options: &Value, schema: &Value, path: &str) {
+    match (options, schema) {
+        (Value::Mapping(o), Value::Mapping(s)) => {
+            for (k, v) in o {
+                let key = k.as_str().unwrap();
+                let sv = s
+                    .get(k)
+                    .unwrap_or_else(|| panic!("option {path}{key} has no schema"));
+                agree(v, sv, &format!("{path}{key}."));
+            }
+            for (k, sv) in s {
+                let key = k.as_str().unwrap();
+                let optional = sv.as_str().is_some_and(|t| t.ends_with('?'));
+                assert!(
+                    optional || o.contains_key(k),
+                    "schema {path}{key} has no default in options"
+                );
+            }
+        }
+        (Value::Sequence(items), Value::Sequence(item_schema)) => {
+            assert_eq!(
+                item_schema.len(),
+                1,
+                "{path}: a list schema describes one item"
+            );
+            for item in items {
+                agree(item, &item_schema[0], path);
+            }
+        }
+        (Value::Bool(_), Value::String(t)) => assert!(t.starts_with("bool"), "{path}: {t}"),
+        (Value::Number(_), Value::String(t)) => assert!(
+            t.starts_with("int") || t.starts_with("float"),
+            "{path}: {t}"
+        ),
+        (Value::String(_), Value::String(t)) => {
+            assert!(
+                t.starts_with("str") || t.starts_with("password") || t.starts_with("list("),
+                "{path}: {t}"
+            )
+        }
+        (o, s) => panic!("{path}: option {o:?} does not match schema {s:?}"),
+    }
+}
+
+fn secrets_are_passwords(schema: &Value, path: &str) {
+    match schema {
+        Value::Mapping(m) => {
+            for (k, v) in m {
+                let key = k.as_str().unwrap();
+                if let Value::String(t) = v {
+                    if SECRET_KEYS.contains(&key) {
+                        assert!(
+                            t.starts_with("password"),
+                            "{path}{key} is a secret but its schema is {t}"
+                        );
+                    }
+                }
+                secrets_are_passwords(v, &format!("{path}{key}."));
+            }
+        }
+        Value::Sequence(items) => items.iter().for_each(|i| secrets_are_passwords(i, path)),
+        _ => {}
+    }
+}
+
+#[test]
+fn config_yaml_is_complete_and_consistent() {
+    let c = addon("config.yaml");
+    assert_eq!(c["slug"], "vehicle2mqtt");
+    assert_eq!(
+        c["version"].as_str(),
+        Some(env!("CARGO_PKG_VERSION")),
+        "add-on version must match Cargo.toml"
+    );
+    let arch: Vec<&str> = c["arch"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(arch.contains(&"aarch64") && arch.contains(&"amd64"));
+    assert!(c["services"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|s| s == "mqtt:need"));
+    assert_eq!(c["init"], false, "the image brings its own init (tini)");
+    for port in ["10085/tcp", "1502/tcp"] {
+        assert!(c["ports"].get(port).is_some(), "port {port}");
+        assert!(
+            c["ports_description"].get(port).is_some(),
+            "description of {port}"
+        );
+    }
+    agree(&c["options"], &c["schema"], "");
+    secrets_are_passwords(&c["schema"], "");
+}
+
+#[test]
+fn options_are_real_bridge_config_keys() {
+    let c = addon("config.yaml");
+    // The bridge reads /data/options.json directly; unknown keys are errors there.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("options.json");
+    std::fs::write(&path, serde_json::to_string(&c["options"]).unwrap()).unwrap();
+    let (config, _) = Config::load(Some(&path)).expect("add-on defaults load as a bridge config");
+    assert_eq!(config.mqtt.base_topic, "vehicle2mqtt");
+    // A filled-in example, as a user would save it, loads too.
+    let filled = serde_json::json!({
+        "bridge": {"command_pin": "2468", "command_timeout": "45s", "stale_after": "1h", "log_level": "debug"},
+        "mqtt": {"base_topic": "cars", "discovery_prefix": "homeassistant", "per_field_topics": true},
+        "kingxun": {"enabled": true, "listen": "0.0.0.0:10085", "devices": [{"id": 1001, "key": "00112233445566778899aabbccddeeff", "name": "Scooter"}]},
+        "exlive": {"enabled": true, "listen": "0.0.0.0:1502", "accounts": [{"name": "fleet", "password": "pw"}], "commands": [{"name": "locate", "data": "WHERE#"}]}
+    });
+    std::fs::write(&path, filled.to_string()).unwrap();
+    let (config, _) = Config::load(Some(&path)).expect("a filled-in add-on config loads");
+    assert!(config.kingxun.enabled && config.exlive.enabled);
+    assert_eq!(config.bridge.command_pin.expose(), "2468");
+}
+
+#[test]
+fn translations_and_files_exist() {
+    let t = addon("translations/en.yaml");
+    let c = addon("config.yaml");
+    for (k, _) in c["options"].as_mapping().unwrap() {
+        assert!(
+            t["configuration"].get(k).is_some(),
+            "no translation for option {k:?}"
+        );
+    }
+    for f in [
+        "Dockerfile",
+        "run.sh",
+        "DOCS.md",
+        "CHANGELOG.md",
+        "icon.png",
+        "logo.png",
+    ] {
+        assert!(
+            std::path::Path::new(&format!("{}/addon/{f}", env!("CARGO_MANIFEST_DIR"))).exists(),
+            "addon/{f}"
+        );
+    }
+    let dockerfile =
+        std::fs::read_to_string(format!("{}/addon/Dockerfile", env!("CARGO_MANIFEST_DIR")))
+            .unwrap();
+    assert!(
+        dockerfile.lines().any(|l| l.starts_with("FROM ")),
+        "explicit FROM"
+    );
+    let repo: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(format!("{}/repository.yaml", env!("CARGO_MANIFEST_DIR")))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(repo["name"].as_str().is_some());
+}
