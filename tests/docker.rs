@@ -16,10 +16,22 @@ fn compose_builds_our_dockerfile_and_wires_the_broker() {
     }
     let build = &s["vehicle2mqtt"]["build"];
     assert_eq!(build["dockerfile"], "docker/Dockerfile");
-    assert!(std::path::Path::new(&format!("{}/docker/Dockerfile", env!("CARGO_MANIFEST_DIR"))).exists());
-    assert_eq!(s["vehicle2mqtt"]["environment"]["V2M_MQTT__URL"], "mqtt://mosquitto:1883");
-    let volumes: Vec<&str> = s["vehicle2mqtt"]["volumes"].as_sequence().unwrap().iter().filter_map(Value::as_str).collect();
-    assert!(volumes.iter().any(|v| v.ends_with(":/config/config.toml:ro")));
+    assert!(
+        std::path::Path::new(&format!("{}/docker/Dockerfile", env!("CARGO_MANIFEST_DIR"))).exists()
+    );
+    assert_eq!(
+        s["vehicle2mqtt"]["environment"]["V2M_MQTT__URL"],
+        "mqtt://mosquitto:1883"
+    );
+    let volumes: Vec<&str> = s["vehicle2mqtt"]["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(volumes
+        .iter()
+        .any(|v| v.ends_with(":/config/config.toml:ro")));
 }
 
 #[test]
@@ -29,9 +41,22 @@ fn dockerfile_runs_non_root_with_a_health_check() {
     assert!(d.contains("VOLUME [\"/data\"]"));
     assert!(d.contains("HEALTHCHECK") && d.contains("\"health\""));
     // Every path the build copies exists in the repository.
-    for line in d.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from")) {
-        for src in line.split_whitespace().skip(1).collect::<Vec<_>>().split_last().unwrap().1 {
-            assert!(std::path::Path::new(&format!("{}/{src}", env!("CARGO_MANIFEST_DIR"))).exists(), "COPY {src}");
+    for line in d
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        for src in line
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .split_last()
+            .unwrap()
+            .1
+        {
+            assert!(
+                std::path::Path::new(&format!("{}/{src}", env!("CARGO_MANIFEST_DIR"))).exists(),
+                "COPY {src}"
+            );
         }
     }
 }
@@ -41,6 +66,7 @@ fn example_config_is_valid() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, file("docker/config.toml.example")).unwrap();
-    let (config, _) = vehicle2mqtt::config::Config::load(Some(&path)).expect("docker/config.toml.example loads");
+    let (config, _) =
+        vehicle2mqtt::config::Config::load(Some(&path)).expect("docker/config.toml.example loads");
     assert!(config.kingxun.enabled && config.exlive.enabled);
 }

@@ -173,7 +173,7 @@ async fn serve_link(
     let peer_s = peer.to_string();
     let (rd, mut wr) = stream.into_split();
     let mut frames =
-        FramedRead::with_capacity(rd, Splitter::new(core.config.max_message_size), 4096);
+        FramedRead::with_capacity(rd, Splitter::new(core.config.max_message_size), 1024);
     let hb = core.config.heartbeat_timeout;
 
     // Login: the first message, within the heartbeat timeout.

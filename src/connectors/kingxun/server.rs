@@ -122,7 +122,9 @@ async fn serve_link(
 ) {
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
-    let mut frames = FramedRead::new(rd, KxCodec::new(core.config.max_body));
+    // Frames are ~150 bytes: start small (the buffer grows on demand) so 10 000 idle links
+    // do not each hold the default 8 KiB.
+    let mut frames = FramedRead::with_capacity(rd, KxCodec::new(core.config.max_body), 512);
 
     // Registration: the first frame, within read_timeout.
     let first = tokio::select! {
