@@ -716,3 +716,60 @@ async fn overload_coalesces_states_and_keeps_results() {
     );
     bridge.stop().await;
 }
+
+#[tokio::test]
+async fn bridge_started_before_its_broker_serves_commands_once_it_appears() {
+    // The broker comes up after the bridge, with a tiny client queue and constant
+    // traffic: states flow and commands still arrive. (The exact queue-full case is the
+    // unit test `subscribe_is_never_dropped_when_the_queue_is_full`.)
+    let port = common::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(&format!("mqtt://127.0.0.1:{port}"), dir.path());
+    config.mqtt.queue_capacity = 1;
+    let base = config.mqtt.base_topic.clone();
+    let mut bridge = RunningBridge::start(config).await;
+    for i in 0..20 {
+        let mut info = scooter(vec![Capability::Lock]);
+        info.id = VehicleId::new(&format!("kx{i}")).unwrap();
+        announce(&bridge, info, sample_state()).await;
+    }
+    // Keep the client's queue full the whole time, as a busy fleet does.
+    let updates = bridge.ctx.updates.clone();
+    let pressure = tokio::spawn(async move {
+        for odo in 0i64.. {
+            let mut s = VehicleState::default();
+            s.set(Field::Odometer, odo);
+            let vehicle = VehicleId::new(&format!("kx{}", odo % 20)).unwrap();
+            if updates
+                .send(Update::State {
+                    vehicle,
+                    state: s,
+                    replace: false,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let broker = Mosquitto::start_on(port);
+    let probe = Probe::connect(broker.port, &[&format!("{base}/#")]).await;
+    probe
+        .wait_for("states flowing", Duration::from_secs(40), |m| {
+            m.topic == format!("{base}/kx19/state")
+        })
+        .await;
+    probe
+        .publish(&format!("{base}/kx3/lock/set"), "LOCK", false)
+        .await;
+    let req = tokio::time::timeout(T, bridge.ctx.commands.recv())
+        .await
+        .expect("the command arrives")
+        .unwrap();
+    assert_eq!(req.vehicle.as_str(), "kx3");
+    pressure.abort();
+    bridge.stop().await;
+}

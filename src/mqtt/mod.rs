@@ -78,8 +78,16 @@ impl Publisher {
         }
     }
 
-    pub fn subscribe(&self, filter: &str) -> bool {
-        self.client.try_subscribe(filter, QoS::AtLeastOnce).is_ok()
+    /// Subscribes without blocking the caller, but never drops the request: a spawned
+    /// task waits for room in the client's queue (the event loop keeps draining it). A
+    /// lost subscription would silently stop all commands.
+    pub fn subscribe(&self, filter: &str) {
+        let (client, filter) = (self.client.clone(), filter.to_string());
+        tokio::spawn(async move {
+            if let Err(err) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
+                tracing::error!(event = "mqtt_subscribe_failed", filter, error = %err, "MQTT client closed; cannot subscribe");
+            }
+        });
     }
 
     pub async fn disconnect(&self) {
@@ -204,6 +212,35 @@ async fn run_event_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: with the client's queue full at (re)connect, the command subscription
+    /// used to be dropped and the bridge silently stopped taking commands.
+    #[tokio::test]
+    async fn subscribe_is_never_dropped_when_the_queue_is_full() {
+        let (tx, rx) = flume::bounded(1);
+        let publisher = Publisher {
+            client: AsyncClient::from_senders(tx),
+            stats: Arc::new(MqttStats::default()),
+        };
+        assert!(
+            publisher.try_publish("a/state", "x", true),
+            "fills the only slot"
+        );
+        assert!(!publisher.try_publish("b/state", "y", true), "full now");
+        publisher.subscribe("base/+/+/set");
+        tokio::task::yield_now().await;
+        // Drain like the event loop does: the publish, then the subscription.
+        let first = rx.recv_async().await.unwrap();
+        assert!(matches!(first, rumqttc::Request::Publish(_)), "{first:?}");
+        let second = tokio::time::timeout(Duration::from_secs(5), rx.recv_async())
+            .await
+            .expect("subscribe arrives")
+            .unwrap();
+        match second {
+            rumqttc::Request::Subscribe(s) => assert_eq!(s.filters[0].path, "base/+/+/set"),
+            other => panic!("expected the subscription, got {other:?}"),
+        }
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {
