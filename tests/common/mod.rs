@@ -50,8 +50,10 @@ pub async fn wait_port_async(port: u16, timeout: Duration) -> bool {
 /// A mosquitto broker on a free loopback port, killed on drop.
 pub struct Mosquitto {
     pub port: u16,
-    dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Replaces the default (anonymous) listener settings.
+    listener_conf: Option<String>,
 }
 
 impl Mosquitto {
@@ -65,6 +67,22 @@ impl Mosquitto {
             port,
             dir,
             child: None,
+            listener_conf: None,
+        };
+        m.spawn();
+        m
+    }
+
+    /// A broker whose listener takes `conf` (e.g. a password file or TLS) instead of
+    /// allowing anonymous clients. `setup` prepares files in the broker's folder first.
+    pub fn start_with(setup: impl FnOnce(&std::path::Path) -> String) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = setup(dir.path());
+        let mut m = Mosquitto {
+            port: free_port(),
+            dir,
+            child: None,
+            listener_conf: Some(conf),
         };
         m.spawn();
         m
@@ -74,7 +92,13 @@ impl Mosquitto {
         let conf = self.dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!("listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_packet_size 2000000\n", self.port),
+            format!(
+                "listener {} 127.0.0.1\npersistence false\nmax_packet_size 2000000\n{}\n",
+                self.port,
+                self.listener_conf
+                    .as_deref()
+                    .unwrap_or("allow_anonymous true")
+            ),
         )
         .expect("write mosquitto.conf");
         let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
