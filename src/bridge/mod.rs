@@ -349,13 +349,12 @@ impl Hub {
 
     /// Publishes a vehicle's state now, or remembers that it is owed when MQTT is busy.
     fn publish_state(&mut self, id: &VehicleId) {
-        if !self.retry.is_empty() || !self.try_publish_state(id) {
-            if !self.unsent_states.insert(id.clone()) {
-                self.publisher
-                    .stats()
-                    .coalesced_states
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
+        let owed = !self.retry.is_empty() || !self.try_publish_state(id);
+        if owed && !self.unsent_states.insert(id.clone()) {
+            self.publisher
+                .stats()
+                .coalesced_states
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

@@ -151,6 +151,24 @@ pub fn backoff_delay(attempt: u32) -> Duration {
     Duration::from_millis(rand::rng().random_range(cap_ms / 2..=cap_ms))
 }
 
+/// Reconnect backoff for upstream sessions: a session that lasted a minute resets it.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    /// The delay before the next attempt, given how long the last session lasted.
+    pub fn next(&mut self, session: Duration) -> Duration {
+        if session > Duration::from_secs(60) {
+            self.attempt = 0;
+        }
+        let delay = backoff_delay(self.attempt);
+        self.attempt = self.attempt.saturating_add(1);
+        delay
+    }
+}
+
 async fn run_event_loop(
     mut eventloop: rumqttc::EventLoop,
     events: mpsc::Sender<MqttEvent>,
@@ -240,6 +258,22 @@ mod tests {
             rumqttc::Request::Subscribe(s) => assert_eq!(s.filters[0].path, "base/+/+/set"),
             other => panic!("expected the subscription, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn session_backoff_resets_after_a_long_session() {
+        let mut b = Backoff::default();
+        for _ in 0..10 {
+            b.next(Duration::from_secs(1));
+        }
+        assert!(
+            b.next(Duration::from_secs(1)) >= Duration::from_secs(15),
+            "grown"
+        );
+        assert!(
+            b.next(Duration::from_secs(120)) <= Duration::from_millis(500),
+            "reset by a long session"
+        );
     }
 
     #[test]

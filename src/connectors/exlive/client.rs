@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::server::next_message;
 use super::{Core, ExliveClientConfig, LINK_QUEUE};
 use crate::connector::Update;
-use crate::mqtt::backoff_delay;
+use crate::mqtt::Backoff;
 use crate::protocol::exlive::{Message, Splitter};
 
 /// After a refused login, wait this long before trying again: never a login storm.
@@ -33,7 +33,7 @@ pub(super) async fn run(
     core: Arc<Core>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut attempt = 0u32;
+    let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
         let ended = session(&cfg, &core, &shutdown).await;
@@ -56,11 +56,7 @@ pub(super) async fn run(
                 REFUSED_BACKOFF
             }
             Ended::Lost(reason) => {
-                if started.elapsed() > Duration::from_secs(60) {
-                    attempt = 0;
-                }
-                let delay = backoff_delay(attempt);
-                attempt = attempt.saturating_add(1);
+                let delay = backoff.next(started.elapsed());
                 tracing::warn!(event = "exlive_client_disconnected", address = %cfg.address, reason = %reason,
                     retry_in_ms = delay.as_millis() as u64, "EXLIVE platform link lost");
                 delay

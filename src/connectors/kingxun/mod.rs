@@ -42,6 +42,11 @@ pub struct Counters {
     pub idle_closed: AtomicU64,
 }
 
+/// `svrtime` / `timestamp` fields: unix seconds.
+pub(crate) fn now_secs() -> u64 {
+    chrono::Utc::now().timestamp().max(0) as u64
+}
+
 /// Vehicle ids on the bridge: `kx<devId>`.
 pub fn vehicle_id(dev_id: u32) -> VehicleId {
     VehicleId::new(&format!("kx{dev_id}"))
@@ -290,6 +295,9 @@ pub fn control_for(
     Ok((control, after))
 }
 
+/// (software version, device type) of a device as last reported.
+pub(crate) type KnownIdentity = (Option<u32>, Option<u8>);
+
 /// A command on its way to a link.
 pub(crate) struct LinkCommand {
     pub control: Control,
@@ -307,7 +315,7 @@ pub(crate) struct Core {
     pub links: Mutex<HashMap<u32, (u64, mpsc::Sender<LinkCommand>)>>,
     /// devId → (software version, device type) as last reported, so every announcement
     /// carries the best-known identity.
-    pub known: Mutex<HashMap<u32, (Option<u32>, Option<u8>)>>,
+    pub known: Mutex<HashMap<u32, KnownIdentity>>,
     /// devId → (guard power flag, max speed m/s × 100) last set, for 2003.
     pub guard: Mutex<HashMap<u32, (u8, u16)>>,
     pub next_link: AtomicU64,

@@ -18,7 +18,9 @@ use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use super::{charge_event, device_event, status_state, trip_update, vehicle_id, Core, LinkCommand};
+use super::{
+    charge_event, device_event, now_secs, status_state, trip_update, vehicle_id, Core, LinkCommand,
+};
 use crate::connector::Update;
 use crate::model::{CommandProgress, Field, VehicleState};
 use crate::protocol::kingxun::codec::CodecError;
@@ -371,10 +373,6 @@ async fn serve_link(
             .await;
     }
     core.report_links(-1).await;
-}
-
-fn now_secs() -> u64 {
-    chrono::Utc::now().timestamp().max(0) as u64
 }
 
 fn remember_guard(core: &Core, dev_id: u32, control: &crate::protocol::kingxun::Control) {

@@ -16,10 +16,10 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{hex16, KingxunUpstream};
-use super::{vehicle_id, Core, LinkCommand};
+use super::{now_secs, vehicle_id, Core, LinkCommand};
 use crate::connector::Update;
 use crate::model::{CommandProgress, Field, VehicleId, VehicleInfo, VehicleState};
-use crate::mqtt::backoff_delay;
+use crate::mqtt::Backoff;
 use crate::protocol::kingxun::{
     crypto, id, resp_code_text, AppControl, Decoded, Frame, Kind, KxCodec, WebConnect,
     WebConnectAck, WebHeartbeat, WebHeartbeatAck,
@@ -28,10 +28,6 @@ use crate::protocol::kingxun::{
 /// The HA device that stands for the upstream server itself.
 pub fn server_vehicle() -> VehicleId {
     VehicleId::new("kxserver").unwrap_or_else(|| unreachable!("a valid literal id"))
-}
-
-fn now_secs() -> u64 {
-    chrono::Utc::now().timestamp().max(0) as u64
 }
 
 pub(super) async fn run(
@@ -55,7 +51,7 @@ pub(super) async fn run(
             event_types: vec![],
         }))
         .await;
-    let mut attempt = 0u32;
+    let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
         let reason = session(&cfg, &core, key, iv0, &mut commands, &shutdown).await;
@@ -73,11 +69,7 @@ pub(super) async fn run(
         if shutdown.is_cancelled() {
             return;
         }
-        if started.elapsed() > Duration::from_secs(60) {
-            attempt = 0;
-        }
-        let delay = backoff_delay(attempt);
-        attempt = attempt.saturating_add(1);
+        let delay = backoff.next(started.elapsed());
         tracing::warn!(event = "kingxun_upstream_disconnected", address = %cfg.address, reason = %reason,
             retry_in_ms = delay.as_millis() as u64, "kingxun server link lost");
         let _ = core
