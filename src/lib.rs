@@ -10,6 +10,7 @@ pub mod config;
 pub mod connector;
 pub mod connectors;
 pub mod demo;
+pub mod geo;
 pub mod hass;
 pub mod logging;
 pub mod model;

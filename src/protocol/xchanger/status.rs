@@ -1,0 +1,341 @@
+//! The status document (`GET .../vehicle/status/{vin}`, seed 000's full sample) → the
+//! shared model. Values arrive as numbers or strings ("0"/"1"); a missing or malformed
+//! value makes only that field absent.
+//!
+//! DECISIONs where the sources name a field but not its meaning:
+//! - positions are `raw / 3_600_000` degrees, GCJ-02 when `marsCoordinates` is true;
+//!   used only when `posCanBeTrusted` (or the caller accepts untrusted positions);
+//! - `fuelLevel` is litres; tyre pressures are kPa; `tripMeterN` are km;
+//! - door/trunk lock status 1 = locked; open statuses 0 = closed;
+//! - window status 2 = closed, 1 = open, anything else unknown (left absent);
+//! - driver side = front left (China is left-hand drive);
+//! - EV fields are used only when the car reports an electric range or charge level.
+
+use serde_json::Value;
+
+use crate::geo::gcj02_to_wgs84;
+use crate::model::{lock_state, Field, Position, VehicleState};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StatusError {
+    #[error("the answer has no data.vehicleStatus")]
+    NoVehicleStatus,
+}
+
+/// The parts of a status answer the connector needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub state: VehicleState,
+    /// `updateTime` (ms): advances when the car has reported; confirms commands.
+    pub update_time: Option<i64>,
+    pub engine_running: Option<bool>,
+}
+
+/// A number given as a JSON number or a numeric string.
+fn num(v: Option<&Value>) -> Option<f64> {
+    let n = match v? {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => s.trim().parse().ok()?,
+        Value::Bool(b) => f64::from(u8::from(*b)),
+        _ => return None,
+    };
+    n.is_finite().then_some(n)
+}
+
+fn flag(v: Option<&Value>) -> Option<bool> {
+    match v? {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
+        Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
+        other => num(Some(other)).map(|n| n != 0.0),
+    }
+}
+
+fn text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Parses a whole answer (`{"code","data":{...}}`) or just its `data`.
+pub fn parse(doc: &Value, accept_untrusted_position: bool) -> Result<Status, StatusError> {
+    let data = doc.get("data").unwrap_or(doc);
+    let vs = data
+        .get("vehicleStatus")
+        .filter(|v| v.is_object())
+        .ok_or(StatusError::NoVehicleStatus)?;
+    let basic = vs.get("basicVehicleStatus");
+    let add = vs.get("additionalVehicleStatus");
+    let b = |k: &str| basic.and_then(|v| v.get(k));
+    let sect = |s: &str, k: &str| add.and_then(|v| v.get(s)).and_then(|v| v.get(k));
+    let mut st = VehicleState::default();
+
+    // Position: prefer the extended one when present.
+    let pos = b("extPosition")
+        .filter(|p| p.is_object())
+        .or_else(|| b("position"));
+    if let Some(p) = pos {
+        let trusted = flag(p.get("posCanBeTrusted")).unwrap_or(false);
+        if trusted || accept_untrusted_position {
+            if let (Some(lat), Some(lng)) = (num(p.get("latitude")), num(p.get("longitude"))) {
+                let (mut lat, mut lng) = (lat / 3_600_000.0, lng / 3_600_000.0);
+                if flag(p.get("marsCoordinates")).unwrap_or(false) {
+                    (lat, lng) = gcj02_to_wgs84(lat, lng);
+                }
+                st.position = Position::new(lat, lng);
+            }
+        }
+        if let Some(alt) = num(p.get("altitude")) {
+            st.set_f64(Field::Altitude, alt);
+        }
+        st.attributes
+            .insert("position_trusted".into(), trusted.into());
+    }
+    if let Some(v) = num(b("speed")) {
+        st.set_f64(Field::Speed, v);
+        st.set(Field::Driving, v > 1.0);
+    }
+    if let Some(v) = num(b("direction")) {
+        st.set_f64(Field::Heading, v);
+    }
+    let engine_running = text(b("engineStatus")).map(|s| s.eq_ignore_ascii_case("ENGINE_RUNNING"));
+    if let Some(r) = engine_running {
+        st.set(Field::EngineRunning, r);
+    }
+    if let Some(v) = text(b("keyStatus")) {
+        st.set(Field::KeyStatus, v);
+    }
+    if let Some(v) = text(b("usageMode")) {
+        st.set(Field::UsageMode, v);
+    }
+    if let Some(v) = num(b("distanceToEmpty")) {
+        st.set_f64(Field::Range, v);
+    }
+
+    let m = |k: &str| sect("maintenanceStatus", k);
+    if let Some(v) = num(m("odometer")) {
+        st.set_f64(Field::Odometer, v);
+    }
+    if let Some(v) = num(m("distanceToService")) {
+        st.set_f64(Field::ServiceDistance, v);
+    }
+    if let Some(v) = num(m("daysToService")) {
+        st.set_f64(Field::ServiceDays, v);
+    }
+    if let Some(v) = num(m("mainBatteryStatus").and_then(|b| b.get("voltage"))) {
+        st.set_f64(Field::AuxBatteryVoltage, v);
+    }
+    for (key, field) in [
+        ("tyreStatusDriver", Field::TyrePressureFrontLeft),
+        ("tyreStatusPassenger", Field::TyrePressureFrontRight),
+        ("tyreStatusDriverRear", Field::TyrePressureRearLeft),
+        ("tyreStatusPassengerRear", Field::TyrePressureRearRight),
+    ] {
+        if let Some(v) = num(m(key)) {
+            st.set_f64(field, v);
+        }
+    }
+    let warnings: Vec<bool> = [
+        "tyrePreWarningDriver",
+        "tyrePreWarningPassenger",
+        "tyrePreWarningDriverRear",
+        "tyrePreWarningPassengerRear",
+    ]
+    .iter()
+    .filter_map(|k| flag(m(k)))
+    .collect();
+    if !warnings.is_empty() {
+        st.set(Field::TyreWarning, warnings.iter().any(|w| *w));
+    }
+
+    let r = |k: &str| sect("runningStatus", k);
+    if let Some(v) = num(r("fuelLevel")) {
+        st.set_f64(Field::FuelVolume, v);
+    }
+    if let Some(v) = num(r("aveFuelConsumption")) {
+        st.set_f64(Field::AvgConsumption, v);
+    }
+    if let Some(v) = num(r("engineCoolantTemperature")) {
+        st.set_f64(Field::CoolantTemperature, v);
+    }
+    if let Some(v) = num(r("tripMeter1")) {
+        st.set_f64(Field::TripMeter1, v);
+    }
+    if let Some(v) = num(r("tripMeter2")) {
+        st.set_f64(Field::TripMeter2, v);
+    }
+    if let Some(v) = num(sect("drivingBehaviourStatus", "engineSpeed")) {
+        st.set_f64(Field::EngineRpm, v);
+    }
+
+    let c = |k: &str| sect("climateStatus", k);
+    if let Some(v) = num(c("interiorTemp")) {
+        st.set_f64(Field::InteriorTemperature, v);
+    }
+    if let Some(v) = num(c("exteriorTemp")) {
+        st.set_f64(Field::ExteriorTemperature, v);
+    }
+    if let Some(v) = flag(c("preClimateActive")) {
+        st.set(Field::PreClimate, v);
+    }
+    for (key, field) in [
+        ("winStatusDriver", Field::WindowDriver),
+        ("winStatusPassenger", Field::WindowPassenger),
+        ("winStatusDriverRear", Field::WindowDriverRear),
+        ("winStatusPassengerRear", Field::WindowPassengerRear),
+    ] {
+        match num(c(key)) {
+            Some(v) if v == 2.0 => {
+                st.set(field, false);
+            }
+            Some(v) if v == 1.0 => {
+                st.set(field, true);
+            }
+            _ => {}
+        }
+    }
+    if let Some(v) = num(c("sunroofOpenStatus")) {
+        st.attributes.insert("sunroof_status".into(), v.into());
+    }
+
+    let s = |k: &str| sect("drivingSafetyStatus", k);
+    let mut all_locked = None;
+    for (key, field) in [
+        ("doorLockStatusDriver", Field::DoorLockDriver),
+        ("doorLockStatusPassenger", Field::DoorLockPassenger),
+        ("doorLockStatusDriverRear", Field::DoorLockDriverRear),
+        ("doorLockStatusPassengerRear", Field::DoorLockPassengerRear),
+    ] {
+        if let Some(locked) = num(s(key)).map(|v| v == 1.0) {
+            st.set(field, !locked); // binary lock sensor: on = unlocked
+            all_locked = Some(all_locked.unwrap_or(true) && locked);
+        }
+    }
+    if let Some(locked) = all_locked {
+        st.set(
+            Field::Lock,
+            if locked {
+                lock_state::LOCKED
+            } else {
+                lock_state::UNLOCKED
+            },
+        );
+    }
+    if let Some(locked) = num(s("trunkLockStatus")).map(|v| v == 1.0) {
+        st.set(Field::TrunkLock, !locked);
+    }
+    for (key, field) in [
+        ("doorOpenStatusDriver", Field::DoorDriver),
+        ("doorOpenStatusPassenger", Field::DoorPassenger),
+        ("doorOpenStatusDriverRear", Field::DoorDriverRear),
+        ("doorOpenStatusPassengerRear", Field::DoorPassengerRear),
+        ("trunkOpenStatus", Field::Trunk),
+        ("engineHoodOpenStatus", Field::Hood),
+    ] {
+        if let Some(open) = flag(s(key)) {
+            st.set(field, open);
+        }
+    }
+    if let Some(v) = flag(s("seatBeltStatusDriver")) {
+        st.set(Field::SeatbeltDriver, v);
+    }
+    if let Some(v) = flag(s("seatBeltStatusPassenger")) {
+        st.set(Field::SeatbeltPassenger, v);
+    }
+    if let Some(v) = flag(s("handBrakeStatus")) {
+        st.set(Field::HandBrake, v);
+    }
+    if let Some(v) = text(s("vehicleAlarm")) {
+        st.set(Field::AlarmStatus, v);
+    }
+
+    let e = |k: &str| sect("electricVehicleStatus", k);
+    let ev_range = num(e("distanceToEmptyOnBatteryOnly")).filter(|v| *v > 0.0);
+    let ev_level = num(e("chargeLevel")).filter(|v| *v > 0.0);
+    if ev_range.is_some() || ev_level.is_some() {
+        if let Some(v) = ev_range {
+            st.set_f64(Field::RangeElectric, v);
+        }
+        if let Some(v) = ev_level {
+            st.set_f64(Field::BatteryLevel, v);
+        }
+        if let Some(v) = num(e("timeToFullyCharged")) {
+            st.set_f64(Field::TimeToFull, v);
+        }
+        if let Some(v) = flag(e("statusOfChargerConnection")) {
+            st.set(Field::ChargerConnected, v);
+        }
+        if let Some(v) = flag(e("chargerState")) {
+            st.set(Field::Charging, v);
+        }
+    }
+
+    let update_time = num(vs.get("updateTime")).map(|v| v as i64);
+    if let Some(t) = update_time.and_then(chrono::DateTime::from_timestamp_millis) {
+        st.attributes.insert(
+            "update_time".into(),
+            t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                .into(),
+        );
+    }
+    Ok(Status {
+        state: st,
+        update_time,
+        engine_running,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn strings_and_numbers_are_both_accepted() {
+        let doc = json!({"vehicleStatus": {"basicVehicleStatus": {"speed": "12.5", "distanceToEmpty": 550},
+            "additionalVehicleStatus": {"drivingSafetyStatus": {"doorOpenStatusDriver": "1", "seatBeltStatusDriver": "true"}}}});
+        let s = parse(&doc, false).unwrap().state;
+        assert_eq!(s.get(Field::Speed), Some(&crate::model::Value::Float(12.5)));
+        assert_eq!(s.get(Field::Range), Some(&crate::model::Value::Int(550)));
+        assert_eq!(
+            s.get(Field::DoorDriver),
+            Some(&crate::model::Value::Bool(true))
+        );
+        assert_eq!(
+            s.get(Field::SeatbeltDriver),
+            Some(&crate::model::Value::Bool(true))
+        );
+    }
+
+    #[test]
+    fn malformed_fields_cost_only_themselves() {
+        let doc = json!({"vehicleStatus": {"basicVehicleStatus": {"speed": "fast", "distanceToEmpty": [1], "direction": 90}}});
+        let s = parse(&doc, false).unwrap().state;
+        assert!(s.get(Field::Speed).is_none());
+        assert!(s.get(Field::Range).is_none());
+        assert_eq!(s.get(Field::Heading), Some(&crate::model::Value::Int(90)));
+        assert_eq!(
+            parse(&json!({"code": "1000", "data": {}}), false),
+            Err(StatusError::NoVehicleStatus)
+        );
+    }
+
+    #[test]
+    fn mars_coordinates_are_converted_and_untrusted_ones_need_consent() {
+        let (glat, glng) = crate::geo::wgs84_to_gcj02(31.2304, 121.4737);
+        let doc = json!({"vehicleStatus": {"basicVehicleStatus": {"position": {
+            "latitude": glat * 3_600_000.0, "longitude": glng * 3_600_000.0, "posCanBeTrusted": true, "marsCoordinates": true}}}});
+        let p = parse(&doc, false).unwrap().state.position.unwrap();
+        assert!(
+            (p.latitude - 31.2304).abs() < 1e-6 && (p.longitude - 121.4737).abs() < 1e-6,
+            "{p:?}"
+        );
+        let mut untrusted = doc.clone();
+        untrusted["vehicleStatus"]["basicVehicleStatus"]["position"]["posCanBeTrusted"] =
+            json!(false);
+        assert!(parse(&untrusted, false).unwrap().state.position.is_none());
+        assert!(parse(&untrusted, true).unwrap().state.position.is_some());
+    }
+}
