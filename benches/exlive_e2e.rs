@@ -119,10 +119,13 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         println!("bridge idle RSS (no links, external broker): {} KiB", support::rss_kib(pid));
         let scenarios = [
+            // Idle: links logged in, one position per minute each.
+            Scenario { links: 10, rate: 1.0 / 60.0, seconds: 5 },
             Scenario { links: 10, rate: 1000.0, seconds: 10 },
             // Saturation: offer more than the bridge and broker can take.
             Scenario { links: 10, rate: 6000.0, seconds: 10 },
             Scenario { links: 1_000, rate: 2.0, seconds: 10 },
+            Scenario { links: 10_000, rate: 1.0 / 60.0, seconds: 5 },
             Scenario { links: 10_000, rate: 1.0, seconds: 10 },
         ];
         for (i, sc) in scenarios.iter().enumerate() {

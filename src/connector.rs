@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::{Command, CommandProgress, VehicleEvent, VehicleId, VehicleInfo, VehicleState};
 
+/// How often a connector reports its counters (only when they changed).
+pub const COUNTERS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What a connector tells the bridge.
 #[derive(Debug, Clone)]
 pub enum Update {
@@ -36,6 +39,8 @@ pub enum Update {
     },
     /// Connector health: open links (TCP connectors) and the latest error, if any.
     Health { links: usize, error: Option<String> },
+    /// The connector's named error counters (shown in `bridge/info`); send when changed.
+    Counters(std::collections::BTreeMap<&'static str, u64>),
 }
 
 /// One command for one vehicle. Answer on `progress`; dropping it without a final

@@ -351,6 +351,18 @@ async fn malformed_gbk_and_oversized_messages() {
     peer.expect_closed().await;
     other.send(position("90", "").as_bytes()).await.unwrap();
     probe.wait_topic(&bridge.topic("ex90/state"), T).await;
+    let info = Probe::connect(broker.port, &[&bridge.topic("bridge/info")]).await;
+    let c = info
+        .wait_for("counters", T, |m| {
+            m.json()["connectors"][0]["counters"]["oversized"] == 1
+        })
+        .await
+        .json()["connectors"][0]["counters"]
+        .clone();
+    assert!(
+        c["malformed"].as_u64().unwrap() >= 2,
+        "the brace-less 1001 and the bad JSON: {c}"
+    );
     bridge.stop().await;
 }
 

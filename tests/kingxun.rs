@@ -640,6 +640,25 @@ async fn bad_input_costs_only_itself() {
 
     // The server goes on: a new registration works.
     assert!(RawDevice::register(bridge.port, 1003).await.is_ok());
+    // Every kind of bad input was counted, and bridge/info shows it.
+    let info = Probe::connect(broker.port, &[&bridge.topic("bridge/info")]).await;
+    let c = info
+        .wait_for("counters", T, |m| {
+            m.json()["connectors"][0]["counters"]["oversized"] == 1
+        })
+        .await
+        .json()["connectors"][0]["counters"]
+        .clone();
+    for key in [
+        "bad_headers",
+        "decrypt_failures",
+        "bad_bodies",
+        "unknown_msgs",
+        "bad_sessions",
+        "stalled",
+    ] {
+        assert!(c[key].as_u64().unwrap_or(0) >= 1, "{key} not counted: {c}");
+    }
     bridge.stop().await;
 }
 

@@ -43,6 +43,7 @@ struct ConnectorSlot {
     commands: mpsc::Sender<CommandRequest>,
     links: usize,
     error: Option<String>,
+    counters: BTreeMap<&'static str, u64>,
 }
 
 struct Vehicle {
@@ -177,6 +178,7 @@ pub async fn run(
             commands: cmd_tx,
             links: 0,
             error: None,
+            counters: BTreeMap::new(),
         });
     }
     drop(update_tx);
@@ -332,6 +334,10 @@ impl Hub {
                 }
             }
             Update::Event { vehicle, event } => self.publish_event(&vehicle, event),
+            Update::Counters(counters) => {
+                self.connectors[owner].counters = counters;
+                self.info_dirty = true;
+            }
             Update::Health { links, error } => {
                 let slot = &mut self.connectors[owner];
                 slot.links = links;
@@ -524,7 +530,7 @@ impl Hub {
         let connectors: Vec<_> = self
             .connectors
             .iter()
-            .map(|c| json!({"name": c.name, "links": c.links, "error": c.error}))
+            .map(|c| json!({"name": c.name, "links": c.links, "error": c.error, "counters": c.counters}))
             .collect();
         json!({
             "version": hass::VERSION,

@@ -40,6 +40,23 @@ pub struct Counters {
     pub positions: AtomicU64,
 }
 
+impl Counters {
+    pub fn snapshot(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("links_refused", r(&self.links_refused)),
+            ("logins_failed", r(&self.logins_failed)),
+            ("malformed", r(&self.malformed)),
+            ("oversized", r(&self.oversized)),
+            ("heartbeat_timeouts", r(&self.heartbeat_timeouts)),
+            ("unknown_cmd", r(&self.unknown_cmd)),
+            ("positions", r(&self.positions)),
+        ]
+        .into_iter()
+        .collect()
+    }
+}
+
 pub struct ExliveConnector {
     config: ExliveConfig,
 }
@@ -82,10 +99,19 @@ impl Connector for ExliveConnector {
             if let Some(client) = self.config.client.clone() {
                 tasks.spawn(client::run(client, core.clone(), shutdown.clone()));
             }
+            let mut counters_tick = tokio::time::interval(crate::connector::COUNTERS_EVERY);
+            let mut last_counters = std::collections::BTreeMap::new();
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     Some(req) = commands.recv() => core.send_command(req),
+                    _ = counters_tick.tick() => {
+                        let snapshot = core.counters.snapshot();
+                        if snapshot != last_counters {
+                            last_counters = snapshot.clone();
+                            let _ = core.updates.send(Update::Counters(snapshot)).await;
+                        }
+                    }
                     Some(done) = tasks.join_next() => {
                         if let Ok(Err(err)) = done {
                             return Err(err);

@@ -47,6 +47,26 @@ pub(crate) fn now_secs() -> u64 {
     chrono::Utc::now().timestamp().max(0) as u64
 }
 
+impl Counters {
+    pub fn snapshot(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("links_refused", r(&self.links_refused)),
+            ("unknown_devices", r(&self.unknown_devices)),
+            ("bad_headers", r(&self.bad_headers)),
+            ("bad_bodies", r(&self.bad_bodies)),
+            ("decrypt_failures", r(&self.decrypt_failures)),
+            ("bad_sessions", r(&self.bad_sessions)),
+            ("unknown_msgs", r(&self.unknown_msgs)),
+            ("oversized", r(&self.oversized)),
+            ("stalled", r(&self.stalled)),
+            ("idle_closed", r(&self.idle_closed)),
+        ]
+        .into_iter()
+        .collect()
+    }
+}
+
 /// Vehicle ids on the bridge: `kx<devId>`.
 pub fn vehicle_id(dev_id: u32) -> VehicleId {
     VehicleId::new(&format!("kx{dev_id}"))
@@ -532,10 +552,19 @@ impl Connector for KingxunConnector {
                     shutdown.clone(),
                 )));
             }
+            let mut counters_tick = tokio::time::interval(crate::connector::COUNTERS_EVERY);
+            let mut last_counters = std::collections::BTreeMap::new();
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     Some(req) = commands.recv() => core.send_command(req),
+                    _ = counters_tick.tick() => {
+                        let snapshot = core.counters.snapshot();
+                        if snapshot != last_counters {
+                            last_counters = snapshot.clone();
+                            let _ = core.updates.send(Update::Counters(snapshot)).await;
+                        }
+                    }
                 }
             }
             for t in tasks {

@@ -186,14 +186,10 @@ pub fn parse(doc: &Value, accept_untrusted_position: bool) -> Result<Status, Sta
         ("winStatusDriverRear", Field::WindowDriverRear),
         ("winStatusPassengerRear", Field::WindowPassengerRear),
     ] {
-        match num(c(key)) {
-            Some(v) if v == 2.0 => {
-                st.set(field, false);
-            }
-            Some(v) if v == 1.0 => {
-                st.set(field, true);
-            }
-            _ => {}
+        // 2 closed, 1 open; other codes are unknown and leave the field absent.
+        let status = num(c(key)).filter(|v| *v == 1.0 || *v == 2.0);
+        if let Some(v) = status {
+            st.set(field, v == 1.0);
         }
     }
     if let Some(v) = num(c("sunroofOpenStatus")) {
