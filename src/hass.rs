@@ -45,6 +45,22 @@ impl Topics {
     pub fn vehicle(&self, vehicle: &str, leaf: &str) -> String {
         format!("{}/{vehicle}/{leaf}", self.base)
     }
+    /// Every retained discovery config of ours: `<prefix>/+/<node>/+/config`.
+    pub fn our_configs_filter(&self) -> String {
+        format!("{}/+/{}/+/config", self.discovery_prefix, self.node)
+    }
+
+    /// The object id of one of our discovery topics.
+    pub fn config_object_id<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        let rest = topic
+            .strip_prefix(&self.discovery_prefix)?
+            .strip_prefix('/')?;
+        let mut parts = rest.split('/');
+        let (_component, node, object, leaf) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        (node == self.node && leaf == "config" && parts.next().is_none()).then_some(object)
+    }
+
     pub fn discovery(&self, component: &str, object_id: &str) -> String {
         format!(
             "{}/{component}/{}/{object_id}/config",
@@ -368,6 +384,29 @@ impl VehicleDiscovery<'_> {
             }
         }
     }
+}
+
+/// Whether `key` is an entity key a vehicle can have (the part after `<vehicle>_`).
+pub fn is_entity_key(key: &str) -> bool {
+    const CONTROLS: &[&str] = &[
+        "lock",
+        "engine",
+        "location",
+        "command_result",
+        "events",
+        "horn_lights",
+        "flash_lights",
+        "horn",
+        "open_seat",
+        "open_glovebox",
+        "open_helmet",
+        "hazard_lights",
+        "guard_power",
+        "max_speed",
+    ];
+    Field::from_key(key).is_some()
+        || CONTROLS.contains(&key)
+        || key.strip_prefix("cmd_").is_some_and(|n| !n.is_empty())
 }
 
 /// The bridge's own device and its diagnostic sensors (fed by `<base>/bridge/info`).

@@ -773,3 +773,76 @@ async fn bridge_started_before_its_broker_serves_commands_once_it_appears() {
     pressure.abort();
     bridge.stop().await;
 }
+
+#[tokio::test]
+async fn entities_gone_since_the_last_run_are_removed_and_nothing_else() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::test_config(&broker.url(), dir.path());
+    let base = config.mqtt.base_topic.clone();
+    let topic = |vid: &str, component: &str, key: &str| {
+        format!("homeassistant/{component}/{base}/{vid}_{key}/config")
+    };
+    let named = |id: &str| {
+        let mut i = scooter(vec![]);
+        i.id = VehicleId::new(id).unwrap();
+        i
+    };
+    // First run: kx1 (with a battery), kx1_2 (an id that starts with "kx1_") and kx9.
+    let first = RunningBridge::start(config.clone()).await;
+    let probe = Probe::connect(broker.port, &[&format!("homeassistant/+/{base}/+/config")]).await;
+    for id in ["kx1", "kx1_2", "kx9"] {
+        announce(&first, named(id), sample_state()).await;
+    }
+    for id in ["kx1", "kx1_2", "kx9"] {
+        probe
+            .wait_topic(&topic(id, "sensor", "battery_level"), T)
+            .await;
+    }
+    first.stop().await;
+
+    // Second run: kx1 no longer reports a battery; kx1_2 reports as before; kx9 is silent.
+    probe.clear();
+    let second = RunningBridge::start(config).await;
+    let mut less = sample_state();
+    less.values.remove(&Field::BatteryLevel);
+    announce(&second, named("kx1"), less).await;
+    announce(&second, named("kx1_2"), sample_state()).await;
+    let removal = probe
+        .wait_for("kx1 battery removed", T, |m| {
+            m.topic == topic("kx1", "sensor", "battery_level") && m.payload.is_empty()
+        })
+        .await;
+    assert!(removal.payload.is_empty());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let emptied: Vec<String> = probe
+        .messages()
+        .iter()
+        .filter(|m| m.payload.is_empty())
+        .map(|m| m.topic.clone())
+        .collect();
+    assert_eq!(
+        emptied,
+        vec![topic("kx1", "sensor", "battery_level")],
+        "only kx1's battery entity goes"
+    );
+    // A late subscriber sees kx1_2's and the silent kx9's battery entities still there.
+    let late = Probe::connect(
+        broker.port,
+        &[&format!("homeassistant/sensor/{base}/+/config")],
+    )
+    .await;
+    late.wait_topic(&topic("kx1_2", "sensor", "battery_level"), T)
+        .await;
+    late.wait_topic(&topic("kx9", "sensor", "battery_level"), T)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !late
+            .messages()
+            .iter()
+            .any(|m| m.topic == topic("kx1", "sensor", "battery_level")),
+        "kx1's removed entity must not be retained any more"
+    );
+    second.stop().await;
+}

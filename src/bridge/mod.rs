@@ -101,6 +101,16 @@ fn default_info(id: &VehicleId, connector: &str) -> VehicleInfo {
     }
 }
 
+/// The vehicle ids a discovery object id `<vehicle>_<key>` could belong to (vehicle ids
+/// may contain '_', so every split whose remainder is a real entity key counts).
+fn candidate_owners(object_id: &str) -> Vec<String> {
+    object_id
+        .match_indices('_')
+        .filter(|(i, _)| hass::is_entity_key(&object_id[i + 1..]))
+        .map(|(i, _)| object_id[..i].to_string())
+        .collect()
+}
+
 fn now_rfc3339() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
@@ -126,6 +136,10 @@ struct Hub {
     /// Vehicles whose newest state is not yet published (states coalesce: only the
     /// newest matters, so this is a set, not a queue).
     unsent_states: HashSet<VehicleId>,
+    /// Retained discovery configs of ours found on the broker that no vehicle has claimed
+    /// yet, indexed by every vehicle id they could belong to. A vehicle that syncs its
+    /// discovery removes those it no longer has (e.g. fields gone since a restart).
+    stale_candidates: HashMap<String, HashSet<String>>,
 }
 
 /// Runs the bridge until `shutdown` is cancelled: starts the broker (if embedded), the
@@ -198,6 +212,7 @@ pub async fn run(
         retry: VecDeque::new(),
         mqtt_connected: false,
         unsent_states: HashSet::new(),
+        stale_candidates: HashMap::new(),
     };
     let mut retry_tick = tokio::time::interval(RETRY_EVERY);
     let stale_check = (hub.config.bridge.stale_after / 4)
@@ -497,6 +512,71 @@ impl Hub {
         for (topic, payload) in out {
             self.send(topic, payload, true);
         }
+        self.prune_stale_configs(id);
+    }
+
+    /// A retained discovery config of ours arrived from the broker.
+    fn on_retained_config(&mut self, topic: &str) {
+        let Some(object_id) = self.topics.config_object_id(topic) else {
+            return;
+        };
+        if let Some(key) = object_id.strip_prefix("bridge_") {
+            let current = hass::bridge_entities(&self.topics)
+                .iter()
+                .any(|e| e.key == key);
+            if !current {
+                tracing::info!(
+                    event = "entity_removed",
+                    topic,
+                    "stale bridge entity removed"
+                );
+                self.send(topic.to_string(), Vec::new(), true);
+            }
+            return;
+        }
+        let candidates = candidate_owners(object_id);
+        for vid in &candidates {
+            self.stale_candidates
+                .entry(vid.clone())
+                .or_default()
+                .insert(topic.to_string());
+        }
+        for vid in candidates {
+            if let Some(id) = VehicleId::new(&vid).filter(|id| id.as_str() == vid) {
+                self.prune_stale_configs(&id);
+            }
+        }
+    }
+
+    /// Removes configs this vehicle no longer has, once it has synced its discovery.
+    fn prune_stale_configs(&mut self, id: &VehicleId) {
+        let synced = self
+            .vehicles
+            .get(id)
+            .is_some_and(|v| !v.discovery.is_empty());
+        if !synced {
+            return;
+        }
+        let Some(topics) = self.stale_candidates.remove(id.as_str()) else {
+            return;
+        };
+        for topic in topics {
+            // Only the vehicles whose id the object id could start with can claim it.
+            let owners = self
+                .topics
+                .config_object_id(&topic)
+                .map(candidate_owners)
+                .unwrap_or_default();
+            let claimed = owners.iter().any(|vid| {
+                VehicleId::new(vid)
+                    .and_then(|vid| self.vehicles.get(&vid))
+                    .is_some_and(|v| v.discovery.contains_key(&topic))
+            });
+            if !claimed {
+                tracing::info!(event = "entity_removed", vehicle = %id, topic = %topic, "entity no longer reported since the last run; removing");
+                self.send(topic, Vec::new(), true);
+            }
+        }
     }
 
     fn publish_event(&mut self, id: &VehicleId, event: VehicleEvent) {
@@ -613,6 +693,7 @@ impl Hub {
                 self.publisher.subscribe(&self.topics.command_filter());
                 if self.config.mqtt.discovery {
                     self.publisher.subscribe(&self.topics.ha_status());
+                    self.publisher.subscribe(&self.topics.our_configs_filter());
                 }
                 self.publish_everything(false);
                 self.last_info.clear();
@@ -628,7 +709,13 @@ impl Hub {
                 payload,
                 retain,
             } => {
-                if topic == self.topics.ha_status() {
+                if self.topics.config_object_id(&topic).is_some() {
+                    // Our own publishes echo back live (retain flag cleared); only the
+                    // broker's retained copies tell us what a previous run left.
+                    if retain && !payload.is_empty() {
+                        self.on_retained_config(&topic);
+                    }
+                } else if topic == self.topics.ha_status() {
                     if &payload[..] == b"online" && !retain {
                         // Spread HA restarts across bridges: 0.5–2.5 s.
                         let delay = Duration::from_millis(rand::rng().random_range(500..2500));
