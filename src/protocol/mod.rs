@@ -2,5 +2,6 @@
 //! no logging. One module per upstream protocol.
 
 pub mod exlive;
+pub mod iauto360;
 pub mod kingxun;
 pub mod xchanger;
