@@ -223,7 +223,8 @@ mod tests {
 
     #[test]
     fn every_tyre_status_bit() {
-        let cases: [(i32, fn(&TyreStatus) -> bool); 6] = [
+        type Check = fn(&TyreStatus) -> bool;
+        let cases: [(i32, Check); 6] = [
             (1, |s| s.low_pressure),
             (2, |s| s.high_pressure),
             (4, |s| s.high_temperature),
