@@ -250,6 +250,15 @@ impl VehicleDiscovery<'_> {
         if let Some(icon) = spec.icon {
             m.insert("icon".into(), icon.into());
         }
+        // Extra data without an entity of its own (cell voltages, battery id, ...) shows as
+        // attributes of the battery sensor and of every vehicle's last-update sensor.
+        if matches!(field, Field::BatteryLevel | Field::LastUpdate) {
+            m.insert("json_attributes_topic".into(), self.state_topic().into());
+            m.insert(
+                "json_attributes_template".into(),
+                "{{ value_json.get('attributes', {}) | tojson }}".into(),
+            );
+        }
         Some(Entity {
             component,
             key: key.into(),
@@ -523,6 +532,33 @@ mod tests {
         assert_eq!(c["availability"][1]["topic"], "v2m/kx42/availability");
         assert_eq!(c["device"]["via_device"], "v2m_bridge_v2m");
         assert_eq!(c["origin"]["name"], "vehicle2mqtt");
+    }
+
+    #[test]
+    fn extra_attributes_reach_ha() {
+        let topics = Topics::new("v2m", "homeassistant");
+        let info = info(vec![]);
+        let d = VehicleDiscovery {
+            topics: &topics,
+            info: &info,
+            pin_required: false,
+        };
+        let mut state = VehicleState::default();
+        state
+            .set(Field::BatteryLevel, 80i64)
+            .set(Field::LastUpdate, "2026-01-01T00:00:00Z")
+            .set(Field::Speed, 1i64);
+        let entities = d.entities(&state);
+        for key in ["battery_level", "last_update"] {
+            let e = entities.iter().find(|e| e.key == key).unwrap();
+            assert_eq!(e.config["json_attributes_topic"], "v2m/kx42/state", "{key}");
+            assert!(e.config["json_attributes_template"]
+                .as_str()
+                .unwrap()
+                .contains("attributes"));
+        }
+        let speed = entities.iter().find(|e| e.key == "speed").unwrap();
+        assert!(speed.config.get("json_attributes_topic").is_none());
     }
 
     #[test]

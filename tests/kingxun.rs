@@ -366,9 +366,19 @@ async fn silent_device_times_out_and_absent_device_is_offline() {
     assert!(r["reason"].as_str().unwrap().contains("did not answer"));
     // 1002 is configured but never connected: `failed` "offline" at once (a wait for the
     // device would end as `timeout` instead).
-    probe.publish(&bridge.topic("kx1002/lock/set"), "LOCK", false).await;
-    let r = probe.wait_for("offline", T, |m| m.topic == bridge.topic("kx1002/command/result")).await.json();
-    assert_eq!((r["status"].as_str(), r["reason"].as_str()), (Some("failed"), Some("offline")));
+    probe
+        .publish(&bridge.topic("kx1002/lock/set"), "LOCK", false)
+        .await;
+    let r = probe
+        .wait_for("offline", T, |m| {
+            m.topic == bridge.topic("kx1002/command/result")
+        })
+        .await
+        .json();
+    assert_eq!(
+        (r["status"].as_str(), r["reason"].as_str()),
+        (Some("failed"), Some("offline"))
+    );
     stop.cancel();
     bridge.stop().await;
 }
