@@ -277,6 +277,21 @@ async fn simulated_device_unlocks_end_to_end() {
             T,
         )
         .await;
+    // Cell voltages reach HA as attributes of the battery sensor.
+    let battery = probe
+        .wait_topic(
+            &format!(
+                "homeassistant/sensor/{}/kx1001_battery_level/config",
+                bridge.base
+            ),
+            T,
+        )
+        .await
+        .json();
+    assert_eq!(
+        battery["json_attributes_topic"],
+        bridge.topic("kx1001/state")
+    );
     probe
         .wait_for("online", T, |m| {
             m.topic == bridge.topic("kx1001/availability") && m.text() == "online"
