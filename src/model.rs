@@ -130,7 +130,7 @@ catalog! {
     Range = "range", "Range", Number, Some("distance"), Some("km"), M, false, N;
     RangeElectric = "range_electric", "Electric range", Number, Some("distance"), Some("km"), M, false, N;
     AvgConsumption = "avg_consumption", "Average consumption", Number, N, Some("L/100km"), M, false, Some("mdi:gas-station-outline");
-    FuelUsedYesterday = "fuel_used_yesterday", "Fuel used yesterday", Number, Some("volume"), Some("L"), M, false, N;
+    FuelUsedYesterday = "fuel_used_yesterday", "Fuel used yesterday", Number, Some("volume"), Some("L"), N, false, N;
     BatteryLevel = "battery_level", "Battery", Number, Some("battery"), Some("%"), M, false, N;
     BatteryVoltage = "battery_voltage", "Battery voltage", Number, Some("voltage"), Some("V"), M, false, N;
     BatteryCurrent = "battery_current", "Battery current", Number, Some("current"), Some("A"), M, false, N;
@@ -557,6 +557,59 @@ mod tests {
             let s = f.spec();
             if s.device_class.is_some() && s.kind == FieldKind::Number {
                 assert!(s.unit.is_some(), "{} has a device class but no unit", s.key);
+            }
+        }
+    }
+
+    /// Home Assistant rejects (with a warning) device classes combined with state classes
+    /// or units it does not allow; these are its rules for the classes the catalog uses.
+    #[test]
+    fn device_class_state_class_and_unit_are_valid_for_home_assistant() {
+        let allowed = |dc: &str| -> Option<(&[&str], &[&str])> {
+            Some(match dc {
+                "distance" => (&["measurement", "total", "total_increasing"], &["km", "m"]),
+                "speed" => (&["measurement"], &["km/h"]),
+                "temperature" => (&["measurement"], &["°C"]),
+                "pressure" => (&["measurement"], &["kPa"]),
+                "voltage" => (&["measurement"], &["V"]),
+                "current" => (&["measurement"], &["A"]),
+                "battery" => (&["measurement"], &["%"]),
+                "duration" => (
+                    &["measurement", "total", "total_increasing"],
+                    &["min", "d", "h", "s"],
+                ),
+                "volume" => (&["total", "total_increasing"], &["L"]),
+                "volume_storage" => (&["measurement"], &["L"]),
+                "data_size" => (
+                    &["measurement", "total", "total_increasing"],
+                    &["MiB", "KiB", "GiB"],
+                ),
+                "timestamp" | "date" => (&[], &[]),
+                _ => return None,
+            })
+        };
+        for f in Field::ALL {
+            let s = f.spec();
+            let Some(dc) = s.device_class else { continue };
+            if s.kind == FieldKind::Binary {
+                continue;
+            }
+            let (state_classes, units) =
+                allowed(dc).unwrap_or_else(|| panic!("{}: unchecked device class {dc}", s.key));
+            if let Some(sc) = s.state_class {
+                assert!(
+                    state_classes.contains(&sc),
+                    "{}: {dc} does not allow state_class {sc}",
+                    s.key
+                );
+            }
+            match s.unit {
+                Some(u) => assert!(
+                    units.contains(&u),
+                    "{}: {dc} does not allow unit {u}",
+                    s.key
+                ),
+                None => assert!(units.is_empty(), "{}: {dc} needs a unit", s.key),
             }
         }
     }
