@@ -357,6 +357,21 @@ pub fn parse_timezone(tz: &str) -> Option<FixedOffset> {
     }
 }
 
+/// Checks shared by the listening connectors; the error names the key (relative to the
+/// connector's section) and why.
+pub fn check_listener(timezone: &str, max_links: usize) -> Result<(), (String, String)> {
+    if parse_timezone(timezone).is_none() {
+        return Err((
+            "timezone".into(),
+            format!("`{timezone}`: use Asia/Shanghai, UTC or ±HH:MM"),
+        ));
+    }
+    if max_links == 0 {
+        return Err(("max_links".into(), "must be at least 1".into()));
+    }
+    Ok(())
+}
+
 fn valid_topic_segment(topic: &str, allow_slash: bool) -> bool {
     !topic.is_empty()
         && !topic.contains(['+', '#', '\0'])

@@ -16,6 +16,27 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::{Command, CommandProgress, VehicleEvent, VehicleId, VehicleInfo, VehicleState};
 
+/// Declares a connector's named error counters: a struct of `AtomicU64`s and a
+/// `snapshot()` for [`Update::Counters`]. Adding a counter is one line.
+#[macro_export]
+macro_rules! named_counters {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident { $($field:ident),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Default)]
+        $vis struct $name {
+            $(pub $field: std::sync::atomic::AtomicU64,)*
+        }
+
+        impl $name {
+            pub fn snapshot(&self) -> std::collections::BTreeMap<&'static str, u64> {
+                [$((stringify!($field), self.$field.load(std::sync::atomic::Ordering::Relaxed)),)*]
+                    .into_iter()
+                    .collect()
+            }
+        }
+    };
+}
+
 /// How often a connector reports its counters (only when they changed).
 pub const COUNTERS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 

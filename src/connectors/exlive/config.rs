@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{parse_timezone, Secret};
+use crate::config::{check_listener, Secret};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -82,15 +82,7 @@ impl ExliveConfig {
         if !self.enabled {
             return Ok(());
         }
-        if parse_timezone(&self.timezone).is_none() {
-            return Err((
-                "timezone".into(),
-                format!("`{}`: use Asia/Shanghai, UTC or ±HH:MM", self.timezone),
-            ));
-        }
-        if self.max_links == 0 {
-            return Err(("max_links".into(), "must be at least 1".into()));
-        }
+        check_listener(&self.timezone, self.max_links)?;
         if !(256..=16 * 1024 * 1024).contains(&self.max_message_size) {
             return Err((
                 "max_message_size".into(),

@@ -28,32 +28,16 @@ use crate::protocol::exlive::{self as proto, Message};
 /// Outgoing lines queued per link before the link is considered stuck.
 const LINK_QUEUE: usize = 256;
 
-/// Named error counters, shown in logs and kept for diagnostics.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub links_refused: AtomicU64,
-    pub logins_failed: AtomicU64,
-    pub malformed: AtomicU64,
-    pub oversized: AtomicU64,
-    pub heartbeat_timeouts: AtomicU64,
-    pub unknown_cmd: AtomicU64,
-    pub positions: AtomicU64,
-}
-
-impl Counters {
-    pub fn snapshot(&self) -> std::collections::BTreeMap<&'static str, u64> {
-        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        [
-            ("links_refused", r(&self.links_refused)),
-            ("logins_failed", r(&self.logins_failed)),
-            ("malformed", r(&self.malformed)),
-            ("oversized", r(&self.oversized)),
-            ("heartbeat_timeouts", r(&self.heartbeat_timeouts)),
-            ("unknown_cmd", r(&self.unknown_cmd)),
-            ("positions", r(&self.positions)),
-        ]
-        .into_iter()
-        .collect()
+crate::named_counters! {
+    /// Named error counters, in `bridge/info` and behind each logged event.
+    pub struct Counters {
+        links_refused,
+        logins_failed,
+        malformed,
+        oversized,
+        heartbeat_timeouts,
+        unknown_cmd,
+        positions,
     }
 }
 

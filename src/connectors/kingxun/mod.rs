@@ -27,44 +27,25 @@ use crate::model::{
 };
 use crate::protocol::kingxun::{ChargeDone, Control, DevEvent, LocalTime, Status, Trip};
 
-/// Named error counters.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub links_refused: AtomicU64,
-    pub unknown_devices: AtomicU64,
-    pub bad_headers: AtomicU64,
-    pub bad_bodies: AtomicU64,
-    pub decrypt_failures: AtomicU64,
-    pub bad_sessions: AtomicU64,
-    pub unknown_msgs: AtomicU64,
-    pub oversized: AtomicU64,
-    pub stalled: AtomicU64,
-    pub idle_closed: AtomicU64,
+crate::named_counters! {
+    /// Named error counters, in `bridge/info` and behind each logged event.
+    pub struct Counters {
+        links_refused,
+        unknown_devices,
+        bad_headers,
+        bad_bodies,
+        decrypt_failures,
+        bad_sessions,
+        unknown_msgs,
+        oversized,
+        stalled,
+        idle_closed,
+    }
 }
 
 /// `svrtime` / `timestamp` fields: unix seconds.
 pub(crate) fn now_secs() -> u64 {
     chrono::Utc::now().timestamp().max(0) as u64
-}
-
-impl Counters {
-    pub fn snapshot(&self) -> std::collections::BTreeMap<&'static str, u64> {
-        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        [
-            ("links_refused", r(&self.links_refused)),
-            ("unknown_devices", r(&self.unknown_devices)),
-            ("bad_headers", r(&self.bad_headers)),
-            ("bad_bodies", r(&self.bad_bodies)),
-            ("decrypt_failures", r(&self.decrypt_failures)),
-            ("bad_sessions", r(&self.bad_sessions)),
-            ("unknown_msgs", r(&self.unknown_msgs)),
-            ("oversized", r(&self.oversized)),
-            ("stalled", r(&self.stalled)),
-            ("idle_closed", r(&self.idle_closed)),
-        ]
-        .into_iter()
-        .collect()
-    }
 }
 
 /// Vehicle ids on the bridge: `kx<devId>`.
