@@ -7,7 +7,6 @@ use std::time::Duration;
 use common::{Mosquitto, Probe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 use vehicle2mqtt::config::{Config, Secret};
 use vehicle2mqtt::connector::Connector;
 use vehicle2mqtt::connectors::exlive::{
@@ -17,62 +16,29 @@ use vehicle2mqtt::protocol::exlive::{Frame, Message, Splitter};
 
 const T: Duration = Duration::from_secs(10);
 
-struct Bridge {
-    base: String,
-    port: u16,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _dir: tempfile::TempDir,
-}
+use common::ConnectorBridge as Bridge;
 
 impl Bridge {
+    /// An EXLIVE server with one account and one pass-through command.
     async fn start(broker: &Mosquitto, tweak: impl FnOnce(&mut Config)) -> Bridge {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = common::test_config(&broker.url(), dir.path());
-        let port = common::free_port();
-        config.exlive.enabled = true;
-        config.exlive.listen = format!("127.0.0.1:{port}").parse().unwrap();
-        config.exlive.accounts = vec![ExliveAccount {
-            name: "fleet".into(),
-            password: Secret::new("s3cret"),
-        }];
-        config.exlive.commands = vec![ExliveCommand {
-            name: "locate".into(),
-            data: "WHERE#".into(),
-        }];
-        tweak(&mut config);
-        let shutdown = CancellationToken::new();
-        let connectors: Vec<Box<dyn Connector>> =
-            vec![Box::new(ExliveConnector::new(config.exlive.clone()))];
-        let base = config.mqtt.base_topic.clone();
-        let server = config.exlive.server;
-        let task = tokio::spawn(vehicle2mqtt::bridge::run(
-            config,
-            connectors,
-            shutdown.clone(),
-        ));
-        if server {
-            assert!(
-                common::wait_port_async(port, T).await,
-                "EXLIVE listener did not start"
-            );
-        }
-        Bridge {
-            base,
-            port,
-            shutdown,
-            task,
-            _dir: dir,
-        }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let _ = tokio::time::timeout(T, self.task).await;
-    }
-
-    fn topic(&self, leaf: &str) -> String {
-        format!("{}/{leaf}", self.base)
+        Bridge::start_with(broker, |config, port| {
+            config.exlive.enabled = true;
+            config.exlive.listen = format!("127.0.0.1:{port}").parse().unwrap();
+            config.exlive.accounts = vec![ExliveAccount {
+                name: "fleet".into(),
+                password: Secret::new("s3cret"),
+            }];
+            config.exlive.commands = vec![ExliveCommand {
+                name: "locate".into(),
+                data: "WHERE#".into(),
+            }];
+            tweak(config);
+            (
+                Box::new(ExliveConnector::new(config.exlive.clone())) as Box<dyn Connector>,
+                config.exlive.server,
+            )
+        })
+        .await
     }
 }
 

@@ -21,62 +21,30 @@ use vehicle2mqtt::sim::kingxun::{derive_key, SimOptions, SimStats};
 const T: Duration = Duration::from_secs(10);
 const SEED: u64 = 77;
 
-struct Bridge {
-    base: String,
-    port: u16,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _dir: tempfile::TempDir,
-}
+use common::ConnectorBridge as Bridge;
 
 impl Bridge {
+    /// A kingxun device server knowing devices 1001–1003 (keys derived from `SEED`).
     async fn start(broker: &Mosquitto, tweak: impl FnOnce(&mut Config)) -> Bridge {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = common::test_config(&broker.url(), dir.path());
-        let port = common::free_port();
-        config.kingxun.enabled = true;
-        config.kingxun.listen = format!("127.0.0.1:{port}").parse().unwrap();
-        config.kingxun.devices = (1001..=1003)
-            .map(|id| KingxunDevice {
-                id,
-                key: Secret::new(hex::encode(derive_key(SEED, id))),
-                name: Some(format!("Scooter {id}")),
-            })
-            .collect();
-        tweak(&mut config);
-        config.kingxun.validate().expect("valid test config");
-        let shutdown = CancellationToken::new();
-        let connectors: Vec<Box<dyn Connector>> =
-            vec![Box::new(KingxunConnector::new(config.kingxun.clone()))];
-        let base = config.mqtt.base_topic.clone();
-        let direct = !config.kingxun.devices.is_empty();
-        let task = tokio::spawn(vehicle2mqtt::bridge::run(
-            config,
-            connectors,
-            shutdown.clone(),
-        ));
-        if direct {
-            assert!(
-                common::wait_port_async(port, T).await,
-                "kingxun listener did not start"
-            );
-        }
-        Bridge {
-            base,
-            port,
-            shutdown,
-            task,
-            _dir: dir,
-        }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let _ = tokio::time::timeout(T, self.task).await;
-    }
-
-    fn topic(&self, leaf: &str) -> String {
-        format!("{}/{leaf}", self.base)
+        Bridge::start_with(broker, |config, port| {
+            config.kingxun.enabled = true;
+            config.kingxun.listen = format!("127.0.0.1:{port}").parse().unwrap();
+            config.kingxun.devices = (1001..=1003)
+                .map(|id| KingxunDevice {
+                    id,
+                    key: Secret::new(hex::encode(derive_key(SEED, id))),
+                    name: Some(format!("Scooter {id}")),
+                })
+                .collect();
+            tweak(config);
+            config.kingxun.validate().expect("valid test config");
+            let direct = !config.kingxun.devices.is_empty();
+            (
+                Box::new(KingxunConnector::new(config.kingxun.clone())) as Box<dyn Connector>,
+                direct,
+            )
+        })
+        .await
     }
 
     fn simulate(&self, devices: usize, answer: bool) -> (Arc<SimStats>, CancellationToken) {

@@ -342,3 +342,56 @@ pub fn command_rx(
 ) -> &mut mpsc::Receiver<vehicle2mqtt::connector::CommandRequest> {
     &mut ctx.commands
 }
+
+/// A bridge running in this process with a real connector, against a real broker.
+pub struct ConnectorBridge {
+    pub base: String,
+    /// The free port handed to the connector's listener.
+    pub port: u16,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl ConnectorBridge {
+    /// `setup` completes the config (given a free port for the connector's listener) and
+    /// returns the connector and whether its listener will open (to wait for it).
+    pub async fn start_with(
+        broker: &Mosquitto,
+        setup: impl FnOnce(&mut Config, u16) -> (Box<dyn Connector>, bool),
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = test_config(&broker.url(), dir.path());
+        let port = free_port();
+        let (connector, listens) = setup(&mut config, port);
+        let shutdown = CancellationToken::new();
+        let base = config.mqtt.base_topic.clone();
+        let task = tokio::spawn(vehicle2mqtt::bridge::run(
+            config,
+            vec![connector],
+            shutdown.clone(),
+        ));
+        if listens {
+            assert!(
+                wait_port_async(port, Duration::from_secs(10)).await,
+                "the connector's listener did not start"
+            );
+        }
+        ConnectorBridge {
+            base,
+            port,
+            shutdown,
+            task,
+            _dir: dir,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+
+    pub fn topic(&self, leaf: &str) -> String {
+        format!("{}/{leaf}", self.base)
+    }
+}
