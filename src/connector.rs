@@ -100,6 +100,35 @@ impl UpdateSink {
 #[error("the bridge has stopped")]
 pub struct BridgeGone;
 
+/// Counts a connector's open links and reports every change to the bridge.
+#[derive(Debug, Default)]
+pub struct LinkGauge(std::sync::atomic::AtomicUsize);
+
+impl LinkGauge {
+    pub fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub async fn opened(&self, updates: &UpdateSink) {
+        let links = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let _ = updates.send(Update::Health { links, error: None }).await;
+    }
+
+    pub async fn closed(&self, updates: &UpdateSink) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let before = self
+            .0
+            .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)))
+            .unwrap_or(0);
+        let _ = updates
+            .send(Update::Health {
+                links: before.saturating_sub(1),
+                error: None,
+            })
+            .await;
+    }
+}
+
 /// Everything a connector is given when it starts.
 pub struct ConnectorContext {
     pub updates: UpdateSink,

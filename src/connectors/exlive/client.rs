@@ -49,7 +49,7 @@ pub(super) async fn run(
                 let _ = core
                     .updates
                     .send(Update::Health {
-                        links: core.links.load(std::sync::atomic::Ordering::Relaxed),
+                        links: core.links.get(),
                         error: Some(reason),
                     })
                     .await;
@@ -129,7 +129,7 @@ async fn session(
     tracing::info!(event = "exlive_client_logged_in", address = %cfg.address, user = %cfg.name, "logged in to EXLIVE platform");
     let (out_tx, mut out_rx) = mpsc::channel::<String>(LINK_QUEUE);
     let link = core.new_link(out_tx);
-    core.report_links(1).await;
+    core.links.opened(&core.updates).await;
     let result: Result<(), Ended> = async {
         send(&mut wr, &Message::GroupsRequest { client: true }).await?;
         let mut heartbeat = interval_at(Instant::now() + cfg.heartbeat, cfg.heartbeat);
@@ -170,7 +170,7 @@ async fn session(
     }
     .await;
     core.link_closed(&link).await;
-    core.report_links(-1).await;
+    core.links.closed(&core.updates).await;
     match result {
         Err(ended) => ended,
         Ok(()) => Ended::Lost("session ended".into()),

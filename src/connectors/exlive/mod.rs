@@ -9,7 +9,7 @@ mod config;
 mod server;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{FixedOffset, NaiveDateTime, SecondsFormat, TimeZone, Utc};
@@ -18,7 +18,9 @@ use tokio::sync::mpsc;
 pub use crate::config::parse_timezone;
 pub use config::{ExliveAccount, ExliveClientConfig, ExliveCommand, ExliveConfig};
 
-use crate::connector::{Connector, ConnectorContext, ConnectorFuture, Update, UpdateSink};
+use crate::connector::{
+    Connector, ConnectorContext, ConnectorFuture, LinkGauge, Update, UpdateSink,
+};
 use crate::model::{
     Capability, CommandProgress, Field, Position, VehicleEvent, VehicleId, VehicleInfo,
     VehicleState,
@@ -131,7 +133,7 @@ pub(crate) struct Core {
     updates: UpdateSink,
     registry: Mutex<Registry>,
     next_link: AtomicU64,
-    links: AtomicUsize,
+    links: LinkGauge,
     pub counters: Counters,
 }
 
@@ -205,7 +207,7 @@ impl Core {
             updates,
             registry: Mutex::new(Registry::default()),
             next_link: AtomicU64::new(1),
-            links: AtomicUsize::new(0),
+            links: LinkGauge::default(),
             counters: Counters::default(),
         }
     }
@@ -242,18 +244,6 @@ impl Core {
             id: self.next_link.fetch_add(1, Ordering::Relaxed),
             out,
         }
-    }
-
-    async fn report_links(&self, delta: isize) {
-        let links = if delta >= 0 {
-            self.links.fetch_add(delta as usize, Ordering::Relaxed) + delta as usize
-        } else {
-            self.links.fetch_sub((-delta) as usize, Ordering::Relaxed) - (-delta) as usize
-        };
-        let _ = self
-            .updates
-            .send(Update::Health { links, error: None })
-            .await;
     }
 
     /// A vehicle was announced by a platform (1011) without a position yet.

@@ -240,7 +240,7 @@ async fn serve_link(
     let (out_tx, mut out_rx) = mpsc::channel::<String>(LINK_QUEUE);
     let link = core.new_link(out_tx);
     tracing::info!(event = "exlive_login", peer = %peer, user = %name, link = link.id, "EXLIVE link logged in");
-    core.report_links(1).await;
+    core.links.opened(&core.updates).await;
 
     let mut deadline = Instant::now() + hb;
     loop {
@@ -273,7 +273,7 @@ async fn serve_link(
         }
     }
     core.link_closed(&link).await;
-    core.report_links(-1).await;
+    core.links.closed(&core.updates).await;
 }
 
 #[cfg(test)]

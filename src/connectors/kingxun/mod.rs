@@ -7,7 +7,7 @@ mod server;
 mod upstream;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use chrono::{FixedOffset, SecondsFormat, TimeZone, Utc};
@@ -19,7 +19,7 @@ pub use upstream::server_vehicle;
 
 use crate::config::parse_timezone;
 use crate::connector::{
-    CommandRequest, Connector, ConnectorContext, ConnectorFuture, Update, UpdateSink,
+    CommandRequest, Connector, ConnectorContext, ConnectorFuture, LinkGauge, Update, UpdateSink,
 };
 use crate::model::{
     Capability, Command, CommandProgress, Field, GuardPower, Position, VehicleEvent, VehicleId,
@@ -320,7 +320,7 @@ pub(crate) struct Core {
     /// devId → (guard power flag, max speed m/s × 100) last set, for 2003.
     pub guard: Mutex<HashMap<u32, (u8, u16)>>,
     pub next_link: AtomicU64,
-    pub open_links: AtomicUsize,
+    pub open_links: LinkGauge,
     pub counters: Counters,
     /// Commands for devices reached through an upstream kingxun server.
     pub upstream: Option<(std::collections::HashSet<u32>, mpsc::Sender<LinkCommand>)>,
@@ -364,20 +364,6 @@ impl Core {
             ],
             event_types,
         }
-    }
-
-    async fn report_links(&self, delta: isize) {
-        let links = if delta >= 0 {
-            self.open_links.fetch_add(delta as usize, Ordering::Relaxed) + delta as usize
-        } else {
-            self.open_links
-                .fetch_sub((-delta) as usize, Ordering::Relaxed)
-                .saturating_sub((-delta) as usize)
-        };
-        let _ = self
-            .updates
-            .send(Update::Health { links, error: None })
-            .await;
     }
 
     fn send_command(&self, req: CommandRequest) {
@@ -487,7 +473,7 @@ impl Connector for KingxunConnector {
                 guard: Mutex::new(HashMap::new()),
                 known: Mutex::new(HashMap::new()),
                 next_link: AtomicU64::new(1),
-                open_links: AtomicUsize::new(0),
+                open_links: LinkGauge::default(),
                 counters: Counters::default(),
             });
             // Every configured device exists (offline) before it first connects.

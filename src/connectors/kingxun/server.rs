@@ -253,7 +253,7 @@ async fn serve_link(
             online: true,
         })
         .await;
-    core.report_links(1).await;
+    core.open_links.opened(&core.updates).await;
 
     // seq → (command, deadline)
     let mut pending: HashMap<u16, (LinkCommand, Instant)> = HashMap::new();
@@ -372,7 +372,7 @@ async fn serve_link(
             })
             .await;
     }
-    core.report_links(-1).await;
+    core.open_links.closed(&core.updates).await;
 }
 
 fn remember_guard(core: &Core, dev_id: u32, control: &crate::protocol::kingxun::Control) {

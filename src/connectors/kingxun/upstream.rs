@@ -75,7 +75,7 @@ pub(super) async fn run(
         let _ = core
             .updates
             .send(Update::Health {
-                links: core.open_links.load(std::sync::atomic::Ordering::Relaxed),
+                links: core.open_links.get(),
                 error: Some(format!("upstream: {reason}")),
             })
             .await;
