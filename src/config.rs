@@ -357,6 +357,13 @@ pub fn parse_timezone(tz: &str) -> Option<FixedOffset> {
     }
 }
 
+/// A connector's `timezone` setting, as an offset (validation already refused bad ones;
+/// this guards connectors built from an unvalidated config).
+pub fn require_timezone(section: &str, timezone: &str) -> anyhow::Result<FixedOffset> {
+    parse_timezone(timezone)
+        .ok_or_else(|| anyhow::anyhow!("{section}.timezone `{timezone}` is not supported"))
+}
+
 /// Checks shared by the listening connectors; the error names the key (relative to the
 /// connector's section) and why.
 pub fn check_listener(timezone: &str, max_links: usize) -> Result<(), (String, String)> {

@@ -94,6 +94,23 @@ impl UpdateSink {
             .await
             .map_err(|_| BridgeGone)
     }
+
+    /// Merges `state` over what the bridge has for `vehicle` (the usual partial update).
+    /// A stopped bridge is not the connector's error, so this cannot fail.
+    pub async fn merge_state(&self, vehicle: VehicleId, state: VehicleState) {
+        let _ = self
+            .send(Update::State {
+                vehicle,
+                state,
+                replace: false,
+            })
+            .await;
+    }
+
+    /// Publishes an event of `vehicle`.
+    pub async fn event(&self, vehicle: VehicleId, event: VehicleEvent) {
+        let _ = self.send(Update::Event { vehicle, event }).await;
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use chrono::{FixedOffset, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 use tokio::sync::mpsc;
 
-pub use crate::config::parse_timezone;
 pub use config::{ExliveAccount, ExliveClientConfig, ExliveCommand, ExliveConfig};
 
 use crate::connector::{
@@ -60,12 +59,7 @@ impl Connector for ExliveConnector {
 
     fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {
         Box::pin(async move {
-            let tz = parse_timezone(&self.config.timezone).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "exlive.timezone `{}` is not supported",
-                    self.config.timezone
-                )
-            })?;
+            let tz = crate::config::require_timezone("exlive", &self.config.timezone)?;
             let core = Arc::new(Core::new(self.config.clone(), tz, ctx.updates.clone()));
             let ConnectorContext {
                 mut commands,
@@ -305,23 +299,10 @@ impl Core {
                 event_type: "alarm".into(),
                 attributes,
             };
-            let _ = self
-                .updates
-                .send(Update::Event {
-                    vehicle: id.clone(),
-                    event,
-                })
-                .await;
+            self.updates.event(id.clone(), event).await;
         }
         let state = position_state(&p, self.tz);
-        let _ = self
-            .updates
-            .send(Update::State {
-                vehicle: id,
-                state,
-                replace: false,
-            })
-            .await;
+        self.updates.merge_state(id, state).await;
     }
 
     async fn on_text(&self, link: &LinkHandle, msg: String) {
@@ -347,10 +328,7 @@ impl Core {
                     event_type: "message".into(),
                     attributes,
                 };
-                let _ = self
-                    .updates
-                    .send(Update::Event { vehicle: id, event })
-                    .await;
+                self.updates.event(id, event).await;
             }
         }
     }
@@ -382,10 +360,7 @@ impl Core {
                 event_type: "terminal_reply".into(),
                 attributes,
             };
-            let _ = self
-                .updates
-                .send(Update::Event { vehicle: id, event })
-                .await;
+            self.updates.event(id, event).await;
         }
     }
 

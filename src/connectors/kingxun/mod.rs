@@ -17,7 +17,6 @@ use tokio::sync::mpsc;
 pub use config::{KingxunConfig, KingxunDevice, KingxunUpstream, UpstreamDevice};
 pub use upstream::server_vehicle;
 
-use crate::config::parse_timezone;
 use crate::connector::{
     CommandRequest, Connector, ConnectorContext, ConnectorFuture, LinkGauge, Update, UpdateSink,
 };
@@ -441,12 +440,7 @@ impl Connector for KingxunConnector {
 
     fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {
         Box::pin(async move {
-            let tz = parse_timezone(&self.config.timezone).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "kingxun.timezone `{}` is not supported",
-                    self.config.timezone
-                )
-            })?;
+            let tz = crate::config::require_timezone("kingxun", &self.config.timezone)?;
             let (upstream_tx, upstream_rx) = mpsc::channel(64);
             let upstream_ids: std::collections::HashSet<u32> = self
                 .config

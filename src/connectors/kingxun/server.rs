@@ -309,7 +309,7 @@ async fn serve_link(
                             Some((cmd, _)) if cmd.control.device_msg_id() == frame.header.msg_id => {
                                 if resp_code == RESP_OK {
                                     if !cmd.after.values.is_empty() {
-                                        let _ = core.updates.send(Update::State { vehicle: vid.clone(), state: cmd.after.clone(), replace: false }).await;
+                                        core.updates.merge_state(vid.clone(), cmd.after.clone()).await;
                                         remember_guard(&core, dev_id, &cmd.control);
                                     }
                                     let _ = cmd.request.progress.try_send(CommandProgress::Succeeded);
@@ -420,13 +420,7 @@ async fn handle_request(
                         .send(Update::Vehicle(core.info(dev_id, None, Some(s.dev_type))))
                         .await;
                 }
-                let _ = updates
-                    .send(Update::State {
-                        vehicle: vid,
-                        state: status_state(&s),
-                        replace: false,
-                    })
-                    .await;
+                updates.merge_state(vid, status_state(&s)).await;
                 (RESP_OK, Vec::new())
             }
             Err(e) => bad(e),
@@ -435,13 +429,7 @@ async fn handle_request(
             Ok(t) => {
                 let mut s = VehicleState::default();
                 s.set_f64(Field::DataUsed, f64::from(t.used_kib) / 1024.0);
-                let _ = updates
-                    .send(Update::State {
-                        vehicle: vid,
-                        state: s,
-                        replace: false,
-                    })
-                    .await;
+                updates.merge_state(vid, s).await;
                 (RESP_OK, Vec::new())
             }
             Err(e) => bad(e),
@@ -455,13 +443,7 @@ async fn handle_request(
                     (core.config.range_full_km * f64::from(q.soc.min(100)) / 100.0 * 10.0).round()
                         / 10.0,
                 );
-                let _ = updates
-                    .send(Update::State {
-                        vehicle: vid,
-                        state: s,
-                        replace: false,
-                    })
-                    .await;
+                updates.merge_state(vid, s).await;
                 let answer = RangeAnswer {
                     max_range_m: full_m.clamp(0.0, u32::MAX as f64) as u32,
                     charge_notify_soc: core.config.charge_notify_soc,
@@ -474,31 +456,15 @@ async fn handle_request(
         id::TRIP => match Trip::decode(&body) {
             Ok(t) => {
                 let (state, event) = trip_update(&t, core.tz);
-                let _ = updates
-                    .send(Update::State {
-                        vehicle: vid.clone(),
-                        state,
-                        replace: false,
-                    })
-                    .await;
-                let _ = updates
-                    .send(Update::Event {
-                        vehicle: vid,
-                        event,
-                    })
-                    .await;
+                updates.merge_state(vid.clone(), state).await;
+                updates.event(vid, event).await;
                 (RESP_OK, Vec::new())
             }
             Err(e) => bad(e),
         },
         id::CHARGE_DONE => match ChargeDone::decode(&body) {
             Ok(c) => {
-                let _ = updates
-                    .send(Update::Event {
-                        vehicle: vid,
-                        event: charge_event(&c, core.tz),
-                    })
-                    .await;
+                updates.event(vid, charge_event(&c, core.tz)).await;
                 (RESP_OK, Vec::new())
             }
             Err(e) => bad(e),
@@ -509,20 +475,9 @@ async fn handle_request(
                     if e.kind == 8 {
                         let mut s = VehicleState::default();
                         s.set(Field::Fallen, true);
-                        let _ = updates
-                            .send(Update::State {
-                                vehicle: vid.clone(),
-                                state: s,
-                                replace: false,
-                            })
-                            .await;
+                        updates.merge_state(vid.clone(), s).await;
                     }
-                    let _ = updates
-                        .send(Update::Event {
-                            vehicle: vid.clone(),
-                            event: device_event(e, core.tz),
-                        })
-                        .await;
+                    updates.event(vid.clone(), device_event(e, core.tz)).await;
                 }
                 (RESP_OK, Vec::new())
             }

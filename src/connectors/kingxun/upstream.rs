@@ -228,14 +228,14 @@ async fn session(
                     if let Ok(ack) = WebHeartbeatAck::decode(&frame.body) {
                         let mut s = VehicleState::default();
                         s.set(Field::ServerDevices, i64::from(ack.total_devices));
-                        let _ = core.updates.send(Update::State { vehicle: server_vehicle(), state: s, replace: false }).await;
+                        core.updates.merge_state(server_vehicle(), s).await;
                     }
                     continue;
                 }
                 if let Some((cmd, _)) = pending.remove(&frame.header.seq) {
                     if resp_code == 0 {
                         if !cmd.after.values.is_empty() {
-                            let _ = core.updates.send(Update::State { vehicle: cmd.request.vehicle.clone(), state: cmd.after.clone(), replace: false }).await;
+                            core.updates.merge_state(cmd.request.vehicle.clone(), cmd.after.clone()).await;
                         }
                         let _ = cmd.request.progress.try_send(CommandProgress::Succeeded);
                     } else {
