@@ -13,7 +13,7 @@ pub fn init(format: LogFormat, level: &str) {
         .unwrap_or_else(|| {
             // The embedded broker logs every connection, and routine disconnects as errors.
             EnvFilter::try_new(format!(
-                "{level},rumqttd=warn,rumqttd::router=error,rumqttd::server=off"
+                "{level},rumqttd=warn,rumqttd::router=off,rumqttd::server=off"
             ))
             .unwrap_or_else(|_| EnvFilter::new("info"))
         });
