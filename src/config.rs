@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::connectors::exlive::ExliveConfig;
 use crate::connectors::kingxun::KingxunConfig;
+use crate::connectors::xchanger::XchangerConfig;
 
 /// A secret string: usable, serialisable for layering, never printed by `Debug`.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,7 +145,7 @@ pub struct PlannedConnectorConfig {
 pub struct Config {
     pub mqtt: MqttConfig,
     pub bridge: BridgeConfig,
-    pub xchanger: PlannedConnectorConfig,
+    pub xchanger: XchangerConfig,
     pub iauto360: PlannedConnectorConfig,
     pub kingxun: KingxunConfig,
     pub exlive: ExliveConfig,
@@ -245,16 +246,14 @@ impl Config {
         if let Err(reason) = tracing_subscriber::EnvFilter::try_new(&self.bridge.log_level) {
             return Err(invalid("bridge.log_level", reason.to_string()));
         }
-        for (key, cfg) in [
-            ("xchanger.enabled", &self.xchanger),
-            ("iauto360.enabled", &self.iauto360),
-        ] {
-            if cfg.enabled {
-                return Err(invalid(
-                    key,
-                    "this connector is not available in this build yet".into(),
-                ));
-            }
+        if self.iauto360.enabled {
+            return Err(invalid(
+                "iauto360.enabled",
+                "this connector is not available in this build yet".into(),
+            ));
+        }
+        if let Err((key, reason)) = self.xchanger.validate() {
+            return Err(invalid(&format!("xchanger.{key}"), reason));
         }
         if let Err((key, reason)) = self.kingxun.validate() {
             return Err(invalid(&format!("kingxun.{key}"), reason));

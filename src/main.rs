@@ -10,6 +10,7 @@ use vehicle2mqtt::config::Config;
 use vehicle2mqtt::connector::Connector;
 use vehicle2mqtt::connectors::exlive::ExliveConnector;
 use vehicle2mqtt::connectors::kingxun::KingxunConnector;
+use vehicle2mqtt::connectors::xchanger::XchangerConnector;
 use vehicle2mqtt::{bridge, logging, sim, state_dir};
 
 #[derive(Parser)]
@@ -94,6 +95,15 @@ enum SimTarget {
         /// First vehicle id (link i reports id + i).
         #[arg(long, default_value_t = 1000)]
         first_id: u64,
+    },
+    /// A fake xchanger (Lynk & Co) cloud with one car, for trying the connector:
+    /// username `driver@example.com`, password `correct horse`, VIN L6T7722E0LN000001.
+    XchangerCloud {
+        #[arg(long, default_value = "127.0.0.1:8480")]
+        listen: std::net::SocketAddr,
+        /// Serve api v2 and check every signature with this key (default: v1).
+        #[arg(long)]
+        app_key: Option<String>,
     },
 }
 
@@ -200,6 +210,16 @@ fn simulate(target: SimTarget) -> ExitCode {
                 sim::exlive::run(opts, stats, shutdown).await;
                 reporter.abort();
             }
+            SimTarget::XchangerCloud { listen, app_key } => {
+                let opts = sim::xchanger::FakeOptions { app_key, ..Default::default() };
+                match sim::xchanger::FakeXchanger::start(opts, listen).await {
+                    Ok(cloud) => {
+                        tracing::info!(url = %cloud.url(), "fake xchanger cloud listening");
+                        shutdown.cancelled().await;
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot start the fake xchanger cloud"),
+                }
+            }
         }
     });
     ExitCode::SUCCESS
@@ -238,6 +258,12 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
     }
     if config.exlive.enabled {
         connectors.push(Box::new(ExliveConnector::new(config.exlive.clone())));
+    }
+    if config.xchanger.enabled {
+        connectors.push(Box::new(XchangerConnector::new(
+            config.xchanger.clone(),
+            config.bridge.state_dir.clone(),
+        )));
     }
     if connectors.is_empty() {
         tracing::warn!(

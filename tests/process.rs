@@ -278,3 +278,66 @@ fn version_and_help() {
         "{help}"
     );
 }
+
+/// The shipped binary end to end for the cloud connector: `simulate xchanger-cloud` as
+/// the upstream, the bridge configured from the environment, tokens saved in state_dir.
+#[tokio::test]
+async fn the_binary_polls_the_fake_xchanger_cloud_and_unlocks() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let _cloud = KillOnDrop(
+        Command::new(BIN)
+            .args([
+                "simulate",
+                "xchanger-cloud",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args(["--app-key", "proc-key"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the fake cloud"),
+    );
+    assert!(
+        common::wait_port_async(port, T).await,
+        "fake cloud listening"
+    );
+    let base = format!("p{}", rand::random::<u32>());
+    let probe = Probe::connect(broker.port, &[&format!("{base}/#")]).await;
+    let child = bridge_cmd(dir.path())
+        .env("V2M_MQTT__URL", broker.url())
+        .env("V2M_MQTT__BASE_TOPIC", &base)
+        .env("V2M_MQTT__CLIENT_ID", format!("{base}-bridge"))
+        .env("V2M_XCHANGER__ENABLED", "true")
+        .env("V2M_XCHANGER__BASE_URL", format!("http://127.0.0.1:{port}"))
+        .env("V2M_XCHANGER__USERNAME", "driver@example.com")
+        .env("V2M_XCHANGER__PASSWORD", "correct horse")
+        .env("V2M_XCHANGER__APP_KEY", "proc-key")
+        .env("V2M_XCHANGER__POLL_INTERVAL_ACTIVE", "1s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn vehicle2mqtt");
+    let _child = KillOnDrop(child);
+    let vin = "L6T7722E0LN000001";
+    probe
+        .wait_for("state", T, |m| {
+            m.topic == format!("{base}/{vin}/state") && m.json()["lock"] == "LOCKED"
+        })
+        .await;
+    probe
+        .publish(
+            &format!("{base}/{vin}/lock/set"),
+            r#"{"action":"UNLOCK","id":"p1"}"#,
+            false,
+        )
+        .await;
+    probe
+        .wait_for("succeeded", T, |m| {
+            m.topic == format!("{base}/{vin}/command/result") && m.json()["status"] == "succeeded"
+        })
+        .await;
+    assert!(dir.path().join("state/xchanger_tokens.json").exists());
+}

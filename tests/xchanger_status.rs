@@ -8,7 +8,7 @@ fn sample() -> Json {
     serde_json::from_str(
         &std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/xchanger_status.json"
+            "/src/sim/data/xchanger_status.json"
         ))
         .unwrap(),
     )
@@ -80,6 +80,22 @@ fn full_seed_sample_maps_every_meaningful_field() {
         assert!(s.get(ev).is_none(), "{}", ev.key());
     }
     assert_eq!(s.attributes["update_time"], "2020-08-10T12:24:50.325Z");
+    // Raw codes without a documented scale travel as attributes.
+    for (attr, value) in [
+        ("fuel_level_status", 6.0),
+        ("central_locking_status", 0.0),
+        ("aux_battery_state_of_charge", 1.0),
+        ("engine_hours_to_service", 379.0),
+        ("average_speed", 37.0),
+        ("consumption_latest_cycle", 165.0),
+        ("sunroof_status", 1.0),
+    ] {
+        assert_eq!(s.attributes[attr].as_f64(), Some(value), "{attr}");
+    }
+    assert!(
+        s.get(Field::AuxBatteryLevel).is_none(),
+        "chargeLevel 0 is no reading"
+    );
     // By default an untrusted position is not used.
     assert!(status::parse(&sample(), false)
         .unwrap()

@@ -3,3 +3,4 @@
 
 pub mod exlive;
 pub mod kingxun;
+pub mod xchanger;

@@ -2,6 +2,7 @@
 
 pub mod exlive;
 pub mod kingxun;
+pub mod xchanger;
 
 /// A point on a circular route of `radius_m` around (lat, lng), `step` of `steps`.
 pub fn route_point(lat: f64, lng: f64, radius_m: f64, step: u64, steps: u64) -> (f64, f64, f64) {

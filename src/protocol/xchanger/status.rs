@@ -124,8 +124,22 @@ pub fn parse(doc: &Value, accept_untrusted_position: bool) -> Result<Status, Sta
     if let Some(v) = num(m("daysToService")) {
         st.set_f64(Field::ServiceDays, v);
     }
-    if let Some(v) = num(m("mainBatteryStatus").and_then(|b| b.get("voltage"))) {
+    let battery = |k: &str| m("mainBatteryStatus").and_then(|b| b.get(k));
+    if let Some(v) = num(battery("voltage")) {
         st.set_f64(Field::AuxBatteryVoltage, v);
+    }
+    // DECISION: `chargeLevel` is a percentage when positive; `stateOfCharge` is a small
+    // status code (1 in the seed) of unknown scale, kept raw as an attribute.
+    if let Some(v) = num(battery("chargeLevel")).filter(|v| *v > 0.0 && *v <= 100.0) {
+        st.set_f64(Field::AuxBatteryLevel, v);
+    }
+    if let Some(v) = num(battery("stateOfCharge")) {
+        st.attributes
+            .insert("aux_battery_state_of_charge".into(), v.into());
+    }
+    if let Some(v) = num(m("engineHrsToService")) {
+        st.attributes
+            .insert("engine_hours_to_service".into(), v.into());
     }
     for (key, field) in [
         ("tyreStatusDriver", Field::TyrePressureFrontLeft),
@@ -153,6 +167,19 @@ pub fn parse(doc: &Value, accept_untrusted_position: bool) -> Result<Status, Sta
     let r = |k: &str| sect("runningStatus", k);
     if let Some(v) = num(r("fuelLevel")) {
         st.set_f64(Field::FuelVolume, v);
+    }
+    // Raw codes whose scale the sources do not give: attributes, not entities.
+    for (key, attr) in [
+        ("fuelLevelStatus", "fuel_level_status"),
+        ("avgSpeed", "average_speed"),
+        (
+            "aveFuelConsumptionInLatestDrivingCycle",
+            "consumption_latest_cycle",
+        ),
+    ] {
+        if let Some(v) = num(r(key)) {
+            st.attributes.insert(attr.into(), v.into());
+        }
     }
     if let Some(v) = num(r("aveFuelConsumption")) {
         st.set_f64(Field::AvgConsumption, v);
@@ -242,6 +269,10 @@ pub fn parse(doc: &Value, accept_untrusted_position: bool) -> Result<Status, Sta
     }
     if let Some(v) = flag(s("handBrakeStatus")) {
         st.set(Field::HandBrake, v);
+    }
+    if let Some(v) = num(s("centralLockingStatus")) {
+        st.attributes
+            .insert("central_locking_status".into(), v.into());
     }
     if let Some(v) = text(s("vehicleAlarm")) {
         st.set(Field::AlarmStatus, v);

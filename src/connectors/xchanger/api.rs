@@ -1,0 +1,321 @@
+//! One HTTP call to the xchanger cloud: headers, the v2 signature, a bounded body, and
+//! the answer classified into what the caller must do next.
+
+use std::time::Duration;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::Method;
+use serde_json::Value;
+
+use super::config::{ApiVersion, XchangerConfig};
+use crate::config::Secret;
+use crate::protocol::xchanger::{code_text, sign};
+
+/// Largest answer read; the full status document is about 5 KiB.
+const MAX_BODY: usize = 1 << 20;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum ApiError {
+    /// 401 or code 1402: refresh the token and try again.
+    #[error("token expired")]
+    TokenExpired,
+    /// Code 1501 or a refused login: the credentials no longer work.
+    #[error("credentials refused: {0}")]
+    Refused(String),
+    /// 429, or 403 about a quota.
+    #[error("rate limited by the cloud")]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("cloud error: HTTP {0}")]
+    Server(u16),
+    #[error("HTTP {status}: {message}")]
+    Http { status: u16, message: String },
+    /// A well-formed answer with an error code.
+    #[error("code {code}: {text}")]
+    Code { code: String, text: String },
+    #[error("request failed: {0}")]
+    Transport(String),
+    #[error("request timed out")]
+    Timeout,
+    #[error("malformed answer: {0}")]
+    BadAnswer(String),
+}
+
+impl ApiError {
+    /// Trouble on the cloud's side or on the way there: back off and retry.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ApiError::RateLimited { .. }
+                | ApiError::Server(_)
+                | ApiError::Transport(_)
+                | ApiError::Timeout
+        )
+    }
+}
+
+/// Path segments (VINs) are escaped; the query is built once by [`sign::canonical_query`].
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
+
+pub fn segment(s: &str) -> String {
+    utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+#[derive(Clone)]
+pub enum Body {
+    None,
+    Json(Value),
+    Form(Vec<(String, String)>),
+}
+
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    version: ApiVersion,
+    app_key: Secret,
+}
+
+impl Api {
+    pub fn new(cfg: &XchangerConfig) -> anyhow::Result<Api> {
+        let http = reqwest::Client::builder()
+            .timeout(cfg.request_timeout)
+            .connect_timeout(Duration::from_secs(10).min(cfg.request_timeout))
+            .user_agent(concat!("vehicle2mqtt/", env!("CARGO_PKG_VERSION")))
+            .pool_max_idle_per_host(2)
+            .build()?;
+        Ok(Api {
+            http,
+            base: cfg.base_url(),
+            version: cfg.api,
+            app_key: cfg.app_key.clone(),
+        })
+    }
+
+    pub fn version(&self) -> ApiVersion {
+        self.version
+    }
+
+    /// Sends one request and returns the answer's JSON when it means success.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Body,
+        token: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        let query = sign::canonical_query(query);
+        let (bytes, content_type) = match &body {
+            Body::None => (Vec::new(), None),
+            Body::Json(v) => (v.to_string().into_bytes(), Some("application/json")),
+            Body::Form(pairs) => {
+                let pairs: Vec<(&str, &str)> = pairs
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                (
+                    sign::canonical_query(&pairs).into_bytes(),
+                    Some("application/x-www-form-urlencoded"),
+                )
+            }
+        };
+        let url = if query.is_empty() {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}{path}?{query}", self.base)
+        };
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .header("x-operator-code", "LYNKCO")
+            .header("X-APP-ID", "lynkco")
+            .header("X-DEVICE-TYPE", "mobile");
+        if let Some(ct) = content_type {
+            req = req.header("Content-Type", ct);
+        }
+        if let Some(token) = token {
+            req = req.header("authorization", token);
+        }
+        if self.version == ApiVersion::V2 {
+            let nonce = nonce();
+            let timestamp_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+            let signature = sign::signature(&sign::SignInput {
+                app_key: self.app_key.expose().as_bytes(),
+                nonce: &nonce,
+                timestamp_ms,
+                method: method.as_str(),
+                path,
+                query: &query,
+                body: &bytes,
+            });
+            req = req
+                .header("Accept", sign::ACCEPT)
+                .header("X-TIMESTAMP", timestamp_ms.to_string())
+                .header("x-api-signature-nonce", nonce)
+                .header("x-api-signature-version", "1.0")
+                .header("X-SIGNATURE", signature);
+        } else {
+            req = req.header("Accept", "application/json");
+        }
+        if content_type.is_some() {
+            req = req.body(bytes);
+        }
+        let mut resp = req.send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s.min(3600)));
+        let mut raw = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            if raw.len() + chunk.len() > MAX_BODY {
+                return Err(ApiError::BadAnswer(format!(
+                    "answer larger than {MAX_BODY} bytes"
+                )));
+            }
+            raw.extend_from_slice(&chunk);
+        }
+        classify(status, retry_after, &raw)
+    }
+}
+
+fn transport(e: reqwest::Error) -> ApiError {
+    if e.is_timeout() {
+        ApiError::Timeout
+    } else {
+        // Without the URL: it carries the VIN and user id.
+        ApiError::Transport(e.without_url().to_string())
+    }
+}
+
+/// A fresh nonce per request, shaped like the app's (an upper-case UUID).
+fn nonce() -> String {
+    let b: [u8; 16] = rand::random();
+    let h = hex::encode_upper(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// HTTP status + body → success JSON or the error that says what to do.
+pub fn classify(status: u16, retry_after: Option<Duration>, raw: &[u8]) -> Result<Value, ApiError> {
+    let text = String::from_utf8_lossy(raw);
+    match status {
+        401 => return Err(ApiError::TokenExpired),
+        429 => return Err(ApiError::RateLimited { retry_after }),
+        403 if text.to_ascii_lowercase().contains("quota") => {
+            return Err(ApiError::RateLimited { retry_after })
+        }
+        500..=599 => return Err(ApiError::Server(status)),
+        200..=299 => {}
+        _ => {
+            return Err(ApiError::Http {
+                status,
+                message: text.chars().take(200).collect(),
+            })
+        }
+    }
+    let doc: Value =
+        serde_json::from_slice(raw).map_err(|e| ApiError::BadAnswer(format!("not JSON: {e}")))?;
+    if !doc.is_object() {
+        return Err(ApiError::BadAnswer("not a JSON object".into()));
+    }
+    let code = match doc.get("code") {
+        Some(Value::String(s)) => Some(s.trim().to_string()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let failed = doc.get("success") == Some(&Value::Bool(false));
+    match code.as_deref() {
+        Some("1000") | Some("0") | Some("200") => Ok(doc),
+        Some("1402") => Err(ApiError::TokenExpired),
+        Some("1501") => Err(ApiError::Refused(message(&doc, "1501"))),
+        Some(code) => Err(ApiError::Code {
+            code: code.to_string(),
+            text: message(&doc, code),
+        }),
+        None if failed => Err(ApiError::Code {
+            code: "?".into(),
+            text: message(&doc, ""),
+        }),
+        None => Ok(doc),
+    }
+}
+
+/// Our text for the code and the cloud's own message, when it gives one.
+fn message(doc: &Value, code: &str) -> String {
+    let known = code_text(code);
+    match doc.get("message").and_then(Value::as_str).map(str::trim) {
+        Some(m) if !m.is_empty() && known == "unknown error" => m.chars().take(120).collect(),
+        Some(m) if !m.is_empty() => {
+            format!("{known} ({})", m.chars().take(120).collect::<String>())
+        }
+        _ => known.to_string(),
+    }
+}
+
+/// `data` when the answer wraps its payload, else the whole answer.
+pub fn data(doc: &Value) -> &Value {
+    doc.get("data").filter(|d| !d.is_null()).unwrap_or(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_classified() {
+        assert_eq!(classify(401, None, b""), Err(ApiError::TokenExpired));
+        assert_eq!(
+            classify(429, Some(Duration::from_secs(3)), b""),
+            Err(ApiError::RateLimited {
+                retry_after: Some(Duration::from_secs(3))
+            })
+        );
+        assert!(matches!(
+            classify(403, None, b"{\"message\":\"Quota exceeded\"}"),
+            Err(ApiError::RateLimited { .. })
+        ));
+        assert!(matches!(
+            classify(403, None, b"forbidden"),
+            Err(ApiError::Http { status: 403, .. })
+        ));
+        assert_eq!(classify(502, None, b""), Err(ApiError::Server(502)));
+        assert!(matches!(
+            classify(200, None, b"<html>"),
+            Err(ApiError::BadAnswer(_))
+        ));
+        assert_eq!(
+            classify(200, None, br#"{"code":1402}"#),
+            Err(ApiError::TokenExpired)
+        );
+        assert!(matches!(
+            classify(200, None, br#"{"code":"1501","message":"x"}"#),
+            Err(ApiError::Refused(_))
+        ));
+        assert_eq!(
+            classify(200, None, br#"{"code":"8160","success":false}"#),
+            Err(ApiError::Code {
+                code: "8160".into(),
+                text: "no permission".into()
+            })
+        );
+        assert!(classify(200, None, br#"{"code":"1000","data":{}}"#).is_ok());
+        assert!(ApiError::Server(503).is_transient());
+        assert!(!ApiError::TokenExpired.is_transient());
+    }
+
+    #[test]
+    fn nonces_are_unique_and_uuid_shaped() {
+        let (a, b) = (nonce(), nonce());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(a.matches('-').count(), 4);
+    }
+}

@@ -1,0 +1,262 @@
+//! `[xchanger]` configuration.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Secret;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiVersion {
+    /// `api.xchanger.cn`, plain requests (retired by the cloud in 2023, kept for old accounts).
+    V1,
+    /// `device-api.xchanger.cn`, every request signed with `app_key`.
+    V2,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct XchangerConfig {
+    pub enabled: bool,
+    pub api: ApiVersion,
+    /// Empty = the cloud's address for `api`.
+    pub base_url: String,
+    /// Log in with the app account...
+    pub username: String,
+    pub password: Secret,
+    /// ...or with an authorization code...
+    pub auth_code: Secret,
+    pub redirect_uri: String,
+    /// ...or with a token pair taken from the app.
+    pub access_token: Secret,
+    pub refresh_token: Secret,
+    pub user_id: String,
+    /// v2 signing key: no default, never committed.
+    pub app_key: Secret,
+    /// Empty = every vehicle of the account.
+    pub vins: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// While the engine runs or a command waits for its confirmation.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval_active: Duration,
+    /// How long the car stays unlocked when no door is opened (RDU `time.window`).
+    pub unlock_window_min: u32,
+    /// SIM card of the car: data-plan sensors on the first vehicle.
+    pub iccid: String,
+    #[serde(with = "humantime_serde")]
+    pub data_plan_interval: Duration,
+    /// Use positions the car marks as not trustworthy (`posCanBeTrusted: false`).
+    pub accept_untrusted_position: bool,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for XchangerConfig {
+    fn default() -> Self {
+        XchangerConfig {
+            enabled: false,
+            api: ApiVersion::V2,
+            base_url: String::new(),
+            username: String::new(),
+            password: Secret::default(),
+            auth_code: Secret::default(),
+            redirect_uri: "https://www.lynkco.com".into(),
+            access_token: Secret::default(),
+            refresh_token: Secret::default(),
+            user_id: String::new(),
+            app_key: Secret::default(),
+            vins: Vec::new(),
+            poll_interval: Duration::from_secs(5 * 60),
+            poll_interval_active: Duration::from_secs(60),
+            unlock_window_min: 1,
+            iccid: String::new(),
+            data_plan_interval: Duration::from_secs(6 * 3600),
+            accept_untrusted_position: false,
+            request_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Which credentials the config gives, in the order they are tried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    Password,
+    AuthCode,
+    Tokens,
+}
+
+impl XchangerConfig {
+    pub fn base_url(&self) -> String {
+        let url = if self.base_url.trim().is_empty() {
+            match self.api {
+                ApiVersion::V1 => "https://api.xchanger.cn",
+                ApiVersion::V2 => "https://device-api.xchanger.cn",
+            }
+        } else {
+            self.base_url.trim()
+        };
+        url.trim_end_matches('/').to_string()
+    }
+
+    /// Every way in the config offers to get tokens.
+    pub fn credentials(&self) -> Vec<Credentials> {
+        let mut out = Vec::new();
+        if !self.username.is_empty() && !self.password.is_empty() {
+            out.push(Credentials::Password);
+        }
+        if !self.auth_code.is_empty() {
+            out.push(Credentials::AuthCode);
+        }
+        if !self.access_token.is_empty()
+            && !self.refresh_token.is_empty()
+            && !self.user_id.is_empty()
+        {
+            out.push(Credentials::Tokens);
+        }
+        out
+    }
+
+    /// Who the persisted tokens belong to: tokens of another account are never reused.
+    pub fn account(&self) -> String {
+        if !self.username.is_empty() {
+            format!("user:{}", self.username)
+        } else if !self.user_id.is_empty() {
+            format!("id:{}", self.user_id)
+        } else {
+            "auth_code".into()
+        }
+    }
+
+    /// Checks an enabled section; the error names the key and why.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let err = |k: &str, r: &str| Err((k.to_string(), r.to_string()));
+        let url = self.base_url();
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+            return err("base_url", "must be an http:// or https:// address");
+        }
+        if (self.username.is_empty()) != (self.password.is_empty()) {
+            return err("password", "username and password go together");
+        }
+        if self.credentials().is_empty() {
+            return err(
+                "username",
+                "give username + password, or auth_code, or access_token + refresh_token + user_id",
+            );
+        }
+        if self.api == ApiVersion::V2 && self.app_key.is_empty() {
+            return err(
+                "app_key",
+                "api v2 signs every request: set the app's signing key",
+            );
+        }
+        if self.poll_interval < Duration::from_secs(1)
+            || self.poll_interval_active < Duration::from_secs(1)
+        {
+            return err("poll_interval", "must be at least 1s");
+        }
+        if self.poll_interval_active > self.poll_interval {
+            return err(
+                "poll_interval_active",
+                "must not be longer than poll_interval",
+            );
+        }
+        if !(1..=60).contains(&self.unlock_window_min) {
+            return err("unlock_window_min", "must be 1 to 60");
+        }
+        if self.request_timeout < Duration::from_secs(1)
+            || self.request_timeout > Duration::from_secs(120)
+        {
+            return err("request_timeout", "must be 1s to 120s");
+        }
+        if self.data_plan_interval < Duration::from_secs(60) {
+            return err("data_plan_interval", "must be at least 1m");
+        }
+        if let Some(vin) = self.vins.iter().find(|v| !valid_vin(v)) {
+            return Err((
+                "vins".into(),
+                format!("`{vin}` is not a VIN (letters and digits, 6 to 32)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub fn valid_vin(vin: &str) -> bool {
+    (6..=32).contains(&vin.len()) && vin.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enabled() -> XchangerConfig {
+        XchangerConfig {
+            enabled: true,
+            username: "u".into(),
+            password: Secret::new("p"),
+            app_key: Secret::new("k"),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        assert_eq!(enabled().validate(), Ok(()));
+        let key = |c: XchangerConfig| c.validate().unwrap_err().0;
+        assert_eq!(
+            key(XchangerConfig {
+                app_key: Secret::default(),
+                ..enabled()
+            }),
+            "app_key"
+        );
+        assert_eq!(
+            key(XchangerConfig {
+                password: Secret::default(),
+                ..enabled()
+            }),
+            "password"
+        );
+        assert_eq!(
+            key(XchangerConfig {
+                username: String::new(),
+                password: Secret::default(),
+                ..enabled()
+            }),
+            "username"
+        );
+        assert_eq!(
+            key(XchangerConfig {
+                vins: vec!["L6T/../x".into()],
+                ..enabled()
+            }),
+            "vins"
+        );
+        assert_eq!(
+            key(XchangerConfig {
+                unlock_window_min: 0,
+                ..enabled()
+            }),
+            "unlock_window_min"
+        );
+        assert_eq!(
+            key(XchangerConfig {
+                base_url: "ftp://x".into(),
+                ..enabled()
+            }),
+            "base_url"
+        );
+        let v1 = XchangerConfig {
+            api: ApiVersion::V1,
+            app_key: Secret::default(),
+            ..enabled()
+        };
+        assert_eq!(v1.validate(), Ok(()));
+        assert_eq!(v1.base_url(), "https://api.xchanger.cn");
+    }
+}

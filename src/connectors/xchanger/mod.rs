@@ -1,0 +1,776 @@
+//! xchanger connector (Lynk & Co / Geely cloud): logs in, lists the account's vehicles,
+//! polls each one's status (adaptive, jittered, backing off when the cloud struggles),
+//! sends RDL/RDU/RES/RHL and confirms them by the next status whose `updateTime` has
+//! advanced, and reads the SIM's data plan.
+//!
+//! `auth` owns the tokens, `api` one HTTP call; this file owns the schedule.
+
+mod api;
+mod auth;
+mod config;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use api::{classify, ApiError};
+pub use auth::REFUSED_BACKOFF;
+pub use config::{ApiVersion, XchangerConfig};
+
+use api::{data, segment, Api, Body};
+use auth::{Auth, Tokens};
+
+use crate::connector::{
+    CommandRequest, Connector, ConnectorContext, ConnectorFuture, Update, UpdateSink,
+};
+use crate::model::{
+    lock_state, Capability, Command, CommandProgress, Field, VehicleId, VehicleInfo, VehicleState,
+};
+use crate::protocol::xchanger::status;
+
+crate::named_counters! {
+    /// Named error counters, in `bridge/info` and behind each logged event.
+    pub struct Counters {
+        logins,
+        logins_refused,
+        refreshes,
+        polls,
+        poll_errors,
+        rate_limited,
+        bad_answers,
+        commands_sent,
+        commands_failed,
+    }
+}
+
+/// Commands queued per vehicle (the bridge already sends one at a time).
+const VEHICLE_QUEUE: usize = 4;
+/// Consecutive failed polls before the vehicle is shown offline.
+const OFFLINE_AFTER: u32 = 3;
+/// Longest pause after repeated cloud trouble.
+const MAX_BACKOFF: Duration = Duration::from_secs(30 * 60);
+
+pub struct XchangerConnector {
+    config: XchangerConfig,
+    state_dir: PathBuf,
+}
+
+impl XchangerConnector {
+    /// Tokens are kept in `state_dir`.
+    pub fn new(config: XchangerConfig, state_dir: PathBuf) -> XchangerConnector {
+        XchangerConnector { config, state_dir }
+    }
+}
+
+impl Connector for XchangerConnector {
+    fn name(&self) -> &'static str {
+        "xchanger"
+    }
+
+    fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {
+        Box::pin(async move {
+            let counters = Arc::new(Counters::default());
+            let shared = Arc::new(Shared {
+                api: Api::new(&self.config)?,
+                auth: Auth::new(self.config.clone(), self.state_dir, counters.clone()),
+                cfg: self.config,
+                updates: ctx.updates,
+                counters,
+                hold: Mutex::new(Hold::default()),
+            });
+            run(shared, ctx.commands, ctx.shutdown).await;
+            Ok(())
+        })
+    }
+}
+
+/// Cloud-wide backoff: a 429 or 5xx for one vehicle slows every request of the account.
+#[derive(Default)]
+struct Hold {
+    failures: u32,
+    until: Option<Instant>,
+}
+
+struct Shared {
+    cfg: XchangerConfig,
+    api: Api,
+    auth: Auth,
+    updates: UpdateSink,
+    counters: Arc<Counters>,
+    hold: Mutex<Hold>,
+}
+
+struct Request {
+    method: Method,
+    path: String,
+    query: Vec<(&'static str, String)>,
+    body: Body,
+}
+
+impl Shared {
+    fn path(&self, v1: &str, v2: &str, vin: &str) -> String {
+        match self.api.version() {
+            ApiVersion::V1 => format!("{v1}/{}", segment(vin)),
+            ApiVersion::V2 => format!("{v2}/{}", segment(vin)),
+        }
+    }
+
+    /// One authorised call: on an expired token, refresh (once for all waiters) and retry.
+    async fn call(&self, build: impl Fn(&Tokens) -> Request) -> Result<Value, ApiError> {
+        let result = async {
+            let (tokens, generation) = self.auth.tokens(&self.api).await?;
+            match self.send(&build(&tokens), &tokens).await {
+                Err(ApiError::TokenExpired) => {
+                    self.auth.expired(&self.api, generation).await?;
+                    let (tokens, _) = self.auth.tokens(&self.api).await?;
+                    self.send(&build(&tokens), &tokens).await
+                }
+                other => other,
+            }
+        }
+        .await;
+        self.note(&result);
+        result
+    }
+
+    async fn send(&self, req: &Request, tokens: &Tokens) -> Result<Value, ApiError> {
+        let query: Vec<(&str, &str)> = req.query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.api
+            .call(
+                req.method.clone(),
+                &req.path,
+                &query,
+                req.body.clone(),
+                Some(&tokens.access_token),
+            )
+            .await
+    }
+
+    fn note(&self, result: &Result<Value, ApiError>) {
+        let mut hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Err(e) if e.is_transient() => {
+                if matches!(e, ApiError::RateLimited { .. }) {
+                    self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                }
+                hold.failures = hold.failures.saturating_add(1);
+                let base = self.cfg.poll_interval_active;
+                let mut delay = base
+                    .saturating_mul(1u32 << (hold.failures - 1).min(12))
+                    .min(MAX_BACKOFF);
+                if let ApiError::RateLimited {
+                    retry_after: Some(at_least),
+                } = e
+                {
+                    delay = delay.max(*at_least);
+                }
+                let until = Instant::now() + jitter(delay);
+                tracing::warn!(event = "xchanger_backoff", error = %e, failures = hold.failures,
+                    wait_ms = (until - Instant::now()).as_millis() as u64, "xchanger cloud trouble; backing off");
+                hold.until = Some(until);
+            }
+            // The cloud answered (even if with an error): it is not struggling.
+            _ => {
+                hold.failures = 0;
+                hold.until = None;
+            }
+        }
+    }
+
+    fn held_until(&self) -> Option<Instant> {
+        let hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+        hold.until.filter(|u| *u > Instant::now())
+    }
+
+    async fn report_error(&self, error: String) {
+        let _ = self
+            .updates
+            .send(Update::Health {
+                links: 0,
+                error: Some(error),
+            })
+            .await;
+    }
+}
+
+/// ±10 % so that many bridges (or vehicles) do not poll in step.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::rng().random_range(0.9..=1.1))
+}
+
+/// A vehicle of the account.
+#[derive(Debug, Clone)]
+struct Listed {
+    vin: String,
+    plate: Option<String>,
+    series: Option<String>,
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    mut commands: mpsc::Receiver<CommandRequest>,
+    shutdown: CancellationToken,
+) {
+    let mut counters_tick = tokio::time::interval(crate::connector::COUNTERS_EVERY);
+    let mut last_counters = std::collections::BTreeMap::new();
+    // Until the vehicles are known, commands have nowhere to go.
+    let mut attempt = 0u32;
+    let vehicles = loop {
+        let wait = match discover(&shared).await {
+            Ok(v) => break v,
+            Err(e) => {
+                attempt += 1;
+                let reason = format!("cannot list the account's vehicles: {e}");
+                tracing::warn!(event = "xchanger_discovery_failed", error = %e, attempt, "{reason}");
+                shared.report_error(reason).await;
+                match e {
+                    ApiError::Refused(_) => REFUSED_BACKOFF,
+                    _ => shared.held_until().map_or_else(
+                        || {
+                            jitter(
+                                shared
+                                    .cfg
+                                    .poll_interval_active
+                                    .saturating_mul(1 << attempt.min(6))
+                                    .min(MAX_BACKOFF),
+                            )
+                        },
+                        |u| u - Instant::now(),
+                    ),
+                }
+            }
+        };
+        let deadline = Instant::now() + wait;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(deadline) => break,
+                Some(req) = commands.recv() => {
+                    let _ = req.progress.send(CommandProgress::Failed("xchanger is not logged in".into())).await;
+                }
+            }
+        }
+    };
+
+    let mut routes = std::collections::HashMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, listed) in vehicles.into_iter().enumerate() {
+        let Some(id) = VehicleId::new(&listed.vin) else {
+            continue;
+        };
+        let (tx, rx) = mpsc::channel(VEHICLE_QUEUE);
+        routes.insert(id.clone(), tx);
+        let _ = shared
+            .updates
+            .send(Update::Vehicle(info(&id, &listed)))
+            .await;
+        let with_plan = index == 0 && !shared.cfg.iccid.is_empty();
+        tasks.spawn(vehicle_loop(
+            shared.clone(),
+            listed.vin,
+            id,
+            rx,
+            shutdown.clone(),
+            with_plan,
+        ));
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(req) = commands.recv() => match routes.get(&req.vehicle) {
+                Some(tx) => {
+                    if let Err(mpsc::error::TrySendError::Full(req) | mpsc::error::TrySendError::Closed(req)) = tx.try_send(req) {
+                        let _ = req.progress.send(CommandProgress::Failed("vehicle busy".into())).await;
+                    }
+                }
+                None => {
+                    let _ = req.progress.send(CommandProgress::Failed("unknown vehicle".into())).await;
+                }
+            },
+            _ = counters_tick.tick() => {
+                let snapshot = shared.counters.snapshot();
+                if snapshot != last_counters {
+                    last_counters = snapshot.clone();
+                    let _ = shared.updates.send(Update::Counters(snapshot)).await;
+                }
+            }
+            Some(_) = tasks.join_next() => {}
+        }
+    }
+    tasks.shutdown().await;
+}
+
+async fn discover(shared: &Shared) -> Result<Vec<Listed>, ApiError> {
+    let answer = shared
+        .call(|t| Request {
+            method: Method::GET,
+            path: "/device_platform/user/vehicle".into(),
+            query: vec![("id", t.user_id.clone())],
+            body: Body::None,
+        })
+        .await;
+    let listed = match answer {
+        Ok(doc) => parse_vehicle_list(&doc)?,
+        // Configured VINs can be polled without the list (names are then unknown).
+        Err(e) if !shared.cfg.vins.is_empty() && !matches!(e, ApiError::Refused(_)) => {
+            tracing::warn!(event = "xchanger_vehicle_list_failed", error = %e, "using the configured VINs without the vehicle list");
+            Vec::new()
+        }
+        Err(e) => return Err(e),
+    };
+    if shared.cfg.vins.is_empty() {
+        if listed.is_empty() {
+            tracing::warn!(
+                event = "xchanger_no_vehicles",
+                "the account has no vehicles"
+            );
+        }
+        return Ok(listed);
+    }
+    Ok(shared
+        .cfg
+        .vins
+        .iter()
+        .map(|vin| {
+            listed
+                .iter()
+                .find(|l| l.vin.eq_ignore_ascii_case(vin))
+                .cloned()
+                .unwrap_or(Listed {
+                    vin: vin.clone(),
+                    plate: None,
+                    series: None,
+                })
+        })
+        .collect())
+}
+
+/// `list[]{vin, plateNo, seriesName}`, at the top, under `data` or as `data` itself.
+fn parse_vehicle_list(doc: &Value) -> Result<Vec<Listed>, ApiError> {
+    let list = doc
+        .get("list")
+        .or_else(|| data(doc).get("list"))
+        .or_else(|| Some(data(doc)).filter(|d| d.is_array()))
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::BadAnswer("vehicle list without `list`".into()))?;
+    let text = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    Ok(list
+        .iter()
+        .filter_map(|v| {
+            let vin = text(v, "vin").filter(|vin| config::valid_vin(vin))?;
+            Some(Listed {
+                vin,
+                plate: text(v, "plateNo"),
+                series: text(v, "seriesName"),
+            })
+        })
+        .collect())
+}
+
+fn info(id: &VehicleId, listed: &Listed) -> VehicleInfo {
+    let tail = &listed.vin[listed.vin.len().saturating_sub(6)..];
+    VehicleInfo {
+        id: id.clone(),
+        name: listed
+            .plate
+            .clone()
+            .or_else(|| listed.series.as_ref().map(|s| format!("Lynk & Co {s}")))
+            .unwrap_or_else(|| format!("Lynk & Co {tail}")),
+        manufacturer: "Lynk & Co".into(),
+        model: listed.series.clone().unwrap_or_else(|| "Vehicle".into()),
+        sw_version: None,
+        capabilities: vec![
+            Capability::Lock,
+            Capability::Engine,
+            Capability::HornAndLights,
+            Capability::FlashLights,
+            Capability::Horn,
+        ],
+        event_types: Vec::new(),
+    }
+}
+
+/// A command the cloud accepted, waiting for a status that shows it done.
+struct Pending {
+    progress: mpsc::Sender<CommandProgress>,
+    /// `updateTime` when the command was sent: the car must report after it.
+    baseline: Option<i64>,
+    expect: Option<(Field, crate::model::Value)>,
+}
+
+async fn vehicle_loop(
+    shared: Arc<Shared>,
+    vin: String,
+    id: VehicleId,
+    mut commands: mpsc::Receiver<CommandRequest>,
+    shutdown: CancellationToken,
+    with_plan: bool,
+) {
+    let cfg = &shared.cfg;
+    let mut last_update: Option<i64> = None;
+    let mut engine_running = false;
+    let mut pending: Option<Pending> = None;
+    let mut failures = 0u32;
+    let mut last_status = String::new();
+    let mut next_poll = Instant::now();
+    let mut next_plan = Instant::now();
+    loop {
+        if pending.as_ref().is_some_and(|p| p.progress.is_closed()) {
+            // The bridge gave up on it (its command_timeout): stop polling fast.
+            pending = None;
+        }
+        let due = next_poll.max(shared.held_until().unwrap_or(next_poll));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            Some(req) = commands.recv() => {
+                if let Some(old) = pending.take() {
+                    let _ = old.progress.send(CommandProgress::Failed("superseded by a newer command".into())).await;
+                }
+                pending = execute(&shared, &vin, req, last_update).await;
+                if pending.is_some() {
+                    next_poll = Instant::now() + cfg.poll_interval_active;
+                }
+            }
+            _ = tokio::time::sleep_until(due) => {
+                shared.counters.polls.fetch_add(1, Ordering::Relaxed);
+                let result = poll(&shared, &vin).await;
+                let status_text = match result {
+                    Ok(status) => {
+                        failures = 0;
+                        if status.update_time.is_some() {
+                            last_update = status.update_time.max(last_update);
+                        }
+                        if let Some(r) = status.engine_running {
+                            engine_running = r;
+                        }
+                        let confirmed = pending.as_ref().is_some_and(|p| {
+                            let advanced = match (status.update_time, p.baseline) {
+                                (Some(now), Some(before)) => now > before,
+                                (Some(_), None) => true,
+                                _ => false,
+                            };
+                            advanced && p.expect.as_ref().is_none_or(|(f, v)| status.state.get(*f) == Some(v))
+                        });
+                        let _ = shared.updates.send(Update::Availability { vehicle: id.clone(), online: true }).await;
+                        shared.updates.merge_state(id.clone(), status.state).await;
+                        if confirmed {
+                            if let Some(p) = pending.take() {
+                                let _ = p.progress.send(CommandProgress::Succeeded).await;
+                            }
+                        }
+                        "ok".to_string()
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        shared.counters.poll_errors.fetch_add(1, Ordering::Relaxed);
+                        if matches!(e, ApiError::BadAnswer(_)) {
+                            shared.counters.bad_answers.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tracing::warn!(event = "xchanger_poll_failed", vehicle = %id, error = %e, failures, "status poll failed");
+                        if failures >= OFFLINE_AFTER || matches!(e, ApiError::Refused(_)) {
+                            let _ = shared.updates.send(Update::Availability { vehicle: id.clone(), online: false }).await;
+                        }
+                        if let ApiError::Refused(reason) = &e {
+                            shared.report_error(format!("login refused: {reason}")).await;
+                        }
+                        match &e {
+                            ApiError::Refused(r) => format!("login refused: {r}"),
+                            other => other.to_string(),
+                        }
+                    }
+                };
+                if status_text != last_status {
+                    let mut st = VehicleState::default();
+                    st.set(Field::ConnectorStatus, status_text.as_str());
+                    shared.updates.merge_state(id.clone(), st).await;
+                    last_status = status_text;
+                }
+                if with_plan && Instant::now() >= next_plan && failures == 0 {
+                    next_plan = Instant::now() + cfg.data_plan_interval;
+                    data_plan(&shared, &id).await;
+                }
+                let active = engine_running || pending.is_some();
+                let interval = if active { cfg.poll_interval_active } else { cfg.poll_interval };
+                next_poll = Instant::now() + jitter(interval);
+            }
+        }
+    }
+}
+
+async fn poll(shared: &Shared, vin: &str) -> Result<status::Status, ApiError> {
+    let doc = shared
+        .call(|t| Request {
+            method: Method::GET,
+            path: shared.path(
+                "/geelyTCAccess/tcservices/vehicle/status",
+                "/remote-control/vehicle/status",
+                vin,
+            ),
+            query: vec![
+                ("latest", "false".into()),
+                ("target", "basic,more".into()),
+                ("userId", t.user_id.clone()),
+            ],
+            body: Body::None,
+        })
+        .await?;
+    status::parse(&doc, shared.cfg.accept_untrusted_position)
+        .map_err(|e| ApiError::BadAnswer(e.to_string()))
+}
+
+/// What a command becomes on the cloud, and the state that proves it done.
+#[derive(Debug, PartialEq)]
+struct Telematics {
+    service: &'static str,
+    /// `start`, or `stop` for RES.
+    command: &'static str,
+    params: Vec<(&'static str, String)>,
+    /// `None`: nothing in the status shows it (horn, lights); `updateTime` alone confirms.
+    expect: Option<(Field, crate::model::Value)>,
+}
+
+fn telematics(cmd: &Command, unlock_window_min: u32) -> Option<Telematics> {
+    let t = |service, command, params, expect| {
+        Some(Telematics {
+            service,
+            command,
+            params,
+            expect,
+        })
+    };
+    let lock = |s: &str| Some((Field::Lock, crate::model::Value::from(s)));
+    let engine = |on: bool| Some((Field::EngineRunning, crate::model::Value::from(on)));
+    let rhl = |v: &str| vec![("rhl", v.to_string())];
+    match cmd {
+        Command::Lock => t("RDL", "start", vec![], lock(lock_state::LOCKED)),
+        Command::Unlock => t(
+            "RDU",
+            "start",
+            vec![("time.window", unlock_window_min.to_string())],
+            lock(lock_state::UNLOCKED),
+        ),
+        Command::EngineStart => t("RES", "start", vec![], engine(true)),
+        Command::EngineStop => t("RES", "stop", vec![], engine(false)),
+        Command::HornAndLights => t("RHL", "start", rhl("horn-light-flash"), None),
+        Command::FlashLights => t("RHL", "start", rhl("light-flash"), None),
+        Command::Horn => t("RHL", "start", rhl("horn-flash"), None),
+        _ => None,
+    }
+}
+
+/// The telematics body (seed 000), exactly as the app sends it.
+pub fn telematics_body(
+    service_id: &str,
+    command: &str,
+    params: &[(&str, String)],
+    user_id: &str,
+    timestamp_ms: i64,
+) -> Value {
+    json!({
+        "command": command,
+        "creator": "tc",
+        "operationScheduling": {"duration": 0, "interval": 0, "occurs": 1, "recurrentOperation": false},
+        "serviceId": service_id,
+        "serviceParameters": params.iter().map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>(),
+        "timestamp": timestamp_ms,
+        "userId": user_id,
+    })
+}
+
+/// Sends one command; `Some` when the cloud accepted it and a status must confirm it.
+async fn execute(
+    shared: &Shared,
+    vin: &str,
+    req: CommandRequest,
+    last_update: Option<i64>,
+) -> Option<Pending> {
+    let Some(Telematics {
+        service,
+        command,
+        params,
+        expect,
+    }) = telematics(&req.command, shared.cfg.unlock_window_min)
+    else {
+        let _ = req
+            .progress
+            .send(CommandProgress::Failed("not supported by xchanger".into()))
+            .await;
+        return None;
+    };
+    shared
+        .counters
+        .commands_sent
+        .fetch_add(1, Ordering::Relaxed);
+    let result = shared
+        .call(|t| Request {
+            method: Method::PUT,
+            path: shared.path(
+                "/geelyTCAccess/tcservices/vehicle/telematics",
+                "/remote-control/vehicle/telematics",
+                vin,
+            ),
+            query: vec![],
+            body: Body::Json(telematics_body(
+                service,
+                command,
+                &params,
+                &t.user_id,
+                chrono::Utc::now().timestamp_millis(),
+            )),
+        })
+        .await;
+    match result {
+        Ok(_) => {
+            tracing::info!(event = "xchanger_command_accepted", vehicle = %req.vehicle, command = %req.command.name(), service, "command accepted by the cloud");
+            let _ = req.progress.send(CommandProgress::Accepted).await;
+            Some(Pending {
+                progress: req.progress,
+                baseline: last_update,
+                expect,
+            })
+        }
+        Err(e) => {
+            shared
+                .counters
+                .commands_failed
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(event = "xchanger_command_failed", vehicle = %req.vehicle, command = %req.command.name(), error = %e, "command refused");
+            let _ = req
+                .progress
+                .send(CommandProgress::Failed(e.to_string()))
+                .await;
+            None
+        }
+    }
+}
+
+/// `flowinfo`: bytes → MiB, the basic package's end as the plan's expiry.
+pub fn data_plan_state(doc: &Value) -> VehicleState {
+    let d = if doc.get("sum").is_some() {
+        doc
+    } else {
+        data(doc)
+    };
+    let mut st = VehicleState::default();
+    let mib = |k: &str| d.get(k).and_then(Value::as_f64).map(|b| b / 1_048_576.0);
+    for (key, field) in [
+        ("used", Field::DataUsed),
+        ("left", Field::DataLeft),
+        ("sum", Field::DataTotal),
+    ] {
+        if let Some(v) = mib(key) {
+            st.set_f64(field, v);
+        }
+    }
+    if let Some(t) = d
+        .get("basic_package")
+        .and_then(|b| b.get("limit_time"))
+        .and_then(Value::as_i64)
+        .and_then(chrono::DateTime::from_timestamp_millis)
+    {
+        st.set(
+            Field::DataExpiry,
+            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        );
+    }
+    st
+}
+
+async fn data_plan(shared: &Shared, id: &VehicleId) {
+    let iccid = shared.cfg.iccid.clone();
+    let result = shared
+        .call(|_| Request {
+            method: Method::GET,
+            path: "/api/v1/flowinfo".into(),
+            query: vec![("type", "iccid".into()), ("iccid", iccid.clone())],
+            body: Body::None,
+        })
+        .await;
+    match result {
+        Ok(doc) => {
+            let st = data_plan_state(&doc);
+            if st.values.is_empty() {
+                shared.counters.bad_answers.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    event = "xchanger_data_plan_malformed",
+                    "flowinfo answer without sum/left/used"
+                );
+            } else {
+                shared.updates.merge_state(id.clone(), st).await;
+            }
+        }
+        Err(e) => {
+            tracing::warn!(event = "xchanger_data_plan_failed", error = %e, "could not read the data plan")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vehicle_lists_in_every_shape() {
+        let a = json!({"list": [{"vin": "L6T7722E0LN000001", "plateNo": "浙A12345", "seriesName": "01"}]});
+        let b = json!({"code": "1000", "data": {"list": [{"vin": "L6T7722E0LN000001"}, {"vin": "../bad"}]}});
+        let c = json!({"data": [{"vin": "L6T7722E0LN000001"}]});
+        assert_eq!(
+            parse_vehicle_list(&a).unwrap()[0].plate.as_deref(),
+            Some("浙A12345")
+        );
+        assert_eq!(
+            parse_vehicle_list(&b).unwrap().len(),
+            1,
+            "bad VINs are skipped"
+        );
+        assert_eq!(parse_vehicle_list(&c).unwrap().len(), 1);
+        assert!(parse_vehicle_list(&json!({"code": "1000"})).is_err());
+    }
+
+    #[test]
+    fn data_plan_from_the_seed_sample() {
+        let doc = json!({"sum": 3145728, "left": 3074339, "used": 71389,
+            "basic_package": {"limit_time": 1688537344000i64}});
+        let st = data_plan_state(&doc);
+        assert_eq!(st.get(Field::DataTotal), Some(&crate::model::Value::Int(3)));
+        assert_eq!(
+            st.get(Field::DataUsed),
+            Some(&crate::model::Value::Float(0.068))
+        );
+        assert_eq!(
+            st.get(Field::DataExpiry),
+            Some(&crate::model::Value::from("2023-07-05T06:09:04Z"))
+        );
+    }
+
+    #[test]
+    fn commands_map_to_services() {
+        let unlock = telematics(&Command::Unlock, 3).unwrap();
+        assert_eq!((unlock.service, unlock.command), ("RDU", "start"));
+        assert_eq!(unlock.params, vec![("time.window", "3".to_string())]);
+        assert_eq!(unlock.expect, Some((Field::Lock, "UNLOCKED".into())));
+        assert_eq!(telematics(&Command::EngineStop, 1).unwrap().command, "stop");
+        assert_eq!(
+            telematics(&Command::FlashLights, 1).unwrap().params,
+            vec![("rhl", "light-flash".to_string())]
+        );
+        assert!(telematics(&Command::OpenSeat, 1).is_none());
+        let body = telematics_body("RDL", "start", &[], "1231609", 1_676_625_476_579);
+        assert_eq!(body["serviceParameters"], json!([]));
+        assert_eq!(body["operationScheduling"]["occurs"], 1);
+    }
+}

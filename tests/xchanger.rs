@@ -1,0 +1,447 @@
+//! xchanger connector end to end: the fake cloud over real HTTP, the bridge in-process,
+//! a real mosquitto.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{ConnectorBridge as Bridge, Mosquitto, Probe};
+use serde_json::Value;
+use vehicle2mqtt::config::{Config, Secret};
+use vehicle2mqtt::connector::Connector;
+use vehicle2mqtt::connectors::xchanger::{ApiVersion, XchangerConnector};
+use vehicle2mqtt::sim::xchanger::{Fail, FakeOptions, FakeVehicle, FakeXchanger};
+
+const T: Duration = Duration::from_secs(15);
+const VIN: &str = "L6T7722E0LN000001";
+const APP_KEY: &str = "test-app-key";
+
+async fn fake(opts: FakeOptions) -> FakeXchanger {
+    FakeXchanger::start(opts, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("fake cloud")
+}
+
+/// A bridge with the xchanger connector pointed at `cloud`; `state_dir` overrides the
+/// harness's own when tokens must survive a restart.
+async fn start(
+    broker: &Mosquitto,
+    cloud: &FakeXchanger,
+    state_dir: Option<&Path>,
+    tweak: impl FnOnce(&mut Config),
+) -> Bridge {
+    let url = cloud.url();
+    let state_dir = state_dir.map(Path::to_path_buf);
+    Bridge::start_with(broker, move |config, _port| {
+        if let Some(dir) = state_dir {
+            config.bridge.state_dir = dir;
+        }
+        let x = &mut config.xchanger;
+        x.enabled = true;
+        x.api = ApiVersion::V1;
+        x.base_url = url;
+        x.username = "driver@example.com".into();
+        x.password = Secret::new("correct horse");
+        x.poll_interval = Duration::from_secs(1);
+        x.poll_interval_active = Duration::from_secs(1);
+        config.bridge.command_timeout = Duration::from_secs(8);
+        tweak(config);
+        config.xchanger.validate().expect("valid test config");
+        (
+            Box::new(XchangerConnector::new(
+                config.xchanger.clone(),
+                config.bridge.state_dir.clone(),
+            )) as Box<dyn Connector>,
+            false,
+        )
+    })
+    .await
+}
+
+async fn probe(broker: &Mosquitto, bridge: &Bridge) -> Probe {
+    Probe::connect(broker.port, &[&bridge.topic("#"), "homeassistant/#"]).await
+}
+
+async fn wait_state(
+    probe: &Probe,
+    bridge: &Bridge,
+    vin: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    probe
+        .wait_for("state", T, |m| {
+            m.topic == bridge.topic(&format!("{vin}/state")) && pred(&m.json())
+        })
+        .await
+        .json()
+}
+
+async fn wait_result(probe: &Probe, bridge: &Bridge, id: &str, status: &str) -> Value {
+    probe
+        .wait_for(&format!("{id} {status}"), T, |m| {
+            m.topic == bridge.topic(&format!("{VIN}/command/result"))
+                && m.json()["id"] == id
+                && m.json()["status"] == status
+        })
+        .await
+        .json()
+}
+
+fn counters(probe: &Probe, bridge: &Bridge) -> Value {
+    probe
+        .messages()
+        .iter()
+        .rev()
+        .find(|m| m.topic == bridge.topic("bridge/info"))
+        .map(|m| m.json()["connectors"][0].clone())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn v1_password_login_publishes_the_seed_status_and_keeps_tokens_private() {
+    let broker = Mosquitto::start();
+    let cloud = fake(FakeOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = start(&broker, &cloud, Some(dir.path()), |_| {}).await;
+    let probe = probe(&broker, &bridge).await;
+
+    let state = wait_state(&probe, &bridge, VIN, |s| s["odometer"] == 33253).await;
+    assert_eq!(state["lock"], "LOCKED");
+    assert_eq!(state["range"], 550);
+    assert_eq!(state["fuel_volume"], 49);
+    assert_eq!(state["tyre_pressure_front_left"], 180);
+    assert_eq!(state["aux_battery_voltage"], 12);
+    assert!(
+        (state["latitude"].as_f64().unwrap() - 31.238).abs() < 1e-6,
+        "{state}"
+    );
+    probe
+        .wait_for("online", T, |m| {
+            m.topic == bridge.topic(&format!("{VIN}/availability")) && m.text() == "online"
+        })
+        .await;
+    let device = probe
+        .wait_for("lock discovery", T, |m| {
+            m.topic.ends_with(&format!("/{VIN}_lock/config"))
+        })
+        .await
+        .json();
+    assert_eq!(device["device"]["name"], "浙A12345");
+    assert_eq!(device["device"]["manufacturer"], "Lynk & Co");
+    for key in ["engine", "horn_lights", "flash_lights", "horn"] {
+        probe
+            .wait_for(key, T, |m| {
+                m.topic.ends_with(&format!("/{VIN}_{key}/config"))
+            })
+            .await;
+    }
+    let status = wait_state(&probe, &bridge, VIN, |s| {
+        s.get("connector_status").is_some()
+    })
+    .await;
+    assert_eq!(status["connector_status"], "ok");
+
+    let calls = cloud.calls();
+    assert_eq!((calls.logins, calls.vehicle_lists), (1, 1));
+    let file = dir.path().join("xchanger_tokens.json");
+    let saved = std::fs::read_to_string(&file).expect("tokens saved");
+    assert!(saved.contains("\"refresh_token\""), "{saved}");
+    assert!(
+        !saved.contains("correct horse"),
+        "the password is never stored"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn v2_auth_code_signs_every_request_and_reads_the_data_plan() {
+    let broker = Mosquitto::start();
+    let cloud = fake(FakeOptions {
+        app_key: Some(APP_KEY.into()),
+        ..Default::default()
+    })
+    .await;
+    let bridge = start(&broker, &cloud, None, |c| {
+        let x = &mut c.xchanger;
+        x.api = ApiVersion::V2;
+        x.username.clear();
+        x.password = Secret::default();
+        x.auth_code = Secret::new("742464028621668352");
+        x.app_key = Secret::new(APP_KEY);
+        x.iccid = "89860000000000000001".into();
+    })
+    .await;
+    let probe = probe(&broker, &bridge).await;
+    wait_state(&probe, &bridge, VIN, |s| s["odometer"] == 33253).await;
+    let plan = wait_state(&probe, &bridge, VIN, |s| s.get("data_total").is_some()).await;
+    assert_eq!(plan["data_total"], 3);
+    assert_eq!(plan["data_left"], 2.932);
+    assert_eq!(plan["data_expiry"], "2023-07-05T06:09:04Z");
+    let calls = cloud.calls();
+    assert_eq!(
+        calls.bad_signatures, 0,
+        "every request carried a good signature"
+    );
+    assert_eq!((calls.code_exchanges, calls.logins), (1, 0));
+    assert!(calls.flowinfo >= 1 && !calls.status_at_ms.is_empty());
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_app_key_is_caught_by_the_fakes_signature_check() {
+    let broker = Mosquitto::start();
+    let cloud = fake(FakeOptions {
+        app_key: Some(APP_KEY.into()),
+        ..Default::default()
+    })
+    .await;
+    let bridge = start(&broker, &cloud, None, |c| {
+        c.xchanger.api = ApiVersion::V2;
+        c.xchanger.app_key = Secret::new("not-the-key");
+    })
+    .await;
+    let probe = probe(&broker, &bridge).await;
+    let info = probe
+        .wait_for("error in bridge/info", T, |m| {
+            m.topic == bridge.topic("bridge/info")
+                && m.json()["connectors"][0]["error"].as_str().is_some()
+        })
+        .await
+        .json();
+    let error = info["connectors"][0]["error"].as_str().unwrap().to_string();
+    assert!(error.contains("credentials refused"), "{error}");
+    assert!(cloud.calls().bad_signatures >= 1);
+    assert!(!probe
+        .messages()
+        .iter()
+        .any(|m| m.topic.ends_with("/state") && m.topic.contains(VIN)));
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn expired_tokens_are_refreshed_once_for_all_waiting_polls_and_rotated() {
+    let broker = Mosquitto::start();
+    let vins = [
+        "L6T7722E0LN000001",
+        "L6T7722E0LN000002",
+        "L6T7722E0LN000003",
+    ];
+    let cloud = fake(FakeOptions {
+        vehicles: vins
+            .iter()
+            .map(|v| FakeVehicle {
+                vin: v.to_string(),
+                plate: String::new(),
+                series: "05".into(),
+            })
+            .collect(),
+        expired_as_401: true,
+        ..Default::default()
+    })
+    .await;
+    let (access, refresh) = cloud.issue_tokens();
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = start(&broker, &cloud, Some(dir.path()), |c| {
+        let x = &mut c.xchanger;
+        x.username.clear();
+        x.password = Secret::default();
+        x.access_token = Secret::new(access.clone());
+        x.refresh_token = Secret::new(refresh.clone());
+        x.user_id = "1231609".into();
+    })
+    .await;
+    let probe = probe(&broker, &bridge).await;
+    for vin in vins {
+        wait_state(&probe, &bridge, vin, |s| s["odometer"] == 33253).await;
+    }
+    assert_eq!(cloud.calls().refreshes, 0);
+    cloud.expire_tokens();
+    let before = cloud.calls().status_at_ms.len();
+    // Every vehicle polls again (each poll first meets the expired token).
+    for _ in 0..300 {
+        if cloud.calls().status_at_ms.len() >= before + 9 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let calls = cloud.calls();
+    assert!(calls.status_at_ms.len() >= before + 9, "polls went on");
+    assert_eq!(
+        calls.refreshes, 1,
+        "exactly one refresh for all waiting requests"
+    );
+    assert_eq!(calls.logins, 0);
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("xchanger_tokens.json")).unwrap())
+            .unwrap();
+    assert_ne!(
+        saved["refresh_token"],
+        refresh.as_str(),
+        "the rotated pair is persisted"
+    );
+    assert_ne!(saved["access_token"], access.as_str());
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn persisted_tokens_are_reused_after_a_restart() {
+    let broker = Mosquitto::start();
+    let cloud = fake(FakeOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let bridge = start(&broker, &cloud, Some(dir.path()), |_| {}).await;
+        let probe = probe(&broker, &bridge).await;
+        wait_state(&probe, &bridge, VIN, |s| s["odometer"] == 33253).await;
+        bridge.stop().await;
+    }
+    let calls = cloud.calls();
+    assert_eq!(
+        calls.logins, 1,
+        "the second run logged in with the saved tokens"
+    );
+    assert_eq!(calls.vehicle_lists, 2);
+}
+
+#[tokio::test]
+async fn a_refused_password_stops_polling_without_a_login_storm() {
+    let broker = Mosquitto::start();
+    let cloud = fake(FakeOptions::default()).await;
+    let bridge = start(&broker, &cloud, None, |c| {
+        c.xchanger.password = Secret::new("wrong");
+    })
+    .await;
+    let probe = probe(&broker, &bridge).await;
+    let info = probe
+        .wait_for("refusal in bridge/info", T, |m| {
+            m.topic == bridge.topic("bridge/info")
+                && m.json()["connectors"][0]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("wrong username or password"))
+        })
+        .await
+        .json();
+    assert!(
+        info["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("xchanger"),
+        "{info}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls = cloud.calls();
+    assert_eq!(calls.logins, 1, "one refused login, then a long pause");
+    assert!(calls.status_at_ms.is_empty());
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn commands_are_accepted_then_confirmed_by_the_next_status() {
+    let broker = Mosquitto::start();
+    let cloud = fake(FakeOptions::default()).await;
+    let bridge = start(&broker, &cloud, None, |c| {
+        c.xchanger.unlock_window_min = 2;
+        c.xchanger.poll_interval = Duration::from_secs(30);
+        c.bridge.command_timeout = Duration::from_secs(4);
+    })
+    .await;
+    let probe = probe(&broker, &bridge).await;
+    wait_state(&probe, &bridge, VIN, |s| s["lock"] == "LOCKED").await;
+    let set = |leaf: &str| bridge.topic(&format!("{VIN}/{leaf}/set"));
+
+    probe
+        .publish(&set("lock"), r#"{"action":"UNLOCK","id":"u1"}"#, false)
+        .await;
+    wait_result(&probe, &bridge, "u1", "accepted").await;
+    wait_result(&probe, &bridge, "u1", "succeeded").await;
+    wait_state(&probe, &bridge, VIN, |s| s["lock"] == "UNLOCKED").await;
+    let sent = cloud.calls().commands;
+    assert_eq!(sent[0]["serviceId"], "RDU");
+    assert_eq!(sent[0]["serviceParameters"][0]["key"], "time.window");
+    assert_eq!(sent[0]["serviceParameters"][0]["value"], "2");
+
+    probe
+        .publish(&set("engine"), r#"{"action":"ON","id":"e1"}"#, false)
+        .await;
+    wait_result(&probe, &bridge, "e1", "succeeded").await;
+    wait_state(&probe, &bridge, VIN, |s| s["engine_running"] == true).await;
+    probe
+        .publish(
+            &set("horn_lights"),
+            r#"{"action":"PRESS","id":"h1"}"#,
+            false,
+        )
+        .await;
+    wait_result(&probe, &bridge, "h1", "succeeded").await;
+    let sent = cloud.calls().commands;
+    assert_eq!(
+        (sent[1]["serviceId"].as_str(), sent[1]["command"].as_str()),
+        (Some("RES"), Some("start"))
+    );
+    assert_eq!(sent[2]["serviceParameters"][0]["value"], "horn-light-flash");
+
+    cloud.refuse_commands(Some("8160"));
+    probe
+        .publish(&set("lock"), r#"{"action":"LOCK","id":"l1"}"#, false)
+        .await;
+    let failed = wait_result(&probe, &bridge, "l1", "failed").await;
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no permission"),
+        "{failed}"
+    );
+
+    cloud.refuse_commands(None);
+    cloud.apply_commands(false);
+    probe
+        .publish(&set("lock"), r#"{"action":"LOCK","id":"l2"}"#, false)
+        .await;
+    wait_result(&probe, &bridge, "l2", "accepted").await;
+    wait_result(&probe, &bridge, "l2", "timeout").await;
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limits_back_off_exponentially_and_bad_answers_cost_one_poll() {
+    let broker = Mosquitto::start();
+    let cloud = fake(FakeOptions::default()).await;
+    cloud.fail_next([
+        Fail::Http(429),
+        Fail::Http(429),
+        Fail::Http(429),
+        Fail::BadJson,
+        Fail::Http(503),
+    ]);
+    let bridge = start(&broker, &cloud, None, |_| {}).await;
+    let probe = probe(&broker, &bridge).await;
+    let state = wait_state(&probe, &bridge, VIN, |s| s["odometer"] == 33253).await;
+    assert_eq!(state["lock"], "LOCKED");
+    let at = cloud.calls().status_at_ms;
+    assert!(at.len() >= 6, "{at:?}");
+    let gaps: Vec<u64> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    // 429 → 1 s, 2 s, 4 s (±10 %): each wait longer than the one before.
+    assert!(
+        gaps[1] > gaps[0] * 3 / 2 && gaps[2] > gaps[1] * 3 / 2,
+        "{gaps:?}"
+    );
+    wait_state(&probe, &bridge, VIN, |s| s["connector_status"] == "ok").await;
+    probe
+        .wait_for("counters", T, |m| {
+            m.topic == bridge.topic("bridge/info")
+                && m.json()["connectors"][0]["counters"]["rate_limited"] == 3
+                && m.json()["connectors"][0]["counters"]["bad_answers"] == 1
+        })
+        .await;
+    assert_eq!(counters(&probe, &bridge)["name"], "xchanger");
+    bridge.stop().await;
+}
