@@ -16,6 +16,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::connectors::exlive::ExliveConfig;
+use crate::connectors::iauto360::Iauto360Config;
 use crate::connectors::kingxun::KingxunConfig;
 use crate::connectors::xchanger::XchangerConfig;
 
@@ -131,22 +132,13 @@ impl Default for BridgeConfig {
     }
 }
 
-/// A connector section that is not implemented in this build yet: it only accepts
-/// `enabled = false`, so a user who turns it on hears so at start-up instead of
-/// silently getting nothing.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PlannedConnectorConfig {
-    pub enabled: bool,
-}
-
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub mqtt: MqttConfig,
     pub bridge: BridgeConfig,
     pub xchanger: XchangerConfig,
-    pub iauto360: PlannedConnectorConfig,
+    pub iauto360: Iauto360Config,
     pub kingxun: KingxunConfig,
     pub exlive: ExliveConfig,
 }
@@ -246,11 +238,8 @@ impl Config {
         if let Err(reason) = tracing_subscriber::EnvFilter::try_new(&self.bridge.log_level) {
             return Err(invalid("bridge.log_level", reason.to_string()));
         }
-        if self.iauto360.enabled {
-            return Err(invalid(
-                "iauto360.enabled",
-                "this connector is not available in this build yet".into(),
-            ));
+        if let Err((key, reason)) = self.iauto360.validate() {
+            return Err(invalid(&format!("iauto360.{key}"), reason));
         }
         if let Err((key, reason)) = self.xchanger.validate() {
             return Err(invalid(&format!("xchanger.{key}"), reason));

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use vehicle2mqtt::config::Config;
 use vehicle2mqtt::connector::Connector;
 use vehicle2mqtt::connectors::exlive::ExliveConnector;
+use vehicle2mqtt::connectors::iauto360::Iauto360Connector;
 use vehicle2mqtt::connectors::kingxun::KingxunConnector;
 use vehicle2mqtt::connectors::xchanger::XchangerConnector;
 use vehicle2mqtt::{bridge, logging, sim, state_dir};
@@ -104,6 +105,15 @@ enum SimTarget {
         /// Serve api v2 and check every signature with this key (default: v1).
         #[arg(long)]
         app_key: Option<String>,
+    },
+    /// A fake iauto360 (车智汇) open platform with one OBD box: open_id `OPEN123`,
+    /// secure_code `SECRETcode`, esn 865432100012345.
+    Iauto360Platform {
+        #[arg(long, default_value = "127.0.0.1:8490")]
+        listen: std::net::SocketAddr,
+        /// The bridge's push endpoint, e.g. http://127.0.0.1:8089/iauto360/events.
+        #[arg(long)]
+        push_url: Option<String>,
     },
 }
 
@@ -220,6 +230,16 @@ fn simulate(target: SimTarget) -> ExitCode {
                     Err(e) => tracing::error!(error = %e, "cannot start the fake xchanger cloud"),
                 }
             }
+            SimTarget::Iauto360Platform { listen, push_url } => {
+                let opts = sim::iauto360::FakeOptions { push_url, ..Default::default() };
+                match sim::iauto360::FakeIauto360::start(opts, listen).await {
+                    Ok(platform) => {
+                        tracing::info!(url = %platform.url(), "fake iauto360 platform listening");
+                        shutdown.cancelled().await;
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot start the fake iauto360 platform"),
+                }
+            }
         }
     });
     ExitCode::SUCCESS
@@ -258,6 +278,9 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
     }
     if config.exlive.enabled {
         connectors.push(Box::new(ExliveConnector::new(config.exlive.clone())));
+    }
+    if config.iauto360.enabled {
+        connectors.push(Box::new(Iauto360Connector::new(config.iauto360.clone())));
     }
     if config.xchanger.enabled {
         connectors.push(Box::new(XchangerConnector::new(

@@ -178,6 +178,10 @@ catalog! {
     TyrePressureRearLeft = "tyre_pressure_rear_left", "Tyre pressure rear left", Number, Some("pressure"), Some("kPa"), M, false, N;
     TyrePressureRearRight = "tyre_pressure_rear_right", "Tyre pressure rear right", Number, Some("pressure"), Some("kPa"), M, false, N;
     TyreWarning = "tyre_warning", "Tyre warning", Binary, Some("problem"), N, N, false, N;
+    TyreTemperatureFrontLeft = "tyre_temperature_front_left", "Tyre temperature front left", Number, Some("temperature"), Some("°C"), M, true, N;
+    TyreTemperatureFrontRight = "tyre_temperature_front_right", "Tyre temperature front right", Number, Some("temperature"), Some("°C"), M, true, N;
+    TyreTemperatureRearLeft = "tyre_temperature_rear_left", "Tyre temperature rear left", Number, Some("temperature"), Some("°C"), M, true, N;
+    TyreTemperatureRearRight = "tyre_temperature_rear_right", "Tyre temperature rear right", Number, Some("temperature"), Some("°C"), M, true, N;
     // Climate.
     InteriorTemperature = "interior_temperature", "Interior temperature", Number, Some("temperature"), Some("°C"), M, false, N;
     ExteriorTemperature = "exterior_temperature", "Exterior temperature", Number, Some("temperature"), Some("°C"), M, false, N;

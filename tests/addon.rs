@@ -124,11 +124,18 @@ fn options_are_real_bridge_config_keys() {
         "bridge": {"command_pin": "2468", "command_timeout": "45s", "stale_after": "1h", "log_level": "debug"},
         "mqtt": {"base_topic": "cars", "discovery_prefix": "homeassistant", "per_field_topics": true},
         "kingxun": {"enabled": true, "listen": "0.0.0.0:10085", "devices": [{"id": 1001, "key": "00112233445566778899aabbccddeeff", "name": "Scooter"}]},
-        "exlive": {"enabled": true, "listen": "0.0.0.0:1502", "accounts": [{"name": "fleet", "password": "pw"}], "commands": [{"name": "locate", "data": "WHERE#"}]}
+        "exlive": {"enabled": true, "listen": "0.0.0.0:1502", "accounts": [{"name": "fleet", "password": "pw"}], "commands": [{"name": "locate", "data": "WHERE#"}]},
+        "xchanger": {"enabled": true, "api": "v2", "username": "me@example.com", "password": "pw", "auth_code": "", "app_key": "k",
+            "vins": ["L6T7722E0LN000001"], "poll_interval": "5m", "poll_interval_active": "1m", "unlock_window_min": 2, "iccid": ""},
+        "iauto360": {"enabled": true, "open_id": "OPEN123", "secure_code": "s", "devices": [{"esn": "865432100012345", "name": "Car"}],
+            "poll_interval": "5m", "poll_interval_active": "1m", "detail_interval": "1h", "push_listen": "0.0.0.0:8089"}
     });
     std::fs::write(&path, filled.to_string()).unwrap();
     let (config, _) = Config::load(Some(&path)).expect("a filled-in add-on config loads");
     assert!(config.kingxun.enabled && config.exlive.enabled);
+    assert!(config.xchanger.enabled && config.iauto360.enabled);
+    assert_eq!(config.xchanger.unlock_window_min, 2);
+    assert_eq!(config.iauto360.push_listen.map(|a| a.port()), Some(8089));
     assert_eq!(config.bridge.command_pin.expose(), "2468");
 }
 

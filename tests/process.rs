@@ -341,3 +341,78 @@ async fn the_binary_polls_the_fake_xchanger_cloud_and_unlocks() {
         .await;
     assert!(dir.path().join("state/xchanger_tokens.json").exists());
 }
+
+/// The shipped binary with iauto360: `simulate iauto360-platform` as the upstream pushing
+/// to the bridge's event endpoint; an unlock is confirmed by the pushed outcome.
+#[tokio::test]
+async fn the_binary_polls_the_fake_iauto360_platform_and_takes_its_pushes() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (platform_port, push_port) = (common::free_port(), common::free_port());
+    let _platform = KillOnDrop(
+        Command::new(BIN)
+            .args([
+                "simulate",
+                "iauto360-platform",
+                "--listen",
+                &format!("127.0.0.1:{platform_port}"),
+            ])
+            .args([
+                "--push-url",
+                &format!("http://127.0.0.1:{push_port}/iauto360/events"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the fake platform"),
+    );
+    assert!(
+        common::wait_port_async(platform_port, T).await,
+        "fake platform listening"
+    );
+    let base = format!("p{}", rand::random::<u32>());
+    let probe = Probe::connect(broker.port, &[&format!("{base}/#")]).await;
+    let child = bridge_cmd(dir.path())
+        .env("V2M_MQTT__URL", broker.url())
+        .env("V2M_MQTT__BASE_TOPIC", &base)
+        .env("V2M_MQTT__CLIENT_ID", format!("{base}-bridge"))
+        .env("V2M_IAUTO360__ENABLED", "true")
+        .env(
+            "V2M_IAUTO360__BASE_URL",
+            format!("http://127.0.0.1:{platform_port}"),
+        )
+        .env("V2M_IAUTO360__OPEN_ID", "OPEN123")
+        .env("V2M_IAUTO360__SECURE_CODE", "SECRETcode")
+        .env("V2M_IAUTO360__DEVICES", r#"[{esn="865432100012345"}]"#)
+        .env(
+            "V2M_IAUTO360__PUSH_LISTEN",
+            format!("127.0.0.1:{push_port}"),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn vehicle2mqtt");
+    let _child = KillOnDrop(child);
+    let vid = "ia865432100012345";
+    probe
+        .wait_for("state", T, |m| {
+            m.topic == format!("{base}/{vid}/state") && m.json()["odometer"] == 23456.7
+        })
+        .await;
+    assert!(
+        common::wait_port_async(push_port, T).await,
+        "push endpoint listening"
+    );
+    probe
+        .publish(
+            &format!("{base}/{vid}/lock/set"),
+            r#"{"action":"UNLOCK","id":"p1"}"#,
+            false,
+        )
+        .await;
+    probe
+        .wait_for("succeeded", T, |m| {
+            m.topic == format!("{base}/{vid}/command/result") && m.json()["status"] == "succeeded"
+        })
+        .await;
+}

@@ -2,5 +2,6 @@
 //! [`crate::connector`].
 
 pub mod exlive;
+pub mod iauto360;
 pub mod kingxun;
 pub mod xchanger;

@@ -1,6 +1,7 @@
 //! Simulated devices and upstreams, for `vehicle2mqtt simulate`, the tests and benches.
 
 pub mod exlive;
+pub mod iauto360;
 pub mod kingxun;
 pub mod xchanger;
 

@@ -6,7 +6,9 @@
 //! Replies are `{"flag": 1|0, "data": {...}, "err": ...}`. Event pushes carry
 //! `versign = md5hex(eventsJson + secureCode)`.
 //!
-//! The connector (polling, commands, the push endpoint) is not built yet (issue #6).
+//! `services`: every service answer and pushed event → the shared model.
+
+pub mod services;
 
 use md5::{Digest, Md5};
 use serde_json::{json, Value};
@@ -44,10 +46,29 @@ pub fn path(service: u16, open_id: &str, sign: &str) -> String {
 }
 
 /// Checks an event push's `versign` in constant time.
+///
+/// PROTOCOLS.md gives `md5hex(events + secureCode)`; the platform's own
+/// `vehicle_events.md` describes SHA-1 of the same string. Both are keyed by the shared
+/// secret, so both are accepted, told apart by length (32 or 40 hex digits).
 pub fn verify_push(events_json: &str, secure_code: &str, versign: &str) -> bool {
-    let expected = md5_hex(&[events_json.as_bytes(), secure_code.as_bytes()]);
     let given = versign.trim().to_ascii_lowercase();
-    expected.len() == given.len() && bool::from(expected.as_bytes().ct_eq(given.as_bytes()))
+    let expected = match given.len() {
+        32 => md5_hex(&[events_json.as_bytes(), secure_code.as_bytes()]),
+        40 => {
+            use sha1::Sha1;
+            let mut h = Sha1::new();
+            h.update(events_json.as_bytes());
+            h.update(secure_code.as_bytes());
+            hex::encode(h.finalize())
+        }
+        _ => return false,
+    };
+    bool::from(expected.as_bytes().ct_eq(given.as_bytes()))
+}
+
+/// `versign` as this project's fake platform and tests make it (MD5, PROTOCOLS.md).
+pub fn push_signature(events_json: &str, secure_code: &str) -> String {
+    md5_hex(&[events_json.as_bytes(), secure_code.as_bytes()])
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -219,6 +240,27 @@ mod tests {
             "dff6396443e1d806cf658ef4928dff82"
         ));
         assert!(!verify_push(events, "SECRETcode", ""));
+        // The platform document's SHA-1 form, with its own example secret.
+        let doc = r#"{"records":[{"id":123,"esn":"351234567812345","type":"开锁","time":1487589471,"text":"成功"}]}"#;
+        assert!(verify_push(
+            doc,
+            "Ax7scb224xf8z",
+            "95abba4b6a5b9695a471276311df00fe6df93ff7"
+        ));
+        assert!(verify_push(
+            doc,
+            "Ax7scb224xf8z",
+            "f1e79c8eb5361111dbc30ff4f089f66d"
+        ));
+        assert!(!verify_push(
+            doc,
+            "Ax7scb224xf8z",
+            "95abba4b6a5b9695a471276311df00fe6df93ff8"
+        ));
+        assert_eq!(
+            super::push_signature(doc, "Ax7scb224xf8z"),
+            "f1e79c8eb5361111dbc30ff4f089f66d"
+        );
     }
 
     #[test]

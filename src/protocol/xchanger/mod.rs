@@ -2,7 +2,7 @@
 //! `sign`: the v2 request signature and the one query string used in URL and signature.
 //! `status`: the vehicle status document → the shared model.
 //!
-//! The connector (HTTP, tokens, polling, commands) is not built yet (issue #5).
+//! The connector (HTTP, tokens, polling, commands) is `connectors::xchanger`.
 
 pub mod sign;
 pub mod status;

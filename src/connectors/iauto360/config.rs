@@ -1,0 +1,199 @@
+//! `[iauto360]` configuration.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Secret;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Iauto360Config {
+    pub enabled: bool,
+    pub base_url: String,
+    pub open_id: String,
+    /// Signs every request and every event push; no default.
+    pub secure_code: Secret,
+    pub devices: Vec<Iauto360Device>,
+    /// Latest condition (1011).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// While the ignition is on or a command waits.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval_active: Duration,
+    /// Binding, tyres, battery history, health check, vehicle info, trips, fuel.
+    #[serde(with = "humantime_serde")]
+    pub detail_interval: Duration,
+    /// Billing plan sent with every call; none = the platform picks.
+    pub plan: Option<i64>,
+    /// Where the platform pushes vehicle events (e.g. "0.0.0.0:8089"); none = no push.
+    pub push_listen: Option<SocketAddr>,
+    pub push_path: String,
+    /// Largest push body accepted (413 beyond).
+    pub push_max_body: usize,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Iauto360Device {
+    pub esn: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl Default for Iauto360Config {
+    fn default() -> Self {
+        Iauto360Config {
+            enabled: false,
+            base_url: "https://open.iauto360.cn".into(),
+            open_id: String::new(),
+            secure_code: Secret::default(),
+            devices: Vec::new(),
+            poll_interval: Duration::from_secs(5 * 60),
+            poll_interval_active: Duration::from_secs(60),
+            detail_interval: Duration::from_secs(3600),
+            plan: None,
+            push_listen: None,
+            push_path: "/iauto360/events".into(),
+            push_max_body: 256 * 1024,
+            request_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+pub fn valid_esn(esn: &str) -> bool {
+    (4..=32).contains(&esn.len()) && esn.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
+impl Iauto360Config {
+    /// Checks an enabled section; the error names the key and why.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let err = |k: &str, r: &str| Err((k.to_string(), r.to_string()));
+        let url = self.base_url.trim_end_matches('/');
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+            return err("base_url", "must be an http:// or https:// address");
+        }
+        if self.open_id.is_empty()
+            || !self
+                .open_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return err("open_id", "must be set (letters, digits, '-', '_')");
+        }
+        if self.secure_code.is_empty() {
+            return err("secure_code", "must be set (it signs every call)");
+        }
+        if self.devices.is_empty() {
+            return err("devices", "list at least one device (esn)");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for d in &self.devices {
+            if !valid_esn(&d.esn) {
+                return Err((
+                    "devices".into(),
+                    format!("esn `{}` must be 4 to 32 letters or digits", d.esn),
+                ));
+            }
+            if !seen.insert(d.esn.as_str()) {
+                return Err(("devices".into(), format!("esn `{}` is listed twice", d.esn)));
+            }
+        }
+        if self.poll_interval < Duration::from_secs(1)
+            || self.poll_interval_active < Duration::from_secs(1)
+        {
+            return err("poll_interval", "must be at least 1s");
+        }
+        if self.poll_interval_active > self.poll_interval {
+            return err(
+                "poll_interval_active",
+                "must not be longer than poll_interval",
+            );
+        }
+        if self.detail_interval < Duration::from_secs(1) {
+            return err("detail_interval", "must be at least 1s");
+        }
+        if !self.push_path.starts_with('/') || self.push_path.contains(['?', '#', ' ']) {
+            return err("push_path", "must be a path starting with '/'");
+        }
+        if !(1024..=16 << 20).contains(&self.push_max_body) {
+            return err("push_max_body", "must be 1 KiB to 16 MiB");
+        }
+        if self.request_timeout < Duration::from_secs(1)
+            || self.request_timeout > Duration::from_secs(120)
+        {
+            return err("request_timeout", "must be 1s to 120s");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_key() {
+        let ok = Iauto360Config {
+            enabled: true,
+            open_id: "OPEN123".into(),
+            secure_code: Secret::new("s"),
+            devices: vec![Iauto360Device {
+                esn: "865432100012345".into(),
+                name: None,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        let key = |c: Iauto360Config| c.validate().unwrap_err().0;
+        assert_eq!(
+            key(Iauto360Config {
+                secure_code: Secret::default(),
+                ..ok.clone()
+            }),
+            "secure_code"
+        );
+        assert_eq!(
+            key(Iauto360Config {
+                open_id: "a/b".into(),
+                ..ok.clone()
+            }),
+            "open_id"
+        );
+        assert_eq!(
+            key(Iauto360Config {
+                devices: vec![],
+                ..ok.clone()
+            }),
+            "devices"
+        );
+        let twice = vec![ok.devices[0].clone(), ok.devices[0].clone()];
+        assert_eq!(
+            key(Iauto360Config {
+                devices: twice,
+                ..ok.clone()
+            }),
+            "devices"
+        );
+        assert_eq!(
+            key(Iauto360Config {
+                push_path: "events".into(),
+                ..ok.clone()
+            }),
+            "push_path"
+        );
+        assert_eq!(
+            key(Iauto360Config {
+                base_url: "open.iauto360.cn".into(),
+                ..ok
+            }),
+            "base_url"
+        );
+    }
+}

@@ -1,0 +1,387 @@
+//! iauto360 connector end to end: the fake platform over real HTTP (signed calls, event
+//! pushes to the bridge's endpoint), the bridge in-process, a real mosquitto.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ConnectorBridge as Bridge, Mosquitto, Probe};
+use serde_json::{json, Value};
+use vehicle2mqtt::config::{Config, Secret};
+use vehicle2mqtt::connector::Connector;
+use vehicle2mqtt::connectors::iauto360::{Iauto360Connector, Iauto360Device};
+use vehicle2mqtt::sim::iauto360::{Fail, FakeIauto360, FakeOptions, HOME};
+
+const T: Duration = Duration::from_secs(15);
+const ESN: &str = "865432100012345";
+const VID: &str = "ia865432100012345";
+
+async fn fake() -> FakeIauto360 {
+    FakeIauto360::start(FakeOptions::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("fake platform")
+}
+
+/// A bridge with the iauto360 connector on `platform`; with `push`, the event endpoint
+/// listens on the harness's free port and the fake pushes there.
+async fn start(
+    broker: &Mosquitto,
+    platform: &FakeIauto360,
+    push: bool,
+    tweak: impl FnOnce(&mut Config),
+) -> Bridge {
+    let url = platform.url();
+    let bridge = Bridge::start_with(broker, move |config, port| {
+        let c = &mut config.iauto360;
+        c.enabled = true;
+        c.base_url = url;
+        c.open_id = "OPEN123".into();
+        c.secure_code = Secret::new("SECRETcode");
+        c.devices = vec![Iauto360Device {
+            esn: ESN.into(),
+            name: Some("Family car".into()),
+        }];
+        c.poll_interval = Duration::from_secs(1);
+        c.poll_interval_active = Duration::from_secs(1);
+        c.detail_interval = Duration::from_secs(1);
+        if push {
+            c.push_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+            c.push_max_body = 4096;
+        }
+        config.bridge.command_timeout = Duration::from_secs(4);
+        tweak(config);
+        config.iauto360.validate().expect("valid test config");
+        (
+            Box::new(Iauto360Connector::new(config.iauto360.clone())) as Box<dyn Connector>,
+            push,
+        )
+    })
+    .await;
+    if push {
+        platform.set_push_url(&format!("http://127.0.0.1:{}/iauto360/events", bridge.port));
+    }
+    bridge
+}
+
+async fn watch(broker: &Mosquitto, bridge: &Bridge) -> Probe {
+    Probe::connect(broker.port, &[&bridge.topic("#"), "homeassistant/#"]).await
+}
+
+async fn wait_state(
+    probe: &Probe,
+    bridge: &Bridge,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    probe
+        .wait_for(what, T, |m| {
+            m.topic == bridge.topic(&format!("{VID}/state")) && pred(&m.json())
+        })
+        .await
+        .json()
+}
+
+async fn wait_result(probe: &Probe, bridge: &Bridge, id: &str, status: &str) -> Value {
+    probe
+        .wait_for(&format!("{id} {status}"), T, |m| {
+            m.topic == bridge.topic(&format!("{VID}/command/result"))
+                && m.json()["id"] == id
+                && m.json()["status"] == status
+        })
+        .await
+        .json()
+}
+
+async fn wait_event(probe: &Probe, bridge: &Bridge, event_type: &str) -> Value {
+    probe
+        .wait_for(event_type, T, |m| {
+            m.topic == bridge.topic(&format!("{VID}/event")) && m.json()["event_type"] == event_type
+        })
+        .await
+        .json()
+}
+
+#[tokio::test]
+async fn every_service_lands_in_the_state_and_new_trips_become_events() {
+    let broker = Mosquitto::start();
+    let platform = fake().await;
+    let bridge = start(&broker, &platform, false, |_| {}).await;
+    let probe = watch(&broker, &bridge).await;
+
+    let s = wait_state(&probe, &bridge, "every service", |s| {
+        s.get("fuel_used_yesterday").is_some()
+            && s.get("last_trip_distance").is_some()
+            && s.get("tyre_warning").is_some()
+            && s.get("inspection_due").is_some()
+            && s["attributes"].get("health_check").is_some()
+    })
+    .await;
+    // 1011: GCJ-02 converted back to where the car stands.
+    assert!(
+        (s["latitude"].as_f64().unwrap() - HOME.0).abs() < 1e-5,
+        "{s}"
+    );
+    assert!(
+        (s["longitude"].as_f64().unwrap() - HOME.1).abs() < 1e-5,
+        "{s}"
+    );
+    assert_eq!(s["odometer"], 23456.7);
+    assert_eq!(s["engine_running"], false);
+    assert_eq!(s["fault_codes"], "none");
+    assert_eq!(s["vin"], "LSGBL5334HF000001");
+    // 1001, 1019, 1017, 1018, 1021, 3004, 1012.
+    assert_eq!(s["plugged"], true);
+    assert_eq!(s["plate"], "粤A12345");
+    assert_eq!(s["tyre_pressure_rear_left"], 180);
+    assert_eq!(s["tyre_temperature_front_right"], 32);
+    assert_eq!(s["tyre_warning"], true);
+    assert_eq!(
+        s["attributes"]["tyre_rear_left_status"],
+        json!(["low_pressure"])
+    );
+    assert_eq!(
+        s["attributes"]["tyre_rear_right_status"],
+        json!(["low_sensor_battery"])
+    );
+    assert_eq!(s["aux_battery_voltage"], 12.6);
+    assert_eq!(
+        s["attributes"]["health_check"]["coolant_temperature_c"],
+        88.5
+    );
+    assert_eq!(
+        s["attributes"]["health_check"]["fault_codes"],
+        json!(["P0420"])
+    );
+    assert_eq!(s["insurance_expiry"], "2027-03-15");
+    assert_eq!(s["inspection_due"], "2027-03-31");
+    assert_eq!(s["fuel_used_yesterday"], 4.756);
+    assert_eq!(s["last_trip_distance"], 12.5);
+    let calls = platform.calls();
+    assert_eq!(
+        calls.bad_signatures + calls.stale_time,
+        0,
+        "every call signed and timely"
+    );
+    for service in [1001, 1011, 1012, 1017, 1018, 1019, 1021, 3004] {
+        assert!(
+            calls.by_service.get(&service).copied().unwrap_or(0) >= 1,
+            "service {service} called"
+        );
+    }
+    let tracker = probe
+        .wait_for("device tracker", T, |m| {
+            m.topic.ends_with(&format!("/{VID}_location/config"))
+        })
+        .await
+        .json();
+    assert_eq!(tracker["device"]["name"], "Family car");
+
+    // Driving: fast polls show the engine, speed and the live fault code.
+    platform.set_driving(ESN, true);
+    let s = wait_state(&probe, &bridge, "driving", |s| s["engine_running"] == true).await;
+    assert_eq!(
+        (s["speed"].as_i64(), s["engine_rpm"].as_i64()),
+        (Some(48), Some(2100))
+    );
+    assert_eq!(s["fault_codes"], "P0171");
+
+    // A trip that ends now: sensors and a `trip` event with the 1013 track.
+    let id = platform.add_trip(ESN, 30.0);
+    let event = wait_event(&probe, &bridge, "trip").await;
+    assert_eq!(event["trip_id"], id);
+    assert_eq!(event["track"].as_array().map(Vec::len), Some(20));
+    wait_state(&probe, &bridge, "trip sensors", |s| {
+        s["last_trip_distance"] == 30
+    })
+    .await;
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn lock_and_unlock_are_confirmed_by_the_pushed_outcome() {
+    let broker = Mosquitto::start();
+    let platform = fake().await;
+    let bridge = start(&broker, &platform, true, |_| {}).await;
+    let probe = watch(&broker, &bridge).await;
+    wait_state(&probe, &bridge, "first poll", |s| {
+        s.get("odometer").is_some()
+    })
+    .await;
+    let set = bridge.topic(&format!("{VID}/lock/set"));
+
+    probe
+        .publish(&set, r#"{"action":"UNLOCK","id":"u1"}"#, false)
+        .await;
+    wait_result(&probe, &bridge, "u1", "accepted").await;
+    wait_result(&probe, &bridge, "u1", "succeeded").await;
+    wait_state(&probe, &bridge, "unlocked", |s| s["lock"] == "UNLOCKED").await;
+    let ev = wait_event(&probe, &bridge, "unlock_result").await;
+    assert!(ev["text"].as_str().unwrap_or("").contains("成功"), "{ev}");
+    assert_eq!(platform.calls().commands[0]["opCode"], "UNLOCK_DOOR");
+
+    probe
+        .publish(&set, r#"{"action":"LOCK","id":"l1"}"#, false)
+        .await;
+    wait_result(&probe, &bridge, "l1", "succeeded").await;
+    wait_state(&probe, &bridge, "locked", |s| s["lock"] == "LOCKED").await;
+
+    platform.car_refuses(true);
+    probe
+        .publish(&set, r#"{"action":"UNLOCK","id":"u2"}"#, false)
+        .await;
+    let failed = wait_result(&probe, &bridge, "u2", "failed").await;
+    assert!(
+        failed["reason"].as_str().unwrap_or("").contains("failed"),
+        "{failed}"
+    );
+    assert!(platform.calls().pushes.iter().all(|s| *s == 200));
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn without_push_an_accepted_command_ends_as_timeout() {
+    let broker = Mosquitto::start();
+    let platform = fake().await;
+    let bridge = start(&broker, &platform, false, |_| {}).await;
+    let probe = watch(&broker, &bridge).await;
+    wait_state(&probe, &bridge, "first poll", |s| {
+        s.get("odometer").is_some()
+    })
+    .await;
+    probe
+        .publish(
+            &bridge.topic(&format!("{VID}/lock/set")),
+            r#"{"action":"LOCK","id":"l1"}"#,
+            false,
+        )
+        .await;
+    wait_result(&probe, &bridge, "l1", "accepted").await;
+    wait_result(&probe, &bridge, "l1", "timeout").await;
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn pushes_are_verified_bounded_and_deduplicated() {
+    let broker = Mosquitto::start();
+    let platform = fake().await;
+    let bridge = start(&broker, &platform, true, |_| {}).await;
+    let probe = watch(&broker, &bridge).await;
+    wait_state(&probe, &bridge, "first poll", |s| {
+        s.get("odometer").is_some()
+    })
+    .await;
+
+    let vibration = json!([{"id": 77, "esn": ESN, "uid": "1424587", "type": "震动", "time": 1_700_000_000,
+        "text": "轻微震动", "location": [113.1452, 23.41254], "attrs": {"level": 3}}]);
+    // A wrong signature: refused, nothing published.
+    let body = json!({"records": vibration}).to_string();
+    assert_eq!(
+        platform
+            .push_raw(body.clone(), "0123456789abcdef0123456789abcdef")
+            .await
+            .unwrap(),
+        403
+    );
+    assert_eq!(platform.push_raw(body, "").await.unwrap(), 403);
+    // Oversized: 413 before anything is read as JSON.
+    let big = json!({"records": [{"id": 1, "esn": ESN, "type": "故障", "text": "x".repeat(5000)}]})
+        .to_string();
+    let sign = vehicle2mqtt::protocol::iauto360::push_signature(&big, "SECRETcode");
+    assert_eq!(platform.push_raw(big, &sign).await.unwrap(), 413);
+    // Signed but not JSON: 400.
+    let junk = "{\"records\":[".to_string();
+    let sign = vehicle2mqtt::protocol::iauto360::push_signature(&junk, "SECRETcode");
+    assert_eq!(platform.push_raw(junk, &sign).await.unwrap(), 400);
+    assert!(!probe
+        .messages()
+        .iter()
+        .any(|m| m.topic == bridge.topic(&format!("{VID}/event"))));
+
+    // A good push, twice (the platform retries): one event.
+    assert_eq!(platform.push(vibration.clone()).await.unwrap(), 200);
+    assert_eq!(platform.push(vibration).await.unwrap(), 200);
+    let ev = wait_event(&probe, &bridge, "vibration").await;
+    assert_eq!(ev["attrs"]["level"], 3);
+    // Ignition off for an unknown device is accepted and ignored; ours updates the state.
+    let ign = json!([{"id": 78, "esn": "000011112222", "type": "熄火", "time": 1_700_000_100},
+        {"id": 79, "esn": ESN, "type": "拔出", "time": 1_700_000_200}]);
+    assert_eq!(platform.push(ign).await.unwrap(), 200);
+    wait_event(&probe, &bridge, "unplugged").await;
+    let info = probe
+        .wait_for("push counters", T, |m| {
+            let c = &m.json()["connectors"][0]["counters"];
+            m.topic == bridge.topic("bridge/info")
+                && c["push_bad_signature"] == 2
+                && c["push_oversized"] == 1
+                && c["push_malformed"] == 1
+                && c["push_unknown_device"] == 1
+        })
+        .await
+        .json();
+    assert_eq!(info["connectors"][0]["name"], "iauto360");
+    let events = probe
+        .messages()
+        .iter()
+        .filter(|m| {
+            m.topic == bridge.topic(&format!("{VID}/event"))
+                && m.json()["event_type"] == "vibration"
+        })
+        .count();
+    assert_eq!(events, 1, "a re-delivered push is one event");
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn failures_back_off_and_refusals_are_shown() {
+    let broker = Mosquitto::start();
+    let platform = fake().await;
+    platform.fail_next(
+        1011,
+        [Fail::Http(502), Fail::BadJson, Fail::Refuse("套餐已过期")],
+    );
+    platform.fail_next(1019, [Fail::Refuse("未开通胎压服务")]);
+    let bridge = start(&broker, &platform, false, |_| {}).await;
+    let probe = watch(&broker, &bridge).await;
+    wait_state(&probe, &bridge, "refusal shown", |s| {
+        s["connector_status"]
+            .as_str()
+            .is_some_and(|t| t.contains("套餐已过期"))
+    })
+    .await;
+    let s = wait_state(&probe, &bridge, "recovered", |s| {
+        s["connector_status"] == "ok"
+    })
+    .await;
+    assert_eq!(s["odometer"], 23456.7);
+    // The tyre service failed once: only its sensors waited for the next round.
+    wait_state(&probe, &bridge, "tyres later", |s| {
+        s.get("tyre_warning").is_some()
+    })
+    .await;
+    probe
+        .wait_for("counters", T, |m| {
+            let c = &m.json()["connectors"][0]["counters"];
+            m.topic == bridge.topic("bridge/info")
+                && c["refused"] == 2
+                && c["bad_answers"] == 1
+                && c["poll_errors"] == 3
+        })
+        .await;
+    bridge.stop().await;
+
+    // A wrong secure code: every call refused by the signature check, the reason shown.
+    let platform = fake().await;
+    let bridge = start(&broker, &platform, false, |c| {
+        c.iauto360.secure_code = Secret::new("wrong")
+    })
+    .await;
+    let probe = watch(&broker, &bridge).await;
+    wait_state(&probe, &bridge, "signature refusal", |s| {
+        s["connector_status"]
+            .as_str()
+            .is_some_and(|t| t.contains("签名错误"))
+    })
+    .await;
+    assert!(platform.calls().bad_signatures >= 1);
+    bridge.stop().await;
+}
