@@ -312,6 +312,28 @@ async fn persisted_tokens_are_reused_after_a_restart() {
 }
 
 #[tokio::test]
+async fn saved_tokens_the_cloud_no_longer_knows_lead_to_one_new_login() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let first = fake(FakeOptions::default()).await;
+        let bridge = start(&broker, &first, Some(dir.path()), |_| {}).await;
+        let probe = probe(&broker, &bridge).await;
+        wait_state(&probe, &bridge, VIN, |s| s["odometer"] == 33253).await;
+        bridge.stop().await;
+    }
+    // A cloud that never issued the saved pair (it answers 1501 "main token invalid").
+    let second = fake(FakeOptions::default()).await;
+    let bridge = start(&broker, &second, Some(dir.path()), |_| {}).await;
+    let probe = probe(&broker, &bridge).await;
+    wait_state(&probe, &bridge, VIN, |s| s["odometer"] == 33253).await;
+    let calls = second.calls();
+    assert_eq!(calls.logins, 1);
+    assert!(calls.unauthorised >= 1);
+    bridge.stop().await;
+}
+
+#[tokio::test]
 async fn a_refused_password_stops_polling_without_a_login_storm() {
     let broker = Mosquitto::start();
     let cloud = fake(FakeOptions::default()).await;

@@ -8,6 +8,9 @@ use serde_json::Value;
 use super::config::Iauto360Config;
 use crate::protocol::iauto360::{self as proto, ReplyError};
 
+/// Requests to the upstream at once (a fleet polls many boxes).
+const MAX_IN_FLIGHT: usize = 8;
+
 /// Largest reply read; a long trip track is the biggest (tens of KiB).
 const MAX_BODY: usize = 4 << 20;
 
@@ -44,6 +47,8 @@ impl CallError {
 
 pub struct Api {
     http: reqwest::Client,
+    /// Requests in flight at once: bounds the connections to the upstream.
+    permits: tokio::sync::Semaphore,
     base: String,
     open_id: String,
     secure_code: crate::config::Secret,
@@ -60,6 +65,7 @@ impl Api {
             .build()?;
         Ok(Api {
             http,
+            permits: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             base: cfg.base_url.trim_end_matches('/').to_string(),
             open_id: cfg.open_id.clone(),
             secure_code: cfg.secure_code.clone(),
@@ -77,6 +83,11 @@ impl Api {
             self.base,
             proto::path(service, &self.open_id, &sign)
         );
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| CallError::Transport("client closed".into()))?;
         let mut resp = self
             .http
             .post(url)

@@ -226,8 +226,10 @@ async fn device_loop(
         last_trip: None,
         seen: VecDeque::new(),
     };
-    let mut next_poll = Instant::now();
-    let mut next_detail = Instant::now();
+    // Spread a fleet's first polls instead of calling for every box at once.
+    let spread = (d.shared.cfg.poll_interval / 2).min(Duration::from_secs(30));
+    let mut next_poll = Instant::now() + spread.mul_f64(rand::rng().random_range(0.0..1.0));
+    let mut next_detail = next_poll;
     loop {
         if d.pending.as_ref().is_some_and(|p| p.progress.is_closed()) {
             d.pending = None;

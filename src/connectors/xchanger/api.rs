@@ -11,6 +11,9 @@ use super::config::{ApiVersion, XchangerConfig};
 use crate::config::Secret;
 use crate::protocol::xchanger::{code_text, sign};
 
+/// Requests to the upstream at once (an account has few cars).
+const MAX_IN_FLIGHT: usize = 4;
+
 /// Largest answer read; the full status document is about 5 KiB.
 const MAX_BODY: usize = 1 << 20;
 
@@ -69,6 +72,8 @@ pub enum Body {
 
 pub struct Api {
     http: reqwest::Client,
+    /// Requests in flight at once: bounds the connections to the upstream.
+    permits: tokio::sync::Semaphore,
     base: String,
     version: ApiVersion,
     app_key: Secret,
@@ -84,6 +89,7 @@ impl Api {
             .build()?;
         Ok(Api {
             http,
+            permits: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             base: cfg.base_url(),
             version: cfg.api,
             app_key: cfg.app_key.clone(),
@@ -159,6 +165,11 @@ impl Api {
         if content_type.is_some() {
             req = req.body(bytes);
         }
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Transport("client closed".into()))?;
         let mut resp = req.send().await.map_err(transport)?;
         let status = resp.status().as_u16();
         let retry_after = resp

@@ -21,6 +21,9 @@ use super::Counters;
 
 /// After refused credentials, no login for this long.
 pub const REFUSED_BACKOFF: Duration = Duration::from_secs(30 * 60);
+/// Tokens younger than this that the cloud calls invalid mean the account itself is
+/// refused: no new login for [`REFUSED_BACKOFF`].
+const MIN_TOKEN_AGE: Duration = Duration::from_secs(10 * 60);
 /// Refresh this long before the access token runs out.
 const REFRESH_AHEAD_S: i64 = 300;
 const TOKEN_FILE: &str = "xchanger_tokens.json";
@@ -51,6 +54,8 @@ struct State {
     /// refreshes only if nobody did since.
     generation: u64,
     refused: Option<(Instant, String)>,
+    /// When the current tokens were obtained or loaded.
+    obtained_at: Instant,
     /// Configured tokens and auth codes are tried once; after that only login or the
     /// persisted/rotated pair can help.
     configured_tokens_used: bool,
@@ -81,6 +86,10 @@ impl Auth {
                 tokens,
                 generation: 0,
                 refused: None,
+                // Saved tokens may be long dead: never count them as fresh.
+                obtained_at: Instant::now()
+                    .checked_sub(MIN_TOKEN_AGE)
+                    .unwrap_or_else(Instant::now),
                 configured_tokens_used: false,
                 auth_code_used: false,
             }),
@@ -123,6 +132,25 @@ impl Auth {
             return self.obtain(&mut st, api).await;
         }
         self.refresh(&mut st, api).await
+    }
+
+    /// A request with generation `generation` was answered "main token invalid" (1501):
+    /// log in again once, unless the tokens are fresh (then the account is refused).
+    pub async fn rejected(&self, api: &Api, generation: u64, reason: &str) -> Result<(), ApiError> {
+        let mut st = self.state.lock().await;
+        if st.generation != generation {
+            return Ok(());
+        }
+        if st.obtained_at.elapsed() < MIN_TOKEN_AGE {
+            self.counters.logins_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(event = "xchanger_tokens_rejected", reason = %reason,
+                retry_in_s = REFUSED_BACKOFF.as_secs(), "fresh tokens rejected; not logging in again soon");
+            st.refused = Some((Instant::now() + REFUSED_BACKOFF, reason.to_string()));
+            return Err(ApiError::Refused(reason.to_string()));
+        }
+        tracing::warn!(event = "xchanger_tokens_rejected", reason = %reason, "tokens rejected; logging in again");
+        st.tokens = None;
+        self.obtain(&mut st, api).await
     }
 
     async fn refresh(&self, st: &mut State, api: &Api) -> Result<(), ApiError> {
@@ -278,6 +306,7 @@ impl Auth {
             Err(e) => tracing::error!(event = "xchanger_tokens_not_saved", error = %e),
         }
         st.tokens = Some(tokens);
+        st.obtained_at = Instant::now();
         st.generation += 1;
     }
 }

@@ -130,11 +130,14 @@ impl Shared {
             match self.send(&build(&tokens), &tokens).await {
                 Err(ApiError::TokenExpired) => {
                     self.auth.expired(&self.api, generation).await?;
-                    let (tokens, _) = self.auth.tokens(&self.api).await?;
-                    self.send(&build(&tokens), &tokens).await
                 }
-                other => other,
+                Err(ApiError::Refused(reason)) => {
+                    self.auth.rejected(&self.api, generation, &reason).await?;
+                }
+                other => return other,
             }
+            let (tokens, _) = self.auth.tokens(&self.api).await?;
+            self.send(&build(&tokens), &tokens).await
         }
         .await;
         self.note(&result);
