@@ -367,6 +367,34 @@ pub fn check_listener(timezone: &str, max_links: usize) -> Result<(), (String, S
     Ok(())
 }
 
+/// Checks shared by the polling (cloud) connectors; the error names the key (relative to
+/// the connector's section) and why.
+pub fn check_polling(
+    base_url: &str,
+    poll_interval: Duration,
+    poll_interval_active: Duration,
+    request_timeout: Duration,
+) -> Result<(), (String, String)> {
+    let err = |k: &str, r: &str| Err((k.to_string(), r.to_string()));
+    let url = base_url.trim_end_matches('/');
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+        return err("base_url", "must be an http:// or https:// address");
+    }
+    if poll_interval < Duration::from_secs(1) || poll_interval_active < Duration::from_secs(1) {
+        return err("poll_interval", "must be at least 1s");
+    }
+    if poll_interval_active > poll_interval {
+        return err(
+            "poll_interval_active",
+            "must not be longer than poll_interval",
+        );
+    }
+    if request_timeout < Duration::from_secs(1) || request_timeout > Duration::from_secs(120) {
+        return err("request_timeout", "must be 1s to 120s");
+    }
+    Ok(())
+}
+
 fn valid_topic_segment(topic: &str, allow_slash: bool) -> bool {
     !topic.is_empty()
         && !topic.contains(['+', '#', '\0'])

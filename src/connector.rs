@@ -146,6 +146,48 @@ impl LinkGauge {
     }
 }
 
+/// Sends a connector's counters to the bridge when they changed since the last report.
+#[derive(Debug, Default)]
+pub struct CountersReport {
+    last: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl CountersReport {
+    pub async fn report(
+        &mut self,
+        snapshot: std::collections::BTreeMap<&'static str, u64>,
+        updates: &UpdateSink,
+    ) {
+        if snapshot != self.last {
+            self.last = snapshot.clone();
+            let _ = updates.send(Update::Counters(snapshot)).await;
+        }
+    }
+}
+
+/// Hands a command to the task that owns its vehicle; a full queue, a gone task or an
+/// unknown vehicle answers `failed` at once.
+pub async fn dispatch(
+    routes: &std::collections::HashMap<VehicleId, mpsc::Sender<CommandRequest>>,
+    req: CommandRequest,
+) {
+    let Some(tx) = routes.get(&req.vehicle) else {
+        let _ = req
+            .progress
+            .send(CommandProgress::Failed("unknown vehicle".into()))
+            .await;
+        return;
+    };
+    if let Err(mpsc::error::TrySendError::Full(req) | mpsc::error::TrySendError::Closed(req)) =
+        tx.try_send(req)
+    {
+        let _ = req
+            .progress
+            .send(CommandProgress::Failed("vehicle busy".into()))
+            .await;
+    }
+}
+
 /// Everything a connector is given when it starts.
 pub struct ConnectorContext {
     pub updates: UpdateSink,

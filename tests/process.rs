@@ -21,11 +21,30 @@ fn bridge_cmd(dir: &std::path::Path) -> Command {
     cmd
 }
 
-fn spawn_against(broker: &Mosquitto, dir: &std::path::Path, base: &str) -> KillOnDrop {
-    let child = bridge_cmd(dir)
-        .env("V2M_MQTT__URL", broker.url())
+/// The bridge command pointed at `broker` with topics under `base`.
+fn against(broker: &Mosquitto, dir: &std::path::Path, base: &str) -> Command {
+    let mut cmd = bridge_cmd(dir);
+    cmd.env("V2M_MQTT__URL", broker.url())
         .env("V2M_MQTT__BASE_TOPIC", base)
-        .env("V2M_MQTT__CLIENT_ID", format!("{base}-bridge"))
+        .env("V2M_MQTT__CLIENT_ID", format!("{base}-bridge"));
+    cmd
+}
+
+/// `vehicle2mqtt simulate <args>` (a fake upstream), quiet.
+fn simulate(args: &[&str]) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(BIN)
+            .arg("simulate")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the simulator"),
+    )
+}
+
+fn spawn_against(broker: &Mosquitto, dir: &std::path::Path, base: &str) -> KillOnDrop {
+    let child = against(broker, dir, base)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -286,41 +305,38 @@ async fn the_binary_polls_the_fake_xchanger_cloud_and_unlocks() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
-    let _cloud = KillOnDrop(
-        Command::new(BIN)
-            .args([
-                "simulate",
-                "xchanger-cloud",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .args(["--app-key", "proc-key"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the fake cloud"),
-    );
+    let listen = format!("127.0.0.1:{port}");
+    let _cloud = simulate(&[
+        "xchanger-cloud",
+        "--listen",
+        &listen,
+        "--app-key",
+        "proc-key",
+    ]);
     assert!(
         common::wait_port_async(port, T).await,
         "fake cloud listening"
     );
     let base = format!("p{}", rand::random::<u32>());
     let probe = Probe::connect(broker.port, &[&format!("{base}/#")]).await;
-    let child = bridge_cmd(dir.path())
-        .env("V2M_MQTT__URL", broker.url())
-        .env("V2M_MQTT__BASE_TOPIC", &base)
-        .env("V2M_MQTT__CLIENT_ID", format!("{base}-bridge"))
+    let child = against(&broker, dir.path(), &base)
         .env("V2M_XCHANGER__ENABLED", "true")
         .env("V2M_XCHANGER__BASE_URL", format!("http://127.0.0.1:{port}"))
         .env("V2M_XCHANGER__USERNAME", "driver@example.com")
         .env("V2M_XCHANGER__PASSWORD", "correct horse")
         .env("V2M_XCHANGER__APP_KEY", "proc-key")
         .env("V2M_XCHANGER__POLL_INTERVAL_ACTIVE", "1s")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .env("V2M_BRIDGE__LOG_LEVEL", "debug")
+        // A file, not a pipe: nobody reads a pipe until exit, and a full one would block.
+        .stdout(Stdio::from(
+            std::fs::File::create(dir.path().join("log")).unwrap(),
+        ))
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.path().join("log.err")).unwrap(),
+        ))
         .spawn()
         .expect("spawn vehicle2mqtt");
-    let _child = KillOnDrop(child);
+    let mut child = KillOnDrop(child);
     let vin = "L6T7722E0LN000001";
     probe
         .wait_for("state", T, |m| {
@@ -339,7 +355,23 @@ async fn the_binary_polls_the_fake_xchanger_cloud_and_unlocks() {
             m.topic == format!("{base}/{vin}/command/result") && m.json()["status"] == "succeeded"
         })
         .await;
-    assert!(dir.path().join("state/xchanger_tokens.json").exists());
+    let saved = std::fs::read_to_string(dir.path().join("state/xchanger_tokens.json")).unwrap();
+    let token: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    let access = token["access_token"].as_str().unwrap().to_string();
+    let refresh = token["refresh_token"].as_str().unwrap().to_string();
+    signal(&child, 15);
+    assert!(wait_exit(&mut child, T).await.success());
+    let log = std::fs::read_to_string(dir.path().join("log")).unwrap()
+        + &std::fs::read_to_string(dir.path().join("log.err")).unwrap();
+    assert!(log.contains("xchanger_logged_in"), "the log is captured");
+    for secret in [
+        "correct horse",
+        "proc-key",
+        access.as_str(),
+        refresh.as_str(),
+    ] {
+        assert!(!log.contains(secret), "the log leaks `{secret}`");
+    }
 }
 
 /// The shipped binary with iauto360: `simulate iauto360-platform` as the upstream pushing
@@ -349,33 +381,24 @@ async fn the_binary_polls_the_fake_iauto360_platform_and_takes_its_pushes() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let (platform_port, push_port) = (common::free_port(), common::free_port());
-    let _platform = KillOnDrop(
-        Command::new(BIN)
-            .args([
-                "simulate",
-                "iauto360-platform",
-                "--listen",
-                &format!("127.0.0.1:{platform_port}"),
-            ])
-            .args([
-                "--push-url",
-                &format!("http://127.0.0.1:{push_port}/iauto360/events"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the fake platform"),
+    let (listen, push_url) = (
+        format!("127.0.0.1:{platform_port}"),
+        format!("http://127.0.0.1:{push_port}/iauto360/events"),
     );
+    let _platform = simulate(&[
+        "iauto360-platform",
+        "--listen",
+        &listen,
+        "--push-url",
+        &push_url,
+    ]);
     assert!(
         common::wait_port_async(platform_port, T).await,
         "fake platform listening"
     );
     let base = format!("p{}", rand::random::<u32>());
     let probe = Probe::connect(broker.port, &[&format!("{base}/#")]).await;
-    let child = bridge_cmd(dir.path())
-        .env("V2M_MQTT__URL", broker.url())
-        .env("V2M_MQTT__BASE_TOPIC", &base)
-        .env("V2M_MQTT__CLIENT_ID", format!("{base}-bridge"))
+    let child = against(&broker, dir.path(), &base)
         .env("V2M_IAUTO360__ENABLED", "true")
         .env(
             "V2M_IAUTO360__BASE_URL",

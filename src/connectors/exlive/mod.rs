@@ -80,18 +80,12 @@ impl Connector for ExliveConnector {
                 tasks.spawn(client::run(client, core.clone(), shutdown.clone()));
             }
             let mut counters_tick = tokio::time::interval(crate::connector::COUNTERS_EVERY);
-            let mut last_counters = std::collections::BTreeMap::new();
+            let mut report = crate::connector::CountersReport::default();
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     Some(req) = commands.recv() => core.send_command(req),
-                    _ = counters_tick.tick() => {
-                        let snapshot = core.counters.snapshot();
-                        if snapshot != last_counters {
-                            last_counters = snapshot.clone();
-                            let _ = core.updates.send(Update::Counters(snapshot)).await;
-                        }
-                    }
+                    _ = counters_tick.tick() => report.report(core.counters.snapshot(), &core.updates).await,
                     Some(done) = tasks.join_next() => {
                         if let Ok(Err(err)) = done {
                             return Err(err);

@@ -1,8 +1,6 @@
 //! One signed service call: `POST /srv/{service}/{openId}/{sign}` with the body signed
 //! exactly as sent; the reply's `flag` decides.
 
-use std::time::Duration;
-
 use serde_json::Value;
 
 use super::config::Iauto360Config;
@@ -57,12 +55,7 @@ pub struct Api {
 
 impl Api {
     pub fn new(cfg: &Iauto360Config) -> anyhow::Result<Api> {
-        let http = reqwest::Client::builder()
-            .timeout(cfg.request_timeout)
-            .connect_timeout(Duration::from_secs(10).min(cfg.request_timeout))
-            .user_agent(concat!("vehicle2mqtt/", env!("CARGO_PKG_VERSION")))
-            .pool_max_idle_per_host(4)
-            .build()?;
+        let http = crate::connectors::http_client(cfg.request_timeout)?;
         Ok(Api {
             http,
             permits: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),

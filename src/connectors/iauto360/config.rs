@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Secret;
+use crate::config::{check_polling, Secret};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -75,10 +75,12 @@ impl Iauto360Config {
             return Ok(());
         }
         let err = |k: &str, r: &str| Err((k.to_string(), r.to_string()));
-        let url = self.base_url.trim_end_matches('/');
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-            return err("base_url", "must be an http:// or https:// address");
-        }
+        check_polling(
+            &self.base_url,
+            self.poll_interval,
+            self.poll_interval_active,
+            self.request_timeout,
+        )?;
         if self.open_id.is_empty()
             || !self
                 .open_id
@@ -105,17 +107,6 @@ impl Iauto360Config {
                 return Err(("devices".into(), format!("esn `{}` is listed twice", d.esn)));
             }
         }
-        if self.poll_interval < Duration::from_secs(1)
-            || self.poll_interval_active < Duration::from_secs(1)
-        {
-            return err("poll_interval", "must be at least 1s");
-        }
-        if self.poll_interval_active > self.poll_interval {
-            return err(
-                "poll_interval_active",
-                "must not be longer than poll_interval",
-            );
-        }
         if self.detail_interval < Duration::from_secs(1) {
             return err("detail_interval", "must be at least 1s");
         }
@@ -124,11 +115,6 @@ impl Iauto360Config {
         }
         if !(1024..=16 << 20).contains(&self.push_max_body) {
             return err("push_max_body", "must be 1 KiB to 16 MiB");
-        }
-        if self.request_timeout < Duration::from_secs(1)
-            || self.request_timeout > Duration::from_secs(120)
-        {
-            return err("request_timeout", "must be 1s to 120s");
         }
         Ok(())
     }

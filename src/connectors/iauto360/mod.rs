@@ -130,27 +130,12 @@ impl Connector for Iauto360Connector {
                 });
             }
             let mut counters_tick = tokio::time::interval(crate::connector::COUNTERS_EVERY);
-            let mut last_counters = std::collections::BTreeMap::new();
+            let mut report = crate::connector::CountersReport::default();
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    Some(req) = commands.recv() => match command_routes.get(&req.vehicle) {
-                        Some(tx) => {
-                            if let Err(mpsc::error::TrySendError::Full(req) | mpsc::error::TrySendError::Closed(req)) = tx.try_send(req) {
-                                let _ = req.progress.send(CommandProgress::Failed("vehicle busy".into())).await;
-                            }
-                        }
-                        None => {
-                            let _ = req.progress.send(CommandProgress::Failed("unknown vehicle".into())).await;
-                        }
-                    },
-                    _ = counters_tick.tick() => {
-                        let snapshot = counters.snapshot();
-                        if snapshot != last_counters {
-                            last_counters = snapshot.clone();
-                            let _ = shared.updates.send(Update::Counters(snapshot)).await;
-                        }
-                    }
+                    Some(req) = commands.recv() => crate::connector::dispatch(&command_routes, req).await,
+                    _ = counters_tick.tick() => report.report(counters.snapshot(), &shared.updates).await,
                     Some(_) = tasks.join_next() => {}
                 }
             }
@@ -226,8 +211,10 @@ async fn device_loop(
         last_trip: None,
         seen: VecDeque::new(),
     };
-    // Spread a fleet's first polls instead of calling for every box at once.
-    let spread = (d.shared.cfg.poll_interval / 2).min(Duration::from_secs(30));
+    // Spread a fleet's first polls (50 ms per box, at most half an interval) instead of
+    // calling for every box at once; a single box starts at once.
+    let boxes = d.shared.cfg.devices.len() as u32;
+    let spread = (d.shared.cfg.poll_interval / 2).min(Duration::from_millis(50) * boxes);
     let mut next_poll = Instant::now() + spread.mul_f64(rand::rng().random_range(0.0..1.0));
     let mut next_detail = next_poll;
     loop {
@@ -362,23 +349,19 @@ impl Device {
 
     /// The slower services, each on its own: one failing costs only its own sensors.
     async fn details(&mut self) {
-        if let Ok(d) = self.call(1001, json!({})).await {
-            self.merge(services::binding(&d)).await;
-        }
-        if let Ok(d) = self.call(1019, json!({})).await {
-            self.merge(services::tyres(&d)).await;
-        }
-        if let Ok(d) = self.call(1017, json!({})).await {
-            self.merge(services::battery_history(&d)).await;
-        }
-        if let Ok(d) = self.call(1018, json!({})).await {
-            self.merge(services::health(&d)).await;
-        }
-        if let Ok(d) = self.call(1021, json!({})).await {
-            self.merge(services::vehicle_info(&d)).await;
-        }
-        if let Ok(d) = self.call(3004, json!({})).await {
-            self.merge(services::fuel_yesterday(&d)).await;
+        type Mapping = fn(&Value) -> VehicleState;
+        let table: [(u16, Mapping); 6] = [
+            (1001, services::binding),
+            (1019, services::tyres),
+            (1017, services::battery_history),
+            (1018, services::health),
+            (1021, services::vehicle_info),
+            (3004, services::fuel_yesterday),
+        ];
+        for (service, map) in table {
+            if let Ok(d) = self.call(service, json!({})).await {
+                self.merge(map(&d)).await;
+            }
         }
         let now = chrono::Utc::now().timestamp();
         let trips = self

@@ -81,12 +81,7 @@ pub struct Api {
 
 impl Api {
     pub fn new(cfg: &XchangerConfig) -> anyhow::Result<Api> {
-        let http = reqwest::Client::builder()
-            .timeout(cfg.request_timeout)
-            .connect_timeout(Duration::from_secs(10).min(cfg.request_timeout))
-            .user_agent(concat!("vehicle2mqtt/", env!("CARGO_PKG_VERSION")))
-            .pool_max_idle_per_host(2)
-            .build()?;
+        let http = crate::connectors::http_client(cfg.request_timeout)?;
         Ok(Api {
             http,
             permits: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),

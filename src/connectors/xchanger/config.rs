@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Secret;
+use crate::config::{check_polling, Secret};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -135,10 +135,12 @@ impl XchangerConfig {
             return Ok(());
         }
         let err = |k: &str, r: &str| Err((k.to_string(), r.to_string()));
-        let url = self.base_url();
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-            return err("base_url", "must be an http:// or https:// address");
-        }
+        check_polling(
+            &self.base_url(),
+            self.poll_interval,
+            self.poll_interval_active,
+            self.request_timeout,
+        )?;
         if (self.username.is_empty()) != (self.password.is_empty()) {
             return err("password", "username and password go together");
         }
@@ -154,24 +156,8 @@ impl XchangerConfig {
                 "api v2 signs every request: set the app's signing key",
             );
         }
-        if self.poll_interval < Duration::from_secs(1)
-            || self.poll_interval_active < Duration::from_secs(1)
-        {
-            return err("poll_interval", "must be at least 1s");
-        }
-        if self.poll_interval_active > self.poll_interval {
-            return err(
-                "poll_interval_active",
-                "must not be longer than poll_interval",
-            );
-        }
         if !(1..=60).contains(&self.unlock_window_min) {
             return err("unlock_window_min", "must be 1 to 60");
-        }
-        if self.request_timeout < Duration::from_secs(1)
-            || self.request_timeout > Duration::from_secs(120)
-        {
-            return err("request_timeout", "must be 1s to 120s");
         }
         if self.data_plan_interval < Duration::from_secs(60) {
             return err("data_plan_interval", "must be at least 1m");

@@ -223,7 +223,7 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let mut counters_tick = tokio::time::interval(crate::connector::COUNTERS_EVERY);
-    let mut last_counters = std::collections::BTreeMap::new();
+    let mut report = crate::connector::CountersReport::default();
     // Until the vehicles are known, commands have nowhere to go.
     let mut attempt = 0u32;
     let vehicles = loop {
@@ -288,23 +288,8 @@ async fn run(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(req) = commands.recv() => match routes.get(&req.vehicle) {
-                Some(tx) => {
-                    if let Err(mpsc::error::TrySendError::Full(req) | mpsc::error::TrySendError::Closed(req)) = tx.try_send(req) {
-                        let _ = req.progress.send(CommandProgress::Failed("vehicle busy".into())).await;
-                    }
-                }
-                None => {
-                    let _ = req.progress.send(CommandProgress::Failed("unknown vehicle".into())).await;
-                }
-            },
-            _ = counters_tick.tick() => {
-                let snapshot = shared.counters.snapshot();
-                if snapshot != last_counters {
-                    last_counters = snapshot.clone();
-                    let _ = shared.updates.send(Update::Counters(snapshot)).await;
-                }
-            }
+            Some(req) = commands.recv() => crate::connector::dispatch(&routes, req).await,
+            _ = counters_tick.tick() => report.report(shared.counters.snapshot(), &shared.updates).await,
             Some(_) = tasks.join_next() => {}
         }
     }
