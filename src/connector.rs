@@ -60,6 +60,8 @@ pub enum Update {
     },
     /// Connector health: open links (TCP connectors) and the latest error, if any.
     Health { links: usize, error: Option<String> },
+    /// The trouble last reported in `Health` is over (e.g. a login works again).
+    Recovered,
     /// The connector's named error counters (shown in `bridge/info`); send when changed.
     Counters(std::collections::BTreeMap<&'static str, u64>),
 }

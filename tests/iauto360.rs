@@ -352,6 +352,17 @@ async fn failures_back_off_and_refusals_are_shown() {
         s["connector_status"] == "ok"
     })
     .await;
+    // bridge/info: the connector's error is cleared; `last_error` keeps the history.
+    probe
+        .wait_for("error cleared", T, |m| {
+            let info = m.json();
+            m.topic == bridge.topic("bridge/info")
+                && info["connectors"][0]["error"].is_null()
+                && info["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("套餐已过期"))
+        })
+        .await;
     assert_eq!(s["odometer"], 23456.7);
     // The tyre service failed once: only its sensors waited for the next round.
     wait_state(&probe, &bridge, "tyres later", |s| {

@@ -293,6 +293,34 @@ async fn expired_tokens_are_refreshed_once_for_all_waiting_polls_and_rotated() {
 }
 
 #[tokio::test]
+async fn tokens_are_refreshed_before_expires_in_runs_out() {
+    let broker = Mosquitto::start();
+    // 302 s: within the 5-minute margin two seconds after login.
+    let cloud = fake(FakeOptions {
+        token_ttl_s: 302,
+        ..Default::default()
+    })
+    .await;
+    let bridge = start(&broker, &cloud, None, |_| {}).await;
+    let probe = probe(&broker, &bridge).await;
+    wait_state(&probe, &bridge, VIN, |s| s["odometer"] == 33253).await;
+    for _ in 0..300 {
+        if cloud.calls().refreshes >= 1 && cloud.calls().status_at_ms.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let calls = cloud.calls();
+    assert!(calls.refreshes >= 1, "refreshed ahead of expiry");
+    assert_eq!(calls.logins, 1);
+    assert_eq!(
+        calls.unauthorised, 0,
+        "no request ever met an expired token"
+    );
+    bridge.stop().await;
+}
+
+#[tokio::test]
 async fn persisted_tokens_are_reused_after_a_restart() {
     let broker = Mosquitto::start();
     let cloud = fake(FakeOptions::default()).await;

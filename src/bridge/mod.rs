@@ -353,6 +353,13 @@ impl Hub {
                 self.connectors[owner].counters = counters;
                 self.info_dirty = true;
             }
+            Update::Recovered => {
+                let slot = &mut self.connectors[owner];
+                if slot.error.take().is_some() {
+                    tracing::info!(event = "connector_recovered", connector = %slot.name, "connector works again");
+                    self.info_dirty = true;
+                }
+            }
             Update::Health { links, error } => {
                 let slot = &mut self.connectors[owner];
                 slot.links = links;

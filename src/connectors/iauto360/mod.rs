@@ -316,6 +316,9 @@ impl Device {
                     })
                     .await;
                 self.merge(state).await;
+                if !self.last_status.is_empty() && self.last_status != "ok" {
+                    let _ = updates.send(Update::Recovered).await;
+                }
                 self.set_status("ok".into()).await;
                 Ok(())
             }

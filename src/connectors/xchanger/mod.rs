@@ -228,7 +228,12 @@ async fn run(
     let mut attempt = 0u32;
     let vehicles = loop {
         let wait = match discover(&shared).await {
-            Ok(v) => break v,
+            Ok(v) => {
+                if attempt > 0 {
+                    let _ = shared.updates.send(Update::Recovered).await;
+                }
+                break v;
+            }
             Err(e) => {
                 attempt += 1;
                 let reason = format!("cannot list the account's vehicles: {e}");
@@ -454,6 +459,9 @@ async fn vehicle_loop(
                             advanced && p.expect.as_ref().is_none_or(|(f, v)| status.state.get(*f) == Some(v))
                         });
                         let _ = shared.updates.send(Update::Availability { vehicle: id.clone(), online: true }).await;
+                        if last_status != "ok" && !last_status.is_empty() {
+                            let _ = shared.updates.send(Update::Recovered).await;
+                        }
                         shared.updates.merge_state(id.clone(), status.state).await;
                         if confirmed {
                             if let Some(p) = pending.take() {
