@@ -1,6 +1,7 @@
 //! `vehicle2mqtt demo`: the bridge on its embedded broker with the kingxun and EXLIVE
-//! listeners on local ports, and simulated devices on both, so a newcomer sees vehicles,
-//! states and commands within seconds with nothing installed.
+//! listeners on local ports and simulated devices on both, plus a fake Lynk & Co cloud
+//! and a fake iauto360 platform it polls, so a newcomer sees every kind of vehicle,
+//! state and command within seconds with nothing installed.
 
 use std::time::Duration;
 
@@ -19,7 +20,15 @@ pub struct DemoPorts {
     pub mqtt: u16,
     pub kingxun: u16,
     pub exlive: u16,
+    /// The fake xchanger cloud.
+    pub xchanger: u16,
+    /// The fake iauto360 platform, and the bridge's push endpoint it pushes to.
+    pub iauto360: u16,
+    pub push: u16,
 }
+
+const DEMO_APP_KEY: &str = "demo-app-key";
+const DEMO_ESN: &str = "865432100012345";
 
 /// A complete configuration for the demo; everything on 127.0.0.1.
 pub fn config(ports: &DemoPorts, state_dir: std::path::PathBuf) -> Config {
@@ -49,7 +58,69 @@ pub fn config(ports: &DemoPorts, state_dir: std::path::PathBuf) -> Config {
         name: "locate".into(),
         data: "WHERE#".into(),
     }];
+    let x = &mut c.xchanger;
+    x.enabled = true;
+    x.base_url = format!("http://127.0.0.1:{}", ports.xchanger);
+    let fake = sim::xchanger::FakeOptions::default();
+    x.username = fake.username;
+    x.password = Secret::new(fake.password);
+    x.app_key = Secret::new(DEMO_APP_KEY);
+    x.poll_interval = Duration::from_secs(30);
+    x.poll_interval_active = Duration::from_secs(3);
+    let i = &mut c.iauto360;
+    i.enabled = true;
+    i.base_url = format!("http://127.0.0.1:{}", ports.iauto360);
+    let fake = sim::iauto360::FakeOptions::default();
+    i.open_id = fake.open_id;
+    i.secure_code = Secret::new(fake.secure_code);
+    i.devices = vec![crate::connectors::iauto360::Iauto360Device {
+        esn: DEMO_ESN.into(),
+        name: Some("Demo car".into()),
+    }];
+    i.push_listen = Some(([127, 0, 0, 1], ports.push).into());
+    i.poll_interval = Duration::from_secs(30);
+    i.poll_interval_active = Duration::from_secs(5);
+    i.detail_interval = Duration::from_secs(300);
     c
+}
+
+/// The fake clouds the demo's cloud connectors poll; they stop when dropped.
+pub struct Clouds {
+    _xchanger: sim::xchanger::FakeXchanger,
+    _iauto360: sim::iauto360::FakeIauto360,
+}
+
+/// Starts the fake clouds (before the bridge, so its first polls find them).
+pub async fn clouds(config: &Config) -> anyhow::Result<Clouds> {
+    let port = |url: &str| -> anyhow::Result<std::net::SocketAddr> {
+        let port = url.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+        port.map(|p| ([127, 0, 0, 1], p).into())
+            .ok_or_else(|| anyhow::anyhow!("demo: no port in {url}"))
+    };
+    let xchanger = sim::xchanger::FakeXchanger::start(
+        sim::xchanger::FakeOptions {
+            app_key: Some(DEMO_APP_KEY.into()),
+            ..Default::default()
+        },
+        port(&config.xchanger.base_url)?,
+    )
+    .await?;
+    let push_url = config
+        .iauto360
+        .push_listen
+        .map(|a| format!("http://{a}{}", config.iauto360.push_path));
+    let iauto360 = sim::iauto360::FakeIauto360::start(
+        sim::iauto360::FakeOptions {
+            push_url,
+            ..Default::default()
+        },
+        port(&config.iauto360.base_url)?,
+    )
+    .await?;
+    Ok(Clouds {
+        _xchanger: xchanger,
+        _iauto360: iauto360,
+    })
 }
 
 async fn wait_for(addr: std::net::SocketAddr, shutdown: &CancellationToken) -> bool {
@@ -103,12 +174,36 @@ pub fn instructions(config: &Config) -> String {
     let port = config.mqtt.embedded_listen.port();
     let base = &config.mqtt.base_topic;
     format!(
-        "\nvehicle2mqtt demo: an MQTT broker on 127.0.0.1:{port}, kingxun devices kx1001 and kx1002, EXLIVE trackers ex7001 and ex7002.\n\
+        "\nvehicle2mqtt demo: an MQTT broker on 127.0.0.1:{port}, kingxun devices kx1001 and kx1002, EXLIVE trackers ex7001 and ex7002,\n\
+         a Lynk & Co car L6T7722E0LN000001 (fake xchanger cloud) and an OBD box ia{DEMO_ESN} (fake iauto360 platform).\n\
          \n  Watch everything:      mosquitto_sub -h 127.0.0.1 -p {port} -t '{base}/#' -v\n\
          \n  Unlock a scooter:      mosquitto_pub -h 127.0.0.1 -p {port} -t '{base}/kx1001/lock/set' -m UNLOCK\n\
          \n  Locate a tracker:      mosquitto_pub -h 127.0.0.1 -p {port} -t '{base}/ex7001/cmd_locate/set' -m PRESS\n\
+         \n  Start the car:         mosquitto_pub -h 127.0.0.1 -p {port} -t '{base}/L6T7722E0LN000001/engine/set' -m ON\n\
          \n  Results arrive on      {base}/<vehicle>/command/result\n\
          \n  Home Assistant: add the MQTT integration with broker 127.0.0.1, port {port}; the vehicles appear as devices.\n\
          \nPress Ctrl-C to stop.\n"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_config_is_valid() {
+        let ports = DemoPorts {
+            mqtt: 1883,
+            kingxun: 10085,
+            exlive: 1502,
+            xchanger: 8480,
+            iauto360: 8490,
+            push: 8089,
+        };
+        let c = config(&ports, std::env::temp_dir());
+        assert_eq!(c.xchanger.validate(), Ok(()));
+        assert_eq!(c.iauto360.validate(), Ok(()));
+        assert_eq!(c.kingxun.validate(), Ok(()));
+        assert_eq!(c.exlive.validate(), Ok(()));
+    }
 }

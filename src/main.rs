@@ -34,8 +34,8 @@ enum Cmd {
     Run,
     /// Print the effective configuration with secrets masked; exit 2 if it is invalid.
     CheckConfig,
-    /// Run a self-contained demo: embedded broker, kingxun and EXLIVE listeners and
-    /// simulated vehicles on both.
+    /// Run a self-contained demo: embedded broker, kingxun and EXLIVE listeners with
+    /// simulated vehicles, and fake xchanger and iauto360 clouds the bridge polls.
     Demo {
         #[arg(long, default_value_t = 1883)]
         mqtt_port: u16,
@@ -43,6 +43,12 @@ enum Cmd {
         kingxun_port: u16,
         #[arg(long, default_value_t = 1502)]
         exlive_port: u16,
+        #[arg(long, default_value_t = 8480)]
+        xchanger_port: u16,
+        #[arg(long, default_value_t = 8490)]
+        iauto360_port: u16,
+        #[arg(long, default_value_t = 8089)]
+        push_port: u16,
     },
     /// Exit 0 when a running bridge using this state dir is alive (for container health
     /// checks).
@@ -136,12 +142,18 @@ fn main() -> ExitCode {
         mqtt_port,
         kingxun_port,
         exlive_port,
+        xchanger_port,
+        iauto360_port,
+        push_port,
     } = command
     {
         let ports = vehicle2mqtt::demo::DemoPorts {
             mqtt: mqtt_port,
             kingxun: kingxun_port,
             exlive: exlive_port,
+            xchanger: xchanger_port,
+            iauto360: iauto360_port,
+            push: push_port,
         };
         let state = std::env::temp_dir().join(format!("vehicle2mqtt-demo-{}", std::process::id()));
         return run(vehicle2mqtt::demo::config(&ports, state), true);
@@ -296,6 +308,11 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
+    // Held until the bridge stops: the fake clouds of the demo.
+    let _clouds = match demo {
+        true => Some(vehicle2mqtt::demo::clouds(&config).await?),
+        false => None,
+    };
     if demo {
         eprintln!("{}", vehicle2mqtt::demo::instructions(&config));
         tokio::spawn(vehicle2mqtt::demo::simulators(

@@ -10,11 +10,7 @@ use common::{KillOnDrop, Probe};
 
 #[tokio::test]
 async fn demo_shows_vehicles_and_unlocks() {
-    let (mqtt, kx, ex) = (
-        common::free_port(),
-        common::free_port(),
-        common::free_port(),
-    );
+    let [mqtt, kx, ex, xc, ia, push] = [0; 6].map(|_| common::free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_vehicle2mqtt"))
         .args([
             "demo",
@@ -24,6 +20,12 @@ async fn demo_shows_vehicles_and_unlocks() {
             &kx.to_string(),
             "--exlive-port",
             &ex.to_string(),
+            "--xchanger-port",
+            &xc.to_string(),
+            "--iauto360-port",
+            &ia.to_string(),
+            "--push-port",
+            &push.to_string(),
         ])
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
@@ -45,6 +47,16 @@ async fn demo_shows_vehicles_and_unlocks() {
     probe
         .wait_for("EXLIVE vehicle", t, |m| {
             m.topic == "vehicle2mqtt/ex7001/state"
+        })
+        .await;
+    probe
+        .wait_for("Lynk & Co car from the fake cloud", t, |m| {
+            m.topic == "vehicle2mqtt/L6T7722E0LN000001/state" && m.json()["odometer"] == 33253
+        })
+        .await;
+    probe
+        .wait_for("OBD box from the fake platform", t, |m| {
+            m.topic == "vehicle2mqtt/ia865432100012345/state" && m.json()["odometer"] == 23456.7
         })
         .await;
     probe
