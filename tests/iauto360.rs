@@ -307,6 +307,18 @@ async fn pushes_are_verified_bounded_and_deduplicated() {
         {"id": 79, "esn": ESN, "type": "拔出", "time": 1_700_000_200}]);
     assert_eq!(platform.push(ign).await.unwrap(), 200);
     wait_event(&probe, &bridge, "unplugged").await;
+    // A lock outcome from 2023 (late or replayed): an event, but the lock state stays.
+    let old = json!([{"id": 80, "esn": ESN, "type": "关锁", "time": 1_700_000_300, "text": "关锁【成功】"}]);
+    assert_eq!(platform.push(old).await.unwrap(), 200);
+    wait_event(&probe, &bridge, "lock_result").await;
+    let state_topic = bridge.topic(&format!("{VID}/state"));
+    assert!(
+        !probe
+            .messages()
+            .iter()
+            .any(|m| m.topic == state_topic && m.json().get("lock").is_some()),
+        "a stale outcome does not set the lock"
+    );
     let info = probe
         .wait_for("push counters", T, |m| {
             let c = &m.json()["connectors"][0]["counters"];

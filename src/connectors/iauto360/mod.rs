@@ -81,6 +81,7 @@ impl Connector for Iauto360Connector {
     fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {
         Box::pin(async move {
             let cfg = self.config;
+            crate::connectors::warn_if_plain_http("iauto360", &cfg.base_url);
             let counters = Arc::new(Counters::default());
             let shared = Arc::new(Shared {
                 api: Api::new(&cfg)?,
@@ -178,7 +179,15 @@ fn jitter(d: Duration) -> Duration {
 struct Pending {
     progress: mpsc::Sender<CommandProgress>,
     lock: bool,
+    /// Unix seconds when the command was sent: an outcome from before it (a replayed
+    /// push) does not count.
+    sent_at: i64,
 }
+
+/// Pushed events older than this update no state.
+const STALE_EVENT_S: i64 = 600;
+/// Clock skew allowed between the platform and us when matching an outcome.
+const OUTCOME_SKEW_S: i64 = 120;
 
 struct Device {
     shared: Arc<Shared>,
@@ -437,6 +446,7 @@ impl Device {
                 self.pending = Some(Pending {
                     progress: req.progress,
                     lock,
+                    sent_at: chrono::Utc::now().timestamp(),
                 });
             }
             (Ok(_), _) => {
@@ -475,14 +485,16 @@ impl Device {
         if let Some(r) = ev.state.get(Field::EngineRunning) {
             self.running = r == &crate::model::Value::Bool(true);
         }
-        self.merge(ev.state).await;
+        // An event from long ago (a late or replayed push) is news, but not the state now.
+        let now = chrono::Utc::now().timestamp();
+        if ev.time.is_none_or(|t| now - t <= STALE_EVENT_S) {
+            self.merge(ev.state).await;
+        }
         self.shared.updates.event(self.id.clone(), ev.event).await;
         if let Some(outcome) = ev.lock {
-            if self
-                .pending
-                .as_ref()
-                .is_some_and(|p| p.lock == outcome.locked)
-            {
+            if self.pending.as_ref().is_some_and(|p| {
+                p.lock == outcome.locked && ev.time.is_none_or(|t| t >= p.sent_at - OUTCOME_SKEW_S)
+            }) {
                 if let Some(p) = self.pending.take() {
                     let progress = if outcome.success {
                         CommandProgress::Succeeded

@@ -77,6 +77,7 @@ impl Connector for XchangerConnector {
 
     fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {
         Box::pin(async move {
+            crate::connectors::warn_if_plain_http("xchanger", &self.config.base_url());
             let counters = Arc::new(Counters::default());
             let shared = Arc::new(Shared {
                 api: Api::new(&self.config)?,

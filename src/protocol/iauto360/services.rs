@@ -439,6 +439,8 @@ pub struct LockOutcome {
 pub struct PushedEvent {
     pub id: i64,
     pub esn: String,
+    /// When it happened (unix seconds), when the platform says.
+    pub time: Option<i64>,
     pub event: VehicleEvent,
     pub state: VehicleState,
     pub lock: Option<LockOutcome>,
@@ -530,6 +532,7 @@ pub fn pushed_event(r: &Value) -> Option<PushedEvent> {
     Some(PushedEvent {
         id,
         esn,
+        time: num(r.get("time")).map(|t| t as i64),
         event: VehicleEvent {
             event_type: event_type.into(),
             attributes,
