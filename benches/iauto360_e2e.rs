@@ -86,18 +86,9 @@ async fn scenario(mqtt_port: u16, devices: usize, seconds: u64) {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("iauto360_e2e: skipped (run with `cargo bench --bench iauto360_e2e`)");
-        return;
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let broker = common::Mosquitto::start();
+    support::bench_main("iauto360_e2e", |mqtt_port| async move {
         for devices in [100, 1_000, 3_000] {
-            scenario(broker.port, devices, 10).await;
+            scenario(mqtt_port, devices, 10).await;
         }
     });
 }

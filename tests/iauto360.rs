@@ -67,6 +67,18 @@ async fn watch(broker: &Mosquitto, bridge: &Bridge) -> Probe {
     Probe::connect(broker.port, &[&bridge.topic("#"), "homeassistant/#"]).await
 }
 
+/// A bridge on a fresh fake platform, watched, after its first poll.
+async fn running(broker: &Mosquitto, push: bool) -> (FakeIauto360, Bridge, Probe) {
+    let platform = fake().await;
+    let bridge = start(broker, &platform, push, |_| {}).await;
+    let probe = watch(broker, &bridge).await;
+    wait_state(&probe, &bridge, "first poll", |s| {
+        s.get("odometer").is_some()
+    })
+    .await;
+    (platform, bridge, probe)
+}
+
 async fn wait_state(
     probe: &Probe,
     bridge: &Bridge,
@@ -200,13 +212,7 @@ async fn every_service_lands_in_the_state_and_new_trips_become_events() {
 #[tokio::test]
 async fn lock_and_unlock_are_confirmed_by_the_pushed_outcome() {
     let broker = Mosquitto::start();
-    let platform = fake().await;
-    let bridge = start(&broker, &platform, true, |_| {}).await;
-    let probe = watch(&broker, &bridge).await;
-    wait_state(&probe, &bridge, "first poll", |s| {
-        s.get("odometer").is_some()
-    })
-    .await;
+    let (platform, bridge, probe) = running(&broker, true).await;
     let set = bridge.topic(&format!("{VID}/lock/set"));
 
     probe
@@ -241,13 +247,7 @@ async fn lock_and_unlock_are_confirmed_by_the_pushed_outcome() {
 #[tokio::test]
 async fn without_push_an_accepted_command_ends_as_timeout() {
     let broker = Mosquitto::start();
-    let platform = fake().await;
-    let bridge = start(&broker, &platform, false, |_| {}).await;
-    let probe = watch(&broker, &bridge).await;
-    wait_state(&probe, &bridge, "first poll", |s| {
-        s.get("odometer").is_some()
-    })
-    .await;
+    let (_platform, bridge, probe) = running(&broker, false).await;
     probe
         .publish(
             &bridge.topic(&format!("{VID}/lock/set")),
@@ -263,13 +263,7 @@ async fn without_push_an_accepted_command_ends_as_timeout() {
 #[tokio::test]
 async fn pushes_are_verified_bounded_and_deduplicated() {
     let broker = Mosquitto::start();
-    let platform = fake().await;
-    let bridge = start(&broker, &platform, true, |_| {}).await;
-    let probe = watch(&broker, &bridge).await;
-    wait_state(&probe, &bridge, "first poll", |s| {
-        s.get("odometer").is_some()
-    })
-    .await;
+    let (platform, bridge, probe) = running(&broker, true).await;
 
     let vibration = json!([{"id": 77, "esn": ESN, "uid": "1424587", "type": "震动", "time": 1_700_000_000,
         "text": "轻微震动", "location": [113.1452, 23.41254], "attrs": {"level": 3}}]);

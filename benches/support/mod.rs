@@ -165,3 +165,24 @@ pub async fn mosquitto_ingest(port: u16, seconds: u64) {
         got as f64 / start.elapsed().as_secs_f64()
     );
 }
+
+/// Runs `body` on a multi-threaded runtime with a fresh mosquitto, only under
+/// `cargo bench` (plain `cargo test --all-targets` just says it skipped).
+pub fn bench_main<F, Fut>(name: &str, body: F)
+where
+    F: FnOnce(u16) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("{name}: skipped (run with `cargo bench --bench {name}`)");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let broker = crate::common::Mosquitto::start();
+        body(broker.port).await;
+    });
+}

@@ -450,28 +450,22 @@ impl Device {
                 });
             }
             (Ok(_), _) => {
-                self.shared
-                    .counters
-                    .commands_failed
-                    .fetch_add(1, Ordering::Relaxed);
-                let _ = req
-                    .progress
-                    .send(CommandProgress::Failed(
-                        "the platform could not send the request (status 0)".into(),
-                    ))
-                    .await;
+                self.fail(
+                    req,
+                    "the platform could not send the request (status 0)".into(),
+                )
+                .await
             }
-            (Err(e), _) => {
-                self.shared
-                    .counters
-                    .commands_failed
-                    .fetch_add(1, Ordering::Relaxed);
-                let _ = req
-                    .progress
-                    .send(CommandProgress::Failed(e.to_string()))
-                    .await;
-            }
+            (Err(e), _) => self.fail(req, e.to_string()).await,
         }
+    }
+
+    async fn fail(&self, req: CommandRequest, reason: String) {
+        self.shared
+            .counters
+            .commands_failed
+            .fetch_add(1, Ordering::Relaxed);
+        let _ = req.progress.send(CommandProgress::Failed(reason)).await;
     }
 
     async fn pushed(&mut self, ev: PushedEvent) {
