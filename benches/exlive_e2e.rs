@@ -82,56 +82,63 @@ async fn run_scenario(port: u16, exlive_port: u16, bridge_pid: u32, sc: &Scenari
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("exlive_e2e: skipped (run with `cargo bench --bench exlive_e2e`)");
-        return;
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let broker = common::Mosquitto::start();
+    support::bench_main("exlive_e2e", |mqtt_port| async move {
         let dir = tempfile::tempdir().expect("tempdir");
         let exlive_port = common::free_port();
-        let config = dir.path().join("bench.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[mqtt]\nurl = \"{}\"\nbase_topic = \"bench\"\ndiscovery = false\nclient_id = \"bench-bridge\"\n\
-                 [bridge]\nstate_dir = \"{}\"\nlog_level = \"warn\"\n\
-                 [exlive]\nenabled = true\nlisten = \"127.0.0.1:{exlive_port}\"\nmax_links = 20000\n\
-                 [[exlive.accounts]]\nname = \"bench\"\npassword = \"bench\"\n",
-                broker.url(),
-                dir.path().join("state").display()
+        let bridge = support::spawn_bridge(
+            dir.path(),
+            mqtt_port,
+            "bench-bridge",
+            &format!(
+                "[exlive]\nenabled = true\nlisten = \"127.0.0.1:{exlive_port}\"\nmax_links = 20000\n\
+                 [[exlive.accounts]]\nname = \"bench\"\npassword = \"bench\"\n"
             ),
-        )
-        .expect("write config");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_vehicle2mqtt"))
-            .arg("--config")
-            .arg(&config)
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .expect("spawn bridge");
-        let bridge = common::KillOnDrop(child);
+        );
         let pid = bridge.0.id();
         assert!(common::wait_port_async(exlive_port, Duration::from_secs(10)).await);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        println!("bridge idle RSS (no links, external broker): {} KiB", support::rss_kib(pid));
+        println!(
+            "bridge idle RSS (no links, external broker): {} KiB",
+            support::rss_kib(pid)
+        );
         let scenarios = [
             // Idle: links logged in, one position per minute each.
-            Scenario { links: 10, rate: 1.0 / 60.0, seconds: 5 },
-            Scenario { links: 10, rate: 1000.0, seconds: 10 },
+            Scenario {
+                links: 10,
+                rate: 1.0 / 60.0,
+                seconds: 5,
+            },
+            Scenario {
+                links: 10,
+                rate: 1000.0,
+                seconds: 10,
+            },
             // Saturation: offer more than the bridge and broker can take.
-            Scenario { links: 10, rate: 6000.0, seconds: 10 },
-            Scenario { links: 1_000, rate: 2.0, seconds: 10 },
-            Scenario { links: 10_000, rate: 1.0 / 60.0, seconds: 5 },
-            Scenario { links: 10_000, rate: 1.0, seconds: 10 },
+            Scenario {
+                links: 10,
+                rate: 6000.0,
+                seconds: 10,
+            },
+            Scenario {
+                links: 1_000,
+                rate: 2.0,
+                seconds: 10,
+            },
+            Scenario {
+                links: 10_000,
+                rate: 1.0 / 60.0,
+                seconds: 5,
+            },
+            Scenario {
+                links: 10_000,
+                rate: 1.0,
+                seconds: 10,
+            },
         ];
         for (i, sc) in scenarios.iter().enumerate() {
-            run_scenario(broker.port, exlive_port, pid, sc, 100_000 * (i as u64 + 1)).await;
+            run_scenario(mqtt_port, exlive_port, pid, sc, 100_000 * (i as u64 + 1)).await;
         }
-        support::mosquitto_ingest(broker.port, 5).await;
+        support::mosquitto_ingest(mqtt_port, 5).await;
         drop(bridge);
     });
 }

@@ -38,27 +38,22 @@ async fn scenario(mqtt_port: u16, devices: usize, seconds: u64) {
     .await
     .expect("fake platform");
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = format!(
-        "[mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nbase_topic = \"bench\"\ndiscovery = false\nclient_id = \"bench-ia{devices}\"\n\
-         [bridge]\nstate_dir = \"{}\"\nlog_level = \"warn\"\n\
-         [iauto360]\nenabled = true\nbase_url = \"{}\"\nopen_id = \"OPEN123\"\nsecure_code = \"SECRETcode\"\n\
+    let mut section = format!(
+        "[iauto360]\nenabled = true\nbase_url = \"{}\"\nopen_id = \"OPEN123\"\nsecure_code = \"SECRETcode\"\n\
          poll_interval = \"1s\"\npoll_interval_active = \"1s\"\ndetail_interval = \"1h\"\n",
-        dir.path().join("state").display(),
         platform.url()
     );
     for esn in &esns {
-        config.push_str(&format!("[[iauto360.devices]]\nesn = \"{esn}\"\n"));
+        section.push_str(&format!("[[iauto360.devices]]\nesn = \"{esn}\"\n"));
     }
-    let path = dir.path().join("bench.toml");
-    std::fs::write(&path, config).expect("write config");
     let counter = support::Counter::new(false);
     let sub = support::subscriber(mqtt_port, "bench/+/state", counter.clone()).await;
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_vehicle2mqtt"))
-        .arg("--config")
-        .arg(&path)
-        .spawn()
-        .expect("spawn bridge");
-    let bridge = common::KillOnDrop(child);
+    let bridge = support::spawn_bridge(
+        dir.path(),
+        mqtt_port,
+        &format!("bench-ia{devices}"),
+        &section,
+    );
     let pid = bridge.0.id();
     // Ramp: first polls are spread over 0.5 s, then one detail round (8 calls) per box.
     tokio::time::sleep(Duration::from_secs(8)).await;

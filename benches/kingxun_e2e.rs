@@ -81,43 +81,30 @@ async fn scenario(
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("kingxun_e2e: skipped (run with `cargo bench --bench kingxun_e2e`)");
-        return;
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let broker = common::Mosquitto::start();
+    support::bench_main("kingxun_e2e", |mqtt_port| async move {
         let dir = tempfile::tempdir().expect("tempdir");
         let kx_port = common::free_port();
-        let devices = config_toml(&SimOptions { devices: 10_000, first_id: 1, key_seed: SEED, ..Default::default() });
-        let config = dir.path().join("bench.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[mqtt]\nurl = \"{}\"\nbase_topic = \"bench\"\ndiscovery = false\nclient_id = \"bench-kx\"\n\
-                 [bridge]\nstate_dir = \"{}\"\nlog_level = \"warn\"\n\
-                 [kingxun]\nenabled = true\nlisten = \"127.0.0.1:{kx_port}\"\nmax_links = 20000\n\n{devices}",
-                broker.url(),
-                dir.path().join("state").display()
-            ),
-        )
-        .expect("write config");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_vehicle2mqtt"))
-            .arg("--config")
-            .arg(&config)
-            .spawn()
-            .expect("spawn bridge");
-        let bridge = common::KillOnDrop(child);
+        let devices = config_toml(&SimOptions {
+            devices: 10_000,
+            first_id: 1,
+            key_seed: SEED,
+            ..Default::default()
+        });
+        let bridge = support::spawn_bridge(
+            dir.path(),
+            mqtt_port,
+            "bench-kx",
+            &format!("[kingxun]\nenabled = true\nlisten = \"127.0.0.1:{kx_port}\"\nmax_links = 20000\n\n{devices}"),
+        );
         let pid = bridge.0.id();
         assert!(common::wait_port_async(kx_port, Duration::from_secs(20)).await);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        println!("bridge idle RSS (10 000 devices configured, none linked): {} KiB", support::rss_kib(pid));
-        scenario(broker.port, kx_port, pid, 1_000, Duration::from_secs(1), 10).await;
-        scenario(broker.port, kx_port, pid, 10_000, Duration::from_secs(1), 10).await;
+        println!(
+            "bridge idle RSS (10 000 devices configured, none linked): {} KiB",
+            support::rss_kib(pid)
+        );
+        scenario(mqtt_port, kx_port, pid, 1_000, Duration::from_secs(1), 10).await;
+        scenario(mqtt_port, kx_port, pid, 10_000, Duration::from_secs(1), 10).await;
         drop(bridge);
     });
 }

@@ -113,6 +113,35 @@ impl UpdateSink {
     pub async fn event(&self, vehicle: VehicleId, event: VehicleEvent) {
         let _ = self.send(Update::Event { vehicle, event }).await;
     }
+
+    /// The upstream's view of whether `vehicle` is reachable.
+    pub async fn availability(&self, vehicle: VehicleId, online: bool) {
+        let _ = self.send(Update::Availability { vehicle, online }).await;
+    }
+}
+
+/// A polled vehicle's `connector_status` sensor: `"ok"` or the latest trouble, sent only
+/// when it changes; going back to `"ok"` also tells the bridge the connector recovered.
+#[derive(Debug, Default)]
+pub struct ConnectionStatus {
+    last: String,
+}
+
+impl ConnectionStatus {
+    pub const OK: &'static str = "ok";
+
+    pub async fn set(&mut self, updates: &UpdateSink, vehicle: &VehicleId, status: &str) {
+        if status == self.last {
+            return;
+        }
+        if status == Self::OK && !self.last.is_empty() {
+            let _ = updates.send(Update::Recovered).await;
+        }
+        let mut state = VehicleState::default();
+        state.set(crate::model::Field::ConnectorStatus, status);
+        updates.merge_state(vehicle.clone(), state).await;
+        self.last = status.to_string();
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -77,6 +77,14 @@ async fn wait_state(
         .json()
 }
 
+/// One run of the default bridge (tokens in `state_dir`) until the seed status shows.
+async fn run_until_polled(broker: &Mosquitto, cloud: &FakeXchanger, state_dir: &Path) {
+    let bridge = start(broker, cloud, Some(state_dir), |_| {}).await;
+    let probe = probe(broker, &bridge).await;
+    wait_state(&probe, &bridge, VIN, |s| s["odometer"] == 33253).await;
+    bridge.stop().await;
+}
+
 async fn wait_result(probe: &Probe, bridge: &Bridge, id: &str, status: &str) -> Value {
     probe
         .wait_for(&format!("{id} {status}"), T, |m| {
@@ -326,10 +334,7 @@ async fn persisted_tokens_are_reused_after_a_restart() {
     let cloud = fake(FakeOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     for _ in 0..2 {
-        let bridge = start(&broker, &cloud, Some(dir.path()), |_| {}).await;
-        let probe = probe(&broker, &bridge).await;
-        wait_state(&probe, &bridge, VIN, |s| s["odometer"] == 33253).await;
-        bridge.stop().await;
+        run_until_polled(&broker, &cloud, dir.path()).await;
     }
     let calls = cloud.calls();
     assert_eq!(
@@ -343,22 +348,13 @@ async fn persisted_tokens_are_reused_after_a_restart() {
 async fn saved_tokens_the_cloud_no_longer_knows_lead_to_one_new_login() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    {
-        let first = fake(FakeOptions::default()).await;
-        let bridge = start(&broker, &first, Some(dir.path()), |_| {}).await;
-        let probe = probe(&broker, &bridge).await;
-        wait_state(&probe, &bridge, VIN, |s| s["odometer"] == 33253).await;
-        bridge.stop().await;
-    }
+    run_until_polled(&broker, &fake(FakeOptions::default()).await, dir.path()).await;
     // A cloud that never issued the saved pair (it answers 1501 "main token invalid").
     let second = fake(FakeOptions::default()).await;
-    let bridge = start(&broker, &second, Some(dir.path()), |_| {}).await;
-    let probe = probe(&broker, &bridge).await;
-    wait_state(&probe, &bridge, VIN, |s| s["odometer"] == 33253).await;
+    run_until_polled(&broker, &second, dir.path()).await;
     let calls = second.calls();
     assert_eq!(calls.logins, 1);
     assert!(calls.unauthorised >= 1);
-    bridge.stop().await;
 }
 
 #[tokio::test]

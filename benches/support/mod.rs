@@ -186,3 +186,29 @@ where
         body(broker.port).await;
     });
 }
+
+/// The release bridge as a process on `mqtt_port` (topics under `bench`, no discovery,
+/// warnings only), with `connector_toml` appended to its config file in `dir`.
+pub fn spawn_bridge(
+    dir: &std::path::Path,
+    mqtt_port: u16,
+    client_id: &str,
+    connector_toml: &str,
+) -> crate::common::KillOnDrop {
+    let config = dir.join("bench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nbase_topic = \"bench\"\ndiscovery = false\nclient_id = \"{client_id}\"\n\
+             [bridge]\nstate_dir = \"{}\"\nlog_level = \"warn\"\n{connector_toml}",
+            dir.join("state").display()
+        ),
+    )
+    .expect("write config");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_vehicle2mqtt"))
+        .arg("--config")
+        .arg(&config)
+        .spawn()
+        .expect("spawn bridge");
+    crate::common::KillOnDrop(child)
+}

@@ -3,5 +3,6 @@
 
 pub mod exlive;
 pub mod iauto360;
+pub mod json;
 pub mod kingxun;
 pub mod xchanger;

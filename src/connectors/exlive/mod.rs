@@ -278,13 +278,7 @@ impl Core {
                 .await;
         }
         if moved {
-            let _ = self
-                .updates
-                .send(Update::Availability {
-                    vehicle: id.clone(),
-                    online: true,
-                })
-                .await;
+            self.updates.availability(id.clone(), true).await;
         }
         if alarm_rose {
             let mut attributes = serde_json::Map::new();
@@ -375,13 +369,7 @@ impl Core {
         };
         for exlive_id in gone {
             if let Some(id) = vehicle_id(&exlive_id) {
-                let _ = self
-                    .updates
-                    .send(Update::Availability {
-                        vehicle: id,
-                        online: false,
-                    })
-                    .await;
+                self.updates.availability(id, false).await;
             }
         }
     }

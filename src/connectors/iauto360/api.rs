@@ -96,15 +96,10 @@ impl Api {
             200..=299 => {}
             _ => return Err(CallError::Http(status)),
         }
-        let mut raw = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
-            if raw.len() + chunk.len() > MAX_BODY {
-                return Err(CallError::BadAnswer(format!(
-                    "reply larger than {MAX_BODY} bytes"
-                )));
-            }
-            raw.extend_from_slice(&chunk);
-        }
+        let raw = crate::connectors::read_bounded(&mut resp, MAX_BODY)
+            .await
+            .map_err(transport)?
+            .ok_or_else(|| CallError::BadAnswer(format!("reply larger than {MAX_BODY} bytes")))?;
         let reply: Value = serde_json::from_slice(&raw)
             .map_err(|e| CallError::BadAnswer(format!("not JSON: {e}")))?;
         match proto::reply_data(&reply) {

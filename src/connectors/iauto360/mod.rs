@@ -25,8 +25,10 @@ pub use config::{Iauto360Config, Iauto360Device};
 use api::Api;
 
 use crate::connector::{
-    CommandRequest, Connector, ConnectorContext, ConnectorFuture, Update, UpdateSink,
+    CommandRequest, ConnectionStatus, Connector, ConnectorContext, ConnectorFuture, Update,
+    UpdateSink,
 };
+use crate::connectors::{jitter, poll_backoff, OFFLINE_AFTER};
 use crate::model::{
     Capability, Command, CommandProgress, Field, VehicleId, VehicleInfo, VehicleState,
 };
@@ -51,8 +53,6 @@ crate::named_counters! {
 }
 
 const QUEUE: usize = 16;
-const OFFLINE_AFTER: u32 = 3;
-const MAX_BACKOFF: Duration = Duration::from_secs(30 * 60);
 /// Trips looked up per detail round (1012 takes a time range).
 const TRIP_WINDOW_S: i64 = 7 * 24 * 3600;
 /// Pushed event ids remembered per device, so a re-delivered push counts once.
@@ -171,10 +171,6 @@ fn info(id: &VehicleId, device: &Iauto360Device) -> VehicleInfo {
     }
 }
 
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(rand::rng().random_range(0.9..=1.1))
-}
-
 /// A 5001 the platform took, waiting for its pushed outcome.
 struct Pending {
     progress: mpsc::Sender<CommandProgress>,
@@ -196,7 +192,7 @@ struct Device {
     failures: u32,
     running: bool,
     pending: Option<Pending>,
-    last_status: String,
+    status: ConnectionStatus,
     last_trip: Option<i64>,
     seen: VecDeque<i64>,
 }
@@ -216,7 +212,7 @@ async fn device_loop(
         failures: 0,
         running: false,
         pending: None,
-        last_status: String::new(),
+        status: ConnectionStatus::default(),
         last_trip: None,
         seen: VecDeque::new(),
     };
@@ -246,10 +242,7 @@ async fn device_loop(
                 }
                 let cfg = &d.shared.cfg;
                 let wait = match &result {
-                    Err(e) if e.is_transient() => cfg
-                        .poll_interval_active
-                        .saturating_mul(1 << (d.failures.saturating_sub(1)).min(12))
-                        .min(MAX_BACKOFF),
+                    Err(e) if e.is_transient() => poll_backoff(cfg.poll_interval_active, d.failures),
                     _ if d.running || d.pending.is_some() => cfg.poll_interval_active,
                     _ => cfg.poll_interval,
                 };
@@ -298,15 +291,6 @@ impl Device {
         }
     }
 
-    async fn set_status(&mut self, status: String) {
-        if status != self.last_status {
-            let mut st = VehicleState::default();
-            st.set(Field::ConnectorStatus, status.as_str());
-            self.merge(st).await;
-            self.last_status = status;
-        }
-    }
-
     /// 1011, the latest condition.
     async fn poll(&mut self) -> Result<(), CallError> {
         self.shared.counters.polls.fetch_add(1, Ordering::Relaxed);
@@ -318,17 +302,11 @@ impl Device {
                 if let Some(r) = running {
                     self.running = r;
                 }
-                let _ = updates
-                    .send(Update::Availability {
-                        vehicle: self.id.clone(),
-                        online: true,
-                    })
-                    .await;
+                updates.availability(self.id.clone(), true).await;
                 self.merge(state).await;
-                if !self.last_status.is_empty() && self.last_status != "ok" {
-                    let _ = updates.send(Update::Recovered).await;
-                }
-                self.set_status("ok".into()).await;
+                self.status
+                    .set(updates, &self.id, ConnectionStatus::OK)
+                    .await;
                 Ok(())
             }
             Err(e) => {
@@ -338,12 +316,7 @@ impl Device {
                     .poll_errors
                     .fetch_add(1, Ordering::Relaxed);
                 if self.failures >= OFFLINE_AFTER {
-                    let _ = updates
-                        .send(Update::Availability {
-                            vehicle: self.id.clone(),
-                            online: false,
-                        })
-                        .await;
+                    updates.availability(self.id.clone(), false).await;
                 }
                 if let CallError::Refused(reason) = &e {
                     let _ = updates
@@ -353,7 +326,7 @@ impl Device {
                         })
                         .await;
                 }
-                self.set_status(e.to_string()).await;
+                self.status.set(updates, &self.id, &e.to_string()).await;
                 Err(e)
             }
         }

@@ -476,13 +476,7 @@ impl Connector for KingxunConnector {
                     .updates
                     .send(Update::Vehicle(core.info(*dev_id, None, None)))
                     .await;
-                let _ = ctx
-                    .updates
-                    .send(Update::Availability {
-                        vehicle: vehicle_id(*dev_id),
-                        online: false,
-                    })
-                    .await;
+                ctx.updates.availability(vehicle_id(*dev_id), false).await;
             }
             let ConnectorContext {
                 mut commands,

@@ -75,6 +75,12 @@ async fn write_frame(wr: &mut OwnedWriteHalf, frame: &Frame) -> std::io::Result<
     }
 }
 
+/// Answers a request with an empty plain response (a refusal before the link closes);
+/// a failed write changes nothing, the link is closing anyway.
+async fn refuse(wr: &mut OwnedWriteHalf, msg_id: u16, seq: u16, code: u32) {
+    let _ = write_frame(wr, &Frame::response(msg_id, seq, code, false, Bytes::new())).await;
+}
+
 type Frames = FramedRead<tokio::net::tcp::OwnedReadHalf, KxCodec>;
 
 /// The next frame; junk is logged and skipped. `None` ends the link.
@@ -147,15 +153,11 @@ async fn serve_link(
     };
     if frame.header.msg_id != id::REGISTER {
         tracing::warn!(event = "kingxun_not_registered", peer = %peer, dev_id, msg_id = frame.header.msg_id, "first frame is not 1001; closing");
-        let _ = write_frame(
+        refuse(
             &mut wr,
-            &Frame::response(
-                frame.header.msg_id,
-                frame.header.seq,
-                RESP_REJECTED,
-                false,
-                Bytes::new(),
-            ),
+            frame.header.msg_id,
+            frame.header.seq,
+            RESP_REJECTED,
         )
         .await;
         return;
@@ -165,15 +167,11 @@ async fn serve_link(
             .unknown_devices
             .fetch_add(1, Ordering::Relaxed);
         tracing::warn!(event = "kingxun_unknown_device", peer = %peer, dev_id, "unknown device id; registration refused");
-        let _ = write_frame(
+        refuse(
             &mut wr,
-            &Frame::response(
-                id::REGISTER,
-                frame.header.seq,
-                RESP_REGISTER_REFUSED,
-                false,
-                Bytes::new(),
-            ),
+            id::REGISTER,
+            frame.header.seq,
+            RESP_REGISTER_REFUSED,
         )
         .await;
         return;
@@ -188,17 +186,7 @@ async fn serve_link(
     let Some(register) = register else {
         core.counters.bad_bodies.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(event = "kingxun_bad_register", peer = %peer, dev_id, "malformed 1001; closing");
-        let _ = write_frame(
-            &mut wr,
-            &Frame::response(
-                id::REGISTER,
-                frame.header.seq,
-                RESP_REJECTED,
-                false,
-                Bytes::new(),
-            ),
-        )
-        .await;
+        refuse(&mut wr, id::REGISTER, frame.header.seq, RESP_REJECTED).await;
         return;
     };
     let (session_id, iv) = {
@@ -246,13 +234,7 @@ async fn serve_link(
             None,
         )))
         .await;
-    let _ = core
-        .updates
-        .send(Update::Availability {
-            vehicle: vid.clone(),
-            online: true,
-        })
-        .await;
+    core.updates.availability(vid.clone(), true).await;
     core.open_links.opened(&core.updates).await;
 
     // seq → (command, deadline)
@@ -364,13 +346,7 @@ async fn serve_link(
         }
     });
     if still_ours.unwrap_or(false) {
-        let _ = core
-            .updates
-            .send(Update::Availability {
-                vehicle: vid,
-                online: false,
-            })
-            .await;
+        core.updates.availability(vid, false).await;
     }
     core.open_links.closed(&core.updates).await;
 }

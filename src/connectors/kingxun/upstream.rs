@@ -58,13 +58,7 @@ pub(super) async fn run(
         for vid in
             std::iter::once(server_vehicle()).chain(cfg.devices.iter().map(|d| vehicle_id(d.id)))
         {
-            let _ = core
-                .updates
-                .send(Update::Availability {
-                    vehicle: vid,
-                    online: false,
-                })
-                .await;
+            core.updates.availability(vid, false).await;
         }
         if shutdown.is_cancelled() {
             return;
@@ -151,25 +145,13 @@ async fn session(
         return "9001 answer cannot be decrypted or parsed (wrong key or IV?)".into();
     };
     tracing::info!(event = "kingxun_upstream_connected", address = %cfg.address, "connected to kingxun server");
-    let _ = core
-        .updates
-        .send(Update::Availability {
-            vehicle: server_vehicle(),
-            online: true,
-        })
-        .await;
+    core.updates.availability(server_vehicle(), true).await;
     for d in &cfg.devices {
         let _ = core
             .updates
             .send(Update::Vehicle(core.info(d.id, None, Some(d.devtype))))
             .await;
-        let _ = core
-            .updates
-            .send(Update::Availability {
-                vehicle: vehicle_id(d.id),
-                online: true,
-            })
-            .await;
+        core.updates.availability(vehicle_id(d.id), true).await;
     }
     let devtypes: HashMap<u32, u8> = cfg.devices.iter().map(|d| (d.id, d.devtype)).collect();
     let mut pending: HashMap<u16, (LinkCommand, Instant)> = HashMap::new();

@@ -173,15 +173,10 @@ impl Api {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|s| Duration::from_secs(s.min(3600)));
-        let mut raw = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
-            if raw.len() + chunk.len() > MAX_BODY {
-                return Err(ApiError::BadAnswer(format!(
-                    "answer larger than {MAX_BODY} bytes"
-                )));
-            }
-            raw.extend_from_slice(&chunk);
-        }
+        let raw = crate::connectors::read_bounded(&mut resp, MAX_BODY)
+            .await
+            .map_err(transport)?
+            .ok_or_else(|| ApiError::BadAnswer(format!("answer larger than {MAX_BODY} bytes")))?;
         classify(status, retry_after, &raw)
     }
 }

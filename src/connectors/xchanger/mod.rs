@@ -12,9 +12,7 @@ mod config;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use rand::Rng;
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -29,8 +27,10 @@ use api::{data, segment, Api, Body};
 use auth::{Auth, Tokens};
 
 use crate::connector::{
-    CommandRequest, Connector, ConnectorContext, ConnectorFuture, Update, UpdateSink,
+    CommandRequest, ConnectionStatus, Connector, ConnectorContext, ConnectorFuture, Update,
+    UpdateSink,
 };
+use crate::connectors::{jitter, poll_backoff, OFFLINE_AFTER};
 use crate::model::{
     lock_state, Capability, Command, CommandProgress, Field, VehicleId, VehicleInfo, VehicleState,
 };
@@ -53,10 +53,6 @@ crate::named_counters! {
 
 /// Commands queued per vehicle (the bridge already sends one at a time).
 const VEHICLE_QUEUE: usize = 4;
-/// Consecutive failed polls before the vehicle is shown offline.
-const OFFLINE_AFTER: u32 = 3;
-/// Longest pause after repeated cloud trouble.
-const MAX_BACKOFF: Duration = Duration::from_secs(30 * 60);
 
 pub struct XchangerConnector {
     config: XchangerConfig,
@@ -166,10 +162,7 @@ impl Shared {
                     self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
                 }
                 hold.failures = hold.failures.saturating_add(1);
-                let base = self.cfg.poll_interval_active;
-                let mut delay = base
-                    .saturating_mul(1u32 << (hold.failures - 1).min(12))
-                    .min(MAX_BACKOFF);
+                let mut delay = poll_backoff(self.cfg.poll_interval_active, hold.failures);
                 if let ApiError::RateLimited {
                     retry_after: Some(at_least),
                 } = e
@@ -205,11 +198,6 @@ impl Shared {
     }
 }
 
-/// ±10 % so that many bridges (or vehicles) do not poll in step.
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(rand::rng().random_range(0.9..=1.1))
-}
-
 /// A vehicle of the account.
 #[derive(Debug, Clone)]
 struct Listed {
@@ -243,15 +231,7 @@ async fn run(
                 match e {
                     ApiError::Refused(_) => REFUSED_BACKOFF,
                     _ => shared.held_until().map_or_else(
-                        || {
-                            jitter(
-                                shared
-                                    .cfg
-                                    .poll_interval_active
-                                    .saturating_mul(1 << attempt.min(6))
-                                    .min(MAX_BACKOFF),
-                            )
-                        },
+                        || jitter(poll_backoff(shared.cfg.poll_interval_active, attempt + 1)),
                         |u| u - Instant::now(),
                     ),
                 }
@@ -406,6 +386,36 @@ struct Pending {
     expect: Option<(Field, crate::model::Value)>,
 }
 
+impl Pending {
+    /// The car reported after the command, and (when the command shows in the state)
+    /// the state is what it asked for.
+    fn confirmed_by(&self, status: &status::Status) -> bool {
+        let advanced = match (status.update_time, self.baseline) {
+            (Some(now), Some(before)) => now > before,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        advanced
+            && self
+                .expect
+                .as_ref()
+                .is_none_or(|(f, v)| status.state.get(*f) == Some(v))
+    }
+}
+
+/// One car's schedule and command state.
+struct Car {
+    shared: Arc<Shared>,
+    vin: String,
+    id: VehicleId,
+    /// The newest `updateTime` seen (ms).
+    last_update: Option<i64>,
+    engine_running: bool,
+    pending: Option<Pending>,
+    failures: u32,
+    status: ConnectionStatus,
+}
+
 async fn vehicle_loop(
     shared: Arc<Shared>,
     vin: String,
@@ -414,97 +424,115 @@ async fn vehicle_loop(
     shutdown: CancellationToken,
     with_plan: bool,
 ) {
-    let cfg = &shared.cfg;
-    let mut last_update: Option<i64> = None;
-    let mut engine_running = false;
-    let mut pending: Option<Pending> = None;
-    let mut failures = 0u32;
-    let mut last_status = String::new();
+    let mut car = Car {
+        shared,
+        vin,
+        id,
+        last_update: None,
+        engine_running: false,
+        pending: None,
+        failures: 0,
+        status: ConnectionStatus::default(),
+    };
     let mut next_poll = Instant::now();
     let mut next_plan = Instant::now();
     loop {
-        if pending.as_ref().is_some_and(|p| p.progress.is_closed()) {
+        if car.pending.as_ref().is_some_and(|p| p.progress.is_closed()) {
             // The bridge gave up on it (its command_timeout): stop polling fast.
-            pending = None;
+            car.pending = None;
         }
-        let due = next_poll.max(shared.held_until().unwrap_or(next_poll));
+        let due = next_poll.max(car.shared.held_until().unwrap_or(next_poll));
         tokio::select! {
             _ = shutdown.cancelled() => return,
             Some(req) = commands.recv() => {
-                if let Some(old) = pending.take() {
-                    let _ = old.progress.send(CommandProgress::Failed("superseded by a newer command".into())).await;
-                }
-                pending = execute(&shared, &vin, req, last_update).await;
-                if pending.is_some() {
-                    next_poll = Instant::now() + cfg.poll_interval_active;
+                if car.command(req).await {
+                    next_poll = Instant::now() + car.shared.cfg.poll_interval_active;
                 }
             }
             _ = tokio::time::sleep_until(due) => {
-                shared.counters.polls.fetch_add(1, Ordering::Relaxed);
-                let result = poll(&shared, &vin).await;
-                let status_text = match result {
-                    Ok(status) => {
-                        failures = 0;
-                        if status.update_time.is_some() {
-                            last_update = status.update_time.max(last_update);
-                        }
-                        if let Some(r) = status.engine_running {
-                            engine_running = r;
-                        }
-                        let confirmed = pending.as_ref().is_some_and(|p| {
-                            let advanced = match (status.update_time, p.baseline) {
-                                (Some(now), Some(before)) => now > before,
-                                (Some(_), None) => true,
-                                _ => false,
-                            };
-                            advanced && p.expect.as_ref().is_none_or(|(f, v)| status.state.get(*f) == Some(v))
-                        });
-                        let _ = shared.updates.send(Update::Availability { vehicle: id.clone(), online: true }).await;
-                        if last_status != "ok" && !last_status.is_empty() {
-                            let _ = shared.updates.send(Update::Recovered).await;
-                        }
-                        shared.updates.merge_state(id.clone(), status.state).await;
-                        if confirmed {
-                            if let Some(p) = pending.take() {
-                                let _ = p.progress.send(CommandProgress::Succeeded).await;
-                            }
-                        }
-                        "ok".to_string()
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        shared.counters.poll_errors.fetch_add(1, Ordering::Relaxed);
-                        if matches!(e, ApiError::BadAnswer(_)) {
-                            shared.counters.bad_answers.fetch_add(1, Ordering::Relaxed);
-                        }
-                        tracing::warn!(event = "xchanger_poll_failed", vehicle = %id, error = %e, failures, "status poll failed");
-                        if failures >= OFFLINE_AFTER || matches!(e, ApiError::Refused(_)) {
-                            let _ = shared.updates.send(Update::Availability { vehicle: id.clone(), online: false }).await;
-                        }
-                        if let ApiError::Refused(reason) = &e {
-                            shared.report_error(format!("login refused: {reason}")).await;
-                        }
-                        match &e {
-                            ApiError::Refused(r) => format!("login refused: {r}"),
-                            other => other.to_string(),
-                        }
-                    }
-                };
-                if status_text != last_status {
-                    let mut st = VehicleState::default();
-                    st.set(Field::ConnectorStatus, status_text.as_str());
-                    shared.updates.merge_state(id.clone(), st).await;
-                    last_status = status_text;
-                }
-                if with_plan && Instant::now() >= next_plan && failures == 0 {
+                car.poll().await;
+                let cfg = &car.shared.cfg;
+                if with_plan && Instant::now() >= next_plan && car.failures == 0 {
                     next_plan = Instant::now() + cfg.data_plan_interval;
-                    data_plan(&shared, &id).await;
+                    data_plan(&car.shared, &car.id).await;
                 }
-                let active = engine_running || pending.is_some();
+                let active = car.engine_running || car.pending.is_some();
                 let interval = if active { cfg.poll_interval_active } else { cfg.poll_interval };
                 next_poll = Instant::now() + jitter(interval);
             }
         }
+    }
+}
+
+impl Car {
+    /// Sends a command; `true` when the cloud accepted it and a status must confirm it.
+    async fn command(&mut self, req: CommandRequest) -> bool {
+        if let Some(old) = self.pending.take() {
+            let _ = old
+                .progress
+                .send(CommandProgress::Failed(
+                    "superseded by a newer command".into(),
+                ))
+                .await;
+        }
+        self.pending = execute(&self.shared, &self.vin, req, self.last_update).await;
+        self.pending.is_some()
+    }
+
+    /// One status poll: state, availability, connection status, and the pending
+    /// command's confirmation.
+    async fn poll(&mut self) {
+        let shared = &self.shared;
+        shared.counters.polls.fetch_add(1, Ordering::Relaxed);
+        let status_text = match poll(shared, &self.vin).await {
+            Ok(status) => {
+                self.failures = 0;
+                if status.update_time.is_some() {
+                    self.last_update = status.update_time.max(self.last_update);
+                }
+                if let Some(r) = status.engine_running {
+                    self.engine_running = r;
+                }
+                let confirmed = self
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.confirmed_by(&status));
+                shared.updates.availability(self.id.clone(), true).await;
+                shared
+                    .updates
+                    .merge_state(self.id.clone(), status.state)
+                    .await;
+                if confirmed {
+                    if let Some(p) = self.pending.take() {
+                        let _ = p.progress.send(CommandProgress::Succeeded).await;
+                    }
+                }
+                ConnectionStatus::OK.to_string()
+            }
+            Err(e) => {
+                self.failures += 1;
+                shared.counters.poll_errors.fetch_add(1, Ordering::Relaxed);
+                if matches!(e, ApiError::BadAnswer(_)) {
+                    shared.counters.bad_answers.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::warn!(event = "xchanger_poll_failed", vehicle = %self.id, error = %e,
+                    failures = self.failures, "status poll failed");
+                if self.failures >= OFFLINE_AFTER || matches!(e, ApiError::Refused(_)) {
+                    shared.updates.availability(self.id.clone(), false).await;
+                }
+                match &e {
+                    ApiError::Refused(reason) => {
+                        let text = format!("login refused: {reason}");
+                        shared.report_error(text.clone()).await;
+                        text
+                    }
+                    other => other.to_string(),
+                }
+            }
+        };
+        self.status
+            .set(&shared.updates, &self.id, &status_text)
+            .await;
     }
 }
 

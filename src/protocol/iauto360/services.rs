@@ -15,23 +15,7 @@ use serde_json::{json, Map, Value};
 use super::Tyre;
 use crate::geo::gcj02_to_wgs84;
 use crate::model::{lock_state, Field, Position, VehicleEvent, VehicleState};
-
-fn num(v: Option<&Value>) -> Option<f64> {
-    let n = match v? {
-        Value::Number(n) => n.as_f64()?,
-        Value::String(s) => s.trim().parse().ok()?,
-        _ => return None,
-    };
-    n.is_finite().then_some(n)
-}
-
-fn text(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
+use crate::protocol::json::{number as num, text};
 
 fn iso(unix_s: f64) -> Option<String> {
     DateTime::from_timestamp(unix_s as i64, 0)

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::geo::gcj02_to_wgs84;
 use crate::model::{lock_state, Field, Position, VehicleState};
+use crate::protocol::json::{number, text};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StatusError {
@@ -31,15 +32,12 @@ pub struct Status {
     pub engine_running: Option<bool>,
 }
 
-/// A number given as a JSON number or a numeric string.
+/// A number as [`number`] reads it, or a boolean as 0 / 1.
 fn num(v: Option<&Value>) -> Option<f64> {
-    let n = match v? {
-        Value::Number(n) => n.as_f64()?,
-        Value::String(s) => s.trim().parse().ok()?,
-        Value::Bool(b) => f64::from(u8::from(*b)),
-        _ => return None,
-    };
-    n.is_finite().then_some(n)
+    match v? {
+        Value::Bool(b) => Some(f64::from(u8::from(*b))),
+        other => number(Some(other)),
+    }
 }
 
 fn flag(v: Option<&Value>) -> Option<bool> {
@@ -48,14 +46,6 @@ fn flag(v: Option<&Value>) -> Option<bool> {
         Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
         Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
         other => num(Some(other)).map(|n| n != 0.0),
-    }
-}
-
-fn text(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
     }
 }
 
