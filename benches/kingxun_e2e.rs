@@ -38,6 +38,7 @@ async fn scenario(
         trip_every: 0,
         answer_commands: true,
         stamp: true,
+        profile: Default::default(),
     };
     let sim = tokio::spawn(vehicle2mqtt::sim::kingxun::run(
         opts,

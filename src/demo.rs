@@ -45,6 +45,7 @@ pub fn config(ports: &DemoPorts, state_dir: std::path::PathBuf) -> Config {
                 id,
                 key: Secret::new(hex::encode(sim::kingxun::derive_key(DEMO_SEED, id))),
                 name: Some(format!("Demo scooter {}", i + 1)),
+                profile: None,
             }
         })
         .collect();
@@ -153,6 +154,7 @@ pub async fn simulators(config: Config, shutdown: CancellationToken) {
         trip_every: 15,
         answer_commands: true,
         stamp: false,
+        profile: Default::default(),
     };
     let ex = sim::exlive::SimOptions {
         server: config.exlive.listen.to_string(),
@@ -194,7 +196,7 @@ mod tests {
     fn demo_config_is_valid() {
         let ports = DemoPorts {
             mqtt: 1883,
-            kingxun: 10085,
+            kingxun: 10086,
             exlive: 1502,
             xchanger: 8480,
             iauto360: 8490,

@@ -39,7 +39,7 @@ enum Cmd {
     Demo {
         #[arg(long, default_value_t = 1883)]
         mqtt_port: u16,
-        #[arg(long, default_value_t = 10085)]
+        #[arg(long, default_value_t = 10086)]
         kingxun_port: u16,
         #[arg(long, default_value_t = 1502)]
         exlive_port: u16,
@@ -69,7 +69,7 @@ enum SimTarget {
     /// kingxun devices that register, ride, report and obey commands.
     Kingxun {
         /// The bridge's kingxun listener, host:port.
-        #[arg(long, default_value = "127.0.0.1:10085")]
+        #[arg(long, default_value = "127.0.0.1:10086")]
         server: String,
         #[arg(long, default_value_t = 1)]
         devices: usize,
@@ -286,7 +286,10 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
     state_dir::prepare(&config.bridge.state_dir)?;
     let mut connectors: Vec<Box<dyn Connector>> = Vec::new();
     if config.kingxun.enabled {
-        connectors.push(Box::new(KingxunConnector::new(config.kingxun.clone())));
+        connectors.push(Box::new(
+            KingxunConnector::new(config.kingxun.clone())
+                .with_state_dir(config.bridge.state_dir.clone()),
+        ));
     }
     if config.exlive.enabled {
         connectors.push(Box::new(ExliveConnector::new(config.exlive.clone())));

@@ -99,7 +99,7 @@ fn config_yaml_is_complete_and_consistent() {
         .iter()
         .any(|s| s == "mqtt:need"));
     assert_eq!(c["init"], false, "the image brings its own init (tini)");
-    for port in ["10085/tcp", "1502/tcp"] {
+    for port in ["10086/tcp", "1502/tcp"] {
         assert!(c["ports"].get(port).is_some(), "port {port}");
         assert!(
             c["ports_description"].get(port).is_some(),
@@ -123,7 +123,7 @@ fn options_are_real_bridge_config_keys() {
     let filled = serde_json::json!({
         "bridge": {"command_pin": "2468", "command_timeout": "45s", "stale_after": "1h", "log_level": "debug"},
         "mqtt": {"base_topic": "cars", "discovery_prefix": "homeassistant", "per_field_topics": true},
-        "kingxun": {"enabled": true, "listen": "0.0.0.0:10085", "devices": [{"id": 1001, "key": "00112233445566778899aabbccddeeff", "name": "Scooter"}]},
+        "kingxun": {"enabled": true, "listen": "0.0.0.0:10086", "devices": [{"id": 1001, "key": "00112233445566778899aabbccddeeff", "name": "Scooter"}]},
         "exlive": {"enabled": true, "listen": "0.0.0.0:1502", "accounts": [{"name": "fleet", "password": "pw"}], "commands": [{"name": "locate", "data": "WHERE#"}]},
         "xchanger": {"enabled": true, "api": "v2", "username": "me@example.com", "password": "pw", "auth_code": "", "app_key": "k",
             "vins": ["L6T7722E0LN000001"], "poll_interval": "5m", "poll_interval_active": "1m", "unlock_window_min": 2, "iccid": ""},

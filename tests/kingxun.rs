@@ -34,6 +34,7 @@ impl Bridge {
                     id,
                     key: Secret::new(hex::encode(derive_key(SEED, id))),
                     name: Some(format!("Scooter {id}")),
+                    profile: None,
                 })
                 .collect();
             tweak(config);
@@ -57,6 +58,7 @@ impl Bridge {
             trip_every: 3,
             answer_commands: answer,
             stamp: false,
+            profile: Profile::Classic,
         };
         let stats = Arc::new(SimStats::default());
         let stop = CancellationToken::new();
@@ -305,21 +307,37 @@ async fn simulated_device_unlocks_end_to_end() {
         })
         .await;
 
-    // Guard power and speed limit: 2003, then the select/number show the new values.
+    // Guard power before any max speed is known: refused, never a 2003 with maxSpeed 0.
     probe
-        .publish(&bridge.topic("kx1001/guard_power/set"), "200W", false)
+        .publish(
+            &bridge.topic("kx1001/guard_power/set"),
+            r#"{"action":"200W","id":"g0"}"#,
+            false,
+        )
         .await;
-    probe
-        .wait_for("guard", T, |m| {
-            m.topic == bridge.topic("kx1001/state") && m.json()["guard_power"] == "200W"
+    let r = probe
+        .wait_for("guard refused", T, |m| {
+            m.topic == bridge.topic("kx1001/command/result") && m.json()["id"] == "g0"
         })
-        .await;
+        .await
+        .json();
+    assert_eq!(r["status"], "failed", "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("max speed"), "{r}");
+    // Speed limit, then guard power: 2003s, and the select/number show the new values.
     probe
         .publish(&bridge.topic("kx1001/max_speed/set"), "25", false)
         .await;
     probe
         .wait_for("speed", T, |m| {
             m.topic == bridge.topic("kx1001/state") && m.json()["max_speed"] == 25
+        })
+        .await;
+    probe
+        .publish(&bridge.topic("kx1001/guard_power/set"), "200W", false)
+        .await;
+    probe
+        .wait_for("guard", T, |m| {
+            m.topic == bridge.topic("kx1001/state") && m.json()["guard_power"] == "200W"
         })
         .await;
     stop.cancel();
@@ -367,11 +385,12 @@ async fn silent_device_times_out_and_absent_device_is_offline() {
 }
 
 #[tokio::test]
-async fn unknown_device_is_refused_with_code_2() {
+async fn unknown_device_is_refused_with_code_4() {
     let broker = Mosquitto::start();
     let bridge = Bridge::start(&broker, |_| {}).await;
     match RawDevice::register(bridge.port, 9999).await {
-        Err(code) => assert_eq!(code, 2),
+        // 4 "bad devId" (KxMsgDef.h); never 1 or 2, which devices read as "redirect".
+        Err(code) => assert_eq!(code, 4),
         Ok(_) => panic!("an unknown device registered"),
     }
     bridge.stop().await;
@@ -537,8 +556,8 @@ async fn bad_input_costs_only_itself() {
     );
     probe.wait_topic(&bridge.topic("kx1003/state"), T).await;
 
-    // An undecryptable body, a body that decrypts with a wrong CRC, a truncated body, an
-    // unknown MsgId and a wrong SessionId: each answered with RespCode 1.
+    // An undecryptable body, a body that decrypts with a wrong CRC, an unknown MsgId and a
+    // wrong SessionId: each answered with RespCode 1; a truncated body with 6 (bad parameter).
     let seq = d
         .request(id::EVENTS, true, Events::default().encode())
         .await;
@@ -570,7 +589,7 @@ async fn bad_input_costs_only_itself() {
     .await;
     assert_eq!(d.response(garbage_seq).await.0, 1, "bad plain CRC");
     let seq = d.request(id::STATUS, false, vec![1, 2, 3]).await;
-    assert_eq!(d.response(seq).await.0, 1, "truncated 1002");
+    assert_eq!(d.response(seq).await.0, 6, "truncated 1002");
     let seq = d.request(1777, false, vec![]).await;
     assert_eq!(d.response(seq).await.0, 1, "unknown MsgId");
     d.seq += 1;
@@ -670,96 +689,143 @@ async fn max_links_and_idle_timeout() {
 }
 
 #[tokio::test]
-async fn web_server_role_against_a_fake_kingxun_server() {
-    use vehicle2mqtt::connectors::kingxun::{KingxunUpstream, UpstreamDevice};
-    use vehicle2mqtt::sim::kingxun::{fake_server, FakeServerLog};
+async fn registration_forks_and_malformed_bodies() {
     let broker = Mosquitto::start();
-    let key = [0x3C; 16];
-    let iv = [0x5A; 16];
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    let log = Arc::new(FakeServerLog::default());
-    // The server says device 2001 is offline for unlocks and accepts everything else.
-    let server = tokio::spawn(fake_server(
-        listener,
-        key,
-        iv,
-        57,
-        |c| matches!(c.control, Control::Unlock { .. }) as u32 * 3,
-        log.clone(),
-    ));
-    let bridge = Bridge::start(&broker, |c| {
-        c.kingxun.devices.clear();
-        c.kingxun.upstream = Some(KingxunUpstream {
-            address,
-            key: Secret::new(hex::encode(key)),
-            iv: Secret::new(hex::encode(iv)),
-            host: "kingxun.site".into(),
-            heartbeat: Duration::from_millis(300),
-            devices: vec![UpstreamDevice {
-                id: 2001,
-                devtype: 2,
-                name: Some("Fleet scooter".into()),
-            }],
-        });
+    let bridge = Bridge::start(&broker, |_| {}).await;
+    let info = Probe::connect(broker.port, &[&bridge.topic("bridge/info")]).await;
+
+    // A first frame that is not a 1001: refused with 6 (bad parameter), never 1 or 2.
+    let mut stranger = RawDevice {
+        stream: RawDevice::connect(bridge.port).await,
+        buf: BytesMut::new(),
+        codec: KxCodec::default(),
+        dev_id: 1001,
+        session_id: 0,
+        key: derive_key(SEED, 1001),
+        iv: [0; 16],
+        seq: 1,
+    };
+    let seq = stranger
+        .request(id::STATUS, false, parked_status().encode())
+        .await;
+    assert_eq!(stranger.response(seq).await.0, 6);
+
+    // The 23-byte body of firmware before October 2024 registers.
+    let mut d = RawDevice {
+        stream: RawDevice::connect(bridge.port).await,
+        buf: BytesMut::new(),
+        codec: KxCodec::default(),
+        dev_id: 1001,
+        session_id: 0,
+        key: derive_key(SEED, 1001),
+        iv: [0; 16],
+        seq: 1,
+    };
+    let legacy = Register {
+        versions: [1, 0x0001_0203, 3, 4, 0, 0],
+        version_count: 4,
+        ..Default::default()
+    }
+    .encode();
+    assert_eq!(legacy.len(), 23);
+    d.send(Frame::request(
+        id::REGISTER,
+        1,
+        1001,
+        0,
+        false,
+        Bytes::from(legacy),
+    ))
+    .await;
+    let (code, body) = d.response(1).await;
+    assert_eq!(code, 0, "legacy 1001 accepted");
+    let first = RegisterAck::decode(&body).unwrap();
+    d.session_id = first.session_id;
+    d.iv = first.iv;
+    let seq = d.request(id::STATUS, true, parked_status().encode()).await;
+    assert_eq!(d.response(seq).await.0, 0);
+
+    // A repeated 1001 on the live link: same session, fresh IV; the old IV stops working.
+    d.send(Frame::request(
+        id::REGISTER,
+        50,
+        1001,
+        d.session_id,
+        false,
+        Bytes::new(),
+    ))
+    .await;
+    let (code, body) = d.response(50).await;
+    assert_eq!(code, 0);
+    let again = RegisterAck::decode(&body).unwrap();
+    assert_eq!(again.session_id, first.session_id);
+    assert_ne!(again.iv, first.iv);
+    let seq = d.request(id::STATUS, true, parked_status().encode()).await;
+    assert_eq!(d.response(seq).await.0, 1, "sealed with the old IV");
+    d.iv = again.iv;
+    let seq = d.request(id::STATUS, true, parked_status().encode()).await;
+    assert_eq!(d.response(seq).await.0, 0, "sealed with the new IV");
+    // A 1001 for another id on this link is refused with 4 and changes nothing.
+    d.send(Frame::request(
+        id::REGISTER,
+        51,
+        1002,
+        d.session_id,
+        false,
+        Bytes::new(),
+    ))
+    .await;
+    assert_eq!(d.response(51).await.0, 4);
+
+    // A 1012 one byte longer than its count of 32-byte events: 6, counted, no event.
+    let one = Events {
+        events: vec![DevEvent {
+            time: LocalTime {
+                year: 2025,
+                month: 1,
+                day: 2,
+                hour: 3,
+                minute: 4,
+                second: 5,
+            },
+            millis: 0,
+            kind: 10,
+            user_id: 0,
+            speed: 0,
+            lng: 0.0,
+            lat: 0.0,
+        }],
+    };
+    let mut long = one.encode();
+    long.push(0);
+    let seq = d.request(id::EVENTS, true, long).await;
+    assert_eq!(d.response(seq).await.0, 6);
+    // The same event, well formed: 10 is "tipped over while riding" and sets `fallen`.
+    let probe = Probe::connect(broker.port, &[&bridge.topic("kx1001/#")]).await;
+    let seq = d.request(id::EVENTS, true, one.encode()).await;
+    assert_eq!(d.response(seq).await.0, 0);
+    let e = probe
+        .wait_for("event", T, |m| m.topic == bridge.topic("kx1001/event"))
+        .await
+        .json();
+    assert_eq!(e["event_type"], "tipped_over_riding");
+    probe
+        .wait_for("fallen", T, |m| {
+            m.topic == bridge.topic("kx1001/state") && m.json()["fallen"] == true
+        })
+        .await;
+    assert_eq!(
+        probe
+            .messages()
+            .iter()
+            .filter(|m| m.topic == bridge.topic("kx1001/event"))
+            .count(),
+        1,
+        "the malformed 1012 published nothing"
+    );
+    info.wait_for("bad bodies counted", T, |m| {
+        m.json()["connectors"][0]["counters"]["bad_bodies"] == 2
     })
     .await;
-    let probe = Probe::connect(broker.port, &[&bridge.topic("#")]).await;
-    probe
-        .wait_for("server online", T, |m| {
-            m.topic == bridge.topic("kxserver/availability") && m.text() == "online"
-        })
-        .await;
-    probe
-        .wait_for("device count", T, |m| {
-            m.topic == bridge.topic("kxserver/state") && m.json()["server_devices"] == 57
-        })
-        .await;
-    probe
-        .wait_for("device online", T, |m| {
-            m.topic == bridge.topic("kx2001/availability") && m.text() == "online"
-        })
-        .await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(
-        log.heartbeats.load(std::sync::atomic::Ordering::Relaxed) >= 2,
-        "heartbeats keep the link alive"
-    );
-
-    probe
-        .publish(
-            &bridge.topic("kx2001/lock/set"),
-            r#"{"action":"LOCK","id":"l"}"#,
-            false,
-        )
-        .await;
-    let r = probe
-        .wait_for("lock", T, |m| {
-            m.topic == bridge.topic("kx2001/command/result") && m.json()["id"] == "l"
-        })
-        .await
-        .json();
-    assert_eq!(r["status"], "succeeded", "{r}");
-    probe
-        .publish(
-            &bridge.topic("kx2001/lock/set"),
-            r#"{"action":"UNLOCK","id":"u"}"#,
-            false,
-        )
-        .await;
-    let r = probe
-        .wait_for("unlock", T, |m| {
-            m.topic == bridge.topic("kx2001/command/result") && m.json()["id"] == "u"
-        })
-        .await
-        .json();
-    assert_eq!(r["status"], "failed");
-    assert_eq!(r["reason"], "server answered 3 (device offline)");
-    let cmds = log.commands.lock().unwrap().clone();
-    assert_eq!(cmds[0].0, id::APP_LOCK);
-    assert_eq!(cmds[0].1.dev_id, 2001);
-    assert_eq!(cmds[1].0, id::APP_UNLOCK);
-    assert_eq!(log.connects.load(std::sync::atomic::Ordering::Relaxed), 1);
     bridge.stop().await;
-    server.abort();
 }

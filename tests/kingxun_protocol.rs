@@ -19,6 +19,7 @@ fn golden_register_body() {
             second: 5,
         },
         versions: [0x0102, 2, 3, 4, 5, 0xAABBCCDD],
+        version_count: 6,
     }
     .encode();
     #[rustfmt::skip]
@@ -108,44 +109,6 @@ fn golden_status_body() {
 }
 
 #[test]
-fn golden_unlock_and_lights_bodies() {
-    let unlock = DeviceControl {
-        svr_time: 0x0000_0000_6600_0000,
-        session_id: 7,
-        user_id: 9,
-        control: Control::Unlock {
-            allow_min: 60,
-            lowest_soc: 10,
-            farthest_m: 20_000,
-        },
-    };
-    #[rustfmt::skip]
-    let expected: Vec<u8> = vec![
-        0x00, 0x00, 0x00, 0x66, 0, 0, 0, 0, // svrtime
-        0x07, 0, 0, 0,                      // devSessionId
-        0x09, 0, 0, 0,                      // usrId
-        0x3C, 0x00,                         // allowTime 60 min
-        0x0A,                               // lowestSocP 10 %
-        0x20, 0x4E, 0, 0,                   // farthestDist 20000 m
-    ];
-    assert_eq!(unlock.encode(), expected);
-    assert_eq!(
-        DeviceControl::decode(id::UNLOCK, &expected).unwrap(),
-        unlock
-    );
-    let lights = DeviceControl {
-        svr_time: 1,
-        session_id: 2,
-        user_id: 0,
-        control: Control::Lights { flags: 0x0100 },
-    };
-    assert_eq!(
-        lights.encode(),
-        vec![1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0x00, 0x01]
-    );
-}
-
-#[test]
 fn golden_events_body() {
     let ev = Events {
         events: vec![DevEvent {
@@ -206,19 +169,35 @@ fn golden_web_heartbeat_and_app_control() {
 
 #[test]
 fn truncated_bodies_are_typed_errors() {
-    let full = Register::default().encode();
+    let full = Register {
+        version_count: 6,
+        ..Default::default()
+    }
+    .encode();
+    assert_eq!(full.len(), 31);
     for cut in 0..full.len() {
         assert!(
-            matches!(Register::decode(&full[..cut]), Err(BodyError::Short { .. })),
+            matches!(
+                Register::decode(&full[..cut]),
+                Err(BodyError::Length { .. })
+            ),
             "cut {cut}"
         );
     }
     // A trip claiming four billion points is refused before allocating.
+    let t = LocalTime {
+        year: 2025,
+        month: 6,
+        day: 1,
+        hour: 8,
+        minute: 0,
+        second: 0,
+    };
     let mut trip = Trip {
-        start: LocalTime::default(),
+        start: t,
         start_lng: 0.0,
         start_lat: 0.0,
-        end: LocalTime::default(),
+        end: t,
         end_lng: 0.0,
         end_lat: 0.0,
         distance_m: 0,
@@ -235,7 +214,10 @@ fn truncated_bodies_are_typed_errors() {
     trip[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
     assert!(matches!(
         Trip::decode(&trip),
-        Err(BodyError::Short { what: "points", .. })
+        Err(BodyError::Length {
+            what: "1008 points",
+            ..
+        })
     ));
 }
 
@@ -249,7 +231,8 @@ fn encrypted_frame_through_the_codec() {
         user_id: 0,
         control: Control::Lock { voice: 1 },
     }
-    .encode();
+    .encode(Profile::Classic)
+    .unwrap();
     let body = crypto::encrypt(&key, &iv, &plain);
     assert_eq!(
         body.len(),
@@ -266,28 +249,25 @@ fn encrypted_frame_through_the_codec() {
     assert_eq!(got, frame);
     let back = crypto::decrypt(&key, &iv, &got.body).unwrap();
     assert_eq!(
-        DeviceControl::decode(id::LOCK, &back).unwrap().control,
+        DeviceControl::decode(id::LOCK, &back, Profile::Classic)
+            .unwrap()
+            .control,
         Control::Lock { voice: 1 }
     );
 }
 
 fn arb_time() -> impl Strategy<Value = LocalTime> {
-    (
-        any::<u16>(),
-        any::<u8>(),
-        any::<u8>(),
-        any::<u8>(),
-        any::<u8>(),
-        any::<u8>(),
-    )
-        .prop_map(|(year, month, day, hour, minute, second)| LocalTime {
+    // Real dates only: impossible ones are refused by design (`events_must_be_exactly…`).
+    (1970u16..2100, 1u8..=12, 1u8..=28, 0u8..24, 0u8..60, 0u8..60).prop_map(
+        |(year, month, day, hour, minute, second)| LocalTime {
             year,
             month,
             day,
             hour,
             minute,
             second,
-        })
+        },
+    )
 }
 
 fn arb_id(n: usize) -> impl Strategy<Value = String> {
@@ -334,6 +314,7 @@ fn arb_control() -> impl Strategy<Value = Control> {
                 voice,
             }
         }),
+        (any::<u8>(), any::<u8>()).prop_map(|(flags, voice)| Control::OpenLock { flags, voice }),
         any::<u16>().prop_map(|flags| Control::Lights { flags }),
     ]
 }
@@ -358,8 +339,25 @@ proptest! {
 
     #[test]
     fn controls_round_trip(c in arb_control(), t in any::<u64>(), s in any::<u32>(), u in any::<u32>(), d in any::<u32>(), ui in any::<i32>()) {
-        let dev = DeviceControl { svr_time: t, session_id: s, user_id: if matches!(c, Control::Unlock { .. }) { u } else { 0 }, control: c };
-        prop_assert_eq!(DeviceControl::decode(c.device_msg_id(), &dev.encode()).unwrap(), dev);
+        for p in [Profile::Classic, Profile::Doc2025, Profile::Kxsvr] {
+            let dev = DeviceControl { svr_time: t, session_id: s, user_id: if matches!(c, Control::Unlock { .. }) && p.unlock_has_user_id() { u } else { 0 }, control: c };
+            match dev.encode(p) {
+                Ok(bytes) => {
+                    let mut back = DeviceControl::decode(c.device_msg_id(), &bytes, p).unwrap();
+                    // A profile without the voice byte carries no voice.
+                    if let (Control::OpenLock { voice, .. }, false) = (&mut back.control, p.open_lock_has_voice()) {
+                        if let Control::OpenLock { voice: v, .. } = c { *voice = v; }
+                    }
+                    prop_assert_eq!(back, dev);
+                }
+                // Only what the profile's widths cannot carry is refused.
+                Err(_) => {
+                    let too_wide = matches!(c, Control::Guard { max_speed, .. } if max_speed > p.max_speed_limit())
+                        || matches!(c, Control::Lights { flags } if flags > 0xFF);
+                    prop_assert!(too_wide, "refused {:?} in {:?}", c, p);
+                }
+            }
+        }
         let app = AppControl { dev_id: d, dev_type: 2, time: t, user_id: ui, control: c };
         prop_assert_eq!(AppControl::decode(c.app_msg_id(), &app.encode()).unwrap(), app);
     }
@@ -401,10 +399,388 @@ proptest! {
         let _ = Trip::decode(&data);
         let _ = Events::decode(&data);
         let _ = ChargeDone::decode(&data);
-        let _ = DeviceControl::decode(m + 1000, &data);
+        let _ = DeviceControl::decode(m + 1000, &data, Profile::Doc2025);
         let _ = crypto::decrypt(&[0; 16], &[0; 16], &data);
         let mut codec = KxCodec::new(256);
         let mut buf = BytesMut::from(&data[..]);
         while let Ok(Some(_)) = codec.decode(&mut buf) {}
     }
+}
+
+// Every fork of 2001–2005, byte by byte, per profile (PROTOCOLS.md §5; `Profile` docs).
+fn dev(control: Control, user_id: u32) -> DeviceControl {
+    DeviceControl {
+        svr_time: 0x0000_0000_6600_0000,
+        session_id: 7,
+        user_id,
+        control,
+    }
+}
+const SVRTIME_SESSION: [u8; 12] = [0x00, 0x00, 0x00, 0x66, 0, 0, 0, 0, 0x07, 0, 0, 0];
+
+fn with_head(tail: &[u8]) -> Vec<u8> {
+    let mut v = SVRTIME_SESSION.to_vec();
+    v.extend_from_slice(tail);
+    v
+}
+
+const UNLOCK: Control = Control::Unlock {
+    allow_min: 60,
+    lowest_soc: 10,
+    farthest_m: 20_000,
+};
+
+#[test]
+fn golden_2001_per_profile() {
+    // classic and kxsvr: KxMsgDef.h `KxDevCtrlOpenLock_OrMsg`, 19 bytes, no usrId.
+    #[rustfmt::skip]
+    let nineteen = with_head(&[
+        0x3C, 0x00,        // allowTime 60 min
+        0x0A,              // lowestSocP 10 %
+        0x20, 0x4E, 0, 0,  // farthestDist 20000 m
+    ]);
+    assert_eq!(nineteen.len(), 19);
+    for p in [Profile::Classic, Profile::Kxsvr] {
+        assert_eq!(dev(UNLOCK, 0).encode(p).unwrap(), nineteen, "{p:?}");
+        assert_eq!(
+            DeviceControl::decode(id::UNLOCK, &nineteen, p).unwrap(),
+            dev(UNLOCK, 0)
+        );
+    }
+    // doc-2025: devProctol.md since 2025-08-21, usrId after devSessionId, 23 bytes.
+    #[rustfmt::skip]
+    let twenty_three = with_head(&[
+        0x09, 0, 0, 0,     // usrId 9
+        0x3C, 0x00, 0x0A, 0x20, 0x4E, 0, 0,
+    ]);
+    assert_eq!(
+        dev(UNLOCK, 9).encode(Profile::Doc2025).unwrap(),
+        twenty_three
+    );
+    assert_eq!(
+        DeviceControl::decode(id::UNLOCK, &twenty_three, Profile::Doc2025).unwrap(),
+        dev(UNLOCK, 9)
+    );
+}
+
+#[test]
+fn golden_2003_per_profile() {
+    let guard = Control::Guard {
+        power: 0x02,
+        max_speed: 0x0235, // 565 = 5.65 m/s ≈ 20 km/h
+        voice: 1,
+    };
+    // classic / doc-2025: MotorPowerFlag u8 | maxSpeed u16 | warningVoice u8.
+    let u16_body = with_head(&[0x02, 0x35, 0x02, 0x01]);
+    assert_eq!(dev(guard, 0).encode(Profile::Classic).unwrap(), u16_body);
+    assert_eq!(dev(guard, 0).encode(Profile::Doc2025).unwrap(), u16_body);
+    // kxsvr: `KxDevCtrlDevGuard_OrMsg` has nMaxSpeed u8; 565 cannot be carried.
+    assert!(matches!(
+        dev(guard, 0).encode(Profile::Kxsvr),
+        Err(BodyError::Range { .. })
+    ));
+    let slow = Control::Guard {
+        power: 0x02,
+        max_speed: 0xFA, // 2.50 m/s
+        voice: 1,
+    };
+    assert_eq!(
+        dev(slow, 0).encode(Profile::Kxsvr).unwrap(),
+        with_head(&[0x02, 0xFA, 0x01])
+    );
+    assert_eq!(Profile::Kxsvr.max_speed_limit(), 255);
+}
+
+#[test]
+fn golden_2004_per_profile() {
+    let open = Control::OpenLock {
+        flags: 0x08,
+        voice: 3,
+    };
+    // classic / doc-2025: lockFlag only, 13 bytes (devProctol.md).
+    let thirteen = with_head(&[0x08]);
+    assert_eq!(dev(open, 0).encode(Profile::Classic).unwrap(), thirteen);
+    assert_eq!(dev(open, 0).encode(Profile::Doc2025).unwrap(), thirteen);
+    // kxsvr: `KxDevCtrlElecLock_OrMsg` adds nVoiceIndex, 14 bytes.
+    assert_eq!(
+        dev(open, 0).encode(Profile::Kxsvr).unwrap(),
+        with_head(&[0x08, 0x03])
+    );
+    // A classic device that receives kxSvr's 14 bytes still opens the helmet lock.
+    assert_eq!(
+        DeviceControl::decode(id::OPEN_LOCK, &with_head(&[0x08, 0xA5]), Profile::Classic)
+            .unwrap()
+            .control,
+        Control::OpenLock {
+            flags: 0x08,
+            voice: 0
+        }
+    );
+}
+
+#[test]
+fn golden_2005_is_one_byte() {
+    let headlight = Control::Lights { flags: 0x01 };
+    for p in [Profile::Classic, Profile::Doc2025, Profile::Kxsvr] {
+        assert_eq!(dev(headlight, 0).encode(p).unwrap(), with_head(&[0x01]));
+        // 0x0100 (hazard) exists only in 4005's u16: no device profile can carry it.
+        assert!(dev(Control::Lights { flags: 0x0100 }, 0).encode(p).is_err());
+    }
+}
+
+#[test]
+fn golden_400x_bodies() {
+    let app = |control| AppControl {
+        dev_id: 0x0000_07D1, // 2001
+        dev_type: 2,
+        time: 0x0000_0000_6600_0000,
+        user_id: -1,
+        control,
+    };
+    #[rustfmt::skip]
+    let head: Vec<u8> = vec![
+        0xD1, 0x07, 0, 0,                   // devId 2001
+        0x02,                               // devtype
+        0x00, 0x00, 0x00, 0x66, 0, 0, 0, 0, // timestamp
+        0xFF, 0xFF, 0xFF, 0xFF,             // usrId -1
+    ];
+    let body = |tail: &[u8]| [head.as_slice(), tail].concat();
+    // 4001: `KxAppDevCtrlOpenLock_OrMsg`, 24 bytes.
+    assert_eq!(
+        app(UNLOCK).encode(),
+        body(&[0x3C, 0, 0x0A, 0x20, 0x4E, 0, 0])
+    );
+    // 4002: `KxAppDevCtrlLockDev_OrMsg`, 18 bytes.
+    assert_eq!(app(Control::Lock { voice: 4 }).encode(), body(&[4]));
+    // 4004: `KxAppDevCtrlElecLock_OrMsg`, lockFlag and warningVoice, 19 bytes.
+    assert_eq!(
+        app(Control::OpenLock { flags: 2, voice: 1 }).encode(),
+        body(&[2, 1])
+    );
+    // 4003 and 4005 as seed 001 has them (sent only to servers that carry them out).
+    assert_eq!(
+        app(Control::Guard {
+            power: 0xFF,
+            max_speed: 0x0235,
+            voice: 0
+        })
+        .encode(),
+        body(&[0xFF, 0x35, 0x02, 0])
+    );
+    assert_eq!(
+        app(Control::Lights { flags: 0x0100 }).encode(),
+        body(&[0x00, 0x01])
+    );
+    for c in [UNLOCK, Control::Lock { voice: 4 }] {
+        assert_eq!(
+            AppControl::decode(c.app_msg_id(), &app(c).encode()).unwrap(),
+            app(c)
+        );
+    }
+}
+
+#[test]
+fn legacy_and_odd_registrations() {
+    #[rustfmt::skip]
+    let legacy: Vec<u8> = vec![
+        0xE8, 0x07, 0x0A, 0x01, 0x0C, 0x00, 0x00, // 2024-10-01 12:00:00
+        0x01, 0, 0, 0,                            // DevHwVersion 1
+        0x05, 0x01, 0, 0,                         // DevSoftVersion 0x105
+        0x02, 0, 0, 0,                            // motorCtrlHWVer 2
+        0x03, 0, 0, 0,                            // motorCtrlSoftVer 3
+    ];
+    assert_eq!(legacy.len(), 23);
+    let r = Register::decode_lenient(&legacy);
+    assert_eq!(r.version_count, 4);
+    assert_eq!(r.software_version(), Some(0x105));
+    assert!(
+        Register::decode(&legacy).is_err(),
+        "not the full 31-byte body"
+    );
+    assert_eq!(Register::decode_lenient(&[]).software_version(), None);
+    assert_eq!(Register::decode_lenient(&legacy[..10]).version_count, 0);
+}
+
+fn event_at(month: u8, millis: u16) -> DevEvent {
+    DevEvent {
+        time: LocalTime {
+            year: 2025,
+            month,
+            day: 1,
+            hour: 0,
+            minute: 0,
+            second: 0,
+        },
+        millis,
+        kind: 10,
+        user_id: 0,
+        speed: 0,
+        lng: 0.0,
+        lat: 0.0,
+    }
+}
+
+#[test]
+fn events_must_be_exactly_their_count() {
+    let two = Events {
+        events: vec![event_at(1, 1), event_at(2, 2)],
+    }
+    .encode();
+    assert_eq!(two.len(), 1 + 2 * EVENT_LEN);
+    assert_eq!(Events::decode(&two).unwrap().events.len(), 2);
+    // One byte more or less than count × 32: refused, not cut.
+    let mut long = two.clone();
+    long.push(0);
+    assert!(matches!(
+        Events::decode(&long),
+        Err(BodyError::Length {
+            expected: 65,
+            found: 66,
+            ..
+        })
+    ));
+    assert!(matches!(
+        Events::decode(&two[..64]),
+        Err(BodyError::Length { .. })
+    ));
+    // A count that promises more than is there.
+    let mut lying = two.clone();
+    lying[0] = 3;
+    assert!(Events::decode(&lying).is_err());
+    // Impossible dates and milliseconds.
+    let month_13 = Events {
+        events: vec![event_at(13, 0)],
+    }
+    .encode();
+    assert!(matches!(
+        Events::decode(&month_13),
+        Err(BodyError::BadTime { .. })
+    ));
+    let ms = Events {
+        events: vec![event_at(1, 1000)],
+    }
+    .encode();
+    assert!(matches!(Events::decode(&ms), Err(BodyError::Range { .. })));
+    assert_eq!(DevEvent::type_name(10), "tipped_over_riding");
+    assert_eq!(DevEvent::type_name(1), "proximity_unlock");
+    assert_eq!(DevEvent::type_name(11), "key_unlock");
+    assert_eq!(DevEvent::type_name(12), "key_lock");
+    assert_eq!(DevEvent::type_name(13), "ride_started");
+}
+
+#[test]
+fn status_must_be_exactly_its_series_count() {
+    let s = Status {
+        dev_type: 1,
+        protocol: 1,
+        lng: 0.0,
+        lat: 0.0,
+        mileage: 0,
+        driving: false,
+        speed: 0,
+        lock: 0,
+        light: 0,
+        sensor: 0,
+        brake: 0,
+        mini_battery: None,
+        battery: None,
+    };
+    let body = s.encode();
+    assert!(Status::decode(&body).is_ok());
+    // kxSvr's struct always carries one series slot: 4 spare bytes with a count of 0 pass.
+    let mut with_slot = body.clone();
+    with_slot.extend_from_slice(&[0; 4]);
+    assert!(Status::decode(&with_slot).is_ok());
+    let mut junk = body.clone();
+    junk.extend_from_slice(&[0; 3]);
+    assert!(matches!(
+        Status::decode(&junk),
+        Err(BodyError::Length { .. })
+    ));
+}
+
+#[test]
+fn connect_answer_with_crypt_flag_zero_is_decrypted() {
+    // kxSvr's 9001 answer: encrypted, CryptFlag 0 (KxLogicSys.cc `WebSvrRegMsgCallBack`).
+    let key = [0x11; 16];
+    let iv0 = [0x22; 16];
+    let ack = WebConnectAck {
+        session_id: 0xFD00_0001,
+        iv: [9; 16],
+        time: 1_700_000_000,
+    };
+    let sealed = crypto::encrypt(&key, &iv0, &ack.encode());
+    let frame = Frame::response(id::WEB_CONNECT, 1, 0, false, Bytes::from(sealed));
+    assert_eq!(
+        vehicle2mqtt::connectors::kingxun::open_connect_ack(&key, &iv0, &frame),
+        Some(ack.clone())
+    );
+    // The old reading (trust the flag, parse ciphertext) would have taken garbage.
+    assert_ne!(WebConnectAck::decode(&frame.body).ok(), Some(ack.clone()));
+    // A plain 28-byte answer flagged plain still works; a wrong key never does.
+    let plain = Frame::response(id::WEB_CONNECT, 1, 0, false, Bytes::from(ack.encode()));
+    assert_eq!(
+        vehicle2mqtt::connectors::kingxun::open_connect_ack(&key, &iv0, &plain),
+        Some(ack)
+    );
+    let wrong = Frame::response(id::WEB_CONNECT, 1, 0, true, frame.body.clone());
+    assert_eq!(
+        vehicle2mqtt::connectors::kingxun::open_connect_ack(&[0; 16], &iv0, &wrong),
+        None
+    );
+}
+
+#[test]
+fn unset_response_crc_is_accepted_only_where_asked_and_only_for_responses() {
+    let mut resp = Frame::response(id::APP_UNLOCK, 5, 0, false, Bytes::new()).to_bytes();
+    resp[13] = 0;
+    resp[14] = 0;
+    assert!(Header::parse(&resp).is_err());
+    assert!(Header::parse_with(&resp, true).unwrap().is_some());
+    let mut req = Frame::request(id::STATUS, 5, 1, 2, false, Bytes::new()).to_bytes();
+    req[13] = 0;
+    req[14] = 0;
+    assert!(
+        Header::parse_with(&req, true).is_err(),
+        "requests always need their CRC"
+    );
+}
+
+#[test]
+fn trips_get_their_own_larger_limit() {
+    let mut codec = KxCodec::new(4096);
+    let mut header = Vec::new();
+    Header {
+        msg_id: id::TRIP,
+        seq: 1,
+        body_len: 300_000,
+        crypt: true,
+        kind: Kind::Request {
+            dev_id: 1,
+            session_id: 2,
+        },
+    }
+    .write(&mut header);
+    let mut buf = BytesMut::from(&header[..]);
+    assert!(
+        codec.decode(&mut buf).unwrap().is_none(),
+        "a long trip waits for its body"
+    );
+    let mut header = Vec::new();
+    Header {
+        msg_id: id::STATUS,
+        seq: 1,
+        body_len: 300_000,
+        crypt: false,
+        kind: Kind::Request {
+            dev_id: 1,
+            session_id: 2,
+        },
+    }
+    .write(&mut header);
+    let mut buf = BytesMut::from(&header[..]);
+    assert!(
+        codec.decode(&mut buf).is_err(),
+        "anything else that long closes the link"
+    );
 }

@@ -26,12 +26,19 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         3 => drop(ChargeDone::decode(body)),
-        4 => drop(Register::decode(body)),
+        4 => {
+            drop(Register::decode(body));
+            let r = Register::decode_lenient(body);
+            assert!(r.version_count <= 6);
+        }
         5 => drop(RangeQuery::decode(body)),
         6 => {
             for m in [id::UNLOCK, id::LOCK, id::GUARD, id::OPEN_LOCK, id::LIGHTS] {
-                if let Ok(c) = DeviceControl::decode(m, body) {
-                    assert_eq!(DeviceControl::decode(m, &c.encode()), Ok(c));
+                for p in [Profile::Classic, Profile::Doc2025, Profile::Kxsvr] {
+                    if let Ok(c) = DeviceControl::decode(m, body, p) {
+                        let bytes = c.encode(p).expect("what decodes in a profile encodes in it");
+                        assert_eq!(DeviceControl::decode(m, &bytes, p), Ok(c));
+                    }
                 }
             }
         }

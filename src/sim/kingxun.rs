@@ -33,12 +33,14 @@ pub struct SimOptions {
     /// Carry the send time (unix ns) as `t=<ns>` in the battery id, for latency
     /// measurement.
     pub stamp: bool,
+    /// The 2001–2005 layout the simulated firmware reads.
+    pub profile: Profile,
 }
 
 impl Default for SimOptions {
     fn default() -> Self {
         SimOptions {
-            server: "127.0.0.1:10085".into(),
+            server: "127.0.0.1:10086".into(),
             devices: 1,
             first_id: 1001,
             key_seed: 1,
@@ -46,6 +48,7 @@ impl Default for SimOptions {
             trip_every: 12,
             answer_commands: true,
             stamp: false,
+            profile: Profile::Classic,
         }
     }
 }
@@ -187,6 +190,7 @@ async fn device(
     let reg = Register {
         time: now_local(),
         versions: [0x0100, 0x0001_0203, 1, 1, 1, 1],
+        version_count: 6,
     }
     .encode();
     wr.write_all(&Frame::request(id::REGISTER, seq, dev_id, 0, false, Bytes::from(reg)).to_bytes())
@@ -278,7 +282,7 @@ async fn device(
                 if !o.answer_commands {
                     continue;
                 }
-                let code = match crypto::decrypt(&key, &iv, &f.body).ok().and_then(|b| DeviceControl::decode(f.header.msg_id, &b).ok()) {
+                let code = match crypto::decrypt(&key, &iv, &f.body).ok().and_then(|b| DeviceControl::decode(f.header.msg_id, &b, o.profile).ok()) {
                     Some(c) if c.session_id == session_id => {
                         match c.control {
                             Control::Unlock { .. } => d.lock |= 0x01 | 0x10,
@@ -296,101 +300,5 @@ async fn device(
                 send_status = true; // report the change at once
             }
         }
-    }
-}
-
-/// What the fake kingxun server saw.
-#[derive(Debug, Default)]
-pub struct FakeServerLog {
-    pub connects: AtomicU64,
-    pub heartbeats: AtomicU64,
-    pub commands: std::sync::Mutex<Vec<(u16, AppControl)>>,
-}
-
-/// The session id and IV the fake server hands out in its 9001 answer.
-pub const FAKE_SESSION: u32 = 4242;
-pub const FAKE_IV: [u8; 16] = [7; 16];
-
-/// A fake kingxun server ("svrInstance") for the web-server role: checks the 9001
-/// handshake against `key`/`iv`, answers 9002 with `total_devices`, and answers each
-/// 4001–4005 with the RespCode `answer` gives for it.
-pub async fn fake_server(
-    listener: tokio::net::TcpListener,
-    key: [u8; 16],
-    iv: [u8; 16],
-    total_devices: u32,
-    answer: fn(&AppControl) -> u32,
-    log: Arc<FakeServerLog>,
-) {
-    while let Ok((stream, _)) = listener.accept().await {
-        let log = log.clone();
-        tokio::spawn(async move {
-            let (rd, mut wr) = stream.into_split();
-            let mut frames = FramedRead::new(rd, KxCodec::default());
-            let mut connected = false;
-            while let Some(Ok(Decoded::Frame(f))) = frames.next().await {
-                let Kind::Request { session_id, .. } = f.header.kind else {
-                    continue;
-                };
-                let (code, crypt, body) = match f.header.msg_id {
-                    id::WEB_CONNECT => match crypto::decrypt(&key, &iv, &f.body)
-                        .ok()
-                        .and_then(|b| WebConnect::decode(&b).ok())
-                    {
-                        Some(hello) if hello.host == "kingxun.site" => {
-                            connected = true;
-                            log.connects.fetch_add(1, Ordering::Relaxed);
-                            let ack = WebConnectAck {
-                                session_id: FAKE_SESSION,
-                                iv: FAKE_IV,
-                                time: hello.time,
-                            };
-                            (0, true, crypto::encrypt(&key, &iv, &ack.encode()))
-                        }
-                        _ => (1, false, Vec::new()),
-                    },
-                    id::WEB_HEARTBEAT if connected && session_id == FAKE_SESSION => {
-                        log.heartbeats.fetch_add(1, Ordering::Relaxed);
-                        (
-                            0,
-                            false,
-                            WebHeartbeatAck {
-                                total_devices,
-                                start_time: 1_700_000_000,
-                            }
-                            .encode(),
-                        )
-                    }
-                    m @ id::APP_UNLOCK..=id::APP_LIGHTS
-                        if connected && session_id == FAKE_SESSION =>
-                    {
-                        match crypto::decrypt(&key, &FAKE_IV, &f.body)
-                            .ok()
-                            .and_then(|b| AppControl::decode(m, &b).ok())
-                        {
-                            Some(ctrl) => {
-                                let code = answer(&ctrl);
-                                if let Ok(mut c) = log.commands.lock() {
-                                    c.push((m, ctrl));
-                                }
-                                (code, false, Vec::new())
-                            }
-                            None => (6, false, Vec::new()),
-                        }
-                    }
-                    _ => (1, false, Vec::new()),
-                };
-                let resp = Frame::response(
-                    f.header.msg_id,
-                    f.header.seq,
-                    code,
-                    crypt,
-                    Bytes::from(body),
-                );
-                if wr.write_all(&resp.to_bytes()).await.is_err() {
-                    return;
-                }
-            }
-        });
     }
 }

@@ -3,6 +3,7 @@
 pub mod exlive;
 pub mod iauto360;
 pub mod kingxun;
+pub mod kxsvr;
 pub mod xchanger;
 
 /// A point on a circular route of `radius_m` around (lat, lng), `step` of `steps`.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{check_listener, Secret};
+use crate::protocol::kingxun::{Profile, DEFAULT_MAX_TRIP_BODY};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -23,8 +24,12 @@ pub struct KingxunConfig {
     /// How long a command waits for the device's answer.
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
-    /// Largest MsgBodyLen accepted.
+    /// Largest MsgBodyLen accepted, except for 1008 trips.
     pub max_body: usize,
+    /// Largest 1008 trip body (every GPS point of a ride, 16 bytes each).
+    pub max_trip_body: usize,
+    /// Layout of 2001–2005 for devices that do not name their own (see `Profile`).
+    pub profile: Profile,
     /// Unlock (2001) parameters.
     pub allow_time_min: u16,
     pub lowest_soc: u8,
@@ -57,6 +62,19 @@ pub struct KingxunUpstream {
     pub heartbeat: Duration,
     #[serde(default)]
     pub devices: Vec<UpstreamDevice>,
+    /// Commands beyond unlock, lock and open-lock that this server carries out as seed
+    /// 001 describes them: "guard" (4003: guard power and max speed) and "lights" (4005).
+    /// A stock kxSvr does neither: it forwards 4003 to the device as a LOCK (2002) and
+    /// has no 4005 handler (PROTOCOLS.md §5), so they are off unless listed here.
+    #[serde(default)]
+    pub server_commands: Vec<ServerCommand>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerCommand {
+    Guard,
+    Lights,
 }
 
 fn default_host() -> String {
@@ -89,12 +107,16 @@ impl Default for KingxunConfig {
     fn default() -> Self {
         KingxunConfig {
             enabled: false,
-            listen: SocketAddr::from(([0, 0, 0, 0], 10085)),
+            // kxSvr's default build listens on 10086 (KxSvr.cc `main`); devices are
+            // provisioned with an address and port, so match what they were given.
+            listen: SocketAddr::from(([0, 0, 0, 0], 10086)),
             max_links: 10_000,
             idle_timeout: Duration::from_secs(600),
             read_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(30),
             max_body: 64 * 1024,
+            max_trip_body: DEFAULT_MAX_TRIP_BODY,
+            profile: Profile::Classic,
             allow_time_min: 240,
             lowest_soc: 5,
             farthest_dist_m: 100_000,
@@ -117,6 +139,9 @@ pub struct KingxunDevice {
     pub key: Secret,
     #[serde(default)]
     pub name: Option<String>,
+    /// This device's 2001–2005 layout, when it differs from `kingxun.profile`.
+    #[serde(default)]
+    pub profile: Option<Profile>,
 }
 
 impl KingxunDevice {
@@ -134,6 +159,12 @@ impl KingxunConfig {
         check_listener(&self.timezone, self.max_links)?;
         if !(64..=16 * 1024 * 1024).contains(&self.max_body) {
             return Err(("max_body".into(), "must be 64 bytes to 16 MiB".into()));
+        }
+        if !(self.max_body..=64 * 1024 * 1024).contains(&self.max_trip_body) {
+            return Err((
+                "max_trip_body".into(),
+                "must be at least max_body and at most 64 MiB".into(),
+            ));
         }
         for (key, d) in [
             ("idle_timeout", self.idle_timeout),

@@ -14,8 +14,8 @@ use chrono::{FixedOffset, SecondsFormat, TimeZone, Utc};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-pub use config::{KingxunConfig, KingxunDevice, KingxunUpstream, UpstreamDevice};
-pub use upstream::server_vehicle;
+pub use config::{KingxunConfig, KingxunDevice, KingxunUpstream, ServerCommand, UpstreamDevice};
+pub use upstream::{open_connect_ack, server_vehicle};
 
 use crate::connector::{
     CommandRequest, Connector, ConnectorContext, ConnectorFuture, LinkGauge, Update, UpdateSink,
@@ -24,7 +24,9 @@ use crate::model::{
     Capability, Command, CommandProgress, Field, GuardPower, Position, VehicleEvent, VehicleId,
     VehicleInfo, VehicleState,
 };
-use crate::protocol::kingxun::{ChargeDone, Control, DevEvent, LocalTime, Status, Trip};
+use crate::protocol::kingxun::{
+    ChargeDone, Control, DevEvent, LocalTime, Profile, Status, Target, Trip,
+};
 
 crate::named_counters! {
     /// Named error counters, in `bridge/info` and behind each logged event.
@@ -240,12 +242,26 @@ pub fn device_event(e: &DevEvent, tz: FixedOffset) -> VehicleEvent {
     }
 }
 
+/// Guard power flag and max speed (m/s × 100) as the user last set them; a 2003 always
+/// carries both, so neither may be made up (PROTOCOLS.md §5: no "0 = no limit").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GuardSetting {
+    pub power: Option<u8>,
+    pub max_speed: Option<u16>,
+}
+
 /// What a command becomes on the wire, and the state it leaves behind on success.
+/// `target` is the device's profile (direct link) or `Target::Server` (through a kingxun
+/// server that carries out `server`'s extra commands).
 pub fn control_for(
     command: &Command,
     cfg: &KingxunConfig,
-    guard: (u8, u16),
+    guard: GuardSetting,
+    target: Target,
+    server: &[ServerCommand],
 ) -> Result<(Control, VehicleState), String> {
+    let through_server = target == Target::Server;
+    let server_does = |c: ServerCommand| !through_server || server.contains(&c);
     let mut after = VehicleState::default();
     let control = match command {
         Command::Unlock => Control::Unlock {
@@ -266,7 +282,16 @@ pub fn control_for(
             flags: 0x08,
             voice: 1,
         },
-        Command::HazardLights => Control::Lights { flags: 0x0100 },
+        // 0x0100 exists only in 4005's u16 lightFlag (seed 001); 2005 has one byte.
+        Command::HazardLights if through_server && server_does(ServerCommand::Lights) => {
+            Control::Lights { flags: 0x0100 }
+        }
+        Command::HazardLights if through_server => {
+            return Err("this kingxun server does not carry out lights (4005): a stock kxSvr has no handler for it; list \"lights\" in kingxun.upstream.server_commands if yours does".into())
+        }
+        Command::Guard(_) | Command::MaxSpeed(_) if !server_does(ServerCommand::Guard) => {
+            return Err("this kingxun server does not carry out guard commands: a stock kxSvr forwards 4003 to the device as a LOCK (2002); list \"guard\" in kingxun.upstream.server_commands if yours does".into())
+        }
         Command::Guard(p) => {
             let power = match p {
                 GuardPower::Off => 0,
@@ -274,25 +299,58 @@ pub fn control_for(
                 GuardPower::W200 => 2,
                 GuardPower::Unlimited => 0xFF,
             };
+            let Some(max_speed) = guard.max_speed else {
+                return Err("no max speed known for this vehicle: set max speed first (a guard command always carries one)".into());
+            };
             after.set(Field::GuardPower, p.as_str());
             Control::Guard {
                 power,
-                max_speed: guard.1,
+                max_speed,
                 voice: 1,
             }
         }
         Command::MaxSpeed(kmh) => {
+            // A 2003 carries the power flag too: the one last set, else 0xFF ("no power
+            // limit"), which limits nothing; it is what the device runs with unguarded.
+            let power = guard.power.unwrap_or(0xFF);
+            if *kmh == 0 {
+                return Err("max speed 0 is not a limit the device knows; use guard power off to stop the motor".into());
+            }
             after.set(Field::MaxSpeed, i64::from(*kmh));
             // km/h → m/s × 100.
             Control::Guard {
-                power: guard.0,
-                max_speed: (f64::from(*kmh) / 3.6 * 100.0).round() as u16,
+                power,
+                max_speed: (f64::from(*kmh) / 3.6 * 100.0).round().min(65535.0) as u16,
                 voice: 0,
             }
         }
         other => return Err(format!("kingxun devices cannot `{}`", other.name())),
     };
+    control.check(target).map_err(|e| match target {
+        Target::Device(p) => format!("{e} (device profile `{}`)", p.name()),
+        Target::Server => e.to_string(),
+    })?;
     Ok((control, after))
+}
+
+fn guard_power_name(flag: u8) -> Option<&'static str> {
+    let p = match flag {
+        0 => GuardPower::Off,
+        1 => GuardPower::W100,
+        2 => GuardPower::W200,
+        0xFF => GuardPower::Unlimited,
+        _ => return None,
+    };
+    Some(p.as_str())
+}
+
+/// Guard settings persisted in `state_dir`, so a restart never forgets what a 2003 must carry.
+const GUARD_FILE: &str = "kingxun_guard.json";
+
+fn load_guard(dir: Option<&std::path::Path>) -> HashMap<u32, GuardSetting> {
+    dir.and_then(|d| std::fs::read(d.join(GUARD_FILE)).ok())
+        .and_then(|raw| serde_json::from_slice(&raw).ok())
+        .unwrap_or_default()
 }
 
 /// (software version, device type) of a device as last reported.
@@ -316,8 +374,9 @@ pub(crate) struct Core {
     /// devId → (software version, device type) as last reported, so every announcement
     /// carries the best-known identity.
     pub known: Mutex<HashMap<u32, KnownIdentity>>,
-    /// devId → (guard power flag, max speed m/s × 100) last set, for 2003.
-    pub guard: Mutex<HashMap<u32, (u8, u16)>>,
+    /// devId → guard power and max speed last set, for 2003; persisted in `state_dir`.
+    pub guard: Mutex<HashMap<u32, GuardSetting>>,
+    pub state_dir: Option<std::path::PathBuf>,
     pub next_link: AtomicU64,
     pub open_links: LinkGauge,
     pub counters: Counters,
@@ -344,24 +403,95 @@ impl Core {
             .unwrap_or_else(|| format!("kingxun {dev_id}"));
         let mut event_types: Vec<String> = vec!["trip".into(), "charge_finished".into()];
         event_types.extend((1..=13).map(DevEvent::type_name));
+        let mut capabilities = vec![
+            Capability::Lock,
+            Capability::OpenSeat,
+            Capability::OpenGlovebox,
+            Capability::OpenHelmet,
+        ];
+        let server = self.server_commands(dev_id);
+        let guard = server.is_none_or(|s| s.contains(&ServerCommand::Guard));
+        if guard {
+            capabilities.push(Capability::GuardPower);
+            capabilities.push(Capability::MaxSpeed {
+                max: self.max_speed_kmh(dev_id),
+            });
+        }
+        // Hazard lights exist only in 4005's two-byte lightFlag: through a server that
+        // carries out 4005, never on a direct link (2005 has one byte).
+        if server.is_some_and(|s| s.contains(&ServerCommand::Lights)) {
+            capabilities.push(Capability::HazardLights);
+        }
         VehicleInfo {
             id: vehicle_id(dev_id),
             name,
             manufacturer: "kingxun".into(),
             model: device_model(dev_type.unwrap_or(0)).into(),
             sw_version: sw.map(|v| format!("{}.{}.{}", v >> 16, (v >> 8) & 0xFF, v & 0xFF)),
-            capabilities: vec![
-                Capability::Lock,
-                Capability::OpenSeat,
-                Capability::OpenGlovebox,
-                Capability::OpenHelmet,
-                Capability::HazardLights,
-                Capability::GuardPower,
-                Capability::MaxSpeed {
-                    max: self.config.max_speed_kmh,
-                },
-            ],
+            capabilities,
             event_types,
+        }
+    }
+
+    /// `Some(commands)` for a device reached through a kingxun server, `None` for a
+    /// device that links to the bridge itself.
+    fn server_commands(&self, dev_id: u32) -> Option<&[ServerCommand]> {
+        let up = self.config.upstream.as_ref()?;
+        up.devices
+            .iter()
+            .any(|d| d.id == dev_id)
+            .then_some(up.server_commands.as_slice())
+    }
+
+    /// The 2001–2005 layout of a directly linked device.
+    pub fn profile(&self, dev_id: u32) -> Profile {
+        self.devices
+            .get(&dev_id)
+            .and_then(|d| d.profile)
+            .unwrap_or(self.config.profile)
+    }
+
+    fn target(&self, dev_id: u32) -> Target {
+        if self.server_commands(dev_id).is_some() {
+            Target::Server
+        } else {
+            Target::Device(self.profile(dev_id))
+        }
+    }
+
+    /// The max-speed entity's upper bound: the config's, or what the profile can carry.
+    fn max_speed_kmh(&self, dev_id: u32) -> u16 {
+        let limit = match self.target(dev_id) {
+            Target::Device(p) => (f64::from(p.max_speed_limit()) * 0.036).floor() as u16,
+            Target::Server => u16::MAX,
+        };
+        self.config.max_speed_kmh.min(limit).max(1)
+    }
+
+    /// Remembers a guard setting the device accepted, and persists it.
+    pub fn remember_guard(&self, dev_id: u32, control: &Control) {
+        let Control::Guard {
+            power, max_speed, ..
+        } = *control
+        else {
+            return;
+        };
+        let Ok(mut g) = self.guard.lock() else { return };
+        g.insert(
+            dev_id,
+            GuardSetting {
+                power: Some(power),
+                max_speed: Some(max_speed),
+            },
+        );
+        let Some(dir) = &self.state_dir else { return };
+        match serde_json::to_vec(&*g) {
+            Ok(bytes) => {
+                if let Err(e) = crate::state_dir::write_atomic(dir, GUARD_FILE, &bytes) {
+                    tracing::warn!(event = "kingxun_guard_not_saved", error = %e, "guard settings not saved");
+                }
+            }
+            Err(e) => tracing::warn!(event = "kingxun_guard_not_saved", error = %e),
         }
     }
 
@@ -380,9 +510,16 @@ impl Core {
         let guard = self
             .guard
             .lock()
-            .map(|g| g.get(&dev_id).copied().unwrap_or((0xFF, 0)))
-            .unwrap_or((0xFF, 0));
-        let (control, after) = match control_for(&req.command, &self.config, guard) {
+            .map(|g| g.get(&dev_id).copied().unwrap_or_default())
+            .unwrap_or_default();
+        let server = self.server_commands(dev_id).unwrap_or(&[]);
+        let (control, after) = match control_for(
+            &req.command,
+            &self.config,
+            guard,
+            self.target(dev_id),
+            server,
+        ) {
             Ok(c) => c,
             Err(reason) => {
                 let _ = req.progress.try_send(CommandProgress::Failed(reason));
@@ -425,11 +562,21 @@ impl Core {
 
 pub struct KingxunConnector {
     config: KingxunConfig,
+    state_dir: Option<std::path::PathBuf>,
 }
 
 impl KingxunConnector {
     pub fn new(config: KingxunConfig) -> Self {
-        KingxunConnector { config }
+        KingxunConnector {
+            config,
+            state_dir: None,
+        }
+    }
+
+    /// Where guard settings persist across restarts.
+    pub fn with_state_dir(mut self, dir: std::path::PathBuf) -> Self {
+        self.state_dir = Some(dir);
+        self
     }
 }
 
@@ -464,7 +611,8 @@ impl Connector for KingxunConnector {
                 tz,
                 updates: ctx.updates.clone(),
                 links: Mutex::new(HashMap::new()),
-                guard: Mutex::new(HashMap::new()),
+                guard: Mutex::new(load_guard(self.state_dir.as_deref())),
+                state_dir: self.state_dir.clone(),
                 known: Mutex::new(HashMap::new()),
                 next_link: AtomicU64::new(1),
                 open_links: LinkGauge::default(),
@@ -477,6 +625,24 @@ impl Connector for KingxunConnector {
                     .send(Update::Vehicle(core.info(*dev_id, None, None)))
                     .await;
                 ctx.updates.availability(vehicle_id(*dev_id), false).await;
+            }
+            // What the user last set stays shown after a restart.
+            let remembered: Vec<(u32, GuardSetting)> = core
+                .guard
+                .lock()
+                .map(|g| g.iter().map(|(k, v)| (*k, *v)).collect())
+                .unwrap_or_default();
+            for (dev_id, g) in remembered {
+                let mut s = VehicleState::default();
+                if let Some(p) = g.power.and_then(guard_power_name) {
+                    s.set(Field::GuardPower, p);
+                }
+                if let Some(ms) = g.max_speed {
+                    s.set(Field::MaxSpeed, (f64::from(ms) * 0.036).round() as i64);
+                }
+                if !s.values.is_empty() {
+                    ctx.updates.merge_state(vehicle_id(dev_id), s).await;
+                }
             }
             let ConnectorContext {
                 mut commands,

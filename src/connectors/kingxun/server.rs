@@ -32,7 +32,11 @@ use crate::protocol::kingxun::{
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const RESP_OK: u32 = 0;
 const RESP_REJECTED: u32 = 1;
-const RESP_REGISTER_REFUSED: u32 = 2;
+/// "Bad devId" (KxMsgDef.h `cst_nResp_Code_DEVID_ERR`). Never 1 or 2 for a refused 1001:
+/// devProctol.md reads 1 as "redirect", kxSvr's code reads 2 as "redirect".
+const RESP_BAD_DEVICE: u32 = 4;
+/// "Bad parameter" (KxMsgDef.h `cst_nResp_Code_PARA_ERR`): a malformed body or first frame.
+const RESP_BAD_PARAMETER: u32 = 6;
 
 pub(super) async fn run(listener: TcpListener, core: Arc<Core>, shutdown: CancellationToken) {
     let permits = Arc::new(Semaphore::new(core.config.max_links));
@@ -132,7 +136,9 @@ async fn serve_link(
     let (rd, mut wr) = stream.into_split();
     // Frames are ~150 bytes: start small (the buffer grows on demand) so 10 000 idle links
     // do not each hold the default 8 KiB.
-    let mut frames = FramedRead::with_capacity(rd, KxCodec::new(core.config.max_body), 512);
+    let mut codec = KxCodec::new(core.config.max_body);
+    codec.max_trip_body = core.config.max_trip_body;
+    let mut frames = FramedRead::with_capacity(rd, codec, 512);
 
     // Registration: the first frame, within read_timeout.
     let first = tokio::select! {
@@ -153,11 +159,12 @@ async fn serve_link(
     };
     if frame.header.msg_id != id::REGISTER {
         tracing::warn!(event = "kingxun_not_registered", peer = %peer, dev_id, msg_id = frame.header.msg_id, "first frame is not 1001; closing");
+        core.counters.bad_bodies.fetch_add(1, Ordering::Relaxed);
         refuse(
             &mut wr,
             frame.header.msg_id,
             frame.header.seq,
-            RESP_REJECTED,
+            RESP_BAD_PARAMETER,
         )
         .await;
         return;
@@ -167,49 +174,16 @@ async fn serve_link(
             .unknown_devices
             .fetch_add(1, Ordering::Relaxed);
         tracing::warn!(event = "kingxun_unknown_device", peer = %peer, dev_id, "unknown device id; registration refused");
-        refuse(
-            &mut wr,
-            id::REGISTER,
-            frame.header.seq,
-            RESP_REGISTER_REFUSED,
-        )
-        .await;
+        refuse(&mut wr, id::REGISTER, frame.header.seq, RESP_BAD_DEVICE).await;
         return;
     };
-    // 1001 is plain, but honour CryptFlag: a device cannot encrypt before it has an IV,
-    // so an encrypted 1001 is refused like a malformed one.
-    let register = if frame.header.crypt {
-        None
-    } else {
-        Register::decode(&frame.body).ok()
-    };
-    let Some(register) = register else {
-        core.counters.bad_bodies.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(event = "kingxun_bad_register", peer = %peer, dev_id, "malformed 1001; closing");
-        refuse(&mut wr, id::REGISTER, frame.header.seq, RESP_REJECTED).await;
+    let register = registration_body(&frame);
+    let session_id = rand::rng().random_range(1..=u32::MAX);
+    let Some(iv) = answer_register(&mut wr, frame.header.seq, session_id).await else {
         return;
     };
-    let (session_id, iv) = {
-        let mut rng = rand::rng();
-        (rng.random_range(1..=u32::MAX), rng.random::<[u8; 16]>())
-    };
-    let ack = RegisterAck { session_id, iv }.encode();
-    if write_frame(
-        &mut wr,
-        &Frame::response(
-            id::REGISTER,
-            frame.header.seq,
-            RESP_OK,
-            false,
-            Bytes::from(ack),
-        ),
-    )
-    .await
-    .is_err()
-    {
-        return;
-    }
-    let session = Session { dev_id, key, iv };
+    let mut session = Session { dev_id, key, iv };
+    let profile = core.profile(dev_id);
     let vid = vehicle_id(dev_id);
     let link_id = core.next_link.fetch_add(1, Ordering::Relaxed);
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<LinkCommand>(16);
@@ -230,7 +204,7 @@ async fn serve_link(
         .updates
         .send(Update::Vehicle(core.info(
             dev_id,
-            Some(register.versions[1]),
+            register.software_version(),
             None,
         )))
         .await;
@@ -272,7 +246,13 @@ async fn serve_link(
             }
             Some(cmd) = cmd_rx.recv() => {
                 next_seq = next_seq.wrapping_add(1);
-                let body = DeviceControl { svr_time: now_secs(), session_id, user_id: 0, control: cmd.control }.encode();
+                let body = match (DeviceControl { svr_time: now_secs(), session_id, user_id: 0, control: cmd.control }).encode(profile) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = cmd.request.progress.try_send(CommandProgress::Failed(format!("{e} (device profile `{}`)", profile.name())));
+                        continue;
+                    }
+                };
                 let sealed = crypto::encrypt(&session.key, &session.iv, &body);
                 let frame = Frame::request(cmd.control.device_msg_id(), next_seq, dev_id, session_id, true, Bytes::from(sealed));
                 if let Err(err) = write_frame(&mut wr, &frame).await {
@@ -292,8 +272,8 @@ async fn serve_link(
                                 if resp_code == RESP_OK {
                                     if !cmd.after.values.is_empty() {
                                         core.updates.merge_state(vid.clone(), cmd.after.clone()).await;
-                                        remember_guard(&core, dev_id, &cmd.control);
                                     }
+                                    core.remember_guard(dev_id, &cmd.control);
                                     let _ = cmd.request.progress.try_send(CommandProgress::Succeeded);
                                 } else {
                                     let _ = cmd.request.progress.try_send(CommandProgress::Failed(format!(
@@ -308,6 +288,27 @@ async fn serve_link(
                             None => tracing::debug!(event = "kingxun_unexpected_response", dev_id, seq = frame.header.seq),
                         }
                     }
+                    // A repeated 1001 on a live link gets a fresh IV, as kxSvr's does
+                    // (KxLogicSys.cc `DevRegMsgCallBack` → KxSession.cc `updateDevSessionId`
+                    // → `RandIVData`); the session id stays, as it does there.
+                    Kind::Request { dev_id: from, .. } if frame.header.msg_id == id::REGISTER => {
+                        if from != dev_id {
+                            core.counters.bad_sessions.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(event = "kingxun_reregister_other_id", peer = %peer, dev_id, from, "1001 for another device id on a live link refused");
+                            refuse(&mut wr, id::REGISTER, frame.header.seq, RESP_BAD_DEVICE).await;
+                        } else {
+                            match answer_register(&mut wr, frame.header.seq, session_id).await {
+                                Some(iv) => {
+                                    session.iv = iv;
+                                    tracing::info!(event = "kingxun_reregistered", peer = %peer, dev_id, "device registered again on its live link; new IV");
+                                }
+                                None => break "write failed",
+                            }
+                        }
+                    }
+                    // kxSvr checks a request by its SessionId alone (KxSession.cc
+                    // `checkMsgHeader`); checking DevId too is stricter and safe, since a
+                    // device always puts its own id there (KxClient.cpp sets it on every frame).
                     Kind::Request { dev_id: from, session_id: sid } => {
                         let (code, body) = if from != dev_id || sid != session_id {
                             core.counters.bad_sessions.fetch_add(1, Ordering::Relaxed);
@@ -351,15 +352,27 @@ async fn serve_link(
     core.open_links.closed(&core.updates).await;
 }
 
-fn remember_guard(core: &Core, dev_id: u32, control: &crate::protocol::kingxun::Control) {
-    if let crate::protocol::kingxun::Control::Guard {
-        power, max_speed, ..
-    } = control
-    {
-        if let Ok(mut g) = core.guard.lock() {
-            g.insert(dev_id, (*power, *max_speed));
-        }
+/// What a first 1001 says. Any body is accepted, as kxSvr accepts any; an encrypted one
+/// (a device has no IV yet) carries nothing readable.
+fn registration_body(frame: &Frame) -> Register {
+    if frame.header.crypt {
+        Register::default()
+    } else {
+        Register::decode_lenient(&frame.body)
     }
+}
+
+/// Answers a 1001 with `session_id` and a fresh IV; `None` when the write failed.
+async fn answer_register(wr: &mut OwnedWriteHalf, seq: u16, session_id: u32) -> Option<[u8; 16]> {
+    let iv = rand::rng().random::<[u8; 16]>();
+    let ack = RegisterAck { session_id, iv }.encode();
+    write_frame(
+        wr,
+        &Frame::response(id::REGISTER, seq, RESP_OK, false, Bytes::from(ack)),
+    )
+    .await
+    .ok()
+    .map(|_| iv)
 }
 
 /// Handles one request from a registered device; returns the RespCode and body.
@@ -383,8 +396,8 @@ async fn handle_request(
     };
     let bad = |err: crate::protocol::kingxun::BodyError| {
         core.counters.bad_bodies.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(event = "kingxun_bad_body", dev_id, msg_id = frame.header.msg_id, error = %err, "malformed body dropped");
-        (RESP_REJECTED, Vec::new())
+        tracing::warn!(event = "kingxun_bad_body", dev_id, msg_id = frame.header.msg_id, error = %err, "malformed body refused");
+        (RESP_BAD_PARAMETER, Vec::new())
     };
     let updates = &core.updates;
     match frame.header.msg_id {
@@ -448,7 +461,8 @@ async fn handle_request(
         id::EVENTS => match Events::decode(&body) {
             Ok(evs) => {
                 for e in &evs.events {
-                    if e.kind == 8 {
+                    // 8 tipped over, 10 tipped over while riding.
+                    if e.kind == 8 || e.kind == 10 {
                         let mut s = VehicleState::default();
                         s.set(Field::Fallen, true);
                         updates.merge_state(vid.clone(), s).await;

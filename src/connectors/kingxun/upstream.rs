@@ -30,6 +30,20 @@ pub fn server_vehicle() -> VehicleId {
     VehicleId::new("kxserver").unwrap_or_else(|| unreachable!("a valid literal id"))
 }
 
+/// The 9001 answer's body. kxSvr encrypts it but leaves CryptFlag 0 (KxLogicSys.cc
+/// `WebSvrRegMsgCallBack` never sets the flag), so it is decrypted whenever it decrypts
+/// with a valid length/CRC trailer, whatever the flag says; only a body that does not
+/// decrypt and is flagged plain is read as plain.
+pub fn open_connect_ack(key: &[u8; 16], iv0: &[u8; 16], ack: &Frame) -> Option<WebConnectAck> {
+    if let Ok(plain) = crypto::decrypt(key, iv0, &ack.body) {
+        return WebConnectAck::decode(&plain).ok();
+    }
+    if ack.header.crypt || ack.body.len() != WebConnectAck::LEN {
+        return None;
+    }
+    WebConnectAck::decode(&ack.body).ok()
+}
+
 pub(super) async fn run(
     cfg: KingxunUpstream,
     core: Arc<Core>,
@@ -102,7 +116,10 @@ async fn session(
     };
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
-    let mut frames = FramedRead::new(rd, KxCodec::new(core.config.max_body));
+    let mut codec = KxCodec::new(core.config.max_body);
+    // kxSvr relays device answers with an unset header CRC (see `Header::parse_with`).
+    codec.unset_response_crc = true;
+    let mut frames = FramedRead::new(rd, codec);
     let mut seq: u16 = 1;
     let hello = crypto::encrypt(
         &key,
@@ -134,14 +151,7 @@ async fn session(
     if resp_code != 0 {
         return format!("9001 refused: {resp_code} ({})", resp_code_text(resp_code));
     }
-    let body = if ack.header.crypt {
-        crypto::decrypt(&key, &iv0, &ack.body)
-    } else {
-        Ok(ack.body.to_vec())
-    };
-    let Some(WebConnectAck { session_id, iv, .. }) =
-        body.ok().and_then(|b| WebConnectAck::decode(&b).ok())
-    else {
+    let Some(WebConnectAck { session_id, iv, .. }) = open_connect_ack(&key, &iv0, &ack) else {
         return "9001 answer cannot be decrypted or parsed (wrong key or IV?)".into();
     };
     tracing::info!(event = "kingxun_upstream_connected", address = %cfg.address, "connected to kingxun server");
@@ -214,10 +224,16 @@ async fn session(
                     }
                     continue;
                 }
+                // kxSvr also answers every relayed command again with 5 ("send failed") once
+                // its own 30 s wait is over (KxSvr.cc `CheckTimeOutSvrMsgWaitItem` sweeps
+                // answered ones too): a SeqNum no longer pending is ignored.
                 if let Some((cmd, _)) = pending.remove(&frame.header.seq) {
                     if resp_code == 0 {
                         if !cmd.after.values.is_empty() {
                             core.updates.merge_state(cmd.request.vehicle.clone(), cmd.after.clone()).await;
+                        }
+                        if let Some(dev_id) = cmd.request.vehicle.as_str().strip_prefix("kx").and_then(|s| s.parse::<u32>().ok()) {
+                            core.remember_guard(dev_id, &cmd.control);
                         }
                         let _ = cmd.request.progress.try_send(CommandProgress::Succeeded);
                     } else {

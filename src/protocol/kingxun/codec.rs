@@ -27,22 +27,41 @@ pub enum CodecError {
     Io(#[from] std::io::Error),
 }
 
+/// A 1008 trip carries every GPS point of the ride (16 bytes each): a two-hour ride at one
+/// point per second is ~115 KiB, so trips get their own, larger limit.
+pub const DEFAULT_MAX_TRIP_BODY: usize = 512 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct KxCodec {
+    /// Largest MsgBodyLen of any message but a 1008 trip.
     pub max_body: usize,
+    /// Largest MsgBodyLen of a 1008 trip.
+    pub max_trip_body: usize,
+    /// Accept responses whose header CRC is unset (0), as kxSvr relays them.
+    pub unset_response_crc: bool,
 }
 
 impl Default for KxCodec {
     fn default() -> Self {
-        KxCodec {
-            max_body: DEFAULT_MAX_BODY,
-        }
+        KxCodec::new(DEFAULT_MAX_BODY)
     }
 }
 
 impl KxCodec {
     pub fn new(max_body: usize) -> KxCodec {
-        KxCodec { max_body }
+        KxCodec {
+            max_body,
+            max_trip_body: DEFAULT_MAX_TRIP_BODY.max(max_body),
+            unset_response_crc: false,
+        }
+    }
+
+    fn limit(&self, msg_id: u16) -> usize {
+        if msg_id == super::message::id::TRIP {
+            self.max_trip_body
+        } else {
+            self.max_body
+        }
     }
 }
 
@@ -56,7 +75,7 @@ impl Decoder for KxCodec {
             if src.len() < COMMON_LEN {
                 return Ok((skipped > 0).then_some(Decoded::Skipped(skipped)));
             }
-            match Header::parse(src) {
+            match Header::parse_with(src, self.unset_response_crc) {
                 Ok(None) => return Ok((skipped > 0).then_some(Decoded::Skipped(skipped))),
                 Err(_) => {
                     src.advance(1);
@@ -67,10 +86,11 @@ impl Decoder for KxCodec {
                         // Report the junk first; the frame is decoded on the next call.
                         return Ok(Some(Decoded::Skipped(skipped)));
                     }
-                    if header.body_len as usize > self.max_body {
+                    let max = self.limit(header.msg_id);
+                    if header.body_len as usize > max {
                         return Err(CodecError::TooLarge {
                             len: header.body_len,
-                            max: self.max_body,
+                            max,
                         });
                     }
                     let total = header.len() + header.body_len as usize;

@@ -65,12 +65,21 @@ impl Header {
 
     /// Parses the common 15 bytes. `Ok(None)` on fewer bytes than the full header.
     pub fn parse(buf: &[u8]) -> Result<Option<Header>, HeaderError> {
+        Header::parse_with(buf, false)
+    }
+
+    /// Like `parse`; with `unset_response_crc`, a *response* whose Crc16 is 0x0000 is taken
+    /// as unset rather than wrong. kxSvr relays a device's answer to the web server with a
+    /// header whose CRC line is commented out (KxSvr.cc `KxServer::onMsgResp` and
+    /// `CheckTimeOutSvrMsgWaitItem`), so a web server that insisted would never see one.
+    pub fn parse_with(buf: &[u8], unset_response_crc: bool) -> Result<Option<Header>, HeaderError> {
         if buf.len() < COMMON_LEN {
             return Ok(None);
         }
         let expected = crc16(&buf[..13]);
         let found = u16::from_le_bytes([buf[13], buf[14]]);
-        if found != expected {
+        let unset_ok = unset_response_crc && found == 0 && buf[2] == 1;
+        if found != expected && !unset_ok {
             return Err(HeaderError::Crc { found, expected });
         }
         let crypt = match buf[9] {

@@ -3,7 +3,7 @@
 //! Layouts follow PROTOCOLS.md §4 and the kxSvr device document. Where those give a
 //! field without a size, the size chosen here is marked DECISION.
 
-use thiserror::Error;
+use super::wire::{BodyError, LocalTime, Reader, Writer};
 
 pub mod id {
     pub const REGISTER: u16 = 1001;
@@ -42,225 +42,63 @@ pub fn resp_code_text(code: u32) -> &'static str {
     }
 }
 
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum BodyError {
-    #[error("body too short: {what} needs {need} bytes at offset {at}, {have} left")]
-    Short {
-        what: &'static str,
-        need: usize,
-        at: usize,
-        have: usize,
-    },
-    #[error("{what}: {value} is out of range")]
-    Range { what: &'static str, value: u64 },
-}
-
-/// A bounds-checked little-endian reader.
-pub struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    pub fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0 }
-    }
-
-    pub fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
-    }
-
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], BodyError> {
-        if self.remaining() < n {
-            return Err(BodyError::Short {
-                what,
-                need: n,
-                at: self.pos,
-                have: self.remaining(),
-            });
-        }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
-    }
-
-    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], BodyError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N, what)?);
-        Ok(a)
-    }
-
-    pub fn u8(&mut self, what: &'static str) -> Result<u8, BodyError> {
-        Ok(self.take(1, what)?[0])
-    }
-    pub fn u16(&mut self, what: &'static str) -> Result<u16, BodyError> {
-        Ok(u16::from_le_bytes(self.array(what)?))
-    }
-    pub fn i16(&mut self, what: &'static str) -> Result<i16, BodyError> {
-        Ok(i16::from_le_bytes(self.array(what)?))
-    }
-    pub fn u32(&mut self, what: &'static str) -> Result<u32, BodyError> {
-        Ok(u32::from_le_bytes(self.array(what)?))
-    }
-    pub fn i32(&mut self, what: &'static str) -> Result<i32, BodyError> {
-        Ok(i32::from_le_bytes(self.array(what)?))
-    }
-    pub fn u64(&mut self, what: &'static str) -> Result<u64, BodyError> {
-        Ok(u64::from_le_bytes(self.array(what)?))
-    }
-    pub fn f64(&mut self, what: &'static str) -> Result<f64, BodyError> {
-        Ok(f64::from_le_bytes(self.array(what)?))
-    }
-    pub fn bytes16(&mut self, what: &'static str) -> Result<[u8; 16], BodyError> {
-        self.array(what)
-    }
-    /// A fixed-size, NUL-padded string.
-    pub fn fixed_str(&mut self, n: usize, what: &'static str) -> Result<String, BodyError> {
-        let raw = self.take(n, what)?;
-        let end = raw.iter().position(|&b| b == 0).unwrap_or(n);
-        Ok(String::from_utf8_lossy(&raw[..end]).into_owned())
-    }
-    /// A NUL-terminated string (the rest of the body when there is no NUL).
-    pub fn c_str(&mut self) -> String {
-        let rest = &self.buf[self.pos..];
-        let (text, consumed) = match rest.iter().position(|&b| b == 0) {
-            Some(end) => (&rest[..end], end + 1),
-            None => (rest, rest.len()),
-        };
-        self.pos += consumed;
-        String::from_utf8_lossy(text).into_owned()
-    }
-}
-
-/// Little-endian writer helpers.
-pub struct Writer(pub Vec<u8>);
-
-impl Writer {
-    pub fn new() -> Self {
-        Writer(Vec::with_capacity(64))
-    }
-    pub fn u8(&mut self, v: u8) -> &mut Self {
-        self.0.push(v);
-        self
-    }
-    pub fn u16(&mut self, v: u16) -> &mut Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    pub fn i16(&mut self, v: i16) -> &mut Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    pub fn u32(&mut self, v: u32) -> &mut Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    pub fn i32(&mut self, v: i32) -> &mut Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    pub fn u64(&mut self, v: u64) -> &mut Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    pub fn f64(&mut self, v: f64) -> &mut Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
-        self.0.extend_from_slice(v);
-        self
-    }
-    /// Writes `s` NUL-padded (and truncated) to `n` bytes.
-    pub fn fixed_str(&mut self, s: &str, n: usize) -> &mut Self {
-        let b = s.as_bytes();
-        let len = b.len().min(n);
-        self.0.extend_from_slice(&b[..len]);
-        self.0.resize(self.0.len() + (n - len), 0);
-        self
-    }
-    pub fn into_vec(self) -> Vec<u8> {
-        self.0
-    }
-}
-
-impl Default for Writer {
-    fn default() -> Self {
-        Writer::new()
-    }
-}
-
-/// Device local time: year u16, month..second u8 (7 bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct LocalTime {
-    pub year: u16,
-    pub month: u8,
-    pub day: u8,
-    pub hour: u8,
-    pub minute: u8,
-    pub second: u8,
-}
-
-impl LocalTime {
-    fn read(r: &mut Reader) -> Result<LocalTime, BodyError> {
-        Ok(LocalTime {
-            year: r.u16("year")?,
-            month: r.u8("month")?,
-            day: r.u8("day")?,
-            hour: r.u8("hour")?,
-            minute: r.u8("minute")?,
-            second: r.u8("second")?,
-        })
-    }
-    fn write(&self, w: &mut Writer) {
-        w.u16(self.year)
-            .u8(self.month)
-            .u8(self.day)
-            .u8(self.hour)
-            .u8(self.minute)
-            .u8(self.second);
-    }
-    /// As a naive date-time, if it is a valid one.
-    pub fn to_naive(&self) -> Option<chrono::NaiveDateTime> {
-        chrono::NaiveDate::from_ymd_opt(self.year.into(), self.month.into(), self.day.into())?
-            .and_hms_opt(self.hour.into(), self.minute.into(), self.second.into())
-    }
-    pub fn from_naive(t: chrono::NaiveDateTime) -> LocalTime {
-        use chrono::{Datelike, Timelike};
-        LocalTime {
-            year: t.year().clamp(0, u16::MAX as i32) as u16,
-            month: t.month() as u8,
-            day: t.day() as u8,
-            hour: t.hour() as u8,
-            minute: t.minute() as u8,
-            second: t.second() as u8,
-        }
-    }
-}
-
 /// 1001 request: device registration (plain).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Register {
     pub time: LocalTime,
     /// Device hw, device sw, motor-controller hw, sw, dashboard hw, sw.
     pub versions: [u32; 6],
+    /// How many of `versions` the body carried: 6 today, 4 (a 23-byte body) from firmware
+    /// before October 2024, fewer from anything else kxSvr accepts.
+    pub version_count: usize,
 }
 
 impl Register {
+    /// The full 31-byte body.
     pub fn decode(b: &[u8]) -> Result<Register, BodyError> {
-        let mut r = Reader::new(b);
-        let time = LocalTime::read(&mut r)?;
-        let mut versions = [0u32; 6];
-        for v in &mut versions {
-            *v = r.u32("version")?;
+        let reg = Register::decode_lenient(b);
+        if reg.version_count < 6 {
+            return Err(BodyError::Length {
+                what: "1001",
+                expected: 31,
+                found: b.len(),
+            });
         }
-        Ok(Register { time, versions })
+        Ok(reg)
+    }
+
+    /// As much as the body carries. kxSvr answers every 1001 without reading its body
+    /// (KxLogicSys.cc `DevRegMsgCallBack`), so neither may the bridge refuse one for it.
+    pub fn decode_lenient(b: &[u8]) -> Register {
+        let mut r = Reader::new(b);
+        let time = LocalTime::read(&mut r).unwrap_or_default();
+        let mut versions = [0u32; 6];
+        let mut version_count = 0;
+        for v in &mut versions {
+            match r.u32("version") {
+                Ok(x) => {
+                    *v = x;
+                    version_count += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        Register {
+            time,
+            versions,
+            version_count,
+        }
+    }
+
+    /// The device's software version, when the body carried it.
+    pub fn software_version(&self) -> Option<u32> {
+        (self.version_count >= 2).then_some(self.versions[1])
     }
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         self.time.write(&mut w);
-        for v in self.versions {
-            w.u32(v);
+        for v in self.versions.iter().take(self.version_count) {
+            w.u32(*v);
         }
         w.into_vec()
     }
@@ -387,6 +225,11 @@ impl Status {
                 temp_cc: (temp != -1).then_some(temp),
             });
         }
+        // kxSvr's `KxDevStatusPacketBody_Base` ends in one series slot, so a client built
+        // on it sends those 4 bytes even for a count of 0 (KxMsgDef.h, KxClient.cpp).
+        if !(count == 0 && r.remaining() == 4) {
+            r.finish("1002")?;
+        }
         Ok(Status {
             dev_type,
             protocol,
@@ -486,11 +329,13 @@ pub struct Traffic {
 impl Traffic {
     pub fn decode(b: &[u8]) -> Result<Traffic, BodyError> {
         let mut r = Reader::new(b);
-        Ok(Traffic {
+        let t = Traffic {
             dev_type: r.u8("dev_type")?,
             protocol: r.u8("protocol")?,
             used_kib: r.u32("used")?,
-        })
+        };
+        r.finish("1004")?;
+        Ok(t)
     }
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
@@ -581,9 +426,9 @@ pub struct Trip {
 impl Trip {
     pub fn decode(b: &[u8]) -> Result<Trip, BodyError> {
         let mut r = Reader::new(b);
-        let start = LocalTime::read(&mut r)?;
+        let start = LocalTime::read_valid(&mut r, "1008 start time")?;
         let (start_lng, start_lat) = (r.f64("start_lng")?, r.f64("start_lat")?);
-        let end = LocalTime::read(&mut r)?;
+        let end = LocalTime::read_valid(&mut r, "1008 end time")?;
         let (end_lng, end_lat) = (r.f64("end_lng")?, r.f64("end_lat")?);
         let distance_m = r.u32("distance")?;
         let soc_begin = r.u8("soc_begin")?;
@@ -593,13 +438,13 @@ impl Trip {
         let max_current_ca = r.u16("max_current")?;
         let battery_id = r.fixed_str(32, "battery_id")?;
         let count = r.u32("point_count")? as usize;
-        // Check before allocating: the count comes from outside.
-        if count.saturating_mul(16) > r.remaining() {
-            return Err(BodyError::Short {
-                what: "points",
-                need: count.saturating_mul(16),
-                at: b.len() - r.remaining(),
-                have: r.remaining(),
+        // Check before allocating: the count comes from outside, and it must account for
+        // every byte that follows.
+        if count.saturating_mul(16) != r.remaining() {
+            return Err(BodyError::Length {
+                what: "1008 points",
+                expected: r.position().saturating_add(count.saturating_mul(16)),
+                found: b.len(),
             });
         }
         let mut points = Vec::with_capacity(count);
@@ -665,17 +510,19 @@ pub struct ChargeDone {
 impl ChargeDone {
     pub fn decode(b: &[u8]) -> Result<ChargeDone, BodyError> {
         let mut r = Reader::new(b);
-        Ok(ChargeDone {
-            start: LocalTime::read(&mut r)?,
+        let c = ChargeDone {
+            start: LocalTime::read_valid(&mut r, "1010 start time")?,
             lng: r.f64("lng")?,
             lat: r.f64("lat")?,
-            end: LocalTime::read(&mut r)?,
+            end: LocalTime::read_valid(&mut r, "1010 end time")?,
             max_current_ca: r.u16("max_current")?,
             soc_begin: r.u8("soc_begin")?,
             soc_end: r.u8("soc_end")?,
             voltage_begin_cv: r.u16("voltage_begin")?,
             voltage_end_cv: r.u16("voltage_end")?,
-        })
+        };
+        r.finish("1010")?;
+        Ok(c)
     }
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
@@ -696,8 +543,10 @@ impl ChargeDone {
 pub struct DevEvent {
     pub time: LocalTime,
     pub millis: u16,
-    /// 1 key unlock, 2 network unlock, 3 auto lock, 4 user lock, 5 charging, 6 battery
-    /// removed, 7 battery inserted, 8 tipped over, 9 moved while locked, 10–13 later types.
+    /// devProctol.md (current, PROTOCOLS.md §5): 1 phone Bluetooth proximity unlock,
+    /// 2 network unlock, 3 auto lock, 4 user lock, 5 charging, 6 battery removed, 7 battery
+    /// inserted, 8 tipped over, 9 moved while locked, 10 tipped over while riding, 11 key
+    /// unlock, 12 key lock, 13 ride started.
     pub kind: u8,
     pub user_id: u32,
     /// mm/s.
@@ -710,7 +559,7 @@ impl DevEvent {
     /// A stable snake_case name for HA.
     pub fn type_name(kind: u8) -> String {
         match kind {
-            1 => "key_unlock".into(),
+            1 => "proximity_unlock".into(),
             2 => "network_unlock".into(),
             3 => "auto_lock".into(),
             4 => "user_lock".into(),
@@ -719,10 +568,17 @@ impl DevEvent {
             7 => "battery_inserted".into(),
             8 => "tipped_over".into(),
             9 => "moved_while_locked".into(),
+            10 => "tipped_over_riding".into(),
+            11 => "key_unlock".into(),
+            12 => "key_lock".into(),
+            13 => "ride_started".into(),
             n => format!("event_{n}"),
         }
     }
 }
+
+/// Bytes per event in a 1012.
+pub const EVENT_LEN: usize = 32;
 
 /// 1012: device events (encrypted).
 ///
@@ -737,11 +593,26 @@ impl Events {
     pub fn decode(b: &[u8]) -> Result<Events, BodyError> {
         let mut r = Reader::new(b);
         let count = r.u8("event_count")? as usize;
+        if b.len() != 1 + count * EVENT_LEN {
+            return Err(BodyError::Length {
+                what: "1012 events",
+                expected: 1 + count * EVENT_LEN,
+                found: b.len(),
+            });
+        }
         let mut events = Vec::with_capacity(count);
         for _ in 0..count {
             events.push(DevEvent {
-                time: LocalTime::read(&mut r)?,
-                millis: r.u16("millis")?,
+                time: LocalTime::read_valid(&mut r, "1012 event time")?,
+                millis: match r.u16("millis")? {
+                    ms @ 0..=999 => ms,
+                    ms => {
+                        return Err(BodyError::Range {
+                            what: "1012 event milliseconds",
+                            value: ms.into(),
+                        })
+                    }
+                },
                 kind: r.u8("event_type")?,
                 user_id: r.u32("user_id")?,
                 speed: r.u16("speed")?,
@@ -764,271 +635,5 @@ impl Events {
                 .f64(e.lat);
         }
         w.into_vec()
-    }
-}
-
-/// Parameters of a control command, shared by 2001–2005 (device) and 4001–4005 (app).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    /// 2001 / 4001.
-    Unlock {
-        allow_min: u16,
-        lowest_soc: u8,
-        farthest_m: u32,
-    },
-    /// 2002 / 4002.
-    Lock { voice: u8 },
-    /// 2003 / 4003. `power`: 0 off, 1 100 W, 2 200 W, 0xFF unlimited. `max_speed`: m/s × 100
-    /// (u16 per the document; DECISION, the kxSvr code has u8).
-    Guard {
-        power: u8,
-        max_speed: u16,
-        voice: u8,
-    },
-    /// 2004 / 4004. `flags`: 0x02 seat, 0x04 glovebox, 0x08 helmet.
-    OpenLock { flags: u8, voice: u8 },
-    /// 2005 / 4005. `flags` (u16 as in 4005): 0x01 headlight, 0x04 high beam, 0x10
-    /// position, 0x40 left, 0x80 right, 0x0100 hazard, 0x0400 brake light.
-    Lights { flags: u16 },
-}
-
-impl Control {
-    pub fn device_msg_id(&self) -> u16 {
-        match self {
-            Control::Unlock { .. } => id::UNLOCK,
-            Control::Lock { .. } => id::LOCK,
-            Control::Guard { .. } => id::GUARD,
-            Control::OpenLock { .. } => id::OPEN_LOCK,
-            Control::Lights { .. } => id::LIGHTS,
-        }
-    }
-
-    pub fn app_msg_id(&self) -> u16 {
-        self.device_msg_id() + 2000
-    }
-
-    fn write_params(&self, w: &mut Writer, app: bool) {
-        match *self {
-            Control::Unlock {
-                allow_min,
-                lowest_soc,
-                farthest_m,
-            } => {
-                w.u16(allow_min).u8(lowest_soc).u32(farthest_m);
-            }
-            Control::Lock { voice } => {
-                w.u8(voice);
-            }
-            Control::Guard {
-                power,
-                max_speed,
-                voice,
-            } => {
-                w.u8(power).u16(max_speed).u8(voice);
-            }
-            Control::OpenLock { flags, voice } => {
-                // The device's 2004 has no voice byte; the app's 4004 has warningVoice.
-                w.u8(flags);
-                if app {
-                    w.u8(voice);
-                }
-            }
-            Control::Lights { flags } => {
-                w.u16(flags);
-            }
-        }
-    }
-
-    fn read_params(msg_id: u16, r: &mut Reader, app: bool) -> Result<Control, BodyError> {
-        Ok(match msg_id % 1000 {
-            1 => Control::Unlock {
-                allow_min: r.u16("allow_time")?,
-                lowest_soc: r.u8("lowest_soc")?,
-                farthest_m: r.u32("farthest")?,
-            },
-            2 => Control::Lock {
-                voice: r.u8("voice")?,
-            },
-            3 => Control::Guard {
-                power: r.u8("power")?,
-                max_speed: r.u16("max_speed")?,
-                voice: r.u8("voice")?,
-            },
-            4 => Control::OpenLock {
-                flags: r.u8("lock_flag")?,
-                voice: if app { r.u8("voice")? } else { 0 },
-            },
-            5 => Control::Lights {
-                flags: r.u16("light_flag")?,
-            },
-            other => {
-                return Err(BodyError::Range {
-                    what: "control message",
-                    value: other.into(),
-                })
-            }
-        })
-    }
-}
-
-/// 2001–2005 body: `svrtime u64 | sessionId u32 | [usrId u32, 2001 only] | params`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceControl {
-    pub svr_time: u64,
-    pub session_id: u32,
-    /// Only carried by 2001.
-    pub user_id: u32,
-    pub control: Control,
-}
-
-impl DeviceControl {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.u64(self.svr_time).u32(self.session_id);
-        if let Control::Unlock { .. } = self.control {
-            w.u32(self.user_id);
-        }
-        self.control.write_params(&mut w, false);
-        w.into_vec()
-    }
-    pub fn decode(msg_id: u16, b: &[u8]) -> Result<DeviceControl, BodyError> {
-        let mut r = Reader::new(b);
-        let svr_time = r.u64("svr_time")?;
-        let session_id = r.u32("session_id")?;
-        let user_id = if msg_id == id::UNLOCK {
-            r.u32("user_id")?
-        } else {
-            0
-        };
-        let control = Control::read_params(msg_id, &mut r, false)?;
-        Ok(DeviceControl {
-            svr_time,
-            session_id,
-            user_id,
-            control,
-        })
-    }
-}
-
-/// 4001–4005 body: `devId u32 | devtype u8 | time u64 | usrId i32 | params`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppControl {
-    pub dev_id: u32,
-    pub dev_type: u8,
-    pub time: u64,
-    pub user_id: i32,
-    pub control: Control,
-}
-
-impl AppControl {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.u32(self.dev_id)
-            .u8(self.dev_type)
-            .u64(self.time)
-            .i32(self.user_id);
-        self.control.write_params(&mut w, true);
-        w.into_vec()
-    }
-    pub fn decode(msg_id: u16, b: &[u8]) -> Result<AppControl, BodyError> {
-        let mut r = Reader::new(b);
-        Ok(AppControl {
-            dev_id: r.u32("dev_id")?,
-            dev_type: r.u8("dev_type")?,
-            time: r.u64("time")?,
-            user_id: r.i32("user_id")?,
-            control: Control::read_params(msg_id, &mut r, true)?,
-        })
-    }
-}
-
-/// 9001 request: `time u64 | host, NUL-terminated` (encrypted with the initial key/IV).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebConnect {
-    pub time: u64,
-    pub host: String,
-}
-
-impl WebConnect {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.u64(self.time).bytes(self.host.as_bytes()).u8(0);
-        w.into_vec()
-    }
-    pub fn decode(b: &[u8]) -> Result<WebConnect, BodyError> {
-        let mut r = Reader::new(b);
-        let time = r.u64("time")?;
-        Ok(WebConnect {
-            time,
-            host: r.c_str(),
-        })
-    }
-}
-
-/// 9001 response body: `sessionId u32 | newIV [16] | time u64`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebConnectAck {
-    pub session_id: u32,
-    pub iv: [u8; 16],
-    pub time: u64,
-}
-
-impl WebConnectAck {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.u32(self.session_id).bytes(&self.iv).u64(self.time);
-        w.into_vec()
-    }
-    pub fn decode(b: &[u8]) -> Result<WebConnectAck, BodyError> {
-        let mut r = Reader::new(b);
-        Ok(WebConnectAck {
-            session_id: r.u32("session_id")?,
-            iv: r.bytes16("iv")?,
-            time: r.u64("time")?,
-        })
-    }
-}
-
-/// 9002 request (plain): `time u64 | host [32]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebHeartbeat {
-    pub time: u64,
-    pub host: String,
-}
-
-impl WebHeartbeat {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.u64(self.time).fixed_str(&self.host, 32);
-        w.into_vec()
-    }
-    pub fn decode(b: &[u8]) -> Result<WebHeartbeat, BodyError> {
-        let mut r = Reader::new(b);
-        Ok(WebHeartbeat {
-            time: r.u64("time")?,
-            host: r.fixed_str(32, "host")?,
-        })
-    }
-}
-
-/// 9002 response body: `totalDevCount u32 | svrStartTime u64`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebHeartbeatAck {
-    pub total_devices: u32,
-    pub start_time: u64,
-}
-
-impl WebHeartbeatAck {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.u32(self.total_devices).u64(self.start_time);
-        w.into_vec()
-    }
-    pub fn decode(b: &[u8]) -> Result<WebHeartbeatAck, BodyError> {
-        let mut r = Reader::new(b);
-        Ok(WebHeartbeatAck {
-            total_devices: r.u32("total")?,
-            start_time: r.u64("start_time")?,
-        })
     }
 }

@@ -1,16 +1,24 @@
-//! kingxun device and server protocol (seed 001, PROTOCOLS.md §4).
+//! kingxun device and server protocol (seed 001, PROTOCOLS.md §4–5).
 //!
 //! `frame`: the 15-byte common header (little-endian, CRC-16/XMODEM over its first 13
 //! bytes) plus the request (`DevId`, `SessionId`) or response (`RespCode`) tail.
 //! `codec`: a tokio-util Decoder/Encoder that finds frames in a byte stream.
 //! `crypto`: AES-128-CBC bodies with their plain length and CRC trailer.
-//! `message`: typed bodies for every message the bridge uses.
+//! `wire`: bounds-checked little-endian reading and writing, device local time.
+//! `message`: device → server bodies (1001–1012). `control`: 2001–2005 and 4001–4005,
+//! with the device profiles that settle the published layouts' forks. `web`: 9001/9002.
 
 pub mod codec;
+pub mod control;
 pub mod crypto;
 pub mod frame;
 pub mod message;
+pub mod web;
+pub mod wire;
 
-pub use codec::{Decoded, KxCodec, DEFAULT_MAX_BODY};
+pub use codec::{Decoded, KxCodec, DEFAULT_MAX_BODY, DEFAULT_MAX_TRIP_BODY};
+pub use control::*;
 pub use frame::{crc16, Frame, Header, HeaderError, Kind, COMMON_LEN, REQUEST_LEN, RESPONSE_LEN};
 pub use message::*;
+pub use web::*;
+pub use wire::*;
