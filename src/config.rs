@@ -369,28 +369,50 @@ pub fn check_listener(timezone: &str, max_links: usize) -> Result<(), (String, S
 
 /// Checks shared by the polling (cloud) connectors; the error names the key (relative to
 /// the connector's section) and why.
+/// The interval a cloud connector polls at while a vehicle is active, when the user did
+/// not set one: 1 min, or `poll_interval` when that is shorter, so that any single
+/// interval a user sets makes a valid config.
+pub const DEFAULT_ACTIVE_INTERVAL: Duration = Duration::from_secs(60);
+
+pub fn active_interval(
+    poll_interval: Duration,
+    poll_interval_active: Option<Duration>,
+) -> Duration {
+    poll_interval_active.unwrap_or(DEFAULT_ACTIVE_INTERVAL.min(poll_interval))
+}
+
 pub fn check_polling(
     base_url: &str,
     poll_interval: Duration,
-    poll_interval_active: Duration,
+    poll_interval_active: Option<Duration>,
     request_timeout: Duration,
 ) -> Result<(), (String, String)> {
-    let err = |k: &str, r: &str| Err((k.to_string(), r.to_string()));
+    let err = |k: &str, r: String| Err((k.to_string(), r));
     let url = base_url.trim_end_matches('/');
     if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-        return err("base_url", "must be an http:// or https:// address");
+        return err("base_url", "must be an http:// or https:// address".into());
     }
-    if poll_interval < Duration::from_secs(1) || poll_interval_active < Duration::from_secs(1) {
-        return err("poll_interval", "must be at least 1s");
+    if poll_interval < Duration::from_secs(1) {
+        return err("poll_interval", "must be at least 1s".into());
     }
-    if poll_interval_active > poll_interval {
-        return err(
-            "poll_interval_active",
-            "must not be longer than poll_interval",
-        );
+    if let Some(active) = poll_interval_active {
+        if active < Duration::from_secs(1) {
+            return err("poll_interval_active", "must be at least 1s".into());
+        }
+        if active > poll_interval {
+            return err(
+                "poll_interval_active",
+                format!(
+                    "{} is longer than poll_interval ({}): the active interval is the faster one; \
+                     shorten it or leave it out (it then follows poll_interval)",
+                    humantime::format_duration(active),
+                    humantime::format_duration(poll_interval)
+                ),
+            );
+        }
     }
     if request_timeout < Duration::from_secs(1) || request_timeout > Duration::from_secs(120) {
-        return err("request_timeout", "must be 1s to 120s");
+        return err("request_timeout", "must be 1s to 120s".into());
     }
     Ok(())
 }

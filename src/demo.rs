@@ -62,12 +62,13 @@ pub fn config(ports: &DemoPorts, state_dir: std::path::PathBuf) -> Config {
     let x = &mut c.xchanger;
     x.enabled = true;
     x.base_url = format!("http://127.0.0.1:{}", ports.xchanger);
+    x.auth_base_url = x.base_url.clone();
     let fake = sim::xchanger::FakeOptions::default();
     x.username = fake.username;
     x.password = Secret::new(fake.password);
     x.app_key = Secret::new(DEMO_APP_KEY);
+    // The shipped defaults: commands are confirmed on their own schedule.
     x.poll_interval = Duration::from_secs(30);
-    x.poll_interval_active = Duration::from_secs(3);
     let i = &mut c.iauto360;
     i.enabled = true;
     i.base_url = format!("http://127.0.0.1:{}", ports.iauto360);
@@ -80,7 +81,7 @@ pub fn config(ports: &DemoPorts, state_dir: std::path::PathBuf) -> Config {
     }];
     i.push_listen = Some(([127, 0, 0, 1], ports.push).into());
     i.poll_interval = Duration::from_secs(30);
-    i.poll_interval_active = Duration::from_secs(5);
+    i.poll_interval_active = Some(Duration::from_secs(5));
     i.detail_interval = Duration::from_secs(300);
     c
 }

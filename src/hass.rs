@@ -152,8 +152,8 @@ impl VehicleDiscovery<'_> {
     /// Every entity this vehicle has given its current state.
     pub fn entities(&self, state: &VehicleState) -> Vec<Entity> {
         let mut out = Vec::new();
-        for field in state.values.keys() {
-            if let Some(e) = self.field_entity(*field) {
+        for field in state.fields() {
+            if let Some(e) = self.field_entity(field) {
                 out.push(e);
             }
         }
@@ -218,9 +218,11 @@ impl VehicleDiscovery<'_> {
     fn field_entity(&self, field: Field) -> Option<Entity> {
         let spec = field.spec();
         let component = match spec.kind {
-            FieldKind::Number | FieldKind::Text | FieldKind::Timestamp | FieldKind::Date => {
-                "sensor"
-            }
+            FieldKind::Number
+            | FieldKind::Text
+            | FieldKind::Timestamp
+            | FieldKind::Date
+            | FieldKind::Enum => "sensor",
             FieldKind::Binary => "binary_sensor",
             // Shown by the control that owns it (lock, select, number).
             FieldKind::Control => return None,
@@ -237,6 +239,9 @@ impl VehicleDiscovery<'_> {
         m.insert("value_template".into(), template.into());
         if let Some(dc) = spec.device_class {
             m.insert("device_class".into(), dc.into());
+        }
+        if spec.kind == FieldKind::Enum {
+            m.insert("options".into(), json!(field.options()));
         }
         if let Some(unit) = spec.unit {
             m.insert("unit_of_measurement".into(), unit.into());

@@ -295,7 +295,10 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
         connectors.push(Box::new(ExliveConnector::new(config.exlive.clone())));
     }
     if config.iauto360.enabled {
-        connectors.push(Box::new(Iauto360Connector::new(config.iauto360.clone())));
+        connectors.push(Box::new(
+            Iauto360Connector::new(config.iauto360.clone())
+                .with_state_dir(config.bridge.state_dir.clone()),
+        ));
     }
     if config.xchanger.enabled {
         connectors.push(Box::new(XchangerConnector::new(

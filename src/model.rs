@@ -6,7 +6,7 @@
 //!
 //! Units are normalised here: km, km/h, %, V, A, °C, kPa, WGS-84 degrees.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::Serialize;
@@ -61,6 +61,8 @@ pub enum FieldKind {
     Date,
     /// On/off sensor; `true` is ON (open, unlocked, running, problem...).
     Binary,
+    /// Sensor with a fixed set of values (`Field::options`), shown by HA as an enum.
+    Enum,
     /// Shown by a controllable entity (lock, switch, select, number) rather than a sensor.
     Control,
 }
@@ -116,12 +118,11 @@ catalog! {
     Address = "address", "Address", Text, N, N, N, false, Some("mdi:map-marker");
     StatusText = "status_text", "Status", Text, N, N, N, false, Some("mdi:information-outline");
     Alarm = "alarm", "Alarm", Binary, Some("safety"), N, N, false, N;
-    AlarmStatus = "alarm_status", "Alarm status", Text, N, N, N, false, Some("mdi:shield-car");
+    AlarmStatus = "alarm_status", "Alarm status", Enum, Some("enum"), N, N, false, Some("mdi:shield-car");
     // Engine and drive train.
     EngineRunning = "engine_running", "Engine running", Binary, Some("running"), N, N, false, N;
     EngineRpm = "engine_rpm", "Engine speed", Number, N, Some("rpm"), M, false, Some("mdi:engine");
-    KeyStatus = "key_status", "Key", Text, N, N, N, false, Some("mdi:key");
-    UsageMode = "usage_mode", "Usage mode", Text, N, N, N, true, N;
+    KeyStatus = "key_status", "Key", Enum, Some("enum"), N, N, false, Some("mdi:key");
     CoolantTemperature = "coolant_temperature", "Coolant temperature", Number, Some("temperature"), Some("°C"), M, false, N;
     FaultCodes = "fault_codes", "Fault codes", Text, N, N, N, true, Some("mdi:car-wrench");
     // Fuel, range, energy.
@@ -178,6 +179,14 @@ catalog! {
     TyrePressureRearLeft = "tyre_pressure_rear_left", "Tyre pressure rear left", Number, Some("pressure"), Some("kPa"), M, false, N;
     TyrePressureRearRight = "tyre_pressure_rear_right", "Tyre pressure rear right", Number, Some("pressure"), Some("kPa"), M, false, N;
     TyreWarning = "tyre_warning", "Tyre warning", Binary, Some("problem"), N, N, false, N;
+    // Warnings (true = problem).
+    AirbagDeployed = "airbag_deployed", "Airbag deployed", Binary, Some("problem"), N, N, false, Some("mdi:airbag");
+    OilPressureWarning = "oil_pressure_warning", "Oil pressure", Binary, Some("problem"), N, N, false, Some("mdi:oil");
+    OilLevelWarning = "oil_level_warning", "Oil level", Binary, Some("problem"), N, N, false, Some("mdi:oil-level");
+    CoolantLevelWarning = "coolant_level_warning", "Coolant level", Binary, Some("problem"), N, N, false, Some("mdi:coolant-temperature");
+    BrakeFluidWarning = "brake_fluid_warning", "Brake fluid", Binary, Some("problem"), N, N, false, Some("mdi:car-brake-fluid-level");
+    WasherFluidWarning = "washer_fluid_warning", "Washer fluid", Binary, Some("problem"), N, N, false, Some("mdi:wiper-wash");
+    BulbFailure = "bulb_failure", "Bulb failure", Binary, Some("problem"), N, N, false, Some("mdi:car-light-alert");
     TyreTemperatureFrontLeft = "tyre_temperature_front_left", "Tyre temperature front left", Number, Some("temperature"), Some("°C"), M, true, N;
     TyreTemperatureFrontRight = "tyre_temperature_front_right", "Tyre temperature front right", Number, Some("temperature"), Some("°C"), M, true, N;
     TyreTemperatureRearLeft = "tyre_temperature_rear_left", "Tyre temperature rear left", Number, Some("temperature"), Some("°C"), M, true, N;
@@ -223,6 +232,18 @@ catalog! {
 impl Field {
     pub fn key(self) -> &'static str {
         self.spec().key
+    }
+
+    /// The values an `Enum` field takes; a connector sets nothing else (an unknown raw
+    /// value goes into an attribute instead).
+    pub fn options(self) -> &'static [&'static str] {
+        match self {
+            // geely_galaxy_ha `const.py`: vehicleAlarm "1" on, "0" off.
+            Field::AlarmStatus => &["off", "on"],
+            // The xchanger status `keyStatus` constants, lower-cased.
+            Field::KeyStatus => &["no_key_inserted", "key_inserted"],
+            _ => &[],
+        }
     }
 
     pub fn from_key(key: &str) -> Option<Field> {
@@ -320,12 +341,28 @@ pub struct VehicleState {
     /// Extra data without an entity of its own (cell voltages, raw codes), shown as
     /// attributes of the state JSON.
     pub attributes: BTreeMap<String, serde_json::Value>,
+    /// Fields whose value no longer holds (e.g. coolant temperature after the ignition
+    /// went off): left out of the state JSON, so HA shows "unknown", while the entity stays.
+    pub cleared: BTreeSet<Field>,
 }
 
 impl VehicleState {
     pub fn set(&mut self, field: Field, value: impl Into<Value>) -> &mut Self {
+        self.cleared.remove(&field);
         self.values.insert(field, value.into());
         self
+    }
+
+    /// The field has no current value, but keeps its entity.
+    pub fn clear(&mut self, field: Field) -> &mut Self {
+        self.values.remove(&field);
+        self.cleared.insert(field);
+        self
+    }
+
+    /// Every field with an entity: those with a value and those cleared.
+    pub fn fields(&self) -> impl Iterator<Item = Field> + '_ {
+        self.values.keys().chain(self.cleared.iter()).copied()
     }
 
     /// Sets a float field; a non-finite value leaves the field absent.
@@ -344,6 +381,13 @@ impl VehicleState {
     pub fn merge(&mut self, other: VehicleState) {
         if other.position.is_some() {
             self.position = other.position;
+        }
+        for f in &other.cleared {
+            self.values.remove(f);
+            self.cleared.insert(*f);
+        }
+        for f in other.values.keys() {
+            self.cleared.remove(f);
         }
         self.values.extend(other.values);
         self.attributes.extend(other.attributes);
@@ -512,6 +556,9 @@ pub enum CommandProgress {
     /// The upstream took the command but has not confirmed it yet.
     Accepted,
     Succeeded,
+    /// Done as far as anyone can tell, with what that rests on (e.g. horn and lights,
+    /// which leave no state to read back: the cloud's own acknowledgement).
+    SucceededBecause(String),
     Failed(String),
     /// The upstream's own wait ran out (e.g. a device that never answered).
     TimedOut(String),
@@ -588,7 +635,7 @@ mod tests {
                     &["measurement", "total", "total_increasing"],
                     &["MiB", "KiB", "GiB"],
                 ),
-                "timestamp" | "date" => (&[], &[]),
+                "timestamp" | "date" | "enum" => (&[], &[]),
                 _ => return None,
             })
         };

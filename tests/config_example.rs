@@ -59,6 +59,8 @@ fn example_documents_every_key() {
         "exlive.client.password",
         "exlive.client.heartbeat",
         "iauto360.plan",
+        "iauto360.poll_interval_active",
+        "xchanger.poll_interval_active",
         "iauto360.push_listen",
         "iauto360.devices.esn",
         "iauto360.devices.name",

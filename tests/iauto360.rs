@@ -42,7 +42,7 @@ async fn start(
             name: Some("Family car".into()),
         }];
         c.poll_interval = Duration::from_secs(1);
-        c.poll_interval_active = Duration::from_secs(1);
+        c.poll_interval_active = Some(Duration::from_secs(1));
         c.detail_interval = Duration::from_secs(1);
         if push {
             c.push_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
@@ -52,7 +52,10 @@ async fn start(
         tweak(config);
         config.iauto360.validate().expect("valid test config");
         (
-            Box::new(Iauto360Connector::new(config.iauto360.clone())) as Box<dyn Connector>,
+            Box::new(
+                Iauto360Connector::new(config.iauto360.clone())
+                    .with_state_dir(config.bridge.state_dir.clone()),
+            ) as Box<dyn Connector>,
             push,
         )
     })
@@ -164,7 +167,9 @@ async fn every_service_lands_in_the_state_and_new_trips_become_events() {
         s["attributes"]["health_check"]["fault_codes"],
         json!(["P0420"])
     );
-    assert_eq!(s["insurance_expiry"], "2027-03-15");
+    // 1021's insuranceDate is a purchase date: shown as such, never as an expiry.
+    assert!(s.get("insurance_expiry").is_none(), "{s}");
+    assert_eq!(s["attributes"]["insurance_date"], "2026-03-15");
     assert_eq!(s["inspection_due"], "2027-03-31");
     assert_eq!(s["fuel_used_yesterday"], 4.756);
     assert_eq!(s["last_trip_distance"], 12.5);
@@ -400,5 +405,129 @@ async fn failures_back_off_and_refusals_are_shown() {
     })
     .await;
     assert!(platform.calls().bad_signatures >= 1);
+    bridge.stop().await;
+}
+
+fn published_states(probe: &Probe, bridge: &Bridge) -> Vec<Value> {
+    probe
+        .messages()
+        .iter()
+        .filter(|m| m.topic == bridge.topic(&format!("{VID}/state")))
+        .map(|m| m.json())
+        .collect()
+}
+
+/// 1017's newest record is an hour old and lower than the live 1011 value (the fake
+/// serves 11.9 V against 12.6 V, as measured on a real box): it never wins. With the
+/// ignition off, rpm and speed are zero and the coolant's driving value is gone.
+#[tokio::test]
+async fn the_newest_value_wins_and_ignition_off_ends_driving_values() {
+    let broker = Mosquitto::start();
+    let (platform, bridge, probe) = running(&broker, false).await;
+    // Several detail rounds (1 s each here).
+    wait_state(&probe, &bridge, "details", |s| {
+        s.get("tyre_warning").is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(platform.calls().by_service.get(&1017).copied().unwrap_or(0) >= 2);
+    let volts: Vec<Value> = published_states(&probe, &bridge)
+        .iter()
+        .filter_map(|s| s.get("aux_battery_voltage").cloned())
+        .collect();
+    assert!(!volts.is_empty());
+    assert!(
+        volts.iter().all(|v| v == &json!(12.6)),
+        "the hour-old 11.9 V record overwrote the live value: {volts:?}"
+    );
+
+    platform.set_driving(ESN, true);
+    let s = wait_state(&probe, &bridge, "driving", |s| s["engine_running"] == true).await;
+    assert_eq!(s["coolant_temperature"], 90);
+    platform.set_driving(ESN, false);
+    let s = wait_state(&probe, &bridge, "ignition off", |s| {
+        s["engine_running"] == false
+    })
+    .await;
+    assert_eq!(
+        (s["speed"].as_i64(), s["engine_rpm"].as_i64()),
+        (Some(0), Some(0))
+    );
+    assert!(s.get("coolant_temperature").is_none(), "{s}");
+    // The entity stays (HA shows "unknown"): its discovery was never emptied.
+    assert!(!probe
+        .messages()
+        .iter()
+        .any(|m| m.topic.ends_with("_coolant_temperature/config") && m.payload.is_empty()));
+    bridge.stop().await;
+}
+
+/// 15 new trips over two pages of 1012: every one is announced once, oldest first, the
+/// newest sets the sensors, and a restart announces none of them again.
+#[tokio::test]
+async fn trips_are_read_across_pages_and_announced_once_in_order() {
+    let broker = Mosquitto::start();
+    let platform = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().to_path_buf();
+    let bridge = start(&broker, &platform, false, |c| {
+        c.bridge.state_dir = state_dir.clone();
+    })
+    .await;
+    let probe = watch(&broker, &bridge).await;
+    // First sight of the box: the newest trip (a day old) sets the sensors, no event.
+    wait_state(&probe, &bridge, "first trip", |s| {
+        s["last_trip_distance"] == 12.5
+    })
+    .await;
+    platform.add_trips(ESN, 15);
+    let newest_km = 24.0; // 10 + 14
+    let s = wait_state(&probe, &bridge, "newest trip", |s| {
+        s["last_trip_distance"] == newest_km
+    })
+    .await;
+    assert!(s["last_trip_end"].as_str().is_some());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let trips: Vec<Value> = probe
+        .messages()
+        .iter()
+        .filter(|m| m.topic == bridge.topic(&format!("{VID}/event")))
+        .map(|m| m.json())
+        .filter(|e| e["event_type"] == "trip")
+        .collect();
+    let ids: Vec<i64> = trips.iter().filter_map(|e| e["trip_id"].as_i64()).collect();
+    assert_eq!(
+        ids,
+        (2..=16).collect::<Vec<_>>(),
+        "each new trip once, oldest first"
+    );
+    let ends: Vec<&str> = trips.iter().filter_map(|e| e["end"].as_str()).collect();
+    assert!(ends.windows(2).all(|w| w[0] < w[1]), "{ends:?}");
+    assert!(
+        platform.calls().by_service.get(&1012).copied().unwrap_or(0) >= 2,
+        "page 2 was read"
+    );
+    bridge.stop().await;
+
+    // Restart with the same state_dir: nothing is announced again.
+    let state_dir = dir.path().to_path_buf();
+    let bridge = start(&broker, &platform, false, |c| {
+        c.bridge.state_dir = state_dir;
+    })
+    .await;
+    let probe = watch(&broker, &bridge).await;
+    wait_state(&probe, &bridge, "details after restart", |s| {
+        s.get("tyre_warning").is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !probe
+            .messages()
+            .iter()
+            .any(|m| m.topic == bridge.topic(&format!("{VID}/event"))
+                && m.json()["event_type"] == "trip"),
+        "trips announced again after a restart"
+    );
     bridge.stop().await;
 }

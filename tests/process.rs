@@ -299,7 +299,9 @@ fn version_and_help() {
 }
 
 /// The shipped binary end to end for the cloud connector: `simulate xchanger-cloud` as
-/// the upstream, the bridge configured from the environment, tokens saved in state_dir.
+/// the upstream, the bridge configured from the environment with the shipped polling
+/// defaults (5 min, no active interval set), tokens saved in state_dir. The unlock must be
+/// confirmed within 10 s by the confirmation schedule alone.
 #[tokio::test]
 async fn the_binary_polls_the_fake_xchanger_cloud_and_unlocks() {
     let broker = Mosquitto::start();
@@ -322,10 +324,13 @@ async fn the_binary_polls_the_fake_xchanger_cloud_and_unlocks() {
     let child = against(&broker, dir.path(), &base)
         .env("V2M_XCHANGER__ENABLED", "true")
         .env("V2M_XCHANGER__BASE_URL", format!("http://127.0.0.1:{port}"))
+        .env(
+            "V2M_XCHANGER__AUTH_BASE_URL",
+            format!("http://127.0.0.1:{port}"),
+        )
         .env("V2M_XCHANGER__USERNAME", "driver@example.com")
         .env("V2M_XCHANGER__PASSWORD", "correct horse")
         .env("V2M_XCHANGER__APP_KEY", "proc-key")
-        .env("V2M_XCHANGER__POLL_INTERVAL_ACTIVE", "1s")
         .env("V2M_BRIDGE__LOG_LEVEL", "debug")
         // A file, not a pipe: nobody reads a pipe until exit, and a full one would block.
         .stdout(Stdio::from(
@@ -350,11 +355,16 @@ async fn the_binary_polls_the_fake_xchanger_cloud_and_unlocks() {
             false,
         )
         .await;
+    let sent = std::time::Instant::now();
     probe
-        .wait_for("succeeded", T, |m| {
+        .wait_for("succeeded within 10 s", Duration::from_secs(10), |m| {
             m.topic == format!("{base}/{vin}/command/result") && m.json()["status"] == "succeeded"
         })
         .await;
+    eprintln!(
+        "unlock confirmed after {:?} with the default intervals",
+        sent.elapsed()
+    );
     let saved = std::fs::read_to_string(dir.path().join("state/xchanger_tokens.json")).unwrap();
     let token: serde_json::Value = serde_json::from_str(&saved).unwrap();
     let access = token["access_token"].as_str().unwrap().to_string();

@@ -40,11 +40,12 @@ async fn start(
         let x = &mut config.xchanger;
         x.enabled = true;
         x.api = ApiVersion::V1;
-        x.base_url = url;
+        x.base_url = url.clone();
+        x.auth_base_url = url;
         x.username = "driver@example.com".into();
         x.password = Secret::new("correct horse");
         x.poll_interval = Duration::from_secs(1);
-        x.poll_interval_active = Duration::from_secs(1);
+        x.poll_interval_active = Some(Duration::from_secs(1));
         config.bridge.command_timeout = Duration::from_secs(8);
         tweak(config);
         config.xchanger.validate().expect("valid test config");
@@ -124,6 +125,24 @@ async fn v1_password_login_publishes_the_seed_status_and_keeps_tokens_private() 
         (state["latitude"].as_f64().unwrap() - 31.238).abs() < 1e-6,
         "{state}"
     );
+    // The seed's sample has both position blocks untrusted: shown, with a wide circle.
+    assert_eq!(state["gps_accuracy"], 1000.0);
+    assert_eq!(state["attributes"]["position_trusted"], false);
+    // Meanings: warnings as problem sensors, unknown codes raw, sentinels left out.
+    assert_eq!(state["airbag_deployed"], false);
+    assert_eq!(state["brake_fluid_warning"], false);
+    assert_eq!(state["key_status"], "no_key_inserted");
+    assert_eq!(state["attributes"]["alarm_status_raw"], "6");
+    assert!(state.get("interior_temperature").is_none(), "{state}");
+    // The car marks its position trusted: the exact position, no widened accuracy.
+    cloud.edit_status(VIN, |vs| {
+        vs["basicVehicleStatus"]["position"]["posCanBeTrusted"] = true.into();
+    });
+    let trusted = wait_state(&probe, &bridge, VIN, |s| {
+        s["attributes"]["position_trusted"] == true
+    })
+    .await;
+    assert!(trusted.get("gps_accuracy").is_none(), "{trusted}");
     probe
         .wait_for("online", T, |m| {
             m.topic == bridge.topic(&format!("{VIN}/availability")) && m.text() == "online"
@@ -191,8 +210,9 @@ async fn v2_auth_code_signs_every_request_and_reads_the_data_plan() {
     let probe = probe(&broker, &bridge).await;
     wait_state(&probe, &bridge, VIN, |s| s["odometer"] == 33253).await;
     let plan = wait_state(&probe, &bridge, VIN, |s| s.get("data_total").is_some()).await;
-    assert_eq!(plan["data_total"], 3);
-    assert_eq!(plan["data_left"], 2.932);
+    // KiB: the seed's 3 145 728 is a 3 GiB plan.
+    assert_eq!(plan["data_total"], 3072);
+    assert_eq!(plan["data_left"], 3002.284);
     assert_eq!(plan["data_expiry"], "2023-07-05T06:09:04Z");
     let calls = cloud.calls();
     assert_eq!(
@@ -200,6 +220,22 @@ async fn v2_auth_code_signs_every_request_and_reads_the_data_plan() {
         "every request carried a good signature"
     );
     assert_eq!((calls.code_exchanges, calls.logins), (1, 0));
+    // The headers of the app's own v2 requests (seed 000's 2023 capture).
+    let sent: std::collections::HashMap<_, _> = calls.last_status_headers.into_iter().collect();
+    for (name, value) in [
+        ("x-env-type", "production"),
+        ("x-agent-type", "iOS"),
+        ("platform", "CMA"),
+        ("x-device-type", "mobile"),
+        ("x-operator-code", "LYNKCO"),
+        ("x-app-id", "lynkco"),
+        ("x-api-signature-version", "1.0"),
+    ] {
+        assert_eq!(sent.get(name).map(String::as_str), Some(value), "{name}");
+    }
+    assert!(sent["x-client-id"].starts_with("APPLE"), "{sent:?}");
+    assert!(sent["user-agent"].starts_with("GeelyLynkco/"), "{sent:?}");
+    assert!(sent["accept-language"].starts_with("zh-Hans"), "{sent:?}");
     assert!(calls.flowinfo >= 1 && !calls.status_at_ms.is_empty());
     bridge.stop().await;
 }
@@ -371,7 +407,7 @@ async fn a_refused_password_stops_polling_without_a_login_storm() {
             m.topic == bridge.topic("bridge/info")
                 && m.json()["connectors"][0]["error"]
                     .as_str()
-                    .is_some_and(|e| e.contains("wrong username or password"))
+                    .is_some_and(|e| e.contains("wrong credentials (wrong username or password)"))
         })
         .await
         .json();
@@ -426,7 +462,11 @@ async fn commands_are_accepted_then_confirmed_by_the_next_status() {
             false,
         )
         .await;
-    wait_result(&probe, &bridge, "h1", "succeeded").await;
+    let h1 = wait_result(&probe, &bridge, "h1", "succeeded").await;
+    assert!(
+        h1["reason"].as_str().unwrap_or("").contains("acknowledged"),
+        "horn and lights say what their success rests on: {h1}"
+    );
     let sent = cloud.calls().commands;
     assert_eq!(
         (sent[1]["serviceId"].as_str(), sent[1]["command"].as_str()),
@@ -489,5 +529,60 @@ async fn rate_limits_back_off_exponentially_and_bad_answers_cost_one_poll() {
         })
         .await;
     assert_eq!(counters(&probe, &bridge)["name"], "xchanger");
+    bridge.stop().await;
+}
+
+/// The shipped defaults (5 min polls, no active interval, 60 s command timeout): every
+/// command with a state to confirm is confirmed within seconds by the confirmation
+/// schedule; the fake car reports 1.5 s after a command, as a real one did.
+#[tokio::test]
+async fn with_the_shipped_defaults_commands_are_confirmed_in_seconds() {
+    let broker = Mosquitto::start();
+    let cloud = fake(FakeOptions::default()).await;
+    let bridge = start(&broker, &cloud, None, |c| {
+        let defaults = vehicle2mqtt::connectors::xchanger::XchangerConfig::default();
+        c.xchanger.poll_interval = defaults.poll_interval;
+        c.xchanger.poll_interval_active = defaults.poll_interval_active;
+        c.bridge.command_timeout = Config::default().bridge.command_timeout;
+    })
+    .await;
+    let probe = probe(&broker, &bridge).await;
+    wait_state(&probe, &bridge, VIN, |s| s["lock"] == "LOCKED").await;
+    let set = |leaf: &str| bridge.topic(&format!("{VIN}/{leaf}/set"));
+    let mut measured = Vec::new();
+    for (leaf, action, id) in [
+        ("lock", "UNLOCK", "du"),
+        ("lock", "LOCK", "dl"),
+        ("engine", "ON", "de"),
+        ("engine", "OFF", "do"),
+        ("flash_lights", "PRESS", "df"),
+    ] {
+        let sent = std::time::Instant::now();
+        probe
+            .publish(
+                &set(leaf),
+                &format!(r#"{{"action":"{action}","id":"{id}"}}"#),
+                false,
+            )
+            .await;
+        probe
+            .wait_for(&format!("{id} within 10 s"), Duration::from_secs(10), |m| {
+                m.topic == bridge.topic(&format!("{VIN}/command/result"))
+                    && m.json()["id"] == id
+                    && m.json()["status"] == "succeeded"
+            })
+            .await;
+        measured.push(format!(
+            "{leaf} {action}: {:.1} s",
+            sent.elapsed().as_secs_f64()
+        ));
+    }
+    eprintln!(
+        "confirmation times with the defaults: {}",
+        measured.join(", ")
+    );
+    // Confirmation reads, not the 5-minute schedule: a handful of status reads in all.
+    let reads = cloud.calls().status_at_ms.len();
+    assert!(reads <= 20, "{reads} status reads");
     bridge.stop().await;
 }

@@ -17,25 +17,27 @@ fn sample() -> Json {
 
 #[test]
 fn full_seed_sample_maps_every_meaningful_field() {
-    let st = status::parse(&sample(), true).unwrap();
+    let st = status::parse(&sample(), false).unwrap();
     assert_eq!(st.update_time, Some(1_597_062_290_325));
     assert_eq!(st.engine_running, Some(false));
     let s = &st.state;
+    // Both blocks untrusted (the seed's own sample): shown, with a wide accuracy.
     let p = s
         .position
-        .expect("position accepted when untrusted positions are allowed");
+        .expect("an untrusted position is shown, not hidden");
     assert!(
         (p.latitude - 31.238).abs() < 1e-9 && (p.longitude - 121.476).abs() < 1e-9,
         "{p:?}"
     );
+    assert_eq!(p.gps_accuracy, Some(status::UNTRUSTED_ACCURACY_M));
+    assert_eq!(s.attributes["position_trusted"], false);
     let expect: &[(Field, Value)] = &[
         (Field::Altitude, Value::Int(15)),
         (Field::Speed, Value::Int(0)),
         (Field::Driving, Value::Bool(false)),
         (Field::Heading, Value::Int(0)),
         (Field::EngineRunning, Value::Bool(false)),
-        (Field::KeyStatus, Value::Text("NO_KEY_INSERTED".into())),
-        (Field::UsageMode, Value::Text("1".into())),
+        (Field::KeyStatus, Value::Text("no_key_inserted".into())),
         (Field::Range, Value::Int(550)),
         (Field::Odometer, Value::Int(33253)),
         (Field::ServiceDistance, Value::Int(6274)),
@@ -52,7 +54,6 @@ fn full_seed_sample_maps_every_meaningful_field() {
         (Field::TripMeter1, Value::Int(3254)),
         (Field::TripMeter2, Value::Int(12)),
         (Field::EngineRpm, Value::Int(0)),
-        (Field::InteriorTemperature, Value::Int(0)),
         (Field::ExteriorTemperature, Value::Int(29)),
         (Field::PreClimate, Value::Bool(false)),
         (Field::WindowDriver, Value::Bool(false)),
@@ -65,7 +66,14 @@ fn full_seed_sample_maps_every_meaningful_field() {
         (Field::Hood, Value::Bool(false)),
         (Field::SeatbeltDriver, Value::Bool(false)),
         (Field::HandBrake, Value::Bool(true)),
-        (Field::AlarmStatus, Value::Text("6".into())),
+        // Warnings: every status 0 in the seed's healthy car, the airbag not deployed.
+        (Field::AirbagDeployed, Value::Bool(false)),
+        (Field::OilPressureWarning, Value::Bool(false)),
+        (Field::OilLevelWarning, Value::Bool(false)),
+        (Field::CoolantLevelWarning, Value::Bool(false)),
+        (Field::BrakeFluidWarning, Value::Bool(false)),
+        (Field::WasherFluidWarning, Value::Bool(false)),
+        (Field::BulbFailure, Value::Bool(false)),
     ];
     for (field, value) in expect {
         assert_eq!(s.get(*field), Some(value), "{}", field.key());
@@ -80,6 +88,16 @@ fn full_seed_sample_maps_every_meaningful_field() {
         assert!(s.get(ev).is_none(), "{}", ev.key());
     }
     assert_eq!(s.attributes["update_time"], "2020-08-10T12:24:50.325Z");
+    // Sentinels are no values: 0 °C inside at 29 °C outside in August, PM2.5 65535.
+    assert!(s.get(Field::InteriorTemperature).is_none());
+    assert!(!s.attributes.contains_key("interior_pm25"));
+    // Codes whose meaning no public client gives: raw, as attributes, not as states.
+    assert!(
+        s.get(Field::AlarmStatus).is_none(),
+        "vehicleAlarm 6 is unknown"
+    );
+    assert_eq!(s.attributes["alarm_status_raw"], "6");
+    assert_eq!(s.attributes["usage_mode_raw"], "1");
     // Raw codes without a documented scale travel as attributes.
     for (attr, value) in [
         ("fuel_level_status", 6.0),
@@ -96,10 +114,70 @@ fn full_seed_sample_maps_every_meaningful_field() {
         s.get(Field::AuxBatteryLevel).is_none(),
         "chargeLevel 0 is no reading"
     );
-    // By default an untrusted position is not used.
-    assert!(status::parse(&sample(), false)
+    // Hidden only on request.
+    assert!(status::parse(&sample(), true)
         .unwrap()
         .state
         .position
         .is_none());
+}
+
+fn with(f: impl FnOnce(&mut Json)) -> status::Status {
+    let mut doc = sample();
+    f(&mut doc["data"]["vehicleStatus"]);
+    status::parse(&doc, false).unwrap()
+}
+
+#[test]
+fn position_comes_from_position_first_each_block_by_its_own_trust() {
+    // A trusted `position` with an untrusted `extPosition` elsewhere: the trusted one.
+    let s = with(|vs| {
+        let b = &mut vs["basicVehicleStatus"];
+        b["position"]["posCanBeTrusted"] = true.into();
+        b["extPosition"]["latitude"] = (40.0 * 3_600_000.0).into();
+    });
+    let p = s.state.position.unwrap();
+    assert!((p.latitude - 31.238).abs() < 1e-9, "{p:?}");
+    assert_eq!(p.gps_accuracy, None, "trusted: no widened accuracy");
+    assert_eq!(s.state.attributes["position_trusted"], true);
+    // Only the extended block trusted: that one.
+    let s = with(|vs| {
+        let b = &mut vs["basicVehicleStatus"];
+        b["extPosition"]["posCanBeTrusted"] = true.into();
+        b["extPosition"]["latitude"] = (40.0 * 3_600_000.0).into();
+    });
+    assert!((s.state.position.unwrap().latitude - 40.0).abs() < 1e-9);
+    // Neither trusted: `position`, widened.
+    let s = with(|vs| {
+        vs["basicVehicleStatus"]["extPosition"]["latitude"] = (40.0 * 3_600_000.0).into();
+    });
+    let p = s.state.position.unwrap();
+    assert!((p.latitude - 31.238).abs() < 1e-9);
+    assert_eq!(p.gps_accuracy, Some(status::UNTRUSTED_ACCURACY_M));
+}
+
+#[test]
+fn warnings_enums_and_sentinels() {
+    let s = with(|vs| {
+        let a = &mut vs["additionalVehicleStatus"];
+        a["runningStatus"]["engineOilPressureWarning"] = 1.into();
+        a["maintenanceStatus"]["washerFluidLevelStatus"] = "2".into();
+        a["drivingSafetyStatus"]["srsStatus"] = "SRS_DEPLOYED".into();
+        a["drivingSafetyStatus"]["vehicleAlarm"] = "1".into();
+        a["climateStatus"]["interiorTemp"] = 0.into();
+        a["climateStatus"]["exteriorTemp"] = 2.into();
+        a["pollutionStatus"]["interiorPM25"] = 35.into();
+        vs["basicVehicleStatus"]["keyStatus"] = "SOMETHING_NEW".into();
+    })
+    .state;
+    assert_eq!(s.get(Field::OilPressureWarning), Some(&Value::Bool(true)));
+    assert_eq!(s.get(Field::WasherFluidWarning), Some(&Value::Bool(true)));
+    assert_eq!(s.get(Field::AirbagDeployed), Some(&Value::Bool(true)));
+    assert_eq!(s.get(Field::AlarmStatus), Some(&Value::Text("on".into())));
+    assert!(Field::AlarmStatus.options().contains(&"on"));
+    // 0 °C inside at 2 °C outside is plausible, so it stays.
+    assert_eq!(s.get(Field::InteriorTemperature), Some(&Value::Int(0)));
+    assert_eq!(s.attributes["interior_pm25"], 35.0);
+    assert!(s.get(Field::KeyStatus).is_none());
+    assert_eq!(s.attributes["key_status_raw"], "SOMETHING_NEW");
 }

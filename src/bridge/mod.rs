@@ -489,7 +489,7 @@ impl Hub {
             return;
         };
         let signature = (
-            v.state.values.keys().copied().collect::<Vec<_>>(),
+            v.state.fields().collect::<Vec<_>>(),
             v.state.position.is_some(),
         );
         if !force && v.entity_signature.as_ref() == Some(&signature) {

@@ -102,6 +102,9 @@ pub async fn run(
                         Ok(Some(CommandProgress::Succeeded)) => {
                             break (CommandStatus::Succeeded, None)
                         }
+                        Ok(Some(CommandProgress::SucceededBecause(why))) => {
+                            break (CommandStatus::Succeeded, Some(why))
+                        }
                         Ok(Some(CommandProgress::Failed(reason))) => {
                             break (CommandStatus::Failed, Some(reason))
                         }

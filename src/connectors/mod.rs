@@ -65,3 +65,67 @@ pub(crate) async fn read_bounded(
     }
     Ok(Some(raw))
 }
+
+/// Newest value wins across an upstream's services: the time each published field was
+/// measured. A value measured before the one already shown (a history record, an older
+/// trip, a late push) is dropped instead of overwriting it.
+#[derive(Debug, Default)]
+pub struct Freshness {
+    at: std::collections::HashMap<crate::model::Field, i64>,
+    position: Option<i64>,
+}
+
+impl Freshness {
+    /// Removes from `state` every field a newer value already answers and records the rest
+    /// as measured at `at` (unix seconds). Returns how many were dropped.
+    pub fn admit(&mut self, state: &mut crate::model::VehicleState, at: i64) -> usize {
+        let stale: Vec<_> = state
+            .fields()
+            .filter(|f| self.at.get(f).is_some_and(|newer| *newer > at))
+            .collect();
+        for f in &stale {
+            state.values.remove(f);
+            state.cleared.remove(f);
+        }
+        for f in state.fields().collect::<Vec<_>>() {
+            self.at.insert(f, at);
+        }
+        let mut dropped = stale.len();
+        if state.position.is_some() {
+            if self.position.is_some_and(|newer| newer > at) {
+                state.position = None;
+                dropped += 1;
+            } else {
+                self.position = Some(at);
+            }
+        }
+        dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Field, Value, VehicleState};
+
+    #[test]
+    fn an_older_value_never_overwrites_a_newer_one() {
+        let mut f = Freshness::default();
+        let mut live = VehicleState::default();
+        live.set_f64(Field::AuxBatteryVoltage, 12.6);
+        assert_eq!(f.admit(&mut live, 1_000), 0);
+        let mut history = VehicleState::default();
+        history.set_f64(Field::AuxBatteryVoltage, 11.9);
+        history.set_f64(Field::Odometer, 5.0);
+        assert_eq!(f.admit(&mut history, 400), 1, "the hour-old record loses");
+        assert!(history.get(Field::AuxBatteryVoltage).is_none());
+        assert_eq!(history.get(Field::Odometer), Some(&Value::Int(5)));
+        let mut newer = VehicleState::default();
+        newer.set_f64(Field::AuxBatteryVoltage, 12.4);
+        assert_eq!(f.admit(&mut newer, 1_001), 0);
+        assert_eq!(
+            newer.get(Field::AuxBatteryVoltage),
+            Some(&Value::Float(12.4))
+        );
+    }
+}

@@ -182,6 +182,20 @@ impl FakeIauto360 {
         }
     }
 
+    /// `n` trips that ended an hour apart, the last one an hour ago (oldest first).
+    pub fn add_trips(&self, esn: &str, n: usize) {
+        let mut inner = lock(&self.inner);
+        let Some(car) = inner.cars.get_mut(esn) else {
+            return;
+        };
+        let now = chrono::Utc::now().timestamp();
+        for i in 0..n {
+            let id = car.trips.len() as i64 + 1;
+            let end = now - 3600 * (n - i) as i64;
+            car.trips.push(trip(id, end, 10.0 + i as f64));
+        }
+    }
+
     /// A trip that just ended, `km` long; returns its id.
     pub fn add_trip(&self, esn: &str, km: f64) -> i64 {
         let mut inner = lock(&self.inner);
@@ -298,10 +312,15 @@ fn handle(
             }
             ok(d)
         }
+        // Seed 002, 1012: trips whose ignition time lies in [timeFrom, timeTo], 10 per
+        // page, `page` defaults to 1, `totalCount` counts them all. The order is not
+        // given; the oldest come first here, so a client reading page 1 alone misses the
+        // newest trips once there are more than ten.
         1012 => {
             let from = data["timeFrom"].as_i64().unwrap_or(0);
             let to = data["timeTo"].as_i64().unwrap_or(i64::MAX);
-            let records: Vec<Value> = car
+            let page = data["page"].as_i64().unwrap_or(1).max(1) as usize;
+            let matching: Vec<Value> = car
                 .trips
                 .iter()
                 .filter(|t| {
@@ -309,11 +328,15 @@ fn handle(
                         .as_i64()
                         .is_some_and(|s| s >= from && s <= to)
                 })
-                .rev()
+                .cloned()
+                .collect();
+            let records: Vec<Value> = matching
+                .iter()
+                .skip((page - 1) * 10)
                 .take(10)
                 .cloned()
                 .collect();
-            ok(json!({"records": records, "totalCount": records.len(), "page": 1}))
+            ok(json!({"records": records, "totalCount": matching.len(), "page": page}))
         }
         1013 => {
             let coords: Vec<Value> = (0..20)
@@ -321,8 +344,10 @@ fn handle(
                 .collect();
             ok(json!({"coords": coords}))
         }
+        // History: the newest record is an hour old and lower than the live 1011 value,
+        // as measured on a real box (issue #15: 12.6 live, 11.9 in the newest record).
         1016 | 1017 => ok(
-            json!({"records": [{"val": 126, "time": now - 3600}, {"val": 124, "time": now - 10_800}]}),
+            json!({"records": [{"val": 119, "time": now - 3600}, {"val": 124, "time": now - 10_800}]}),
         ),
         1018 => ok(
             json!({"airFlow": 325, "airlPress": 3400, "airTemplate": 3100, "coldTemplate": 8850, "oilPress": 30000,

@@ -1,8 +1,14 @@
 //! A fake xchanger cloud over real HTTP, for the tests and `vehicle2mqtt simulate
-//! xchanger`. It serves the seed's status sample, checks the v2 signature (and refuses
-//! a reused nonce), checks the `authorization` header, expires tokens on demand, rotates
-//! refresh tokens, fails on demand (HTTP status, bad JSON, error codes), and changes the
-//! vehicle's state a moment after a command.
+//! xchanger`. It serves the seed's status sample as it is (both position blocks
+//! untrusted: seed 000), checks the v2 signature (and refuses a reused nonce), checks
+//! the `authorization` header, expires tokens on demand, rotates refresh tokens, fails on
+//! demand (HTTP status, bad JSON, error codes), and changes the vehicle's state a moment
+//! after a command (1.5 s by default: what an unlock took on a real car, issue #15).
+//!
+//! The login answers at the top level with `resultCode` / `resultMessage` and the tokens
+//! (fineemb/Lynk-Co `__init__.py` `_login_lynkco` reads `resultMessage` and `accessToken`
+//! from the answer itself); a refused password is `resultCode` 1501. Every other answer
+//! wraps its payload as `{code, message, data, success}` (seed 000).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -41,6 +47,8 @@ pub struct FakeOptions {
     pub token_ttl_s: i64,
     /// How long after an accepted command the car reports its new state.
     pub command_delay: Duration,
+    /// Serve the status sample's position blocks trusted (the seed has both untrusted).
+    pub trusted_position: bool,
     /// Answer expired tokens with HTTP 401 instead of code 1402.
     pub expired_as_401: bool,
 }
@@ -59,7 +67,8 @@ impl Default for FakeOptions {
                 series: "01".into(),
             }],
             token_ttl_s: 7200,
-            command_delay: Duration::from_millis(300),
+            command_delay: Duration::from_millis(1500),
+            trusted_position: false,
             expired_as_401: false,
         }
     }
@@ -78,6 +87,8 @@ pub struct Calls {
     pub commands: Vec<Value>,
     pub bad_signatures: u32,
     pub unauthorised: u32,
+    /// Headers of the last status request, lower-cased names.
+    pub last_status_headers: Vec<(String, String)>,
 }
 
 /// A failure served instead of the next status answer.
@@ -121,11 +132,12 @@ impl FakeXchanger {
         for v in &opts.vehicles {
             let mut doc = sample.clone();
             doc["data"]["result"]["vin"] = json!(v.vin);
-            // Trusted, so the bridge shows it without `accept_untrusted_position`.
-            doc["data"]["vehicleStatus"]["basicVehicleStatus"]["position"]["posCanBeTrusted"] =
-                json!(true);
-            doc["data"]["vehicleStatus"]["basicVehicleStatus"]["extPosition"]["posCanBeTrusted"] =
-                json!(true);
+            if opts.trusted_position {
+                for block in ["position", "extPosition"] {
+                    doc["data"]["vehicleStatus"]["basicVehicleStatus"][block]["posCanBeTrusted"] =
+                        json!(true);
+                }
+            }
             status.insert(v.vin.clone(), doc);
         }
         let inner = Arc::new(Mutex::new(Inner {
@@ -320,9 +332,11 @@ async fn handle(
             let f = form(&body);
             let want = hex::encode(Md5::digest(inner.opts.password.as_bytes()));
             if f.get("username") == Some(&inner.opts.username) && f.get("password") == Some(&want) {
-                return ok(inner.issue());
+                return Json(inner.issue());
             }
-            return code("1501", "wrong username or password");
+            return Json(
+                json!({"resultCode": "1501", "resultMessage": "wrong username or password"}),
+            );
         }
         ("POST", "/auth/account/token") => {
             inner.calls.code_exchanges += 1;
@@ -414,6 +428,10 @@ async fn handle(
                 .calls
                 .status_at_ms
                 .push(started.elapsed().as_millis() as u64);
+            inner.calls.last_status_headers = headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect();
             if !user_ok(&query, "userId", &inner.opts.user_id)
                 || !query.contains("target=basic%2Cmore")
             {

@@ -20,8 +20,8 @@ pub struct Iauto360Config {
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     /// While the ignition is on or a command waits.
-    #[serde(with = "humantime_serde")]
-    pub poll_interval_active: Duration,
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub poll_interval_active: Option<Duration>,
     /// Binding, tyres, battery history, health check, vehicle info, trips, fuel.
     #[serde(with = "humantime_serde")]
     pub detail_interval: Duration,
@@ -53,7 +53,7 @@ impl Default for Iauto360Config {
             secure_code: Secret::default(),
             devices: Vec::new(),
             poll_interval: Duration::from_secs(5 * 60),
-            poll_interval_active: Duration::from_secs(60),
+            poll_interval_active: None,
             detail_interval: Duration::from_secs(3600),
             plan: None,
             push_listen: None,
@@ -69,6 +69,11 @@ pub fn valid_esn(esn: &str) -> bool {
 }
 
 impl Iauto360Config {
+    /// The interval while a vehicle is active (see `config::active_interval`).
+    pub fn active_interval(&self) -> Duration {
+        crate::config::active_interval(self.poll_interval, self.poll_interval_active)
+    }
+
     /// Checks an enabled section; the error names the key and why.
     pub fn validate(&self) -> Result<(), (String, String)> {
         if !self.enabled {
@@ -123,6 +128,23 @@ impl Iauto360Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_short_poll_interval_alone_is_valid() {
+        let c = Iauto360Config {
+            enabled: true,
+            open_id: "OPEN123".into(),
+            secure_code: Secret::new("s"),
+            devices: vec![Iauto360Device {
+                esn: "865432100012345".into(),
+                name: None,
+            }],
+            poll_interval: Duration::from_secs(5),
+            ..Default::default()
+        };
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.active_interval(), Duration::from_secs(5));
+    }
 
     #[test]
     fn validation_names_the_key() {

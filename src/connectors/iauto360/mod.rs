@@ -28,7 +28,7 @@ use crate::connector::{
     CommandRequest, ConnectionStatus, Connector, ConnectorContext, ConnectorFuture, Update,
     UpdateSink,
 };
-use crate::connectors::{jitter, poll_backoff, OFFLINE_AFTER};
+use crate::connectors::{jitter, poll_backoff, Freshness, OFFLINE_AFTER};
 use crate::model::{
     Capability, Command, CommandProgress, Field, VehicleId, VehicleInfo, VehicleState,
 };
@@ -55,18 +55,37 @@ crate::named_counters! {
 const QUEUE: usize = 16;
 /// Trips looked up per detail round (1012 takes a time range).
 const TRIP_WINDOW_S: i64 = 7 * 24 * 3600;
+/// 1012 pages read per round at most (10 trips each): a week of heavy use.
+const MAX_TRIP_PAGES: usize = 20;
+/// New trips whose track (1013) is fetched per round; older ones are announced without it.
+const MAX_TRACKS_PER_ROUND: usize = 3;
+/// The last trip announced per box, so a restart neither repeats nor loses trips.
+const TRIPS_FILE: &str = "iauto360_trips.json";
 /// Pushed event ids remembered per device, so a re-delivered push counts once.
 const SEEN_EVENTS: usize = 64;
 
 pub struct Iauto360Connector {
     config: Iauto360Config,
+    state_dir: Option<std::path::PathBuf>,
 }
 
 impl Iauto360Connector {
     pub fn new(config: Iauto360Config) -> Iauto360Connector {
-        Iauto360Connector { config }
+        Iauto360Connector {
+            config,
+            state_dir: None,
+        }
+    }
+
+    /// Where the last announced trip of each box persists.
+    pub fn with_state_dir(mut self, dir: std::path::PathBuf) -> Self {
+        self.state_dir = Some(dir);
+        self
     }
 }
+
+/// The last trip announced: `(end, id)`, compared in that order.
+type TripMark = (i64, i64);
 
 /// Vehicle ids on the bridge: `ia<esn>`.
 pub fn vehicle_id(esn: &str) -> Option<VehicleId> {
@@ -83,11 +102,19 @@ impl Connector for Iauto360Connector {
             let cfg = self.config;
             crate::connectors::warn_if_plain_http("iauto360", &cfg.base_url);
             let counters = Arc::new(Counters::default());
+            let trips = self
+                .state_dir
+                .as_ref()
+                .and_then(|d| std::fs::read(d.join(TRIPS_FILE)).ok())
+                .and_then(|raw| serde_json::from_slice(&raw).ok())
+                .unwrap_or_default();
             let shared = Arc::new(Shared {
                 api: Api::new(&cfg)?,
                 cfg: cfg.clone(),
                 updates: ctx.updates.clone(),
                 counters: counters.clone(),
+                state_dir: self.state_dir.clone(),
+                trips: std::sync::Mutex::new(trips),
             });
             let ConnectorContext {
                 mut commands,
@@ -151,6 +178,31 @@ struct Shared {
     api: Api,
     updates: UpdateSink,
     counters: Arc<Counters>,
+    state_dir: Option<std::path::PathBuf>,
+    /// esn → the last trip announced.
+    trips: std::sync::Mutex<HashMap<String, TripMark>>,
+}
+
+impl Shared {
+    fn last_trip(&self, esn: &str) -> Option<TripMark> {
+        self.trips.lock().ok()?.get(esn).copied()
+    }
+
+    fn remember_trip(&self, esn: &str, mark: TripMark) {
+        let Ok(mut trips) = self.trips.lock() else {
+            return;
+        };
+        trips.insert(esn.to_string(), mark);
+        let Some(dir) = &self.state_dir else { return };
+        match serde_json::to_vec(&*trips) {
+            Ok(bytes) => {
+                if let Err(e) = crate::state_dir::write_atomic(dir, TRIPS_FILE, &bytes) {
+                    tracing::warn!(event = "iauto360_trips_not_saved", error = %e, "last trip not saved");
+                }
+            }
+            Err(e) => tracing::warn!(event = "iauto360_trips_not_saved", error = %e),
+        }
+    }
 }
 
 fn info(id: &VehicleId, device: &Iauto360Device) -> VehicleInfo {
@@ -193,8 +245,9 @@ struct Device {
     running: bool,
     pending: Option<Pending>,
     status: ConnectionStatus,
-    last_trip: Option<i64>,
     seen: VecDeque<i64>,
+    /// When each published value was measured: the newest wins.
+    fresh: Freshness,
 }
 
 async fn device_loop(
@@ -213,8 +266,8 @@ async fn device_loop(
         running: false,
         pending: None,
         status: ConnectionStatus::default(),
-        last_trip: None,
         seen: VecDeque::new(),
+        fresh: Freshness::default(),
     };
     // Spread a fleet's first polls (50 ms per box, at most half an interval) instead of
     // calling for every box at once; a single box starts at once.
@@ -242,8 +295,8 @@ async fn device_loop(
                 }
                 let cfg = &d.shared.cfg;
                 let wait = match &result {
-                    Err(e) if e.is_transient() => poll_backoff(cfg.poll_interval_active, d.failures),
-                    _ if d.running || d.pending.is_some() => cfg.poll_interval_active,
+                    Err(e) if e.is_transient() => poll_backoff(cfg.active_interval(), d.failures),
+                    _ if d.running || d.pending.is_some() => cfg.active_interval(),
                     _ => cfg.poll_interval,
                 };
                 if now >= next_poll {
@@ -282,8 +335,14 @@ impl Device {
         result
     }
 
-    async fn merge(&self, state: VehicleState) {
-        if !state.values.is_empty() || !state.attributes.is_empty() || state.position.is_some() {
+    /// Publishes what is newer than what is shown (`measured_at`: unix seconds).
+    async fn merge(&mut self, mut state: VehicleState, measured_at: i64) {
+        self.fresh.admit(&mut state, measured_at);
+        if !state.values.is_empty()
+            || !state.cleared.is_empty()
+            || !state.attributes.is_empty()
+            || state.position.is_some()
+        {
             self.shared
                 .updates
                 .merge_state(self.id.clone(), state)
@@ -302,10 +361,12 @@ impl Device {
                 if let Some(r) = running {
                     self.running = r;
                 }
+                let updates = updates.clone();
                 updates.availability(self.id.clone(), true).await;
-                self.merge(state).await;
+                // 1011 has no time of its own: it is the car as of now.
+                self.merge(state, chrono::Utc::now().timestamp()).await;
                 self.status
-                    .set(updates, &self.id, ConnectionStatus::OK)
+                    .set(&updates, &self.id, ConnectionStatus::OK)
                     .await;
                 Ok(())
             }
@@ -335,43 +396,77 @@ impl Device {
     /// The slower services, each on its own: one failing costs only its own sensors.
     async fn details(&mut self) {
         type Mapping = fn(&Value) -> VehicleState;
-        let table: [(u16, Mapping); 6] = [
+        let table: [(u16, Mapping); 5] = [
             (1001, services::binding),
             (1019, services::tyres),
-            (1017, services::battery_history),
             (1018, services::health),
             (1021, services::vehicle_info),
             (3004, services::fuel_yesterday),
         ];
         for (service, map) in table {
             if let Ok(d) = self.call(service, json!({})).await {
-                self.merge(map(&d)).await;
+                self.merge(map(&d), chrono::Utc::now().timestamp()).await;
             }
         }
+        // 1017 is history: its newest record counts as of its own time, so a value an
+        // hour old never replaces the live 1011 voltage.
+        if let Ok(d) = self.call(1017, json!({})).await {
+            let (state, at) = services::battery_history(&d);
+            self.merge(state, at.unwrap_or(0)).await;
+        }
+        self.trips().await;
+    }
+
+    /// Every trip of the last week, page by page (10 per page); trips newer than the last
+    /// one announced become events, oldest first; the newest sets the last-trip sensors.
+    async fn trips(&mut self) {
         let now = chrono::Utc::now().timestamp();
-        let trips = self
-            .call(
-                1012,
-                json!({"timeFrom": now - TRIP_WINDOW_S, "timeTo": now, "page": 1}),
-            )
-            .await;
-        if let Some(trip) = trips.ok().as_ref().and_then(services::latest_trip) {
-            // The first trip seen after start only sets the sensors; later ones are news.
-            let new = self.last_trip.is_some_and(|last| trip.id != last);
-            if self.last_trip != Some(trip.id) {
-                let track = if new {
-                    self.call(1013, json!({"recordId": trip.id})).await.ok()
-                } else {
-                    None
-                };
-                let (state, event) = services::trip(&trip, track.as_ref());
-                self.merge(state).await;
-                if new {
-                    self.shared.updates.event(self.id.clone(), event).await;
-                }
-                self.last_trip = Some(trip.id);
+        let mut all = Vec::new();
+        for page in 1..=MAX_TRIP_PAGES {
+            let window = json!({"timeFrom": now - TRIP_WINDOW_S, "timeTo": now, "page": page});
+            let Ok(d) = self.call(1012, window).await else {
+                // A gap would announce trips out of order: try the whole list next round.
+                return;
+            };
+            let got = services::trips(&d);
+            let count = got.len();
+            all.extend(got);
+            let total = services::trip_count(&d);
+            if count < services::TRIPS_PER_PAGE
+                || total.is_some_and(|t| page * services::TRIPS_PER_PAGE >= t)
+            {
+                break;
             }
         }
+        all.sort_by_key(|t| (t.end, t.id));
+        all.dedup_by_key(|t| t.id);
+        let Some(newest) = all.last().cloned() else {
+            return;
+        };
+        let mark = |t: &services::Trip| (t.end, t.id);
+        let last = self.shared.last_trip(&self.esn);
+        if last.is_some_and(|l| l >= mark(&newest)) {
+            return;
+        }
+        // Never announced anything for this box: the newest trip only sets the sensors
+        // (announcing a week of history at first start would be noise).
+        let fresh: Vec<services::Trip> = match last {
+            None => Vec::new(),
+            Some(l) => all.into_iter().filter(|t| mark(t) > l).collect(),
+        };
+        let with_track = fresh.len().saturating_sub(MAX_TRACKS_PER_ROUND);
+        for (i, trip) in fresh.iter().enumerate() {
+            let track = if i >= with_track {
+                self.call(1013, json!({"recordId": trip.id})).await.ok()
+            } else {
+                None
+            };
+            let (_, event) = services::trip(trip, track.as_ref());
+            self.shared.updates.event(self.id.clone(), event).await;
+        }
+        let (state, _) = services::trip(&newest, None);
+        self.merge(state, newest.end).await;
+        self.shared.remember_trip(&self.esn, mark(&newest));
     }
 
     async fn command(&mut self, req: CommandRequest) {
@@ -455,7 +550,7 @@ impl Device {
         // An event from long ago (a late or replayed push) is news, but not the state now.
         let now = chrono::Utc::now().timestamp();
         if ev.time.is_none_or(|t| now - t <= STALE_EVENT_S) {
-            self.merge(ev.state).await;
+            self.merge(ev.state, ev.time.unwrap_or(now)).await;
         }
         self.shared.updates.event(self.id.clone(), ev.event).await;
         if let Some(outcome) = ev.lock {

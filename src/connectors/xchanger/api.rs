@@ -70,11 +70,38 @@ pub enum Body {
     Form(Vec<(String, String)>),
 }
 
+/// Which of the cloud's hosts a call goes to (see `XchangerConfig::auth_base_url`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    /// Login, tokens, the vehicle list, the data plan.
+    Auth,
+    /// Status and commands.
+    Data,
+}
+
+/// Headers of the app's own v2 requests as seed 000's 2023 capture shows them (besides
+/// the signature headers and `Accept`). X-VEHICLE-SERIES is per car and left out.
+const CAPTURED_HEADERS: [(&str, &str); 6] = [
+    ("X-ENV-TYPE", "production"),
+    ("X-AGENT-TYPE", "iOS"),
+    ("PLATFORM", "CMA"),
+    ("X-DEVICE-TYPE", "mobile"),
+    ("Accept-Language", "zh-Hans-US;q=1, en-US;q=0.9"),
+    (
+        "User-Agent",
+        "GeelyLynkco/3.0.4 (iPhone; iOS 16.1.1; Scale/3.00)",
+    ),
+];
+
 pub struct Api {
     http: reqwest::Client,
     /// Requests in flight at once: bounds the connections to the upstream.
     permits: tokio::sync::Semaphore,
     base: String,
+    auth_base: String,
+    /// X-CLIENT-ID: the capture's is "APPLE" and a redacted device id; ours is stable per
+    /// account and reveals nothing (a hash of the account).
+    client_id: String,
     version: ApiVersion,
     app_key: Secret,
 }
@@ -86,6 +113,8 @@ impl Api {
             http,
             permits: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             base: cfg.base_url(),
+            auth_base: cfg.auth_base_url(),
+            client_id: client_id(&cfg.account()),
             version: cfg.api,
             app_key: cfg.app_key.clone(),
         })
@@ -98,6 +127,7 @@ impl Api {
     /// Sends one request and returns the answer's JSON when it means success.
     pub async fn call(
         &self,
+        host: Host,
         method: Method,
         path: &str,
         query: &[(&str, &str)],
@@ -119,17 +149,28 @@ impl Api {
                 )
             }
         };
+        let base = match host {
+            Host::Auth => &self.auth_base,
+            Host::Data => &self.base,
+        };
         let url = if query.is_empty() {
-            format!("{}{path}", self.base)
+            format!("{base}{path}")
         } else {
-            format!("{}{path}?{query}", self.base)
+            format!("{base}{path}?{query}")
         };
         let mut req = self
             .http
             .request(method.clone(), &url)
             .header("x-operator-code", "LYNKCO")
-            .header("X-APP-ID", "lynkco")
-            .header("X-DEVICE-TYPE", "mobile");
+            .header("X-APP-ID", "lynkco");
+        if self.version == ApiVersion::V2 {
+            for (name, value) in CAPTURED_HEADERS {
+                req = req.header(name, value);
+            }
+            req = req.header("X-CLIENT-ID", &self.client_id);
+        } else {
+            req = req.header("X-DEVICE-TYPE", "mobile");
+        }
         if let Some(ct) = content_type {
             req = req.header("Content-Type", ct);
         }
@@ -190,6 +231,13 @@ fn transport(e: reqwest::Error) -> ApiError {
     }
 }
 
+/// "APPLE" and 12 hex digits of the account's MD5: stable, and says nothing of it.
+fn client_id(account: &str) -> String {
+    use md5::{Digest, Md5};
+    let digest = hex::encode_upper(Md5::digest(account.as_bytes()));
+    format!("APPLE{}", &digest[..12])
+}
+
 /// A fresh nonce per request, shaped like the app's (an upper-case UUID).
 fn nonce() -> String {
     let b: [u8; 16] = rand::random();
@@ -227,7 +275,9 @@ pub fn classify(status: u16, retry_after: Option<Duration>, raw: &[u8]) -> Resul
     if !doc.is_object() {
         return Err(ApiError::BadAnswer("not a JSON object".into()));
     }
-    let code = match doc.get("code") {
+    // Data answers carry `code`; the login answers `resultCode` / `resultMessage`
+    // (fineemb/Lynk-Co `__init__.py` `_login_lynkco` checks `resultMessage == 'Success'`).
+    let code = match doc.get("code").or_else(|| doc.get("resultCode")) {
         Some(Value::String(s)) => Some(s.trim().to_string()),
         Some(Value::Number(n)) => Some(n.to_string()),
         _ => None,
@@ -236,7 +286,7 @@ pub fn classify(status: u16, retry_after: Option<Duration>, raw: &[u8]) -> Resul
     match code.as_deref() {
         Some("1000") | Some("0") | Some("200") => Ok(doc),
         Some("1402") => Err(ApiError::TokenExpired),
-        Some("1501") => Err(ApiError::Refused(message(&doc, "1501"))),
+        Some("1501") => Err(ApiError::Refused(wrong_credentials(&doc))),
         Some(code) => Err(ApiError::Code {
             code: code.to_string(),
             text: message(&doc, code),
@@ -249,10 +299,33 @@ pub fn classify(status: u16, retry_after: Option<Duration>, raw: &[u8]) -> Resul
     }
 }
 
+/// 1501: the account's credentials (or its main token) no longer work, said plainly,
+/// with the cloud's own words when it gives some.
+fn wrong_credentials(doc: &Value) -> String {
+    let said = doc
+        .get("message")
+        .or_else(|| doc.get("resultMessage"))
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|m| !m.is_empty());
+    match said {
+        Some(m) => format!(
+            "wrong credentials ({})",
+            m.chars().take(120).collect::<String>()
+        ),
+        None => "wrong credentials".into(),
+    }
+}
+
 /// Our text for the code and the cloud's own message, when it gives one.
 fn message(doc: &Value, code: &str) -> String {
     let known = code_text(code);
-    match doc.get("message").and_then(Value::as_str).map(str::trim) {
+    let text = doc
+        .get("message")
+        .or_else(|| doc.get("resultMessage"))
+        .and_then(Value::as_str)
+        .map(str::trim);
+    match text {
         Some(m) if !m.is_empty() && known == "unknown error" => m.chars().take(120).collect(),
         Some(m) if !m.is_empty() => {
             format!("{known} ({})", m.chars().take(120).collect::<String>())
@@ -300,6 +373,23 @@ mod tests {
             classify(200, None, br#"{"code":"1501","message":"x"}"#),
             Err(ApiError::Refused(_))
         ));
+        // The login's own shape (fineemb/Lynk-Co `_login_lynkco`): resultCode/resultMessage.
+        assert_eq!(
+            classify(
+                200,
+                None,
+                br#"{"resultCode":"1501","resultMessage":"wrong username or password"}"#
+            ),
+            Err(ApiError::Refused(
+                "wrong credentials (wrong username or password)".into()
+            ))
+        );
+        assert!(classify(
+            200,
+            None,
+            br#"{"resultCode":"0","resultMessage":"Success","accessToken":"a"}"#
+        )
+        .is_ok());
         assert_eq!(
             classify(200, None, br#"{"code":"8160","success":false}"#),
             Err(ApiError::Code {

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::api::{data, Api, ApiError, Body};
+use super::api::{data, Api, ApiError, Body, Host};
 use super::config::{Credentials, XchangerConfig};
 use super::Counters;
 
@@ -160,6 +160,7 @@ impl Auth {
         self.counters.refreshes.fetch_add(1, Ordering::Relaxed);
         let answer = api
             .call(
+                Host::Auth,
                 Method::PUT,
                 "/auth/account/token",
                 &[],
@@ -233,6 +234,7 @@ impl Auth {
         let password = hex::encode(Md5::digest(self.cfg.password.expose().as_bytes()));
         let doc = api
             .call(
+                Host::Auth,
                 Method::POST,
                 "/api/v1/user/login",
                 &[],
@@ -250,6 +252,7 @@ impl Auth {
         self.counters.logins.fetch_add(1, Ordering::Relaxed);
         let doc = api
             .call(
+                Host::Auth,
                 Method::POST,
                 "/auth/account/token",
                 &[("identity_type", "lid")],

@@ -15,13 +15,25 @@ pub enum ApiVersion {
     V2,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataUnit {
+    Kib,
+    Bytes,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct XchangerConfig {
     pub enabled: bool,
     pub api: ApiVersion,
-    /// Empty = the cloud's address for `api`.
+    /// Status and commands. Empty = the cloud's address for `api`.
     pub base_url: String,
+    /// Login, token refresh, the vehicle list and the data plan. Empty =
+    /// `https://api.xchanger.cn` for both APIs: the only public clients that log in
+    /// (fineemb/Lynk-Co `__init__.py`: `_login_lynkco`, `_get_vehicles`) do it there, and
+    /// none shows a v2 login, so v2 keeps v1's authentication and signs its data calls.
+    pub auth_base_url: String,
     /// Log in with the app account...
     pub username: String,
     pub password: Secret,
@@ -39,16 +51,20 @@ pub struct XchangerConfig {
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     /// While the engine runs or a command waits for its confirmation.
-    #[serde(with = "humantime_serde")]
-    pub poll_interval_active: Duration,
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub poll_interval_active: Option<Duration>,
     /// How long the car stays unlocked when no door is opened (RDU `time.window`).
     pub unlock_window_min: u32,
     /// SIM card of the car: data-plan sensors on the first vehicle.
     pub iccid: String,
     #[serde(with = "humantime_serde")]
     pub data_plan_interval: Duration,
-    /// Use positions the car marks as not trustworthy (`posCanBeTrusted: false`).
-    pub accept_untrusted_position: bool,
+    /// Leave out positions the car marks as not trustworthy (`posCanBeTrusted: false`)
+    /// instead of showing them with a wide accuracy circle.
+    pub hide_untrusted_position: bool,
+    /// Unit of `flowinfo`'s `sum`/`left`/`used`: "kib" (default; 3 145 728 is then a
+    /// plausible 3 GiB plan, as bytes it would be 3 MiB) or "bytes".
+    pub data_plan_unit: DataUnit,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
 }
@@ -59,6 +75,7 @@ impl Default for XchangerConfig {
             enabled: false,
             api: ApiVersion::V2,
             base_url: String::new(),
+            auth_base_url: String::new(),
             username: String::new(),
             password: Secret::default(),
             auth_code: Secret::default(),
@@ -69,11 +86,12 @@ impl Default for XchangerConfig {
             app_key: Secret::default(),
             vins: Vec::new(),
             poll_interval: Duration::from_secs(5 * 60),
-            poll_interval_active: Duration::from_secs(60),
+            poll_interval_active: None,
             unlock_window_min: 1,
             iccid: String::new(),
             data_plan_interval: Duration::from_secs(6 * 3600),
-            accept_untrusted_position: false,
+            hide_untrusted_position: false,
+            data_plan_unit: DataUnit::Kib,
             request_timeout: Duration::from_secs(20),
         }
     }
@@ -88,6 +106,11 @@ pub enum Credentials {
 }
 
 impl XchangerConfig {
+    /// The interval while a vehicle is active (see `config::active_interval`).
+    pub fn active_interval(&self) -> Duration {
+        crate::config::active_interval(self.poll_interval, self.poll_interval_active)
+    }
+
     pub fn base_url(&self) -> String {
         let url = if self.base_url.trim().is_empty() {
             match self.api {
@@ -96,6 +119,14 @@ impl XchangerConfig {
             }
         } else {
             self.base_url.trim()
+        };
+        url.trim_end_matches('/').to_string()
+    }
+
+    pub fn auth_base_url(&self) -> String {
+        let url = match self.auth_base_url.trim() {
+            "" => "https://api.xchanger.cn",
+            url => url,
         };
         url.trim_end_matches('/').to_string()
     }
@@ -141,6 +172,13 @@ impl XchangerConfig {
             self.poll_interval_active,
             self.request_timeout,
         )?;
+        check_polling(
+            &self.auth_base_url(),
+            self.poll_interval,
+            None,
+            self.request_timeout,
+        )
+        .map_err(|(k, r)| (k.replace("base_url", "auth_base_url"), r))?;
         if (self.username.is_empty()) != (self.password.is_empty()) {
             return err("password", "username and password go together");
         }
@@ -244,5 +282,38 @@ mod tests {
         };
         assert_eq!(v1.validate(), Ok(()));
         assert_eq!(v1.base_url(), "https://api.xchanger.cn");
+        assert_eq!(enabled().auth_base_url(), "https://api.xchanger.cn");
+    }
+
+    #[test]
+    fn any_single_interval_composes_with_the_defaults() {
+        // Only poll_interval set, shorter than the 1 min active default: valid, and the
+        // active interval follows it.
+        let fast = XchangerConfig {
+            poll_interval: Duration::from_secs(5),
+            ..enabled()
+        };
+        assert_eq!(fast.validate(), Ok(()));
+        assert_eq!(fast.active_interval(), Duration::from_secs(5));
+        assert_eq!(enabled().active_interval(), Duration::from_secs(60));
+        // An explicit active interval longer than poll_interval: the error names both.
+        let (key, reason) = XchangerConfig {
+            poll_interval: Duration::from_secs(5),
+            poll_interval_active: Some(Duration::from_secs(60)),
+            ..enabled()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(key, "poll_interval_active");
+        assert!(
+            reason.contains("poll_interval (5s)") && reason.contains("1m"),
+            "{reason}"
+        );
+        // Only poll_interval_active set: valid whenever it is not longer than the default.
+        let active_only = XchangerConfig {
+            poll_interval_active: Some(Duration::from_secs(3)),
+            ..enabled()
+        };
+        assert_eq!(active_only.validate(), Ok(()));
     }
 }

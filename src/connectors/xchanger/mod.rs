@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use api::{classify, ApiError};
 pub use auth::REFUSED_BACKOFF;
-pub use config::{ApiVersion, XchangerConfig};
+pub use config::{ApiVersion, DataUnit, XchangerConfig};
 
-use api::{data, segment, Api, Body};
+use api::{data, segment, Api, Body, Host};
 use auth::{Auth, Tokens};
 
 use crate::connector::{
@@ -53,6 +53,19 @@ crate::named_counters! {
 
 /// Commands queued per vehicle (the bridge already sends one at a time).
 const VEHICLE_QUEUE: usize = 4;
+
+/// When to re-read after the cloud accepted a command, whatever the polling intervals:
+/// a car reports within seconds (an unlock showed at +1.5 s), so confirmation starts
+/// soon and backs off; the last step repeats until the bridge's `command_timeout`. About
+/// seven reads a minute for one car, and the account-wide hold still applies.
+pub const CONFIRM_AFTER: [std::time::Duration; 6] = [
+    std::time::Duration::from_secs(2),
+    std::time::Duration::from_secs(3),
+    std::time::Duration::from_secs(5),
+    std::time::Duration::from_secs(8),
+    std::time::Duration::from_secs(13),
+    std::time::Duration::from_secs(15),
+];
 
 pub struct XchangerConnector {
     config: XchangerConfig,
@@ -106,6 +119,7 @@ struct Shared {
 }
 
 struct Request {
+    host: Host,
     method: Method,
     path: String,
     query: Vec<(&'static str, String)>,
@@ -145,6 +159,7 @@ impl Shared {
         let query: Vec<(&str, &str)> = req.query.iter().map(|(k, v)| (*k, v.as_str())).collect();
         self.api
             .call(
+                req.host,
                 req.method.clone(),
                 &req.path,
                 &query,
@@ -162,7 +177,7 @@ impl Shared {
                     self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
                 }
                 hold.failures = hold.failures.saturating_add(1);
-                let mut delay = poll_backoff(self.cfg.poll_interval_active, hold.failures);
+                let mut delay = poll_backoff(self.cfg.active_interval(), hold.failures);
                 if let ApiError::RateLimited {
                     retry_after: Some(at_least),
                 } = e
@@ -231,7 +246,7 @@ async fn run(
                 match e {
                     ApiError::Refused(_) => REFUSED_BACKOFF,
                     _ => shared.held_until().map_or_else(
-                        || jitter(poll_backoff(shared.cfg.poll_interval_active, attempt + 1)),
+                        || jitter(poll_backoff(shared.cfg.active_interval(), attempt + 1)),
                         |u| u - Instant::now(),
                     ),
                 }
@@ -285,6 +300,7 @@ async fn run(
 async fn discover(shared: &Shared) -> Result<Vec<Listed>, ApiError> {
     let answer = shared
         .call(|t| Request {
+            host: Host::Auth,
             method: Method::GET,
             path: "/device_platform/user/vehicle".into(),
             query: vec![("id", t.user_id.clone())],
@@ -412,8 +428,19 @@ struct Car {
     last_update: Option<i64>,
     engine_running: bool,
     pending: Option<Pending>,
+    /// Reads made to confirm `pending` (indexes `CONFIRM_AFTER`).
+    confirm_reads: usize,
     failures: u32,
     status: ConnectionStatus,
+}
+
+impl Car {
+    /// When the next confirmation read is due.
+    fn confirm_delay(&mut self) -> std::time::Duration {
+        let d = CONFIRM_AFTER[self.confirm_reads.min(CONFIRM_AFTER.len() - 1)];
+        self.confirm_reads += 1;
+        d
+    }
 }
 
 async fn vehicle_loop(
@@ -431,6 +458,7 @@ async fn vehicle_loop(
         last_update: None,
         engine_running: false,
         pending: None,
+        confirm_reads: 0,
         failures: 0,
         status: ConnectionStatus::default(),
     };
@@ -446,7 +474,8 @@ async fn vehicle_loop(
             _ = shutdown.cancelled() => return,
             Some(req) = commands.recv() => {
                 if car.command(req).await {
-                    next_poll = Instant::now() + car.shared.cfg.poll_interval_active;
+                    car.confirm_reads = 0;
+                    next_poll = Instant::now() + car.confirm_delay();
                 }
             }
             _ = tokio::time::sleep_until(due) => {
@@ -456,9 +485,12 @@ async fn vehicle_loop(
                     next_plan = Instant::now() + cfg.data_plan_interval;
                     data_plan(&car.shared, &car.id).await;
                 }
-                let active = car.engine_running || car.pending.is_some();
-                let interval = if active { cfg.poll_interval_active } else { cfg.poll_interval };
-                next_poll = Instant::now() + jitter(interval);
+                next_poll = if car.pending.is_some() {
+                    Instant::now() + car.confirm_delay()
+                } else {
+                    let interval = if car.engine_running { cfg.active_interval() } else { cfg.poll_interval };
+                    Instant::now() + jitter(interval)
+                };
             }
         }
     }
@@ -539,6 +571,7 @@ impl Car {
 async fn poll(shared: &Shared, vin: &str) -> Result<status::Status, ApiError> {
     let doc = shared
         .call(|t| Request {
+            host: Host::Data,
             method: Method::GET,
             path: shared.path(
                 "/geelyTCAccess/tcservices/vehicle/status",
@@ -553,7 +586,7 @@ async fn poll(shared: &Shared, vin: &str) -> Result<status::Status, ApiError> {
             body: Body::None,
         })
         .await?;
-    status::parse(&doc, shared.cfg.accept_untrusted_position)
+    status::parse(&doc, shared.cfg.hide_untrusted_position)
         .map_err(|e| ApiError::BadAnswer(e.to_string()))
 }
 
@@ -564,7 +597,8 @@ struct Telematics {
     /// `start`, or `stop` for RES.
     command: &'static str,
     params: Vec<(&'static str, String)>,
-    /// `None`: nothing in the status shows it (horn, lights); `updateTime` alone confirms.
+    /// `None`: nothing in the status shows it (horn, lights): the cloud's acknowledgement
+    /// is all there is, and the result says so.
     expect: Option<(Field, crate::model::Value)>,
 }
 
@@ -642,6 +676,7 @@ async fn execute(
         .fetch_add(1, Ordering::Relaxed);
     let result = shared
         .call(|t| Request {
+            host: Host::Data,
             method: Method::PUT,
             path: shared.path(
                 "/geelyTCAccess/tcservices/vehicle/telematics",
@@ -659,6 +694,16 @@ async fn execute(
         })
         .await;
     match result {
+        Ok(_) if expect.is_none() => {
+            tracing::info!(event = "xchanger_command_accepted", vehicle = %req.vehicle, command = %req.command.name(), service, "command accepted by the cloud");
+            let _ = req
+                .progress
+                .send(CommandProgress::SucceededBecause(
+                    "the cloud acknowledged it; horn and lights leave nothing in the car's status to confirm".into(),
+                ))
+                .await;
+            None
+        }
         Ok(_) => {
             tracing::info!(event = "xchanger_command_accepted", vehicle = %req.vehicle, command = %req.command.name(), service, "command accepted by the cloud");
             let _ = req.progress.send(CommandProgress::Accepted).await;
@@ -683,15 +728,20 @@ async fn execute(
     }
 }
 
-/// `flowinfo`: bytes → MiB, the basic package's end as the plan's expiry.
-pub fn data_plan_state(doc: &Value) -> VehicleState {
+/// `flowinfo`: KiB (or bytes, as configured) → MiB, the basic package's end as the
+/// plan's expiry.
+pub fn data_plan_state(doc: &Value, unit: DataUnit) -> VehicleState {
     let d = if doc.get("sum").is_some() {
         doc
     } else {
         data(doc)
     };
     let mut st = VehicleState::default();
-    let mib = |k: &str| d.get(k).and_then(Value::as_f64).map(|b| b / 1_048_576.0);
+    let per_mib = match unit {
+        DataUnit::Kib => 1024.0,
+        DataUnit::Bytes => 1_048_576.0,
+    };
+    let mib = |k: &str| crate::protocol::json::number(d.get(k)).map(|v| v / per_mib);
     for (key, field) in [
         ("used", Field::DataUsed),
         ("left", Field::DataLeft),
@@ -719,6 +769,7 @@ async fn data_plan(shared: &Shared, id: &VehicleId) {
     let iccid = shared.cfg.iccid.clone();
     let result = shared
         .call(|_| Request {
+            host: Host::Auth,
             method: Method::GET,
             path: "/api/v1/flowinfo".into(),
             query: vec![("type", "iccid".into()), ("iccid", iccid.clone())],
@@ -727,7 +778,7 @@ async fn data_plan(shared: &Shared, id: &VehicleId) {
         .await;
     match result {
         Ok(doc) => {
-            let st = data_plan_state(&doc);
+            let st = data_plan_state(&doc, shared.cfg.data_plan_unit);
             if st.values.is_empty() {
                 shared.counters.bad_answers.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -770,11 +821,20 @@ mod tests {
     fn data_plan_from_the_seed_sample() {
         let doc = json!({"sum": 3145728, "left": 3074339, "used": 71389,
             "basic_package": {"limit_time": 1688537344000i64}});
-        let st = data_plan_state(&doc);
-        assert_eq!(st.get(Field::DataTotal), Some(&crate::model::Value::Int(3)));
+        // KiB: 3 145 728 KiB is a 3 GiB plan (PROTOCOLS.md §5).
+        let st = data_plan_state(&doc, DataUnit::Kib);
+        assert_eq!(
+            st.get(Field::DataTotal),
+            Some(&crate::model::Value::Int(3072))
+        );
         assert_eq!(
             st.get(Field::DataUsed),
-            Some(&crate::model::Value::Float(0.068))
+            Some(&crate::model::Value::Float(69.716))
+        );
+        let bytes = data_plan_state(&doc, DataUnit::Bytes);
+        assert_eq!(
+            bytes.get(Field::DataTotal),
+            Some(&crate::model::Value::Int(3))
         );
         assert_eq!(
             st.get(Field::DataExpiry),

@@ -5,11 +5,14 @@
 //! DECISIONs where the seed is silent:
 //! - 1011 `voltage` and 1017 `val / 10` are the 12 V battery; `driveStatus 1` (ignition
 //!   on) is "engine running";
-//! - 1021 `insuranceDate` is the purchase date: the policy runs out a year later;
-//!   `carReviewDate` is the inspection due date as given;
+//! - 1021 `insuranceDate` says nothing of when the policy ends (it is the purchase
+//!   date): an attribute, never `insurance_expiry`; `carReviewDate` is the inspection due
+//!   date as given;
+//! - 1011 carries no time of its own: its values count as measured when they were read;
+//!   1017 records carry theirs, and an older one never overrides a newer value;
 //! - 3004 fuel used yesterday = `avgOilConsume / 100` L/100 km × `mileage` km / 100.
 
-use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat};
+use chrono::{DateTime, NaiveDate, SecondsFormat};
 use serde_json::{json, Map, Value};
 
 use super::Tyre;
@@ -65,8 +68,13 @@ pub fn condition(d: &Value) -> (VehicleState, Option<bool>) {
             st.set_f64(Field::CoolantTemperature, v);
         }
     } else if running == Some(false) {
+        // With the ignition off the car is not moving and the engine not turning; the
+        // coolant's last driving value no longer holds (seed 002: speed, enginRate and
+        // coldTemplate "only have a value when driveStatus is 1").
         st.set(Field::Driving, false);
         st.set_f64(Field::Speed, 0.0);
+        st.set_f64(Field::EngineRpm, 0.0);
+        st.clear(Field::CoolantTemperature);
     }
     if let Some(v) = text(d.get("vin")) {
         st.set(Field::Vin, v);
@@ -171,8 +179,8 @@ pub fn tyres(d: &Value) -> VehicleState {
     st
 }
 
-/// 1017 battery voltage history (newest first, 1/10 V): the latest value and its time.
-pub fn battery_history(d: &Value) -> VehicleState {
+/// 1017 battery voltage history (1/10 V): the newest record's value, and its time (unix s).
+pub fn battery_history(d: &Value) -> (VehicleState, Option<i64>) {
     let mut st = VehicleState::default();
     let latest = d.get("records").and_then(Value::as_array).and_then(|r| {
         r.iter()
@@ -186,7 +194,7 @@ pub fn battery_history(d: &Value) -> VehicleState {
                 .insert("aux_battery_voltage_time".into(), t.into());
         }
     }
-    st
+    (st, latest.map(|(t, _)| t as i64))
 }
 
 /// 1018 health check: values ÷ 100 as attributes, the check's fault codes.
@@ -244,12 +252,10 @@ pub fn vehicle_info(d: &Value) -> VehicleState {
         st.set(Field::Vin, v);
     }
     if let Some(bought) = date(d.get("insuranceDate")) {
-        let expiry = bought
-            .with_year(bought.year() + 1)
-            .or_else(|| bought.checked_add_days(chrono::Days::new(365)));
-        if let Some(e) = expiry {
-            st.set(Field::InsuranceExpiry, e.format("%Y-%m-%d").to_string());
-        }
+        st.attributes.insert(
+            "insurance_date".into(),
+            bought.format("%Y-%m-%d").to_string().into(),
+        );
     }
     if let Some(due) = date(d.get("carReviewDate")) {
         st.set(Field::InspectionDue, due.format("%Y-%m-%d").to_string());
@@ -276,10 +282,12 @@ pub struct Trip {
     pub record: Value,
 }
 
-/// 1012: the trip that ended last.
-pub fn latest_trip(d: &Value) -> Option<Trip> {
-    d.get("records")?
-        .as_array()?
+/// 1012: one page's trips (at most 10 per page, seed 002), in no particular order.
+pub fn trips(d: &Value) -> Vec<Trip> {
+    let Some(records) = d.get("records").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    records
         .iter()
         .filter_map(|r| {
             Some(Trip {
@@ -290,8 +298,21 @@ pub fn latest_trip(d: &Value) -> Option<Trip> {
             })
         })
         .filter(|t| t.end >= t.start)
-        .max_by_key(|t| (t.end, t.id))
+        .collect()
 }
+
+/// 1012's `totalCount`: how many trips the time range holds.
+pub fn trip_count(d: &Value) -> Option<usize> {
+    num(d.get("totalCount")).map(|n| n.max(0.0) as usize)
+}
+
+/// 1012: the trip that ended last.
+pub fn latest_trip(d: &Value) -> Option<Trip> {
+    trips(d).into_iter().max_by_key(|t| (t.end, t.id))
+}
+
+/// Trips per 1012 page (seed 002: "每页数据为10条").
+pub const TRIPS_PER_PAGE: usize = 10;
 
 /// Most track points carried by one trip event.
 pub const MAX_TRACK_POINTS: usize = 500;
@@ -550,7 +571,15 @@ mod tests {
             Some(&V::Int(0)),
             "speed only counts with ignition on"
         );
-        assert!(st.get(Field::EngineRpm).is_none());
+        assert_eq!(
+            st.get(Field::EngineRpm),
+            Some(&V::Int(0)),
+            "the engine is not turning"
+        );
+        assert!(
+            st.cleared.contains(&Field::CoolantTemperature),
+            "the driving coolant value no longer holds"
+        );
         assert_eq!(st.get(Field::FaultCodes), Some(&V::from("none")));
         let (st, _) = condition(&json!({"location": "here", "mileage": "x"}));
         assert!(st.position.is_none() && st.get(Field::Odometer).is_none());
@@ -582,10 +611,11 @@ mod tests {
 
     #[test]
     fn battery_health_info_fuel() {
-        let st = battery_history(
+        let (st, at) = battery_history(
             &json!({"records": [{"val": 124, "time": 1700000000}, {"val": 131, "time": 1700007200}]}),
         );
         assert_eq!(st.get(Field::AuxBatteryVoltage), Some(&V::Float(13.1)));
+        assert_eq!(at, Some(1700007200), "the newest record's own time");
         let st = health(
             &json!({"airFlow": 325, "coldTemplate": 8850, "enginRate": 780, "faultCodes": ["P0420"]}),
         );
@@ -601,7 +631,11 @@ mod tests {
         let st = vehicle_info(
             &json!({"plateNo": "粤A12345", "insuranceDate": "2024-02-29", "carReviewDate": "2026-05-31"}),
         );
-        assert_eq!(st.get(Field::InsuranceExpiry), Some(&V::from("2025-02-28")));
+        assert!(
+            st.get(Field::InsuranceExpiry).is_none(),
+            "a purchase date says nothing of the expiry"
+        );
+        assert_eq!(st.attributes["insurance_date"], json!("2024-02-29"));
         assert_eq!(st.get(Field::InspectionDue), Some(&V::from("2026-05-31")));
         let st = fuel_yesterday(
             &json!({"avgOilConsume": 1189, "mileage": 40, "avgSpeed": 35, "cost": 2800}),

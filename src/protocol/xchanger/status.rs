@@ -4,7 +4,15 @@
 //!
 //! DECISIONs where the sources name a field but not its meaning:
 //! - positions are `raw / 3_600_000` degrees, GCJ-02 when `marsCoordinates` is true;
-//!   used only when `posCanBeTrusted` (or the caller accepts untrusted positions);
+//!   `position` first, then `extPosition` (both public clients, fineemb/Lynk-Co and
+//!   pySmartHashtag, read `position`), each judged by its own `posCanBeTrusted`; an
+//!   untrusted one is shown with a wide `gps_accuracy` (the seed's own sample has both
+//!   untrusted: hiding them would show no car on any map) unless the caller hides it;
+//! - warning statuses (oil pressure and level, coolant level, brake and washer fluid,
+//!   bulbs) are 0 when fine and anything else is a warning: the seed's parked, healthy
+//!   car reports 0 for each; `srsStatus` "SRS_NOT_DEPLOYED" is the only airbag value seen;
+//! - `interiorTemp` 0 beside an exterior temperature at least 5 °C away from it, and
+//!   PM2.5 65535, are "no value" markers (the seed: 0 °C inside at 29 °C outside in August);
 //! - `fuelLevel` is litres; tyre pressures are kPa; `tripMeterN` are km;
 //! - door/trunk lock status 1 = locked; open statuses 0 = closed;
 //! - window status 2 = closed, 1 = open, anything else unknown (left absent);
@@ -49,8 +57,69 @@ fn flag(v: Option<&Value>) -> Option<bool> {
     }
 }
 
+/// How far off an untrusted position may be, as HA's `gps_accuracy` (metres): wide
+/// enough that HA's zone logic does not trust it either.
+pub const UNTRUSTED_ACCURACY_M: f64 = 1000.0;
+
+/// A position block's coordinates in WGS-84 and whether the car trusts them.
+fn position_of(p: &Value) -> Option<(f64, f64, bool)> {
+    let (lat, lng) = (num(p.get("latitude"))?, num(p.get("longitude"))?);
+    let (mut lat, mut lng) = (lat / 3_600_000.0, lng / 3_600_000.0);
+    if flag(p.get("marsCoordinates")).unwrap_or(false) {
+        (lat, lng) = gcj02_to_wgs84(lat, lng);
+    }
+    Position::new(lat, lng)?;
+    Some((lat, lng, flag(p.get("posCanBeTrusted")).unwrap_or(false)))
+}
+
+/// A named value for an enum field, or the raw value as an attribute when its meaning
+/// is not known.
+fn named(
+    st: &mut VehicleState,
+    field: Field,
+    raw: Option<String>,
+    meaning: fn(&str) -> Option<&'static str>,
+) {
+    let Some(raw) = raw else { return };
+    match meaning(&raw) {
+        Some(name) => {
+            st.set(field, name);
+        }
+        None => {
+            st.attributes
+                .insert(format!("{}_raw", field.key()), raw.into());
+        }
+    }
+}
+
+/// geely_galaxy_ha `const.py` (`vehicle_alarm`): "1" on, "0" off.
+fn alarm_meaning(raw: &str) -> Option<&'static str> {
+    match raw.trim() {
+        "0" => Some("off"),
+        "1" => Some("on"),
+        _ => None,
+    }
+}
+
+fn key_meaning(raw: &str) -> Option<&'static str> {
+    match raw.trim() {
+        "NO_KEY_INSERTED" => Some("no_key_inserted"),
+        "KEY_INSERTED" => Some("key_inserted"),
+        _ => None,
+    }
+}
+
+fn raw_text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
 /// Parses a whole answer (`{"code","data":{...}}`) or just its `data`.
-pub fn parse(doc: &Value, accept_untrusted_position: bool) -> Result<Status, StatusError> {
+pub fn parse(doc: &Value, hide_untrusted_position: bool) -> Result<Status, StatusError> {
     let data = doc.get("data").unwrap_or(doc);
     let vs = data
         .get("vehicleStatus")
@@ -62,26 +131,32 @@ pub fn parse(doc: &Value, accept_untrusted_position: bool) -> Result<Status, Sta
     let sect = |s: &str, k: &str| add.and_then(|v| v.get(s)).and_then(|v| v.get(k));
     let mut st = VehicleState::default();
 
-    // Position: prefer the extended one when present.
-    let pos = b("extPosition")
+    // Position: `position` first, then `extPosition`; a trusted block beats an untrusted one.
+    let blocks: Vec<&Value> = [b("position"), b("extPosition")]
+        .into_iter()
+        .flatten()
         .filter(|p| p.is_object())
-        .or_else(|| b("position"));
-    if let Some(p) = pos {
-        let trusted = flag(p.get("posCanBeTrusted")).unwrap_or(false);
-        if trusted || accept_untrusted_position {
-            if let (Some(lat), Some(lng)) = (num(p.get("latitude")), num(p.get("longitude"))) {
-                let (mut lat, mut lng) = (lat / 3_600_000.0, lng / 3_600_000.0);
-                if flag(p.get("marsCoordinates")).unwrap_or(false) {
-                    (lat, lng) = gcj02_to_wgs84(lat, lng);
-                }
-                st.position = Position::new(lat, lng);
-            }
+        .collect();
+    let located: Vec<(&Value, (f64, f64, bool))> = blocks
+        .iter()
+        .filter_map(|p| position_of(p).map(|pos| (*p, pos)))
+        .collect();
+    let chosen = located
+        .iter()
+        .find(|(_, (_, _, trusted))| *trusted)
+        .or_else(|| located.first());
+    if let Some((p, (lat, lng, trusted))) = chosen {
+        if *trusted || !hide_untrusted_position {
+            st.position = Position::new(*lat, *lng).map(|mut pos| {
+                pos.gps_accuracy = (!trusted).then_some(UNTRUSTED_ACCURACY_M);
+                pos
+            });
         }
         if let Some(alt) = num(p.get("altitude")) {
             st.set_f64(Field::Altitude, alt);
         }
         st.attributes
-            .insert("position_trusted".into(), trusted.into());
+            .insert("position_trusted".into(), (*trusted).into());
     }
     if let Some(v) = num(b("speed")) {
         st.set_f64(Field::Speed, v);
@@ -90,15 +165,28 @@ pub fn parse(doc: &Value, accept_untrusted_position: bool) -> Result<Status, Sta
     if let Some(v) = num(b("direction")) {
         st.set_f64(Field::Heading, v);
     }
-    let engine_running = text(b("engineStatus")).map(|s| s.eq_ignore_ascii_case("ENGINE_RUNNING"));
+    let engine_running = match text(b("engineStatus")).as_deref() {
+        Some("ENGINE_RUNNING") => Some(true),
+        Some("ENGINE_OFF") => Some(false),
+        Some(other) => {
+            st.attributes
+                .insert("engine_status_raw".into(), other.into());
+            None
+        }
+        None => None,
+    };
     if let Some(r) = engine_running {
         st.set(Field::EngineRunning, r);
     }
-    if let Some(v) = text(b("keyStatus")) {
-        st.set(Field::KeyStatus, v);
-    }
-    if let Some(v) = text(b("usageMode")) {
-        st.set(Field::UsageMode, v);
+    named(
+        &mut st,
+        Field::KeyStatus,
+        raw_text(b("keyStatus")),
+        key_meaning,
+    );
+    // No public client says what the usage modes mean: raw, as an attribute.
+    if let Some(v) = raw_text(b("usageMode")) {
+        st.attributes.insert("usage_mode_raw".into(), v.into());
     }
     if let Some(v) = num(b("distanceToEmpty")) {
         st.set_f64(Field::Range, v);
@@ -188,11 +276,22 @@ pub fn parse(doc: &Value, accept_untrusted_position: bool) -> Result<Status, Sta
     }
 
     let c = |k: &str| sect("climateStatus", k);
-    if let Some(v) = num(c("interiorTemp")) {
+    let exterior = num(c("exteriorTemp"));
+    let interior = num(c("interiorTemp"))
+        .filter(|v| !(*v == 0.0 && exterior.is_some_and(|e| (e - v).abs() >= 5.0)));
+    if let Some(v) = interior {
         st.set_f64(Field::InteriorTemperature, v);
     }
-    if let Some(v) = num(c("exteriorTemp")) {
+    if let Some(v) = exterior {
         st.set_f64(Field::ExteriorTemperature, v);
+    }
+    for (key, attr) in [
+        ("interiorPM25", "interior_pm25"),
+        ("exteriorPM25", "exterior_pm25"),
+    ] {
+        if let Some(v) = num(sect("pollutionStatus", key)).filter(|v| *v < 65535.0) {
+            st.attributes.insert(attr.into(), v.into());
+        }
     }
     if let Some(v) = flag(c("preClimateActive")) {
         st.set(Field::PreClimate, v);
@@ -264,8 +363,35 @@ pub fn parse(doc: &Value, accept_untrusted_position: bool) -> Result<Status, Sta
         st.attributes
             .insert("central_locking_status".into(), v.into());
     }
-    if let Some(v) = text(s("vehicleAlarm")) {
-        st.set(Field::AlarmStatus, v);
+    named(
+        &mut st,
+        Field::AlarmStatus,
+        raw_text(s("vehicleAlarm")),
+        alarm_meaning,
+    );
+    match text(s("srsStatus")).as_deref() {
+        Some("SRS_NOT_DEPLOYED") => {
+            st.set(Field::AirbagDeployed, false);
+        }
+        Some(other) if other.contains("DEPLOYED") && !other.contains("NOT") => {
+            st.set(Field::AirbagDeployed, true);
+        }
+        Some(other) => {
+            st.attributes.insert("srs_status_raw".into(), other.into());
+        }
+        None => {}
+    }
+    for (value, field) in [
+        (r("engineOilPressureWarning"), Field::OilPressureWarning),
+        (r("engineOilLevelStatus"), Field::OilLevelWarning),
+        (r("engineCoolantLevelStatus"), Field::CoolantLevelWarning),
+        (r("bulbStatus"), Field::BulbFailure),
+        (m("brakeFluidLevelStatus"), Field::BrakeFluidWarning),
+        (m("washerFluidLevelStatus"), Field::WasherFluidWarning),
+    ] {
+        if let Some(v) = num(value) {
+            st.set(field, v != 0.0);
+        }
     }
 
     let e = |k: &str| sect("electricVehicleStatus", k);
@@ -340,7 +466,7 @@ mod tests {
     }
 
     #[test]
-    fn mars_coordinates_are_converted_and_untrusted_ones_need_consent() {
+    fn mars_coordinates_are_converted_and_untrusted_ones_are_widened_or_hidden() {
         let (glat, glng) = crate::geo::wgs84_to_gcj02(31.2304, 121.4737);
         let doc = json!({"vehicleStatus": {"basicVehicleStatus": {"position": {
             "latitude": glat * 3_600_000.0, "longitude": glng * 3_600_000.0, "posCanBeTrusted": true, "marsCoordinates": true}}}});
@@ -352,7 +478,8 @@ mod tests {
         let mut untrusted = doc.clone();
         untrusted["vehicleStatus"]["basicVehicleStatus"]["position"]["posCanBeTrusted"] =
             json!(false);
-        assert!(parse(&untrusted, false).unwrap().state.position.is_none());
-        assert!(parse(&untrusted, true).unwrap().state.position.is_some());
+        let shown = parse(&untrusted, false).unwrap().state.position.unwrap();
+        assert_eq!(shown.gps_accuracy, Some(UNTRUSTED_ACCURACY_M));
+        assert!(parse(&untrusted, true).unwrap().state.position.is_none());
     }
 }
