@@ -9,8 +9,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::FixedOffset;
-
 use figment::providers::{Env, Format, Json, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -67,6 +65,13 @@ pub enum LogFormat {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BoolFormat {
+    OnOff,
+    TrueFalse,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
@@ -80,6 +85,9 @@ pub struct MqttConfig {
     pub discovery_prefix: String,
     pub discovery: bool,
     pub per_field_topics: bool,
+    /// How booleans read on the per-field topics: "on_off" (ON / OFF, as Home Assistant
+    /// likes them) or "true_false" (true / false, as evcc and most JSON tools expect).
+    pub per_field_booleans: BoolFormat,
     pub ca_file: Option<PathBuf>,
     /// Capacity of the outgoing publish queue; past it, publishes are dropped and counted.
     pub queue_capacity: usize,
@@ -97,6 +105,7 @@ impl Default for MqttConfig {
             discovery_prefix: "homeassistant".into(),
             discovery: true,
             per_field_topics: false,
+            per_field_booleans: BoolFormat::OnOff,
             ca_file: None,
             queue_capacity: 1_000,
         }
@@ -116,6 +125,12 @@ pub struct BridgeConfig {
     pub log_level: String,
     /// Commands waiting behind the one in flight, per vehicle.
     pub command_queue: usize,
+    /// `/metrics` (Prometheus) and `/healthz` on this address, e.g. "127.0.0.1:9090";
+    /// empty = off. An address that cannot be bound stops the bridge at start.
+    pub http_listen: String,
+    /// A connector that cannot go on (e.g. its port is taken) stops the bridge (exit 1),
+    /// so a supervisor sees it; `false` keeps the others running, unhealthy.
+    pub exit_on_connector_failure: bool,
 }
 
 impl Default for BridgeConfig {
@@ -128,6 +143,8 @@ impl Default for BridgeConfig {
             log_format: LogFormat::Text,
             log_level: "info".into(),
             command_queue: 8,
+            http_listen: String::new(),
+            exit_on_connector_failure: true,
         }
     }
 }
@@ -321,33 +338,14 @@ fn describe_figment(err: &figment::Error) -> String {
         .join("; ")
 }
 
-/// Parses the `timezone` setting. China has had no daylight saving since 1991, so the
-/// zones users need are fixed offsets.
-pub fn parse_timezone(tz: &str) -> Option<FixedOffset> {
-    let hours = |h: i32| FixedOffset::east_opt(h * 3600);
-    match tz.trim() {
-        "Asia/Shanghai" | "Asia/Chongqing" | "Asia/Harbin" | "Asia/Urumqi" | "Asia/Hong_Kong"
-        | "Asia/Macau" | "Asia/Taipei" | "Asia/Singapore" | "Asia/Kuala_Lumpur" | "PRC" => hours(8),
-        "UTC" | "Etc/UTC" | "GMT" | "Z" => hours(0),
-        other => {
-            let (sign, rest) = match other.as_bytes().first()? {
-                b'+' => (1, &other[1..]),
-                b'-' => (-1, &other[1..]),
-                _ => return None,
-            };
-            let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
-            let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
-            if !(0..=14).contains(&h) || !(0..60).contains(&m) {
-                return None;
-            }
-            FixedOffset::east_opt(sign * (h * 3600 + m * 60))
-        }
-    }
+/// Parses the `timezone` setting: an IANA zone from the tz database or a fixed offset.
+pub fn parse_timezone(tz: &str) -> Option<crate::zone::Zone> {
+    crate::zone::Zone::parse(tz)
 }
 
-/// A connector's `timezone` setting, as an offset (validation already refused bad ones;
-/// this guards connectors built from an unvalidated config).
-pub fn require_timezone(section: &str, timezone: &str) -> anyhow::Result<FixedOffset> {
+/// A connector's `timezone` setting (validation already refused bad ones; this guards
+/// connectors built from an unvalidated config).
+pub fn require_timezone(section: &str, timezone: &str) -> anyhow::Result<crate::zone::Zone> {
     parse_timezone(timezone)
         .ok_or_else(|| anyhow::anyhow!("{section}.timezone `{timezone}` is not supported"))
 }
@@ -358,7 +356,7 @@ pub fn check_listener(timezone: &str, max_links: usize) -> Result<(), (String, S
     if parse_timezone(timezone).is_none() {
         return Err((
             "timezone".into(),
-            format!("`{timezone}`: use Asia/Shanghai, UTC or ±HH:MM"),
+            format!("`{timezone}`: use a tz database name (Asia/Shanghai), UTC or ±HH:MM"),
         ));
     }
     if max_links == 0 {
@@ -367,8 +365,6 @@ pub fn check_listener(timezone: &str, max_links: usize) -> Result<(), (String, S
     Ok(())
 }
 
-/// Checks shared by the polling (cloud) connectors; the error names the key (relative to
-/// the connector's section) and why.
 /// The interval a cloud connector polls at while a vehicle is active, when the user did
 /// not set one: 1 min, or `poll_interval` when that is shorter, so that any single
 /// interval a user sets makes a valid config.
@@ -381,6 +377,8 @@ pub fn active_interval(
     poll_interval_active.unwrap_or(DEFAULT_ACTIVE_INTERVAL.min(poll_interval))
 }
 
+/// Checks shared by the polling (cloud) connectors; the error names the key (relative to
+/// the connector's section) and why.
 pub fn check_polling(
     base_url: &str,
     poll_interval: Duration,
@@ -483,17 +481,18 @@ mod tests {
 
     #[test]
     fn timezones() {
+        use crate::zone::Zone;
         assert_eq!(
             parse_timezone("Asia/Shanghai"),
-            chrono::FixedOffset::east_opt(8 * 3600)
+            Some(Zone::Named(chrono_tz::Asia::Shanghai))
         );
         assert_eq!(
             parse_timezone("-05:30"),
-            chrono::FixedOffset::east_opt(-(5 * 3600 + 30 * 60))
+            chrono::FixedOffset::east_opt(-(5 * 3600 + 30 * 60)).map(Zone::Fixed)
         );
         assert_eq!(
             parse_timezone("+8"),
-            chrono::FixedOffset::east_opt(8 * 3600)
+            chrono::FixedOffset::east_opt(8 * 3600).map(Zone::Fixed)
         );
         assert_eq!(parse_timezone("Mars/Olympus"), None);
         assert_eq!(parse_timezone("+25:00"), None);

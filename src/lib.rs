@@ -15,6 +15,8 @@ pub mod hass;
 pub mod logging;
 pub mod model;
 pub mod mqtt;
+pub mod observe;
 pub mod protocol;
 pub mod sim;
 pub mod state_dir;
+pub mod zone;

@@ -277,7 +277,13 @@ impl Value {
 
     /// The value as an MQTT payload for per-field topics.
     pub fn to_payload(&self) -> String {
+        self.to_payload_with(false)
+    }
+
+    /// As `to_payload`; with `json_booleans`, `true` / `false` instead of `ON` / `OFF`.
+    pub fn to_payload_with(&self, json_booleans: bool) -> String {
         match self {
+            Value::Bool(b) if json_booleans => b.to_string(),
             Value::Bool(true) => "ON".into(),
             Value::Bool(false) => "OFF".into(),
             Value::Int(i) => i.to_string(),

@@ -47,18 +47,34 @@ pub const ALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 pub const ALIVE_MAX_AGE: i64 = 30;
 const ALIVE_FILE: &str = "alive.json";
 
-/// Written by the hub's loop: if the loop stalls, the file goes stale.
-pub fn write_alive(dir: &Path, mqtt_connected: bool) -> anyhow::Result<()> {
-    let body =
-        serde_json::json!({"ts": chrono::Utc::now().timestamp(), "mqtt_connected": mqtt_connected});
+/// Written by the hub's loop: if the loop stalls, the file goes stale. It carries the
+/// health verdict (`observe::Snapshot::health`) so `vehicle2mqtt health` agrees with
+/// `/healthz`.
+pub fn write_alive(
+    dir: &Path,
+    mqtt_connected: bool,
+    health: Result<(), String>,
+) -> anyhow::Result<()> {
+    let body = serde_json::json!({
+        "ts": chrono::Utc::now().timestamp(),
+        "mqtt_connected": mqtt_connected,
+        "healthy": health.is_ok(),
+        "reason": health.err(),
+    });
     write_atomic(dir, ALIVE_FILE, body.to_string().as_bytes()).map(|_| ())
 }
 
+/// Removed when the bridge stops, so `health` fails at once instead of for 30 s.
+pub fn remove_alive(dir: &Path) {
+    let _ = fs::remove_file(dir.join(ALIVE_FILE));
+}
+
 /// For `vehicle2mqtt health`: Ok with a summary when the bridge wrote its liveness file
-/// within `ALIVE_MAX_AGE` seconds.
+/// within `ALIVE_MAX_AGE` seconds and found itself healthy; the reason otherwise.
 pub fn check_alive(dir: &Path) -> Result<String, String> {
     let path = dir.join(ALIVE_FILE);
-    let raw = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let raw = fs::read_to_string(&path)
+        .map_err(|e| format!("not running (no liveness file {}: {e})", path.display()))?;
     let v: serde_json::Value =
         serde_json::from_str(&raw).map_err(|e| format!("{}: {e}", path.display()))?;
     let ts = v["ts"]
@@ -68,10 +84,11 @@ pub fn check_alive(dir: &Path) -> Result<String, String> {
     if age > ALIVE_MAX_AGE {
         return Err(format!("last sign of life {age} s ago"));
     }
-    Ok(format!(
-        "alive ({age} s ago), mqtt connected: {}",
-        v["mqtt_connected"]
-    ))
+    if v["healthy"] == serde_json::Value::Bool(false) || v["mqtt_connected"] != true {
+        let reason = v["reason"].as_str().unwrap_or("MQTT is not connected");
+        return Err(format!("running but unhealthy: {reason}"));
+    }
+    Ok(format!("healthy ({age} s ago), mqtt connected"))
 }
 
 #[cfg(test)]
@@ -105,10 +122,16 @@ mod tests {
     fn liveness_file() {
         let tmp = tempfile::tempdir().unwrap();
         assert!(check_alive(tmp.path()).is_err(), "no file: not alive");
-        write_alive(tmp.path(), true).unwrap();
+        write_alive(tmp.path(), true, Ok(())).unwrap();
+        assert!(check_alive(tmp.path()).unwrap().contains("healthy"));
+        // Alive but unhealthy: non-zero, with the reason.
+        write_alive(tmp.path(), false, Err("MQTT is not connected".into())).unwrap();
         assert!(check_alive(tmp.path())
-            .unwrap()
-            .contains("mqtt connected: true"));
+            .unwrap_err()
+            .contains("MQTT is not connected"));
+        // Stopped: the file is gone at once.
+        remove_alive(tmp.path());
+        assert!(check_alive(tmp.path()).unwrap_err().contains("not running"));
         let stale =
             serde_json::json!({"ts": chrono::Utc::now().timestamp() - 120, "mqtt_connected": true});
         write_atomic(tmp.path(), ALIVE_FILE, stale.to_string().as_bytes()).unwrap();

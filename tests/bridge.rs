@@ -846,3 +846,29 @@ async fn entities_gone_since_the_last_run_are_removed_and_nothing_else() {
     );
     second.stop().await;
 }
+
+/// evcc reads booleans only as `true`/`false`: with `per_field_booleans = "true_false"`
+/// the per-field topics carry them that way (the state JSON is JSON either way).
+#[tokio::test]
+async fn per_field_booleans_for_evcc() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(&broker.url(), dir.path());
+    config.mqtt.per_field_topics = true;
+    config.mqtt.per_field_booleans = vehicle2mqtt::config::BoolFormat::TrueFalse;
+    let base = config.mqtt.base_topic.clone();
+    let probe = Probe::connect(broker.port, &[&format!("{base}/#")]).await;
+    let bridge = RunningBridge::start(config).await;
+    announce(&bridge, scooter(vec![]), sample_state()).await;
+    probe
+        .wait_for("seat lock as false", T, |m| {
+            m.topic == format!("{base}/kx1001/seat_lock") && m.text() == "false"
+        })
+        .await;
+    probe
+        .wait_for("odometer unchanged", T, |m| {
+            m.topic == format!("{base}/kx1001/odometer") && m.text() == "1234"
+        })
+        .await;
+    bridge.stop().await;
+}

@@ -129,14 +129,15 @@ async fn sigterm_publishes_offline_and_exits_zero() {
         .await;
     let late = Probe::connect(broker.port, &[&topic]).await;
     assert_eq!(late.wait_topic(&topic, T).await.text(), "offline");
-    // Stopped: nothing refreshes the liveness file; a missing dir is unhealthy at once.
+    // Stopped: the liveness file is gone, so `health` fails at once (not 30 s later).
     let health = bridge_cmd(dir.path())
         .arg("health")
         .arg("--state-dir")
-        .arg(dir.path().join("nope"))
+        .arg(dir.path().join("state"))
         .output()
         .unwrap();
     assert_eq!(health.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&health.stderr).contains("not running"));
     // The state dir was created private.
     #[cfg(unix)]
     {
@@ -448,4 +449,110 @@ async fn the_binary_polls_the_fake_iauto360_platform_and_takes_its_pushes() {
             m.topic == format!("{base}/{vid}/command/result") && m.json()["status"] == "succeeded"
         })
         .await;
+}
+
+async fn http_get(url: &str) -> (u16, String) {
+    match reqwest::get(url).await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// `/metrics` and `/healthz` on `bridge.http_listen`, and `vehicle2mqtt health`, agree:
+/// healthy while MQTT is connected, unhealthy with the reason when the broker goes away.
+#[tokio::test]
+async fn metrics_and_healthz_follow_the_broker() {
+    let mut broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("p{}", rand::random::<u32>());
+    let http = common::free_port();
+    let probe = Probe::connect(broker.port, &[&format!("{base}/bridge/state")]).await;
+    let _child = KillOnDrop(
+        against(&broker, dir.path(), &base)
+            .env("V2M_BRIDGE__HTTP_LISTEN", format!("127.0.0.1:{http}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    probe.wait_for("online", T, |m| m.text() == "online").await;
+    assert!(common::wait_port_async(http, T).await);
+    let url = |p: &str| format!("http://127.0.0.1:{http}{p}");
+    let mut healthy = (0, String::new());
+    for _ in 0..50 {
+        healthy = http_get(&url("/healthz")).await;
+        if healthy.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(healthy, (200, "ok\n".to_string()));
+    let (status, metrics) = http_get(&url("/metrics")).await;
+    assert_eq!(status, 200);
+    for line in [
+        "vehicle2mqtt_mqtt_connected 1",
+        "vehicle2mqtt_vehicles 0",
+        "# TYPE vehicle2mqtt_mqtt_published counter",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in\n{metrics}"
+        );
+    }
+    let health = || {
+        bridge_cmd(dir.path())
+            .arg("health")
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .output()
+            .unwrap()
+    };
+    assert_eq!(health().status.code(), Some(0));
+
+    broker.stop();
+    let mut down = (0, String::new());
+    for _ in 0..100 {
+        down = http_get(&url("/healthz")).await;
+        if down.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(down, (503, "MQTT is not connected\n".to_string()));
+    let out = health();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MQTT is not connected"));
+}
+
+/// A connector whose port is taken stops the bridge at start with exit 1, naming the
+/// address, instead of running on with a healthy health check.
+#[tokio::test]
+async fn a_taken_listener_port_is_fatal_and_named() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kingxun]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n\n[[kingxun.devices]]\nid = 1\nkey = \"00112233445566778899aabbccddeeff\"\n"
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking({
+        let mut cmd = against(&broker, dir.path(), &format!("p{}", rand::random::<u32>()));
+        cmd.arg("--config").arg(&config);
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    drop(taken);
 }

@@ -42,6 +42,8 @@ struct ConnectorSlot {
     name: &'static str,
     commands: mpsc::Sender<CommandRequest>,
     links: usize,
+    /// False once the connector stopped.
+    running: bool,
     error: Option<String>,
     counters: BTreeMap<&'static str, u64>,
 }
@@ -140,6 +142,10 @@ struct Hub {
     /// yet, indexed by every vehicle id they could belong to. A vehicle that syncs its
     /// discovery removes those it no longer has (e.g. fields gone since a restart).
     stale_candidates: HashMap<String, HashSet<String>>,
+    /// Command results by status, for `/metrics`.
+    command_results: BTreeMap<String, u64>,
+    /// What `/metrics`, `/healthz` and the liveness file show.
+    snapshot: crate::observe::SharedSnapshot,
 }
 
 /// Runs the bridge until `shutdown` is cancelled: starts the broker (if embedded), the
@@ -191,6 +197,7 @@ pub async fn run(
             name,
             commands: cmd_tx,
             links: 0,
+            running: true,
             error: None,
             counters: BTreeMap::new(),
         });
@@ -213,7 +220,22 @@ pub async fn run(
         mqtt_connected: false,
         unsent_states: HashSet::new(),
         stale_candidates: HashMap::new(),
+        command_results: BTreeMap::new(),
+        snapshot: crate::observe::SharedSnapshot::default(),
     };
+    if !hub.config.bridge.http_listen.trim().is_empty() {
+        let addr = hub.config.bridge.http_listen.trim().to_string();
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("bridge.http_listen: cannot listen on {addr}"))?;
+        tracing::info!(event = "http_listening", listen = %addr, "serving /metrics and /healthz");
+        let (snapshot, stop) = (hub.snapshot.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::observe::serve(listener, snapshot, stop).await {
+                tracing::error!(event = "http_stopped", error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
     let mut retry_tick = tokio::time::interval(RETRY_EVERY);
     let stale_check = (hub.config.bridge.stale_after / 4)
         .clamp(Duration::from_millis(200), Duration::from_secs(30));
@@ -231,7 +253,17 @@ pub async fn run(
                 let name = hub.connectors[index].name;
                 if !shutdown.is_cancelled() {
                     tracing::error!(event = "connector_exited", connector = name, reason = %reason, "connector stopped");
+                    hub.connectors[index].running = false;
+                    hub.connectors[index].error = Some(reason.clone());
                     hub.set_error(format!("{name}: {reason}"));
+                    hub.update_snapshot();
+                    if hub.config.bridge.exit_on_connector_failure {
+                        hub.send(hub.topics.bridge_state(), "offline", true);
+                        publisher.disconnect().await;
+                        let _ = tokio::time::timeout(Duration::from_secs(2), mqtt_task).await;
+                        crate::state_dir::remove_alive(&hub.config.bridge.state_dir);
+                        anyhow::bail!("{name} cannot go on: {reason}");
+                    }
                 }
             }
             _ = async { tokio::time::sleep_until(hub.rediscover_at.unwrap_or_else(Instant::now)).await },
@@ -240,17 +272,18 @@ pub async fn run(
                 hub.publish_everything(true);
             }
             _ = stale_tick.tick() => hub.check_stale(),
-            _ = info_tick.tick() => hub.flush_info(),
-            _ = alive_tick.tick() => {
-                if let Err(err) = crate::state_dir::write_alive(&hub.config.bridge.state_dir, hub.mqtt_connected) {
-                    tracing::warn!(event = "alive_write_failed", error = format!("{err:#}"), "cannot write the liveness file");
-                }
+            _ = info_tick.tick() => {
+                hub.flush_info();
+                hub.update_snapshot();
             }
+            _ = alive_tick.tick() => hub.write_alive(),
             _ = retry_tick.tick(), if !hub.retry.is_empty() || !hub.unsent_states.is_empty() => hub.flush_retries(),
         }
     }
 
     tracing::info!(event = "shutdown", "shutting down: publishing offline");
+    // A stopped bridge is not alive, whatever the file said a moment ago.
+    crate::state_dir::remove_alive(&hub.config.bridge.state_dir);
     hub.send(hub.topics.bridge_state(), "offline", true);
     publisher.disconnect().await;
     if tokio::time::timeout(Duration::from_secs(5), mqtt_task)
@@ -399,6 +432,8 @@ impl Hub {
             return false;
         }
         if self.config.mqtt.per_field_topics {
+            let json_booleans =
+                self.config.mqtt.per_field_booleans == crate::config::BoolFormat::TrueFalse;
             let mut fields: Vec<(String, String)> = v
                 .state
                 .values
@@ -406,7 +441,7 @@ impl Hub {
                 .map(|(field, value)| {
                     let payload = match (field, v.pending_lock) {
                         (Field::Lock, Some(p)) => p.to_string(),
-                        _ => value.to_payload(),
+                        _ => value.to_payload_with(json_booleans),
                     };
                     (self.topics.vehicle(id.as_str(), field.key()), payload)
                 })
@@ -602,6 +637,15 @@ impl Hub {
         status: CommandStatus,
         reason: Option<&str>,
     ) {
+        *self
+            .command_results
+            .entry(
+                serde_json::to_value(status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+            )
+            .or_default() += 1;
         let payload = json!({
             "id": id,
             "command": command,
@@ -611,6 +655,57 @@ impl Hub {
         });
         let topic = self.topics.vehicle(vehicle, "command/result");
         self.send(topic, payload.to_string(), false);
+    }
+
+    /// Proves the loop is alive and records its health verdict (`vehicle2mqtt health`).
+    fn write_alive(&mut self) {
+        self.update_snapshot();
+        let verdict = self.snapshot.read().map(|s| s.health()).unwrap_or(Ok(()));
+        if let Err(err) = crate::state_dir::write_alive(
+            &self.config.bridge.state_dir,
+            self.mqtt_connected,
+            verdict,
+        ) {
+            tracing::warn!(
+                event = "alive_write_failed",
+                error = format!("{err:#}"),
+                "cannot write the liveness file"
+            );
+        }
+    }
+
+    /// Refreshes what `/metrics`, `/healthz` and the liveness file show.
+    fn update_snapshot(&mut self) {
+        let stats = self.publisher.stats();
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let snap = crate::observe::Snapshot {
+            mqtt_connected: self.mqtt_connected,
+            connectors: self
+                .connectors
+                .iter()
+                .map(|c| crate::observe::ConnectorView {
+                    name: c.name,
+                    links: c.links,
+                    error: c.error.clone(),
+                    running: c.running,
+                    counters: c.counters.clone(),
+                })
+                .collect(),
+            vehicles: self.vehicles.len(),
+            vehicles_online: self
+                .vehicles
+                .values()
+                .filter(|v| v.published_availability == Some(true))
+                .count(),
+            commands: self.command_results.clone(),
+            mqtt_published: load(&stats.published),
+            mqtt_dropped: load(&stats.dropped_publishes),
+            mqtt_coalesced: load(&stats.coalesced_states),
+            mqtt_reconnects: load(&stats.reconnects),
+        };
+        if let Ok(mut s) = self.snapshot.write() {
+            *s = snap;
+        }
     }
 
     fn bridge_info(&self) -> serde_json::Value {
@@ -696,6 +791,7 @@ impl Hub {
         match event {
             MqttEvent::Connected => {
                 self.mqtt_connected = true;
+                self.write_alive();
                 self.send(self.topics.bridge_state(), "online", true);
                 self.publisher.subscribe(&self.topics.command_filter());
                 if self.config.mqtt.discovery {
@@ -709,6 +805,7 @@ impl Hub {
             }
             MqttEvent::Disconnected(reason) => {
                 self.mqtt_connected = false;
+                self.write_alive();
                 self.set_error(format!("mqtt: {reason}"));
             }
             MqttEvent::Message {

@@ -17,7 +17,10 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use rand::Rng;
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, Transport};
+use rumqttc::tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use rumqttc::{
+    AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -41,6 +44,8 @@ pub enum MqttEvent {
 /// Counters the bridge shows as diagnostics.
 #[derive(Debug, Default)]
 pub struct MqttStats {
+    /// Messages the MQTT client took.
+    pub published: AtomicU64,
     pub dropped_publishes: AtomicU64,
     /// Intermediate states skipped because a newer one replaced them while MQTT was busy.
     pub coalesced_states: AtomicU64,
@@ -59,9 +64,14 @@ impl Publisher {
     /// Queues a QoS 1 publish without waiting. Returns false when the client's queue is
     /// full (or the client is gone): the caller decides whether to retry or drop.
     pub fn try_publish(&self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) -> bool {
-        self.client
+        let ok = self
+            .client
             .try_publish(topic, QoS::AtLeastOnce, retain, payload.into())
-            .is_ok()
+            .is_ok();
+        if ok {
+            self.stats.published.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
     }
 
     /// Counts and logs a message the bridge gave up on.
@@ -129,20 +139,54 @@ pub fn start(
         opts.set_credentials(cfg.username.clone(), cfg.password.expose().to_string());
     }
     if endpoint.tls {
-        let transport = match &cfg.ca_file {
-            Some(path) => {
-                let ca = std::fs::read(path)
-                    .with_context(|| format!("reading mqtt.ca_file {}", path.display()))?;
-                Transport::tls(ca, None, None)
-            }
-            None => Transport::tls_with_default_config(),
-        };
-        opts.set_transport(transport);
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls_config(cfg.ca_file.as_deref())?),
+        )));
     }
     let (client, eventloop) = AsyncClient::new(opts, cfg.queue_capacity);
     let stats = Arc::new(MqttStats::default());
     let task = tokio::spawn(run_event_loop(eventloop, events, stats.clone()));
     Ok((Publisher { client, stats }, task))
+}
+
+/// The TLS client configuration, built here rather than by rumqttc: certificates are read
+/// with rustls' own PEM parser (rumqttc's path goes through the unmaintained
+/// rustls-pemfile, RUSTSEC-2025-0134), a missing system store is a clear error instead of
+/// rumqttc's panic, and verification is rustls 0.23's (rustls-webpki 0.103, patched for
+/// RUSTSEC-2026-0049/-0098/-0099/-0104; rumqttc links 0.102 only for an error type).
+pub fn tls_config(ca_file: Option<&std::path::Path>) -> anyhow::Result<ClientConfig> {
+    use rumqttc::tokio_rustls::rustls::pki_types::pem::PemObject;
+    use rumqttc::tokio_rustls::rustls::pki_types::CertificateDer;
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading mqtt.ca_file {}", path.display()))?;
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow::anyhow!("mqtt.ca_file {}: {e}", path.display()))?;
+            roots.add_parsable_certificates(certs);
+            if roots.is_empty() {
+                anyhow::bail!(
+                    "mqtt.ca_file {} holds no usable certificate",
+                    path.display()
+                );
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                anyhow::bail!(
+                    "TLS to the broker needs CA certificates, and this system has none (a \
+                     FROM-scratch image, say): set mqtt.ca_file to the broker's CA"
+                );
+            }
+        }
+    }
+    Ok(ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// Exponential backoff with full jitter: 0.5 s doubling to 30 s.

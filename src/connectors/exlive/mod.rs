@@ -12,7 +12,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use chrono::{FixedOffset, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use chrono::{NaiveDateTime, SecondsFormat};
+
+use crate::zone::Zone;
 use tokio::sync::mpsc;
 
 pub use config::{ExliveAccount, ExliveClientConfig, ExliveCommand, ExliveConfig};
@@ -117,7 +119,7 @@ struct Registry {
 
 pub(crate) struct Core {
     config: ExliveConfig,
-    tz: FixedOffset,
+    tz: Zone,
     updates: UpdateSink,
     registry: Mutex<Registry>,
     next_link: AtomicU64,
@@ -134,18 +136,13 @@ pub fn vehicle_id(exlive_id: &str) -> Option<VehicleId> {
 }
 
 /// Parses `gpstime` ("yyyy-MM-dd HH:mm:ss", local to `tz`) into RFC 3339 UTC.
-pub fn gps_time_utc(gpstime: &str, tz: FixedOffset) -> Option<String> {
+pub fn gps_time_utc(gpstime: &str, tz: Zone) -> Option<String> {
     let naive = NaiveDateTime::parse_from_str(gpstime.trim(), "%Y-%m-%d %H:%M:%S").ok()?;
-    let local = tz.from_local_datetime(&naive).single()?;
-    Some(
-        local
-            .with_timezone(&Utc)
-            .to_rfc3339_opts(SecondsFormat::Secs, true),
-    )
+    Some(tz.to_utc(naive)?.to_rfc3339_opts(SecondsFormat::Secs, true))
 }
 
 /// Translates a 1007 into vehicle state. Absent or unparsable values stay absent.
-pub fn position_state(p: &proto::Position, tz: FixedOffset) -> VehicleState {
+pub fn position_state(p: &proto::Position, tz: Zone) -> VehicleState {
     let mut s = VehicleState::default();
     if let (Some(lat), Some(lng)) = (p.lat, p.lng) {
         s.position = Position::new(lat, lng);
@@ -188,7 +185,7 @@ pub fn position_state(p: &proto::Position, tz: FixedOffset) -> VehicleState {
 }
 
 impl Core {
-    fn new(config: ExliveConfig, tz: FixedOffset, updates: UpdateSink) -> Core {
+    fn new(config: ExliveConfig, tz: Zone, updates: UpdateSink) -> Core {
         Core {
             config,
             tz,

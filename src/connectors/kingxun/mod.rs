@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use chrono::{FixedOffset, SecondsFormat, TimeZone, Utc};
+use chrono::{SecondsFormat, Utc};
+
+use crate::zone::Zone;
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -133,12 +135,8 @@ pub fn status_state(s: &Status) -> VehicleState {
     v
 }
 
-fn local_to_utc(t: &LocalTime, tz: FixedOffset) -> Option<chrono::DateTime<Utc>> {
-    Some(
-        tz.from_local_datetime(&t.to_naive()?)
-            .single()?
-            .with_timezone(&Utc),
-    )
+fn local_to_utc(t: &LocalTime, tz: Zone) -> Option<chrono::DateTime<Utc>> {
+    tz.to_utc(t.to_naive()?)
 }
 
 fn rfc3339(t: chrono::DateTime<Utc>) -> String {
@@ -146,7 +144,7 @@ fn rfc3339(t: chrono::DateTime<Utc>) -> String {
 }
 
 /// A 1008 as "last trip" sensors and a `trip` event.
-pub fn trip_update(t: &Trip, tz: FixedOffset) -> (VehicleState, VehicleEvent) {
+pub fn trip_update(t: &Trip, tz: Zone) -> (VehicleState, VehicleEvent) {
     let mut v = VehicleState::default();
     let km = f64::from(t.distance_m) / 1000.0;
     v.set_f64(Field::LastTripDistance, km);
@@ -190,7 +188,7 @@ pub fn trip_update(t: &Trip, tz: FixedOffset) -> (VehicleState, VehicleEvent) {
     )
 }
 
-pub fn charge_event(c: &ChargeDone, tz: FixedOffset) -> VehicleEvent {
+pub fn charge_event(c: &ChargeDone, tz: Zone) -> VehicleEvent {
     let mut attrs = serde_json::Map::new();
     if let Some(s) = local_to_utc(&c.start, tz) {
         attrs.insert("start".into(), rfc3339(s).into());
@@ -218,7 +216,7 @@ pub fn charge_event(c: &ChargeDone, tz: FixedOffset) -> VehicleEvent {
     }
 }
 
-pub fn device_event(e: &DevEvent, tz: FixedOffset) -> VehicleEvent {
+pub fn device_event(e: &DevEvent, tz: Zone) -> VehicleEvent {
     let mut attrs = serde_json::Map::new();
     if let Some(t) = local_to_utc(&e.time, tz) {
         let t = t + chrono::Duration::milliseconds(i64::from(e.millis.min(999)));
@@ -365,7 +363,7 @@ pub(crate) struct LinkCommand {
 
 pub(crate) struct Core {
     pub config: KingxunConfig,
-    pub tz: FixedOffset,
+    pub tz: Zone,
     pub updates: UpdateSink,
     /// devId → key and name.
     pub devices: HashMap<u32, KingxunDevice>,

@@ -11,7 +11,7 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use md5::{Digest, Md5};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha1::Sha1;
@@ -76,7 +76,7 @@ pub fn canonical(input: &SignInput) -> String {
 /// The `X-SIGNATURE` header value.
 pub fn signature(input: &SignInput) -> String {
     // HMAC accepts keys of any length; `new_from_slice` cannot fail for HMAC.
-    let mut mac = match <Hmac<Sha1> as Mac>::new_from_slice(input.app_key) {
+    let mut mac = match <Hmac<Sha1> as KeyInit>::new_from_slice(input.app_key) {
         Ok(m) => m,
         Err(_) => unreachable!("HMAC takes keys of any length"),
     };
