@@ -171,12 +171,58 @@ pub enum BrokerUrl {
 pub enum ConfigError {
     #[error("{}", describe_figment(.0))]
     Figment(#[from] Box<figment::Error>),
-    #[error("invalid value for key `{key}` (from {source_name}): {reason}")]
-    Invalid {
-        key: String,
-        source_name: String,
-        reason: String,
-    },
+    /// Every problem found, not just the first.
+    #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// One invalid setting: which key, where its value came from, and why it is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub source_name: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "invalid value for key `{}` (from {}): {}",
+            self.key, self.source_name, self.reason
+        )
+    }
+}
+
+/// Where a key's value came from, in words a user recognises: the file's path, the
+/// environment variable, or the built-in default; never a place in our source code.
+/// A list entry (`kingxun.devices[0].key`) is found by its list.
+fn source_of(figment: &Figment, key: &str) -> String {
+    let mut path = key.to_string();
+    loop {
+        let lookup = path.split('[').next().unwrap_or(&path).to_string();
+        if let Some(m) = figment.find_metadata(&lookup) {
+            return describe_metadata(m);
+        }
+        match lookup.rsplit_once('.') {
+            Some((parent, _)) => path = parent.to_string(),
+            None => return "the built-in defaults".into(),
+        }
+    }
+}
+
+fn describe_metadata(m: &figment::Metadata) -> String {
+    match &m.source {
+        Some(figment::Source::File(path)) => format!("{} {}", m.name, path.display()),
+        Some(figment::Source::Custom(s)) => s.clone(),
+        // A value set in code: the defaults, or what the bridge itself was told (the
+        // Supervisor's broker for the add-on).
+        Some(figment::Source::Code(_)) if m.name.contains("defaults") => {
+            "the built-in defaults".into()
+        }
+        Some(_) => "the running environment (Supervisor)".into(),
+        None => m.name.to_string(),
+    }
 }
 
 impl Config {
@@ -184,7 +230,26 @@ impl Config {
     /// when `None`, `config.toml` in the working directory if present. A `.json` file is
     /// read as JSON (the Home Assistant add-on passes its `/data/options.json`).
     pub fn load(file: Option<&Path>) -> Result<(Config, Figment), ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        Config::load_with(file, &[])
+    }
+
+    /// Like `load`, with `overrides` (dotted key, text) on top of everything: values the
+    /// program itself learned (the Supervisor's broker), kept as text exactly as given.
+    pub fn load_with(
+        file: Option<&Path>,
+        overrides: &[(String, String)],
+    ) -> Result<(Config, Figment), ConfigError> {
+        Config::load_over(Config::default(), file, overrides)
+    }
+
+    /// Like `load_with`, starting from `base` instead of the defaults (the demo's setup,
+    /// which a user's file and `V2M_` variables may still change).
+    pub fn load_over(
+        base: Config,
+        file: Option<&Path>,
+        overrides: &[(String, String)],
+    ) -> Result<(Config, Figment), ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(base));
         match file {
             Some(path) if path.extension().is_some_and(|e| e == "json") => {
                 figment = figment.merge(Json::file_exact(path))
@@ -196,78 +261,93 @@ impl Config {
             None => {}
         }
         figment = figment.merge(Env::prefixed("V2M_").split("__"));
+        for (key, value) in overrides {
+            figment = figment.merge(Serialized::default(key, value));
+        }
         let config: Config = figment.extract().map_err(Box::new)?;
         config.validate(&figment)?;
         Ok((config, figment))
     }
 
     fn validate(&self, figment: &Figment) -> Result<(), ConfigError> {
-        let invalid = |key: &str, reason: String| ConfigError::Invalid {
-            key: key.to_string(),
-            source_name: figment
-                .find_metadata(key)
-                .map(|m| match &m.source {
-                    Some(src) => format!("{} {src}", m.name),
-                    None => m.name.to_string(),
-                })
-                .unwrap_or_else(|| "defaults".into()),
-            reason,
+        let mut problems: Vec<(String, String)> = Vec::new();
+        let mut check = |key: &str, ok: bool, reason: &str| {
+            if !ok {
+                problems.push((key.to_string(), reason.to_string()));
+            }
         };
+        let topic_rule = "must be non-empty and free of '+', '#' and a leading or trailing '/'";
+        check(
+            "mqtt.base_topic",
+            valid_topic_segment(&self.mqtt.base_topic, true),
+            topic_rule,
+        );
+        check(
+            "mqtt.discovery_prefix",
+            valid_topic_segment(&self.mqtt.discovery_prefix, true),
+            topic_rule,
+        );
+        check(
+            "mqtt.client_id",
+            !self.mqtt.client_id.is_empty() && self.mqtt.client_id.len() <= 64,
+            "must be 1 to 64 characters",
+        );
+        check(
+            "mqtt.queue_capacity",
+            self.mqtt.queue_capacity > 0,
+            "must be at least 1",
+        );
+        check(
+            "bridge.command_timeout",
+            !self.bridge.command_timeout.is_zero(),
+            "must be greater than 0",
+        );
+        check(
+            "bridge.stale_after",
+            !self.bridge.stale_after.is_zero(),
+            "must be greater than 0",
+        );
+        check(
+            "bridge.command_queue",
+            (1..=1000).contains(&self.bridge.command_queue),
+            "must be 1 to 1000",
+        );
         if let Err(reason) = self.mqtt.broker_url() {
-            return Err(invalid("mqtt.url", reason));
+            problems.push(("mqtt.url".into(), reason));
         }
-        if !valid_topic_segment(&self.mqtt.base_topic, true) {
-            return Err(invalid(
-                "mqtt.base_topic",
-                "must be non-empty and free of '+', '#' and a leading or trailing '/'".into(),
+        let http = self.bridge.http_listen.trim();
+        if !http.is_empty() && http.parse::<std::net::SocketAddr>().is_err() {
+            problems.push((
+                "bridge.http_listen".into(),
+                format!("`{http}` is not host:port (e.g. 127.0.0.1:9090)"),
             ));
-        }
-        if !valid_topic_segment(&self.mqtt.discovery_prefix, true) {
-            return Err(invalid(
-                "mqtt.discovery_prefix",
-                "must be non-empty and free of '+', '#' and a leading or trailing '/'".into(),
-            ));
-        }
-        if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 64 {
-            return Err(invalid(
-                "mqtt.client_id",
-                "must be 1 to 64 characters".into(),
-            ));
-        }
-        if self.mqtt.queue_capacity == 0 {
-            return Err(invalid("mqtt.queue_capacity", "must be at least 1".into()));
-        }
-        if self.bridge.command_timeout.is_zero() {
-            return Err(invalid(
-                "bridge.command_timeout",
-                "must be greater than 0".into(),
-            ));
-        }
-        if self.bridge.stale_after.is_zero() {
-            return Err(invalid(
-                "bridge.stale_after",
-                "must be greater than 0".into(),
-            ));
-        }
-        if self.bridge.command_queue == 0 || self.bridge.command_queue > 1000 {
-            return Err(invalid("bridge.command_queue", "must be 1 to 1000".into()));
         }
         if let Err(reason) = tracing_subscriber::EnvFilter::try_new(&self.bridge.log_level) {
-            return Err(invalid("bridge.log_level", reason.to_string()));
+            problems.push(("bridge.log_level".into(), reason.to_string()));
         }
-        if let Err((key, reason)) = self.iauto360.validate() {
-            return Err(invalid(&format!("iauto360.{key}"), reason));
+        for (section, found) in [
+            ("iauto360", self.iauto360.problems()),
+            ("xchanger", self.xchanger.problems()),
+            ("kingxun", self.kingxun.problems()),
+            ("exlive", self.exlive.problems()),
+        ] {
+            for (key, reason) in found {
+                problems.push((format!("{section}.{key}"), reason));
+            }
         }
-        if let Err((key, reason)) = self.xchanger.validate() {
-            return Err(invalid(&format!("xchanger.{key}"), reason));
+        if problems.is_empty() {
+            return Ok(());
         }
-        if let Err((key, reason)) = self.kingxun.validate() {
-            return Err(invalid(&format!("kingxun.{key}"), reason));
-        }
-        if let Err((key, reason)) = self.exlive.validate() {
-            return Err(invalid(&format!("exlive.{key}"), reason));
-        }
-        Ok(())
+        Err(ConfigError::Invalid(
+            problems
+                .into_iter()
+                .map(|(key, reason)| Problem {
+                    source_name: source_of(figment, &key),
+                    key,
+                    reason,
+                })
+                .collect(),
+        ))
     }
 
     /// The effective configuration as TOML, every secret masked.
@@ -321,21 +401,52 @@ fn describe_figment(err: &figment::Error) -> String {
         .into_iter()
         .map(|e| {
             let key = e.path.join(".").to_lowercase();
-            let source = match &e.metadata {
-                Some(m) => match &m.source {
-                    Some(src) => format!("{} {src}", m.name),
-                    None => m.name.to_string(),
-                },
-                None => "unknown source".to_string(),
-            };
-            if key.is_empty() {
-                format!("{} (from {source})", e.kind)
-            } else {
-                format!("invalid value for key `{key}` (from {source}): {}", e.kind)
+            let source = e
+                .metadata
+                .as_ref()
+                .map(describe_metadata)
+                .unwrap_or_else(|| "unknown source".into());
+            match &e.kind {
+                figment::error::Kind::UnknownField(field, expected) => {
+                    // The error's path ends in the unknown key itself.
+                    let section = key
+                        .rsplit_once('.')
+                        .map(|(s, _)| format!("{s}."))
+                        .unwrap_or_default();
+                    let hint = nearest(field, expected)
+                        .map(|n| format!("; did you mean `{section}{n}`?"))
+                        .unwrap_or_default();
+                    format!("unknown key `{section}{field}` (from {source}){hint}")
+                }
+                kind if key.is_empty() => format!("{kind} (from {source})"),
+                kind => format!("invalid value for key `{key}` (from {source}): {kind}"),
             }
         })
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("\n")
+}
+
+/// The expected key closest to a misspelt one (edit distance at most 3).
+fn nearest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+        let mut prev: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.iter().enumerate() {
+            let mut row = vec![i + 1];
+            for (j, cb) in b.iter().enumerate() {
+                let cost = usize::from(ca != cb);
+                row.push((prev[j] + cost).min(prev[j + 1] + 1).min(row[j] + 1));
+            }
+            prev = row;
+        }
+        prev[b.len()]
+    }
+    candidates
+        .iter()
+        .map(|c| (distance(&word.to_lowercase(), c), *c))
+        .filter(|(d, _)| *d <= 3)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
 }
 
 /// Parses the `timezone` setting: an IANA zone from the tz database or a fixed offset.

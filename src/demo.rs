@@ -173,12 +173,47 @@ pub async fn simulators(config: Config, shutdown: CancellationToken) {
 }
 
 /// What the demo prints for the user.
+/// Every port the demo listens on must be free: the first taken one is named with the
+/// flag that moves it (1883 is often taken on a Home Assistant host).
+pub fn check_ports(config: &Config) -> Result<(), String> {
+    let url_port = |url: &str| url.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+    let mut wanted: Vec<(std::net::SocketAddr, &str)> = vec![
+        (config.kingxun.listen, "--kingxun-port"),
+        (config.exlive.listen, "--exlive-port"),
+    ];
+    if config.mqtt.url == "embedded" {
+        wanted.insert(0, (config.mqtt.embedded_listen, "--mqtt-port"));
+    }
+    for (url, flag) in [
+        (&config.xchanger.base_url, "--xchanger-port"),
+        (&config.iauto360.base_url, "--iauto360-port"),
+    ] {
+        if let Some(p) = url_port(url) {
+            wanted.push((([127, 0, 0, 1], p).into(), flag));
+        }
+    }
+    if let Some(push) = config.iauto360.push_listen {
+        wanted.push((push, "--push-port"));
+    }
+    for (addr, flag) in wanted {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            return Err(format!(
+                "port {} is taken ({e}): start the demo with `{flag} <free port>`, e.g. `vehicle2mqtt demo {flag} {}`",
+                addr.port(),
+                addr.port().saturating_add(1)
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn instructions(config: &Config) -> String {
     let port = config.mqtt.embedded_listen.port();
     let base = &config.mqtt.base_topic;
     format!(
         "\nvehicle2mqtt demo: an MQTT broker on 127.0.0.1:{port}, kingxun devices kx1001 and kx1002, EXLIVE trackers ex7001 and ex7002,\n\
          a Lynk & Co car L6T7722E0LN000001 (fake xchanger cloud) and an OBD box ia{DEMO_ESN} (fake iauto360 platform).\n\
+         \n  (mosquitto_sub / mosquitto_pub come with the mosquitto clients: apt install mosquitto-clients)\n\
          \n  Watch everything:      mosquitto_sub -h 127.0.0.1 -p {port} -t '{base}/#' -v\n\
          \n  Unlock a scooter:      mosquitto_pub -h 127.0.0.1 -p {port} -t '{base}/kx1001/lock/set' -m UNLOCK\n\
          \n  Locate a tracker:      mosquitto_pub -h 127.0.0.1 -p {port} -t '{base}/ex7001/cmd_locate/set' -m PRESS\n\

@@ -50,8 +50,18 @@ enum Cmd {
         #[arg(long, default_value_t = 8089)]
         push_port: u16,
     },
-    /// Exit 0 when a running bridge using this state dir is alive (for container health
-    /// checks).
+    /// Run as a Home Assistant add-on: the broker and its login come from the Supervisor's
+    /// MQTT service (SUPERVISOR_TOKEN), the options from /data/options.json, state in
+    /// /data/state. Needs no shell in the image.
+    Addon {
+        #[arg(long, default_value = "/data/options.json")]
+        options: PathBuf,
+        /// The Supervisor API.
+        #[arg(long, default_value = "http://supervisor")]
+        supervisor: String,
+    },
+    /// Exit 0 when a running bridge using this state dir is alive and healthy (MQTT
+    /// connected, every connector running); 1 with the reason otherwise.
     Health {
         /// The bridge's state_dir (default: from the config).
         #[arg(long)]
@@ -95,9 +105,10 @@ enum SimTarget {
         /// Positions per second per link.
         #[arg(long, default_value_t = 1.0)]
         rate: f64,
-        #[arg(long, default_value = "exlive")]
+        /// The account config.example.toml shows (`[[exlive.accounts]]`).
+        #[arg(long, default_value = "fleet")]
         user: String,
-        #[arg(long, default_value = "000000")]
+        #[arg(long, default_value = "change-me")]
         password: String,
         /// First vehicle id (link i reports id + i).
         #[arg(long, default_value_t = 1000)]
@@ -123,6 +134,14 @@ enum SimTarget {
     },
 }
 
+/// One problem a line, each as a list item.
+fn bullet_list(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("  - {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Exit code for an invalid configuration.
 const EXIT_CONFIG: u8 = 2;
 
@@ -137,6 +156,29 @@ fn main() -> ExitCode {
     } = &command
     {
         return health(dir);
+    }
+    if let Cmd::Addon {
+        options,
+        supervisor,
+    } = &command
+    {
+        let overrides = match addon_broker(supervisor) {
+            Ok(o) => o,
+            Err(err) => {
+                eprintln!("vehicle2mqtt: cannot start as an add-on: {err:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return match Config::load_with(Some(options), &overrides) {
+            Ok((config, _)) => run(config, false),
+            Err(err) => {
+                eprintln!(
+                    "vehicle2mqtt: invalid add-on options:\n{}",
+                    bullet_list(&err.to_string())
+                );
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
     }
     if let Cmd::Demo {
         mqtt_port,
@@ -156,12 +198,34 @@ fn main() -> ExitCode {
             push: push_port,
         };
         let state = std::env::temp_dir().join(format!("vehicle2mqtt-demo-{}", std::process::id()));
-        return run(vehicle2mqtt::demo::config(&ports, state), true);
+        // The demo's setup, under whatever the user's file and V2M_ variables say.
+        let base = vehicle2mqtt::demo::config(&ports, state.clone());
+        let config = match Config::load_over(base, cli.config.as_deref(), &[]) {
+            Ok((config, _)) => config,
+            Err(err) => {
+                eprintln!(
+                    "vehicle2mqtt: invalid configuration:\n{}",
+                    bullet_list(&err.to_string())
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        if let Err(busy) = vehicle2mqtt::demo::check_ports(&config) {
+            eprintln!("vehicle2mqtt demo: {busy}");
+            return ExitCode::FAILURE;
+        }
+        let code = run(config, true);
+        // Nothing of the demo stays behind (it holds the fake clouds' tokens).
+        let _ = std::fs::remove_dir_all(&state);
+        return code;
     }
     let config = match Config::load(cli.config.as_deref()) {
         Ok((config, _)) => config,
         Err(err) => {
-            eprintln!("vehicle2mqtt: invalid configuration: {err}");
+            eprintln!(
+                "vehicle2mqtt: invalid configuration:\n{}",
+                bullet_list(&err.to_string())
+            );
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -172,10 +236,69 @@ fn main() -> ExitCode {
         }
         Cmd::Run => run(config, false),
         Cmd::Health { .. } => health(&config.bridge.state_dir),
-        Cmd::Simulate { .. } | Cmd::Demo { .. } => {
+        Cmd::Simulate { .. } | Cmd::Demo { .. } | Cmd::Addon { .. } => {
             unreachable!("handled before the config is read")
         }
     }
+}
+
+/// Asks the Supervisor for the MQTT service: the config keys it sets (the options file
+/// cannot know the broker or its login). Passed as text, so a numeric password stays
+/// exactly as the Supervisor gave it.
+fn addon_broker(supervisor: &str) -> anyhow::Result<Vec<(String, String)>> {
+    use anyhow::Context;
+    let token = std::env::var("SUPERVISOR_TOKEN")
+        .context("SUPERVISOR_TOKEN is not set (is this running under the Supervisor?)")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let url = format!("{}/services/mqtt", supervisor.trim_end_matches('/'));
+    let answer: serde_json::Value = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(15))
+            .build()?;
+        let resp = client
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .with_context(|| format!("asking {url}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            anyhow::bail!(
+                "{url} answered {status}: is the MQTT integration (Mosquitto add-on) set up?"
+            );
+        }
+        Ok::<_, anyhow::Error>(resp.json().await?)
+    })?;
+    let d = &answer["data"];
+    let text = |k: &str| match &d[k] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.to_string(),
+        _ => String::new(),
+    };
+    let (host, port) = (text("host"), text("port"));
+    if host.is_empty() || port.is_empty() {
+        anyhow::bail!("{url} gave no broker host and port");
+    }
+    let scheme = if d["ssl"] == serde_json::Value::Bool(true) {
+        "mqtts"
+    } else {
+        "mqtt"
+    };
+    eprintln!("vehicle2mqtt: broker {scheme}://{host}:{port} from the Supervisor");
+    let mut out = vec![
+        ("mqtt.url".to_string(), format!("{scheme}://{host}:{port}")),
+        ("mqtt.username".to_string(), text("username")),
+        ("mqtt.password".to_string(), text("password")),
+    ];
+    if std::env::var_os("V2M_MQTT__CLIENT_ID").is_none() {
+        out.push(("mqtt.client_id".into(), "vehicle2mqtt-addon".into()));
+    }
+    if std::env::var_os("V2M_BRIDGE__STATE_DIR").is_none() {
+        out.push(("bridge.state_dir".into(), "/data/state".into()));
+    }
+    Ok(out)
 }
 
 fn health(dir: &std::path::Path) -> ExitCode {
@@ -196,18 +319,28 @@ fn simulate(target: SimTarget) -> ExitCode {
     let Ok(runtime) = tokio::runtime::Runtime::new() else {
         return ExitCode::FAILURE;
     };
-    runtime.block_on(async {
+    let outcome: Result<(), String> = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
+        // Every simulated link or device ended without being asked to: say why, exit 1.
+        let ended = |first: Option<String>, what: &str| -> Result<(), String> {
+            if shutdown.is_cancelled() {
+                Ok(())
+            } else {
+                Err(format!("every {what} stopped: {}", first.unwrap_or_else(|| "no reason given".into())))
+            }
+        };
         match target {
             SimTarget::Kingxun { server, devices, key_seed, first_id, interval, print_config } => {
                 let opts = sim::kingxun::SimOptions { server, devices, key_seed, first_id, interval, ..Default::default() };
                 if print_config {
                     print!("{}", sim::kingxun::config_toml(&opts));
-                    return;
+                    return Ok(());
                 }
                 let stats = std::sync::Arc::new(sim::kingxun::SimStats::default());
-                sim::kingxun::run(opts, stats, shutdown).await;
+                sim::kingxun::run(opts, stats.clone(), shutdown.clone()).await;
+                let first = stats.first_error.lock().ok().and_then(|e| e.clone());
+                ended(first, "simulated device")
             }
             SimTarget::Exlive { server, links, rate, user, password, first_id } => {
                 let opts = sim::exlive::SimOptions { server, links, rate, user, password, first_id, stamp: false };
@@ -229,8 +362,10 @@ fn simulate(target: SimTarget) -> ExitCode {
                         }
                     })
                 };
-                sim::exlive::run(opts, stats, shutdown).await;
+                sim::exlive::run(opts, stats.clone(), shutdown.clone()).await;
                 reporter.abort();
+                let first = stats.first_error.lock().ok().and_then(|e| e.clone());
+                ended(first, "simulated link")
             }
             SimTarget::XchangerCloud { listen, app_key } => {
                 let opts = sim::xchanger::FakeOptions { app_key, ..Default::default() };
@@ -238,8 +373,9 @@ fn simulate(target: SimTarget) -> ExitCode {
                     Ok(cloud) => {
                         tracing::info!(url = %cloud.url(), "fake xchanger cloud listening");
                         shutdown.cancelled().await;
+                        Ok(())
                     }
-                    Err(e) => tracing::error!(error = %e, "cannot start the fake xchanger cloud"),
+                    Err(e) => Err(format!("cannot start the fake xchanger cloud on {listen}: {e:#}")),
                 }
             }
             SimTarget::Iauto360Platform { listen, push_url } => {
@@ -248,13 +384,20 @@ fn simulate(target: SimTarget) -> ExitCode {
                     Ok(platform) => {
                         tracing::info!(url = %platform.url(), "fake iauto360 platform listening");
                         shutdown.cancelled().await;
+                        Ok(())
                     }
-                    Err(e) => tracing::error!(error = %e, "cannot start the fake iauto360 platform"),
+                    Err(e) => Err(format!("cannot start the fake iauto360 platform on {listen}: {e:#}")),
                 }
             }
         }
     });
-    ExitCode::SUCCESS
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) => {
+            eprintln!("vehicle2mqtt simulate: {reason}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run(config: Config, demo: bool) -> ExitCode {

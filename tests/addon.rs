@@ -98,7 +98,12 @@ fn config_yaml_is_complete_and_consistent() {
         .unwrap()
         .iter()
         .any(|s| s == "mqtt:need"));
-    assert_eq!(c["init"], false, "the image brings its own init (tini)");
+    assert_eq!(
+        c["init"], false,
+        "the bridge is PID 1 and handles SIGTERM itself"
+    );
+    // Prebuilt images, named as the release workflow pushes them.
+    assert_eq!(c["image"], "ghcr.io/vehicle2mqtt/{arch}-vehicle2mqtt");
     for port in ["10086/tcp", "1502/tcp"] {
         assert!(c["ports"].get(port).is_some(), "port {port}");
         assert!(
@@ -150,8 +155,8 @@ fn translations_and_files_exist() {
         );
     }
     for f in [
-        "Dockerfile",
-        "run.sh",
+        "local/Dockerfile",
+        "make-local.sh",
         "DOCS.md",
         "CHANGELOG.md",
         "icon.png",
@@ -162,17 +167,105 @@ fn translations_and_files_exist() {
             "addon/{f}"
         );
     }
-    let dockerfile =
-        std::fs::read_to_string(format!("{}/addon/Dockerfile", env!("CARGO_MANIFEST_DIR")))
-            .unwrap();
-    assert!(
-        dockerfile.lines().any(|l| l.starts_with("FROM ")),
-        "explicit FROM"
-    );
+
     let repo: Value = serde_yaml::from_str(
         &std::fs::read_to_string(format!("{}/repository.yaml", env!("CARGO_MANIFEST_DIR")))
             .unwrap(),
     )
     .unwrap();
     assert!(repo["name"].as_str().is_some());
+}
+
+/// The release workflow builds both architectures the add-on declares and pushes the
+/// images `image:` names; the runtime Dockerfile is FROM scratch with both targets.
+#[test]
+fn release_workflow_builds_what_the_addon_pulls() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let wf: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(format!("{root}/.github/workflows/release.yml")).unwrap(),
+    )
+    .expect("the workflow parses");
+    let include = wf["jobs"]["binary"]["strategy"]["matrix"]["include"]
+        .as_sequence()
+        .unwrap();
+    let arches: Vec<&str> = include.iter().filter_map(|i| i["arch"].as_str()).collect();
+    assert_eq!(arches, ["amd64", "aarch64"]);
+    for i in include {
+        let target = i["target"].as_str().unwrap();
+        assert!(target.ends_with("-unknown-linux-musl"), "static: {target}");
+    }
+    let c = addon("config.yaml");
+    let declared: Vec<&str> = c["arch"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for a in &declared {
+        assert!(arches.contains(a), "no image built for {a}");
+    }
+    let steps = serde_yaml::to_string(&wf["jobs"]["images"]["steps"]).unwrap();
+    assert!(
+        steps.contains("$REGISTRY/$arch-vehicle2mqtt:$version"),
+        "{steps}"
+    );
+    assert!(steps.contains("--target addon") && steps.contains("docker/Dockerfile.release"));
+    assert!(
+        wf["env"].is_null()
+            && wf["jobs"]["images"]["env"]["REGISTRY"]
+                .as_str()
+                .unwrap()
+                .starts_with("ghcr.io/")
+    );
+    let dockerfile = std::fs::read_to_string(format!("{root}/docker/Dockerfile.release")).unwrap();
+    let froms: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert_eq!(froms, ["FROM scratch AS bridge", "FROM bridge AS addon"]);
+    assert!(dockerfile.contains("CMD [\"addon\"]"));
+}
+
+/// `addon/make-local.sh` lays out an add-on that the Supervisor builds from this clone:
+/// no `image:`, and every file its Dockerfile copies is there.
+#[test]
+fn the_local_addon_builds_from_source() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dest = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(format!("{root}/addon/make-local.sh"))
+        .arg(dest.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dest.path().join("config.yaml")).unwrap())
+            .unwrap();
+    assert!(
+        c.get("image").is_none(),
+        "a local add-on must build, not pull"
+    );
+    assert_eq!(c["slug"], "vehicle2mqtt_local");
+    assert_eq!(c["version"], env!("CARGO_PKG_VERSION"));
+    let dockerfile = std::fs::read_to_string(dest.path().join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains("--no-default-features"));
+    for line in dockerfile
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        let src = line.split_whitespace().nth(1).unwrap();
+        assert!(dest.path().join(src).exists(), "COPY {src}");
+    }
+    for f in [
+        "source/Cargo.toml",
+        "source/Cargo.lock",
+        "source/src/main.rs",
+        "translations/en.yaml",
+    ] {
+        assert!(dest.path().join(f).exists(), "{f}");
+    }
 }

@@ -11,7 +11,11 @@ use common::{KillOnDrop, Probe};
 #[tokio::test]
 async fn demo_shows_vehicles_and_unlocks() {
     let [mqtt, kx, ex, xc, ia, push] = [0; 6].map(|_| common::free_port());
+    // The demo keeps its state (the fake clouds' tokens) in a temp dir: this one, to see
+    // it gone afterwards.
+    let tmp = tempfile::tempdir().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_vehicle2mqtt"))
+        .env("TMPDIR", tmp.path())
         .args([
             "demo",
             "--mqtt-port",
@@ -108,4 +112,65 @@ async fn demo_shows_vehicles_and_unlocks() {
         stderr.contains("mosquitto_sub") && stderr.contains("lock/set"),
         "the demo explains itself: {stderr}"
     );
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "the demo left {left:?} behind");
+}
+
+/// A taken port (1883 on many Home Assistant hosts) is named with the flag that moves it,
+/// before anything starts; `--config` and `V2M_` settings apply to the demo.
+#[tokio::test]
+async fn demo_names_a_busy_port_and_honours_the_environment() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = Command::new(env!("CARGO_BIN_EXE_vehicle2mqtt"))
+        .args(["demo", "--mqtt-port", &port.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("port {port} is taken")) && err.contains("--mqtt-port"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("mosquitto_sub"),
+        "no instructions for a demo that did not start"
+    );
+    // The same port, but the broker comes from the environment: the demo uses it.
+    let broker = common::Mosquitto::start();
+    let [kx, ex, xc, ia, push] = [0; 5].map(|_| common::free_port());
+    let base = format!("d{}", rand::random::<u32>());
+    let probe = Probe::connect(broker.port, &[&format!("{base}/#")]).await;
+    let _child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_vehicle2mqtt"))
+            .env("V2M_MQTT__URL", broker.url())
+            .env("V2M_MQTT__BASE_TOPIC", &base)
+            .args([
+                "demo",
+                "--mqtt-port",
+                &port.to_string(),
+                "--kingxun-port",
+                &kx.to_string(),
+                "--exlive-port",
+                &ex.to_string(),
+                "--xchanger-port",
+                &xc.to_string(),
+                "--iauto360-port",
+                &ia.to_string(),
+                "--push-port",
+                &push.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    probe
+        .wait_for(
+            "a demo vehicle on the user's broker",
+            Duration::from_secs(20),
+            |m| m.topic == format!("{base}/kx1001/state"),
+        )
+        .await;
+    drop(taken);
 }

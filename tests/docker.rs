@@ -70,3 +70,30 @@ fn example_config_is_valid() {
         vehicle2mqtt::config::Config::load(Some(&path)).expect("docker/config.toml.example loads");
     assert!(config.kingxun.enabled && config.exlive.enabled);
 }
+
+#[test]
+fn images_leave_out_the_embedded_broker_and_the_context_stays_small() {
+    for f in [
+        "docker/Dockerfile",
+        "docker/Dockerfile.release",
+        "addon/local/Dockerfile",
+    ] {
+        let d = file(f);
+        let builds = d.contains("cargo build");
+        assert!(
+            !builds || d.contains("--no-default-features"),
+            "{f} builds the embedded broker in"
+        );
+        assert!(
+            !d.contains("EXPOSE") || !d.contains("1883"),
+            "{f} exposes a broker port"
+        );
+    }
+    let ignore = file(".dockerignore");
+    for entry in ["target/", ".git/", "data/"] {
+        assert!(
+            ignore.lines().any(|l| l == entry),
+            ".dockerignore lacks {entry}"
+        );
+    }
+}

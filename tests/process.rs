@@ -556,3 +556,200 @@ async fn a_taken_listener_port_is_fatal_and_named() {
     assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
     drop(taken);
 }
+
+/// `vehicle2mqtt addon`: the broker and its login come from the Supervisor's MQTT
+/// service (a fake Supervisor here, answering as the Supervisor API does), the options
+/// from the add-on's options file; a numeric password stays text.
+#[tokio::test]
+async fn the_addon_takes_its_broker_from_the_supervisor() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("a{}", rand::random::<u32>());
+    let broker_port = broker.port;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let app = {
+        let seen = seen.clone();
+        axum::Router::new().route(
+            "/services/mqtt",
+            axum::routing::get(move |headers: axum::http::HeaderMap| {
+                let seen = seen.clone();
+                async move {
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    seen.lock().unwrap().push(auth.clone());
+                    if auth != "Bearer supervisor-token" {
+                        return (axum::http::StatusCode::UNAUTHORIZED, "no").into_response();
+                    }
+                    axum::Json(serde_json::json!({"result": "ok", "data": {
+                        "host": "127.0.0.1", "port": broker_port, "ssl": false,
+                        "username": "addons", "password": 246801, "protocol": "3.1.1"}}))
+                    .into_response()
+                }
+            }),
+        )
+    };
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let supervisor = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let options = dir.path().join("options.json");
+    std::fs::write(
+        &options,
+        serde_json::json!({"mqtt": {"base_topic": base, "discovery_prefix": "homeassistant", "per_field_topics": false}})
+            .to_string(),
+    )
+    .unwrap();
+    let probe = Probe::connect(broker.port, &[&format!("{base}/bridge/state")]).await;
+    let _child = KillOnDrop(
+        bridge_cmd(dir.path())
+            .arg("addon")
+            .arg("--options")
+            .arg(&options)
+            .arg("--supervisor")
+            .arg(&supervisor)
+            .env("SUPERVISOR_TOKEN", "supervisor-token")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    probe.wait_for("online", T, |m| m.text() == "online").await;
+    assert_eq!(seen.lock().unwrap()[0], "Bearer supervisor-token");
+
+    // Without the Supervisor's token: a clear refusal, exit 1.
+    let out = bridge_cmd(dir.path())
+        .arg("addon")
+        .arg("--options")
+        .arg(&options)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SUPERVISOR_TOKEN"));
+}
+
+/// `check-config` reports every problem in one run, each with the true source of its value
+/// (the file's path, the environment variable), never an internal source path; an unknown
+/// key is called unknown, with the nearest valid key.
+#[tokio::test]
+async fn check_config_reports_every_problem_with_its_true_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    std::fs::write(
+        &file,
+        "[mqtt]\nbase_topic = \"a/+/b\"\n[bridge]\ncommand_queue = 0\n[kingxun]\nenabled = true\nmax_links = 0\n[[kingxun.devices]]\nid = 1\nkey = \"zz\"\n",
+    )
+    .unwrap();
+    let out = bridge_cmd(dir.path())
+        .arg("check-config")
+        .arg("--config")
+        .arg(&file)
+        .env("V2M_MQTT__CLIENT_ID", "")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let file_name = file.display().to_string();
+    for (key, from) in [
+        ("mqtt.base_topic", file_name.as_str()),
+        ("bridge.command_queue", file_name.as_str()),
+        ("kingxun.max_links", file_name.as_str()),
+        ("kingxun.devices[0].key", file_name.as_str()),
+        ("mqtt.client_id", "V2M_"),
+    ] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(&format!("`{key}`")))
+            .unwrap_or_else(|| panic!("`{key}` not reported:\n{err}"));
+        assert!(line.contains(from), "{key} should come from {from}: {line}");
+    }
+    assert!(!err.contains("src/"), "no internal paths: {err}");
+    assert!(
+        !err.contains("defaults"),
+        "nothing here came from the defaults: {err}"
+    );
+
+    std::fs::write(&file, "[mqtt]\nbase_topik = \"x\"\n").unwrap();
+    let out = bridge_cmd(dir.path())
+        .arg("check-config")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown key `mqtt.base_topik`")
+            && err.contains("did you mean `mqtt.base_topic`?"),
+        "{err}"
+    );
+}
+
+/// Simulators fail loudly: exit 1 with the reason for an unreachable server, a refused
+/// registration or login, or a busy port; never a quiet exit 0.
+#[tokio::test]
+async fn simulators_exit_non_zero_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = |args: &[&str]| {
+        let out = bridge_cmd(dir.path())
+            .arg("simulate")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // Nobody listens here.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let (code, err) = sim(&["kingxun", "--server", &addr]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("refused"), "{err}");
+    let (code, err) = sim(&["exlive", "--server", &addr]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("stopped"), "{err}");
+    // A busy port for the fake clouds.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    for target in ["xchanger-cloud", "iauto360-platform"] {
+        let (code, err) = sim(&[target, "--listen", &busy_addr]);
+        assert_eq!(code, Some(1), "{target}");
+        assert!(err.contains(&busy_addr), "{target}: {err}");
+    }
+    // An unknown device: the bridge refuses the registration; the simulator says so.
+    let broker = Mosquitto::start();
+    let kx = common::free_port();
+    let config = dir.path().join("kx.toml");
+    std::fs::write(
+        &config,
+        format!("[kingxun]\nenabled = true\nlisten = \"127.0.0.1:{kx}\"\n\n[[kingxun.devices]]\nid = 1\nkey = \"00112233445566778899aabbccddeeff\"\n"),
+    )
+    .unwrap();
+    let _bridge = KillOnDrop(
+        against(&broker, dir.path(), &format!("s{}", rand::random::<u32>()))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(common::wait_port_async(kx, T).await);
+    let (code, err) = sim(&[
+        "kingxun",
+        "--server",
+        &format!("127.0.0.1:{kx}"),
+        "--first-id",
+        "77",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("refused device 77") && err.contains("code 4"),
+        "{err}"
+    );
+}

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vehicle2mqtt::connectors::xchanger::{classify, data_plan_state};
+use vehicle2mqtt::connectors::xchanger::{classify, data_plan_state, DataUnit};
 use vehicle2mqtt::protocol::iauto360::{reply_data, services, verify_push, Tyre};
 use vehicle2mqtt::protocol::xchanger::status;
 
@@ -14,7 +14,8 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(st) = status::parse(&doc, selector & 1 == 0) {
             assert!(st.state.to_json().to_string().len() < 1 << 20);
         }
-        let _ = data_plan_state(&doc);
+        let _ = data_plan_state(&doc, DataUnit::Kib);
+        let _ = data_plan_state(&doc, DataUnit::Bytes);
     }
     let text = String::from_utf8_lossy(body);
     let _ = Tyre::parse(&text);

@@ -35,6 +35,17 @@ pub struct SimStats {
     pub positions: AtomicU64,
     pub commands_answered: AtomicU64,
     pub errors: AtomicU64,
+    /// Why the first link or device that failed ended, for the simulator's exit message.
+    pub first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl SimStats {
+    fn failed(&self, err: &anyhow::Error) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut first) = self.first_error.lock() {
+            first.get_or_insert_with(|| format!("{err:#}"));
+        }
+    }
 }
 
 pub fn now_ns() -> u128 {
@@ -52,7 +63,7 @@ pub async fn run(opts: SimOptions, stats: Arc<SimStats>, shutdown: CancellationT
         let (link_opts, stats, shutdown) = (opts.clone(), stats.clone(), shutdown.clone());
         tasks.spawn(async move {
             if let Err(err) = link(&link_opts, i, &stats, &shutdown).await {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
+                stats.failed(&err);
                 tracing::debug!(link = i, error = %err, "simulated EXLIVE link ended");
             }
         });
@@ -89,7 +100,7 @@ async fn link(
             }
             other => {
                 stats.login_failed.fetch_add(1, Ordering::Relaxed);
-                anyhow::bail!("login refused: {other:?}");
+                anyhow::bail!("the server refused the login of `{}`: {other:?} (does [[exlive.accounts]] list it?)", opts.user);
             }
         },
         other => {

@@ -60,6 +60,17 @@ pub struct SimStats {
     pub statuses: AtomicU64,
     pub commands: AtomicU64,
     pub errors: AtomicU64,
+    /// Why the first link or device that failed ended, for the simulator's exit message.
+    pub first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl SimStats {
+    fn failed(&self, err: &anyhow::Error) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut first) = self.first_error.lock() {
+            first.get_or_insert_with(|| format!("{err:#}"));
+        }
+    }
 }
 
 fn splitmix64(state: &mut u64) -> u64 {
@@ -100,7 +111,7 @@ pub async fn run(opts: SimOptions, stats: Arc<SimStats>, shutdown: CancellationT
         tasks.spawn(async move {
             let dev_id = o.first_id + i as u32;
             if let Err(err) = device(&o, dev_id, i, &stats, &shutdown).await {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
+                stats.failed(&err);
                 tracing::debug!(dev_id, error = %err, "simulated kingxun device ended");
             }
         });
@@ -199,12 +210,19 @@ async fn device(
         match frames.next().await {
             Some(Ok(Decoded::Frame(f))) if f.header.msg_id == id::REGISTER => break f,
             Some(Ok(_)) => continue,
-            other => anyhow::bail!("no registration answer: {other:?}"),
+            other => anyhow::bail!("no registration answer from {}: {other:?}", o.server),
         }
     };
     let Kind::Response { resp_code: 0 } = ack.header.kind else {
         stats.refused.fetch_add(1, Ordering::Relaxed);
-        anyhow::bail!("registration refused: {:?}", ack.header.kind);
+        let code = match ack.header.kind {
+            Kind::Response { resp_code } => resp_code,
+            Kind::Request { .. } => u32::MAX,
+        };
+        anyhow::bail!(
+            "the server refused device {dev_id}'s registration with code {code} ({}): is it in [[kingxun.devices]] with this --key-seed?",
+            resp_code_text(code)
+        );
     };
     let RegisterAck { session_id, iv } = RegisterAck::decode(&ack.body)?;
     stats.registered.fetch_add(1, Ordering::Relaxed);
@@ -232,7 +250,7 @@ async fn device(
             );
             wr.write_all(&f.to_bytes()).await?;
             stats.statuses.fetch_add(1, Ordering::Relaxed);
-            if o.trip_every > 0 && d.step > 0 && d.step % o.trip_every == 0 {
+            if o.trip_every > 0 && d.step > 0 && d.step.is_multiple_of(o.trip_every) {
                 let now = now_local();
                 let trip = Trip {
                     start: now,
@@ -265,7 +283,7 @@ async fn device(
                 d.step += 1;
                 if d.lock & 1 != 0 {
                     d.mileage += 3;
-                    if d.step % 10 == 0 {
+                    if d.step.is_multiple_of(10) {
                         d.soc = d.soc.saturating_sub(1).max(10);
                     }
                 }

@@ -78,29 +78,33 @@ fn default_heartbeat() -> Duration {
 
 impl ExliveConfig {
     /// Returns the offending key (relative to `exlive.`) and why.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// Every problem with an enabled section, each as (key, reason).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
         if !self.enabled {
-            return Ok(());
+            return out;
         }
-        check_listener(&self.timezone, self.max_links)?;
+        if let Err(e) = check_listener(&self.timezone, self.max_links) {
+            out.push(e);
+        }
         if !(256..=16 * 1024 * 1024).contains(&self.max_message_size) {
-            return Err((
+            out.push((
                 "max_message_size".into(),
                 "must be 256 bytes to 16 MiB".into(),
             ));
         }
         if self.heartbeat_timeout < Duration::from_secs(1) {
-            return Err(("heartbeat_timeout".into(), "must be at least 1s".into()));
+            out.push(("heartbeat_timeout".into(), "must be at least 1s".into()));
         }
         if self.server && self.accounts.is_empty() {
-            return Err((
+            out.push((
                 "accounts".into(),
                 "the server needs at least one [[exlive.accounts]] to log in with".into(),
             ));
         }
         for (i, a) in self.accounts.iter().enumerate() {
             if a.name.is_empty() || a.password.is_empty() {
-                return Err((
+                out.push((
                     format!("accounts[{i}]"),
                     "name and password must be set".into(),
                 ));
@@ -113,13 +117,13 @@ impl ExliveConfig {
                     .chars()
                     .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_');
             if !ok {
-                return Err((
+                out.push((
                     format!("commands[{i}].name"),
                     "use 1-32 of a-z, 0-9 and _".into(),
                 ));
             }
             if c.data.is_empty() {
-                return Err((format!("commands[{i}].data"), "must not be empty".into()));
+                out.push((format!("commands[{i}].data"), "must not be empty".into()));
             }
         }
         if let Some(client) = &self.client {
@@ -129,21 +133,29 @@ impl ExliveConfig {
                 .and_then(|(_, p)| p.parse::<u16>().ok())
                 .is_none()
             {
-                return Err((
+                out.push((
                     "client.address".into(),
                     format!("`{}` is not host:port", client.address),
                 ));
             }
             if client.heartbeat < Duration::from_secs(1) {
-                return Err(("client.heartbeat".into(), "must be at least 1s".into()));
+                out.push(("client.heartbeat".into(), "must be at least 1s".into()));
             }
         }
         if !self.server && self.client.is_none() {
-            return Err((
+            out.push((
                 "server".into(),
                 "with server = false, configure [exlive.client]".into(),
             ));
         }
-        Ok(())
+        out
+    }
+
+    /// The first problem, if any (see `problems`).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        match self.problems().into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
     }
 }

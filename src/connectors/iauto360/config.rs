@@ -75,53 +75,65 @@ impl Iauto360Config {
     }
 
     /// Checks an enabled section; the error names the key and why.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// Every problem with an enabled section, each as (key, reason).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
         if !self.enabled {
-            return Ok(());
+            return out;
         }
-        let err = |k: &str, r: &str| Err((k.to_string(), r.to_string()));
-        check_polling(
+        let err = |k: &str, r: &str| (k.to_string(), r.to_string());
+        if let Err(e) = check_polling(
             &self.base_url,
             self.poll_interval,
             self.poll_interval_active,
             self.request_timeout,
-        )?;
+        ) {
+            out.push(e);
+        }
         if self.open_id.is_empty()
             || !self
                 .open_id
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return err("open_id", "must be set (letters, digits, '-', '_')");
+            out.push(err("open_id", "must be set (letters, digits, '-', '_')"));
         }
         if self.secure_code.is_empty() {
-            return err("secure_code", "must be set (it signs every call)");
+            out.push(err("secure_code", "must be set (it signs every call)"));
         }
         if self.devices.is_empty() {
-            return err("devices", "list at least one device (esn)");
+            out.push(err("devices", "list at least one device (esn)"));
         }
         let mut seen = std::collections::HashSet::new();
         for d in &self.devices {
             if !valid_esn(&d.esn) {
-                return Err((
+                out.push((
                     "devices".into(),
                     format!("esn `{}` must be 4 to 32 letters or digits", d.esn),
                 ));
             }
             if !seen.insert(d.esn.as_str()) {
-                return Err(("devices".into(), format!("esn `{}` is listed twice", d.esn)));
+                out.push(("devices".into(), format!("esn `{}` is listed twice", d.esn)));
             }
         }
         if self.detail_interval < Duration::from_secs(1) {
-            return err("detail_interval", "must be at least 1s");
+            out.push(err("detail_interval", "must be at least 1s"));
         }
         if !self.push_path.starts_with('/') || self.push_path.contains(['?', '#', ' ']) {
-            return err("push_path", "must be a path starting with '/'");
+            out.push(err("push_path", "must be a path starting with '/'"));
         }
         if !(1024..=16 << 20).contains(&self.push_max_body) {
-            return err("push_max_body", "must be 1 KiB to 16 MiB");
+            out.push(err("push_max_body", "must be 1 KiB to 16 MiB"));
         }
-        Ok(())
+        out
+    }
+
+    /// The first problem, if any (see `problems`).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        match self.problems().into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
     }
 }
 

@@ -152,16 +152,20 @@ impl KingxunDevice {
 }
 
 impl KingxunConfig {
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// Every problem with an enabled section, each as (key, reason).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
         if !self.enabled {
-            return Ok(());
+            return out;
         }
-        check_listener(&self.timezone, self.max_links)?;
+        if let Err(e) = check_listener(&self.timezone, self.max_links) {
+            out.push(e);
+        }
         if !(64..=16 * 1024 * 1024).contains(&self.max_body) {
-            return Err(("max_body".into(), "must be 64 bytes to 16 MiB".into()));
+            out.push(("max_body".into(), "must be 64 bytes to 16 MiB".into()));
         }
         if !(self.max_body..=64 * 1024 * 1024).contains(&self.max_trip_body) {
-            return Err((
+            out.push((
                 "max_trip_body".into(),
                 "must be at least max_body and at most 64 MiB".into(),
             ));
@@ -172,28 +176,28 @@ impl KingxunConfig {
             ("command_timeout", self.command_timeout),
         ] {
             if d < Duration::from_millis(100) {
-                return Err((key.into(), "must be at least 100ms".into()));
+                out.push((key.into(), "must be at least 100ms".into()));
             }
         }
         if !(self.range_full_km.is_finite() && self.range_full_km > 0.0) {
-            return Err(("range_full_km".into(), "must be a positive number".into()));
+            out.push(("range_full_km".into(), "must be a positive number".into()));
         }
         if self.lowest_soc > 100 || self.charge_notify_soc > 100 || self.soc_min > 100 {
-            return Err(("lowest_soc".into(), "percentages must be 0 to 100".into()));
+            out.push(("lowest_soc".into(), "percentages must be 0 to 100".into()));
         }
         if self.max_speed_kmh == 0 {
-            return Err(("max_speed_kmh".into(), "must be at least 1".into()));
+            out.push(("max_speed_kmh".into(), "must be at least 1".into()));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, d) in self.devices.iter().enumerate() {
             if d.key_bytes().is_none() {
-                return Err((
+                out.push((
                     format!("devices[{i}].key"),
                     "must be 32 hex characters (16 bytes)".into(),
                 ));
             }
             if !seen.insert(d.id) {
-                return Err((
+                out.push((
                     format!("devices[{i}].id"),
                     format!("device {} is listed twice", d.id),
                 ));
@@ -206,35 +210,35 @@ impl KingxunConfig {
                 .and_then(|(_, p)| p.parse::<u16>().ok())
                 .is_none()
             {
-                return Err((
+                out.push((
                     "upstream.address".into(),
                     format!("`{}` is not host:port", up.address),
                 ));
             }
             if hex16(&up.key).is_none() {
-                return Err((
+                out.push((
                     "upstream.key".into(),
                     "must be 32 hex characters (16 bytes)".into(),
                 ));
             }
             if hex16(&up.iv).is_none() {
-                return Err((
+                out.push((
                     "upstream.iv".into(),
                     "must be 32 hex characters (16 bytes)".into(),
                 ));
             }
             if up.host.is_empty() || up.host.len() > 31 {
-                return Err(("upstream.host".into(), "must be 1 to 31 characters".into()));
+                out.push(("upstream.host".into(), "must be 1 to 31 characters".into()));
             }
             if !(Duration::from_secs(1) / 10..=Duration::from_secs(400)).contains(&up.heartbeat) {
-                return Err((
+                out.push((
                     "upstream.heartbeat".into(),
                     "must be at most 400s (the server drops links idle for 500 s)".into(),
                 ));
             }
             for (i, d) in up.devices.iter().enumerate() {
                 if !seen.insert(d.id) {
-                    return Err((
+                    out.push((
                         format!("upstream.devices[{i}].id"),
                         format!("device {} is listed twice", d.id),
                     ));
@@ -242,11 +246,19 @@ impl KingxunConfig {
             }
         }
         if self.devices.is_empty() && self.upstream.as_ref().is_none_or(|u| u.devices.is_empty()) {
-            return Err((
+            out.push((
                 "devices".into(),
                 "list at least one [[kingxun.devices]] (id and key) or [[kingxun.upstream.devices]]".into(),
             ));
         }
-        Ok(())
+        out
+    }
+
+    /// The first problem, if any (see `problems`).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        match self.problems().into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
     }
 }

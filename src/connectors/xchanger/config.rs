@@ -161,52 +161,67 @@ impl XchangerConfig {
     }
 
     /// Checks an enabled section; the error names the key and why.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// Every problem with an enabled section, each as (key, reason).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
         if !self.enabled {
-            return Ok(());
+            return out;
         }
-        let err = |k: &str, r: &str| Err((k.to_string(), r.to_string()));
-        check_polling(
+        let err = |k: &str, r: &str| (k.to_string(), r.to_string());
+        if let Err(e) = check_polling(
             &self.base_url(),
             self.poll_interval,
             self.poll_interval_active,
             self.request_timeout,
-        )?;
-        check_polling(
+        ) {
+            out.push(e);
+        }
+        if let Err((k, r)) = check_polling(
             &self.auth_base_url(),
             self.poll_interval,
             None,
             self.request_timeout,
-        )
-        .map_err(|(k, r)| (k.replace("base_url", "auth_base_url"), r))?;
+        ) {
+            if k == "base_url" {
+                out.push(("auth_base_url".into(), r));
+            }
+        }
         if (self.username.is_empty()) != (self.password.is_empty()) {
-            return err("password", "username and password go together");
+            out.push(err("password", "username and password go together"));
         }
         if self.credentials().is_empty() {
-            return err(
+            out.push(err(
                 "username",
                 "give username + password, or auth_code, or access_token + refresh_token + user_id",
-            );
+            ));
         }
         if self.api == ApiVersion::V2 && self.app_key.is_empty() {
-            return err(
+            out.push(err(
                 "app_key",
                 "api v2 signs every request: set the app's signing key",
-            );
+            ));
         }
         if !(1..=60).contains(&self.unlock_window_min) {
-            return err("unlock_window_min", "must be 1 to 60");
+            out.push(err("unlock_window_min", "must be 1 to 60"));
         }
         if self.data_plan_interval < Duration::from_secs(60) {
-            return err("data_plan_interval", "must be at least 1m");
+            out.push(err("data_plan_interval", "must be at least 1m"));
         }
         if let Some(vin) = self.vins.iter().find(|v| !valid_vin(v)) {
-            return Err((
+            out.push((
                 "vins".into(),
                 format!("`{vin}` is not a VIN (letters and digits, 6 to 32)"),
             ));
         }
-        Ok(())
+        out
+    }
+
+    /// The first problem, if any (see `problems`).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        match self.problems().into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
     }
 }
 

@@ -29,7 +29,7 @@ pub fn encrypt(key: &[u8; 16], iv: &[u8; 16], plain: &[u8]) -> Vec<u8> {
 }
 
 pub fn decrypt(key: &[u8; 16], iv: &[u8; 16], body: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    if body.len() < 16 + TRAILER || (body.len() - TRAILER) % 16 != 0 {
+    if body.len() < 16 + TRAILER || !(body.len() - TRAILER).is_multiple_of(16) {
         return Err(CryptoError::Length(body.len()));
     }
     let (cipher, trailer) = body.split_at(body.len() - TRAILER);
