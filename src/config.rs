@@ -18,10 +18,78 @@ use crate::connectors::iauto360::Iauto360Config;
 use crate::connectors::kingxun::KingxunConfig;
 use crate::connectors::xchanger::XchangerConfig;
 
-/// A secret string: usable, serialisable for layering, never printed by `Debug`.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A secret string: usable, serialisable for layering, never printed by `Debug`. An
+/// unquoted number in a file (`command_pin = 97531`) is taken as its text.
+#[derive(Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a text or a number")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+        }
+        d.deserialize_any(Text)
+    }
+}
+
+/// Text settings whose values are often all digits (PINs, passwords, ids, keys in hex).
+/// From the environment they are taken exactly as written, as text: figment would read
+/// `V2M_BRIDGE__COMMAND_PIN=0123` as the number 123.
+pub const TEXT_KEYS: &[&str] = &[
+    "bridge.command_pin",
+    "mqtt.username",
+    "mqtt.password",
+    "mqtt.client_id",
+    "mqtt.base_topic",
+    "mqtt.discovery_prefix",
+    "xchanger.username",
+    "xchanger.password",
+    "xchanger.auth_code",
+    "xchanger.access_token",
+    "xchanger.refresh_token",
+    "xchanger.user_id",
+    "xchanger.app_key",
+    "xchanger.iccid",
+    "iauto360.open_id",
+    "iauto360.secure_code",
+    "kingxun.upstream.key",
+    "kingxun.upstream.iv",
+    "kingxun.upstream.host",
+    "exlive.client.name",
+    "exlive.client.password",
+];
+
+/// `TEXT_KEYS` set in the environment, as (key, text exactly as written).
+fn text_from_env() -> Vec<(String, String)> {
+    TEXT_KEYS
+        .iter()
+        .filter_map(|key| {
+            let var = format!("V2M_{}", key.replace('.', "__").to_uppercase());
+            std::env::var(&var).ok().map(|v| (key.to_string(), v))
+        })
+        .collect()
+}
+
+/// Whether a key names a secret (its value is never shown, not even in an error).
+fn is_secret_key(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    let last = last.split('[').next().unwrap_or(last);
+    SECRET_KEYS.contains(&last)
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
@@ -261,7 +329,7 @@ impl Config {
             None => {}
         }
         figment = figment.merge(Env::prefixed("V2M_").split("__"));
-        for (key, value) in overrides {
+        for (key, value) in text_from_env().iter().chain(overrides) {
             figment = figment.merge(Serialized::default(key, value));
         }
         let config: Config = figment.extract().map_err(Box::new)?;
@@ -419,6 +487,9 @@ fn describe_figment(err: &figment::Error) -> String {
                     format!("unknown key `{section}{field}` (from {source}){hint}")
                 }
                 kind if key.is_empty() => format!("{kind} (from {source})"),
+                _ if is_secret_key(&key) => format!(
+                    "invalid value for key `{key}` (from {source}): not usable as text (the value is a secret and not shown)"
+                ),
                 kind => format!("invalid value for key `{key}` (from {source}): {kind}"),
             }
         })

@@ -17,8 +17,11 @@ pub fn init(format: LogFormat, level: &str) {
             ))
             .unwrap_or_else(|_| EnvFilter::new("info"))
         });
+    // Colour codes only for a person at a terminal: a log file or journal gets plain text.
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

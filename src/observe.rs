@@ -34,6 +34,8 @@ pub struct Snapshot {
     pub vehicles_online: usize,
     /// Command results by status (`accepted`, `succeeded`, `failed`, `timeout`, `rejected`).
     pub commands: BTreeMap<String, u64>,
+    /// Wrong or missing PINs.
+    pub pin_failures: u64,
     pub mqtt_published: u64,
     pub mqtt_dropped: u64,
     pub mqtt_coalesced: u64,
@@ -116,6 +118,11 @@ impl Snapshot {
                 .inc_by(*n);
         }
         registry.register("commands", "Command results by status", commands);
+        registry.register(
+            "pin_failures",
+            "Commands refused for a wrong or missing PIN",
+            counter(self.pin_failures),
+        );
         let links = Family::<Labels, Gauge>::default();
         let running = Family::<Labels, Gauge>::default();
         let events = Family::<Labels, Counter>::default();

@@ -359,7 +359,11 @@ async fn retained_command_is_never_executed() {
     let base = config.mqtt.base_topic.clone();
     let probe = Probe::connect(broker.port, &[&format!("{base}/+/command/result")]).await;
     probe
-        .publish(&format!("{base}/kx1001/lock/set"), "UNLOCK", true)
+        .publish(
+            &format!("{base}/kx1001/lock/set"),
+            r#"{"action":"UNLOCK","id":"kept"}"#,
+            true,
+        )
         .await;
     let mut bridge = RunningBridge::start(config).await;
     announce(&bridge, scooter(vec![Capability::Lock]), sample_state()).await;
@@ -368,6 +372,10 @@ async fn retained_command_is_never_executed() {
         .await
         .json();
     assert_eq!(r["status"], "rejected");
+    assert_eq!(
+        r["id"], "kept",
+        "the rejection carries the payload's own id"
+    );
     assert!(r["reason"].as_str().unwrap().contains("retained"), "{r}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
@@ -870,5 +878,131 @@ async fn per_field_booleans_for_evcc() {
             m.topic == format!("{base}/kx1001/odometer") && m.text() == "1234"
         })
         .await;
+    bridge.stop().await;
+}
+
+/// PIN brute force: after five wrong PINs the vehicle locks out (1 min, doubling); while
+/// locked even the right PIN is refused, with the reason; every wrong PIN is counted.
+#[tokio::test]
+async fn pin_guessing_locks_out() {
+    let (_broker, _dir, base, mut bridge, probe) =
+        command_setup(Some("2468"), Duration::from_secs(10)).await;
+    let set = format!("{base}/kx1001/lock/set");
+    for i in 0..5 {
+        probe
+            .publish(
+                &set,
+                &format!(
+                    r#"{{"action":"UNLOCK","code":"{:04}","id":"g{i}"}}"#,
+                    1000 + i
+                ),
+                false,
+            )
+            .await;
+    }
+    probe
+        .publish(
+            &set,
+            r#"{"action":"UNLOCK","code":"2468","id":"right"}"#,
+            false,
+        )
+        .await;
+    let r = probe
+        .wait_for("the right PIN, locked out", T, |m| {
+            m.topic.ends_with("/command/result") && m.json()["id"] == "right"
+        })
+        .await
+        .json();
+    assert_eq!(r["status"], "rejected");
+    assert!(
+        r["reason"].as_str().unwrap().starts_with("PIN locked for"),
+        "{r}"
+    );
+    let wrong: Vec<_> = results(&probe, &base)
+        .into_iter()
+        .filter(|r| r["reason"] == "wrong or missing PIN")
+        .collect();
+    assert_eq!(wrong.len(), 5);
+    assert!(
+        bridge.ctx.commands.try_recv().is_err(),
+        "nothing reached the vehicle"
+    );
+    let info = Probe::connect(_broker.port, &[&format!("{base}/bridge/info")]).await;
+    info.wait_for("pin failures counted", T, |m| m.json()["pin_failures"] == 5)
+        .await;
+    // Locking needs no PIN and still works during the lockout.
+    probe.publish(&set, "LOCK", false).await;
+    let req = tokio::time::timeout(T, bridge.ctx.commands.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(req.command, vehicle2mqtt::model::Command::Lock);
+    bridge.stop().await;
+}
+
+/// Buttons run only on PRESS: an empty payload (how a retained message is cleared), NUL,
+/// NO or a near miss is rejected with a result (carrying the payload's own id when it
+/// has one) and never reaches the vehicle.
+#[tokio::test]
+async fn buttons_and_locks_run_only_on_their_exact_payloads() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::test_config(&broker.url(), dir.path());
+    let base = config.mqtt.base_topic.clone();
+    let mut bridge = RunningBridge::start(config).await;
+    announce(
+        &bridge,
+        scooter(vec![
+            Capability::Lock,
+            Capability::OpenSeat,
+            Capability::HazardLights,
+        ]),
+        sample_state(),
+    )
+    .await;
+    let probe = Probe::connect(broker.port, &[&format!("{base}/#")]).await;
+    probe.wait_topic(&format!("{base}/kx1001/state"), T).await;
+    let seat = format!("{base}/kx1001/open_seat/set");
+    let hazard = format!("{base}/kx1001/hazard_lights/set");
+    let lock = format!("{base}/kx1001/lock/set");
+    let bad: Vec<(&str, &str)> = vec![
+        (&seat, ""),
+        (&seat, "\u{0}"),
+        (&seat, "NO"),
+        (&seat, "press"),
+        (&hazard, "1"),
+        (&lock, "unlock"),
+        (&lock, "UNLOCK!"),
+        (&lock, r#"{"action":"unlock","id":"near-miss"}"#),
+    ];
+    for (topic, payload) in &bad {
+        probe.publish(topic, payload, false).await;
+    }
+    probe
+        .wait_for("every near miss rejected", T, |_| {
+            results(&probe, &base)
+                .iter()
+                .filter(|r| r["status"] == "rejected")
+                .count()
+                == bad.len()
+        })
+        .await;
+    assert!(
+        results(&probe, &base)
+            .iter()
+            .any(|r| r["id"] == "near-miss"),
+        "the rejection carries the payload's id"
+    );
+    assert!(
+        bridge.ctx.commands.try_recv().is_err(),
+        "a near miss reached the vehicle"
+    );
+    // The exact payloads work.
+    probe.publish(&seat, "PRESS", false).await;
+    let req = tokio::time::timeout(T, bridge.ctx.commands.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(req.command, vehicle2mqtt::model::Command::OpenSeat);
     bridge.stop().await;
 }

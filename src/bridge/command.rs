@@ -74,29 +74,62 @@ pub fn parse_payload(raw: &[u8]) -> Result<Payload, String> {
     }
 }
 
-/// Maps an entity key and action onto a command the vehicle supports.
+/// What a button runs on: its `payload_press`, exactly (or the JSON form without an
+/// `action`, which means the same).
+pub const PRESS: &str = "PRESS";
+
+/// Shown, at most this long, when a payload is refused (it may be anything).
+fn shown(action: &str) -> String {
+    let mut s: String = action
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(32)
+        .collect();
+    if action.chars().count() > 32 {
+        s.push('…');
+    }
+    s
+}
+
+/// Maps an entity key and action onto a command the vehicle supports. Every command runs
+/// only on its exact payloads (those the HA entity sends): an empty payload (how retained
+/// messages are cleared), `NO`, `\0` or `unlock` in lower case is refused, never guessed.
 pub fn to_command(entity: &str, action: &str, caps: &[Capability]) -> Result<Command, String> {
     let has = |c: &Capability| caps.contains(c);
     let unsupported = || format!("vehicle does not support `{entity}`");
-    let upper = action.to_ascii_uppercase();
+    let press = |cmd: Command| {
+        if action == PRESS {
+            Ok(cmd)
+        } else {
+            Err(format!(
+                "`{entity}` runs only on the payload {PRESS}, not `{}`",
+                shown(action)
+            ))
+        }
+    };
     let cmd = match entity {
-        "lock" if has(&Capability::Lock) => match upper.as_str() {
+        "lock" if has(&Capability::Lock) => match action {
             "LOCK" => Command::Lock,
             "UNLOCK" => Command::Unlock,
-            _ => return Err(format!("lock takes LOCK or UNLOCK, not `{action}`")),
+            _ => {
+                return Err(format!(
+                    "lock takes LOCK or UNLOCK, not `{}`",
+                    shown(action)
+                ))
+            }
         },
-        "engine" if has(&Capability::Engine) => match upper.as_str() {
+        "engine" if has(&Capability::Engine) => match action {
             "ON" | "START" => Command::EngineStart,
             "OFF" | "STOP" => Command::EngineStop,
-            _ => return Err(format!("engine takes ON or OFF, not `{action}`")),
+            _ => return Err(format!("engine takes ON or OFF, not `{}`", shown(action))),
         },
-        "horn_lights" if has(&Capability::HornAndLights) => Command::HornAndLights,
-        "flash_lights" if has(&Capability::FlashLights) => Command::FlashLights,
-        "horn" if has(&Capability::Horn) => Command::Horn,
-        "open_seat" if has(&Capability::OpenSeat) => Command::OpenSeat,
-        "open_glovebox" if has(&Capability::OpenGlovebox) => Command::OpenGlovebox,
-        "open_helmet" if has(&Capability::OpenHelmet) => Command::OpenHelmet,
-        "hazard_lights" if has(&Capability::HazardLights) => Command::HazardLights,
+        "horn_lights" if has(&Capability::HornAndLights) => press(Command::HornAndLights)?,
+        "flash_lights" if has(&Capability::FlashLights) => press(Command::FlashLights)?,
+        "horn" if has(&Capability::Horn) => press(Command::Horn)?,
+        "open_seat" if has(&Capability::OpenSeat) => press(Command::OpenSeat)?,
+        "open_glovebox" if has(&Capability::OpenGlovebox) => press(Command::OpenGlovebox)?,
+        "open_helmet" if has(&Capability::OpenHelmet) => press(Command::OpenHelmet)?,
+        "hazard_lights" if has(&Capability::HazardLights) => press(Command::HazardLights)?,
         "guard_power" if has(&Capability::GuardPower) => Command::Guard(
             GuardPower::parse(action)
                 .ok_or_else(|| format!("guard_power takes one of {:?}", GuardPower::OPTIONS))?,
@@ -119,12 +152,55 @@ pub fn to_command(entity: &str, action: &str, caps: &[Capability]) -> Result<Com
         }
         _ => match entity.strip_prefix("cmd_") {
             Some(name) if has(&Capability::Passthrough(name.to_string())) => {
-                Command::Passthrough(name.to_string())
+                press(Command::Passthrough(name.to_string()))?
             }
             _ => return Err(unsupported()),
         },
     };
     Ok(cmd)
+}
+
+/// Wrong PINs allowed per vehicle before it locks out, and across all vehicles.
+pub const PIN_TRIES_PER_VEHICLE: u32 = 5;
+pub const PIN_TRIES_OVERALL: u32 = 20;
+/// The first lockout; each further wrong PIN doubles it, up to `PIN_LOCKOUT_MAX`.
+pub const PIN_LOCKOUT: std::time::Duration = std::time::Duration::from_secs(60);
+pub const PIN_LOCKOUT_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Wrong PINs in a row and the lockout they earned (sans-IO: the caller gives the time).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PinTries {
+    failures: u32,
+    locked_until: Option<std::time::Instant>,
+}
+
+impl PinTries {
+    /// Seconds of lockout left, if locked.
+    pub fn locked(&self, now: std::time::Instant) -> Option<u64> {
+        self.locked_until
+            .filter(|until| *until > now)
+            .map(|until| (until - now).as_secs().max(1))
+    }
+
+    /// Counts a wrong PIN; past `allowed`, locks out for 1 min, doubling, capped at 1 h.
+    pub fn failed(&mut self, now: std::time::Instant, allowed: u32) {
+        self.failures = self.failures.saturating_add(1);
+        if self.failures >= allowed {
+            let doublings = (self.failures - allowed).min(16);
+            let lockout = PIN_LOCKOUT
+                .saturating_mul(1 << doublings)
+                .min(PIN_LOCKOUT_MAX);
+            self.locked_until = Some(now + lockout);
+        }
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    pub fn reset(&mut self) {
+        *self = PinTries::default();
+    }
 }
 
 /// Compares a PIN in constant time (for equal lengths; a length mismatch is rejected
@@ -180,7 +256,8 @@ mod tests {
             Capability::MaxSpeed { max: 45 },
             Capability::Passthrough("reboot".into()),
         ];
-        assert_eq!(to_command("lock", "unlock", &caps), Ok(Command::Unlock));
+        assert_eq!(to_command("lock", "UNLOCK", &caps), Ok(Command::Unlock));
+        assert!(to_command("lock", "unlock", &caps).is_err(), "near miss");
         assert_eq!(to_command("lock", "LOCK", &caps), Ok(Command::Lock));
         assert!(to_command("lock", "OPEN", &caps).is_err());
         assert!(to_command("engine", "ON", &caps).is_err());
@@ -195,7 +272,32 @@ mod tests {
             Ok(Command::Passthrough("reboot".into()))
         );
         assert!(to_command("cmd_other", "PRESS", &caps).is_err());
+        // Buttons: PRESS only; an empty payload, NUL, NO or a near miss runs nothing.
+        for bad in ["", "\0", "NO", "press", "PRESS ", "1"] {
+            assert!(to_command("cmd_reboot", bad, &caps).is_err(), "{bad:?}");
+        }
         assert!(to_command("horn", "PRESS", &caps).is_err());
+    }
+
+    #[test]
+    fn pin_lockout_grows() {
+        let t0 = std::time::Instant::now();
+        let mut tries = PinTries::default();
+        for _ in 0..4 {
+            tries.failed(t0, 5);
+            assert_eq!(tries.locked(t0), None, "four wrong PINs lock nothing");
+        }
+        tries.failed(t0, 5);
+        assert_eq!(tries.locked(t0), Some(60));
+        tries.failed(t0, 5);
+        assert_eq!(tries.locked(t0), Some(120), "doubling");
+        for _ in 0..20 {
+            tries.failed(t0, 5);
+        }
+        assert_eq!(tries.locked(t0), Some(3600), "capped");
+        assert_eq!(tries.locked(t0 + PIN_LOCKOUT_MAX), None, "and it ends");
+        tries.reset();
+        assert_eq!(tries.failures(), 0);
     }
 
     #[test]

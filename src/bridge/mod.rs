@@ -144,6 +144,11 @@ struct Hub {
     stale_candidates: HashMap<String, HashSet<String>>,
     /// Command results by status, for `/metrics`.
     command_results: BTreeMap<String, u64>,
+    /// Wrong PINs per vehicle and across all of them, with their lockouts.
+    pin_tries: HashMap<VehicleId, command::PinTries>,
+    pin_tries_overall: command::PinTries,
+    /// Every wrong PIN since start.
+    pin_failures: u64,
     /// What `/metrics`, `/healthz` and the liveness file show.
     snapshot: crate::observe::SharedSnapshot,
 }
@@ -221,6 +226,9 @@ pub async fn run(
         unsent_states: HashSet::new(),
         stale_candidates: HashMap::new(),
         command_results: BTreeMap::new(),
+        pin_tries: HashMap::new(),
+        pin_tries_overall: command::PinTries::default(),
+        pin_failures: 0,
         snapshot: crate::observe::SharedSnapshot::default(),
     };
     if !hub.config.bridge.http_listen.trim().is_empty() {
@@ -698,6 +706,7 @@ impl Hub {
                 .filter(|v| v.published_availability == Some(true))
                 .count(),
             commands: self.command_results.clone(),
+            pin_failures: self.pin_failures,
             mqtt_published: load(&stats.published),
             mqtt_dropped: load(&stats.dropped_publishes),
             mqtt_coalesced: load(&stats.coalesced_states),
@@ -720,6 +729,7 @@ impl Hub {
             "vehicles": self.vehicles.len(),
             "links": self.connectors.iter().map(|c| c.links).sum::<usize>(),
             "last_error": self.last_error,
+            "pin_failures": self.pin_failures,
             "dropped_publishes": self.publisher.stats().dropped_publishes.load(std::sync::atomic::Ordering::Relaxed),
             "coalesced_states": self.publisher.stats().coalesced_states.load(std::sync::atomic::Ordering::Relaxed),
         })
@@ -852,21 +862,27 @@ impl Hub {
     }
 
     fn on_command(&mut self, vehicle: &str, entity: &str, raw: &Bytes, retain: bool) {
+        let parsed = command::parse_payload(raw);
+        // A rejection carries the payload's own id when it has one, so the sender can match it.
+        let id = parsed
+            .as_ref()
+            .ok()
+            .and_then(|p| p.id.clone())
+            .unwrap_or_else(new_command_id);
         if retain {
             // A retained command would fire again on every reconnect: never execute it.
             self.reject(
                 vehicle,
-                &new_command_id(),
+                &id,
                 entity,
                 "retained command ignored: publish commands without the retain flag",
             );
             return;
         }
-        let payload = match command::parse_payload(raw) {
+        let payload = match parsed {
             Ok(p) => p,
-            Err(reason) => return self.reject(vehicle, &new_command_id(), entity, &reason),
+            Err(reason) => return self.reject(vehicle, &id, entity, &reason),
         };
-        let id = payload.id.clone().unwrap_or_else(new_command_id);
         let Some(v) = VehicleId::new(vehicle).and_then(|vid| self.vehicles.get(&vid)) else {
             return self.reject(vehicle, &id, entity, "unknown vehicle");
         };
@@ -883,14 +899,29 @@ impl Hub {
             Ok(c) => c,
             Err(reason) => return self.reject(vehicle, &id, entity, &reason),
         };
-        let pin = &self.config.bridge.command_pin;
-        if command.needs_pin()
-            && !pin.is_empty()
-            && !command::pin_matches(pin.expose(), payload.code.as_deref())
-        {
-            return self.reject(vehicle, &id, &command.name(), "wrong or missing PIN");
-        }
         let vid = v.info.id.clone();
+        let pin = &self.config.bridge.command_pin;
+        if command.needs_pin() && !pin.is_empty() {
+            let now = std::time::Instant::now();
+            let tries = self.pin_tries.entry(vid.clone()).or_default();
+            // While locked out the PIN is not even compared: guessing gains nothing.
+            if let Some(left) = tries.locked(now).or(self.pin_tries_overall.locked(now)) {
+                let reason = format!("PIN locked for {left} s after repeated wrong PINs");
+                return self.reject(vehicle, &id, &command.name(), &reason);
+            }
+            if !command::pin_matches(pin.expose(), payload.code.as_deref()) {
+                tries.failed(now, command::PIN_TRIES_PER_VEHICLE);
+                self.pin_tries_overall
+                    .failed(now, command::PIN_TRIES_OVERALL);
+                self.pin_failures += 1;
+                self.info_dirty = true;
+                let failures = tries.failures();
+                tracing::warn!(event = "wrong_pin", vehicle = %vid, failures, "wrong or missing PIN");
+                return self.reject(vehicle, &id, &command.name(), "wrong or missing PIN");
+            }
+            tries.reset();
+            self.pin_tries_overall.reset();
+        }
         let owner = v.owner;
         let queue = self.config.bridge.command_queue;
         let timeout = self.config.bridge.command_timeout;
