@@ -39,6 +39,7 @@ async fn scenario(
         answer_commands: true,
         stamp: true,
         profile: Default::default(),
+        plain_status: false,
     };
     let sim = tokio::spawn(vehicle2mqtt::sim::kingxun::run(
         opts,

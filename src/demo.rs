@@ -46,6 +46,7 @@ pub fn config(ports: &DemoPorts, state_dir: std::path::PathBuf) -> Config {
                 key: Secret::new(hex::encode(sim::kingxun::derive_key(DEMO_SEED, id))),
                 name: Some(format!("Demo scooter {}", i + 1)),
                 profile: None,
+                accept_plain_frames: None,
             }
         })
         .collect();
@@ -156,6 +157,7 @@ pub async fn simulators(config: Config, shutdown: CancellationToken) {
         answer_commands: true,
         stamp: false,
         profile: Default::default(),
+        plain_status: false,
     };
     let ex = sim::exlive::SimOptions {
         server: config.exlive.listen.to_string(),

@@ -35,6 +35,7 @@ impl Bridge {
                     key: Secret::new(hex::encode(derive_key(SEED, id))),
                     name: Some(format!("Scooter {id}")),
                     profile: None,
+                    accept_plain_frames: None,
                 })
                 .collect();
             tweak(config);
@@ -59,6 +60,7 @@ impl Bridge {
             answer_commands: answer,
             stamp: false,
             profile: Profile::Classic,
+            plain_status: false,
         };
         let stats = Arc::new(SimStats::default());
         let stop = CancellationToken::new();
@@ -531,6 +533,8 @@ async fn bad_input_costs_only_itself() {
     let bridge = Bridge::start(&broker, |c| {
         c.kingxun.max_body = 4096;
         c.kingxun.read_timeout = Duration::from_millis(600);
+        // This test is about bad input; trust plain frames so plain ones are published.
+        c.kingxun.accept_plain_frames = true;
     })
     .await;
     let probe = Probe::connect(broker.port, &[&bridge.topic("kx1003/state")]).await;
@@ -666,6 +670,7 @@ async fn max_links_and_idle_timeout() {
     let bridge = Bridge::start(&broker, |c| {
         c.kingxun.max_links = 2;
         c.kingxun.idle_timeout = Duration::from_millis(800);
+        c.kingxun.accept_plain_frames = true;
     })
     .await;
     let probe = Probe::connect(broker.port, &[&bridge.topic("kx1001/availability")]).await;
@@ -827,5 +832,105 @@ async fn registration_forks_and_malformed_bodies() {
         m.json()["connectors"][0]["counters"]["bad_bodies"] == 2
     })
     .await;
+    bridge.stop().await;
+}
+
+/// The impostor (#13): someone who knows a device id registers as it and sends plain
+/// frames. Nothing they say is published, the owner's link is not displaced, and the
+/// owner's commands keep going to the real device; a link that proves the key (a frame
+/// sealed with the device's key and its session IV) takes over as before.
+#[tokio::test]
+async fn an_impostor_without_the_key_changes_nothing() {
+    let broker = Mosquitto::start();
+    let bridge = Bridge::start(&broker, |_| {}).await;
+    let probe = Probe::connect(
+        broker.port,
+        &[&bridge.topic("kx1001/#"), &bridge.topic("bridge/info")],
+    )
+    .await;
+    // The real device: registers, proves its key with a sealed 1002.
+    let mut real = RawDevice::register(bridge.port, 1001).await.unwrap();
+    let seq = real
+        .request(id::STATUS, true, parked_status().encode())
+        .await;
+    assert_eq!(real.response(seq).await.0, 0);
+    probe
+        .wait_for("online", T, |m| {
+            m.topic == bridge.topic("kx1001/availability") && m.text() == "online"
+        })
+        .await;
+    let real_state = probe
+        .wait_for("real state", T, |m| m.topic == bridge.topic("kx1001/state"))
+        .await
+        .json();
+
+    // The impostor: right id, no key. It registers and sends a forged plain 1002.
+    probe.clear();
+    let mut fake = RawDevice::register(bridge.port, 1001).await.unwrap();
+    let mut forged = parked_status();
+    forged.lat = 10.0;
+    forged.lng = 10.0;
+    forged.lock = 0x01; // "unlocked"
+    let seq = fake.request(id::STATUS, false, forged.encode()).await;
+    assert_eq!(
+        fake.response(seq).await.0,
+        0,
+        "answered as usual: it learns nothing"
+    );
+    // A sealed frame with a wrong key proves nothing either.
+    fake.key = [0x55; 16];
+    let seq = fake.request(id::STATUS, true, forged.encode()).await;
+    assert_eq!(fake.response(seq).await.0, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for m in probe.messages() {
+        if m.topic == bridge.topic("kx1001/state") {
+            let s = m.json();
+            assert_ne!(s["latitude"], 10.0, "a forged position was published: {s}");
+            assert_eq!(
+                s["lock"], real_state["lock"],
+                "a forged lock state was published"
+            );
+        }
+        assert!(
+            !(m.topic == bridge.topic("kx1001/availability") && m.text() == "offline"),
+            "the impostor knocked the real device offline"
+        );
+    }
+
+    // The owner's LOCK goes to the real device, not to the impostor.
+    probe
+        .publish(
+            &bridge.topic("kx1001/lock/set"),
+            r#"{"action":"LOCK","id":"l"}"#,
+            false,
+        )
+        .await;
+    let cmd = real.recv().await.expect("the real device gets the command");
+    assert_eq!(cmd.header.msg_id, id::LOCK);
+    real.send(Frame::response(
+        id::LOCK,
+        cmd.header.seq,
+        0,
+        false,
+        Bytes::new(),
+    ))
+    .await;
+    let r = probe
+        .wait_for("lock result", T, |m| {
+            m.topic == bridge.topic("kx1001/command/result")
+                && m.json()["id"] == "l"
+                && m.json()["status"] != "accepted"
+        })
+        .await
+        .json();
+    assert_eq!(r["status"], "succeeded");
+    let c = probe
+        .wait_for("counted", T, |m| {
+            m.topic == bridge.topic("bridge/info")
+                && m.json()["connectors"][0]["counters"]["unproven_frames"].as_u64() >= Some(1)
+        })
+        .await;
+    assert!(c.json()["connectors"][0]["counters"]["decrypt_failures"].as_u64() >= Some(1));
+    drop(fake);
     bridge.stop().await;
 }

@@ -378,6 +378,7 @@ async fn setup() -> Setup {
             answer_commands: true,
             stamp: false,
             profile: Profile::Classic,
+            plain_status: true,
         },
         sim.clone(),
         stop_sim.clone(),

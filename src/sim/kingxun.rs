@@ -35,6 +35,9 @@ pub struct SimOptions {
     pub stamp: bool,
     /// The 2001–2005 layout the simulated firmware reads.
     pub profile: Profile,
+    /// Send 1002 plain, as kxSvr's own client does (and kxSvr expects: it reads the body
+    /// as a struct). By default the simulated firmware seals it, which proves its key.
+    pub plain_status: bool,
 }
 
 impl Default for SimOptions {
@@ -49,6 +52,7 @@ impl Default for SimOptions {
             answer_commands: true,
             stamp: false,
             profile: Profile::Classic,
+            plain_status: false,
         }
     }
 }
@@ -240,13 +244,19 @@ async fn device(
         if send_status {
             send_status = false;
             seq = seq.wrapping_add(1);
+            let plain = status(&d, index, o.stamp).encode();
+            let body = if o.plain_status {
+                plain
+            } else {
+                crypto::encrypt(&key, &iv, &plain)
+            };
             let f = Frame::request(
                 id::STATUS,
                 seq,
                 dev_id,
                 session_id,
-                false,
-                Bytes::from(status(&d, index, o.stamp).encode()),
+                !o.plain_status,
+                Bytes::from(body),
             );
             wr.write_all(&f.to_bytes()).await?;
             stats.statuses.fetch_add(1, Ordering::Relaxed);

@@ -30,6 +30,11 @@ pub struct KingxunConfig {
     pub max_trip_body: usize,
     /// Layout of 2001–2005 for devices that do not name their own (see `Profile`).
     pub profile: Profile,
+    /// Trust a link from its registration alone (plain frames). Off: a link becomes the
+    /// device's, and what it says is published, only once it sent one frame sealed with
+    /// the device's key and the session IV. Only for firmware that never encrypts: with
+    /// it on, anyone who knows a device id can speak for that device.
+    pub accept_plain_frames: bool,
     /// Unlock (2001) parameters.
     pub allow_time_min: u16,
     pub lowest_soc: u8,
@@ -117,6 +122,7 @@ impl Default for KingxunConfig {
             max_body: 64 * 1024,
             max_trip_body: DEFAULT_MAX_TRIP_BODY,
             profile: Profile::Classic,
+            accept_plain_frames: false,
             allow_time_min: 240,
             lowest_soc: 5,
             farthest_dist_m: 100_000,
@@ -142,6 +148,9 @@ pub struct KingxunDevice {
     /// This device's 2001–2005 layout, when it differs from `kingxun.profile`.
     #[serde(default)]
     pub profile: Option<Profile>,
+    /// Overrides `kingxun.accept_plain_frames` for this device.
+    #[serde(default)]
+    pub accept_plain_frames: Option<bool>,
 }
 
 impl KingxunDevice {

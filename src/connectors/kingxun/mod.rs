@@ -43,6 +43,7 @@ crate::named_counters! {
         oversized,
         stalled,
         idle_closed,
+        unproven_frames,
     }
 }
 
@@ -441,6 +442,15 @@ impl Core {
             .then_some(up.server_commands.as_slice())
     }
 
+    /// Whether plain frames are trusted from this device: its registration alone makes
+    /// its link the device's (`accept_plain_frames`, per device or for all).
+    pub fn accepts_plain(&self, dev_id: u32) -> bool {
+        self.devices
+            .get(&dev_id)
+            .and_then(|d| d.accept_plain_frames)
+            .unwrap_or(self.config.accept_plain_frames)
+    }
+
     /// The 2001–2005 layout of a directly linked device.
     pub fn profile(&self, dev_id: u32) -> Profile {
         self.devices
@@ -616,6 +626,16 @@ impl Connector for KingxunConnector {
                 open_links: LinkGauge::default(),
                 counters: Counters::default(),
             });
+            let trusting: Vec<u32> = core
+                .devices
+                .keys()
+                .copied()
+                .filter(|d| core.accepts_plain(*d))
+                .collect();
+            if !trusting.is_empty() {
+                tracing::warn!(event = "kingxun_plain_frames_trusted", devices = ?trusting,
+                    "accept_plain_frames: anyone who knows these device ids can register as them, report positions and states in their name and receive their commands; use it only for firmware that never encrypts a frame");
+            }
             // Every configured device exists (offline) before it first connects.
             for dev_id in core.devices.keys().chain(upstream_ids.iter()) {
                 let _ = ctx

@@ -114,6 +114,10 @@ struct Session {
     dev_id: u32,
     key: [u8; 16],
     iv: [u8; 16],
+    /// The link proved it holds the device's key (a frame sealed with key and session IV
+    /// that decrypted with a valid trailer), or the config trusts plain frames for it.
+    /// Until then it displaces no live link, and nothing it says is published.
+    proven: bool,
 }
 
 impl Session {
@@ -182,34 +186,23 @@ async fn serve_link(
     let Some(iv) = answer_register(&mut wr, frame.header.seq, session_id).await else {
         return;
     };
-    let mut session = Session { dev_id, key, iv };
+    let mut session = Session {
+        dev_id,
+        key,
+        iv,
+        proven: false,
+    };
     let profile = core.profile(dev_id);
     let vid = vehicle_id(dev_id);
     let link_id = core.next_link.fetch_add(1, Ordering::Relaxed);
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<LinkCommand>(16);
-    let replaced = core
-        .links
-        .lock()
-        .ok()
-        .and_then(|mut l| l.insert(dev_id, (link_id, cmd_tx)));
-    if replaced.is_some() {
-        tracing::info!(
-            event = "kingxun_link_replaced",
-            dev_id,
-            "device reconnected; the new link replaces the old one"
-        );
-    }
+    let sw_version = register.software_version();
     tracing::info!(event = "kingxun_registered", peer = %peer, dev_id, link = link_id, "device registered");
-    let _ = core
-        .updates
-        .send(Update::Vehicle(core.info(
-            dev_id,
-            register.software_version(),
-            None,
-        )))
-        .await;
-    core.updates.availability(vid.clone(), true).await;
     core.open_links.opened(&core.updates).await;
+    if core.accepts_plain(dev_id) {
+        prove(&core, &mut session, link_id, &cmd_tx, sw_version, &peer).await;
+    }
+    let mut unproven_logged = false;
 
     // seq → (command, deadline)
     let mut pending: HashMap<u16, (LinkCommand, Instant)> = HashMap::new();
@@ -310,10 +303,29 @@ async fn serve_link(
                     // `checkMsgHeader`); checking DevId too is stricter and safe, since a
                     // device always puts its own id there (KxClient.cpp sets it on every frame).
                     Kind::Request { dev_id: from, session_id: sid } => {
-                        let (code, body) = if from != dev_id || sid != session_id {
+                        let right_session = from == dev_id && sid == session_id;
+                        if right_session && !session.proven && frame.header.crypt && session.open_body(&frame).is_ok() {
+                            prove(&core, &mut session, link_id, &cmd_tx, sw_version, &peer).await;
+                        }
+                        let (code, body) = if !right_session {
                             core.counters.bad_sessions.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(event = "kingxun_bad_session", peer = %peer, dev_id, from, "frame with a wrong DevId or SessionId refused");
                             (RESP_REJECTED, Vec::new())
+                        } else if !session.proven && frame.header.crypt {
+                            // Sealed, but not with this device's key and session IV.
+                            core.counters.decrypt_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(event = "kingxun_decrypt_failed", peer = %peer, dev_id, msg_id = frame.header.msg_id, "sealed frame does not open with the device's key; the link stays untrusted");
+                            (RESP_REJECTED, Vec::new())
+                        } else if !session.proven {
+                            // Answered as usual (a real device goes on reporting), but
+                            // nothing a link that has not shown the key says is published.
+                            core.counters.unproven_frames.fetch_add(1, Ordering::Relaxed);
+                            if !unproven_logged {
+                                unproven_logged = true;
+                                tracing::warn!(event = "kingxun_unproven_link", peer = %peer, dev_id, msg_id = frame.header.msg_id,
+                                    "plain frames from a link that has not yet sent an encrypted one: ignored until it proves the device key (see kingxun.accept_plain_frames)");
+                            }
+                            unproven_answer(&core, &frame)
                         } else {
                             handle_request(&core, &session, &frame, &mut model_known).await
                         };
@@ -350,6 +362,58 @@ async fn serve_link(
         core.updates.availability(vid, false).await;
     }
     core.open_links.closed(&core.updates).await;
+}
+
+/// The link proved the device's key (or the config trusts plain frames for this device):
+/// from now on it is the device's link, displacing any older one.
+async fn prove(
+    core: &Core,
+    session: &mut Session,
+    link_id: u64,
+    cmd_tx: &mpsc::Sender<LinkCommand>,
+    sw_version: Option<u32>,
+    peer: &SocketAddr,
+) {
+    session.proven = true;
+    let dev_id = session.dev_id;
+    let replaced = core
+        .links
+        .lock()
+        .ok()
+        .and_then(|mut l| l.insert(dev_id, (link_id, cmd_tx.clone())));
+    if replaced.is_some() {
+        tracing::info!(
+            event = "kingxun_link_replaced",
+            dev_id,
+            "device reconnected; the new link replaces the old one"
+        );
+    }
+    tracing::info!(event = "kingxun_link_proven", peer = %peer, dev_id, link = link_id, "device link trusted");
+    let _ = core
+        .updates
+        .send(Update::Vehicle(core.info(dev_id, sw_version, None)))
+        .await;
+    core.updates.availability(vehicle_id(dev_id), true).await;
+}
+
+/// What an unproven link is told: the usual answer, computed without publishing anything.
+fn unproven_answer(core: &Core, frame: &Frame) -> (u32, Vec<u8>) {
+    match frame.header.msg_id {
+        id::RANGE => match RangeQuery::decode(&frame.body) {
+            Ok(_) => (
+                RESP_OK,
+                RangeAnswer {
+                    max_range_m: (core.config.range_full_km * 1000.0).clamp(0.0, u32::MAX as f64)
+                        as u32,
+                    charge_notify_soc: core.config.charge_notify_soc,
+                    soc_min: core.config.soc_min,
+                }
+                .encode(),
+            ),
+            Err(_) => (RESP_BAD_PARAMETER, Vec::new()),
+        },
+        _ => (RESP_OK, Vec::new()),
+    }
 }
 
 /// What a first 1001 says. Any body is accepted, as kxSvr accepts any; an encrypted one
