@@ -73,13 +73,36 @@ pub const TEXT_KEYS: &[&str] = &[
     "exlive.client.password",
 ];
 
-/// `TEXT_KEYS` set in the environment, as (key, text exactly as written).
-fn text_from_env() -> Vec<(String, String)> {
+/// One text value for one key, named after where it came from (an environment variable,
+/// the Supervisor), so errors about it point there.
+struct TextValue {
+    key: String,
+    value: String,
+    from: String,
+}
+
+impl figment::Provider for TextValue {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(self.from.clone())
+    }
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Serialized::default(&self.key, &self.value).data()
+    }
+}
+
+/// `TEXT_KEYS` set in the environment, taken exactly as written.
+fn text_from_env() -> Vec<TextValue> {
     TEXT_KEYS
         .iter()
         .filter_map(|key| {
             let var = format!("V2M_{}", key.replace('.', "__").to_uppercase());
-            std::env::var(&var).ok().map(|v| (key.to_string(), v))
+            std::env::var(&var).ok().map(|value| TextValue {
+                key: key.to_string(),
+                value,
+                from: format!("environment variable `{var}`"),
+            })
         })
         .collect()
 }
@@ -288,7 +311,7 @@ fn describe_metadata(m: &figment::Metadata) -> String {
         Some(figment::Source::Code(_)) if m.name.contains("defaults") => {
             "the built-in defaults".into()
         }
-        Some(_) => "the running environment (Supervisor)".into(),
+        Some(_) => m.name.to_string(),
         None => m.name.to_string(),
     }
 }
@@ -329,8 +352,15 @@ impl Config {
             None => {}
         }
         figment = figment.merge(Env::prefixed("V2M_").split("__"));
-        for (key, value) in text_from_env().iter().chain(overrides) {
-            figment = figment.merge(Serialized::default(key, value));
+        for text in text_from_env() {
+            figment = figment.merge(text);
+        }
+        for (key, value) in overrides {
+            figment = figment.merge(TextValue {
+                key: key.clone(),
+                value: value.clone(),
+                from: "the Supervisor's MQTT service".into(),
+            });
         }
         let config: Config = figment.extract().map_err(Box::new)?;
         config.validate(&figment)?;
@@ -382,6 +412,18 @@ impl Config {
         );
         if let Err(reason) = self.mqtt.broker_url() {
             problems.push(("mqtt.url".into(), reason));
+        }
+        if self.mqtt.url == "embedded"
+            && !self.mqtt.embedded_listen.ip().is_loopback()
+            && (self.mqtt.username.is_empty() || self.mqtt.password.is_empty())
+        {
+            problems.push((
+                "mqtt.embedded_listen".into(),
+                format!(
+                    "{} reaches beyond this machine: set mqtt.username and mqtt.password for the embedded broker first",
+                    self.mqtt.embedded_listen
+                ),
+            ));
         }
         let http = self.bridge.http_listen.trim();
         if !http.is_empty() && http.parse::<std::net::SocketAddr>().is_err() {

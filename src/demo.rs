@@ -212,17 +212,29 @@ pub fn check_ports(config: &Config) -> Result<(), String> {
 pub fn instructions(config: &Config) -> String {
     let port = config.mqtt.embedded_listen.port();
     let base = &config.mqtt.base_topic;
+    // The embedded broker admits no anonymous client: its login goes on every command line.
+    let login = if config.mqtt.username.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " -u {} -P {}",
+            config.mqtt.username,
+            config.mqtt.password.expose()
+        )
+    };
     format!(
         "\nvehicle2mqtt demo: an MQTT broker on 127.0.0.1:{port}, kingxun devices kx1001 and kx1002, EXLIVE trackers ex7001 and ex7002,\n\
          a Lynk & Co car L6T7722E0LN000001 (fake xchanger cloud) and an OBD box ia{DEMO_ESN} (fake iauto360 platform).\n\
          \n  (mosquitto_sub / mosquitto_pub come with the mosquitto clients: apt install mosquitto-clients)\n\
-         \n  Watch everything:      mosquitto_sub -h 127.0.0.1 -p {port} -t '{base}/#' -v\n\
-         \n  Unlock a scooter:      mosquitto_pub -h 127.0.0.1 -p {port} -t '{base}/kx1001/lock/set' -m UNLOCK\n\
-         \n  Locate a tracker:      mosquitto_pub -h 127.0.0.1 -p {port} -t '{base}/ex7001/cmd_locate/set' -m PRESS\n\
-         \n  Start the car:         mosquitto_pub -h 127.0.0.1 -p {port} -t '{base}/L6T7722E0LN000001/engine/set' -m ON\n\
+         \n  Watch everything:      mosquitto_sub -h 127.0.0.1 -p {port}{login} -t '{base}/#' -v\n\
+         \n  Unlock a scooter:      mosquitto_pub -h 127.0.0.1 -p {port}{login} -t '{base}/kx1001/lock/set' -m UNLOCK\n\
+         \n  Locate a tracker:      mosquitto_pub -h 127.0.0.1 -p {port}{login} -t '{base}/ex7001/cmd_locate/set' -m PRESS\n\
+         \n  Start the car:         mosquitto_pub -h 127.0.0.1 -p {port}{login} -t '{base}/L6T7722E0LN000001/engine/set' -m ON\n\
          \n  Results arrive on      {base}/<vehicle>/command/result\n\
-         \n  Home Assistant: add the MQTT integration with broker 127.0.0.1, port {port}; the vehicles appear as devices.\n\
-         \nPress Ctrl-C to stop.\n"
+         \n  Home Assistant: add the MQTT integration with broker 127.0.0.1, port {port}, user {user}, password {password}; the vehicles appear as devices.\n\
+         \nPress Ctrl-C to stop.\n",
+        user = config.mqtt.username,
+        password = config.mqtt.password.expose(),
     )
 }
 

@@ -425,8 +425,14 @@ fn run(config: Config, demo: bool) -> ExitCode {
     }
 }
 
-async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
+async fn serve(mut config: Config, demo: bool) -> anyhow::Result<()> {
     state_dir::prepare(&config.bridge.state_dir)?;
+    if config.mqtt.url == "embedded" && config.mqtt.username.is_empty() {
+        // Made (and printed) once; the demo's instructions show it too.
+        let (user, password) = state_dir::embedded_login(&config.bridge.state_dir)?;
+        config.mqtt.username = user;
+        config.mqtt.password = vehicle2mqtt::config::Secret::new(password);
+    }
     let mut connectors: Vec<Box<dyn Connector>> = Vec::new();
     if config.kingxun.enabled {
         connectors.push(Box::new(

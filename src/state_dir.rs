@@ -41,6 +41,39 @@ pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> anyhow::Result<PathB
     Ok(target)
 }
 
+const EMBEDDED_LOGIN_FILE: &str = "embedded_broker.json";
+
+/// The embedded broker's login: made once (random password), stored 0600 in `dir`, and
+/// reused after every restart. The first time, it is printed once with how to use it.
+pub fn embedded_login(dir: &Path) -> anyhow::Result<(String, String)> {
+    prepare(dir)?;
+    let path = dir.join(EMBEDDED_LOGIN_FILE);
+    if let Ok(raw) = fs::read(&path) {
+        let v: serde_json::Value = serde_json::from_slice(&raw)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        if let (Some(u), Some(p)) = (v["username"].as_str(), v["password"].as_str()) {
+            return Ok((u.to_string(), p.to_string()));
+        }
+    }
+    use rand::Rng;
+    let password: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect();
+    let user = "vehicle2mqtt".to_string();
+    let body = serde_json::json!({"username": user, "password": password});
+    write_atomic(dir, EMBEDDED_LOGIN_FILE, body.to_string().as_bytes())?;
+    eprintln!(
+        "vehicle2mqtt: the embedded MQTT broker accepts no anonymous clients. Its login, made now \
+         and kept in {}:\n    username: {user}\n    password: {password}\nUse it in Home \
+         Assistant's MQTT integration and in mosquitto_sub/_pub (-u {user} -P {password}), or set \
+         mqtt.username and mqtt.password to choose your own.",
+        path.display()
+    );
+    Ok((user, password))
+}
+
 /// How often the running bridge proves it is alive.
 pub const ALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// Older than this, the bridge counts as dead.

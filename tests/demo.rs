@@ -41,7 +41,16 @@ async fn demo_shows_vehicles_and_unlocks() {
         common::wait_port_async(mqtt, Duration::from_secs(15)).await,
         "demo broker never listened"
     );
-    let probe = Probe::connect(mqtt, &["vehicle2mqtt/#", "homeassistant/#"]).await;
+    let state = tmp
+        .path()
+        .join(format!("vehicle2mqtt-demo-{}", child.0.id()));
+    let (user, password) = common::embedded_login(&state);
+    let probe = Probe::connect_login(
+        mqtt,
+        &["vehicle2mqtt/#", "homeassistant/#"],
+        Some((&user, &password)),
+    )
+    .await;
     let t = Duration::from_secs(20);
     probe
         .wait_for("kingxun vehicle", t, |m| {
@@ -111,6 +120,10 @@ async fn demo_shows_vehicles_and_unlocks() {
     assert!(
         stderr.contains("mosquitto_sub") && stderr.contains("lock/set"),
         "the demo explains itself: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("-u {user} -P {password}")),
+        "the demo shows the broker's login: {stderr}"
     );
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "the demo left {left:?} behind");

@@ -165,7 +165,9 @@ async fn embedded_broker_serves_mqtt_with_default_config() {
         common::wait_port(port, T),
         "embedded broker never listened on {port}"
     );
-    let probe = Probe::connect(port, &["vehicle2mqtt/bridge/#"]).await;
+    let (user, password) = common::embedded_login(&dir.path().join("state"));
+    let probe =
+        Probe::connect_login(port, &["vehicle2mqtt/bridge/#"], Some((&user, &password))).await;
     probe
         .wait_for("online on the embedded broker", T, |m| {
             m.topic == "vehicle2mqtt/bridge/state" && m.text() == "online"
@@ -173,6 +175,68 @@ async fn embedded_broker_serves_mqtt_with_default_config() {
         .await;
     let info = probe.wait_topic("vehicle2mqtt/bridge/info", T).await.json();
     assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+    // The login file is private, and no anonymous client gets in (it could command).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("state/embedded_broker.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let mut opts = rumqttc::MqttOptions::new("anonymous", "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(opts, 10);
+    let refused = tokio::time::timeout(T, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))) => {
+                    return ack.code != rumqttc::ConnectReturnCode::Success
+                }
+                Ok(_) => {}
+                Err(_) => return true,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(refused, "an anonymous client was let in");
+    // A wrong password neither.
+    let mut opts = rumqttc::MqttOptions::new("guesser", "127.0.0.1", port);
+    opts.set_credentials(user.clone(), "guess");
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(opts, 10);
+    let refused = tokio::time::timeout(T, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))) => {
+                    return ack.code != rumqttc::ConnectReturnCode::Success
+                }
+                Ok(_) => {}
+                Err(_) => return true,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(refused, "a wrong password was let in");
+}
+
+/// An embedded broker reachable from other machines needs a login the user chose.
+#[test]
+fn an_exposed_embedded_broker_needs_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bridge_cmd(dir.path())
+        .env("V2M_MQTT__EMBEDDED_LISTEN", "0.0.0.0:1")
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mqtt.embedded_listen") && err.contains("mqtt.username"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -156,10 +156,16 @@ struct Hub {
 /// Runs the bridge until `shutdown` is cancelled: starts the broker (if embedded), the
 /// MQTT client and every connector.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     connectors: Vec<Box<dyn Connector>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    if config.mqtt.url == "embedded" && config.mqtt.username.is_empty() {
+        // Never an anonymous broker: a login made once, kept in state_dir (0600).
+        let (user, password) = crate::state_dir::embedded_login(&config.bridge.state_dir)?;
+        config.mqtt.username = user;
+        config.mqtt.password = crate::config::Secret::new(password);
+    }
     let endpoint = match config
         .mqtt
         .broker_url()

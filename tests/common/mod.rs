@@ -169,9 +169,18 @@ pub struct Probe {
 
 impl Probe {
     pub async fn connect(port: u16, filters: &[&str]) -> Probe {
+        Probe::connect_login(port, filters, None).await
+    }
+
+    /// Like `connect`, logging in as `(username, password)` (the embedded broker
+    /// admits no anonymous client).
+    pub async fn connect_login(port: u16, filters: &[&str], login: Option<(&str, &str)>) -> Probe {
         let id = format!("probe-{}", rand::random::<u32>());
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_max_packet_size(2 << 20, 2 << 20);
+        if let Some((user, password)) = login {
+            opts.set_credentials(user, password);
+        }
         let (client, mut eventloop) = AsyncClient::new(opts, 1000);
         let log = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -393,5 +402,27 @@ impl ConnectorBridge {
 
     pub fn topic(&self, leaf: &str) -> String {
         format!("{}/{leaf}", self.base)
+    }
+}
+
+/// The embedded broker's login the bridge made in `state_dir`, waiting for the file.
+pub fn embedded_login(state_dir: &std::path::Path) -> (String, String) {
+    let path = state_dir.join("embedded_broker.json");
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(raw) = std::fs::read_to_string(&path) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&raw) {
+                return (
+                    v["username"].as_str().unwrap_or_default().to_string(),
+                    v["password"].as_str().unwrap_or_default().to_string(),
+                );
+            }
+        }
+        assert!(
+            Instant::now() < end,
+            "no embedded broker login in {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
