@@ -134,6 +134,35 @@ enum SimTarget {
     },
 }
 
+/// Thousands of tracker links need as many file descriptors: raise the soft limit to the
+/// hard one and say what it is.
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    if !ok {
+        return;
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            limit.rlim_cur = before;
+        }
+    }
+    tracing::info!(
+        event = "open_file_limit",
+        limit = limit.rlim_cur as u64,
+        was = before as u64,
+        "open file limit"
+    );
+}
+
 /// One problem a line, each as a list item.
 fn bullet_list(text: &str) -> String {
     text.lines()
@@ -427,6 +456,7 @@ fn run(config: Config, demo: bool) -> ExitCode {
 
 async fn serve(mut config: Config, demo: bool) -> anyhow::Result<()> {
     state_dir::prepare(&config.bridge.state_dir)?;
+    raise_open_file_limit();
     if config.mqtt.url == "embedded" && config.mqtt.username.is_empty() {
         // Made (and printed) once; the demo's instructions show it too.
         let (user, password) = state_dir::embedded_login(&config.bridge.state_dir)?;

@@ -531,3 +531,86 @@ async fn trips_are_read_across_pages_and_announced_once_in_order() {
     );
     bridge.stop().await;
 }
+
+/// The push endpoint under an attacker's connections: idle sockets and half-sent requests
+/// are closed after `push_read_timeout`, connections beyond `push_max_connections` are
+/// closed at once and counted, and a real push still gets through afterwards.
+#[tokio::test]
+async fn the_push_endpoint_bounds_idle_slow_and_flooding_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let broker = Mosquitto::start();
+    let platform = fake().await;
+    let bridge = start(&broker, &platform, true, |c| {
+        c.iauto360.push_max_connections = 20;
+        c.iauto360.push_read_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let probe = watch(&broker, &bridge).await;
+    wait_state(&probe, &bridge, "first poll", |s| {
+        s.get("odometer").is_some()
+    })
+    .await;
+    let addr = format!("127.0.0.1:{}", bridge.port);
+    let closed_within = |mut s: tokio::net::TcpStream, within: Duration| async move {
+        let mut buf = [0u8; 256];
+        matches!(
+            tokio::time::timeout(within, async {
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await,
+            Ok(())
+        )
+    };
+    // 20 idle + half-sent connections fill the cap...
+    let mut held = Vec::new();
+    for i in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        if i % 2 == 0 {
+            s.write_all(b"POST /iauto360/events HTTP/1.1\r\nHost: x\r\nContent-Le")
+                .await
+                .unwrap();
+        }
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...so the next ones are closed at once,
+    let extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert!(
+        closed_within(extra, Duration::from_millis(400)).await,
+        "a connection beyond the cap was kept"
+    );
+    // and the held ones are all closed once the read timeout passes.
+    for s in held {
+        assert!(
+            closed_within(s, Duration::from_secs(5)).await,
+            "an idle or half-sent connection outlived push_read_timeout"
+        );
+    }
+    // A body that never finishes: 408, not a held connection.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(
+        b"POST /iauto360/events?versign=x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"rec",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_string(&mut answer)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // The real platform still gets through.
+    let event = json!([{"id": 901, "esn": ESN, "type": "震动", "time": chrono::Utc::now().timestamp(), "text": "x"}]);
+    assert_eq!(platform.push(event).await.unwrap(), 200);
+    let info = probe
+        .wait_for("refusals counted", T, |m| {
+            m.topic == bridge.topic("bridge/info")
+                && m.json()["connectors"][0]["counters"]["push_refused"].as_u64() >= Some(1)
+                && m.json()["connectors"][0]["counters"]["push_slow"].as_u64() >= Some(1)
+        })
+        .await;
+    assert_eq!(info.json()["connectors"][0]["name"], "iauto360");
+    bridge.stop().await;
+}

@@ -32,6 +32,11 @@ pub struct Iauto360Config {
     pub push_path: String,
     /// Largest push body accepted (413 beyond).
     pub push_max_body: usize,
+    /// Push connections open at once; more are closed at once (and counted).
+    pub push_max_connections: usize,
+    /// A push's headers, and then its body, must arrive within this time each.
+    #[serde(with = "humantime_serde")]
+    pub push_read_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
 }
@@ -59,6 +64,8 @@ impl Default for Iauto360Config {
             push_listen: None,
             push_path: "/iauto360/events".into(),
             push_max_body: 256 * 1024,
+            push_max_connections: 256,
+            push_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(20),
         }
     }
@@ -121,6 +128,12 @@ impl Iauto360Config {
         }
         if !self.push_path.starts_with('/') || self.push_path.contains(['?', '#', ' ']) {
             out.push(err("push_path", "must be a path starting with '/'"));
+        }
+        if !(1..=100_000).contains(&self.push_max_connections) {
+            out.push(err("push_max_connections", "must be 1 to 100000"));
+        }
+        if self.push_read_timeout < Duration::from_millis(100) {
+            out.push(err("push_read_timeout", "must be at least 100ms"));
         }
         if !(1024..=16 << 20).contains(&self.push_max_body) {
             out.push(err("push_max_body", "must be 1 KiB to 16 MiB"));

@@ -49,6 +49,8 @@ crate::named_counters! {
         push_malformed,
         push_unknown_device,
         push_dropped,
+        push_refused,
+        push_slow,
     }
 }
 

@@ -1,14 +1,19 @@
 //! The event push endpoint: `POST <push_path>?versign=...` with `{"records":[...]}`.
 //! The signature is checked in constant time over the exact body bytes (403 when wrong),
 //! bodies over `push_max_body` get 413, and each good record goes to its device's task.
+//!
+//! The listener is bounded as a server on the open internet must be: at most
+//! `push_max_connections` connections (more are closed at once and counted), headers and
+//! body within `push_read_timeout` each, and no connection, idle keep-alive or not, lives
+//! longer than `CONNECTION_LIFETIME`. Accept errors (say, out of file descriptors) back off
+//! instead of spinning.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
@@ -21,12 +26,16 @@ use crate::protocol::iauto360::verify_push;
 
 /// Pushes handled at once; more get 503 and the platform retries.
 const MAX_CONCURRENT: usize = 32;
+/// The longest any one connection may stay open (a push takes milliseconds).
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
 
 struct Ctx {
     secure_code: crate::config::Secret,
     routes: HashMap<String, mpsc::Sender<PushedEvent>>,
     counters: Arc<Counters>,
     permits: Semaphore,
+    max_body: usize,
+    read_timeout: std::time::Duration,
 }
 
 pub async fn serve(
@@ -39,17 +48,60 @@ pub async fn serve(
     let ctx = Arc::new(Ctx {
         secure_code: cfg.secure_code.clone(),
         routes,
-        counters,
+        counters: counters.clone(),
         permits: Semaphore::new(MAX_CONCURRENT),
+        max_body: cfg.push_max_body,
+        read_timeout: cfg.push_read_timeout,
     });
     let app = axum::Router::new()
         .route(&cfg.push_path, axum::routing::post(receive))
-        .layer(DefaultBodyLimit::max(cfg.push_max_body))
         .with_state(ctx);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
-    Ok(())
+    let connections = Arc::new(Semaphore::new(cfg.push_max_connections));
+    let mut accept_failures = 0u32;
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            a = listener.accept() => a,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(a) => {
+                accept_failures = 0;
+                a
+            }
+            Err(e) => {
+                // EMFILE and friends: wait for descriptors to free up, do not spin.
+                accept_failures = accept_failures.saturating_add(1);
+                let wait = std::time::Duration::from_millis(10 << accept_failures.min(7));
+                if accept_failures.is_power_of_two() {
+                    tracing::warn!(event = "iauto360_push_accept_failed", error = %e, failures = accept_failures, wait_ms = wait.as_millis() as u64, "cannot accept a push connection");
+                }
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            let n = counters.push_refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    event = "iauto360_push_connection_refused",
+                    total = n,
+                    "push connection refused: push_max_connections reached"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        let (app, read_timeout) = (app.clone(), cfg.push_read_timeout);
+        tokio::spawn(async move {
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(read_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+            drop(permit);
+        });
+    }
 }
 
 fn reply(status: StatusCode, flag: u8, err: &str) -> Response {
@@ -63,23 +115,29 @@ fn reply(status: StatusCode, flag: u8, err: &str) -> Response {
 async fn receive(
     State(ctx): State<Arc<Ctx>>,
     Query(query): Query<HashMap<String, String>>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let Ok(_permit) = ctx.permits.try_acquire() else {
         return reply(StatusCode::SERVICE_UNAVAILABLE, 0, "busy");
     };
-    let body = match body {
-        Ok(b) => b,
-        Err(rejection) => {
-            let status = rejection.status();
-            if status == StatusCode::PAYLOAD_TOO_LARGE {
-                ctx.counters.push_oversized.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    event = "iauto360_push_oversized",
-                    "event push over push_max_body refused"
-                );
-            }
-            return reply(status, 0, "unreadable body");
+    let body: Bytes = match tokio::time::timeout(
+        ctx.read_timeout,
+        axum::body::to_bytes(body, ctx.max_body),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            ctx.counters.push_oversized.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                event = "iauto360_push_oversized",
+                "event push over push_max_body (or broken) refused"
+            );
+            return reply(StatusCode::PAYLOAD_TOO_LARGE, 0, "body too large");
+        }
+        Err(_) => {
+            ctx.counters.push_slow.fetch_add(1, Ordering::Relaxed);
+            return reply(StatusCode::REQUEST_TIMEOUT, 0, "body too slow");
         }
     };
     let versign = query.get("versign").map(String::as_str).unwrap_or("");
