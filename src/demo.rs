@@ -55,6 +55,7 @@ pub fn config(ports: &DemoPorts, state_dir: std::path::PathBuf) -> Config {
     c.exlive.accounts = vec![ExliveAccount {
         name: "demo".into(),
         password: Secret::new("demo"),
+        vehicles: Vec::new(),
     }];
     c.exlive.commands = vec![ExliveCommand {
         name: "locate".into(),

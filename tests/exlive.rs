@@ -27,6 +27,7 @@ impl Bridge {
             config.exlive.accounts = vec![ExliveAccount {
                 name: "fleet".into(),
                 password: Secret::new("s3cret"),
+                vehicles: Vec::new(),
             }];
             config.exlive.commands = vec![ExliveCommand {
                 name: "locate".into(),

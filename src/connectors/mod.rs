@@ -129,3 +129,86 @@ mod tests {
         );
     }
 }
+
+/// Bad-input logging that a flood cannot turn into a full disk: the first few lines of
+/// each link, and per listener at most `burst` lines per `window`; what is held back is
+/// counted and reported in one summary line once the window has passed.
+#[derive(Debug)]
+pub struct LogLimiter {
+    burst: u32,
+    window: std::time::Duration,
+    state: std::sync::Mutex<(std::time::Instant, u32, u64)>,
+}
+
+impl LogLimiter {
+    pub fn new(burst: u32, window: std::time::Duration) -> LogLimiter {
+        LogLimiter {
+            burst,
+            window,
+            state: std::sync::Mutex::new((std::time::Instant::now(), 0, 0)),
+        }
+    }
+
+    /// Whether this occurrence may be logged; when a new window opens after suppressed
+    /// lines, `Err(n)`: log one summary of the `n` held back (and this one is allowed).
+    pub fn allow(&self) -> Result<bool, u64> {
+        let Ok(mut s) = self.state.lock() else {
+            return Ok(false);
+        };
+        let now = std::time::Instant::now();
+        if now.duration_since(s.0) >= self.window {
+            let held = s.2;
+            *s = (now, 1, 0);
+            return if held > 0 { Err(held) } else { Ok(true) };
+        }
+        if s.1 < self.burst {
+            s.1 += 1;
+            Ok(true)
+        } else {
+            s.2 += 1;
+            Ok(false)
+        }
+    }
+}
+
+/// The address block a peer counts in for failure bookkeeping: its /24 (IPv4) or /64
+/// (IPv6), so an attacker rotating through many addresses of one block is still one peer.
+pub fn address_block(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            std::net::IpAddr::V4(std::net::Ipv4Addr::new(o[0], o[1], o[2], 0))
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+    }
+}
+
+#[cfg(test)]
+mod limiter_tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_logs_a_burst_then_one_summary() {
+        let l = LogLimiter::new(3, std::time::Duration::from_millis(50));
+        let allowed = (0..1000).filter(|_| l.allow() == Ok(true)).count();
+        assert_eq!(allowed, 3);
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(l.allow(), Err(997), "one summary of what was held back");
+        assert_eq!(l.allow(), Ok(true));
+    }
+
+    #[test]
+    fn address_blocks() {
+        assert_eq!(
+            address_block("127.4.5.6".parse().unwrap()),
+            "127.4.5.0".parse::<std::net::IpAddr>().unwrap()
+        );
+        assert_eq!(
+            address_block("2001:db8:1:2:3:4:5:6".parse().unwrap()),
+            "2001:db8:1:2::".parse::<std::net::IpAddr>().unwrap()
+        );
+    }
+}

@@ -15,6 +15,9 @@ pub struct ExliveConfig {
     pub server: bool,
     pub listen: SocketAddr,
     pub max_links: usize,
+    /// Links from one address at once: one peer cannot take every slot. 0 = a tenth of
+    /// `max_links` (at least 4). Raise it for many trackers behind one NAT.
+    pub max_links_per_address: usize,
     #[serde(with = "humantime_serde")]
     pub heartbeat_timeout: Duration,
     /// Time zone of `gpstime`: "Asia/Shanghai", "UTC" or a fixed offset like "+08:00".
@@ -34,6 +37,7 @@ impl Default for ExliveConfig {
             server: true,
             listen: SocketAddr::from(([0, 0, 0, 0], 1502)),
             max_links: 10_000,
+            max_links_per_address: 0,
             heartbeat_timeout: Duration::from_secs(90),
             timezone: "Asia/Shanghai".into(),
             max_message_size: 64 * 1024,
@@ -49,6 +53,10 @@ impl Default for ExliveConfig {
 pub struct ExliveAccount {
     pub name: String,
     pub password: Secret,
+    /// The vehicle ids this account may report (1007, 1010, 1013); empty = any. Others
+    /// are refused and counted (`not_allowed`).
+    #[serde(default)]
+    pub vehicles: Vec<String>,
 }
 
 /// A pass-through command offered as an HA button on every EXLIVE vehicle.
@@ -77,6 +85,14 @@ fn default_heartbeat() -> Duration {
 }
 
 impl ExliveConfig {
+    /// `max_links_per_address`, with 0 resolved.
+    pub fn links_per_address(&self) -> usize {
+        match self.max_links_per_address {
+            0 => (self.max_links / 10).max(4),
+            n => n,
+        }
+    }
+
     /// Returns the offending key (relative to `exlive.`) and why.
     /// Every problem with an enabled section, each as (key, reason).
     pub fn problems(&self) -> Vec<(String, String)> {

@@ -41,6 +41,8 @@ crate::named_counters! {
         heartbeat_timeouts,
         unknown_cmd,
         positions,
+        malformed_closed,
+        not_allowed,
     }
 }
 
@@ -125,6 +127,8 @@ pub(crate) struct Core {
     next_link: AtomicU64,
     links: LinkGauge,
     pub counters: Counters,
+    /// Bad input is logged at most 10 lines per 10 s per listener, then summarised.
+    bad_input_log: crate::connectors::LogLimiter,
 }
 
 /// Vehicle ids on the bridge: `ex<id>`.
@@ -187,6 +191,10 @@ pub fn position_state(p: &proto::Position, tz: Zone) -> VehicleState {
 impl Core {
     fn new(config: ExliveConfig, tz: Zone, updates: UpdateSink) -> Core {
         Core {
+            bad_input_log: crate::connectors::LogLimiter::new(
+                10,
+                std::time::Duration::from_secs(10),
+            ),
             config,
             tz,
             updates,

@@ -20,11 +20,17 @@ use super::{Core, LINK_QUEUE};
 use crate::protocol::exlive::{Frame, Message, SplitError, Splitter};
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Failed logins are remembered per address for this long.
+/// Failed logins are remembered per address block for this long.
 const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 const FAILURE_TABLE_MAX: usize = 10_000;
+/// Malformed messages in a row that close a link.
+const MALFORMED_IN_A_ROW: u32 = 20;
 
-/// Slows down repeated failed logins from one address: 0.25 s, 0.5 s, 1 s ... up to 8 s.
+/// Slows down repeated failed logins from one address block (`address_block`): 0.25 s,
+/// 0.5 s, 1 s ... up to 8 s, and one login attempt per block at a time, so parallel links
+/// wait their turn instead of guessing side by side. A flood of other addresses cannot
+/// wash an attacker out of the table: when it is full, only single-failure entries give
+/// way, and a block with many failures is kept.
 #[derive(Default)]
 pub(super) struct LoginThrottle {
     failures: HashMap<IpAddr, (u32, Instant)>,
@@ -32,7 +38,8 @@ pub(super) struct LoginThrottle {
 
 impl LoginThrottle {
     pub(super) fn delay(&mut self, ip: IpAddr, now: Instant) -> Duration {
-        match self.failures.get(&ip) {
+        let block = crate::connectors::address_block(ip);
+        match self.failures.get(&block) {
             Some((n, at)) if now.duration_since(*at) < FAILURE_WINDOW && *n > 0 => {
                 Duration::from_millis(250u64 << (n - 1).min(5))
             }
@@ -41,21 +48,30 @@ impl LoginThrottle {
     }
 
     pub(super) fn failed(&mut self, ip: IpAddr, now: Instant) {
-        if self.failures.len() >= FAILURE_TABLE_MAX {
+        let block = crate::connectors::address_block(ip);
+        if !self.failures.contains_key(&block) && self.failures.len() >= FAILURE_TABLE_MAX {
             self.failures
-                .retain(|_, (_, at)| now.duration_since(*at) < FAILURE_WINDOW);
+                .retain(|_, (n, at)| now.duration_since(*at) < FAILURE_WINDOW && *n > 1);
             if self.failures.len() >= FAILURE_TABLE_MAX {
-                self.failures.clear();
+                // Every entry is a repeat offender: the newcomer is not recorded.
+                return;
             }
         }
-        let entry = self.failures.entry(ip).or_insert((0, now));
+        let entry = self.failures.entry(block).or_insert((0, now));
         entry.0 = entry.0.saturating_add(1);
         entry.1 = now;
     }
 
     pub(super) fn succeeded(&mut self, ip: IpAddr) {
-        self.failures.remove(&ip);
+        self.failures.remove(&crate::connectors::address_block(ip));
     }
+}
+
+/// Per-address bookkeeping of the listener: links open, and one login at a time.
+#[derive(Default)]
+pub(super) struct Peers {
+    links: HashMap<IpAddr, usize>,
+    logins: HashMap<IpAddr, Arc<tokio::sync::Mutex<()>>>,
 }
 
 pub(super) async fn run(
@@ -65,15 +81,52 @@ pub(super) async fn run(
 ) -> anyhow::Result<()> {
     let permits = Arc::new(Semaphore::new(core.config.max_links));
     let throttle = Arc::new(Mutex::new(LoginThrottle::default()));
+    let peers = Arc::new(Mutex::new(Peers::default()));
+    let per_address = core.config.links_per_address();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        let (core, throttle, shutdown) = (core.clone(), throttle.clone(), shutdown.clone());
+                        let ip = peer.ip();
+                        let admitted = peers.lock().map(|mut p| {
+                            let n = p.links.entry(ip).or_insert(0);
+                            if *n >= per_address {
+                                false
+                            } else {
+                                *n += 1;
+                                true
+                            }
+                        }).unwrap_or(false);
+                        if !admitted {
+                            let n = core.counters.links_refused.fetch_add(1, Ordering::Relaxed) + 1;
+                            if n.is_power_of_two() {
+                                tracing::warn!(event = "exlive_link_refused", peer = %peer, per_address,
+                                    total_refused = n, "EXLIVE link refused: max_links_per_address reached");
+                            }
+                            drop(stream);
+                            continue;
+                        }
+                        let login_gate = peers.lock().map(|mut p| {
+                            p.logins.entry(crate::connectors::address_block(ip)).or_default().clone()
+                        }).unwrap_or_default();
+                        let (core, throttle, shutdown, peers) = (core.clone(), throttle.clone(), shutdown.clone(), peers.clone());
                         tokio::spawn(async move {
-                            serve_link(stream, peer, core, throttle, shutdown).await;
+                            serve_link(stream, peer, core, throttle, login_gate, shutdown).await;
+                            if let Ok(mut p) = peers.lock() {
+                                if let Some(n) = p.links.get_mut(&ip) {
+                                    *n -= 1;
+                                    if *n == 0 {
+                                        p.links.remove(&ip);
+                                        let block = crate::connectors::address_block(ip);
+                                        // The gate goes when nobody else holds it.
+                                        if p.logins.get(&block).is_some_and(|g| Arc::strong_count(g) == 1) {
+                                            p.logins.remove(&block);
+                                        }
+                                    }
+                                }
+                            }
                             drop(permit);
                         });
                     }
@@ -109,29 +162,66 @@ async fn write_line(wr: &mut OwnedWriteHalf, line: &str) -> std::io::Result<()> 
     }
 }
 
-/// Reads the next decodable message; malformed ones are logged, counted and skipped.
-/// `None` when the link is done (closed, oversized object, I/O error).
+/// Logs one malformed message, unless the link or the listener has logged enough.
+fn log_malformed(core: &Core, peer: &str, in_a_row: u32, what: &dyn std::fmt::Display) {
+    if in_a_row > 3 {
+        return; // this link said enough
+    }
+    match core.bad_input_log.allow() {
+        Ok(true) => {
+            tracing::warn!(event = "exlive_malformed", peer, detail = %what, "EXLIVE message dropped")
+        }
+        Ok(false) => {}
+        Err(held) => {
+            tracing::warn!(
+                event = "exlive_malformed_summary",
+                suppressed = held,
+                "EXLIVE malformed messages not logged one by one"
+            );
+            tracing::warn!(event = "exlive_malformed", peer, detail = %what, "EXLIVE message dropped");
+        }
+    }
+}
+
+/// Reads the next decodable message; malformed ones are logged (rate-limited), counted
+/// and skipped. `None` when the link is done (closed, oversized object, I/O error, or
+/// `MALFORMED_IN_A_ROW` malformed messages in a row).
 pub(super) async fn next_message(
     frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, Splitter>,
     peer: &str,
     core: &Core,
 ) -> Option<Message> {
+    let mut in_a_row = 0u32;
     loop {
+        if in_a_row >= MALFORMED_IN_A_ROW {
+            core.counters
+                .malformed_closed
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                event = "exlive_malformed_link_closed",
+                peer,
+                in_a_row,
+                "too many malformed messages in a row; closing link"
+            );
+            return None;
+        }
         match frames.next().await? {
             Ok(Frame::Object(raw)) => match Message::decode(&raw) {
                 Ok(msg) => return Some(msg),
                 Err(err) => {
                     core.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(event = "exlive_malformed", peer, error = %err, "EXLIVE message dropped");
+                    in_a_row += 1;
+                    log_malformed(core, peer, in_a_row, &err);
                 }
             },
             Ok(Frame::Malformed(raw)) => {
                 core.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    event = "exlive_malformed",
+                in_a_row += 1;
+                log_malformed(
+                    core,
                     peer,
-                    bytes = raw.len(),
-                    "EXLIVE message without its closing brace dropped"
+                    in_a_row,
+                    &format!("{} bytes without a closing brace", raw.len()),
                 );
             }
             Err(SplitError::TooLarge { max }) => {
@@ -152,14 +242,33 @@ pub(super) async fn next_message(
     }
 }
 
-/// Checks credentials against every account without stopping at the first match.
-fn credentials_ok(core: &Core, name: &str, pass: &str) -> bool {
-    let mut ok = subtle::Choice::from(0u8);
+/// The account these credentials open, checked against every account in constant time
+/// without stopping at the first match.
+fn account_for<'a>(
+    core: &'a Core,
+    name: &str,
+    pass: &str,
+) -> Option<&'a super::config::ExliveAccount> {
+    let mut found = None;
     for account in &core.config.accounts {
-        ok |= account.name.as_bytes().ct_eq(name.as_bytes())
-            & account.password.expose().as_bytes().ct_eq(pass.as_bytes());
+        let ok: bool = (account.name.as_bytes().ct_eq(name.as_bytes())
+            & account.password.expose().as_bytes().ct_eq(pass.as_bytes()))
+        .into();
+        if ok && found.is_none() {
+            found = Some(account);
+        }
     }
-    ok.into()
+    found
+}
+
+/// The vehicle a message speaks for, if it speaks for one.
+fn vehicle_of(msg: &Message) -> Option<&str> {
+    match msg {
+        Message::Position(p) => Some(&p.id),
+        Message::Vehicle { id, .. } => Some(id),
+        Message::PassthroughData { terminalid, .. } => Some(terminalid),
+        _ => None,
+    }
 }
 
 async fn serve_link(
@@ -167,6 +276,7 @@ async fn serve_link(
     peer: SocketAddr,
     core: Arc<Core>,
     throttle: Arc<Mutex<LoginThrottle>>,
+    login_gate: Arc<tokio::sync::Mutex<()>>,
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
@@ -201,6 +311,9 @@ async fn serve_link(
             return;
         }
     };
+    // One login at a time per address block: parallel links queue here, so the delay
+    // below grows with every failure instead of being shared by all of them.
+    let gate = login_gate.lock().await;
     let delay = throttle
         .lock()
         .map(|mut t| t.delay(peer.ip(), Instant::now()))
@@ -208,7 +321,8 @@ async fn serve_link(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    if !credentials_ok(&core, &name, &pass) {
+    let account = account_for(&core, &name, &pass);
+    if account.is_none() {
         core.counters.logins_failed.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut t) = throttle.lock() {
             t.failed(peer.ip(), Instant::now());
@@ -221,9 +335,14 @@ async fn serve_link(
         let _ = write_line(&mut wr, &ack.encode()).await;
         return;
     }
+    drop(gate);
     if let Ok(mut t) = throttle.lock() {
         t.succeeded(peer.ip());
     }
+    // The vehicles this account may speak for (empty: any).
+    let allowed: std::collections::HashSet<String> = account
+        .map(|a| a.vehicles.iter().map(|v| v.trim().to_string()).collect())
+        .unwrap_or_default();
     if write_line(
         &mut wr,
         &Message::Ack {
@@ -256,6 +375,16 @@ async fn serve_link(
                     deadline = Instant::now() + hb;
                     if let Message::Login { .. } = msg {
                         continue; // a repeated login on a logged-in link changes nothing
+                    }
+                    if let Some(id) = vehicle_of(&msg) {
+                        if !allowed.is_empty() && !allowed.contains(id.trim()) {
+                            let n = core.counters.not_allowed.fetch_add(1, Ordering::Relaxed) + 1;
+                            if n.is_power_of_two() {
+                                tracing::warn!(event = "exlive_vehicle_not_allowed", peer = %peer, user = %name, vehicle = %id, total = n,
+                                    "message for a vehicle this account may not report; dropped");
+                            }
+                            continue;
+                        }
                     }
                     if !core.on_message(&link, msg).await {
                         tracing::info!(event = "exlive_logout", peer = %peer, link = link.id, "EXLIVE link logged out");
