@@ -191,7 +191,9 @@ impl Default for MqttConfig {
             embedded_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             username: String::new(),
             password: Secret::default(),
-            client_id: "vehicle2mqtt".into(),
+            // Empty: one made per installation (`state_dir::client_id`), so two bridges on
+            // one broker never knock each other off with the same id.
+            client_id: String::new(),
             base_topic: "vehicle2mqtt".into(),
             discovery_prefix: "homeassistant".into(),
             discovery: true,
@@ -374,7 +376,8 @@ impl Config {
                 problems.push((key.to_string(), reason.to_string()));
             }
         };
-        let topic_rule = "must be non-empty and free of '+', '#' and a leading or trailing '/'";
+        let topic_rule = "must be non-empty and free of '+', '#', '.', spaces and a leading or \
+                          trailing '/' (a '.' breaks brokers that map topics to subjects, as NATS does)";
         check(
             "mqtt.base_topic",
             valid_topic_segment(&self.mqtt.base_topic, true),
@@ -387,8 +390,8 @@ impl Config {
         );
         check(
             "mqtt.client_id",
-            !self.mqtt.client_id.is_empty() && self.mqtt.client_id.len() <= 64,
-            "must be 1 to 64 characters",
+            self.mqtt.client_id.len() <= 64,
+            "must be at most 64 characters (empty: one is made and kept in state_dir)",
         );
         check(
             "mqtt.queue_capacity",
@@ -641,7 +644,8 @@ pub fn check_polling(
 
 fn valid_topic_segment(topic: &str, allow_slash: bool) -> bool {
     !topic.is_empty()
-        && !topic.contains(['+', '#', '\0'])
+        && !topic.contains(['+', '#', '\0', '.'])
+        && !topic.chars().any(char::is_whitespace)
         && (allow_slash || !topic.contains('/'))
         && !topic.starts_with('/')
         && !topic.ends_with('/')

@@ -40,6 +40,9 @@ pub struct Snapshot {
     pub mqtt_dropped: u64,
     pub mqtt_coalesced: u64,
     pub mqtt_reconnects: u64,
+    pub mqtt_subscribe_refused: u64,
+    /// The broker refused one of the bridge's subscriptions since it last subscribed.
+    pub subscription_refused: bool,
 }
 
 pub type SharedSnapshot = Arc<RwLock<Snapshot>>;
@@ -49,6 +52,12 @@ impl Snapshot {
     pub fn health(&self) -> Result<(), String> {
         if !self.mqtt_connected {
             return Err("MQTT is not connected".into());
+        }
+        if self.subscription_refused {
+            return Err(
+                "the MQTT broker refused a subscription (check its ACL): commands cannot arrive"
+                    .into(),
+            );
         }
         let stopped: Vec<String> = self
             .connectors
@@ -104,6 +113,11 @@ impl Snapshot {
             "mqtt_reconnects",
             "Reconnects of the MQTT client",
             counter(self.mqtt_reconnects),
+        );
+        registry.register(
+            "mqtt_subscribe_refused",
+            "Subscriptions the MQTT broker refused (SUBACK failure)",
+            counter(self.mqtt_subscribe_refused),
         );
         registry.register("vehicles", "Vehicles known", gauge(self.vehicles as i64));
         registry.register(

@@ -74,6 +74,39 @@ pub fn embedded_login(dir: &Path) -> anyhow::Result<(String, String)> {
     Ok((user, password))
 }
 
+const CLIENT_ID_FILE: &str = "mqtt_client_id";
+
+/// The MQTT client id of this installation: `vehicle2mqtt-<host>-<random>`, made once and
+/// kept in `dir`, so it survives restarts (one session per bridge) yet differs between
+/// two bridges on one broker (the same id would make the broker drop one for the other).
+pub fn client_id(dir: &Path) -> anyhow::Result<String> {
+    prepare(dir)?;
+    let path = dir.join(CLIENT_ID_FILE);
+    if let Ok(raw) = fs::read_to_string(&path) {
+        let id = raw.trim();
+        if !id.is_empty() && id.len() <= 64 {
+            return Ok(id.to_string());
+        }
+    }
+    use rand::Rng;
+    let host: String = fs::read_to_string("/etc/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(32)
+        .collect();
+    let suffix: u32 = rand::rng().random();
+    let id = if host.is_empty() {
+        format!("vehicle2mqtt-{suffix:08x}")
+    } else {
+        format!("vehicle2mqtt-{host}-{suffix:08x}")
+    };
+    write_atomic(dir, CLIENT_ID_FILE, id.as_bytes())?;
+    Ok(id)
+}
+
 /// How often the running bridge proves it is alive.
 pub const ALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// Older than this, the bridge counts as dead.
@@ -149,6 +182,18 @@ mod tests {
             );
         }
         assert!(!dir.join(".tokens.json.tmp").exists());
+    }
+
+    #[test]
+    fn client_id_is_kept_per_installation_and_differs_between_them() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let first = client_id(a.path()).unwrap();
+        assert!(
+            first.starts_with("vehicle2mqtt-") && first.len() <= 64,
+            "{first}"
+        );
+        assert_eq!(client_id(a.path()).unwrap(), first, "kept across restarts");
+        assert_ne!(client_id(b.path()).unwrap(), first, "another installation");
     }
 
     #[test]

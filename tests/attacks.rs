@@ -10,6 +10,9 @@ use std::time::Duration;
 use common::{KillOnDrop, Mosquitto, Probe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_util::codec::Decoder as _;
+use vehicle2mqtt::protocol::kingxun::{id, Decoded, Frame, Kind, KxCodec, Register, RegisterAck};
+use vehicle2mqtt::sim::kingxun::{derive_key, SimOptions};
 
 const T: Duration = Duration::from_secs(15);
 
@@ -31,12 +34,7 @@ impl Running {
 /// The bridge with an EXLIVE server: account `fleet` (vehicles 7001 and 7002 only),
 /// at most 50 links, 5 per address.
 async fn exlive_bridge(broker: &Mosquitto) -> Running {
-    let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    let base = format!("x{}", rand::random::<u32>());
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
+    spawn_bridge(broker, |port| {
         format!(
             r#"[exlive]
 enabled = true
@@ -49,9 +47,19 @@ name = "fleet"
 password = "s3cret-pass"
 vehicles = ["7001", "7002"]
 "#
-        ),
-    )
-    .unwrap();
+        )
+    })
+    .await
+}
+
+/// The real binary with the config `config(port)` for a listener on `port`.
+async fn spawn_bridge(broker: &Mosquitto, config: impl FnOnce(u16) -> String) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let base = format!("x{}", rand::random::<u32>());
+    let config_text = config(port);
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, config_text).unwrap();
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_vehicle2mqtt"))
         .arg("--config")
@@ -214,4 +222,154 @@ async fn exlive_floods_guesses_and_impostors_fail_and_the_log_stays_small() {
     assert!(grew < 64 * 1024, "the log grew by {grew} bytes");
     let mut summary = std::io::stdout();
     let _ = writeln!(summary, "attack log growth: {grew} bytes");
+}
+
+/// Seed of the simulator's device keys.
+const KX_SEED: u64 = 5;
+
+/// The bridge with a kingxun server knowing device 1001 (the simulator's key).
+async fn kingxun_bridge(broker: &Mosquitto) -> Running {
+    let key = hex::encode(derive_key(KX_SEED, 1001));
+    spawn_bridge(broker, |port| {
+        format!(
+            r#"[kingxun]
+enabled = true
+listen = "127.0.0.1:{port}"
+max_links = 50
+
+[[kingxun.devices]]
+id = 1001
+key = "{key}"
+"#
+        )
+    })
+    .await
+}
+
+/// A plain 1001 for `dev_id`; the session the server gives, or `None` when refused.
+async fn kx_register(s: &mut TcpStream, dev_id: u32) -> Option<u32> {
+    let frame = Frame::request(
+        id::REGISTER,
+        1,
+        dev_id,
+        0,
+        false,
+        Register::default().encode().into(),
+    );
+    s.write_all(&frame.to_bytes()).await.ok()?;
+    let mut codec = KxCodec::default();
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        if let Ok(Some(Decoded::Frame(f))) = codec.decode(&mut buf) {
+            return match f.header.kind {
+                Kind::Response { resp_code: 0 } => {
+                    RegisterAck::decode(&f.body).ok().map(|a| a.session_id)
+                }
+                _ => None,
+            };
+        }
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(T, s.read(&mut chunk))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn kingxun_floods_and_impostors_cost_only_themselves_and_the_log_stays_small() {
+    let broker = Mosquitto::start();
+    let bridge = kingxun_bridge(&broker).await;
+    let addr = format!("127.0.0.1:{}", bridge.port);
+    let probe = Probe::connect(broker.port, &[&format!("{}/#", bridge.base)]).await;
+    let log_before = bridge.log_bytes();
+
+    // 1. Zero bytes parse as a header for device 0 asking MsgId 0: refused, closed.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let _ = s.write_all(&vec![0u8; 1 << 20]).await;
+    let (_, closed) = read_all(&mut s, T).await;
+    assert!(closed, "a zero-byte flood kept its link");
+
+    // 2. Junk that never forms a header: skipped, then the link is closed, not read forever.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let junk: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 | 1)
+        .collect();
+    let _ = s.write_all(&junk).await;
+    let (_, closed) = read_all(&mut s, T).await;
+    assert!(closed, "a junk flood kept its link");
+
+    // 3. Unknown ids are refused one link at a time: 30 links guessing ids in parallel.
+    let mut guesses = Vec::new();
+    for i in 0..30u32 {
+        let addr = addr.clone();
+        guesses.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(&addr).await.ok()?;
+            kx_register(&mut s, 5000 + i).await
+        }));
+    }
+    for g in guesses {
+        assert_eq!(g.await.unwrap(), None, "an unknown device id registered");
+    }
+
+    // 4. An impostor knows the id but not the key: it registers, then floods frames with a
+    //    wrong session and sealed frames it cannot seal right. After 20 bad frames in a row
+    //    the link is closed, and nothing it said is published.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let session = kx_register(&mut s, 1001)
+        .await
+        .expect("1001 answers any registration");
+    let mut flood = Vec::new();
+    for seq in 0..200u16 {
+        let (sid, crypt) = if seq % 2 == 0 {
+            (session ^ 1, false)
+        } else {
+            (session, true)
+        };
+        flood.extend_from_slice(
+            &Frame::request(id::STATUS, seq, 1001, sid, crypt, vec![0x5a; 32].into()).to_bytes(),
+        );
+    }
+    let _ = s.write_all(&flood).await;
+    let (_, closed) = read_all(&mut s, T).await;
+    assert!(closed, "an impostor's bad frames kept its link");
+
+    // 5. The real device still comes in and reports.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let opts = SimOptions {
+        server: addr.clone(),
+        key_seed: KX_SEED,
+        interval: Duration::from_millis(300),
+        ..SimOptions::default()
+    };
+    tokio::spawn(vehicle2mqtt::sim::kingxun::run(
+        opts,
+        Default::default(),
+        stop.clone(),
+    ));
+    probe
+        .wait_for("the real device's state", T, |m| {
+            m.topic == format!("{}/kx1001/state", bridge.base) && m.json()["latitude"].is_number()
+        })
+        .await;
+    let info = probe
+        .wait_for("counters", T, |m| {
+            m.topic == format!("{}/bridge/info", bridge.base)
+                && m.json()["connectors"][0]["counters"]["malformed_closed"].as_u64() >= Some(2)
+        })
+        .await
+        .json();
+    stop.cancel();
+    let c = &info["connectors"][0]["counters"];
+    assert!(c["unknown_devices"].as_u64() >= Some(30), "{c}");
+    assert!(c["bad_sessions"].as_u64() >= Some(1), "{c}");
+    assert!(c["decrypt_failures"].as_u64() >= Some(1), "{c}");
+
+    let grew = bridge.log_bytes() - log_before;
+    assert!(grew < 64 * 1024, "the log grew by {grew} bytes");
+    let _ = writeln!(std::io::stdout(), "kingxun attack log growth: {grew} bytes");
 }

@@ -611,6 +611,21 @@ async fn bad_input_costs_only_itself() {
     let seq = d.request(id::STATUS, false, parked_status().encode()).await;
     assert_eq!(d.response(seq).await.0, 0, "and the link still works");
 
+    // Bodies this bridge cannot read, from the right session, never end the link (newer
+    // firmware may send MsgIds or layouts it does not know): 30 of each in a row.
+    for _ in 0..30 {
+        let seq = d.request(1777, false, vec![]).await;
+        assert_eq!(d.response(seq).await.0, 1, "unknown MsgId");
+        let seq = d.request(id::STATUS, false, vec![1, 2, 3]).await;
+        assert_eq!(d.response(seq).await.0, 6, "truncated 1002");
+    }
+    let seq = d.request(id::STATUS, false, parked_status().encode()).await;
+    assert_eq!(
+        d.response(seq).await.0,
+        0,
+        "the link survived unreadable bodies"
+    );
+
     // Half a header, then silence: closed after read_timeout.
     let half =
         &Frame::request(id::STATUS, 9, 1003, d.session_id, false, Bytes::new()).to_bytes()[..7];

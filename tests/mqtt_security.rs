@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Mosquitto, RunningBridge};
+use common::{Mosquitto, Probe, RunningBridge};
 use vehicle2mqtt::config::Secret;
 
 const T: Duration = Duration::from_secs(15);
@@ -180,4 +180,156 @@ async fn tls_with_a_private_ca_file() {
     .await;
     assert_eq!(got, Ok(true), "bridge online over TLS with mqtt.ca_file");
     bridge.stop().await;
+}
+
+/// Two bridges left at the default client id on one broker: each gets its own id, so
+/// neither is knocked off by the other (the same id would make the broker drop one, and
+/// its will would flap `offline`).
+#[tokio::test]
+async fn two_bridges_with_the_default_client_id_both_stay_connected() {
+    let broker = Mosquitto::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = common::test_config(&broker.url(), dir_a.path());
+    let mut b = common::test_config(&broker.url(), dir_b.path());
+    a.mqtt.client_id.clear();
+    b.mqtt.client_id.clear();
+    let topics = [
+        format!("{}/bridge/state", a.mqtt.base_topic),
+        format!("{}/bridge/state", b.mqtt.base_topic),
+    ];
+    let probe = Probe::connect(broker.port, &[&topics[0], &topics[1]]).await;
+    let bridge_a = common::RunningBridge::start(a).await;
+    let bridge_b = common::RunningBridge::start(b).await;
+    for t in &topics {
+        probe
+            .wait_for("online", Duration::from_secs(10), |m| {
+                &m.topic == t && m.text() == "online"
+            })
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let flaps = probe
+        .messages()
+        .iter()
+        .filter(|m| m.text() == "offline")
+        .count();
+    assert_eq!(flaps, 0, "a bridge was knocked off: {:?}", probe.messages());
+    let ids = [
+        vehicle2mqtt::state_dir::client_id(dir_a.path()).unwrap(),
+        vehicle2mqtt::state_dir::client_id(dir_b.path()).unwrap(),
+    ];
+    assert_ne!(ids[0], ids[1]);
+    bridge_a.stop().await;
+    bridge_b.stop().await;
+}
+
+/// A minimal MQTT 3.1.1 broker whose SUBACKs say "Failure" (0x80, MQTT 3.1.1 §3.9.3)
+/// while `refuse` is set. A fake, because mosquitto's `acl_file` never refuses a
+/// subscription (it checks reads, not subscribes: eclipse/mosquitto#803; only an auth
+/// plugin can, as its own test `auth_plugin_acl_sub_denied.c` does). It speaks just what
+/// the bridge sends: CONNECT → CONNACK (§3.2), SUBSCRIBE → SUBACK (§3.9), PUBLISH QoS 1 →
+/// PUBACK (§3.4), PINGREQ → PINGRESP (§3.13).
+async fn refusing_broker(
+    refuse: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u16, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let refuse = refuse.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok(kind) = s.read_u8().await else { return };
+                    let (mut len, mut shift) = (0usize, 0);
+                    loop {
+                        let Ok(b) = s.read_u8().await else { return };
+                        len |= usize::from(b & 0x7f) << shift;
+                        shift += 7;
+                        if b & 0x80 == 0 {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0u8; len];
+                    if s.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    let answer: Vec<u8> = match kind >> 4 {
+                        1 => vec![0x20, 2, 0, 0],
+                        3 if (kind >> 1) & 3 > 0 => {
+                            let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                            vec![0x40, 2, body[2 + topic_len], body[3 + topic_len]]
+                        }
+                        8 => {
+                            let mut filters = 0;
+                            let mut at = 2;
+                            while at + 2 <= body.len() {
+                                at += 2
+                                    + usize::from(u16::from_be_bytes([body[at], body[at + 1]]))
+                                    + 1;
+                                filters += 1;
+                            }
+                            let code = if refuse.load(std::sync::atomic::Ordering::SeqCst) {
+                                0x80
+                            } else {
+                                1
+                            };
+                            let mut a = vec![0x90, 2 + filters as u8, body[0], body[1]];
+                            a.extend(std::iter::repeat_n(code, filters));
+                            a
+                        }
+                        12 => vec![0xd0, 0],
+                        14 => return,
+                        _ => continue,
+                    };
+                    if s.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, task)
+}
+
+/// A broker that refuses the command subscription (an ACL): the bridge says so (log,
+/// health, counter) instead of looking healthy while deaf to commands, and retries until
+/// the broker accepts it.
+#[tokio::test]
+async fn a_refused_command_subscription_is_unhealthy_until_the_broker_allows_it() {
+    let refuse = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (port, broker) = refusing_broker(refuse.clone()).await;
+    let state = tempfile::tempdir().unwrap();
+    let config = common::test_config(&format!("mqtt://127.0.0.1:{port}"), state.path());
+    let bridge = RunningBridge::start(config).await;
+
+    let unhealthy = async {
+        loop {
+            if let Err(reason) = vehicle2mqtt::state_dir::check_alive(state.path()) {
+                if reason.contains("refused a subscription") {
+                    return reason;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(T, unhealthy)
+        .await
+        .expect("the refused subscription shows in the health verdict");
+
+    // The broker now accepts: the next retries succeed and health returns.
+    refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    let healthy = async {
+        while vehicle2mqtt::state_dir::check_alive(state.path()).is_err() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(40), healthy)
+        .await
+        .expect("healthy again once the broker accepts the subscription");
+    bridge.stop().await;
+    broker.abort();
 }

@@ -710,7 +710,7 @@ async fn check_config_reports_every_problem_with_its_true_source() {
         .arg("check-config")
         .arg("--config")
         .arg(&file)
-        .env("V2M_MQTT__CLIENT_ID", "")
+        .env("V2M_MQTT__CLIENT_ID", "x".repeat(65))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -815,5 +815,38 @@ async fn simulators_exit_non_zero_with_the_reason() {
     assert!(
         err.contains("refused device 77") && err.contains("code 4"),
         "{err}"
+    );
+}
+
+#[test]
+fn check_config_refuses_topics_that_brokers_or_filters_misread() {
+    for (key, bad) in [
+        ("V2M_MQTT__BASE_TOPIC", "cars.v1"),
+        ("V2M_MQTT__BASE_TOPIC", "my cars"),
+        ("V2M_MQTT__BASE_TOPIC", "cars/#"),
+        ("V2M_MQTT__DISCOVERY_PREFIX", "home+assistant"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = bridge_cmd(dir.path())
+            .env(key, bad)
+            .arg("check-config")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        let name = key.trim_start_matches("V2M_MQTT__").to_lowercase();
+        assert!(err.contains(&format!("mqtt.{name}")), "{bad}: {err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = bridge_cmd(dir.path())
+        .env("V2M_MQTT__BASE_TOPIC", "garage/cars-1")
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -135,6 +135,10 @@ struct Hub {
     /// Non-state messages that found the MQTT queue full, oldest first.
     retry: VecDeque<(String, Vec<u8>, bool)>,
     mqtt_connected: bool,
+    /// The broker refused a subscription; retried on the alive tick until it accepts.
+    subscription_refused: bool,
+    /// The refusal count when the subscriptions were last asked for again.
+    refusals_at_retry: Option<u64>,
     /// Vehicles whose newest state is not yet published (states coalesce: only the
     /// newest matters, so this is a set, not a queue).
     unsent_states: HashSet<VehicleId>,
@@ -165,6 +169,9 @@ pub async fn run(
         let (user, password) = crate::state_dir::embedded_login(&config.bridge.state_dir)?;
         config.mqtt.username = user;
         config.mqtt.password = crate::config::Secret::new(password);
+    }
+    if config.mqtt.client_id.is_empty() {
+        config.mqtt.client_id = crate::state_dir::client_id(&config.bridge.state_dir)?;
     }
     let endpoint = match config
         .mqtt
@@ -229,6 +236,8 @@ pub async fn run(
         rediscover_at: None,
         retry: VecDeque::new(),
         mqtt_connected: false,
+        subscription_refused: false,
+        refusals_at_retry: None,
         unsent_states: HashSet::new(),
         stale_candidates: HashMap::new(),
         command_results: BTreeMap::new(),
@@ -290,7 +299,10 @@ pub async fn run(
                 hub.flush_info();
                 hub.update_snapshot();
             }
-            _ = alive_tick.tick() => hub.write_alive(),
+            _ = alive_tick.tick() => {
+                hub.retry_refused_subscriptions();
+                hub.write_alive();
+            }
             _ = retry_tick.tick(), if !hub.retry.is_empty() || !hub.unsent_states.is_empty() => hub.flush_retries(),
         }
     }
@@ -717,6 +729,8 @@ impl Hub {
             mqtt_dropped: load(&stats.dropped_publishes),
             mqtt_coalesced: load(&stats.coalesced_states),
             mqtt_reconnects: load(&stats.reconnects),
+            mqtt_subscribe_refused: load(&stats.subscribe_refused),
+            subscription_refused: self.subscription_refused,
         };
         if let Ok(mut s) = self.snapshot.write() {
             *s = snap;
@@ -803,10 +817,39 @@ impl Hub {
 
     // ---- MQTT in -------------------------------------------------------------------
 
+    /// A refused subscription is asked for again every tick (the broker's ACL may have
+    /// been fixed); a tick with no new refusal since the last retry clears the flag.
+    fn retry_refused_subscriptions(&mut self) {
+        if !self.subscription_refused || !self.mqtt_connected {
+            return;
+        }
+        let refusals = self
+            .publisher
+            .stats()
+            .subscribe_refused
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if self.refusals_at_retry == Some(refusals) {
+            self.subscription_refused = false;
+            self.refusals_at_retry = None;
+            tracing::info!(
+                event = "mqtt_subscribe_accepted",
+                "the broker now accepts the bridge's subscriptions"
+            );
+            return;
+        }
+        self.refusals_at_retry = Some(refusals);
+        self.publisher.subscribe(&self.topics.command_filter());
+        if self.config.mqtt.discovery {
+            self.publisher.subscribe(&self.topics.ha_status());
+        }
+    }
+
     fn on_mqtt(&mut self, event: MqttEvent) {
         match event {
             MqttEvent::Connected => {
                 self.mqtt_connected = true;
+                self.subscription_refused = false;
+                self.refusals_at_retry = None;
                 self.write_alive();
                 self.send(self.topics.bridge_state(), "online", true);
                 self.publisher.subscribe(&self.topics.command_filter());
@@ -818,6 +861,11 @@ impl Hub {
                 self.last_info.clear();
                 self.info_dirty = true;
                 self.flush_info();
+            }
+            MqttEvent::SubscribeRefused => {
+                self.subscription_refused = true;
+                self.set_error("mqtt: the broker refused a subscription (check its ACL)".into());
+                self.write_alive();
             }
             MqttEvent::Disconnected(reason) => {
                 self.mqtt_connected = false;

@@ -33,6 +33,8 @@ pub const MAX_PACKET_SIZE: usize = 1024 * 1024;
 #[derive(Debug)]
 pub enum MqttEvent {
     Connected,
+    /// The broker answered a SUBSCRIBE with a failure (its ACL, usually).
+    SubscribeRefused,
     Disconnected(String),
     Message {
         topic: String,
@@ -51,6 +53,8 @@ pub struct MqttStats {
     pub coalesced_states: AtomicU64,
     pub dropped_messages: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Subscriptions the broker refused (SUBACK failure).
+    pub subscribe_refused: AtomicU64,
 }
 
 /// Publishing handle. Cheap to clone.
@@ -249,6 +253,19 @@ async fn run_event_loop(
                         );
                     }
                 }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack)))
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) =>
+            {
+                let n = stats.subscribe_refused.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::error!(event = "mqtt_subscribe_refused", total_refused = n,
+                        "the broker refused a subscription: commands or Home Assistant's status cannot arrive; check the broker's ACL for this user (retried every 10 s)");
+                }
+                let _ = events.try_send(MqttEvent::SubscribeRefused);
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
                 // Our own clean disconnect (shutdown): the broker discards the will.

@@ -44,6 +44,7 @@ crate::named_counters! {
         stalled,
         idle_closed,
         unproven_frames,
+        malformed_closed,
     }
 }
 
@@ -379,6 +380,8 @@ pub(crate) struct Core {
     pub next_link: AtomicU64,
     pub open_links: LinkGauge,
     pub counters: Counters,
+    /// Bad input is logged a few lines at a time across all links, then summarised.
+    pub bad_input_log: crate::connectors::LogLimiter,
     /// Commands for devices reached through an upstream kingxun server.
     pub upstream: Option<(std::collections::HashSet<u32>, mpsc::Sender<LinkCommand>)>,
 }
@@ -625,6 +628,10 @@ impl Connector for KingxunConnector {
                 next_link: AtomicU64::new(1),
                 open_links: LinkGauge::default(),
                 counters: Counters::default(),
+                bad_input_log: crate::connectors::LogLimiter::new(
+                    10,
+                    std::time::Duration::from_secs(10),
+                ),
             });
             let trusting: Vec<u32> = core
                 .devices

@@ -87,18 +87,70 @@ async fn refuse(wr: &mut OwnedWriteHalf, msg_id: u16, seq: u16, code: u32) {
 
 type Frames = FramedRead<tokio::net::tcp::OwnedReadHalf, KxCodec>;
 
+/// Bad frames (junk, wrong session, undecryptable or malformed bodies) in a row after
+/// which a link is closed: a device that loses sync once recovers on its next frame, a
+/// flood costs at most this many answers.
+const BAD_IN_A_ROW: u32 = 20;
+
+/// Whether a bad frame may be logged: the first few of a link, within the listener's
+/// budget; what the budget held back is summarised once, so a flood of links or of bad
+/// frames grows the log by a few lines (the counters count every one).
+fn may_log(core: &Core, in_a_row: u32) -> bool {
+    if in_a_row > 3 {
+        return false;
+    }
+    match core.bad_input_log.allow() {
+        Ok(allowed) => allowed,
+        Err(held) => {
+            tracing::warn!(
+                event = "kingxun_bad_input_summary",
+                suppressed = held,
+                "kingxun bad frames not logged one by one (see the counters)"
+            );
+            true
+        }
+    }
+}
+
+/// Counts a bad frame on the link; `true` when the link has said enough and is closed.
+fn too_many_bad(core: &Core, in_a_row: &mut u32, peer: &SocketAddr) -> bool {
+    *in_a_row += 1;
+    if *in_a_row < BAD_IN_A_ROW {
+        return false;
+    }
+    core.counters
+        .malformed_closed
+        .fetch_add(1, Ordering::Relaxed);
+    if may_log(core, 1) {
+        tracing::warn!(event = "kingxun_bad_link_closed", peer = %peer, in_a_row = *in_a_row, "too many bad frames in a row; closing link");
+    }
+    true
+}
+
 /// The next frame; junk is logged and skipped. `None` ends the link.
-async fn next_frame(frames: &mut Frames, peer: &SocketAddr, core: &Core) -> Option<Frame> {
+async fn next_frame(
+    frames: &mut Frames,
+    peer: &SocketAddr,
+    core: &Core,
+    bad_in_a_row: &mut u32,
+) -> Option<Frame> {
     loop {
         match frames.next().await? {
             Ok(Decoded::Frame(f)) => return Some(f),
             Ok(Decoded::Skipped(n)) => {
                 core.counters.bad_headers.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(event = "kingxun_bad_header", peer = %peer, skipped = n, "bad header (CRC or flags); bytes skipped");
+                if may_log(core, *bad_in_a_row + 1) {
+                    tracing::warn!(event = "kingxun_bad_header", peer = %peer, skipped = n, "bad header (CRC or flags); bytes skipped");
+                }
+                if too_many_bad(core, bad_in_a_row, peer) {
+                    return None;
+                }
             }
             Err(CodecError::TooLarge { len, max }) => {
                 core.counters.oversized.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(event = "kingxun_oversized", peer = %peer, len, max, "MsgBodyLen over the limit; closing link");
+                if may_log(core, 1) {
+                    tracing::warn!(event = "kingxun_oversized", peer = %peer, len, max, "MsgBodyLen over the limit; closing link");
+                }
                 return None;
             }
             Err(CodecError::Io(err)) => {
@@ -144,10 +196,11 @@ async fn serve_link(
     codec.max_trip_body = core.config.max_trip_body;
     let mut frames = FramedRead::with_capacity(rd, codec, 512);
 
+    let mut bad_in_a_row = 0u32;
     // Registration: the first frame, within read_timeout.
     let first = tokio::select! {
         _ = shutdown.cancelled() => return,
-        f = timeout(core.config.read_timeout, next_frame(&mut frames, &peer, &core)) => f,
+        f = timeout(core.config.read_timeout, next_frame(&mut frames, &peer, &core, &mut bad_in_a_row)) => f,
     };
     let frame = match first {
         Ok(Some(f)) => f,
@@ -162,7 +215,9 @@ async fn serve_link(
         return;
     };
     if frame.header.msg_id != id::REGISTER {
-        tracing::warn!(event = "kingxun_not_registered", peer = %peer, dev_id, msg_id = frame.header.msg_id, "first frame is not 1001; closing");
+        if may_log(&core, 1) {
+            tracing::warn!(event = "kingxun_not_registered", peer = %peer, dev_id, msg_id = frame.header.msg_id, "first frame is not 1001; closing");
+        }
         core.counters.bad_bodies.fetch_add(1, Ordering::Relaxed);
         refuse(
             &mut wr,
@@ -177,7 +232,9 @@ async fn serve_link(
         core.counters
             .unknown_devices
             .fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(event = "kingxun_unknown_device", peer = %peer, dev_id, "unknown device id; registration refused");
+        if may_log(&core, 1) {
+            tracing::warn!(event = "kingxun_unknown_device", peer = %peer, dev_id, "unknown device id; registration refused");
+        }
         refuse(&mut wr, id::REGISTER, frame.header.seq, RESP_BAD_DEVICE).await;
         return;
     };
@@ -255,7 +312,7 @@ async fn serve_link(
                 tracing::info!(event = "kingxun_command_sent", dev_id, msg_id = frame.header.msg_id, seq = next_seq, id = %cmd.request.id);
                 pending.insert(next_seq, (cmd, Instant::now() + core.config.command_timeout));
             }
-            frame = next_frame(&mut frames, &peer, &core) => {
+            frame = next_frame(&mut frames, &peer, &core, &mut bad_in_a_row) => {
                 let Some(frame) = frame else { break "link closed" };
                 idle_deadline = Instant::now() + core.config.idle_timeout;
                 match frame.header.kind {
@@ -287,8 +344,13 @@ async fn serve_link(
                     Kind::Request { dev_id: from, .. } if frame.header.msg_id == id::REGISTER => {
                         if from != dev_id {
                             core.counters.bad_sessions.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(event = "kingxun_reregister_other_id", peer = %peer, dev_id, from, "1001 for another device id on a live link refused");
+                            if may_log(&core, bad_in_a_row + 1) {
+                                tracing::warn!(event = "kingxun_reregister_other_id", peer = %peer, dev_id, from, "1001 for another device id on a live link refused");
+                            }
                             refuse(&mut wr, id::REGISTER, frame.header.seq, RESP_BAD_DEVICE).await;
+                            if too_many_bad(&core, &mut bad_in_a_row, &peer) {
+                                break "too many bad frames in a row";
+                            }
                         } else {
                             match answer_register(&mut wr, frame.header.seq, session_id).await {
                                 Some(iv) => {
@@ -304,17 +366,26 @@ async fn serve_link(
                     // device always puts its own id there (KxClient.cpp sets it on every frame).
                     Kind::Request { dev_id: from, session_id: sid } => {
                         let right_session = from == dev_id && sid == session_id;
-                        if right_session && !session.proven && frame.header.crypt && session.open_body(&frame).is_ok() {
+                        // Only frames that fail the session or the key count towards closing
+                        // the link: a body this bridge cannot read from a device that holds
+                        // its key is refused but does not end the link.
+                        let opens = !frame.header.crypt || session.open_body(&frame).is_ok();
+                        let suspect = !right_session || !opens;
+                        if right_session && !session.proven && frame.header.crypt && opens {
                             prove(&core, &mut session, link_id, &cmd_tx, sw_version, &peer).await;
                         }
                         let (code, body) = if !right_session {
                             core.counters.bad_sessions.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(event = "kingxun_bad_session", peer = %peer, dev_id, from, "frame with a wrong DevId or SessionId refused");
+                            if may_log(&core, bad_in_a_row + 1) {
+                                tracing::warn!(event = "kingxun_bad_session", peer = %peer, dev_id, from, "frame with a wrong DevId or SessionId refused");
+                            }
                             (RESP_REJECTED, Vec::new())
                         } else if !session.proven && frame.header.crypt {
                             // Sealed, but not with this device's key and session IV.
                             core.counters.decrypt_failures.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(event = "kingxun_decrypt_failed", peer = %peer, dev_id, msg_id = frame.header.msg_id, "sealed frame does not open with the device's key; the link stays untrusted");
+                            if may_log(&core, bad_in_a_row + 1) {
+                                tracing::warn!(event = "kingxun_decrypt_failed", peer = %peer, dev_id, msg_id = frame.header.msg_id, "sealed frame does not open with the device's key; the link stays untrusted");
+                            }
                             (RESP_REJECTED, Vec::new())
                         } else if !session.proven {
                             // Answered as usual (a real device goes on reporting), but
@@ -327,11 +398,16 @@ async fn serve_link(
                             }
                             unproven_answer(&core, &frame)
                         } else {
-                            handle_request(&core, &session, &frame, &mut model_known).await
+                            handle_request(&core, &session, &frame, &mut model_known, bad_in_a_row + 1).await
                         };
                         let resp = Frame::response(frame.header.msg_id, frame.header.seq, code, false, Bytes::from(body));
                         if write_frame(&mut wr, &resp).await.is_err() {
                             break "write failed";
+                        }
+                        if !suspect {
+                            bad_in_a_row = 0;
+                        } else if too_many_bad(&core, &mut bad_in_a_row, &peer) {
+                            break "too many bad frames in a row";
                         }
                     }
                 }
@@ -445,6 +521,7 @@ async fn handle_request(
     session: &Session,
     frame: &Frame,
     model_known: &mut bool,
+    in_a_row: u32,
 ) -> (u32, Vec<u8>) {
     let dev_id = session.dev_id;
     let vid = vehicle_id(dev_id);
@@ -454,13 +531,17 @@ async fn handle_request(
             core.counters
                 .decrypt_failures
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(event = "kingxun_decrypt_failed", dev_id, msg_id = frame.header.msg_id, error = %err, "body dropped");
+            if may_log(core, in_a_row) {
+                tracing::warn!(event = "kingxun_decrypt_failed", dev_id, msg_id = frame.header.msg_id, error = %err, "body dropped");
+            }
             return (RESP_REJECTED, Vec::new());
         }
     };
     let bad = |err: crate::protocol::kingxun::BodyError| {
         core.counters.bad_bodies.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(event = "kingxun_bad_body", dev_id, msg_id = frame.header.msg_id, error = %err, "malformed body refused");
+        if may_log(core, in_a_row) {
+            tracing::warn!(event = "kingxun_bad_body", dev_id, msg_id = frame.header.msg_id, error = %err, "malformed body refused");
+        }
         (RESP_BAD_PARAMETER, Vec::new())
     };
     let updates = &core.updates;
@@ -539,12 +620,14 @@ async fn handle_request(
         },
         other => {
             core.counters.unknown_msgs.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                event = "kingxun_unknown_msg",
-                dev_id,
-                msg_id = other,
-                "unknown MsgId; rejected"
-            );
+            if may_log(core, in_a_row) {
+                tracing::warn!(
+                    event = "kingxun_unknown_msg",
+                    dev_id,
+                    msg_id = other,
+                    "unknown MsgId; rejected"
+                );
+            }
             (RESP_REJECTED, Vec::new())
         }
     }
