@@ -949,3 +949,65 @@ async fn an_impostor_without_the_key_changes_nothing() {
     drop(fake);
     bridge.stop().await;
 }
+
+/// One address cannot take every slot: past `max_links_per_address` its links are closed
+/// at once (and counted), while a device from another address still registers.
+#[tokio::test]
+async fn one_address_cannot_take_every_link() {
+    let broker = Mosquitto::start();
+    let bridge = Bridge::start(&broker, |c| {
+        c.kingxun.max_links = 50;
+        c.kingxun.max_links_per_address = 3;
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(RawDevice::connect(bridge.port).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fourth = RawDevice::connect(bridge.port).await;
+    let mut byte = [0u8; 1];
+    let n = tokio::time::timeout(T, fourth.read(&mut byte))
+        .await
+        .expect("closed promptly")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "a fourth link from one address was kept");
+
+    // Another loopback address is another peer.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let stream = socket
+        .connect(format!("127.0.0.1:{}", bridge.port).parse().unwrap())
+        .await
+        .unwrap();
+    let mut other = RawDevice {
+        stream,
+        buf: BytesMut::new(),
+        codec: KxCodec::default(),
+        dev_id: 1002,
+        session_id: 0,
+        key: derive_key(SEED, 1002),
+        iv: [0; 16],
+        seq: 1,
+    };
+    other
+        .send(Frame::request(
+            id::REGISTER,
+            1,
+            1002,
+            0,
+            false,
+            Bytes::from(Register::default().encode()),
+        ))
+        .await;
+    let ack = other.recv().await.expect("registered from another address");
+    assert!(matches!(ack.header.kind, Kind::Response { resp_code: 0 }));
+
+    let info = Probe::connect(broker.port, &[&bridge.topic("bridge/info")]).await;
+    info.wait_for("links_refused counted", T, |m| {
+        m.json()["connectors"][0]["counters"]["links_refused"] == 1
+    })
+    .await;
+    drop(held);
+    bridge.stop().await;
+}

@@ -107,6 +107,47 @@ impl Freshness {
 mod tests {
     use super::*;
     use crate::model::{Field, Value, VehicleState};
+    use std::net::IpAddr;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn peer_links_are_counted_per_address_and_freed_on_drop() {
+        let peers = std::sync::Arc::new(PeerLinks::default());
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let first = peers.admit(a, 2).unwrap();
+        let _second = peers.admit(a, 2).unwrap();
+        assert!(peers.admit(a, 2).is_none(), "a third link from one address");
+        assert!(
+            peers.admit(b, 2).is_some(),
+            "another address is not affected"
+        );
+        drop(first);
+        assert!(peers.admit(a, 2).is_some(), "a closed link frees its slot");
+    }
+
+    #[test]
+    fn throttle_doubles_and_resets() {
+        let mut t = FailureThrottle::default();
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let now = Instant::now();
+        assert_eq!(t.delay(ip, now), Duration::ZERO);
+        t.failed(ip, now);
+        assert_eq!(t.delay(ip, now), Duration::from_millis(250));
+        t.failed(ip, now);
+        t.failed(ip, now);
+        assert_eq!(t.delay(ip, now), Duration::from_millis(1000));
+        for _ in 0..20 {
+            t.failed(ip, now);
+        }
+        assert_eq!(t.delay(ip, now), Duration::from_millis(8000));
+        // Another address of the same /24 is the same peer.
+        assert_eq!(
+            t.delay("10.1.2.200".parse().unwrap(), now),
+            Duration::from_millis(8000)
+        );
+        t.succeeded(ip);
+        assert_eq!(t.delay(ip, now), Duration::ZERO);
+    }
 
     #[test]
     fn an_older_value_never_overwrites_a_newer_one() {
@@ -168,6 +209,96 @@ impl LogLimiter {
             s.2 += 1;
             Ok(false)
         }
+    }
+}
+
+/// Links open per source address, so one peer cannot take every slot of a listener.
+#[derive(Default)]
+pub struct PeerLinks {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One admitted link; dropping it frees its address's slot.
+pub struct PeerLink {
+    peers: std::sync::Arc<PeerLinks>,
+    ip: std::net::IpAddr,
+}
+
+impl PeerLinks {
+    /// A slot for a link from `ip`, or `None` when it already has `max` open.
+    pub fn admit(
+        self: &std::sync::Arc<Self>,
+        ip: std::net::IpAddr,
+        max: usize,
+    ) -> Option<PeerLink> {
+        let mut open = self.open.lock().ok()?;
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerLink {
+            peers: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerLink {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.peers.open.lock() {
+            if let Some(n) = open.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+/// Failures are remembered per address block for this long.
+const FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+const FAILURE_TABLE_MAX: usize = 10_000;
+
+/// Slows down repeated failures (wrong logins, unknown device ids) from one address block (`address_block`): 0.25 s,
+/// 0.5 s, 1 s ... up to 8 s, and one login attempt per block at a time, so parallel links
+/// wait their turn instead of guessing side by side. A flood of other addresses cannot
+/// wash an attacker out of the table: when it is full, only single-failure entries give
+/// way, and a block with many failures is kept.
+#[derive(Default)]
+pub struct FailureThrottle {
+    failures: std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>,
+}
+
+impl FailureThrottle {
+    pub fn delay(&mut self, ip: std::net::IpAddr, now: std::time::Instant) -> std::time::Duration {
+        let block = crate::connectors::address_block(ip);
+        match self.failures.get(&block) {
+            Some((n, at)) if now.duration_since(*at) < FAILURE_WINDOW && *n > 0 => {
+                std::time::Duration::from_millis(250u64 << (n - 1).min(5))
+            }
+            _ => std::time::Duration::ZERO,
+        }
+    }
+
+    pub fn failed(&mut self, ip: std::net::IpAddr, now: std::time::Instant) {
+        let block = crate::connectors::address_block(ip);
+        if !self.failures.contains_key(&block) && self.failures.len() >= FAILURE_TABLE_MAX {
+            self.failures
+                .retain(|_, (n, at)| now.duration_since(*at) < FAILURE_WINDOW && *n > 1);
+            if self.failures.len() >= FAILURE_TABLE_MAX {
+                // Every entry is a repeat offender: the newcomer is not recorded.
+                return;
+            }
+        }
+        let entry = self.failures.entry(block).or_insert((0, now));
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = now;
+    }
+
+    pub fn succeeded(&mut self, ip: std::net::IpAddr) {
+        self.failures.remove(&crate::connectors::address_block(ip));
     }
 }
 

@@ -20,52 +20,8 @@ use super::{Core, LINK_QUEUE};
 use crate::protocol::exlive::{Frame, Message, SplitError, Splitter};
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Failed logins are remembered per address block for this long.
-const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
-const FAILURE_TABLE_MAX: usize = 10_000;
 /// Malformed messages in a row that close a link.
 const MALFORMED_IN_A_ROW: u32 = 20;
-
-/// Slows down repeated failed logins from one address block (`address_block`): 0.25 s,
-/// 0.5 s, 1 s ... up to 8 s, and one login attempt per block at a time, so parallel links
-/// wait their turn instead of guessing side by side. A flood of other addresses cannot
-/// wash an attacker out of the table: when it is full, only single-failure entries give
-/// way, and a block with many failures is kept.
-#[derive(Default)]
-pub(super) struct LoginThrottle {
-    failures: HashMap<IpAddr, (u32, Instant)>,
-}
-
-impl LoginThrottle {
-    pub(super) fn delay(&mut self, ip: IpAddr, now: Instant) -> Duration {
-        let block = crate::connectors::address_block(ip);
-        match self.failures.get(&block) {
-            Some((n, at)) if now.duration_since(*at) < FAILURE_WINDOW && *n > 0 => {
-                Duration::from_millis(250u64 << (n - 1).min(5))
-            }
-            _ => Duration::ZERO,
-        }
-    }
-
-    pub(super) fn failed(&mut self, ip: IpAddr, now: Instant) {
-        let block = crate::connectors::address_block(ip);
-        if !self.failures.contains_key(&block) && self.failures.len() >= FAILURE_TABLE_MAX {
-            self.failures
-                .retain(|_, (n, at)| now.duration_since(*at) < FAILURE_WINDOW && *n > 1);
-            if self.failures.len() >= FAILURE_TABLE_MAX {
-                // Every entry is a repeat offender: the newcomer is not recorded.
-                return;
-            }
-        }
-        let entry = self.failures.entry(block).or_insert((0, now));
-        entry.0 = entry.0.saturating_add(1);
-        entry.1 = now;
-    }
-
-    pub(super) fn succeeded(&mut self, ip: IpAddr) {
-        self.failures.remove(&crate::connectors::address_block(ip));
-    }
-}
 
 /// Per-address bookkeeping of the listener: links open, and one login at a time.
 #[derive(Default)]
@@ -80,7 +36,7 @@ pub(super) async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let permits = Arc::new(Semaphore::new(core.config.max_links));
-    let throttle = Arc::new(Mutex::new(LoginThrottle::default()));
+    let throttle = Arc::new(Mutex::new(crate::connectors::FailureThrottle::default()));
     let peers = Arc::new(Mutex::new(Peers::default()));
     let per_address = core.config.links_per_address();
     loop {
@@ -275,7 +231,7 @@ async fn serve_link(
     stream: TcpStream,
     peer: SocketAddr,
     core: Arc<Core>,
-    throttle: Arc<Mutex<LoginThrottle>>,
+    throttle: Arc<Mutex<crate::connectors::FailureThrottle>>,
     login_gate: Arc<tokio::sync::Mutex<()>>,
     shutdown: CancellationToken,
 ) {
@@ -316,7 +272,7 @@ async fn serve_link(
     let gate = login_gate.lock().await;
     let delay = throttle
         .lock()
-        .map(|mut t| t.delay(peer.ip(), Instant::now()))
+        .map(|mut t| t.delay(peer.ip(), std::time::Instant::now()))
         .unwrap_or_default();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -325,7 +281,7 @@ async fn serve_link(
     if account.is_none() {
         core.counters.logins_failed.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut t) = throttle.lock() {
-            t.failed(peer.ip(), Instant::now());
+            t.failed(peer.ip(), std::time::Instant::now());
         }
         tracing::warn!(event = "exlive_login_failed", peer = %peer, user = %name, "EXLIVE login refused");
         let ack = Message::Ack {
@@ -403,28 +359,4 @@ async fn serve_link(
     }
     core.link_closed(&link).await;
     core.links.closed(&core.updates).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn throttle_doubles_and_resets() {
-        let mut t = LoginThrottle::default();
-        let ip: IpAddr = "10.1.2.3".parse().unwrap();
-        let now = Instant::now();
-        assert_eq!(t.delay(ip, now), Duration::ZERO);
-        t.failed(ip, now);
-        assert_eq!(t.delay(ip, now), Duration::from_millis(250));
-        t.failed(ip, now);
-        t.failed(ip, now);
-        assert_eq!(t.delay(ip, now), Duration::from_millis(1000));
-        for _ in 0..20 {
-            t.failed(ip, now);
-        }
-        assert_eq!(t.delay(ip, now), Duration::from_millis(8000));
-        t.succeeded(ip);
-        assert_eq!(t.delay(ip, now), Duration::ZERO);
-    }
 }

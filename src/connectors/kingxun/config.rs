@@ -15,6 +15,9 @@ pub struct KingxunConfig {
     /// Where devices connect (the bridge plays the kingxun "svrInstance").
     pub listen: SocketAddr,
     pub max_links: usize,
+    /// Links from one address at once: one peer cannot take every slot. 0 = a tenth of
+    /// `max_links` (at least 4). Raise it for many devices behind one carrier NAT.
+    pub max_links_per_address: usize,
     /// A link with no frame for this long is closed and its device goes offline.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -116,6 +119,7 @@ impl Default for KingxunConfig {
             // provisioned with an address and port, so match what they were given.
             listen: SocketAddr::from(([0, 0, 0, 0], 10086)),
             max_links: 10_000,
+            max_links_per_address: 0,
             idle_timeout: Duration::from_secs(600),
             read_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(30),
@@ -157,6 +161,16 @@ impl KingxunDevice {
     pub fn key_bytes(&self) -> Option<[u8; 16]> {
         let raw = hex::decode(self.key.expose().trim()).ok()?;
         raw.try_into().ok()
+    }
+}
+
+impl KingxunConfig {
+    /// `max_links_per_address`, with 0 resolved.
+    pub fn links_per_address(&self) -> usize {
+        match self.max_links_per_address {
+            0 => (self.max_links / 10).max(4),
+            n => n,
+        }
     }
 }
 

@@ -45,6 +45,7 @@ crate::named_counters! {
         idle_closed,
         unproven_frames,
         malformed_closed,
+        registrations_throttled,
     }
 }
 
@@ -382,6 +383,10 @@ pub(crate) struct Core {
     pub counters: Counters,
     /// Bad input is logged a few lines at a time across all links, then summarised.
     pub bad_input_log: crate::connectors::LogLimiter,
+    /// Unknown device ids per address block: each further miss waits longer.
+    pub misses: Mutex<crate::connectors::FailureThrottle>,
+    /// Misses are answered one at a time, so parallel links cannot guess side by side.
+    pub miss_gate: tokio::sync::Mutex<()>,
     /// Commands for devices reached through an upstream kingxun server.
     pub upstream: Option<(std::collections::HashSet<u32>, mpsc::Sender<LinkCommand>)>,
 }
@@ -628,6 +633,8 @@ impl Connector for KingxunConnector {
                 next_link: AtomicU64::new(1),
                 open_links: LinkGauge::default(),
                 counters: Counters::default(),
+                misses: Mutex::new(Default::default()),
+                miss_gate: tokio::sync::Mutex::new(()),
                 bad_input_log: crate::connectors::LogLimiter::new(
                     10,
                     std::time::Duration::from_secs(10),

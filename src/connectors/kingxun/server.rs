@@ -40,16 +40,26 @@ const RESP_BAD_PARAMETER: u32 = 6;
 
 pub(super) async fn run(listener: TcpListener, core: Arc<Core>, shutdown: CancellationToken) {
     let permits = Arc::new(Semaphore::new(core.config.max_links));
+    let peers = Arc::new(crate::connectors::PeerLinks::default());
+    let per_address = core.config.links_per_address();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
                     Ok(permit) => {
+                        let Some(slot) = peers.admit(peer.ip(), per_address) else {
+                            let n = core.counters.links_refused.fetch_add(1, Ordering::Relaxed) + 1;
+                            if n.is_power_of_two() {
+                                tracing::warn!(event = "kingxun_link_refused", peer = %peer, per_address,
+                                    total_refused = n, "kingxun link refused: max_links_per_address reached");
+                            }
+                            continue;
+                        };
                         let (core, shutdown) = (core.clone(), shutdown.clone());
                         tokio::spawn(async move {
                             serve_link(stream, peer, core, shutdown).await;
-                            drop(permit);
+                            drop((permit, slot));
                         });
                     }
                     Err(_) => {
@@ -161,6 +171,45 @@ async fn next_frame(
     }
 }
 
+/// Refuses a 1001 for an unknown device id. Misses wait their turn, one at a time, each
+/// after its address block's delay (0.25 s doubling to 8 s), so enumerating ids costs
+/// seconds per guess; a known id is answered at once, so a fleet behind one NAT
+/// reconnecting after a restart is not slowed.
+async fn refuse_unknown(
+    core: &Core,
+    wr: &mut OwnedWriteHalf,
+    peer: &SocketAddr,
+    dev_id: u32,
+    seq: u16,
+) {
+    let Ok(_turn) = timeout(core.config.read_timeout, core.miss_gate.lock()).await else {
+        core.counters
+            .registrations_throttled
+            .fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let now = std::time::Instant::now();
+    let delay = core
+        .misses
+        .lock()
+        .map(|mut m| {
+            let d = m.delay(peer.ip(), now);
+            m.failed(peer.ip(), now);
+            d
+        })
+        .unwrap_or_default();
+    if !delay.is_zero() {
+        core.counters
+            .registrations_throttled
+            .fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(delay).await;
+    }
+    if may_log(core, 1) {
+        tracing::warn!(event = "kingxun_unknown_device", peer = %peer, dev_id, "unknown device id; registration refused");
+    }
+    refuse(wr, id::REGISTER, seq, RESP_BAD_DEVICE).await;
+}
+
 /// A session: the device, its key and the IV given at registration.
 struct Session {
     dev_id: u32,
@@ -232,10 +281,7 @@ async fn serve_link(
         core.counters
             .unknown_devices
             .fetch_add(1, Ordering::Relaxed);
-        if may_log(&core, 1) {
-            tracing::warn!(event = "kingxun_unknown_device", peer = %peer, dev_id, "unknown device id; registration refused");
-        }
-        refuse(&mut wr, id::REGISTER, frame.header.seq, RESP_BAD_DEVICE).await;
+        refuse_unknown(&core, &mut wr, &peer, dev_id, frame.header.seq).await;
         return;
     };
     let register = registration_body(&frame);
