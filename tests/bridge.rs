@@ -218,6 +218,70 @@ async fn ha_birth_resends_discovery() {
     bridge.stop().await;
 }
 
+/// States made while the broker is away coalesce to the newest per vehicle: after the
+/// reconnect the broker gets the latest state, not a replay of every stale one.
+#[tokio::test]
+async fn states_made_while_disconnected_coalesce_to_the_newest() {
+    let mut broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::test_config(&broker.url(), dir.path());
+    let base = config.mqtt.base_topic.clone();
+    let bridge = RunningBridge::start(config).await;
+    announce(&bridge, scooter(vec![Capability::Lock]), sample_state()).await;
+    {
+        let probe = Probe::connect(broker.port, &[&format!("{base}/kx1001/state")]).await;
+        probe.wait_topic(&format!("{base}/kx1001/state"), T).await;
+    }
+    broker.stop();
+    let disconnected = async {
+        while vehicle2mqtt::state_dir::check_alive(dir.path())
+            .err()
+            .is_none_or(|e| !e.contains("MQTT is not connected"))
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(T, disconnected)
+        .await
+        .expect("the bridge saw the broker go");
+    for odometer in 2000..2100i64 {
+        let mut s = VehicleState::default();
+        s.set(Field::Odometer, odometer);
+        bridge
+            .ctx
+            .updates
+            .send(Update::State {
+                vehicle: VehicleId::new("kx1001").unwrap(),
+                state: s,
+                replace: false,
+            })
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.restart();
+    let topic = format!("{base}/kx1001/state");
+    let probe = Probe::connect(broker.port, &[&topic]).await;
+    probe
+        .wait_for("the newest state", Duration::from_secs(40), |m| {
+            m.topic == topic && m.json()["odometer"] == 2099
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stale: Vec<i64> = probe
+        .messages()
+        .iter()
+        .filter(|m| m.topic == topic)
+        .filter_map(|m| m.json()["odometer"].as_i64())
+        .filter(|o| *o != 2099)
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "stale states replayed after the reconnect: {stale:?}"
+    );
+    bridge.stop().await;
+}
+
 #[tokio::test]
 async fn broker_restart_brings_state_and_discovery_back() {
     let mut broker = Mosquitto::start(); // persistence off: a restart forgets every retained message

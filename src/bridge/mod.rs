@@ -303,7 +303,7 @@ pub async fn run(
                 hub.retry_refused_subscriptions();
                 hub.write_alive();
             }
-            _ = retry_tick.tick(), if !hub.retry.is_empty() || !hub.unsent_states.is_empty() => hub.flush_retries(),
+            _ = retry_tick.tick(), if hub.mqtt_connected && (!hub.retry.is_empty() || !hub.unsent_states.is_empty()) => hub.flush_retries(),
         }
     }
 
@@ -434,10 +434,15 @@ impl Hub {
 
     // ---- publishing ----------------------------------------------------------------
 
-    /// Publishes a vehicle's state now, or remembers that it is owed when MQTT is busy.
+    /// Publishes a vehicle's state now, or remembers that it is owed when MQTT is busy or
+    /// away: owed states coalesce to the newest, so a reconnect sends the latest state of
+    /// each vehicle, never a replay of the stale ones queued in the client.
     fn publish_state(&mut self, id: &VehicleId) {
-        let owed = !self.retry.is_empty() || !self.try_publish_state(id);
-        if owed && !self.unsent_states.insert(id.clone()) {
+        let owed =
+            !self.mqtt_connected || !self.retry.is_empty() || !self.try_publish_state(id);
+        if !owed {
+            self.unsent_states.remove(id);
+        } else if !self.unsent_states.insert(id.clone()) {
             self.publisher
                 .stats()
                 .coalesced_states
@@ -510,6 +515,9 @@ impl Hub {
     }
 
     fn flush_retries(&mut self) {
+        if !self.mqtt_connected {
+            return; // the reconnect publishes everything owed
+        }
         while let Some((topic, payload, retain)) = self.retry.pop_front() {
             if !self.publisher.try_publish(&topic, payload.clone(), retain) {
                 self.retry.push_front((topic, payload, retain));
