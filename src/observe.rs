@@ -41,6 +41,7 @@ pub struct Snapshot {
     pub mqtt_coalesced: u64,
     pub mqtt_reconnects: u64,
     pub mqtt_subscribe_refused: u64,
+    pub mqtt_oversized_incoming: u64,
     /// The broker refused one of the bridge's subscriptions since it last subscribed.
     pub subscription_refused: bool,
 }
@@ -118,6 +119,11 @@ impl Snapshot {
             "mqtt_subscribe_refused",
             "Subscriptions the MQTT broker refused (SUBACK failure)",
             counter(self.mqtt_subscribe_refused),
+        );
+        registry.register(
+            "mqtt_oversized_incoming",
+            "Connections ended by an incoming message over the size limit",
+            counter(self.mqtt_oversized_incoming),
         );
         registry.register("vehicles", "Vehicles known", gauge(self.vehicles as i64));
         registry.register(

@@ -333,3 +333,40 @@ async fn a_refused_command_subscription_is_unhealthy_until_the_broker_allows_it(
     bridge.stop().await;
     broker.abort();
 }
+
+/// A refused login says so, plainly, in the real binary's log (and never the password),
+/// and the bridge keeps retrying instead of exiting.
+#[test]
+fn a_refused_login_is_named_in_the_log_without_the_password() {
+    let broker = Mosquitto::start_with(with_password);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let file = std::fs::File::create(&log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_vehicle2mqtt"))
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("V2M_BRIDGE__STATE_DIR", dir.path().join("state"))
+        .env("V2M_MQTT__URL", broker.url())
+        .env("V2M_MQTT__USERNAME", "bridge")
+        .env("V2M_MQTT__PASSWORD", "not-the-Pw-42")
+        .stdout(std::process::Stdio::from(file.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(file))
+        .spawn()
+        .unwrap();
+    let mut child = common::KillOnDrop(child);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "a refused login must not stop the bridge"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("mqtt_login_refused") && text.contains("mqtt.password"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("not-the-Pw-42"),
+        "the password is in the log"
+    );
+}

@@ -438,8 +438,7 @@ impl Hub {
     /// away: owed states coalesce to the newest, so a reconnect sends the latest state of
     /// each vehicle, never a replay of the stale ones queued in the client.
     fn publish_state(&mut self, id: &VehicleId) {
-        let owed =
-            !self.mqtt_connected || !self.retry.is_empty() || !self.try_publish_state(id);
+        let owed = !self.mqtt_connected || !self.retry.is_empty() || !self.try_publish_state(id);
         if !owed {
             self.unsent_states.remove(id);
         } else if !self.unsent_states.insert(id.clone()) {
@@ -738,6 +737,7 @@ impl Hub {
             mqtt_coalesced: load(&stats.coalesced_states),
             mqtt_reconnects: load(&stats.reconnects),
             mqtt_subscribe_refused: load(&stats.subscribe_refused),
+            mqtt_oversized_incoming: load(&stats.oversized_incoming),
             subscription_refused: self.subscription_refused,
         };
         if let Ok(mut s) = self.snapshot.write() {

@@ -53,6 +53,8 @@ pub struct MqttStats {
     pub coalesced_states: AtomicU64,
     pub dropped_messages: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Connections ended by an incoming message over `MAX_PACKET_SIZE`.
+    pub oversized_incoming: AtomicU64,
     /// Subscriptions the broker refused (SUBACK failure).
     pub subscribe_refused: AtomicU64,
 }
@@ -193,6 +195,16 @@ pub fn tls_config(ca_file: Option<&std::path::Path>) -> anyhow::Result<ClientCon
         .with_no_client_auth())
 }
 
+/// Whether the connection ended because an incoming packet was over `MAX_PACKET_SIZE`.
+fn is_oversized_incoming(err: &rumqttc::ConnectionError) -> bool {
+    matches!(
+        err,
+        rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_)
+        ))
+    )
+}
+
 /// Exponential backoff with full jitter: 0.5 s doubling to 30 s.
 pub fn backoff_delay(attempt: u32) -> Duration {
     let cap_ms = 500u64.saturating_mul(1 << attempt.min(6)).min(30_000);
@@ -222,11 +234,15 @@ async fn run_event_loop(
     events: mpsc::Sender<MqttEvent>,
     stats: Arc<MqttStats>,
 ) {
-    let mut attempt = 0u32;
+    // The backoff resets only after a connection that lasted a minute: a broker that
+    // accepts and then drops the bridge at once (a retained message over the size limit on
+    // a subscribed topic, a duplicate client id) is retried ever more slowly, not in a loop.
+    let mut backoff = Backoff::default();
+    let mut connected_at: Option<std::time::Instant> = None;
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                attempt = 0;
+                connected_at = Some(std::time::Instant::now());
                 tracing::info!(
                     event = "mqtt_connected",
                     session_present = ack.session_present,
@@ -277,10 +293,24 @@ async fn run_event_loop(
                     return;
                 }
                 stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                let delay = backoff_delay(attempt);
-                attempt = attempt.saturating_add(1);
-                tracing::warn!(event = "mqtt_connection_error", error = %err, retry_in_ms = delay.as_millis() as u64,
-                    "MQTT connection lost or refused");
+                let lasted = connected_at.take().map(|t| t.elapsed()).unwrap_or_default();
+                let delay = backoff.next(lasted);
+                if is_oversized_incoming(&err) {
+                    stats.oversized_incoming.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(event = "mqtt_oversized_incoming", max_bytes = MAX_PACKET_SIZE, retry_in_ms = delay.as_millis() as u64,
+                        "the broker sent a message larger than the bridge accepts, which ends the connection (MQTT 3.1.1 cannot refuse it); \
+                         usually a retained message on a `/set` topic: clear it with `mosquitto_pub -r -n -t <topic>`, or set the broker's message_size_limit");
+                } else if let rumqttc::ConnectionError::ConnectionRefused(
+                    code @ (rumqttc::ConnectReturnCode::BadUserNamePassword
+                    | rumqttc::ConnectReturnCode::NotAuthorized),
+                ) = &err
+                {
+                    tracing::error!(event = "mqtt_login_refused", code = ?code, retry_in_ms = delay.as_millis() as u64,
+                        "the MQTT broker refused the login: check mqtt.username and mqtt.password (the add-on takes them from the Supervisor)");
+                } else {
+                    tracing::warn!(event = "mqtt_connection_error", error = %err, retry_in_ms = delay.as_millis() as u64,
+                        "MQTT connection lost or refused");
+                }
                 let _ = events.try_send(MqttEvent::Disconnected(err.to_string()));
                 tokio::time::sleep(delay).await;
             }
