@@ -227,7 +227,8 @@ async fn exlive_floods_guesses_and_impostors_fail_and_the_log_stays_small() {
 /// Seed of the simulator's device keys.
 const KX_SEED: u64 = 5;
 
-/// The bridge with a kingxun server knowing device 1001 (the simulator's key).
+/// The bridge with a kingxun server knowing device 1001 (the simulator's key); 40 links
+/// per address, so the guesses below reach the registration throttle.
 async fn kingxun_bridge(broker: &Mosquitto) -> Running {
     let key = hex::encode(derive_key(KX_SEED, 1001));
     spawn_bridge(broker, |port| {
@@ -236,6 +237,7 @@ async fn kingxun_bridge(broker: &Mosquitto) -> Running {
 enabled = true
 listen = "127.0.0.1:{port}"
 max_links = 50
+max_links_per_address = 40
 
 [[kingxun.devices]]
 id = 1001

@@ -576,7 +576,7 @@ name = "Fleet scooter"
             .expect("spawn vehicle2mqtt"),
     );
     probe
-        .wait_for("server online", T, |m| {
+        .wait_for("server online", Duration::from_secs(30), |m| {
             m.topic == format!("{base}/kxserver/availability") && m.text() == "online"
         })
         .await;
