@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use vehicle2mqtt::config::Config;
+use vehicle2mqtt::config::{Config, ConfigError};
 use vehicle2mqtt::connector::Connector;
 use vehicle2mqtt::connectors::exlive::ExliveConnector;
 use vehicle2mqtt::connectors::iauto360::Iauto360Connector;
@@ -171,6 +171,17 @@ fn bullet_list(text: &str) -> String {
         .join("\n")
 }
 
+/// The loaded config, or the problems printed and the exit code for them.
+fn loaded<T>(result: Result<(Config, T), ConfigError>) -> Result<Config, ExitCode> {
+    result.map(|(config, _)| config).map_err(|err| {
+        eprintln!(
+            "vehicle2mqtt: invalid configuration:\n{}",
+            bullet_list(&err.to_string())
+        );
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
 /// Exit code for an invalid configuration.
 const EXIT_CONFIG: u8 = 2;
 
@@ -229,15 +240,9 @@ fn main() -> ExitCode {
         let state = std::env::temp_dir().join(format!("vehicle2mqtt-demo-{}", std::process::id()));
         // The demo's setup, under whatever the user's file and V2M_ variables say.
         let base = vehicle2mqtt::demo::config(&ports, state.clone());
-        let config = match Config::load_over(base, cli.config.as_deref(), &[]) {
-            Ok((config, _)) => config,
-            Err(err) => {
-                eprintln!(
-                    "vehicle2mqtt: invalid configuration:\n{}",
-                    bullet_list(&err.to_string())
-                );
-                return ExitCode::from(EXIT_CONFIG);
-            }
+        let config = match loaded(Config::load_over(base, cli.config.as_deref(), &[])) {
+            Ok(config) => config,
+            Err(code) => return code,
         };
         if let Err(busy) = vehicle2mqtt::demo::check_ports(&config) {
             eprintln!("vehicle2mqtt demo: {busy}");
@@ -248,15 +253,9 @@ fn main() -> ExitCode {
         let _ = std::fs::remove_dir_all(&state);
         return code;
     }
-    let config = match Config::load(cli.config.as_deref()) {
-        Ok((config, _)) => config,
-        Err(err) => {
-            eprintln!(
-                "vehicle2mqtt: invalid configuration:\n{}",
-                bullet_list(&err.to_string())
-            );
-            return ExitCode::from(EXIT_CONFIG);
-        }
+    let config = match loaded(Config::load(cli.config.as_deref())) {
+        Ok(config) => config,
+        Err(code) => return code,
     };
     match command {
         Cmd::CheckConfig => {

@@ -46,6 +46,13 @@ pub struct Snapshot {
     pub subscription_refused: bool,
 }
 
+/// Counts one occurrence; `Some(total)` when it is worth a log line (the 1st, 2nd, 4th,
+/// 8th ...), so a flood costs a few lines while the counter keeps every one.
+pub fn count_sampled(counter: &std::sync::atomic::AtomicU64) -> Option<u64> {
+    let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    n.is_power_of_two().then_some(n)
+}
+
 pub type SharedSnapshot = Arc<RwLock<Snapshot>>;
 
 impl Snapshot {

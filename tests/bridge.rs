@@ -38,6 +38,25 @@ fn sample_state() -> VehicleState {
     s
 }
 
+/// A state update from the connector (`replace`: the whole state, else merged).
+async fn send_state(
+    bridge: &RunningBridge,
+    vehicle: VehicleId,
+    state: VehicleState,
+    replace: bool,
+) {
+    bridge
+        .ctx
+        .updates
+        .send(Update::State {
+            vehicle,
+            state,
+            replace,
+        })
+        .await
+        .unwrap();
+}
+
 async fn announce(bridge: &RunningBridge, info: VehicleInfo, state: VehicleState) {
     let id = info.id.clone();
     bridge
@@ -46,16 +65,7 @@ async fn announce(bridge: &RunningBridge, info: VehicleInfo, state: VehicleState
         .send(Update::Vehicle(info))
         .await
         .unwrap();
-    bridge
-        .ctx
-        .updates
-        .send(Update::State {
-            vehicle: id,
-            state,
-            replace: true,
-        })
-        .await
-        .unwrap();
+    send_state(bridge, id, state, true).await;
 }
 
 /// Retained discovery configs (non-empty) for one base topic's node.
@@ -151,16 +161,7 @@ async fn discovery_documents_are_complete_stable_and_follow_fields() {
     // A field the vehicle stops reporting loses its entity (empty retained config).
     let mut less = sample_state();
     less.values.remove(&Field::BatteryLevel);
-    bridge
-        .ctx
-        .updates
-        .send(Update::State {
-            vehicle: VehicleId::new("kx1001").unwrap(),
-            state: less,
-            replace: true,
-        })
-        .await
-        .unwrap();
+    send_state(&bridge, VehicleId::new("kx1001").unwrap(), less, true).await;
     let battery_topic = format!("homeassistant/sensor/{base}/kx1001_battery_level/config");
     let removal = probe
         .wait_for("battery entity removal", T, |m| {
@@ -247,16 +248,7 @@ async fn states_made_while_disconnected_coalesce_to_the_newest() {
     for odometer in 2000..2100i64 {
         let mut s = VehicleState::default();
         s.set(Field::Odometer, odometer);
-        bridge
-            .ctx
-            .updates
-            .send(Update::State {
-                vehicle: VehicleId::new("kx1001").unwrap(),
-                state: s,
-                replace: false,
-            })
-            .await
-            .unwrap();
+        send_state(&bridge, VehicleId::new("kx1001").unwrap(), s, false).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     broker.restart();
@@ -322,16 +314,7 @@ async fn an_oversized_retained_command_does_not_make_the_bridge_spin() {
         .await;
     let mut s = VehicleState::default();
     s.set(Field::Odometer, 4321i64);
-    bridge
-        .ctx
-        .updates
-        .send(Update::State {
-            vehicle: VehicleId::new("kx1001").unwrap(),
-            state: s,
-            replace: false,
-        })
-        .await
-        .unwrap();
+    send_state(&bridge, VehicleId::new("kx1001").unwrap(), s, false).await;
     probe
         .wait_for("a new state", T, |m| {
             m.topic == state_topic && m.json()["odometer"] == 4321
@@ -736,16 +719,7 @@ async fn events_availability_staleness_and_per_field_topics() {
         })
         .await;
     probe.clear();
-    bridge
-        .ctx
-        .updates
-        .send(Update::State {
-            vehicle: vid.clone(),
-            state: sample_state(),
-            replace: false,
-        })
-        .await
-        .unwrap();
+    send_state(&bridge, vid.clone(), sample_state(), false).await;
     probe
         .wait_for("fresh", T, |m| {
             m.topic == format!("{base}/kx1001/availability") && m.text() == "online"
@@ -796,16 +770,7 @@ async fn overload_coalesces_states_and_keeps_results() {
     for odo in 0..3000i64 {
         let mut s = VehicleState::default();
         s.set(Field::Odometer, odo);
-        bridge
-            .ctx
-            .updates
-            .send(Update::State {
-                vehicle: vid.clone(),
-                state: s,
-                replace: false,
-            })
-            .await
-            .unwrap();
+        send_state(&bridge, vid.clone(), s, false).await;
         if odo == 1500 {
             req.progress.send(CommandProgress::Succeeded).await.unwrap();
         }

@@ -8,6 +8,23 @@ use std::time::Duration;
 
 use common::{KillOnDrop, Probe};
 
+/// `demo` with its six ports: MQTT, kingxun, EXLIVE, xchanger, iauto360, iauto360 push.
+fn demo_args(ports: [u16; 6]) -> Vec<String> {
+    let flags = [
+        "--mqtt-port",
+        "--kingxun-port",
+        "--exlive-port",
+        "--xchanger-port",
+        "--iauto360-port",
+        "--push-port",
+    ];
+    let mut args = vec!["demo".to_string()];
+    for (flag, port) in flags.iter().zip(ports) {
+        args.extend([flag.to_string(), port.to_string()]);
+    }
+    args
+}
+
 #[tokio::test]
 async fn demo_shows_vehicles_and_unlocks() {
     let [mqtt, kx, ex, xc, ia, push] = [0; 6].map(|_| common::free_port());
@@ -16,21 +33,7 @@ async fn demo_shows_vehicles_and_unlocks() {
     let tmp = tempfile::tempdir().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_vehicle2mqtt"))
         .env("TMPDIR", tmp.path())
-        .args([
-            "demo",
-            "--mqtt-port",
-            &mqtt.to_string(),
-            "--kingxun-port",
-            &kx.to_string(),
-            "--exlive-port",
-            &ex.to_string(),
-            "--xchanger-port",
-            &xc.to_string(),
-            "--iauto360-port",
-            &ia.to_string(),
-            "--push-port",
-            &push.to_string(),
-        ])
+        .args(demo_args([mqtt, kx, ex, xc, ia, push]))
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -158,21 +161,7 @@ async fn demo_names_a_busy_port_and_honours_the_environment() {
         Command::new(env!("CARGO_BIN_EXE_vehicle2mqtt"))
             .env("V2M_MQTT__URL", broker.url())
             .env("V2M_MQTT__BASE_TOPIC", &base)
-            .args([
-                "demo",
-                "--mqtt-port",
-                &port.to_string(),
-                "--kingxun-port",
-                &kx.to_string(),
-                "--exlive-port",
-                &ex.to_string(),
-                "--xchanger-port",
-                &xc.to_string(),
-                "--iauto360-port",
-                &ia.to_string(),
-                "--push-port",
-                &push.to_string(),
-            ])
+            .args(demo_args([port, kx, ex, xc, ia, push]))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -90,10 +90,9 @@ impl RawDevice {
         TcpStream::connect(("127.0.0.1", port)).await.unwrap()
     }
 
-    /// Registers; returns the device or the refusal's RespCode.
-    async fn register(port: u16, dev_id: u32) -> Result<RawDevice, u32> {
-        let stream = Self::connect(port).await;
-        let mut d = RawDevice {
+    /// Device `dev_id` (its key from `SEED`) on `stream`, not registered yet.
+    fn on(stream: TcpStream, dev_id: u32, seq: u16) -> RawDevice {
+        RawDevice {
             stream,
             buf: BytesMut::new(),
             codec: KxCodec::default(),
@@ -101,8 +100,13 @@ impl RawDevice {
             session_id: 0,
             key: derive_key(SEED, dev_id),
             iv: [0; 16],
-            seq: 100,
-        };
+            seq,
+        }
+    }
+
+    /// Registers; returns the device or the refusal's RespCode.
+    async fn register(port: u16, dev_id: u32) -> Result<RawDevice, u32> {
+        let mut d = RawDevice::on(Self::connect(port).await, dev_id, 100);
         let body = Register::default().encode();
         d.send(Frame::request(
             id::REGISTER,
@@ -715,32 +719,14 @@ async fn registration_forks_and_malformed_bodies() {
     let info = Probe::connect(broker.port, &[&bridge.topic("bridge/info")]).await;
 
     // A first frame that is not a 1001: refused with 6 (bad parameter), never 1 or 2.
-    let mut stranger = RawDevice {
-        stream: RawDevice::connect(bridge.port).await,
-        buf: BytesMut::new(),
-        codec: KxCodec::default(),
-        dev_id: 1001,
-        session_id: 0,
-        key: derive_key(SEED, 1001),
-        iv: [0; 16],
-        seq: 1,
-    };
+    let mut stranger = RawDevice::on(RawDevice::connect(bridge.port).await, 1001, 1);
     let seq = stranger
         .request(id::STATUS, false, parked_status().encode())
         .await;
     assert_eq!(stranger.response(seq).await.0, 6);
 
     // The 23-byte body of firmware before October 2024 registers.
-    let mut d = RawDevice {
-        stream: RawDevice::connect(bridge.port).await,
-        buf: BytesMut::new(),
-        codec: KxCodec::default(),
-        dev_id: 1001,
-        session_id: 0,
-        key: derive_key(SEED, 1001),
-        iv: [0; 16],
-        seq: 1,
-    };
+    let mut d = RawDevice::on(RawDevice::connect(bridge.port).await, 1001, 1);
     let legacy = Register {
         versions: [1, 0x0001_0203, 3, 4, 0, 0],
         version_count: 4,
@@ -980,16 +966,7 @@ async fn one_address_cannot_take_every_link() {
         .connect(format!("127.0.0.1:{}", bridge.port).parse().unwrap())
         .await
         .unwrap();
-    let mut other = RawDevice {
-        stream,
-        buf: BytesMut::new(),
-        codec: KxCodec::default(),
-        dev_id: 1002,
-        session_id: 0,
-        key: derive_key(SEED, 1002),
-        iv: [0; 16],
-        seq: 1,
-    };
+    let mut other = RawDevice::on(stream, 1002, 1);
     other
         .send(Frame::request(
             id::REGISTER,

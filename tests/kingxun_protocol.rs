@@ -7,6 +7,23 @@ use tokio_util::codec::{Decoder, Encoder};
 use vehicle2mqtt::protocol::kingxun::crypto;
 use vehicle2mqtt::protocol::kingxun::*;
 
+/// Just the header of a request announcing a 300 000-byte body.
+fn long_request_header(msg_id: u16, crypt: bool) -> BytesMut {
+    let mut header = Vec::new();
+    Header {
+        msg_id,
+        seq: 1,
+        body_len: 300_000,
+        crypt,
+        kind: Kind::Request {
+            dev_id: 1,
+            session_id: 2,
+        },
+    }
+    .write(&mut header);
+    BytesMut::from(&header[..])
+}
+
 #[test]
 fn golden_register_body() {
     let body = Register {
@@ -749,36 +766,12 @@ fn unset_response_crc_is_accepted_only_where_asked_and_only_for_responses() {
 #[test]
 fn trips_get_their_own_larger_limit() {
     let mut codec = KxCodec::new(4096);
-    let mut header = Vec::new();
-    Header {
-        msg_id: id::TRIP,
-        seq: 1,
-        body_len: 300_000,
-        crypt: true,
-        kind: Kind::Request {
-            dev_id: 1,
-            session_id: 2,
-        },
-    }
-    .write(&mut header);
-    let mut buf = BytesMut::from(&header[..]);
+    let mut buf = long_request_header(id::TRIP, true);
     assert!(
         codec.decode(&mut buf).unwrap().is_none(),
         "a long trip waits for its body"
     );
-    let mut header = Vec::new();
-    Header {
-        msg_id: id::STATUS,
-        seq: 1,
-        body_len: 300_000,
-        crypt: false,
-        kind: Kind::Request {
-            dev_id: 1,
-            session_id: 2,
-        },
-    }
-    .write(&mut header);
-    let mut buf = BytesMut::from(&header[..]);
+    let mut buf = long_request_header(id::STATUS, false);
     assert!(
         codec.decode(&mut buf).is_err(),
         "anything else that long closes the link"

@@ -190,6 +190,27 @@ impl LogLimiter {
         }
     }
 
+    /// Whether the `nth_in_a_row` bad input of one link may be logged: the first few of
+    /// a link, within this limiter's budget; what the budget held back is summarised once
+    /// (every occurrence is counted elsewhere).
+    pub fn allow_bad_input(&self, nth_in_a_row: u32, connector: &'static str) -> bool {
+        if nth_in_a_row > 3 {
+            return false; // this link said enough
+        }
+        match self.allow() {
+            Ok(allowed) => allowed,
+            Err(held) => {
+                tracing::warn!(
+                    event = "bad_input_summary",
+                    connector,
+                    suppressed = held,
+                    "bad input not logged one by one (see the counters)"
+                );
+                true
+            }
+        }
+    }
+
     /// Whether this occurrence may be logged; when a new window opens after suppressed
     /// lines, `Err(n)`: log one summary of the `n` held back (and this one is allowed).
     pub fn allow(&self) -> Result<bool, u64> {
@@ -211,6 +232,10 @@ impl LogLimiter {
         }
     }
 }
+
+/// Bad frames or messages in a row after which a listener closes a link: a peer that
+/// loses sync once recovers on its next good one, a flood costs at most this many.
+pub const BAD_IN_A_ROW: u32 = 20;
 
 /// Links open per source address, so one peer cannot take every slot of a listener.
 #[derive(Default)]

@@ -82,9 +82,7 @@ impl Publisher {
 
     /// Counts and logs a message the bridge gave up on.
     pub fn dropped(&self, topic: &str) {
-        let n = self.stats.dropped_publishes.fetch_add(1, Ordering::Relaxed) + 1;
-        // One line per power of two keeps a long outage from flooding the log.
-        if n.is_power_of_two() {
+        if let Some(n) = crate::observe::count_sampled(&self.stats.dropped_publishes) {
             tracing::warn!(
                 event = "mqtt_publish_dropped",
                 topic,
@@ -260,8 +258,7 @@ async fn run_event_loop(
                     retain: p.retain,
                 };
                 if let Err(mpsc::error::TrySendError::Full(_)) = events.try_send(msg) {
-                    let n = stats.dropped_messages.fetch_add(1, Ordering::Relaxed) + 1;
-                    if n.is_power_of_two() {
+                    if let Some(n) = crate::observe::count_sampled(&stats.dropped_messages) {
                         tracing::warn!(
                             event = "mqtt_message_dropped",
                             total_dropped = n,
@@ -276,8 +273,7 @@ async fn run_event_loop(
                     .iter()
                     .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) =>
             {
-                let n = stats.subscribe_refused.fetch_add(1, Ordering::Relaxed) + 1;
-                if n.is_power_of_two() {
+                if let Some(n) = crate::observe::count_sampled(&stats.subscribe_refused) {
                     tracing::error!(event = "mqtt_subscribe_refused", total_refused = n,
                         "the broker refused a subscription: commands or Home Assistant's status cannot arrive; check the broker's ACL for this user (retried every 10 s)");
                 }

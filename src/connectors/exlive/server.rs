@@ -20,15 +20,9 @@ use super::{Core, LINK_QUEUE};
 use crate::protocol::exlive::{Frame, Message, SplitError, Splitter};
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Malformed messages in a row that close a link.
-const MALFORMED_IN_A_ROW: u32 = 20;
 
-/// Per-address bookkeeping of the listener: links open, and one login at a time.
-#[derive(Default)]
-pub(super) struct Peers {
-    links: HashMap<IpAddr, usize>,
-    logins: HashMap<IpAddr, Arc<tokio::sync::Mutex<()>>>,
-}
+/// One login at a time per address block: the gate each block's links queue at.
+type LoginGates = Mutex<HashMap<IpAddr, Arc<tokio::sync::Mutex<()>>>>;
 
 pub(super) async fn run(
     listener: TcpListener,
@@ -37,7 +31,8 @@ pub(super) async fn run(
 ) -> anyhow::Result<()> {
     let permits = Arc::new(Semaphore::new(core.config.max_links));
     let throttle = Arc::new(Mutex::new(crate::connectors::FailureThrottle::default()));
-    let peers = Arc::new(Mutex::new(Peers::default()));
+    let peers = Arc::new(crate::connectors::PeerLinks::default());
+    let login_gates = Arc::new(LoginGates::default());
     let per_address = core.config.links_per_address();
     loop {
         tokio::select! {
@@ -46,49 +41,29 @@ pub(super) async fn run(
                 Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let ip = peer.ip();
-                        let admitted = peers.lock().map(|mut p| {
-                            let n = p.links.entry(ip).or_insert(0);
-                            if *n >= per_address {
-                                false
-                            } else {
-                                *n += 1;
-                                true
-                            }
-                        }).unwrap_or(false);
-                        if !admitted {
-                            let n = core.counters.links_refused.fetch_add(1, Ordering::Relaxed) + 1;
-                            if n.is_power_of_two() {
+                        let Some(slot) = peers.admit(ip, per_address) else {
+                            if let Some(n) = crate::observe::count_sampled(&core.counters.links_refused) {
                                 tracing::warn!(event = "exlive_link_refused", peer = %peer, per_address,
                                     total_refused = n, "EXLIVE link refused: max_links_per_address reached");
                             }
-                            drop(stream);
                             continue;
-                        }
-                        let login_gate = peers.lock().map(|mut p| {
-                            p.logins.entry(crate::connectors::address_block(ip)).or_default().clone()
-                        }).unwrap_or_default();
-                        let (core, throttle, shutdown, peers) = (core.clone(), throttle.clone(), shutdown.clone(), peers.clone());
+                        };
+                        let block = crate::connectors::address_block(ip);
+                        let login_gate = login_gates.lock().map(|mut g| g.entry(block).or_default().clone()).unwrap_or_default();
+                        let (core, throttle, shutdown, login_gates) = (core.clone(), throttle.clone(), shutdown.clone(), login_gates.clone());
                         tokio::spawn(async move {
                             serve_link(stream, peer, core, throttle, login_gate, shutdown).await;
-                            if let Ok(mut p) = peers.lock() {
-                                if let Some(n) = p.links.get_mut(&ip) {
-                                    *n -= 1;
-                                    if *n == 0 {
-                                        p.links.remove(&ip);
-                                        let block = crate::connectors::address_block(ip);
-                                        // The gate goes when nobody else holds it.
-                                        if p.logins.get(&block).is_some_and(|g| Arc::strong_count(g) == 1) {
-                                            p.logins.remove(&block);
-                                        }
-                                    }
+                            drop((permit, slot));
+                            // The gate goes when no link of the block holds it any more.
+                            if let Ok(mut g) = login_gates.lock() {
+                                if g.get(&block).is_some_and(|gate| Arc::strong_count(gate) == 1) {
+                                    g.remove(&block);
                                 }
                             }
-                            drop(permit);
                         });
                     }
                     Err(_) => {
-                        let n = core.counters.links_refused.fetch_add(1, Ordering::Relaxed) + 1;
-                        if n.is_power_of_two() {
+                        if let Some(n) = crate::observe::count_sampled(&core.counters.links_refused) {
                             tracing::warn!(event = "exlive_link_refused", peer = %peer, max_links = core.config.max_links,
                                 total_refused = n, "EXLIVE link refused: max_links reached");
                         }
@@ -120,28 +95,14 @@ async fn write_line(wr: &mut OwnedWriteHalf, line: &str) -> std::io::Result<()> 
 
 /// Logs one malformed message, unless the link or the listener has logged enough.
 fn log_malformed(core: &Core, peer: &str, in_a_row: u32, what: &dyn std::fmt::Display) {
-    if in_a_row > 3 {
-        return; // this link said enough
-    }
-    match core.bad_input_log.allow() {
-        Ok(true) => {
-            tracing::warn!(event = "exlive_malformed", peer, detail = %what, "EXLIVE message dropped")
-        }
-        Ok(false) => {}
-        Err(held) => {
-            tracing::warn!(
-                event = "exlive_malformed_summary",
-                suppressed = held,
-                "EXLIVE malformed messages not logged one by one"
-            );
-            tracing::warn!(event = "exlive_malformed", peer, detail = %what, "EXLIVE message dropped");
-        }
+    if core.bad_input_log.allow_bad_input(in_a_row, "exlive") {
+        tracing::warn!(event = "exlive_malformed", peer, detail = %what, "EXLIVE message dropped");
     }
 }
 
 /// Reads the next decodable message; malformed ones are logged (rate-limited), counted
 /// and skipped. `None` when the link is done (closed, oversized object, I/O error, or
-/// `MALFORMED_IN_A_ROW` malformed messages in a row).
+/// `crate::connectors::BAD_IN_A_ROW` malformed messages in a row).
 pub(super) async fn next_message(
     frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, Splitter>,
     peer: &str,
@@ -149,7 +110,7 @@ pub(super) async fn next_message(
 ) -> Option<Message> {
     let mut in_a_row = 0u32;
     loop {
-        if in_a_row >= MALFORMED_IN_A_ROW {
+        if in_a_row >= crate::connectors::BAD_IN_A_ROW {
             core.counters
                 .malformed_closed
                 .fetch_add(1, Ordering::Relaxed);
@@ -334,8 +295,7 @@ async fn serve_link(
                     }
                     if let Some(id) = vehicle_of(&msg) {
                         if !allowed.is_empty() && !allowed.contains(id.trim()) {
-                            let n = core.counters.not_allowed.fetch_add(1, Ordering::Relaxed) + 1;
-                            if n.is_power_of_two() {
+                            if let Some(n) = crate::observe::count_sampled(&core.counters.not_allowed) {
                                 tracing::warn!(event = "exlive_vehicle_not_allowed", peer = %peer, user = %name, vehicle = %id, total = n,
                                     "message for a vehicle this account may not report; dropped");
                             }

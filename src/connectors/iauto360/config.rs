@@ -154,9 +154,9 @@ impl Iauto360Config {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_short_poll_interval_alone_is_valid() {
-        let c = Iauto360Config {
+    /// An enabled, valid config with one device.
+    fn valid() -> Iauto360Config {
+        Iauto360Config {
             enabled: true,
             open_id: "OPEN123".into(),
             secure_code: Secret::new("s"),
@@ -164,8 +164,15 @@ mod tests {
                 esn: "865432100012345".into(),
                 name: None,
             }],
-            poll_interval: Duration::from_secs(5),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_short_poll_interval_alone_is_valid() {
+        let c = Iauto360Config {
+            poll_interval: Duration::from_secs(5),
+            ..valid()
         };
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(c.active_interval(), Duration::from_secs(5));
@@ -173,16 +180,7 @@ mod tests {
 
     #[test]
     fn validation_names_the_key() {
-        let ok = Iauto360Config {
-            enabled: true,
-            open_id: "OPEN123".into(),
-            secure_code: Secret::new("s"),
-            devices: vec![Iauto360Device {
-                esn: "865432100012345".into(),
-                name: None,
-            }],
-            ..Default::default()
-        };
+        let ok = valid();
         assert_eq!(ok.validate(), Ok(()));
         let key = |c: Iauto360Config| c.validate().unwrap_err().0;
         assert_eq!(

@@ -80,8 +80,7 @@ pub async fn serve(
             }
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            let n = counters.push_refused.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
+            if let Some(n) = crate::observe::count_sampled(&counters.push_refused) {
                 tracing::warn!(
                     event = "iauto360_push_connection_refused",
                     total = n,

@@ -49,8 +49,7 @@ pub(super) async fn run(listener: TcpListener, core: Arc<Core>, shutdown: Cancel
                 Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let Some(slot) = peers.admit(peer.ip(), per_address) else {
-                            let n = core.counters.links_refused.fetch_add(1, Ordering::Relaxed) + 1;
-                            if n.is_power_of_two() {
+                            if let Some(n) = crate::observe::count_sampled(&core.counters.links_refused) {
                                 tracing::warn!(event = "kingxun_link_refused", peer = %peer, per_address,
                                     total_refused = n, "kingxun link refused: max_links_per_address reached");
                             }
@@ -63,8 +62,7 @@ pub(super) async fn run(listener: TcpListener, core: Arc<Core>, shutdown: Cancel
                         });
                     }
                     Err(_) => {
-                        let n = core.counters.links_refused.fetch_add(1, Ordering::Relaxed) + 1;
-                        if n.is_power_of_two() {
+                        if let Some(n) = crate::observe::count_sampled(&core.counters.links_refused) {
                             tracing::warn!(event = "kingxun_link_refused", peer = %peer, max_links = core.config.max_links,
                                 total_refused = n, "kingxun link refused: max_links reached");
                         }
@@ -97,35 +95,15 @@ async fn refuse(wr: &mut OwnedWriteHalf, msg_id: u16, seq: u16, code: u32) {
 
 type Frames = FramedRead<tokio::net::tcp::OwnedReadHalf, KxCodec>;
 
-/// Bad frames (junk, wrong session, undecryptable or malformed bodies) in a row after
-/// which a link is closed: a device that loses sync once recovers on its next frame, a
-/// flood costs at most this many answers.
-const BAD_IN_A_ROW: u32 = 20;
-
-/// Whether a bad frame may be logged: the first few of a link, within the listener's
-/// budget; what the budget held back is summarised once, so a flood of links or of bad
-/// frames grows the log by a few lines (the counters count every one).
+/// Whether a bad frame may be logged (see `LogLimiter::allow_bad_input`).
 fn may_log(core: &Core, in_a_row: u32) -> bool {
-    if in_a_row > 3 {
-        return false;
-    }
-    match core.bad_input_log.allow() {
-        Ok(allowed) => allowed,
-        Err(held) => {
-            tracing::warn!(
-                event = "kingxun_bad_input_summary",
-                suppressed = held,
-                "kingxun bad frames not logged one by one (see the counters)"
-            );
-            true
-        }
-    }
+    core.bad_input_log.allow_bad_input(in_a_row, "kingxun")
 }
 
 /// Counts a bad frame on the link; `true` when the link has said enough and is closed.
 fn too_many_bad(core: &Core, in_a_row: &mut u32, peer: &SocketAddr) -> bool {
     *in_a_row += 1;
-    if *in_a_row < BAD_IN_A_ROW {
+    if *in_a_row < crate::connectors::BAD_IN_A_ROW {
         return false;
     }
     core.counters
