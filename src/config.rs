@@ -224,6 +224,13 @@ pub struct BridgeConfig {
     /// A connector that cannot go on (e.g. its port is taken) stops the bridge (exit 1),
     /// so a supervisor sees it; `false` keeps the others running, unhealthy.
     pub exit_on_connector_failure: bool,
+    /// Keep each vehicle's entities and last state in `state_dir/vehicles/` and show them
+    /// again at start, before the vehicle reports.
+    pub remember_vehicles: bool,
+    /// Remove a field's entity when the vehicle kept reporting this long without it;
+    /// "0s" (the default) never does.
+    #[serde(with = "humantime_serde")]
+    pub forget_absent_entities_after: Duration,
 }
 
 impl Default for BridgeConfig {
@@ -238,6 +245,8 @@ impl Default for BridgeConfig {
             command_queue: 8,
             http_listen: String::new(),
             exit_on_connector_failure: true,
+            remember_vehicles: true,
+            forget_absent_entities_after: Duration::ZERO,
         }
     }
 }

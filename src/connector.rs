@@ -233,5 +233,12 @@ pub type ConnectorFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Sen
 pub trait Connector: Send {
     /// Short lowercase name, e.g. "exlive".
     fn name(&self) -> &'static str;
+    /// Every vehicle this connector can ever have, when its config lists them all (a
+    /// vehicle remembered from an earlier run and missing here was removed from the
+    /// config, so its Home Assistant entities go). `None` when vehicles come and go on
+    /// their own (a cloud account, tracker logins): those are only removed on request.
+    fn configured_vehicles(&self) -> Option<Vec<crate::model::VehicleId>> {
+        None
+    }
     fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture;
 }

@@ -87,6 +87,62 @@ impl Entity {
     }
 }
 
+/// What decides a vehicle's entity set: every field it has reported (since it was first
+/// seen, across restarts) and whether it ever had a position.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shape {
+    pub fields: std::collections::BTreeSet<Field>,
+    pub position: bool,
+}
+
+impl Shape {
+    /// Adds what `state` reports; true when the shape grew.
+    pub fn absorb(&mut self, state: &VehicleState) -> bool {
+        let before = (self.fields.len(), self.position);
+        self.fields.extend(state.fields());
+        self.position |= state.position.is_some();
+        before != (self.fields.len(), self.position)
+    }
+
+    pub fn of(state: &VehicleState) -> Shape {
+        let mut shape = Shape::default();
+        shape.absorb(state);
+        shape
+    }
+}
+
+/// Whether an entity keeps showing its last value while the vehicle is unreachable
+/// (availability follows the bridge only). Live readings (speed, rpm, ...) and controls
+/// that need the link go unavailable instead.
+pub fn keeps_last_value(key: &str) -> bool {
+    const LIVE: &[Field] = &[
+        Field::Speed,
+        Field::Heading,
+        Field::Altitude,
+        Field::GpsValid,
+        Field::Driving,
+        Field::EngineRpm,
+        Field::BatteryCurrent,
+        Field::CoolantTemperature,
+        Field::Braking,
+        Field::SeatOccupied,
+    ];
+    match Field::from_key(key) {
+        Some(field) => !LIVE.contains(&field),
+        None => matches!(
+            key,
+            "location"
+                | "lock"
+                | "guard_power"
+                | "max_speed"
+                | "connected"
+                | "command_result"
+                | "events"
+                | "pin"
+        ),
+    }
+}
+
 fn origin() -> Json {
     json!({
         "name": ORIGIN_NAME,
@@ -108,15 +164,39 @@ impl VehicleDiscovery<'_> {
         self.info.id.as_str()
     }
 
+    /// The first part of entity ids: the vehicle's name when the user gave one (as an HA
+    /// slug), else its id.
+    fn object_prefix(&self) -> String {
+        let vid = self.vid();
+        if !self.info.custom_name {
+            return vid.to_string();
+        }
+        let mut slug = String::new();
+        for c in self.info.name.chars() {
+            if c.is_ascii_alphanumeric() {
+                slug.push(c.to_ascii_lowercase());
+            } else if !slug.is_empty() && !slug.ends_with('_') {
+                slug.push('_');
+            }
+        }
+        let slug = slug.trim_end_matches('_');
+        if slug.is_empty() {
+            vid.to_string()
+        } else {
+            slug.to_string()
+        }
+    }
+
     fn base(&self, component: &str, key: &str, name: Option<&str>) -> Map<String, Json> {
         let vid = self.vid();
+        let object = format!("{}_{key}", self.object_prefix());
         let mut m = Map::new();
         m.insert("name".into(), name.map(Json::from).unwrap_or(Json::Null));
         m.insert("unique_id".into(), format!("v2m_{vid}_{key}").into());
-        m.insert("object_id".into(), format!("{vid}_{key}").into());
+        m.insert("object_id".into(), object.clone().into());
         m.insert(
             "default_entity_id".into(),
-            format!("{component}.{vid}_{key}").into(),
+            format!("{component}.{object}").into(),
         );
         m.insert("origin".into(), origin());
         let mut device = json!({
@@ -129,15 +209,27 @@ impl VehicleDiscovery<'_> {
         if let Some(sw) = &self.info.sw_version {
             device["sw_version"] = sw.clone().into();
         }
+        if let Some(serial) = &self.info.serial_number {
+            device["serial_number"] = serial.clone().into();
+        }
         m.insert("device".into(), device);
-        m.insert(
-            "availability".into(),
-            json!([
-                {"topic": self.topics.bridge_state()},
-                {"topic": self.topics.vehicle(vid, "availability")},
-            ]),
-        );
-        m.insert("availability_mode".into(), "all".into());
+        if keeps_last_value(key) {
+            // Shown while the vehicle is away (parked, asleep, link down): a position or
+            // an odometer is most wanted exactly then. `connected` tells the link.
+            m.insert(
+                "availability_topic".into(),
+                self.topics.bridge_state().into(),
+            );
+        } else {
+            m.insert(
+                "availability".into(),
+                json!([
+                    {"topic": self.topics.bridge_state()},
+                    {"topic": self.topics.vehicle(vid, "availability")},
+                ]),
+            );
+            m.insert("availability_mode".into(), "all".into());
+        }
         m
     }
 
@@ -149,15 +241,16 @@ impl VehicleDiscovery<'_> {
         self.topics.vehicle(self.vid(), &format!("{key}/set"))
     }
 
-    /// Every entity this vehicle has given its current state.
-    pub fn entities(&self, state: &VehicleState) -> Vec<Entity> {
+    /// Every entity of a vehicle with this shape (the fields it has ever reported).
+    pub fn entities(&self, shape: &Shape) -> Vec<Entity> {
         let mut out = Vec::new();
-        for field in state.fields() {
-            if let Some(e) = self.field_entity(field) {
+        for field in &shape.fields {
+            if let Some(e) = self.field_entity(*field) {
                 out.push(e);
             }
         }
-        if state.position.is_some() {
+        out.push(self.connected_entity());
+        if shape.position {
             let mut m = self.base("device_tracker", "location", Some("Location"));
             m.insert("json_attributes_topic".into(), self.state_topic().into());
             m.insert(
@@ -174,7 +267,10 @@ impl VehicleDiscovery<'_> {
             });
         }
         for cap in &self.info.capabilities {
-            out.push(self.control_entity(cap, state));
+            out.push(self.control_entity(cap));
+        }
+        if self.pin_required && self.info.capabilities.iter().any(Capability::needs_pin) {
+            out.push(self.pin_entity());
         }
         if !self.info.capabilities.is_empty() {
             let mut m = self.base("event", "command_result", Some("Command result"));
@@ -283,7 +379,47 @@ impl VehicleDiscovery<'_> {
         }
     }
 
-    fn control_entity(&self, cap: &Capability, state: &VehicleState) -> Entity {
+    /// `connected`: whether the vehicle's link (or cloud) is reachable now.
+    fn connected_entity(&self) -> Entity {
+        let mut m = self.base("binary_sensor", "connected", Some("Connected"));
+        m.insert(
+            "state_topic".into(),
+            self.topics.vehicle(self.vid(), "availability").into(),
+        );
+        m.insert("payload_on".into(), "online".into());
+        m.insert("payload_off".into(), "offline".into());
+        m.insert("device_class".into(), "connectivity".into());
+        m.insert("entity_category".into(), "diagnostic".into());
+        Entity {
+            component: "binary_sensor",
+            key: "connected".into(),
+            config: m.into(),
+        }
+    }
+
+    /// A password text that arms the next PIN command of this vehicle for a short while:
+    /// HA's switch and button cannot carry a code, so engine start from the UI is "enter
+    /// the PIN here, then press". The PIN is never echoed back (the state stays empty).
+    fn pin_entity(&self) -> Entity {
+        let mut m = self.base("text", "pin", Some("Command PIN"));
+        m.insert("command_topic".into(), self.command_topic("pin").into());
+        m.insert(
+            "state_topic".into(),
+            self.topics.vehicle(self.vid(), "pin").into(),
+        );
+        m.insert("mode".into(), "password".into());
+        m.insert("min".into(), 0.into());
+        m.insert("max".into(), 64.into());
+        m.insert("icon".into(), "mdi:form-textbox-password".into());
+        m.insert("entity_category".into(), "config".into());
+        Entity {
+            component: "text",
+            key: "pin".into(),
+            config: m.into(),
+        }
+    }
+
+    fn control_entity(&self, cap: &Capability) -> Entity {
         let state_topic = self.state_topic();
         match cap {
             Capability::Lock => {
@@ -303,10 +439,13 @@ impl VehicleDiscovery<'_> {
                 m.insert("state_jammed".into(), "JAMMED".into());
                 m.insert("optimistic".into(), false.into());
                 if self.pin_required {
-                    m.insert("code_format".into(), "^.+$".into());
+                    // Locking needs no code (an empty code passes); unlocking is checked by
+                    // the bridge against the PIN.
+                    m.insert("code_format".into(), "^.{0,64}$".into());
                     m.insert(
                         "command_template".into(),
-                        "{\"action\": \"{{ value }}\", \"code\": \"{{ code }}\"}".into(),
+                        "{\"action\": \"{{ value }}\"{% if code %}, \"code\": {{ code | tojson }}{% endif %}}"
+                            .into(),
                     );
                 }
                 Entity {
@@ -355,13 +494,12 @@ impl VehicleDiscovery<'_> {
                 let mut m = self.base("select", key, Some("Guard power"));
                 m.insert("command_topic".into(), self.command_topic(key).into());
                 m.insert("options".into(), json!(GuardPower::OPTIONS));
-                if state.values.contains_key(&Field::GuardPower) {
-                    m.insert("state_topic".into(), state_topic.into());
-                    m.insert(
-                        "value_template".into(),
-                        format!("{{{{ value_json.get('{key}') }}}}").into(),
-                    );
-                }
+                // Always the same document: "None" (unknown) until the value is known.
+                m.insert("state_topic".into(), state_topic.into());
+                m.insert(
+                    "value_template".into(),
+                    format!("{{{{ value_json.get('{key}') }}}}").into(),
+                );
                 m.insert("icon".into(), "mdi:shield-lock".into());
                 Entity {
                     component: "select",
@@ -379,13 +517,11 @@ impl VehicleDiscovery<'_> {
                 m.insert("mode".into(), "box".into());
                 m.insert("unit_of_measurement".into(), "km/h".into());
                 m.insert("device_class".into(), "speed".into());
-                if state.values.contains_key(&Field::MaxSpeed) {
-                    m.insert("state_topic".into(), state_topic.into());
-                    m.insert(
-                        "value_template".into(),
-                        format!("{{{{ value_json.get('{key}') }}}}").into(),
-                    );
-                }
+                m.insert("state_topic".into(), state_topic.into());
+                m.insert(
+                    "value_template".into(),
+                    format!("{{{{ value_json.get('{key}') }}}}").into(),
+                );
                 Entity {
                     component: "number",
                     key: key.into(),
@@ -417,6 +553,8 @@ pub fn is_entity_key(key: &str) -> bool {
         "hazard_lights",
         "guard_power",
         "max_speed",
+        "connected",
+        "pin",
     ];
     Field::from_key(key).is_some()
         || CONTROLS.contains(&key)
@@ -456,6 +594,24 @@ pub fn bridge_entities(topics: &Topics) -> Vec<Entity> {
             config: m,
         }
     };
+    let node = &topics.node;
+    let purge = Entity {
+        component: "button",
+        key: "purge".into(),
+        config: json!({
+            "name": "Remove stale entities",
+            "unique_id": format!("v2m_bridge_{node}_purge"),
+            "object_id": format!("{node}_bridge_purge"),
+            "default_entity_id": format!("button.{node}_bridge_purge"),
+            "command_topic": format!("{}/bridge/purge/set", topics.base),
+            "payload_press": "stale",
+            "availability_topic": topics.bridge_state(),
+            "entity_category": "config",
+            "icon": "mdi:delete-sweep",
+            "device": device,
+            "origin": origin(),
+        }),
+    };
     vec![
         sensor(
             "version",
@@ -487,6 +643,13 @@ pub fn bridge_entities(topics: &Topics) -> Vec<Entity> {
             "{{ value_json.dropped_publishes }}",
             json!({"state_class": "total_increasing", "icon": "mdi:email-remove"}),
         ),
+        sensor(
+            "pin_failures",
+            "Wrong PINs",
+            "{{ value_json.pin_failures }}",
+            json!({"state_class": "total_increasing", "icon": "mdi:form-textbox-password"}),
+        ),
+        purge,
     ]
 }
 
@@ -502,6 +665,8 @@ mod tests {
             manufacturer: "kingxun".into(),
             model: "E-motor".into(),
             sw_version: Some("1.2".into()),
+            custom_name: false,
+            serial_number: Some("42".into()),
             capabilities: caps,
             event_types: vec!["tip_over".into()],
         }
@@ -519,7 +684,7 @@ mod tests {
         let mut state = VehicleState::default();
         state.set(Field::Odometer, 12i64);
         let e = d
-            .entities(&state)
+            .entities(&Shape::of(&state))
             .into_iter()
             .find(|e| e.key == "odometer")
             .unwrap();
@@ -533,8 +698,9 @@ mod tests {
         assert_eq!(c["device_class"], "distance");
         assert_eq!(c["unit_of_measurement"], "km");
         assert_eq!(c["state_class"], "total_increasing");
-        assert_eq!(c["availability_mode"], "all");
-        assert_eq!(c["availability"][1]["topic"], "v2m/kx42/availability");
+        // An odometer keeps its last value while the vehicle is away.
+        assert_eq!(c["availability_topic"], "v2m/bridge/state");
+        assert!(c.get("availability").is_none());
         assert_eq!(c["device"]["via_device"], "v2m_bridge_v2m");
         assert_eq!(c["origin"]["name"], "vehicle2mqtt");
     }
@@ -553,7 +719,7 @@ mod tests {
             .set(Field::BatteryLevel, 80i64)
             .set(Field::LastUpdate, "2026-01-01T00:00:00Z")
             .set(Field::Speed, 1i64);
-        let entities = d.entities(&state);
+        let entities = d.entities(&Shape::of(&state));
         for key in ["battery_level", "last_update"] {
             let e = entities.iter().find(|e| e.key == key).unwrap();
             assert_eq!(e.config["json_attributes_topic"], "v2m/kx42/state", "{key}");
@@ -578,7 +744,7 @@ mod tests {
                 pin_required: pin,
             };
             let lock = d
-                .entities(&state)
+                .entities(&Shape::of(&state))
                 .into_iter()
                 .find(|e| e.component == "lock")
                 .unwrap();
@@ -598,12 +764,12 @@ mod tests {
         };
         let mut state = VehicleState::default();
         assert!(!d
-            .entities(&state)
+            .entities(&Shape::of(&state))
             .iter()
             .any(|e| e.component == "device_tracker"));
         state.position = Position::new(31.2, 121.5);
         assert!(d
-            .entities(&state)
+            .entities(&Shape::of(&state))
             .iter()
             .any(|e| e.component == "device_tracker"));
     }

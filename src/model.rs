@@ -109,7 +109,7 @@ const N: Option<&str> = None;
 catalog! {
     // Motion and position (latitude/longitude live in `Position`).
     Speed = "speed", "Speed", Number, Some("speed"), Some("km/h"), M, false, N;
-    Heading = "heading", "Heading", Number, N, Some("°"), M, false, Some("mdi:compass");
+    Heading = "heading", "Heading", Number, N, Some("°"), N, false, Some("mdi:compass");
     Altitude = "altitude", "Altitude", Number, Some("distance"), Some("m"), M, true, N;
     GpsValid = "gps_valid", "GPS fix", Binary, N, N, N, true, Some("mdi:crosshairs-gps");
     GpsTime = "gps_time", "GPS time", Timestamp, Some("timestamp"), N, N, true, N;
@@ -410,8 +410,10 @@ impl VehicleState {
             );
         }
         if let Some(p) = &self.position {
-            map.insert("latitude".into(), p.latitude.into());
-            map.insert("longitude".into(), p.longitude.into());
+            // 6 decimals is 0.1 m: more is noise from the upstream's float formatting.
+            let round6 = |x: f64| (x * 1e6).round() / 1e6;
+            map.insert("latitude".into(), round6(p.latitude).into());
+            map.insert("longitude".into(), round6(p.longitude).into());
             if let Some(acc) = p.gps_accuracy {
                 map.insert("gps_accuracy".into(), acc.into());
             }
@@ -425,6 +427,46 @@ impl VehicleState {
             map.insert("attributes".into(), attrs.into());
         }
         serde_json::Value::Object(map)
+    }
+}
+
+impl VehicleState {
+    /// Reads back a state JSON written by [`VehicleState::to_json`] (keys that are not
+    /// fields are ignored).
+    pub fn from_json(json: &serde_json::Value) -> VehicleState {
+        let mut state = VehicleState::default();
+        let Some(map) = json.as_object() else {
+            return state;
+        };
+        for (key, value) in map {
+            let Some(field) = Field::from_key(key) else {
+                continue;
+            };
+            let value = match value {
+                serde_json::Value::Bool(b) => Value::Bool(*b),
+                serde_json::Value::Number(n) => match n.as_i64() {
+                    Some(i) => Value::Int(i),
+                    None => match n.as_f64().and_then(Value::float) {
+                        Some(v) => v,
+                        None => continue,
+                    },
+                },
+                serde_json::Value::String(s) => Value::Text(s.clone()),
+                _ => continue,
+            };
+            state.values.insert(field, value);
+        }
+        let coordinate = |key: &str| map.get(key).and_then(serde_json::Value::as_f64);
+        if let (Some(lat), Some(lon)) = (coordinate("latitude"), coordinate("longitude")) {
+            state.position = Position::new(lat, lon).map(|mut p| {
+                p.gps_accuracy = coordinate("gps_accuracy");
+                p
+            });
+        }
+        if let Some(attrs) = map.get("attributes").and_then(|a| a.as_object()) {
+            state.attributes = attrs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        }
+        state
     }
 }
 
@@ -491,6 +533,13 @@ pub enum Capability {
     },
     /// A named raw command for the terminal (EXLIVE pass-through), HA button `cmd_<name>`.
     Passthrough(String),
+}
+
+impl Capability {
+    /// Whether some command of this capability needs the PIN (unlock, engine start).
+    pub fn needs_pin(&self) -> bool {
+        matches!(self, Capability::Lock | Capability::Engine)
+    }
 }
 
 /// A command for one vehicle, after validation.
@@ -586,6 +635,11 @@ pub struct VehicleInfo {
     pub manufacturer: String,
     pub model: String,
     pub sw_version: Option<String>,
+    /// Whether the user named the vehicle in the config: its entity ids then start with
+    /// that name instead of the vehicle id.
+    pub custom_name: bool,
+    /// VIN, ESN or device id: HA's device `serial_number`.
+    pub serial_number: Option<String>,
     pub capabilities: Vec<Capability>,
     /// Event types this vehicle can raise; an HA event entity exists when non-empty.
     pub event_types: Vec<String>,

@@ -21,6 +21,8 @@ fn scooter(caps: Vec<Capability>) -> VehicleInfo {
         manufacturer: "kingxun".into(),
         model: "E-motor".into(),
         sw_version: Some("2.1".into()),
+        custom_name: false,
+        serial_number: Some("1001".into()),
         capabilities: caps,
         event_types: vec!["tip_over".into()],
     }
@@ -112,8 +114,23 @@ async fn discovery_documents_are_complete_stable_and_follow_fields() {
         }
         let component = topic.split('/').nth(1).unwrap();
         if doc["device"]["identifiers"][0] == "v2m_kx1001" {
-            assert_eq!(doc["availability_mode"], "all", "{topic}");
-            assert_eq!(doc["availability"].as_array().unwrap().len(), 2, "{topic}");
+            // Live readings follow the vehicle's availability; the rest (position,
+            // odometer, lock...) keep their last value and follow the bridge only.
+            let key = doc["unique_id"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("v2m_kx1001_");
+            if vehicle2mqtt::hass::keeps_last_value(key) {
+                assert_eq!(
+                    doc["availability_topic"],
+                    format!("{base}/bridge/state"),
+                    "{topic}"
+                );
+                assert!(doc.get("availability").is_none(), "{topic}");
+            } else {
+                assert_eq!(doc["availability_mode"], "all", "{topic}");
+                assert_eq!(doc["availability"].as_array().unwrap().len(), 2, "{topic}");
+            }
             assert_eq!(doc["device"]["via_device"], format!("v2m_bridge_{base}"));
             assert_eq!(doc["device"]["manufacturer"], "kingxun");
             assert_eq!(doc["device"]["sw_version"], "2.1");
@@ -158,17 +175,21 @@ async fn discovery_documents_are_complete_stable_and_follow_fields() {
     assert_eq!(state["latitude"], 31.2304);
     assert_eq!(state["lock"], "LOCKED");
 
-    // A field the vehicle stops reporting loses its entity (empty retained config).
+    // A field the vehicle stops reporting keeps its entity (issue #12: a user may have
+    // renamed it); only its value goes.
     let mut less = sample_state();
     less.values.remove(&Field::BatteryLevel);
     send_state(&bridge, VehicleId::new("kx1001").unwrap(), less, true).await;
-    let battery_topic = format!("homeassistant/sensor/{base}/kx1001_battery_level/config");
-    let removal = probe
-        .wait_for("battery entity removal", T, |m| {
-            m.topic == battery_topic && m.payload.is_empty()
+    probe
+        .wait_for("state without battery", T, |m| {
+            m.topic == format!("{base}/kx1001/state") && m.json().get("battery_level").is_none()
         })
         .await;
-    assert!(removal.retain || removal.payload.is_empty());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !probe.messages().iter().any(|m| m.payload.is_empty()),
+        "an entity was removed"
+    );
     bridge.stop().await;
 
     // Restart: the same unique_ids come back.
@@ -869,8 +890,11 @@ async fn bridge_started_before_its_broker_serves_commands_once_it_appears() {
     bridge.stop().await;
 }
 
+/// Issue #12: a restart never removes an entity. Vehicles that stay silent after the
+/// restart come back with their entities and last state before they report; a field a
+/// vehicle stops reporting keeps its entity ("unknown"); entities go only on request.
 #[tokio::test]
-async fn entities_gone_since_the_last_run_are_removed_and_nothing_else() {
+async fn entities_survive_restarts_and_go_only_on_request() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let config = common::test_config(&broker.url(), dir.path());
@@ -879,11 +903,11 @@ async fn entities_gone_since_the_last_run_are_removed_and_nothing_else() {
         format!("homeassistant/{component}/{base}/{vid}_{key}/config")
     };
     let named = |id: &str| {
-        let mut i = scooter(vec![]);
+        let mut i = scooter(vec![Capability::Lock]);
         i.id = VehicleId::new(id).unwrap();
         i
     };
-    // First run: kx1 (with a battery), kx1_2 (an id that starts with "kx1_") and kx9.
+    // First run: kx1, kx1_2 (an id that starts with "kx1_") and kx9, all with a battery.
     let first = RunningBridge::start(config.clone()).await;
     let probe = Probe::connect(broker.port, &[&format!("homeassistant/+/{base}/+/config")]).await;
     for id in ["kx1", "kx1_2", "kx9"] {
@@ -894,52 +918,215 @@ async fn entities_gone_since_the_last_run_are_removed_and_nothing_else() {
             .wait_topic(&topic(id, "sensor", "battery_level"), T)
             .await;
     }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = configs(&probe, &base);
     first.stop().await;
 
-    // Second run: kx1 no longer reports a battery; kx1_2 reports as before; kx9 is silent.
+    // Second run, nobody reports yet: nothing is removed, every document comes back
+    // byte for byte, and so does the last state.
     probe.clear();
-    let second = RunningBridge::start(config).await;
+    let states = Probe::connect(broker.port, &[&format!("{base}/+/state")]).await;
+    // The broker lost its store: clear the retained state the first run left.
+    for id in ["kx1", "kx1_2", "kx9"] {
+        states
+            .publish(&format!("{base}/{id}/state"), "", true)
+            .await;
+    }
+    states.clear();
+    let second = RunningBridge::start(config.clone()).await;
+    let kx9_state = states
+        .wait_for("kx9's last state", T, |m| {
+            m.topic == format!("{base}/kx9/state") && !m.payload.is_empty()
+        })
+        .await;
+    assert_eq!(kx9_state.json()["odometer"], 1234, "last state restored");
+    assert!(kx9_state.retain || !kx9_state.payload.is_empty());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !probe.messages().iter().any(|m| m.payload.is_empty()),
+        "a restart removed an entity"
+    );
+    assert_eq!(
+        configs(&probe, &base),
+        before,
+        "documents changed across the restart"
+    );
+
+    // kx1 reports without its battery: the entity stays, its value is gone.
     let mut less = sample_state();
     less.values.remove(&Field::BatteryLevel);
     announce(&second, named("kx1"), less).await;
     announce(&second, named("kx1_2"), sample_state()).await;
-    let removal = probe
+    let kx1_state = states
+        .wait_for("kx1 without battery", T, |m| {
+            m.topic == format!("{base}/kx1/state")
+                && !m.payload.is_empty()
+                && m.json().get("battery_level").is_none()
+        })
+        .await;
+    assert_eq!(kx1_state.json()["odometer"], 1234);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !probe.messages().iter().any(|m| m.payload.is_empty()),
+        "a field that went quiet lost its entity"
+    );
+
+    // Asked for: kx1's battery goes, silent kx9 goes entirely, kx1_2 keeps everything.
+    probe
+        .publish(&format!("{base}/bridge/purge/set"), "stale", false)
+        .await;
+    probe
         .wait_for("kx1 battery removed", T, |m| {
             m.topic == topic("kx1", "sensor", "battery_level") && m.payload.is_empty()
         })
         .await;
-    assert!(removal.payload.is_empty());
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let emptied: Vec<String> = probe
+    let emptied: std::collections::BTreeSet<String> = probe
         .messages()
         .iter()
         .filter(|m| m.payload.is_empty())
         .map(|m| m.topic.clone())
         .collect();
-    assert_eq!(
-        emptied,
-        vec![topic("kx1", "sensor", "battery_level")],
-        "only kx1's battery entity goes"
-    );
-    // A late subscriber sees kx1_2's and the silent kx9's battery entities still there.
-    let late = Probe::connect(
-        broker.port,
-        &[&format!("homeassistant/sensor/{base}/+/config")],
-    )
-    .await;
-    late.wait_topic(&topic("kx1_2", "sensor", "battery_level"), T)
+    let mut expected: std::collections::BTreeSet<String> = before
+        .keys()
+        .filter(|t| t.contains("/kx9_"))
+        .cloned()
+        .collect();
+    expected.insert(topic("kx1", "sensor", "battery_level"));
+    assert_eq!(emptied, expected, "exactly kx1's battery and all of kx9");
+    second.stop().await;
+
+    // Third run: kx9 stays forgotten; kx1_2's battery is still announced.
+    probe.clear();
+    let third = RunningBridge::start(config).await;
+    probe
+        .wait_topic(&topic("kx1_2", "sensor", "battery_level"), T)
         .await;
-    late.wait_topic(&topic("kx9", "sensor", "battery_level"), T)
-        .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !late
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!probe.messages().iter().any(|m| m.topic.contains("/kx9_")));
+    third.stop().await;
+}
+
+/// Lock states strictly ordered: LOCKING/UNLOCKING before the final state, never after,
+/// even when the device reports its new state before the command's answer.
+#[tokio::test]
+async fn lock_states_are_strictly_ordered() {
+    let (_broker, _dir, base, mut bridge, probe) =
+        command_setup(None, Duration::from_secs(10)).await;
+    let vid = VehicleId::new("kx1001").unwrap();
+    for round in 0..10 {
+        probe.clear();
+        let (action, pending, done) = if round % 2 == 0 {
+            ("UNLOCK", "UNLOCKING", "UNLOCKED")
+        } else {
+            ("LOCK", "LOCKING", "LOCKED")
+        };
+        probe
+            .publish(&format!("{base}/kx1001/lock/set"), action, false)
+            .await;
+        let req = tokio::time::timeout(T, bridge.ctx.commands.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        // The device's report races the command's answer.
+        let mut s = VehicleState::default();
+        s.set(Field::Lock, done);
+        send_state(&bridge, vid.clone(), s, false).await;
+        req.progress.send(CommandProgress::Succeeded).await.unwrap();
+        probe
+            .wait_for("succeeded", T, |m| {
+                m.topic.ends_with("/command/result") && m.json()["status"] == "succeeded"
+            })
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let locks: Vec<String> = probe
             .messages()
             .iter()
-            .any(|m| m.topic == topic("kx1", "sensor", "battery_level")),
-        "kx1's removed entity must not be retained any more"
+            .filter(|m| m.topic == format!("{base}/kx1001/state"))
+            .map(|m| m.json()["lock"].as_str().unwrap_or("").to_string())
+            .collect();
+        let first_done = locks.iter().position(|l| l == done);
+        let last_pending = locks.iter().rposition(|l| l == pending);
+        assert!(last_pending.is_some(), "{pending} never shown: {locks:?}");
+        assert!(
+            first_done.is_some() && last_pending < first_done,
+            "round {round}: {pending} after {done}: {locks:?}"
+        );
+        assert_eq!(locks.last().map(String::as_str), Some(done), "{locks:?}");
+    }
+    bridge.stop().await;
+}
+
+/// HA's switch cannot carry a code: the PIN typed into the vehicle's `Command PIN` text
+/// arms one PIN command for 30 s. A wrong PIN arms nothing and counts as a wrong PIN;
+/// an armed PIN serves one command only.
+#[tokio::test]
+async fn pin_text_arms_one_engine_start() {
+    let (_broker, _dir, base, mut bridge, probe) =
+        command_setup(Some("2468"), Duration::from_secs(10)).await;
+    let discovery =
+        Probe::connect(_broker.port, &[&format!("homeassistant/+/{base}/+/config")]).await;
+    let pin_doc = format!("homeassistant/text/{base}/kx1001_pin/config");
+    let doc = discovery.wait_topic(&pin_doc, T).await.json();
+    assert_eq!(doc["mode"], "password");
+    assert_eq!(doc["command_topic"], format!("{base}/kx1001/pin/set"));
+    let lock_doc = discovery
+        .wait_topic(&format!("homeassistant/lock/{base}/kx1001_lock/config"), T)
+        .await
+        .json();
+    let code_format = lock_doc["code_format"].as_str().unwrap();
+    assert_eq!(
+        code_format, "^.{0,64}$",
+        "an empty code (locking) passes HA's check"
     );
-    second.stop().await;
+
+    let pin_topic = format!("{base}/kx1001/pin/set");
+    let engine = format!("{base}/kx1001/engine/set");
+    probe.publish(&pin_topic, "1111", false).await;
+    probe.publish(&engine, "ON", false).await;
+    probe
+        .wait_for("two rejections", T, |_| {
+            results(&probe, &base)
+                .iter()
+                .filter(|r| r["status"] == "rejected")
+                .count()
+                == 2
+        })
+        .await;
+    assert!(bridge.ctx.commands.try_recv().is_err(), "nothing ran");
+    probe.publish(&pin_topic, "2468", false).await;
+    probe
+        .wait_for("armed", T, |m| {
+            m.topic.ends_with("/command/result")
+                && m.json()["command"] == "pin"
+                && m.json()["status"] == "succeeded"
+        })
+        .await;
+    assert!(
+        !probe
+            .messages()
+            .iter()
+            .any(|m| m.topic == format!("{base}/kx1001/pin") && m.text().contains("2468")),
+        "the PIN is never echoed"
+    );
+    probe.publish(&engine, "ON", false).await;
+    let req = tokio::time::timeout(T, bridge.ctx.commands.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(req.command, vehicle2mqtt::model::Command::EngineStart);
+    req.progress.send(CommandProgress::Succeeded).await.unwrap();
+    // Used up: the next start needs the PIN again.
+    probe.clear();
+    probe.publish(&engine, "ON", false).await;
+    let r = probe
+        .wait_for("rejected again", T, |m| {
+            m.topic.ends_with("/command/result") && m.json()["status"] == "rejected"
+        })
+        .await;
+    assert_eq!(r.json()["reason"], "wrong or missing PIN");
+    assert!(bridge.ctx.commands.try_recv().is_err());
+    bridge.stop().await;
 }
 
 /// evcc reads booleans only as `true`/`false`: with `per_field_booleans = "true_false"`
@@ -1091,5 +1278,70 @@ async fn buttons_and_locks_run_only_on_their_exact_payloads() {
         .unwrap()
         .unwrap();
     assert_eq!(req.command, vehicle2mqtt::model::Command::OpenSeat);
+    bridge.stop().await;
+}
+
+/// "Last update" and staleness follow the vehicle's own clock: a cloud serving data from
+/// 2020 is offline, not "updated just now". A vehicle the connector knows but that has
+/// not linked is announced offline once, never online first.
+#[tokio::test]
+async fn staleness_follows_the_vehicles_own_clock_and_nothing_flaps_at_start() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(&broker.url(), dir.path());
+    config.bridge.stale_after = Duration::from_secs(1800);
+    let base = config.mqtt.base_topic.clone();
+    let probe = Probe::connect(broker.port, &[&format!("{base}/#")]).await;
+    let bridge = RunningBridge::start(config).await;
+    let mut silent = scooter(vec![Capability::Lock]);
+    silent.id = VehicleId::new("kx2").unwrap();
+    bridge
+        .ctx
+        .updates
+        .send(Update::Vehicle(silent))
+        .await
+        .unwrap();
+    let mut old = sample_state();
+    old.set(Field::LastUpdate, "2020-08-10T12:24:50.325Z");
+    announce(&bridge, scooter(vec![]), old).await;
+    let state = probe
+        .wait_for("old state", T, |m| {
+            m.topic == format!("{base}/kx1001/state")
+        })
+        .await;
+    assert_eq!(state.json()["last_update"], "2020-08-10T12:24:50.325Z");
+    for vid in ["kx1001", "kx2"] {
+        probe
+            .wait_for("offline", T, |m| {
+                m.topic == format!("{base}/{vid}/availability") && m.text() == "offline"
+            })
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let online = |vid: &str| {
+        probe
+            .messages()
+            .iter()
+            .filter(|m| m.topic == format!("{base}/{vid}/availability") && m.text() == "online")
+            .count()
+    };
+    assert_eq!(online("kx1001"), 0, "data from 2020 is not online");
+    assert_eq!(
+        online("kx2"),
+        0,
+        "a device that never linked was shown online"
+    );
+    // A fresh report: online again.
+    let mut fresh = sample_state();
+    fresh.set(
+        Field::LastUpdate,
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    );
+    send_state(&bridge, VehicleId::new("kx1001").unwrap(), fresh, false).await;
+    probe
+        .wait_for("online", T, |m| {
+            m.topic == format!("{base}/kx1001/availability") && m.text() == "online"
+        })
+        .await;
     bridge.stop().await;
 }

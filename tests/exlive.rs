@@ -111,9 +111,24 @@ impl Peer {
     }
 }
 
+/// A recent GPS time as a tracker sends it (Asia/Shanghai local time) and in UTC: the
+/// bridge's staleness follows the tracker's own clock, so positions must be fresh.
+fn gps_time() -> &'static (String, String) {
+    static TIME: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    TIME.get_or_init(|| {
+        let utc = chrono::Utc::now() - chrono::Duration::seconds(60);
+        let local = utc + chrono::Duration::hours(8);
+        (
+            local.format("%Y-%m-%d %H:%M:%S").to_string(),
+            utc.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        )
+    })
+}
+
 fn position(id: &str, extra: &str) -> String {
+    let gpstime = &gps_time().0;
     format!(
-        r#"{{"header":{{"cmd":"1007"}},"body":{{"code":"沪A12345","id":"{id}","lat":"31.2304","lng":"121.4737","veo":"42.5","dir":"270","gpstime":"2024-03-01 08:30:00","av":"1","alarm":"0","oil":"33.5","dis":"12345.6","wstate":"","cstate":"ACC on"{extra}}}}}"#
+        r#"{{"header":{{"cmd":"1007"}},"body":{{"code":"沪A12345","id":"{id}","lat":"31.2304","lng":"121.4737","veo":"42.5","dir":"270","gpstime":"{gpstime}","av":"1","alarm":"0","oil":"33.5","dis":"12345.6","wstate":"","cstate":"ACC on"{extra}}}}}"#
     )
 }
 
@@ -149,8 +164,11 @@ async fn login_then_positions_become_state_and_a_tracker() {
     assert_eq!(state["status_text"], "ACC on");
     assert_eq!(state["address"], "Pudong");
     assert_eq!(state["plate"], "沪A12345");
-    // 08:30 in Asia/Shanghai is 00:30 UTC.
-    assert_eq!(state["gps_time"], "2024-03-01T00:30:00Z");
+    // Local Asia/Shanghai time is UTC + 8 h; "Last update" is the tracker's own time.
+    assert_eq!(state["gps_time"], gps_time().1.as_str());
+    let last = chrono::DateTime::parse_from_rfc3339(state["last_update"].as_str().unwrap());
+    let gps = chrono::DateTime::parse_from_rfc3339(&gps_time().1);
+    assert_eq!(last.unwrap(), gps.unwrap());
     let tracker = probe
         .wait_topic(
             &format!(

@@ -5,6 +5,8 @@
 //! on MQTT (see [`crate::mqtt::Publisher`]); per-vehicle command workers do the waiting.
 
 pub mod command;
+mod lifecycle;
+pub mod store;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -21,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{BrokerUrl, Config};
 use crate::connector::{CommandRequest, Connector, ConnectorContext, Update, UpdateSink};
-use crate::hass::{self, Topics, VehicleDiscovery};
+use crate::hass::{self, Topics};
 use crate::model::{
     lock_state, Command, CommandStatus, Field, Value, VehicleEvent, VehicleId, VehicleInfo,
     VehicleState,
@@ -37,6 +39,10 @@ const CONNECTOR_COMMAND_QUEUE: usize = 64;
 const RETRY_QUEUE: usize = 50_000;
 /// How often messages that found MQTT busy are retried.
 const RETRY_EVERY: Duration = Duration::from_millis(50);
+/// How often changed vehicle records are written to `state_dir` (and at shutdown).
+const PERSIST_EVERY: Duration = Duration::from_secs(15);
+/// How long a PIN entered in HA's `Command PIN` text stays good for one command.
+const PIN_ARMED_FOR: Duration = Duration::from_secs(30);
 
 struct ConnectorSlot {
     name: &'static str,
@@ -46,21 +52,42 @@ struct ConnectorSlot {
     running: bool,
     error: Option<String>,
     counters: BTreeMap<&'static str, u64>,
+    /// Every vehicle the connector's config lists, when it lists them all.
+    configured: Option<HashSet<VehicleId>>,
 }
 
 struct Vehicle {
     owner: usize,
     info: VehicleInfo,
+    /// False for a vehicle restored from `state_dir` that its connector has not announced
+    /// yet: its discovery documents are the remembered ones, not rebuilt.
+    info_known: bool,
     state: VehicleState,
-    /// The connector's view.
+    /// The connector's view; a vehicle is offline until its connector says otherwise.
     online: bool,
-    last_update: Option<Instant>,
+    /// Whether the connector ever sent an availability: if not, a state means online.
+    availability_told: bool,
+    /// When the vehicle itself last reported (its own clock where the upstream gives one,
+    /// never in the future).
+    reported_at: Option<chrono::DateTime<Utc>>,
+    /// Whether the upstream gives the vehicle's own time (then only that counts).
+    own_clock: bool,
+    /// When each field was last reported.
+    field_times: BTreeMap<Field, chrono::DateTime<Utc>>,
+    /// Fields reported since the bridge started (a purge keeps these).
+    reported_this_run: hass::Shape,
     stale: bool,
     published_availability: Option<bool>,
     /// Discovery topic → payload, as last published.
     discovery: BTreeMap<String, String>,
-    /// What decided the entity set last time; rebuild discovery only when it changes.
-    entity_signature: Option<(Vec<Field>, bool)>,
+    /// Every field ever reported and whether it had a position: the entity set.
+    shape: hass::Shape,
+    /// The shape and info discovery was last built from.
+    built_from: Option<(hass::Shape, VehicleInfo)>,
+    /// The record in `state_dir` is behind.
+    dirty: bool,
+    /// A PIN entered in HA's `Command PIN` text, valid for one command until then.
+    armed_pin: Option<std::time::Instant>,
     /// Per-field topic → payload, as last published (only with `per_field_topics`).
     field_payloads: BTreeMap<String, String>,
     /// LOCKING / UNLOCKING while a lock command is in flight.
@@ -73,13 +100,21 @@ impl Vehicle {
         Vehicle {
             owner,
             info,
+            info_known: true,
             state: VehicleState::default(),
-            online: true,
-            last_update: None,
+            online: false,
+            availability_told: false,
+            reported_at: None,
+            own_clock: false,
+            field_times: BTreeMap::new(),
+            reported_this_run: hass::Shape::default(),
             stale: false,
             published_availability: None,
             discovery: BTreeMap::new(),
-            entity_signature: None,
+            shape: hass::Shape::default(),
+            built_from: None,
+            dirty: false,
+            armed_pin: None,
             field_payloads: BTreeMap::new(),
             pending_lock: None,
             worker: None,
@@ -98,19 +133,11 @@ fn default_info(id: &VehicleId, connector: &str) -> VehicleInfo {
         manufacturer: connector.to_string(),
         model: "Vehicle".into(),
         sw_version: None,
+        custom_name: false,
+        serial_number: None,
         capabilities: Vec::new(),
         event_types: Vec::new(),
     }
-}
-
-/// The vehicle ids a discovery object id `<vehicle>_<key>` could belong to (vehicle ids
-/// may contain '_', so every split whose remainder is a real entity key counts).
-fn candidate_owners(object_id: &str) -> Vec<String> {
-    object_id
-        .match_indices('_')
-        .filter(|(i, _)| hass::is_entity_key(&object_id[i + 1..]))
-        .map(|(i, _)| object_id[..i].to_string())
-        .collect()
 }
 
 fn now_rfc3339() -> String {
@@ -142,10 +169,13 @@ struct Hub {
     /// Vehicles whose newest state is not yet published (states coalesce: only the
     /// newest matters, so this is a set, not a queue).
     unsent_states: HashSet<VehicleId>,
-    /// Retained discovery configs of ours found on the broker that no vehicle has claimed
-    /// yet, indexed by every vehicle id they could belong to. A vehicle that syncs its
-    /// discovery removes those it no longer has (e.g. fields gone since a restart).
-    stale_candidates: HashMap<String, HashSet<String>>,
+    /// Retained discovery configs of ours found on the broker (a purge removes those no
+    /// vehicle claims).
+    unclaimed_configs: HashSet<String>,
+    /// Vehicles whose record in `state_dir` is to be deleted.
+    forgotten: Vec<VehicleId>,
+    /// The write of vehicle records in progress.
+    persisting: Option<tokio::task::JoinHandle<()>>,
     /// Command results by status, for `/metrics`.
     command_results: BTreeMap<String, u64>,
     /// Wrong PINs per vehicle and across all of them, with their lockouts.
@@ -191,6 +221,9 @@ pub async fn run(
     let mut slots = Vec::new();
     for (index, connector) in connectors.into_iter().enumerate() {
         let name = connector.name();
+        let configured = connector
+            .configured_vehicles()
+            .map(|ids| ids.into_iter().collect());
         let (cmd_tx, cmd_rx) = mpsc::channel(CONNECTOR_COMMAND_QUEUE);
         let ctx = ConnectorContext {
             updates: UpdateSink::new(index, update_tx.clone()),
@@ -218,6 +251,7 @@ pub async fn run(
             running: true,
             error: None,
             counters: BTreeMap::new(),
+            configured,
         });
     }
     drop(update_tx);
@@ -239,13 +273,16 @@ pub async fn run(
         subscription_refused: false,
         refusals_at_retry: None,
         unsent_states: HashSet::new(),
-        stale_candidates: HashMap::new(),
+        unclaimed_configs: HashSet::new(),
+        forgotten: Vec::new(),
+        persisting: None,
         command_results: BTreeMap::new(),
         pin_tries: HashMap::new(),
         pin_tries_overall: command::PinTries::default(),
         pin_failures: 0,
         snapshot: crate::observe::SharedSnapshot::default(),
     };
+    hub.restore();
     if !hub.config.bridge.http_listen.trim().is_empty() {
         let addr = hub.config.bridge.http_listen.trim().to_string();
         let listener = tokio::net::TcpListener::bind(&addr)
@@ -265,6 +302,7 @@ pub async fn run(
     let mut stale_tick = tokio::time::interval(stale_check);
     let mut info_tick = tokio::time::interval(Duration::from_secs(1));
     let mut alive_tick = tokio::time::interval(crate::state_dir::ALIVE_EVERY);
+    let mut persist_tick = tokio::time::interval(PERSIST_EVERY);
 
     loop {
         tokio::select! {
@@ -294,7 +332,11 @@ pub async fn run(
                 hub.rediscover_at = None;
                 hub.publish_everything(true);
             }
-            _ = stale_tick.tick() => hub.check_stale(),
+            _ = stale_tick.tick() => {
+                hub.check_stale();
+                hub.forget_absent_fields();
+            }
+            _ = persist_tick.tick() => hub.persist(),
             _ = info_tick.tick() => {
                 hub.flush_info();
                 hub.update_snapshot();
@@ -308,6 +350,13 @@ pub async fn run(
     }
 
     tracing::info!(event = "shutdown", "shutting down: publishing offline");
+    if let Some(writing) = hub.persisting.take() {
+        let _ = writing.await;
+    }
+    hub.persist();
+    if let Some(writing) = hub.persisting.take() {
+        let _ = writing.await;
+    }
     // A stopped bridge is not alive, whatever the file said a moment ago.
     crate::state_dir::remove_alive(&hub.config.bridge.state_dir);
     hub.send(hub.topics.bridge_state(), "offline", true);
@@ -364,10 +413,8 @@ impl Hub {
                 match self.vehicles.get_mut(&id) {
                     Some(v) => {
                         v.owner = owner;
-                        if v.info != info {
-                            v.info = info;
-                            v.entity_signature = None;
-                        }
+                        v.info = info;
+                        v.info_known = true;
                     }
                     None => {
                         tracing::info!(event = "vehicle_added", vehicle = %id, connector = self.connectors[owner].name, "new vehicle");
@@ -375,8 +422,9 @@ impl Hub {
                         self.info_dirty = true;
                     }
                 }
+                // Availability waits for the first state or the connector's word (or the
+                // next stale check): never "online" for a device that has not linked.
                 self.sync_discovery(&id, false);
-                self.publish_availability(&id, false);
             }
             Update::State {
                 vehicle,
@@ -388,15 +436,52 @@ impl Hub {
                     tracing::info!(event = "vehicle_added", vehicle = %vehicle, connector = name, "new vehicle");
                     Vehicle::new(owner, default_info(&vehicle, name))
                 });
+                // The vehicle's own time when the upstream gives one, else now; never
+                // ahead of the bridge's clock.
+                let now = Utc::now();
+                let own_time = state
+                    .get(Field::LastUpdate)
+                    .and_then(|t| match t {
+                        Value::Text(t) => chrono::DateTime::parse_from_rfc3339(t).ok(),
+                        _ => None,
+                    })
+                    .map(|t| t.with_timezone(&Utc).min(now));
+                // Once the upstream gives the vehicle's own time, updates without one
+                // (a data plan, a connection status) do not make it "just reported".
+                v.own_clock |= own_time.is_some();
+                let reported = own_time.unwrap_or(now);
+                let advances = own_time.is_some() || !v.own_clock;
+                for field in state.values.keys() {
+                    v.field_times.insert(*field, reported);
+                }
+                v.reported_this_run.absorb(&state);
+                v.shape.absorb(&state);
                 if replace {
+                    // Fields absent now show "unknown"; their entities stay (see
+                    // `lifecycle`), and so does the last known position.
+                    let position = v.state.position;
                     v.state = state;
+                    v.state.position = v.state.position.or(position);
                 } else {
                     v.state.merge(state);
                 }
-                v.state.set(Field::LastUpdate, now_rfc3339());
-                v.last_update = Some(Instant::now());
-                v.stale = false;
+                if advances {
+                    v.reported_at = Some(v.reported_at.map_or(reported, |r| r.max(reported)));
+                }
+                let last = v.reported_at.unwrap_or(reported);
+                v.state.set(
+                    Field::LastUpdate,
+                    last.to_rfc3339_opts(SecondsFormat::Millis, true),
+                );
+                v.field_times.insert(Field::LastUpdate, last);
+                v.shape.fields.insert(Field::LastUpdate);
+                v.reported_this_run.fields.insert(Field::LastUpdate);
+                v.dirty = true;
+                if !v.availability_told {
+                    v.online = true;
+                }
                 self.info_dirty = true;
+                self.check_stale_one(&vehicle);
                 self.sync_discovery(&vehicle, false);
                 self.publish_state(&vehicle);
                 self.publish_availability(&vehicle, false);
@@ -404,6 +489,7 @@ impl Hub {
             Update::Availability { vehicle, online } => {
                 if let Some(v) = self.vehicles.get_mut(&vehicle) {
                     v.online = online;
+                    v.availability_told = true;
                     self.publish_availability(&vehicle, false);
                 }
             }
@@ -546,114 +632,6 @@ impl Hub {
         }
     }
 
-    /// Publishes discovery documents that changed and removes those no longer wanted.
-    /// With `force`, re-publishes every document (after a reconnect or HA birth).
-    fn sync_discovery(&mut self, id: &VehicleId, force: bool) {
-        if !self.config.mqtt.discovery {
-            return;
-        }
-        let pin_required = !self.config.bridge.command_pin.is_empty();
-        let Some(v) = self.vehicles.get_mut(id) else {
-            return;
-        };
-        let signature = (
-            v.state.fields().collect::<Vec<_>>(),
-            v.state.position.is_some(),
-        );
-        if !force && v.entity_signature.as_ref() == Some(&signature) {
-            return;
-        }
-        v.entity_signature = Some(signature);
-        let builder = VehicleDiscovery {
-            topics: &self.topics,
-            info: &v.info,
-            pin_required,
-        };
-        let wanted: BTreeMap<String, String> = builder
-            .entities(&v.state)
-            .into_iter()
-            .map(|e| (e.topic(&self.topics, id.as_str()), e.config.to_string()))
-            .collect();
-        let mut out: Vec<(String, Vec<u8>)> = wanted
-            .iter()
-            .filter(|(topic, payload)| force || v.discovery.get(*topic) != Some(*payload))
-            .map(|(topic, payload)| (topic.clone(), payload.clone().into_bytes()))
-            .collect();
-        for topic in v.discovery.keys().filter(|t| !wanted.contains_key(*t)) {
-            tracing::info!(event = "entity_removed", vehicle = %id, topic, "entity no longer reported; removing");
-            out.push((topic.clone(), Vec::new()));
-        }
-        v.discovery = wanted;
-        for (topic, payload) in out {
-            self.send(topic, payload, true);
-        }
-        self.prune_stale_configs(id);
-    }
-
-    /// A retained discovery config of ours arrived from the broker.
-    fn on_retained_config(&mut self, topic: &str) {
-        let Some(object_id) = self.topics.config_object_id(topic) else {
-            return;
-        };
-        if let Some(key) = object_id.strip_prefix("bridge_") {
-            let current = hass::bridge_entities(&self.topics)
-                .iter()
-                .any(|e| e.key == key);
-            if !current {
-                tracing::info!(
-                    event = "entity_removed",
-                    topic,
-                    "stale bridge entity removed"
-                );
-                self.send(topic.to_string(), Vec::new(), true);
-            }
-            return;
-        }
-        let candidates = candidate_owners(object_id);
-        for vid in &candidates {
-            self.stale_candidates
-                .entry(vid.clone())
-                .or_default()
-                .insert(topic.to_string());
-        }
-        for vid in candidates {
-            if let Some(id) = VehicleId::new(&vid).filter(|id| id.as_str() == vid) {
-                self.prune_stale_configs(&id);
-            }
-        }
-    }
-
-    /// Removes configs this vehicle no longer has, once it has synced its discovery.
-    fn prune_stale_configs(&mut self, id: &VehicleId) {
-        let synced = self
-            .vehicles
-            .get(id)
-            .is_some_and(|v| !v.discovery.is_empty());
-        if !synced {
-            return;
-        }
-        let Some(topics) = self.stale_candidates.remove(id.as_str()) else {
-            return;
-        };
-        for topic in topics {
-            // Only the vehicles whose id the object id could start with can claim it.
-            let owners = self
-                .topics
-                .config_object_id(&topic)
-                .map(candidate_owners)
-                .unwrap_or_default();
-            let claimed = owners.iter().any(|vid| {
-                VehicleId::new(vid)
-                    .and_then(|vid| self.vehicles.get(&vid))
-                    .is_some_and(|v| v.discovery.contains_key(&topic))
-            });
-            if !claimed {
-                tracing::info!(event = "entity_removed", vehicle = %id, topic = %topic, "entity no longer reported since the last run; removing");
-                self.send(topic, Vec::new(), true);
-            }
-        }
-    }
-
     fn publish_event(&mut self, id: &VehicleId, event: VehicleEvent) {
         let mut payload = event.attributes;
         payload.insert("event_type".into(), event.event_type.into());
@@ -792,7 +770,7 @@ impl Hub {
                 if self
                     .vehicles
                     .get(id)
-                    .is_some_and(|v| v.last_update.is_some())
+                    .is_some_and(|v| v.reported_at.is_some())
                 {
                     self.publish_state(id);
                 }
@@ -801,25 +779,31 @@ impl Hub {
         }
     }
 
+    /// Marks offline every vehicle whose newest report is older than `stale_after`.
     fn check_stale(&mut self) {
-        let stale_after = self.config.bridge.stale_after;
-        let now = Instant::now();
-        let newly_stale: Vec<VehicleId> = self
-            .vehicles
-            .iter_mut()
-            .filter(|(_, v)| {
-                !v.stale
-                    && v.last_update
-                        .is_some_and(|t| now.duration_since(t) > stale_after)
-            })
-            .map(|(id, v)| {
-                v.stale = true;
-                id.clone()
-            })
-            .collect();
-        for id in newly_stale {
-            tracing::info!(event = "vehicle_stale", vehicle = %id, "no update within stale_after; marking offline");
-            self.publish_availability(&id, false);
+        let ids: Vec<VehicleId> = self.vehicles.keys().cloned().collect();
+        for id in ids {
+            self.check_stale_one(&id);
+        }
+    }
+
+    /// Staleness follows the vehicle's own time: a cloud serving data from last year is
+    /// not "updated just now".
+    fn check_stale_one(&mut self, id: &VehicleId) {
+        let Ok(stale_after) = chrono::Duration::from_std(self.config.bridge.stale_after) else {
+            return;
+        };
+        let now = Utc::now();
+        let Some(v) = self.vehicles.get_mut(id) else {
+            return;
+        };
+        let stale = v.reported_at.is_some_and(|t| now - t > stale_after);
+        if stale != v.stale || v.published_availability.is_none() {
+            v.stale = stale;
+            if stale {
+                tracing::info!(event = "vehicle_stale", vehicle = %id, "no report within stale_after; marking offline");
+            }
+            self.publish_availability(id, false);
         }
     }
 
@@ -904,8 +888,15 @@ impl Hub {
                     }
                 } else if let Some(rest) = topic.strip_prefix(&format!("{}/", self.topics.base)) {
                     let parts: Vec<&str> = rest.split('/').collect();
-                    if let [vehicle, entity, "set"] = parts[..] {
-                        self.on_command(vehicle, entity, &payload, retain);
+                    match parts[..] {
+                        ["bridge", lifecycle::PURGE_ENTITY, "set"] => {
+                            self.on_purge(&payload, retain)
+                        }
+                        [vehicle, "pin", "set"] => self.on_pin(vehicle, &payload, retain),
+                        [vehicle, entity, "set"] => {
+                            self.on_command(vehicle, entity, &payload, retain)
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -962,29 +953,21 @@ impl Hub {
             Err(reason) => return self.reject(vehicle, &id, entity, &reason),
         };
         let vid = v.info.id.clone();
-        let pin = &self.config.bridge.command_pin;
-        if command.needs_pin() && !pin.is_empty() {
-            let now = std::time::Instant::now();
-            let tries = self.pin_tries.entry(vid.clone()).or_default();
-            // While locked out the PIN is not even compared: guessing gains nothing.
-            if let Some(left) = tries.locked(now).or(self.pin_tries_overall.locked(now)) {
-                let reason = format!("PIN locked for {left} s after repeated wrong PINs");
-                return self.reject(vehicle, &id, &command.name(), &reason);
-            }
-            if !command::pin_matches(pin.expose(), payload.code.as_deref()) {
-                tries.failed(now, command::PIN_TRIES_PER_VEHICLE);
-                self.pin_tries_overall
-                    .failed(now, command::PIN_TRIES_OVERALL);
-                self.pin_failures += 1;
-                self.info_dirty = true;
-                let failures = tries.failures();
-                tracing::warn!(event = "wrong_pin", vehicle = %vid, failures, "wrong or missing PIN");
-                return self.reject(vehicle, &id, &command.name(), "wrong or missing PIN");
-            }
-            tries.reset();
-            self.pin_tries_overall.reset();
-        }
         let owner = v.owner;
+        if command.needs_pin() && !self.config.bridge.command_pin.is_empty() {
+            // A PIN entered in HA's `Command PIN` text a moment ago stands in for a code.
+            let armed = payload.code.is_none()
+                && self.vehicles.get_mut(&vid).is_some_and(|v| {
+                    v.armed_pin
+                        .take()
+                        .is_some_and(|until| std::time::Instant::now() < until)
+                });
+            if !armed {
+                if let Err(reason) = self.check_pin(&vid, payload.code.as_deref()) {
+                    return self.reject(vehicle, &id, &command.name(), &reason);
+                }
+            }
+        }
         let queue = self.config.bridge.command_queue;
         let timeout = self.config.bridge.command_timeout;
         let connector = self.connectors[owner].commands.clone();
@@ -999,13 +982,25 @@ impl Hub {
         });
         let name = command.name();
         tracing::info!(event = "command_received", vehicle = %vid, command = %name, id = %id, "command queued");
+        let pending = match command {
+            Command::Lock => Some(lock_state::LOCKING),
+            Command::Unlock => Some(lock_state::UNLOCKING),
+            _ => None,
+        };
         if sender
             .try_send(Queued {
                 id: id.clone(),
                 command,
             })
-            .is_err()
+            .is_ok()
         {
+            // LOCKING/UNLOCKING goes out before the command reaches the connector, so no
+            // device report can be overtaken by it: the final state always comes last.
+            if let Some(p) = pending {
+                v.pending_lock = Some(p);
+                self.publish_state(&vid);
+            }
+        } else {
             self.reject(
                 vehicle,
                 &id,
@@ -1013,6 +1008,59 @@ impl Hub {
                 "command queue for this vehicle is full",
             );
         }
+    }
+
+    /// Checks a PIN against `bridge.command_pin`, counting wrong ones and locking out.
+    fn check_pin(&mut self, vid: &VehicleId, code: Option<&str>) -> Result<(), String> {
+        let now = std::time::Instant::now();
+        let tries = self.pin_tries.entry(vid.clone()).or_default();
+        // While locked out the PIN is not even compared: guessing gains nothing.
+        if let Some(left) = tries.locked(now).or(self.pin_tries_overall.locked(now)) {
+            return Err(format!("PIN locked for {left} s after repeated wrong PINs"));
+        }
+        if !command::pin_matches(self.config.bridge.command_pin.expose(), code) {
+            tries.failed(now, command::PIN_TRIES_PER_VEHICLE);
+            self.pin_tries_overall
+                .failed(now, command::PIN_TRIES_OVERALL);
+            self.pin_failures += 1;
+            self.info_dirty = true;
+            let failures = tries.failures();
+            tracing::warn!(event = "wrong_pin", vehicle = %vid, failures, "wrong or missing PIN");
+            return Err("wrong or missing PIN".into());
+        }
+        tries.reset();
+        self.pin_tries_overall.reset();
+        Ok(())
+    }
+
+    /// `<vehicle>/pin/set`: HA's `Command PIN` text. A right PIN arms the vehicle's next
+    /// PIN command for `PIN_ARMED_FOR`; a wrong one counts like any wrong PIN.
+    fn on_pin(&mut self, vehicle: &str, raw: &Bytes, retain: bool) {
+        let id = new_command_id();
+        if retain {
+            return self.reject(vehicle, &id, "pin", "retained PIN ignored");
+        }
+        let Some(vid) = VehicleId::new(vehicle).filter(|vid| self.vehicles.contains_key(vid))
+        else {
+            return self.reject(vehicle, &id, "pin", "unknown vehicle");
+        };
+        if self.config.bridge.command_pin.is_empty() {
+            return self.reject(vehicle, &id, "pin", "no command_pin is set");
+        }
+        // HA's text entity never shows what was typed: clear it at once.
+        self.send(self.topics.vehicle(vehicle, "pin"), "", false);
+        let code = std::str::from_utf8(raw).ok();
+        if let Err(reason) = self.check_pin(&vid, code) {
+            return self.reject(vehicle, &id, "pin", &reason);
+        }
+        if let Some(v) = self.vehicles.get_mut(&vid) {
+            v.armed_pin = Some(std::time::Instant::now() + PIN_ARMED_FOR);
+        }
+        let reason = format!(
+            "armed: the next command within {} s",
+            PIN_ARMED_FOR.as_secs()
+        );
+        self.publish_result(vehicle, &id, "pin", CommandStatus::Succeeded, Some(&reason));
     }
 
     fn on_worker(&mut self, event: WorkerEvent) {

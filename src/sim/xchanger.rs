@@ -132,6 +132,9 @@ impl FakeXchanger {
         for v in &opts.vehicles {
             let mut doc = sample.clone();
             doc["data"]["result"]["vin"] = json!(v.vin);
+            // The captured sample dates from 2020; the simulated car has just reported.
+            doc["data"]["vehicleStatus"]["updateTime"] =
+                json!(chrono::Utc::now().timestamp_millis());
             if opts.trusted_position {
                 for block in ["position", "extPosition"] {
                     doc["data"]["vehicleStatus"]["basicVehicleStatus"][block]["posCanBeTrusted"] =

@@ -177,6 +177,8 @@ pub fn position_state(p: &proto::Position, tz: Zone) -> VehicleState {
         s.set(Field::Address, v.as_str());
     }
     if let Some(t) = p.gpstime.as_deref().and_then(|t| gps_time_utc(t, tz)) {
+        // The tracker's own time: HA's "Last update" and staleness follow it.
+        s.set(Field::LastUpdate, t.clone());
         s.set(Field::GpsTime, t);
     }
     if !p.code.is_empty() {
@@ -222,6 +224,8 @@ impl Core {
             manufacturer: "EXLIVE".into(),
             model: "GPS tracker".into(),
             sw_version: None,
+            custom_name: false,
+            serial_number: id.as_str().strip_prefix("ex").map(str::to_string),
             capabilities: self
                 .config
                 .commands

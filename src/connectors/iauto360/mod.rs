@@ -99,6 +99,16 @@ impl Connector for Iauto360Connector {
         "iauto360"
     }
 
+    fn configured_vehicles(&self) -> Option<Vec<VehicleId>> {
+        Some(
+            self.config
+                .devices
+                .iter()
+                .filter_map(|d| vehicle_id(&d.esn))
+                .collect(),
+        )
+    }
+
     fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {
         Box::pin(async move {
             let cfg = self.config;
@@ -217,6 +227,8 @@ fn info(id: &VehicleId, device: &Iauto360Device) -> VehicleInfo {
         manufacturer: "iauto360".into(),
         model: "OBD box".into(),
         sw_version: None,
+        custom_name: device.name.is_some(),
+        serial_number: Some(device.esn.clone()),
         capabilities: vec![Capability::Lock],
         event_types: services::EVENT_TYPES
             .iter()

@@ -403,11 +403,9 @@ impl Core {
             }
             Err(_) => (sw, dev_type),
         };
-        let name = self
-            .devices
-            .get(&dev_id)
-            .and_then(|d| d.name.clone())
-            .unwrap_or_else(|| format!("kingxun {dev_id}"));
+        let custom = self.devices.get(&dev_id).and_then(|d| d.name.clone());
+        let custom_name = custom.is_some();
+        let name = custom.unwrap_or_else(|| format!("kingxun {dev_id}"));
         let mut event_types: Vec<String> = vec!["trip".into(), "charge_finished".into()];
         event_types.extend((1..=13).map(DevEvent::type_name));
         let mut capabilities = vec![
@@ -435,6 +433,8 @@ impl Core {
             manufacturer: "kingxun".into(),
             model: device_model(dev_type.unwrap_or(0)).into(),
             sw_version: sw.map(|v| format!("{}.{}.{}", v >> 16, (v >> 8) & 0xFF, v & 0xFF)),
+            custom_name,
+            serial_number: Some(dev_id.to_string()),
             capabilities,
             event_types,
         }
@@ -599,6 +599,20 @@ impl KingxunConnector {
 impl Connector for KingxunConnector {
     fn name(&self) -> &'static str {
         "kingxun"
+    }
+
+    fn configured_vehicles(&self) -> Option<Vec<VehicleId>> {
+        let mut ids: Vec<VehicleId> = self
+            .config
+            .devices
+            .iter()
+            .map(|d| vehicle_id(d.id))
+            .collect();
+        if let Some(up) = &self.config.upstream {
+            ids.push(upstream::server_vehicle());
+            ids.extend(up.devices.iter().map(|d| vehicle_id(d.id)));
+        }
+        Some(ids)
     }
 
     fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {

@@ -61,6 +61,8 @@ pub(super) async fn run(
             manufacturer: "kingxun".into(),
             model: "svrInstance".into(),
             sw_version: None,
+            custom_name: false,
+            serial_number: None,
             capabilities: vec![],
             event_types: vec![],
         }))

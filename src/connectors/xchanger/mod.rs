@@ -383,6 +383,8 @@ fn info(id: &VehicleId, listed: &Listed) -> VehicleInfo {
         manufacturer: "Lynk & Co".into(),
         model: listed.series.clone().unwrap_or_else(|| "Vehicle".into()),
         sw_version: None,
+        custom_name: false,
+        serial_number: Some(listed.vin.clone()),
         capabilities: vec![
             Capability::Lock,
             Capability::Engine,

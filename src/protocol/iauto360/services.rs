@@ -107,7 +107,10 @@ pub fn binding(d: &Value) -> VehicleState {
         st.set(Field::Plate, v);
     }
     if let Some(t) = num(d.get("activeTime")).and_then(iso) {
-        st.attributes.insert("last_data_time".into(), t.into());
+        st.attributes
+            .insert("last_data_time".into(), t.clone().into());
+        // The box's last data: HA's "Last update" and staleness follow it.
+        st.set(Field::LastUpdate, t);
     }
     st
 }

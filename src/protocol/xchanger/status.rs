@@ -417,11 +417,10 @@ pub fn parse(doc: &Value, hide_untrusted_position: bool) -> Result<Status, Statu
 
     let update_time = num(vs.get("updateTime")).map(|v| v as i64);
     if let Some(t) = update_time.and_then(chrono::DateTime::from_timestamp_millis) {
-        st.attributes.insert(
-            "update_time".into(),
-            t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-                .into(),
-        );
+        let t = t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        st.attributes.insert("update_time".into(), t.clone().into());
+        // The car's own time: HA's "Last update" and staleness follow it.
+        st.set(Field::LastUpdate, t);
     }
     Ok(Status {
         state: st,

@@ -1,0 +1,147 @@
+//! What the bridge remembers of each vehicle across restarts, one file per vehicle in
+//! `state_dir/vehicles/`: the discovery documents it announced (so a restart re-announces
+//! exactly them before any data arrives, and Home Assistant never drops an entity a user
+//! renamed), the fields it has reported, and its last state with the time the vehicle
+//! reported each value (so a restart, or a broker that lost its store, shows the last
+//! known values at once).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::VehicleId;
+
+/// The folder under `state_dir`.
+pub const DIR: &str = "vehicles";
+/// A record bigger than this is not written (nor read): attributes that grew without
+/// bound must not fill the disk or slow the start.
+pub const MAX_RECORD_BYTES: usize = 256 * 1024;
+/// Records read at start, at most.
+pub const MAX_RECORDS: usize = 100_000;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The connector that owned the vehicle.
+    pub connector: String,
+    /// Discovery topic → document, as last published.
+    pub discovery: BTreeMap<String, String>,
+    /// Keys of every field the vehicle has reported (its entities).
+    pub fields: BTreeSet<String>,
+    /// Whether it ever had a position (its device tracker).
+    pub position: bool,
+    /// The last state JSON (without a pending LOCKING/UNLOCKING).
+    pub state: serde_json::Value,
+    /// Field key → when the vehicle last reported it (RFC 3339).
+    pub field_times: BTreeMap<String, String>,
+}
+
+pub fn dir(state_dir: &Path) -> PathBuf {
+    state_dir.join(DIR)
+}
+
+fn file_name(id: &VehicleId) -> String {
+    // Vehicle ids are [A-Za-z0-9_-] (model::VehicleId), so they are safe file names.
+    format!("{}.json", id.as_str())
+}
+
+/// Every readable record; unreadable or oversized ones are skipped with a warning.
+pub fn load_all(state_dir: &Path) -> BTreeMap<VehicleId, Record> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir(state_dir)) else {
+        return out;
+    };
+    for entry in entries.flatten().take(MAX_RECORDS) {
+        let path = entry.path();
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        let Some(id) = VehicleId::new(stem).filter(|id| id.as_str() == stem) else {
+            continue;
+        };
+        let too_big = entry
+            .metadata()
+            .map(|m| m.len() > MAX_RECORD_BYTES as u64)
+            .unwrap_or(true);
+        let parsed = if too_big {
+            Err("too big".to_string())
+        } else {
+            std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|raw| serde_json::from_slice::<Record>(&raw).map_err(|e| e.to_string()))
+        };
+        match parsed {
+            Ok(record) => {
+                out.insert(id, record);
+            }
+            Err(error) => tracing::warn!(
+                event = "vehicle_record_unreadable",
+                path = %path.display(),
+                error,
+                "skipping a vehicle record"
+            ),
+        }
+    }
+    out
+}
+
+/// Writes records (atomically, 0600). Runs off the hub's task.
+pub fn save_all(state_dir: &Path, records: Vec<(VehicleId, Option<Vec<u8>>)>) {
+    let dir = dir(state_dir);
+    if let Err(e) = crate::state_dir::prepare(&dir) {
+        tracing::warn!(
+            event = "vehicle_record_write_failed",
+            error = format!("{e:#}"),
+            "cannot write vehicle records"
+        );
+        return;
+    }
+    for (id, data) in records {
+        let result = match data {
+            Some(data) if data.len() <= MAX_RECORD_BYTES => {
+                crate::state_dir::write_atomic(&dir, &file_name(&id), &data).map(|_| ())
+            }
+            Some(_) => Ok(()), // oversized: keep the older record
+            None => match std::fs::remove_file(dir.join(file_name(&id))) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            },
+        };
+        if let Err(e) = result {
+            tracing::warn!(event = "vehicle_record_write_failed", vehicle = %id, error = format!("{e:#}"), "cannot write a vehicle record");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_bad_files_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = VehicleId::new("kx1001").unwrap();
+        let mut record = Record {
+            connector: "kingxun".into(),
+            position: true,
+            state: serde_json::json!({"odometer": 12}),
+            ..Record::default()
+        };
+        record.fields.insert("odometer".into());
+        save_all(
+            dir.path(),
+            vec![(id.clone(), Some(serde_json::to_vec(&record).unwrap()))],
+        );
+        std::fs::write(dir.path().join(DIR).join("bad.json"), b"{not json").unwrap();
+        std::fs::write(dir.path().join(DIR).join("a b.json"), b"{}").unwrap();
+        let loaded = load_all(dir.path());
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[&id], record);
+        save_all(dir.path(), vec![(id.clone(), None)]);
+        assert!(load_all(dir.path()).is_empty());
+    }
+}

@@ -1,0 +1,456 @@
+"""The bridge against a real Home Assistant (2025.4.4) and a real mosquitto.
+
+Run by `.ci/ha-test` (which makes the venv). Starts mosquitto with persistence, the fake
+xchanger cloud and iauto360 platform, simulated kingxun scooters and an EXLIVE tracker
+(all from the bridge binary's own `simulate`), the bridge, and Home Assistant; onboards
+HA over REST, adds the MQTT integration, and asserts over HA's websocket API:
+- every expected entity is in the registry, with the right domain, device class, unit;
+- zero warnings/errors from homeassistant.components.mqtt in HA's log;
+- a renamed entity keeps its id and name across a bridge restart while vehicles are
+  silent, and no entity is removed;
+- lock without a code and unlock with the PIN (a wrong PIN is refused); engine start
+  with the PIN entered in the vehicle's "Command PIN" text;
+- the device tracker keeps its position when its link drops, and `connected` goes off.
+
+Every process it starts is killed at the end, whatever happens.
+"""
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import aiohttp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.pop("VEHICLE2MQTT_BIN", os.path.join(ROOT, "target", "debug", "vehicle2mqtt"))
+PIN = "2468"
+BASE = "v2m"
+PROCS = []
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(name, args, log_dir, **kw):
+    log = open(os.path.join(log_dir, f"{name}.log"), "ab")
+    p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+    PROCS.append(p)
+    return p
+
+
+def stop(p, sig=signal.SIGTERM, wait=15):
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(wait)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def wait_port(port, timeout=60):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"nothing listens on {port} after {timeout} s")
+
+
+def mosquitto_bin():
+    for c in ("/usr/sbin/mosquitto", "/usr/bin/mosquitto"):
+        if os.path.exists(c):
+            return c
+    return "mosquitto"
+
+
+class HA:
+    def __init__(self, port, session):
+        self.port, self.session, self.token, self.ws, self.next_id = port, session, None, None, 1
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def onboard(self):
+        client_id = self.url + "/"
+        async with self.session.post(self.url + "/api/onboarding/users", json={
+            "client_id": client_id, "name": "Test", "username": "test",
+            "password": "test-password-1", "language": "en"}) as r:
+            assert r.status == 200, await r.text()
+            code = (await r.json())["auth_code"]
+        async with self.session.post(self.url + "/auth/token", data={
+            "grant_type": "authorization_code", "code": code, "client_id": client_id}) as r:
+            assert r.status == 200, await r.text()
+            self.token = (await r.json())["access_token"]
+        self.ws = await self.session.ws_connect(self.url + "/api/websocket")
+        assert (await self.ws.receive_json())["type"] == "auth_required"
+        await self.ws.send_json({"type": "auth", "access_token": self.token})
+        assert (await self.ws.receive_json())["type"] == "auth_ok"
+
+    def headers(self):
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def rest(self, method, path, body=None):
+        async with self.session.request(method, self.url + path, json=body, headers=self.headers()) as r:
+            text = await r.text()
+            return r.status, (json.loads(text) if text.startswith(("{", "[")) else text)
+
+    async def call(self, msg):
+        msg = dict(msg, id=self.next_id)
+        self.next_id += 1
+        await self.ws.send_json(msg)
+        while True:
+            reply = await self.ws.receive_json()
+            if reply.get("id") == msg["id"] and reply.get("type") == "result":
+                return reply
+
+    async def add_mqtt(self, port):
+        status, flow = await self.rest("POST", "/api/config/config_entries/flow", {"handler": "mqtt"})
+        assert status == 200, flow
+        for _ in range(5):
+            if flow.get("type") == "create_entry":
+                return
+            if flow.get("type") == "menu":
+                status, flow = await self.rest("POST", f"/api/config/config_entries/flow/{flow['flow_id']}",
+                                               {"next_step_id": "broker"})
+                continue
+            assert flow.get("type") == "form", flow
+            status, flow = await self.rest("POST", f"/api/config/config_entries/flow/{flow['flow_id']}",
+                                           {"broker": "127.0.0.1", "port": port})
+        assert flow.get("type") == "create_entry", flow
+
+    async def registry(self):
+        reply = await self.call({"type": "config/entity_registry/list"})
+        assert reply["success"], reply
+        return {e["entity_id"]: e for e in reply["result"] if e["platform"] == "mqtt"}
+
+    async def state(self, entity_id):
+        status, body = await self.rest("GET", f"/api/states/{entity_id}")
+        return body if status == 200 else None
+
+    async def service(self, domain, service, entity_id, **data):
+        return await self.call({"type": "call_service", "domain": domain, "service": service,
+                                "service_data": data, "target": {"entity_id": entity_id}})
+
+
+async def until(what, check, timeout=60, every=0.5):
+    end = time.time() + timeout
+    last = None
+    while time.time() < end:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(every)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def mqtt_log_problems(log_path):
+    """WARNING/ERROR lines of the MQTT integration, and entity removals."""
+    problems = []
+    with open(log_path, errors="replace") as f:
+        for line in f:
+            if "homeassistant.components.mqtt" in line and (" WARNING " in line or " ERROR " in line):
+                problems.append(line.rstrip())
+    return problems
+
+
+def removals(log_path):
+    with open(log_path, errors="replace") as f:
+        return [l.rstrip() for l in f if "Removing component" in l or "Removing entity" in l]
+
+
+WORK = tempfile.mkdtemp(prefix="v2m-ha-")
+
+
+async def main():
+    work = WORK
+    logs = os.path.join(work, "logs")
+    os.makedirs(logs)
+    started = time.time()
+    p = {k: free_port() for k in ("mqtt", "ha", "kx", "ex", "xc", "ia", "push")}
+
+    # mosquitto with persistence, as the Mosquitto add-on runs it.
+    conf = os.path.join(work, "mosquitto.conf")
+    store = os.path.join(work, "mosquitto")
+    os.makedirs(store)
+    os.chmod(work, 0o755)
+    os.chmod(store, 0o777)  # mosquitto started as root drops to its own user
+    with open(conf, "w") as f:
+        f.write(f"listener {p['mqtt']} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                f"persistence_location {store}/\nautosave_interval 1\n")
+    start("mosquitto", [mosquitto_bin(), "-c", conf], logs)
+    wait_port(p["mqtt"])
+
+    # The upstreams: fake clouds and simulated devices, from the bridge binary.
+    start("xchanger", [BIN, "simulate", "xchanger-cloud", "--listen", f"127.0.0.1:{p['xc']}",
+                       "--app-key", "ha-suite-key"], logs)
+    start("iauto360", [BIN, "simulate", "iauto360-platform", "--listen", f"127.0.0.1:{p['ia']}",
+                       "--push-url", f"http://127.0.0.1:{p['push']}/iauto360/events"], logs)
+    devices = subprocess.run([BIN, "simulate", "kingxun", "--devices", "1", "--key-seed", "7",
+                              "--print-config"], capture_output=True, text=True, check=True).stdout
+    state_dir = os.path.join(work, "state")
+    config = os.path.join(work, "config.toml")
+    with open(config, "w") as f:
+        f.write(f"""[mqtt]
+url = "mqtt://127.0.0.1:{p['mqtt']}"
+base_topic = "{BASE}"
+[bridge]
+state_dir = "{state_dir}"
+command_pin = "{PIN}"
+command_timeout = "30s"
+log_level = "info"
+[kingxun]
+enabled = true
+listen = "127.0.0.1:{p['kx']}"
+{devices}
+[exlive]
+enabled = true
+listen = "127.0.0.1:{p['ex']}"
+[[exlive.accounts]]
+name = "fleet"
+password = "change-me"
+[[exlive.commands]]
+name = "locate"
+data = "WHERE#"
+[xchanger]
+enabled = true
+base_url = "http://127.0.0.1:{p['xc']}"
+auth_base_url = "http://127.0.0.1:{p['xc']}"
+username = "driver@example.com"
+password = "correct horse"
+app_key = "ha-suite-key"
+poll_interval = "10s"
+[iauto360]
+enabled = true
+base_url = "http://127.0.0.1:{p['ia']}"
+open_id = "OPEN123"
+secure_code = "SECRETcode"
+push_listen = "127.0.0.1:{p['push']}"
+poll_interval = "10s"
+[[iauto360.devices]]
+esn = "865432100012345"
+name = "Family car"
+""")
+    bridge = start("bridge", [BIN, "--config", config, "run"], logs)
+    wait_port(p["kx"])
+    kx = start("kingxun-sim", [BIN, "simulate", "kingxun", "--server", f"127.0.0.1:{p['kx']}",
+                               "--devices", "1", "--key-seed", "7", "--interval", "2s"], logs)
+    ex = start("exlive-sim", [BIN, "simulate", "exlive", "--server", f"127.0.0.1:{p['ex']}",
+                              "--links", "1", "--rate", "0.5", "--first-id", "7001"], logs)
+
+    # Home Assistant, from scratch.
+    ha_dir = os.path.join(work, "ha")
+    os.makedirs(ha_dir)
+    with open(os.path.join(ha_dir, "configuration.yaml"), "w") as f:
+        f.write(f"""homeassistant:
+  name: vehicle2mqtt suite
+  latitude: 31.2304
+  longitude: 121.4737
+  elevation: 0
+  unit_system: metric
+  time_zone: UTC
+  country: CN
+  currency: CNY
+http:
+  server_host: 127.0.0.1
+  server_port: {p['ha']}
+api:
+config:
+onboarding:
+logger:
+  default: warning
+  logs:
+    homeassistant.components.mqtt: info
+    homeassistant.helpers.entity_registry: info
+""")
+    ha_log = os.path.join(ha_dir, "home-assistant.log")
+    hass = start("hass", [sys.executable, "-m", "homeassistant", "-c", ha_dir, "--log-file", ha_log], logs)
+    wait_port(p["ha"], 300)
+    print(f"home assistant up after {time.time() - started:.0f} s", flush=True)
+
+    async with aiohttp.ClientSession() as session:
+        ha = HA(p["ha"], session)
+        await until("onboarding API", lambda: _ok(session, ha.url + "/api/onboarding"), 120)
+        await ha.onboard()
+        await ha.add_mqtt(p["mqtt"])
+
+        kx_lock = "lock.sim_scooter_1001_lock"
+        kx_battery = "sensor.sim_scooter_1001_battery_level"
+        kx_tracker = "device_tracker.sim_scooter_1001_location"
+        ia_lock = "lock.family_car_lock"
+        expected = {
+            kx_lock: (None, None),
+            kx_battery: ("battery", "%"),
+            kx_tracker: (None, None),
+            "binary_sensor.sim_scooter_1001_connected": ("connectivity", None),
+            "select.sim_scooter_1001_guard_power": (None, None),
+            "number.sim_scooter_1001_max_speed": ("speed", "km/h"),
+            "event.sim_scooter_1001_events": (None, None),
+            "sensor.sim_scooter_1001_odometer": ("distance", "km"),
+            "device_tracker.ex7001_location": (None, None),
+            "button.ex7001_cmd_locate": (None, None),
+            ia_lock: (None, None),
+            "device_tracker.family_car_location": (None, None),
+            f"sensor.{BASE}_bridge_pin_failures": (None, None),
+            f"button.{BASE}_bridge_purge": (None, None),
+        }
+
+        async def xchanger_lock():
+            reg = await ha.registry()
+            return next((e for e in reg if e.startswith("lock.") and e not in (kx_lock, ia_lock)), None)
+        xc_lock = await until("the xchanger car's lock", xchanger_lock, 120)
+        prefix = xc_lock[len("lock."):-len("_lock")]
+        xc_engine, xc_pin = f"switch.{prefix}_engine", f"text.{prefix}_pin"
+        expected[xc_engine] = (None, None)
+        expected[xc_pin] = (None, None)
+        expected[f"sensor.{prefix}_odometer"] = ("distance", "km")
+
+        async def all_there():
+            reg = await ha.registry()
+            return reg if all(e in reg for e in expected) else None
+        try:
+            reg = await until("every expected entity", all_there, 120)
+        except AssertionError:
+            reg = await ha.registry()
+            raise AssertionError(f"missing: {[e for e in expected if e not in reg]}")
+        print(f"{len(reg)} MQTT entities in the registry", flush=True)
+        for entity, (device_class, unit) in expected.items():
+            st = await until(f"{entity} state", lambda: ha.state(entity), 30)
+            attrs = st["attributes"]
+            assert attrs.get("device_class") == device_class, (entity, attrs)
+            assert attrs.get("unit_of_measurement") == unit, (entity, attrs)
+
+        # Lock without a code; unlock with the PIN; a wrong PIN changes nothing.
+        await until("kingxun lock state", lambda: _state_in(ha, kx_lock, ("locked", "unlocked")), 60)
+        r = await ha.service("lock", "lock", kx_lock)
+        assert r["success"], r
+        await until("kingxun locked", lambda: _state_in(ha, kx_lock, ("locked",)), 30)
+        r = await ha.service("lock", "unlock", kx_lock, code="0000")
+        assert r["success"], r
+        await asyncio.sleep(3)
+        assert (await ha.state(kx_lock))["state"] == "locked", "a wrong PIN unlocked"
+        r = await ha.service("lock", "unlock", kx_lock, code=PIN)
+        assert r["success"], r
+        await until("kingxun unlocked", lambda: _state_in(ha, kx_lock, ("unlocked",)), 30)
+        await until("wrong PIN counted",
+                            lambda: _state_in(ha, f"sensor.{BASE}_bridge_pin_failures", ("1",)), 20)
+        print("lock/unlock with PIN ok", flush=True)
+
+        # Engine start from the UI: PIN into the Command PIN text, then the switch.
+        await until("xchanger engine state", lambda: _state_in(ha, xc_engine, ("off", "on")), 60)
+        r = await ha.service("text", "set_value", xc_pin, value=PIN)
+        assert r["success"], r
+        pin_state = await ha.state(xc_pin)
+        assert PIN not in json.dumps(pin_state), "the PIN shows in HA's state"
+        r = await ha.service("switch", "turn_on", xc_engine)
+        assert r["success"], r
+        await until("engine running", lambda: _state_in(ha, xc_engine, ("on",)), 60)
+        print("engine start with PIN ok", flush=True)
+
+        # Rename the battery sensor as a user would.
+        renamed = "sensor.my_scooter_battery"
+        r = await ha.call({"type": "config/entity_registry/update", "entity_id": kx_battery,
+                           "new_entity_id": renamed, "name": "My scooter battery", "icon": "mdi:scooter"})
+        assert r["success"], r
+
+        # The link drops: the tracker keeps its position, `connected` goes off.
+        before = await until("tracker position", lambda: _has_position(ha, kx_tracker), 30)
+        stop(kx)
+        await until("connected off", lambda: _state_in(
+            ha, "binary_sensor.sim_scooter_1001_connected", ("off",)), 60)
+        after = await ha.state(kx_tracker)
+        assert after["state"] != "unavailable", after
+        assert after["attributes"].get("latitude") == before["attributes"]["latitude"], after
+        assert (await ha.state(renamed))["state"] not in ("unavailable", "unknown")
+        print("tracker keeps its position while the link is down", flush=True)
+
+        # Bridge restart while every vehicle is silent (devices and clouds stopped).
+        stop(ex)
+        count_before = len(await ha.registry())
+        removals_before = len(removals(ha_log))
+        stop(bridge)
+        for proc in list(PROCS):
+            if proc.args[1:3] in (["simulate", "xchanger-cloud"], ["simulate", "iauto360-platform"]):
+                stop(proc)
+        version = f"sensor.{BASE}_bridge_version"
+        await until("bridge offline", lambda: _state_in(ha, version, ("unavailable",)), 30)
+        bridge = start("bridge", [BIN, "--config", config, "run"], logs)
+        await until("bridge online", lambda: _available(ha, version), 60)
+        await asyncio.sleep(10)
+        reg = await ha.registry()
+        assert renamed in reg, "the renamed entity is gone"
+        assert reg[renamed]["name"] == "My scooter battery", reg[renamed]
+        assert kx_battery not in reg, "the old id came back"
+        assert len(reg) == count_before, (count_before, len(reg))
+        new_removals = removals(ha_log)[removals_before:]
+        assert not new_removals, new_removals
+        st = await ha.state(renamed)
+        assert st["state"] not in ("unavailable", "unknown"), st
+        tracker = await ha.state(kx_tracker)
+        assert tracker["attributes"].get("latitude") == before["attributes"]["latitude"], tracker
+        print(f"restart: {len(reg)} entities kept, 0 removed, rename kept", flush=True)
+
+        problems = mqtt_log_problems(ha_log)
+        assert not problems, "\n".join(problems)
+        print(f"HA log: 0 MQTT warnings or errors; {len(reg)} entities; "
+              f"suite took {time.time() - started:.0f} s", flush=True)
+
+
+async def _available(ha, entity):
+    st = await ha.state(entity)
+    return st if st and st["state"] not in ("unavailable", "unknown") else None
+
+
+async def _ok(session, url):
+    try:
+        async with session.get(url) as r:
+            return r.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+async def _state_in(ha, entity, states):
+    st = await ha.state(entity)
+    return st if st and st["state"] in states else None
+
+
+async def _has_position(ha, entity):
+    st = await ha.state(entity)
+    return st if st and st["attributes"].get("latitude") is not None else None
+
+
+if __name__ == "__main__":
+    code = 0
+    try:
+        asyncio.run(main())
+        print("HA suite passed")
+    except BaseException as e:  # noqa: BLE001 - report, clean up, fail
+        import traceback
+        traceback.print_exc()
+        code = 1
+    finally:
+        for proc in PROCS:
+            stop(proc, wait=10)
+        if code:
+            # The tails of the logs, for whoever reads CI.
+            for root, _, files in os.walk(WORK):
+                for name in files:
+                    if name.endswith(".log"):
+                        path = os.path.join(root, name)
+                        with open(path, errors="replace") as f:
+                            tail = f.readlines()[-25:]
+                        print(f"---- {path} (last {len(tail)} lines)")
+                        print("".join(tail))
+    sys.exit(code)
