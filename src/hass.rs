@@ -111,6 +111,16 @@ impl Shape {
     }
 }
 
+/// Decimals worth showing per unit: upstreams send floats like 12345.600000001.
+fn display_precision(unit: &str) -> Option<u8> {
+    match unit {
+        "km" | "°C" | "L" | "L/100km" | "A" | "MiB" => Some(1),
+        "V" => Some(2),
+        "km/h" | "%" | "kPa" | "m" | "min" | "d" | "rpm" | "°" => Some(0),
+        _ => None,
+    }
+}
+
 /// Whether an entity keeps showing its last value while the vehicle is unreachable
 /// (availability follows the bridge only). Live readings (speed, rpm, ...) and controls
 /// that need the link go unavailable instead.
@@ -341,6 +351,9 @@ impl VehicleDiscovery<'_> {
         }
         if let Some(unit) = spec.unit {
             m.insert("unit_of_measurement".into(), unit.into());
+            if let Some(digits) = display_precision(unit) {
+                m.insert("suggested_display_precision".into(), digits.into());
+            }
         }
         if let Some(sc) = spec.state_class {
             m.insert("state_class".into(), sc.into());
@@ -698,6 +711,7 @@ mod tests {
         assert_eq!(c["device_class"], "distance");
         assert_eq!(c["unit_of_measurement"], "km");
         assert_eq!(c["state_class"], "total_increasing");
+        assert_eq!(c["suggested_display_precision"], 1);
         // An odometer keeps its last value while the vehicle is away.
         assert_eq!(c["availability_topic"], "v2m/bridge/state");
         assert!(c.get("availability").is_none());
@@ -751,6 +765,44 @@ mod tests {
             assert_eq!(lock.config.get("code_format").is_some(), pin);
             assert_eq!(lock.config["state_unlocking"], "UNLOCKING");
         }
+    }
+
+    #[test]
+    fn named_vehicles_name_their_entity_ids_and_heading_has_no_statistics() {
+        let topics = Topics::new("v2m", "homeassistant");
+        let mut info = info(vec![]);
+        info.name = "My Blue Scooter!".into();
+        info.custom_name = true;
+        let d = VehicleDiscovery {
+            topics: &topics,
+            info: &info,
+            pin_required: false,
+        };
+        let mut state = VehicleState::default();
+        state.set(Field::Heading, 359i64);
+        let entities = d.entities(&Shape::of(&state));
+        let heading = entities.iter().find(|e| e.key == "heading").unwrap();
+        assert_eq!(heading.config["object_id"], "my_blue_scooter_heading");
+        assert_eq!(
+            heading.config["default_entity_id"],
+            "sensor.my_blue_scooter_heading"
+        );
+        // unique_id stays on the vehicle id: renaming the vehicle keeps the entity.
+        assert_eq!(heading.config["unique_id"], "v2m_kx42_heading");
+        assert!(
+            heading.config.get("state_class").is_none(),
+            "359° and 1° must not average to 180°"
+        );
+        assert_eq!(heading.config["device"]["serial_number"], "42");
+        // A name without a usable slug (e.g. all Chinese) falls back to the id.
+        info.name = "小蓝".into();
+        let d = VehicleDiscovery {
+            topics: &topics,
+            info: &info,
+            pin_required: false,
+        };
+        let e = d.entities(&Shape::of(&state));
+        assert_eq!(e[0].config["object_id"], "kx42_heading");
     }
 
     #[test]

@@ -1345,3 +1345,42 @@ async fn staleness_follows_the_vehicles_own_clock_and_nothing_flaps_at_start() {
         .await;
     bridge.stop().await;
 }
+
+/// `forget_absent_entities_after`: a field the vehicle keeps not reporting, while it
+/// reports everything else, loses its entity; the rest stay.
+#[tokio::test]
+async fn absent_fields_are_forgotten_only_when_configured() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(&broker.url(), dir.path());
+    config.bridge.stale_after = Duration::from_secs(2);
+    config.bridge.forget_absent_entities_after = Duration::from_secs(1);
+    let base = config.mqtt.base_topic.clone();
+    let probe = Probe::connect(broker.port, &[&format!("homeassistant/+/{base}/+/config")]).await;
+    let bridge = RunningBridge::start(config).await;
+    announce(&bridge, scooter(vec![]), sample_state()).await;
+    let battery = format!("homeassistant/sensor/{base}/kx1001_battery_level/config");
+    probe.wait_topic(&battery, T).await;
+    let vid = VehicleId::new("kx1001").unwrap();
+    let mut less = sample_state();
+    less.values.remove(&Field::BatteryLevel);
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        send_state(&bridge, vid.clone(), less.clone(), false).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let removal = probe
+        .wait_for("battery forgotten", T, |m| {
+            m.topic == battery && m.payload.is_empty()
+        })
+        .await;
+    assert!(removal.payload.is_empty());
+    let emptied: Vec<String> = probe
+        .messages()
+        .iter()
+        .filter(|m| m.payload.is_empty())
+        .map(|m| m.topic.clone())
+        .collect();
+    assert_eq!(emptied, vec![battery], "only the absent field goes");
+    bridge.stop().await;
+}

@@ -843,3 +843,68 @@ fn check_config_refuses_topics_that_brokers_or_filters_misread() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Issue #12: a restart keeps every entity of a configured device that has not linked
+/// (it used to remove them until the device reported), and only a device removed from
+/// the config loses its entities. The real binary, twice, against one mosquitto.
+#[tokio::test]
+async fn a_restart_removes_only_the_entities_of_devices_removed_from_the_config() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("rm{}", rand::random::<u32>());
+    let kx_port = common::free_port();
+    let devices = |ids: &[u32]| -> String {
+        ids.iter()
+            .map(|id| format!("{{id={id},key=\"{}\"}}", "ab".repeat(16)))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let run = |ids: &[u32]| {
+        let child = against(&broker, dir.path(), &base)
+            .env("V2M_KINGXUN__ENABLED", "true")
+            .env("V2M_KINGXUN__LISTEN", format!("127.0.0.1:{kx_port}"))
+            .env("V2M_KINGXUN__DEVICES", format!("[{}]", devices(ids)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn vehicle2mqtt");
+        KillOnDrop(child)
+    };
+    let probe = Probe::connect(broker.port, &[&format!("homeassistant/+/{base}/+/config")]).await;
+    let lock = |id: u32| format!("homeassistant/lock/{base}/kx{id}_lock/config");
+    let mut first = run(&[1001, 1002]);
+    probe.wait_topic(&lock(1001), T).await;
+    probe.wait_topic(&lock(1002), T).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(&first, 15);
+    assert!(wait_exit(&mut first, T).await.success());
+    let kx1002: Vec<String> = probe
+        .messages()
+        .iter()
+        .filter(|m| m.topic.contains("/kx1002_") && !m.payload.is_empty())
+        .map(|m| m.topic.clone())
+        .collect();
+    assert!(kx1002.len() >= 3, "{kx1002:?}");
+
+    probe.clear();
+    let mut second = run(&[1001]);
+    probe
+        .wait_for("kx1002's lock removed", T, |m| {
+            m.topic == lock(1002) && m.payload.is_empty()
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let emptied: std::collections::BTreeSet<String> = probe
+        .messages()
+        .iter()
+        .filter(|m| m.payload.is_empty())
+        .map(|m| m.topic.clone())
+        .collect();
+    assert!(
+        emptied.iter().all(|t| t.contains("/kx1002_")),
+        "only kx1002 loses entities: {emptied:?}"
+    );
+    assert_eq!(emptied, kx1002.into_iter().collect(), "all of kx1002's go");
+    signal(&second, 15);
+    assert!(wait_exit(&mut second, T).await.success());
+}

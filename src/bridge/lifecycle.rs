@@ -126,7 +126,7 @@ impl Hub {
                 }
             }
             if v.discovery != wanted {
-                v.dirty = true;
+                v.entities_dirty = true;
             }
             v.discovery = wanted;
             v.built_from = Some(current);
@@ -245,7 +245,7 @@ impl Hub {
         }
         let before = v.discovery.len();
         v.shape = v.reported_this_run.clone();
-        v.dirty = true;
+        v.entities_dirty = true;
         self.sync_discovery(id, false);
         before.saturating_sub(self.vehicles.get(id).map_or(0, |v| v.discovery.len()))
     }
@@ -282,6 +282,9 @@ impl Hub {
                 v.shape.fields.remove(f);
                 v.reported_this_run.fields.remove(f);
                 v.field_times.remove(f);
+                v.state.values.remove(f);
+                v.state.cleared.remove(f);
+                v.dirty = true;
             }
             changed.push(id.clone());
         }
@@ -290,9 +293,10 @@ impl Hub {
         }
     }
 
-    /// Writes the records of vehicles that changed (off the hub's task), and removes
-    /// those of vehicles that were forgotten.
-    pub(super) fn persist(&mut self) {
+    /// Writes the records of vehicles whose entities changed, and with `all` of those
+    /// whose state changed (off the hub's task: an SD card is slow), and removes those of
+    /// vehicles that were forgotten. States alone are written rarely to spare flash.
+    pub(super) fn persist(&mut self, all: bool) {
         if !self.config.bridge.remember_vehicles
             || self.persisting.as_ref().is_some_and(|h| !h.is_finished())
         {
@@ -300,8 +304,10 @@ impl Hub {
         }
         let mut batch: Vec<(VehicleId, Option<Vec<u8>>)> =
             self.forgotten.drain(..).map(|id| (id, None)).collect();
-        for (id, v) in self.vehicles.iter_mut().filter(|(_, v)| v.dirty) {
+        let due = |v: &Vehicle| v.entities_dirty || (all && v.dirty);
+        for (id, v) in self.vehicles.iter_mut().filter(|(_, v)| due(v)) {
             v.dirty = false;
+            v.entities_dirty = false;
             let record = store::Record {
                 connector: self.connectors[v.owner].name.to_string(),
                 discovery: v.discovery.clone(),

@@ -39,8 +39,11 @@ const CONNECTOR_COMMAND_QUEUE: usize = 64;
 const RETRY_QUEUE: usize = 50_000;
 /// How often messages that found MQTT busy are retried.
 const RETRY_EVERY: Duration = Duration::from_millis(50);
-/// How often changed vehicle records are written to `state_dir` (and at shutdown).
+/// How often vehicle records whose entities changed are written to `state_dir`.
 const PERSIST_EVERY: Duration = Duration::from_secs(15);
+/// Every this many persist ticks (5 min), changed states are written too (and always
+/// at shutdown): a scooter reporting every 5 s must not wear out an SD card.
+const PERSIST_STATES_EVERY: u32 = 20;
 /// How long a PIN entered in HA's `Command PIN` text stays good for one command.
 const PIN_ARMED_FOR: Duration = Duration::from_secs(30);
 
@@ -84,8 +87,10 @@ struct Vehicle {
     shape: hass::Shape,
     /// The shape and info discovery was last built from.
     built_from: Option<(hass::Shape, VehicleInfo)>,
-    /// The record in `state_dir` is behind.
+    /// The state in its `state_dir` record is behind.
     dirty: bool,
+    /// The entities in its record are behind (written at the next persist tick).
+    entities_dirty: bool,
     /// A PIN entered in HA's `Command PIN` text, valid for one command until then.
     armed_pin: Option<std::time::Instant>,
     /// Per-field topic → payload, as last published (only with `per_field_topics`).
@@ -114,6 +119,7 @@ impl Vehicle {
             shape: hass::Shape::default(),
             built_from: None,
             dirty: false,
+            entities_dirty: false,
             armed_pin: None,
             field_payloads: BTreeMap::new(),
             pending_lock: None,
@@ -303,6 +309,7 @@ pub async fn run(
     let mut info_tick = tokio::time::interval(Duration::from_secs(1));
     let mut alive_tick = tokio::time::interval(crate::state_dir::ALIVE_EVERY);
     let mut persist_tick = tokio::time::interval(PERSIST_EVERY);
+    let mut persist_ticks = 0u32;
 
     loop {
         tokio::select! {
@@ -336,7 +343,10 @@ pub async fn run(
                 hub.check_stale();
                 hub.forget_absent_fields();
             }
-            _ = persist_tick.tick() => hub.persist(),
+            _ = persist_tick.tick() => {
+                persist_ticks = persist_ticks.wrapping_add(1);
+                hub.persist(persist_ticks % PERSIST_STATES_EVERY == 0);
+            }
             _ = info_tick.tick() => {
                 hub.flush_info();
                 hub.update_snapshot();
@@ -353,7 +363,7 @@ pub async fn run(
     if let Some(writing) = hub.persisting.take() {
         let _ = writing.await;
     }
-    hub.persist();
+    hub.persist(true);
     if let Some(writing) = hub.persisting.take() {
         let _ = writing.await;
     }
@@ -455,7 +465,9 @@ impl Hub {
                     v.field_times.insert(*field, reported);
                 }
                 v.reported_this_run.absorb(&state);
-                v.shape.absorb(&state);
+                if v.shape.absorb(&state) {
+                    v.entities_dirty = true;
+                }
                 if replace {
                     // Fields absent now show "unknown"; their entities stay (see
                     // `lifecycle`), and so does the last known position.

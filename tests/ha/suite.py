@@ -341,6 +341,9 @@ logger:
         assert r["success"], r
         await asyncio.sleep(3)
         assert (await ha.state(kx_lock))["state"] == "locked", "a wrong PIN unlocked"
+        result = await ha.state("event.sim_scooter_1001_command_result")
+        assert result["attributes"].get("event_type") == "rejected", result
+        assert result["attributes"].get("reason") == "wrong or missing PIN", result
         r = await ha.service("lock", "unlock", kx_lock, code=PIN)
         assert r["success"], r
         await until("kingxun unlocked", lambda: _state_in(ha, kx_lock, ("unlocked",)), 30)
@@ -404,7 +407,27 @@ logger:
 
         problems = mqtt_log_problems(ha_log)
         assert not problems, "\n".join(problems)
-        print(f"HA log: 0 MQTT warnings or errors; {len(reg)} entities; "
+        entities = len(reg)
+
+        # Home Assistant restarts: its birth message brings discovery back at once.
+        await ha.ws.close()
+        stop(hass)
+        os.rename(ha_log, ha_log + ".first")
+        hass = start("hass", [sys.executable, "-m", "homeassistant", "-c", ha_dir, "--log-file", ha_log], logs)
+        wait_port(p["ha"], 300)
+        ha.ws = await session.ws_connect(ha.url + "/api/websocket")
+        assert (await ha.ws.receive_json())["type"] == "auth_required"
+        await ha.ws.send_json({"type": "auth", "access_token": ha.token})
+        assert (await ha.ws.receive_json())["type"] == "auth_ok"
+        await until("renamed entity back", lambda: _available(ha, renamed), 60)
+        await until("tracker back", lambda: _has_position(ha, kx_tracker), 60)
+        await asyncio.sleep(5)
+        reg = await ha.registry()
+        assert len(reg) == entities and renamed in reg, (entities, len(reg))
+        problems = mqtt_log_problems(ha_log) + removals(ha_log)
+        assert not problems, "\n".join(problems)
+        print(f"HA restart: {len(reg)} entities, renamed one kept", flush=True)
+        print(f"HA log: 0 MQTT warnings or errors, 0 removals; {entities} entities; "
               f"suite took {time.time() - started:.0f} s", flush=True)
 
 
