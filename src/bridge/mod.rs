@@ -345,7 +345,7 @@ pub async fn run(
             }
             _ = persist_tick.tick() => {
                 persist_ticks = persist_ticks.wrapping_add(1);
-                hub.persist(persist_ticks % PERSIST_STATES_EVERY == 0);
+                hub.persist(persist_ticks.is_multiple_of(PERSIST_STATES_EVERY));
             }
             _ = info_tick.tick() => {
                 hub.flush_info();
