@@ -54,6 +54,9 @@ pub enum Update {
     },
     /// The upstream's view of whether the vehicle is reachable.
     Availability { vehicle: VehicleId, online: bool },
+    /// Every vehicle the upstream account has now (a cloud's vehicle list): a vehicle of
+    /// this connector missing here has left the account, and its entities go.
+    Roster(Vec<VehicleId>),
     Event {
         vehicle: VehicleId,
         event: VehicleEvent,

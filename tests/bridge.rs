@@ -1384,3 +1384,58 @@ async fn absent_fields_are_forgotten_only_when_configured() {
     assert_eq!(emptied, vec![battery], "only the absent field goes");
     bridge.stop().await;
 }
+
+/// A cloud account's vehicle list (`Update::Roster`): a car no longer on it has left the
+/// account (sold, unbound) and its entities, state and availability go; the others stay.
+#[tokio::test]
+async fn a_vehicle_that_left_the_account_is_removed() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::test_config(&broker.url(), dir.path());
+    let base = config.mqtt.base_topic.clone();
+    let probe = Probe::connect(
+        broker.port,
+        &[
+            &format!("homeassistant/+/{base}/+/config"),
+            &format!("{base}/+/state"),
+        ],
+    )
+    .await;
+    let bridge = RunningBridge::start(config).await;
+    for id in ["car1", "car2"] {
+        let mut info = scooter(vec![Capability::Lock]);
+        info.id = VehicleId::new(id).unwrap();
+        announce(&bridge, info, sample_state()).await;
+    }
+    probe
+        .wait_topic(&format!("homeassistant/lock/{base}/car2_lock/config"), T)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let car2: std::collections::BTreeSet<String> = probe
+        .messages()
+        .iter()
+        .filter(|m| m.topic.contains("car2") && m.topic.ends_with("/config"))
+        .map(|m| m.topic.clone())
+        .collect();
+    probe.clear();
+    bridge
+        .ctx
+        .updates
+        .send(Update::Roster(vec![VehicleId::new("car1").unwrap()]))
+        .await
+        .unwrap();
+    probe
+        .wait_for("car2's state cleared", T, |m| {
+            m.topic == format!("{base}/car2/state") && m.payload.is_empty()
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let emptied: std::collections::BTreeSet<String> = probe
+        .messages()
+        .iter()
+        .filter(|m| m.payload.is_empty() && m.topic.ends_with("/config"))
+        .map(|m| m.topic.clone())
+        .collect();
+    assert_eq!(emptied, car2, "all of car2's entities, nothing of car1's");
+    bridge.stop().await;
+}

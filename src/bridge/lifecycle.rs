@@ -226,28 +226,51 @@ impl Hub {
             return 0;
         };
         if v.reported_this_run == hass::Shape::default() && !v.info_known {
-            let Some(v) = self.vehicles.remove(id) else {
-                return 0;
-            };
-            let n = v.discovery.len();
-            for topic in v.discovery.into_keys() {
-                self.send(topic, Vec::new(), true);
-            }
-            self.send(self.topics.vehicle(id.as_str(), "state"), Vec::new(), true);
-            self.send(
-                self.topics.vehicle(id.as_str(), "availability"),
-                Vec::new(),
-                true,
-            );
-            self.forgotten.push(id.clone());
-            self.info_dirty = true;
-            return n;
+            return self.forget_vehicle(id);
         }
         let before = v.discovery.len();
         v.shape = v.reported_this_run.clone();
         v.entities_dirty = true;
         self.sync_discovery(id, false);
         before.saturating_sub(self.vehicles.get(id).map_or(0, |v| v.discovery.len()))
+    }
+
+    /// Removes a vehicle: its entities, its retained state and availability, its record.
+    /// Returns the number of entities removed.
+    fn forget_vehicle(&mut self, id: &VehicleId) -> usize {
+        let Some(v) = self.vehicles.remove(id) else {
+            return 0;
+        };
+        let n = v.discovery.len();
+        for topic in v.discovery.into_keys() {
+            self.send(topic, Vec::new(), true);
+        }
+        self.send(self.topics.vehicle(id.as_str(), "state"), Vec::new(), true);
+        self.send(
+            self.topics.vehicle(id.as_str(), "availability"),
+            Vec::new(),
+            true,
+        );
+        self.unsent_states.remove(id);
+        self.forgotten.push(id.clone());
+        self.info_dirty = true;
+        n
+    }
+
+    /// A connector's full vehicle list: its vehicles missing from it left the account.
+    pub(super) fn on_roster(&mut self, owner: usize, vehicles: Vec<VehicleId>) {
+        let keep: HashSet<VehicleId> = vehicles.into_iter().collect();
+        let gone: Vec<VehicleId> = self
+            .vehicles
+            .iter()
+            .filter(|(id, v)| v.owner == owner && !keep.contains(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            let removed = self.forget_vehicle(&id);
+            tracing::info!(event = "vehicle_removed", vehicle = %id, connector = self.connectors[owner].name, removed,
+                "vehicle left the upstream account; its entities are removed");
+        }
     }
 
     /// With `forget_absent_entities_after`, a field the vehicle has not reported for that

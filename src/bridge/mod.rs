@@ -506,6 +506,7 @@ impl Hub {
                 }
             }
             Update::Event { vehicle, event } => self.publish_event(&vehicle, event),
+            Update::Roster(vehicles) => self.on_roster(owner, vehicles),
             Update::Counters(counters) => {
                 self.connectors[owner].counters = counters;
                 self.info_dirty = true;

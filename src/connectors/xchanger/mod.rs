@@ -84,6 +84,12 @@ impl Connector for XchangerConnector {
         "xchanger"
     }
 
+    /// With `vins` set, those are the cars; else the account's list says (a roster).
+    fn configured_vehicles(&self) -> Option<Vec<VehicleId>> {
+        let vins = &self.config.vins;
+        (!vins.is_empty()).then(|| vins.iter().filter_map(|v| VehicleId::new(v)).collect())
+    }
+
     fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {
         Box::pin(async move {
             crate::connectors::warn_if_plain_http("xchanger", &self.config.base_url());
