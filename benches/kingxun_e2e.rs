@@ -96,7 +96,7 @@ fn main() {
             dir.path(),
             mqtt_port,
             "bench-kx",
-            &format!("[kingxun]\nenabled = true\nlisten = \"127.0.0.1:{kx_port}\"\nmax_links = 20000\n\n{devices}"),
+            &format!("[kingxun]\nenabled = true\nlisten = \"127.0.0.1:{kx_port}\"\nmax_links = 20000\nmax_links_per_address = 20000\n\n{devices}"),
         );
         let pid = bridge.0.id();
         assert!(common::wait_port_async(kx_port, Duration::from_secs(20)).await);

@@ -337,13 +337,14 @@ logger:
         r = await ha.service("lock", "lock", kx_lock)
         assert r["success"], r
         await until("kingxun locked", lambda: _state_in(ha, kx_lock, ("locked",)), 30)
+        result_entity = "event.sim_scooter_1001_command_result"
+        await until("lock succeeded", lambda: _event(ha, result_entity, "succeeded", "lock"), 30)
         r = await ha.service("lock", "unlock", kx_lock, code="0000")
         assert r["success"], r
-        await asyncio.sleep(3)
-        assert (await ha.state(kx_lock))["state"] == "locked", "a wrong PIN unlocked"
-        result = await ha.state("event.sim_scooter_1001_command_result")
-        assert result["attributes"].get("event_type") == "rejected", result
+        result = await until("wrong PIN event", lambda: _event(ha, result_entity, "rejected", "unlock"), 30)
         assert result["attributes"].get("reason") == "wrong or missing PIN", result
+        await asyncio.sleep(2)
+        assert (await ha.state(kx_lock))["state"] == "locked", "a wrong PIN unlocked"
         r = await ha.service("lock", "unlock", kx_lock, code=PIN)
         assert r["success"], r
         await until("kingxun unlocked", lambda: _state_in(ha, kx_lock, ("unlocked",)), 30)
@@ -447,6 +448,12 @@ async def _ok(session, url):
 async def _state_in(ha, entity, states):
     st = await ha.state(entity)
     return st if st and st["state"] in states else None
+
+
+async def _event(ha, entity, event_type, command):
+    st = await ha.state(entity)
+    a = st["attributes"] if st else {}
+    return st if a.get("event_type") == event_type and a.get("command") == command else None
 
 
 async def _has_position(ha, entity):
