@@ -182,6 +182,58 @@ pub struct MqttConfig {
     pub ca_file: Option<PathBuf>,
     /// Capacity of the outgoing publish queue; past it, publishes are dropped and counted.
     pub queue_capacity: usize,
+    /// MQTT protocol version: "auto" (5, falling back to 3.1.1 for a broker that refuses
+    /// it), "5" or "3.1.1". The embedded broker speaks 3.1.1.
+    pub protocol: MqttProtocol,
+}
+
+/// Which MQTT version the client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum MqttProtocol {
+    #[serde(rename = "auto")]
+    Auto,
+    #[serde(rename = "5")]
+    V5,
+    #[serde(rename = "3.1.1")]
+    V311,
+}
+
+impl MqttProtocol {
+    fn parse(s: &str) -> Option<MqttProtocol> {
+        match s.trim() {
+            "auto" => Some(MqttProtocol::Auto),
+            "5" | "5.0" | "v5" => Some(MqttProtocol::V5),
+            "3.1.1" | "311" | "v3.1.1" | "4" => Some(MqttProtocol::V311),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MqttProtocol {
+    /// Text or a bare number (`protocol = 5` in TOML, `V2M_MQTT__PROTOCOL=5`).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<MqttProtocol, D::Error> {
+        struct Version;
+        impl serde::de::Visitor<'_> for Version {
+            type Value = MqttProtocol;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"auto\", \"5\" or \"3.1.1\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MqttProtocol, E> {
+                MqttProtocol::parse(v)
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<MqttProtocol, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<MqttProtocol, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<MqttProtocol, E> {
+                self.visit_str(&v.to_string())
+            }
+        }
+        d.deserialize_any(Version)
+    }
 }
 
 impl Default for MqttConfig {
@@ -201,6 +253,7 @@ impl Default for MqttConfig {
             per_field_booleans: BoolFormat::OnOff,
             ca_file: None,
             queue_capacity: 1_000,
+            protocol: MqttProtocol::Auto,
         }
     }
 }

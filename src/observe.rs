@@ -42,6 +42,8 @@ pub struct Snapshot {
     pub mqtt_reconnects: u64,
     pub mqtt_subscribe_refused: u64,
     pub mqtt_oversized_incoming: u64,
+    /// 5 (MQTT 5), 4 (3.1.1), 0 before the first connection.
+    pub mqtt_protocol: u64,
     /// The broker refused one of the bridge's subscriptions since it last subscribed.
     pub subscription_refused: bool,
 }
@@ -131,6 +133,11 @@ impl Snapshot {
             "mqtt_oversized_incoming",
             "Connections ended by an incoming message over the size limit",
             counter(self.mqtt_oversized_incoming),
+        );
+        registry.register(
+            "mqtt_protocol",
+            "MQTT protocol level in use: 5, or 4 for 3.1.1 (0 before the first connection)",
+            gauge(self.mqtt_protocol as i64),
         );
         registry.register("vehicles", "Vehicles known", gauge(self.vehicles as i64));
         registry.register(

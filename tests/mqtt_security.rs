@@ -228,7 +228,8 @@ async fn two_bridges_with_the_default_client_id_both_stay_connected() {
 /// subscription (it checks reads, not subscribes: eclipse/mosquitto#803; only an auth
 /// plugin can, as its own test `auth_plugin_acl_sub_denied.c` does). It speaks just what
 /// the bridge sends: CONNECT → CONNACK (§3.2), SUBSCRIBE → SUBACK (§3.9), PUBLISH QoS 1 →
-/// PUBACK (§3.4), PINGREQ → PINGRESP (§3.13).
+/// PUBACK (§3.4), PINGREQ → PINGRESP (§3.13). Being 3.1.1 only, it refuses the bridge's
+/// first, MQTT 5, CONNECT: the test also proves the fallback to 3.1.1.
 async fn refusing_broker(
     refuse: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> (u16, tokio::task::JoinHandle<()>) {
@@ -258,6 +259,13 @@ async fn refusing_broker(
                         return;
                     }
                     let answer: Vec<u8> = match kind >> 4 {
+                        // A 3.1.1 broker refuses another protocol level (byte 6 of the
+                        // CONNECT variable header) with return code 1 and closes
+                        // (§3.1.2.2): the bridge's MQTT 5 attempt falls back to 3.1.1.
+                        1 if body.get(6) != Some(&4) => {
+                            let _ = s.write_all(&[0x20, 2, 0, 1]).await;
+                            return;
+                        }
                         1 => vec![0x20, 2, 0, 0],
                         3 if (kind >> 1) & 3 > 0 => {
                             let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
@@ -369,4 +377,180 @@ fn a_refused_login_is_named_in_the_log_without_the_password() {
         !text.contains("not-the-Pw-42"),
         "the password is in the log"
     );
+}
+
+/// A client speaking MQTT 5 (the tests' Probe speaks 3.1.1), for what only 5 can send.
+async fn v5_publisher(port: u16) -> rumqttc::v5::AsyncClient {
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let opts = MqttOptions::new(format!("v5-{}", rand::random::<u32>()), "127.0.0.1", port);
+    let (client, mut eventloop) = AsyncClient::new(opts, 100);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let mut ready = Some(ready_tx);
+    tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            if let Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(_)) = event {
+                if let Some(tx) = ready.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    });
+    tokio::time::timeout(T, ready_rx).await.unwrap().unwrap();
+    client
+}
+
+/// A scooter with a lock on a running bridge (MQTT 5 against mosquitto 2), and a probe
+/// on its command results.
+async fn v5_setup() -> (Mosquitto, tempfile::TempDir, String, RunningBridge, Probe) {
+    use vehicle2mqtt::connector::Update;
+    use vehicle2mqtt::model::{Capability, Field, VehicleId, VehicleInfo, VehicleState};
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::test_config(&broker.url(), dir.path());
+    let base = config.mqtt.base_topic.clone();
+    let bridge = RunningBridge::start(config).await;
+    let id = VehicleId::new("kx1001").unwrap();
+    let info = VehicleInfo {
+        id: id.clone(),
+        name: "kx1001".into(),
+        manufacturer: "kingxun".into(),
+        model: "E-motor".into(),
+        sw_version: None,
+        custom_name: false,
+        serial_number: None,
+        capabilities: vec![Capability::Lock],
+        event_types: vec![],
+    };
+    bridge
+        .ctx
+        .updates
+        .send(Update::Vehicle(info))
+        .await
+        .unwrap();
+    let mut state = VehicleState::default();
+    state.set(Field::Lock, "LOCKED");
+    bridge
+        .ctx
+        .updates
+        .send(Update::State {
+            vehicle: id,
+            state,
+            replace: true,
+        })
+        .await
+        .unwrap();
+    let probe = Probe::connect(
+        broker.port,
+        &[
+            &format!("{base}/kx1001/command/result"),
+            &format!("{base}/kx1001/state"),
+            &format!("{base}/bridge/state"),
+        ],
+    )
+    .await;
+    probe
+        .wait_for("bridge online", T, |m| {
+            m.topic == format!("{base}/bridge/state") && m.text() == "online"
+        })
+        .await;
+    probe.wait_topic(&format!("{base}/kx1001/state"), T).await;
+    (broker, dir, base, bridge, probe)
+}
+
+/// MQTT 5 retain-as-published: a command published retained while the bridge is
+/// connected arrives live and is still recognised as retained: never executed (3.1.1
+/// brokers clear the flag on live delivery, so such a command ran once).
+#[tokio::test]
+async fn a_retained_command_published_live_is_never_executed() {
+    let (_broker, _dir, base, mut bridge, probe) = v5_setup().await;
+    let publisher = v5_publisher(_broker.port).await;
+    publisher
+        .publish(
+            format!("{base}/kx1001/lock/set"),
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            true,
+            r#"{"action":"UNLOCK","id":"live-retained"}"#,
+        )
+        .await
+        .unwrap();
+    let r = probe
+        .wait_for("rejected", T, |m| m.topic.ends_with("/command/result"))
+        .await
+        .json();
+    assert_eq!(r["status"], "rejected", "{r}");
+    assert_eq!(r["id"], "live-retained");
+    assert!(r["reason"].as_str().unwrap().contains("retained"), "{r}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        bridge.ctx.commands.try_recv().is_err(),
+        "the vehicle was commanded"
+    );
+    // Cleared, and a plain command still works.
+    probe
+        .publish(&format!("{base}/kx1001/lock/set"), "", true)
+        .await;
+    probe
+        .publish(&format!("{base}/kx1001/lock/set"), "UNLOCK", false)
+        .await;
+    let req = tokio::time::timeout(T, bridge.ctx.commands.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(req.command, vehicle2mqtt::model::Command::Unlock);
+    bridge.stop().await;
+}
+
+/// MQTT 5 message expiry: a command whose sender gave it 1 s, still queued behind a
+/// command in flight after that, is rejected as expired and never reaches the vehicle.
+#[tokio::test]
+async fn a_command_past_its_message_expiry_is_not_sent() {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    let (_broker, _dir, base, mut bridge, probe) = v5_setup().await;
+    let publisher = v5_publisher(_broker.port).await;
+    probe
+        .publish(
+            &format!("{base}/kx1001/lock/set"),
+            r#"{"action":"LOCK","id":"first"}"#,
+            false,
+        )
+        .await;
+    let first = tokio::time::timeout(T, bridge.ctx.commands.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let props = PublishProperties {
+        message_expiry_interval: Some(1),
+        ..Default::default()
+    };
+    publisher
+        .publish_with_properties(
+            format!("{base}/kx1001/lock/set"),
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            r#"{"action":"UNLOCK","id":"short-lived"}"#,
+            props,
+        )
+        .await
+        .unwrap();
+    // The first command takes 2 s; the second's second runs out meanwhile.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    first
+        .progress
+        .send(vehicle2mqtt::model::CommandProgress::Succeeded)
+        .await
+        .unwrap();
+    let r = probe
+        .wait_for("expired", T, |m| {
+            m.topic.ends_with("/command/result") && m.json()["id"] == "short-lived"
+        })
+        .await
+        .json();
+    assert_eq!(r["status"], "rejected", "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("expir"), "{r}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        bridge.ctx.commands.try_recv().is_err(),
+        "the expired command was sent"
+    );
+    bridge.stop().await;
 }

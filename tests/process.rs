@@ -551,6 +551,8 @@ async fn metrics_and_healthz_follow_the_broker() {
     assert_eq!(status, 200);
     for line in [
         "vehicle2mqtt_mqtt_connected 1",
+        // mosquitto 2 speaks MQTT 5: the default "auto" uses it.
+        "vehicle2mqtt_mqtt_protocol 5",
         "vehicle2mqtt_vehicles 0",
         "# TYPE vehicle2mqtt_mqtt_published counter",
     ] {

@@ -219,7 +219,12 @@ pub async fn run(
         BrokerUrl::Tcp { host, port, tls } => mqtt::Endpoint { host, port, tls },
     };
     let (mqtt_tx, mut mqtt_rx) = mpsc::channel(1024);
-    let (publisher, mqtt_task) = mqtt::start(&config.mqtt, &endpoint, mqtt_tx)?;
+    // The embedded broker (rumqttd's 3.1.1 listener) is spoken to in 3.1.1.
+    let protocol = match config.mqtt.url == "embedded" {
+        true => crate::config::MqttProtocol::V311,
+        false => config.mqtt.protocol,
+    };
+    let (publisher, mqtt_task) = mqtt::start(&config.mqtt, &endpoint, protocol, mqtt_tx)?;
 
     let (update_tx, mut update_rx) = mpsc::channel(UPDATE_QUEUE);
     let (worker_tx, mut worker_rx) = mpsc::channel(1024);
@@ -729,6 +734,7 @@ impl Hub {
             mqtt_reconnects: load(&stats.reconnects),
             mqtt_subscribe_refused: load(&stats.subscribe_refused),
             mqtt_oversized_incoming: load(&stats.oversized_incoming),
+            mqtt_protocol: load(&stats.protocol),
             subscription_refused: self.subscription_refused,
         };
         if let Ok(mut s) = self.snapshot.write() {
@@ -843,9 +849,31 @@ impl Hub {
             return;
         }
         self.refusals_at_retry = Some(refusals);
-        self.publisher.subscribe(&self.topics.command_filter());
+        self.subscribe_all(false);
+    }
+
+    /// The bridge's subscriptions. Commands keep their retain flag on live delivery
+    /// (MQTT 5), so a retained command is never executed; our own discovery configs are
+    /// not echoed back (only the broker's retained copies tell what a previous run left).
+    fn subscribe_all(&self, with_configs: bool) {
+        use crate::mqtt::SubscribeOptions;
+        let commands = SubscribeOptions {
+            retain_as_published: true,
+            no_local: false,
+        };
+        self.publisher
+            .subscribe(&self.topics.command_filter(), commands);
         if self.config.mqtt.discovery {
-            self.publisher.subscribe(&self.topics.ha_status());
+            self.publisher
+                .subscribe(&self.topics.ha_status(), SubscribeOptions::default());
+            if with_configs {
+                let configs = SubscribeOptions {
+                    retain_as_published: false,
+                    no_local: true,
+                };
+                self.publisher
+                    .subscribe(&self.topics.our_configs_filter(), configs);
+            }
         }
     }
 
@@ -857,11 +885,7 @@ impl Hub {
                 self.refusals_at_retry = None;
                 self.write_alive();
                 self.send(self.topics.bridge_state(), "online", true);
-                self.publisher.subscribe(&self.topics.command_filter());
-                if self.config.mqtt.discovery {
-                    self.publisher.subscribe(&self.topics.ha_status());
-                    self.publisher.subscribe(&self.topics.our_configs_filter());
-                }
+                self.subscribe_all(true);
                 self.publish_everything(false);
                 self.last_info.clear();
                 self.info_dirty = true;
@@ -881,6 +905,7 @@ impl Hub {
                 topic,
                 payload,
                 retain,
+                expires_in,
             } => {
                 if self.topics.config_object_id(&topic).is_some() {
                     // Our own publishes echo back live (retain flag cleared); only the
@@ -907,7 +932,7 @@ impl Hub {
                         }
                         [vehicle, "pin", "set"] => self.on_pin(vehicle, &payload, retain),
                         [vehicle, entity, "set"] => {
-                            self.on_command(vehicle, entity, &payload, retain)
+                            self.on_command(vehicle, entity, &payload, retain, expires_in)
                         }
                         _ => {}
                     }
@@ -927,7 +952,14 @@ impl Hub {
         self.publish_result(vehicle, id, command, CommandStatus::Rejected, Some(reason));
     }
 
-    fn on_command(&mut self, vehicle: &str, entity: &str, raw: &Bytes, retain: bool) {
+    fn on_command(
+        &mut self,
+        vehicle: &str,
+        entity: &str,
+        raw: &Bytes,
+        retain: bool,
+        expires_in: Option<Duration>,
+    ) {
         let parsed = command::parse_payload(raw);
         // A rejection carries the payload's own id when it has one, so the sender can match it.
         let id = parsed
@@ -953,7 +985,9 @@ impl Hub {
             return self.reject(vehicle, &id, entity, "unknown vehicle");
         };
         let timeout_ms = self.config.bridge.command_timeout.as_millis() as i64;
-        if command::is_expired(payload.ts_ms, Utc::now().timestamp_millis(), timeout_ms) {
+        if expires_in.is_some_and(|left| left.is_zero())
+            || command::is_expired(payload.ts_ms, Utc::now().timestamp_millis(), timeout_ms)
+        {
             return self.reject(
                 vehicle,
                 &id,
@@ -1004,6 +1038,8 @@ impl Hub {
             .try_send(Queued {
                 id: id.clone(),
                 command,
+                // MQTT 5 message expiry: a command still queued past it is not sent.
+                expires: expires_in.map(|left| Instant::now() + left),
             })
             .is_ok()
         {

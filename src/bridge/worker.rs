@@ -15,6 +15,8 @@ use crate::model::{Command, CommandProgress, CommandStatus, VehicleId};
 pub struct Queued {
     pub id: String,
     pub command: Command,
+    /// The sender's MQTT 5 message expiry: past it, the command is not sent.
+    pub expires: Option<Instant>,
 }
 
 /// What a worker tells the hub.
@@ -40,7 +42,25 @@ pub async fn run(
     hub: mpsc::Sender<WorkerEvent>,
     command_timeout: Duration,
 ) {
-    while let Some(Queued { id, command }) = queue.recv().await {
+    while let Some(Queued {
+        id,
+        command,
+        expires,
+    }) = queue.recv().await
+    {
+        if expires.is_some_and(|t| Instant::now() >= t) {
+            let outcome = WorkerEvent::Outcome {
+                vehicle: vehicle.clone(),
+                id,
+                command,
+                status: CommandStatus::Rejected,
+                reason: Some("expired while queued (its MQTT message expiry passed)".into()),
+            };
+            if hub.send(outcome).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let started = WorkerEvent::Started {
             vehicle: vehicle.clone(),
             command: command.clone(),

@@ -9,22 +9,22 @@
 
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
+mod v4;
+mod v5;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
 use rand::Rng;
 use rumqttc::tokio_rustls::rustls::{ClientConfig, RootCertStore};
-use rumqttc::{
-    AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
-};
+use rumqttc::QoS;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::config::MqttConfig;
+use crate::config::{MqttConfig, MqttProtocol};
 
 /// Largest packet we send or accept: discovery documents and big states fit easily.
 pub const MAX_PACKET_SIZE: usize = 1024 * 1024;
@@ -40,7 +40,26 @@ pub enum MqttEvent {
         topic: String,
         payload: Bytes,
         retain: bool,
+        /// MQTT 5 message expiry: what is left of the sender's validity.
+        expires_in: Option<Duration>,
     },
+}
+
+/// How a subscription is made (MQTT 5 options; 3.1.1 has neither).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SubscribeOptions {
+    /// Keep the retain flag on live delivery, so a retained command is recognised even
+    /// when it arrives while the bridge is connected.
+    pub retain_as_published: bool,
+    /// Do not send the bridge its own publishes back.
+    pub no_local: bool,
+}
+
+/// The client of the protocol in use; replaced once if a broker refuses MQTT 5.
+#[derive(Clone)]
+enum Client {
+    V4(rumqttc::AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
 }
 
 /// Counters the bridge shows as diagnostics.
@@ -57,25 +76,46 @@ pub struct MqttStats {
     pub oversized_incoming: AtomicU64,
     /// Subscriptions the broker refused (SUBACK failure).
     pub subscribe_refused: AtomicU64,
+    /// 5 while speaking MQTT 5, 4 for 3.1.1, 0 before the first connection.
+    pub protocol: AtomicU64,
 }
 
 /// Publishing handle. Cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
-    client: AsyncClient,
+    client: Arc<RwLock<Client>>,
     stats: Arc<MqttStats>,
 }
 
 impl Publisher {
+    fn client(&self) -> Client {
+        match self.client.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     /// Queues a QoS 1 publish without waiting. Returns false when the client's queue is
     /// full (or the client is gone): the caller decides whether to retry or drop.
     pub fn try_publish(&self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) -> bool {
-        let ok = self
-            .client
-            .try_publish(topic, QoS::AtLeastOnce, retain, payload.into())
-            .is_ok();
+        let payload = payload.into();
+        let ok = match &*self.client.read().unwrap_or_else(|p| p.into_inner()) {
+            Client::V4(c) => c
+                .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+                .is_ok(),
+            Client::V5(c) => c
+                .try_publish(
+                    topic,
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    retain,
+                    payload,
+                )
+                .is_ok(),
+        };
         if ok {
-            self.stats.published.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .published
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         ok
     }
@@ -95,17 +135,35 @@ impl Publisher {
     /// Subscribes without blocking the caller, but never drops the request: a spawned
     /// task waits for room in the client's queue (the event loop keeps draining it). A
     /// lost subscription would silently stop all commands.
-    pub fn subscribe(&self, filter: &str) {
-        let (client, filter) = (self.client.clone(), filter.to_string());
+    pub fn subscribe(&self, filter: &str, opts: SubscribeOptions) {
+        let (client, filter) = (self.client(), filter.to_string());
         tokio::spawn(async move {
-            if let Err(err) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
+            let result = match client {
+                Client::V4(c) => c
+                    .subscribe(filter.clone(), QoS::AtLeastOnce)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Client::V5(c) => {
+                    let mut f = rumqttc::v5::mqttbytes::v5::Filter::new(
+                        filter.clone(),
+                        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    );
+                    f.preserve_retain = opts.retain_as_published;
+                    f.nolocal = opts.no_local;
+                    c.subscribe_many([f]).await.map_err(|e| e.to_string())
+                }
+            };
+            if let Err(err) = result {
                 tracing::error!(event = "mqtt_subscribe_failed", filter, error = %err, "MQTT client closed; cannot subscribe");
             }
         });
     }
 
     pub async fn disconnect(&self) {
-        let _ = self.client.disconnect().await;
+        let _ = match self.client() {
+            Client::V4(c) => c.disconnect().await.map_err(|e| e.to_string()),
+            Client::V5(c) => c.disconnect().await.map_err(|e| e.to_string()),
+        };
     }
 
     pub fn stats(&self) -> &MqttStats {
@@ -120,37 +178,73 @@ pub struct Endpoint {
     pub tls: bool,
 }
 
+/// What both protocol versions' clients are made from.
+#[derive(Clone)]
+struct Settings {
+    client_id: String,
+    host: String,
+    port: u16,
+    will_topic: String,
+    login: Option<(String, String)>,
+    tls: Option<Arc<ClientConfig>>,
+    queue: usize,
+}
+
 /// Starts the client and its event loop task. `events` receives connection changes and
 /// incoming messages; messages are dropped (and counted) when the bridge falls behind.
+/// `protocol` "auto" starts with MQTT 5 and falls back to 3.1.1 for good when the broker
+/// refuses 5 before ever accepting it.
 pub fn start(
     cfg: &MqttConfig,
     endpoint: &Endpoint,
+    protocol: MqttProtocol,
     events: mpsc::Sender<MqttEvent>,
 ) -> anyhow::Result<(Publisher, JoinHandle<()>)> {
-    let mut opts = MqttOptions::new(cfg.client_id.clone(), endpoint.host.clone(), endpoint.port);
-    opts.set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(true) // never receive commands queued while we were away
-        .set_max_packet_size(MAX_PACKET_SIZE, MAX_PACKET_SIZE)
-        // QoS 1 throughput on one connection is bound by the in-flight window.
-        .set_inflight(1000)
-        .set_last_will(LastWill::new(
-            format!("{}/bridge/state", cfg.base_topic),
-            "offline",
-            QoS::AtLeastOnce,
-            true,
-        ));
-    if !cfg.username.is_empty() {
-        opts.set_credentials(cfg.username.clone(), cfg.password.expose().to_string());
-    }
-    if endpoint.tls {
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            Arc::new(tls_config(cfg.ca_file.as_deref())?),
-        )));
-    }
-    let (client, eventloop) = AsyncClient::new(opts, cfg.queue_capacity);
+    let settings = Settings {
+        client_id: cfg.client_id.clone(),
+        host: endpoint.host.clone(),
+        port: endpoint.port,
+        will_topic: format!("{}/bridge/state", cfg.base_topic),
+        login: (!cfg.username.is_empty())
+            .then(|| (cfg.username.clone(), cfg.password.expose().to_string())),
+        tls: match endpoint.tls {
+            true => Some(Arc::new(tls_config(cfg.ca_file.as_deref())?)),
+            false => None,
+        },
+        queue: cfg.queue_capacity,
+    };
     let stats = Arc::new(MqttStats::default());
-    let task = tokio::spawn(run_event_loop(eventloop, events, stats.clone()));
+    let (client, task) = match protocol {
+        MqttProtocol::V311 => {
+            let (client, eventloop) = v4::client(&settings);
+            let client = Arc::new(RwLock::new(Client::V4(client)));
+            let task = tokio::spawn(v4::run(eventloop, events, stats.clone()));
+            (client, task)
+        }
+        MqttProtocol::V5 | MqttProtocol::Auto => {
+            let (c5, eventloop) = v5::client(&settings);
+            let client = Arc::new(RwLock::new(Client::V5(c5)));
+            let fallback = (protocol == MqttProtocol::Auto).then(|| (settings, client.clone()));
+            let task = tokio::spawn(v5::run(eventloop, events, stats.clone(), fallback));
+            (client, task)
+        }
+    };
     Ok((Publisher { client, stats }, task))
+}
+
+/// Replaces the MQTT 5 client with a 3.1.1 one (the broker refused 5) and runs it.
+async fn fall_back_to_v4(
+    settings: Settings,
+    slot: Arc<RwLock<Client>>,
+    events: mpsc::Sender<MqttEvent>,
+    stats: Arc<MqttStats>,
+) {
+    let (client, eventloop) = v4::client(&settings);
+    match slot.write() {
+        Ok(mut c) => *c = Client::V4(client),
+        Err(poisoned) => *poisoned.into_inner() = Client::V4(client),
+    }
+    v4::run(eventloop, events, stats).await
 }
 
 /// The TLS client configuration, built here rather than by rumqttc: certificates are read
@@ -193,16 +287,6 @@ pub fn tls_config(ca_file: Option<&std::path::Path>) -> anyhow::Result<ClientCon
         .with_no_client_auth())
 }
 
-/// Whether the connection ended because an incoming packet was over `MAX_PACKET_SIZE`.
-fn is_oversized_incoming(err: &rumqttc::ConnectionError) -> bool {
-    matches!(
-        err,
-        rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
-            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_)
-        ))
-    )
-}
-
 /// Exponential backoff with full jitter: 0.5 s doubling to 30 s.
 pub fn backoff_delay(attempt: u32) -> Duration {
     let cap_ms = 500u64.saturating_mul(1 << attempt.min(6)).min(30_000);
@@ -227,93 +311,6 @@ impl Backoff {
     }
 }
 
-async fn run_event_loop(
-    mut eventloop: rumqttc::EventLoop,
-    events: mpsc::Sender<MqttEvent>,
-    stats: Arc<MqttStats>,
-) {
-    // The backoff resets only after a connection that lasted a minute: a broker that
-    // accepts and then drops the bridge at once (a retained message over the size limit on
-    // a subscribed topic, a duplicate client id) is retried ever more slowly, not in a loop.
-    let mut backoff = Backoff::default();
-    let mut connected_at: Option<std::time::Instant> = None;
-    loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                connected_at = Some(std::time::Instant::now());
-                tracing::info!(
-                    event = "mqtt_connected",
-                    session_present = ack.session_present,
-                    "connected to MQTT broker"
-                );
-                if events.send(MqttEvent::Connected).await.is_err() {
-                    return;
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let topic = p.topic;
-                let msg = MqttEvent::Message {
-                    topic,
-                    payload: p.payload,
-                    retain: p.retain,
-                };
-                if let Err(mpsc::error::TrySendError::Full(_)) = events.try_send(msg) {
-                    if let Some(n) = crate::observe::count_sampled(&stats.dropped_messages) {
-                        tracing::warn!(
-                            event = "mqtt_message_dropped",
-                            total_dropped = n,
-                            "bridge busy; incoming MQTT message dropped"
-                        );
-                    }
-                }
-            }
-            Ok(Event::Incoming(Packet::SubAck(ack)))
-                if ack
-                    .return_codes
-                    .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) =>
-            {
-                if let Some(n) = crate::observe::count_sampled(&stats.subscribe_refused) {
-                    tracing::error!(event = "mqtt_subscribe_refused", total_refused = n,
-                        "the broker refused a subscription: commands or Home Assistant's status cannot arrive; check the broker's ACL for this user (retried every 10 s)");
-                }
-                let _ = events.try_send(MqttEvent::SubscribeRefused);
-            }
-            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
-                // Our own clean disconnect (shutdown): the broker discards the will.
-                return;
-            }
-            Ok(_) => {}
-            Err(err) => {
-                if events.is_closed() {
-                    return;
-                }
-                stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                let lasted = connected_at.take().map(|t| t.elapsed()).unwrap_or_default();
-                let delay = backoff.next(lasted);
-                if is_oversized_incoming(&err) {
-                    stats.oversized_incoming.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(event = "mqtt_oversized_incoming", max_bytes = MAX_PACKET_SIZE, retry_in_ms = delay.as_millis() as u64,
-                        "the broker sent a message larger than the bridge accepts, which ends the connection (MQTT 3.1.1 cannot refuse it); \
-                         usually a retained message on a `/set` topic: clear it with `mosquitto_pub -r -n -t <topic>`, or set the broker's message_size_limit");
-                } else if let rumqttc::ConnectionError::ConnectionRefused(
-                    code @ (rumqttc::ConnectReturnCode::BadUserNamePassword
-                    | rumqttc::ConnectReturnCode::NotAuthorized),
-                ) = &err
-                {
-                    tracing::error!(event = "mqtt_login_refused", code = ?code, retry_in_ms = delay.as_millis() as u64,
-                        "the MQTT broker refused the login: check mqtt.username and mqtt.password (the add-on takes them from the Supervisor)");
-                } else {
-                    tracing::warn!(event = "mqtt_connection_error", error = %err, retry_in_ms = delay.as_millis() as u64,
-                        "MQTT connection lost or refused");
-                }
-                let _ = events.try_send(MqttEvent::Disconnected(err.to_string()));
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,7 +321,9 @@ mod tests {
     async fn subscribe_is_never_dropped_when_the_queue_is_full() {
         let (tx, rx) = flume::bounded(1);
         let publisher = Publisher {
-            client: AsyncClient::from_senders(tx),
+            client: Arc::new(RwLock::new(Client::V4(rumqttc::AsyncClient::from_senders(
+                tx,
+            )))),
             stats: Arc::new(MqttStats::default()),
         };
         assert!(
@@ -332,7 +331,7 @@ mod tests {
             "fills the only slot"
         );
         assert!(!publisher.try_publish("b/state", "y", true), "full now");
-        publisher.subscribe("base/+/+/set");
+        publisher.subscribe("base/+/+/set", SubscribeOptions::default());
         tokio::task::yield_now().await;
         // Drain like the event loop does: the publish, then the subscription.
         let first = rx.recv_async().await.unwrap();
