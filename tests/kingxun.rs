@@ -390,15 +390,47 @@ async fn silent_device_times_out_and_absent_device_is_offline() {
     bridge.stop().await;
 }
 
+/// Issue #13: an unauthenticated peer cannot tell a configured device id from an unknown
+/// one. Both registrations are answered alike (code 0, a session and an IV); a plain and
+/// a sealed status get the same answers; nothing either says is published.
 #[tokio::test]
-async fn unknown_device_is_refused_with_code_4() {
+async fn unknown_and_known_ids_look_alike_to_a_peer_without_the_key() {
     let broker = Mosquitto::start();
     let bridge = Bridge::start(&broker, |_| {}).await;
-    match RawDevice::register(bridge.port, 9999).await {
-        // 4 "bad devId" (KxMsgDef.h); never 1 or 2, which devices read as "redirect".
-        Err(code) => assert_eq!(code, 4),
-        Ok(_) => panic!("an unknown device registered"),
+    let probe = Probe::connect(broker.port, &[&bridge.topic("#")]).await;
+    let mut answers = Vec::new();
+    for dev_id in [9999, 1001] {
+        let mut d = RawDevice::register(bridge.port, dev_id)
+            .await
+            .unwrap_or_else(|code| panic!("{dev_id} refused with {code}"));
+        // Neither peer holds the key: 9999 has none, and this one is not 1001's.
+        d.key = [0x42; 16];
+        let plain = d.request(id::STATUS, false, vec![0u8; 40]).await;
+        let plain = d.response(plain).await;
+        let sealed = d.request(id::STATUS, true, vec![0u8; 40]).await;
+        let sealed = d.response(sealed).await;
+        answers.push((plain.0, plain.1.len(), sealed.0, sealed.1.len()));
     }
+    assert_eq!(
+        answers[0], answers[1],
+        "unknown vs known id answered differently"
+    );
+    assert_eq!(answers[0].0, 0, "a plain status is answered as usual");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let published: Vec<String> = probe
+        .messages()
+        .iter()
+        .filter(|m| m.topic.contains("kx9999") || m.topic.ends_with("kx1001/state"))
+        .map(|m| m.topic.clone())
+        .collect();
+    assert!(published.is_empty(), "published: {published:?}");
+    // The operator still learns of the unknown device (a counter and a log line).
+    probe
+        .wait_for("unknown_devices counted", T, |m| {
+            m.topic == bridge.topic("bridge/info")
+                && m.json()["connectors"][0]["counters"]["unknown_devices"].as_u64() >= Some(1)
+        })
+        .await;
     bridge.stop().await;
 }
 

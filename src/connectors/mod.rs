@@ -126,6 +126,37 @@ mod tests {
     }
 
     #[test]
+    fn rate_budget_allows_a_burst_then_paces_every_block_alike() {
+        let mut b = RateBudget::new(10.0, 3.0);
+        let t0 = std::time::Instant::now();
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let same_block: std::net::IpAddr = "10.0.0.77".parse().unwrap();
+        let other: std::net::IpAddr = "10.0.1.1".parse().unwrap();
+        for _ in 0..3 {
+            assert!(b.reserve(a, t0).is_zero(), "within the burst");
+        }
+        let wait = b.reserve(same_block, t0);
+        assert!(
+            (wait.as_secs_f64() - 0.1).abs() < 1e-6,
+            "{wait:?}: one refill interval"
+        );
+        let wait = b.reserve(a, t0);
+        assert!(
+            (wait.as_secs_f64() - 0.2).abs() < 1e-6,
+            "{wait:?}: queued behind the last"
+        );
+        assert!(
+            b.reserve(other, t0).is_zero(),
+            "another block has its own budget"
+        );
+        assert!(
+            b.reserve(a, t0 + std::time::Duration::from_secs(10))
+                .is_zero(),
+            "refilled"
+        );
+    }
+
+    #[test]
     fn throttle_doubles_and_resets() {
         let mut t = FailureThrottle::default();
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
@@ -324,6 +355,56 @@ impl FailureThrottle {
 
     pub fn succeeded(&mut self, ip: std::net::IpAddr) {
         self.failures.remove(&crate::connectors::address_block(ip));
+    }
+}
+
+/// Attempts per address block as a token bucket: `burst` at once, then `per_second`.
+/// Applied alike to every attempt (a known device id or not), so how long an answer takes
+/// tells a guesser nothing. The table is bounded: when full, only blocks whose budget
+/// has refilled give way, and a newcomer that finds no room waits one refill interval.
+pub struct RateBudget {
+    per_second: f64,
+    burst: f64,
+    blocks: std::collections::HashMap<std::net::IpAddr, (f64, std::time::Instant)>,
+}
+
+const RATE_TABLE_MAX: usize = 10_000;
+
+impl RateBudget {
+    pub fn new(per_second: f64, burst: f64) -> RateBudget {
+        RateBudget {
+            per_second: per_second.max(0.1),
+            burst: burst.max(1.0),
+            blocks: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Takes one attempt for `ip`'s block: how long it must wait for it (zero when the
+    /// budget has room).
+    pub fn reserve(
+        &mut self,
+        ip: std::net::IpAddr,
+        now: std::time::Instant,
+    ) -> std::time::Duration {
+        let block = address_block(ip);
+        let (rate, burst) = (self.per_second, self.burst);
+        let refilled = |(tokens, at): (f64, std::time::Instant)| {
+            (tokens + now.saturating_duration_since(at).as_secs_f64() * rate).min(burst)
+        };
+        if !self.blocks.contains_key(&block) && self.blocks.len() >= RATE_TABLE_MAX {
+            self.blocks.retain(|_, v| refilled(*v) < burst);
+            if self.blocks.len() >= RATE_TABLE_MAX {
+                return std::time::Duration::from_secs_f64(1.0 / rate);
+            }
+        }
+        let entry = self.blocks.entry(block).or_insert((burst, now));
+        let tokens = refilled(*entry) - 1.0;
+        *entry = (tokens, now);
+        if tokens >= 0.0 {
+            std::time::Duration::ZERO
+        } else {
+            std::time::Duration::from_secs_f64(-tokens / rate)
+        }
     }
 }
 

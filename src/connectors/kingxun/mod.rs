@@ -383,10 +383,8 @@ pub(crate) struct Core {
     pub counters: Counters,
     /// Bad input is logged a few lines at a time across all links, then summarised.
     pub bad_input_log: crate::connectors::LogLimiter,
-    /// Unknown device ids per address block: each further miss waits longer.
-    pub misses: Mutex<crate::connectors::FailureThrottle>,
-    /// Misses are answered one at a time, so parallel links cannot guess side by side.
-    pub miss_gate: tokio::sync::Mutex<()>,
+    /// Registrations per address block, known ids and unknown alike.
+    pub registrations: Mutex<crate::connectors::RateBudget>,
     /// Commands for devices reached through an upstream kingxun server.
     pub upstream: Option<(std::collections::HashSet<u32>, mpsc::Sender<LinkCommand>)>,
 }
@@ -647,8 +645,13 @@ impl Connector for KingxunConnector {
                 next_link: AtomicU64::new(1),
                 open_links: LinkGauge::default(),
                 counters: Counters::default(),
-                misses: Mutex::new(Default::default()),
-                miss_gate: tokio::sync::Mutex::new(()),
+                // A burst as big as the links one address may hold, then a tenth of
+                // that per second: a fleet behind one NAT re-registers in seconds, an id
+                // guesser gets ~200 guesses a second that all look alike.
+                registrations: Mutex::new(crate::connectors::RateBudget::new(
+                    (self.config.links_per_address() / 10).max(1) as f64,
+                    self.config.links_per_address() as f64,
+                )),
                 bad_input_log: crate::connectors::LogLimiter::new(
                     10,
                     std::time::Duration::from_secs(10),

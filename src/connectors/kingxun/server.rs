@@ -149,43 +149,25 @@ async fn next_frame(
     }
 }
 
-/// Refuses a 1001 for an unknown device id. Misses wait their turn, one at a time, each
-/// after its address block's delay (0.25 s doubling to 8 s), so enumerating ids costs
-/// seconds per guess; a known id is answered at once, so a fleet behind one NAT
-/// reconnecting after a restart is not slowed.
-async fn refuse_unknown(
-    core: &Core,
-    wr: &mut OwnedWriteHalf,
-    peer: &SocketAddr,
-    dev_id: u32,
-    seq: u16,
-) {
-    let Ok(_turn) = timeout(core.config.read_timeout, core.miss_gate.lock()).await else {
-        core.counters
-            .registrations_throttled
-            .fetch_add(1, Ordering::Relaxed);
-        return;
-    };
-    let now = std::time::Instant::now();
-    let delay = core
-        .misses
+/// Waits for this address block's registration budget (the same for every device id, so
+/// timing tells a guesser nothing); false when the wait would pass `read_timeout`.
+async fn registration_turn(core: &Core, peer: &SocketAddr) -> bool {
+    let wait = core
+        .registrations
         .lock()
-        .map(|mut m| {
-            let d = m.delay(peer.ip(), now);
-            m.failed(peer.ip(), now);
-            d
-        })
+        .map(|mut b| b.reserve(peer.ip(), std::time::Instant::now()))
         .unwrap_or_default();
-    if !delay.is_zero() {
-        core.counters
-            .registrations_throttled
-            .fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(delay).await;
+    if wait.is_zero() {
+        return true;
     }
-    if may_log(core, 1) {
-        tracing::warn!(event = "kingxun_unknown_device", peer = %peer, dev_id, "unknown device id; registration refused");
+    core.counters
+        .registrations_throttled
+        .fetch_add(1, Ordering::Relaxed);
+    if wait > core.config.read_timeout {
+        return false;
     }
-    refuse(wr, id::REGISTER, seq, RESP_BAD_DEVICE).await;
+    tokio::time::sleep(wait).await;
+    true
 }
 
 /// A session: the device, its key and the IV given at registration.
@@ -197,6 +179,10 @@ struct Session {
     /// that decrypted with a valid trailer), or the config trusts plain frames for it.
     /// Until then it displaces no live link, and nothing it says is published.
     proven: bool,
+    /// A device id that is not configured: answered exactly like a known one that has
+    /// not proven its key (a random key nobody holds), so an unauthenticated peer cannot
+    /// tell known ids from unknown ones; it can never be proven.
+    phantom: bool,
 }
 
 impl Session {
@@ -255,13 +241,21 @@ async fn serve_link(
         .await;
         return;
     }
-    let Some(key) = core.devices.get(&dev_id).and_then(|d| d.key_bytes()) else {
+    if !registration_turn(&core, &peer).await {
+        return;
+    }
+    let known_key = core.devices.get(&dev_id).and_then(|d| d.key_bytes());
+    let phantom = known_key.is_none();
+    if phantom {
         core.counters
             .unknown_devices
             .fetch_add(1, Ordering::Relaxed);
-        refuse_unknown(&core, &mut wr, &peer, dev_id, frame.header.seq).await;
-        return;
-    };
+        if may_log(&core, 1) {
+            tracing::warn!(event = "kingxun_unknown_device", peer = %peer, dev_id,
+                "unknown device id: answered like any registration, but nothing it sends is used (add it to [[kingxun.devices]])");
+        }
+    }
+    let key = known_key.unwrap_or_else(|| rand::rng().random());
     let register = registration_body(&frame);
     let session_id = rand::rng().random_range(1..=u32::MAX);
     let Some(iv) = answer_register(&mut wr, frame.header.seq, session_id).await else {
@@ -272,15 +266,18 @@ async fn serve_link(
         key,
         iv,
         proven: false,
+        phantom,
     };
     let profile = core.profile(dev_id);
     let vid = vehicle_id(dev_id);
     let link_id = core.next_link.fetch_add(1, Ordering::Relaxed);
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<LinkCommand>(16);
     let sw_version = register.software_version();
-    tracing::info!(event = "kingxun_registered", peer = %peer, dev_id, link = link_id, "device registered");
+    if !phantom {
+        tracing::info!(event = "kingxun_registered", peer = %peer, dev_id, link = link_id, "device registered");
+    }
     core.open_links.opened(&core.updates).await;
-    if core.accepts_plain(dev_id) {
+    if !phantom && core.accepts_plain(dev_id) {
         prove(&core, &mut session, link_id, &cmd_tx, sw_version, &peer).await;
     }
     let mut unproven_logged = false;
@@ -395,7 +392,7 @@ async fn serve_link(
                         // its key is refused but does not end the link.
                         let opens = !frame.header.crypt || session.open_body(&frame).is_ok();
                         let suspect = !right_session || !opens;
-                        if right_session && !session.proven && frame.header.crypt && opens {
+                        if right_session && !session.proven && !session.phantom && frame.header.crypt && opens {
                             prove(&core, &mut session, link_id, &cmd_tx, sw_version, &peer).await;
                         }
                         let (code, body) = if !right_session {
@@ -415,7 +412,7 @@ async fn serve_link(
                             // Answered as usual (a real device goes on reporting), but
                             // nothing a link that has not shown the key says is published.
                             core.counters.unproven_frames.fetch_add(1, Ordering::Relaxed);
-                            if !unproven_logged {
+                            if !unproven_logged && !session.phantom {
                                 unproven_logged = true;
                                 tracing::warn!(event = "kingxun_unproven_link", peer = %peer, dev_id, msg_id = frame.header.msg_id,
                                     "plain frames from a link that has not yet sent an encrypted one: ignored until it proves the device key (see kingxun.accept_plain_frames)");
@@ -443,7 +440,11 @@ async fn serve_link(
             (false, None) => Some(Instant::now()),
         };
     };
-    tracing::info!(event = "kingxun_link_closed", peer = %peer, dev_id, reason, "device link closed");
+    if session.phantom {
+        tracing::debug!(event = "kingxun_link_closed", peer = %peer, dev_id, reason, "unknown device's link closed");
+    } else {
+        tracing::info!(event = "kingxun_link_closed", peer = %peer, dev_id, reason, "device link closed");
+    }
     for (_, (cmd, _)) in pending.drain() {
         let _ = cmd
             .request
