@@ -780,7 +780,7 @@ async fn simulators_exit_non_zero_with_the_reason() {
         assert_eq!(code, Some(1), "{target}");
         assert!(err.contains(&busy_addr), "{target}: {err}");
     }
-    // An unknown device: the bridge refuses the registration; the simulator says so.
+    // An unknown device: the bridge cannot open its frames; the simulator says so.
     let broker = Mosquitto::start();
     let kx = common::free_port();
     let config = dir.path().join("kx.toml");
@@ -807,8 +807,10 @@ async fn simulators_exit_non_zero_with_the_reason() {
         "77",
     ]);
     assert_eq!(code, Some(1));
+    // Registered like any device (unknown ids look like known ones), then its sealed
+    // status cannot be opened: the simulator says so.
     assert!(
-        err.contains("refused device 77") && err.contains("code 4"),
+        err.contains("rejects device 77") && err.contains("[[kingxun.devices]]"),
         "{err}"
     );
 }

@@ -306,6 +306,17 @@ async fn device(
                     Some(Err(e)) => anyhow::bail!("read: {e}"),
                     None => anyhow::bail!("server closed the link"),
                 };
+                if let Kind::Response { resp_code } = f.header.kind {
+                    // A server that cannot open the sealed status (an unknown device id
+                    // is answered like a known one, so this is where it shows).
+                    if resp_code != 0 && f.header.msg_id == id::STATUS && !o.plain_status {
+                        anyhow::bail!(
+                            "the server rejects device {dev_id}'s sealed status with code {resp_code} ({}): is it in [[kingxun.devices]] with this --key-seed?",
+                            resp_code_text(resp_code)
+                        );
+                    }
+                    continue;
+                }
                 let Kind::Request { .. } = f.header.kind else { continue };
                 if !o.answer_commands {
                     continue;
