@@ -89,9 +89,9 @@ impl Entity {
 
 /// What decides a vehicle's entity set: every field it has reported (since it was first
 /// seen, across restarts) and whether it ever had a position.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Shape {
-    pub fields: std::collections::BTreeSet<Field>,
+    pub fields: crate::model::FieldSet,
     pub position: bool,
 }
 
@@ -254,8 +254,8 @@ impl VehicleDiscovery<'_> {
     /// Every entity of a vehicle with this shape (the fields it has ever reported).
     pub fn entities(&self, shape: &Shape) -> Vec<Entity> {
         let mut out = Vec::new();
-        for field in &shape.fields {
-            if let Some(e) = self.field_entity(*field) {
+        for field in shape.fields.iter() {
+            if let Some(e) = self.field_entity(field) {
                 out.push(e);
             }
         }

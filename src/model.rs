@@ -251,6 +251,57 @@ impl Field {
     }
 }
 
+/// A set of fields as one 128-bit word (the catalog has fewer than 128): a vehicle's
+/// entity set costs 16 bytes, not a tree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct FieldSet(u128);
+
+const _: () = assert!(Field::ALL.len() <= 128, "FieldSet holds 128 fields");
+
+impl FieldSet {
+    fn bit(field: Field) -> u128 {
+        1u128 << (field as u8)
+    }
+    /// Adds `field`; true when it was not there.
+    pub fn insert(&mut self, field: Field) -> bool {
+        let had = self.contains(field);
+        self.0 |= Self::bit(field);
+        !had
+    }
+    pub fn remove(&mut self, field: Field) {
+        self.0 &= !Self::bit(field);
+    }
+    pub fn contains(&self, field: Field) -> bool {
+        self.0 & Self::bit(field) != 0
+    }
+    pub fn len(&self) -> usize {
+        self.0.count_ones() as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+    /// In catalog order.
+    pub fn iter(&self) -> impl Iterator<Item = Field> + '_ {
+        Field::ALL.iter().copied().filter(|f| self.contains(*f))
+    }
+}
+
+impl FromIterator<Field> for FieldSet {
+    fn from_iter<I: IntoIterator<Item = Field>>(iter: I) -> FieldSet {
+        let mut set = FieldSet::default();
+        set.extend(iter);
+        set
+    }
+}
+
+impl Extend<Field> for FieldSet {
+    fn extend<I: IntoIterator<Item = Field>>(&mut self, iter: I) {
+        for f in iter {
+            self.insert(f);
+        }
+    }
+}
+
 /// A reported value. Integers stay integers in JSON.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
@@ -628,7 +679,7 @@ pub struct VehicleEvent {
 }
 
 /// Who a vehicle is and what it can do; sent by a connector before its first state.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct VehicleInfo {
     pub id: VehicleId,
     pub name: String,
@@ -648,6 +699,19 @@ pub struct VehicleInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_set_holds_every_field_in_catalog_order() {
+        let mut set: FieldSet = Field::ALL.iter().rev().copied().collect();
+        assert_eq!(set.len(), Field::ALL.len());
+        assert!(set.iter().eq(Field::ALL.iter().copied()), "catalog order");
+        assert!(!set.insert(Field::Odometer), "already there");
+        set.remove(Field::Odometer);
+        assert!(!set.contains(Field::Odometer));
+        assert!(set.contains(Field::LastUpdate) && set.contains(Field::Speed));
+        assert_eq!(set.len(), Field::ALL.len() - 1);
+        assert!(FieldSet::default().is_empty());
+    }
 
     #[test]
     fn catalog_keys_are_unique_and_snake_case() {

@@ -70,15 +70,16 @@ impl Hub {
                 .filter_map(|k| Field::from_key(k))
                 .collect();
             v.shape.position = record.position;
-            v.field_times = record
-                .field_times
-                .iter()
-                .filter_map(|(k, t)| {
-                    let t = chrono::DateTime::parse_from_rfc3339(t).ok()?;
-                    Some((Field::from_key(k)?, t.with_timezone(&Utc)))
-                })
-                .collect();
-            v.reported_at = v.field_times.values().max().copied();
+            for (key, at) in &record.field_times {
+                let (Some(field), Ok(at)) = (
+                    Field::from_key(key),
+                    chrono::DateTime::parse_from_rfc3339(at),
+                ) else {
+                    continue;
+                };
+                v.field_times.insert(field, at.with_timezone(&Utc));
+            }
+            v.reported_at = v.field_times.latest();
             v.discovery = record.discovery;
             self.vehicles.insert(id, v);
         }
@@ -102,8 +103,15 @@ impl Hub {
             return;
         };
         let mut out: Vec<(String, Vec<u8>)> = Vec::new();
-        let current = (v.shape.clone(), v.info.clone());
-        if v.info_known && v.built_from.as_ref() != Some(&current) {
+        // A fingerprint of what the documents are built from, not a copy of it: 8 bytes
+        // a vehicle instead of its whole info.
+        let current = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&v.shape, &v.info, pin_required).hash(&mut h);
+            h.finish()
+        };
+        if v.info_known && v.built_from != Some(current) {
             let builder = VehicleDiscovery {
                 topics: &self.topics,
                 info: &v.info,
@@ -292,9 +300,8 @@ impl Hub {
                 .shape
                 .fields
                 .iter()
-                .filter(|f| **f != Field::LastUpdate)
-                .filter(|f| v.field_times.get(f).is_none_or(|t| reported - *t > after))
-                .copied()
+                .filter(|f| *f != Field::LastUpdate)
+                .filter(|f| v.field_times.get(*f).is_none_or(|t| reported - t > after))
                 .collect();
             if absent.is_empty() {
                 continue;
@@ -302,9 +309,9 @@ impl Hub {
             for f in &absent {
                 tracing::info!(event = "entity_forgotten", vehicle = %id, field = f.key(),
                     "field not reported for forget_absent_entities_after; removing its entity");
-                v.shape.fields.remove(f);
-                v.reported_this_run.fields.remove(f);
-                v.field_times.remove(f);
+                v.shape.fields.remove(*f);
+                v.reported_this_run.fields.remove(*f);
+                v.field_times.remove(*f);
                 v.state.values.remove(f);
                 v.state.cleared.remove(f);
                 v.dirty = true;
@@ -343,7 +350,7 @@ impl Hub {
                     .map(|(f, t)| {
                         (
                             f.key().to_string(),
-                            t.to_rfc3339_opts(SecondsFormat::Millis, true),
+                            t.to_rfc3339_opts(SecondsFormat::Secs, true),
                         )
                     })
                     .collect(),

@@ -76,7 +76,7 @@ struct Vehicle {
     /// Whether the upstream gives the vehicle's own time (then only that counts).
     own_clock: bool,
     /// When each field was last reported.
-    field_times: BTreeMap<Field, chrono::DateTime<Utc>>,
+    field_times: store::FieldTimes,
     /// Fields reported since the bridge started (a purge keeps these).
     reported_this_run: hass::Shape,
     stale: bool,
@@ -86,7 +86,7 @@ struct Vehicle {
     /// Every field ever reported and whether it had a position: the entity set.
     shape: hass::Shape,
     /// The shape and info discovery was last built from.
-    built_from: Option<(hass::Shape, VehicleInfo)>,
+    built_from: Option<u64>,
     /// The state in its `state_dir` record is behind.
     dirty: bool,
     /// The entities in its record are behind (written at the next persist tick).
@@ -111,7 +111,7 @@ impl Vehicle {
             availability_told: false,
             reported_at: None,
             own_clock: false,
-            field_times: BTreeMap::new(),
+            field_times: store::FieldTimes::default(),
             reported_this_run: hass::Shape::default(),
             stale: false,
             published_availability: None,
