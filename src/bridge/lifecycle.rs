@@ -326,7 +326,7 @@ impl Hub {
     /// Writes the records of vehicles whose entities changed, and with `all` of those
     /// whose state changed (off the hub's task: an SD card is slow), and removes those of
     /// vehicles that were forgotten. States alone are written rarely to spare flash.
-    pub(super) fn persist(&mut self, all: bool) {
+    pub(super) fn persist(&mut self, last: bool) {
         if !self.config.bridge.remember_vehicles
             || self.persisting.as_ref().is_some_and(|h| !h.is_finished())
         {
@@ -334,10 +334,26 @@ impl Hub {
         }
         let mut batch: Vec<(VehicleId, Option<Vec<u8>>)> =
             self.forgotten.drain(..).map(|id| (id, None)).collect();
-        let due = |v: &Vehicle| v.entities_dirty || (all && v.dirty);
-        for (id, v) in self.vehicles.iter_mut().filter(|(_, v)| due(v)) {
+        // Entities at once; a state at most every PERSIST_STATE_EVERY; everything at
+        // shutdown. At most PERSIST_BATCH records a tick, so a fleet's first write (or a
+        // flood of changes) costs bounded memory and disk bursts.
+        let now = std::time::Instant::now();
+        let due = |v: &Vehicle| {
+            v.entities_dirty
+                || (v.dirty
+                    && (last
+                        || v.saved_at
+                            .is_none_or(|t| now.duration_since(t) >= super::PERSIST_STATE_EVERY)))
+        };
+        let cap = if last {
+            usize::MAX
+        } else {
+            super::PERSIST_BATCH
+        };
+        for (id, v) in self.vehicles.iter_mut().filter(|(_, v)| due(v)).take(cap) {
             v.dirty = false;
             v.entities_dirty = false;
+            v.saved_at = Some(now);
             let record = store::Record {
                 connector: self.connectors[v.owner].name.to_string(),
                 discovery: v.discovery.clone(),

@@ -41,9 +41,11 @@ const RETRY_QUEUE: usize = 50_000;
 const RETRY_EVERY: Duration = Duration::from_millis(50);
 /// How often vehicle records whose entities changed are written to `state_dir`.
 const PERSIST_EVERY: Duration = Duration::from_secs(15);
-/// Every this many persist ticks (5 min), changed states are written too (and always
-/// at shutdown): a scooter reporting every 5 s must not wear out an SD card.
-const PERSIST_STATES_EVERY: u32 = 20;
+/// A vehicle's changed state is written at most this often (and at shutdown): a scooter
+/// reporting every 5 s must not wear out an SD card.
+const PERSIST_STATE_EVERY: Duration = Duration::from_secs(300);
+/// Records written per persist tick, at most (all of them at shutdown).
+const PERSIST_BATCH: usize = 500;
 /// How long a PIN entered in HA's `Command PIN` text stays good for one command.
 const PIN_ARMED_FOR: Duration = Duration::from_secs(30);
 
@@ -91,6 +93,8 @@ struct Vehicle {
     dirty: bool,
     /// The entities in its record are behind (written at the next persist tick).
     entities_dirty: bool,
+    /// When its record was last written.
+    saved_at: Option<std::time::Instant>,
     /// A PIN entered in HA's `Command PIN` text, valid for one command until then.
     armed_pin: Option<std::time::Instant>,
     /// Per-field topic → payload, as last published (only with `per_field_topics`).
@@ -120,6 +124,7 @@ impl Vehicle {
             built_from: None,
             dirty: false,
             entities_dirty: false,
+            saved_at: None,
             armed_pin: None,
             field_payloads: BTreeMap::new(),
             pending_lock: None,
@@ -314,7 +319,6 @@ pub async fn run(
     let mut info_tick = tokio::time::interval(Duration::from_secs(1));
     let mut alive_tick = tokio::time::interval(crate::state_dir::ALIVE_EVERY);
     let mut persist_tick = tokio::time::interval(PERSIST_EVERY);
-    let mut persist_ticks = 0u32;
 
     loop {
         tokio::select! {
@@ -348,10 +352,7 @@ pub async fn run(
                 hub.check_stale();
                 hub.forget_absent_fields();
             }
-            _ = persist_tick.tick() => {
-                persist_ticks = persist_ticks.wrapping_add(1);
-                hub.persist(persist_ticks.is_multiple_of(PERSIST_STATES_EVERY));
-            }
+            _ = persist_tick.tick() => hub.persist(false),
             _ = info_tick.tick() => {
                 hub.flush_info();
                 hub.update_snapshot();

@@ -126,6 +126,24 @@ mod tests {
     }
 
     #[test]
+    fn accept_failures_back_off_and_log_sparsely() {
+        let mut b = AcceptBackoff::default();
+        let runs: Vec<(u64, bool)> = (0..10)
+            .map(|_| {
+                let (wait, log) = b.failed();
+                (wait.as_millis() as u64, log)
+            })
+            .collect();
+        assert_eq!(runs[0], (20, true));
+        assert_eq!(runs[2], (80, false), "the 3rd failure is not logged");
+        assert_eq!(runs[3], (160, true));
+        assert_eq!(runs[9].0, 1280, "capped");
+        assert_eq!(runs.iter().filter(|r| r.1).count(), 4, "1st, 2nd, 4th, 8th");
+        b.succeeded();
+        assert_eq!(b.failed(), (std::time::Duration::from_millis(20), true));
+    }
+
+    #[test]
     fn rate_budget_allows_a_burst_then_paces_every_block_alike() {
         let mut b = RateBudget::new(10.0, 3.0);
         let t0 = std::time::Instant::now();
@@ -355,6 +373,27 @@ impl FailureThrottle {
 
     pub fn succeeded(&mut self, ip: std::net::IpAddr) {
         self.failures.remove(&crate::connectors::address_block(ip));
+    }
+}
+
+/// After a failed accept (usually no file descriptor left): wait 20 ms doubling to
+/// 1.3 s while failures go on, and log only the 1st, 2nd, 4th, 8th... Shared by every
+/// listener, so none spins or floods the log when the process runs out of descriptors.
+#[derive(Debug, Default)]
+pub struct AcceptBackoff {
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+
+    /// The wait before the next accept, and whether this failure is worth a log line.
+    pub fn failed(&mut self) -> (std::time::Duration, bool) {
+        self.failures = self.failures.saturating_add(1);
+        let wait = std::time::Duration::from_millis(10 << self.failures.min(7));
+        (wait, self.failures.is_power_of_two())
     }
 }
 

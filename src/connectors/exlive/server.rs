@@ -34,10 +34,11 @@ pub(super) async fn run(
     let peers = Arc::new(crate::connectors::PeerLinks::default());
     let login_gates = Arc::new(LoginGates::default());
     let per_address = core.config.links_per_address();
+    let mut accept_backoff = crate::connectors::AcceptBackoff::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept() => match accepted.inspect(|_| accept_backoff.succeeded()) {
                 Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let ip = peer.ip();
@@ -72,8 +73,11 @@ pub(super) async fn run(
                 },
                 Err(err) => {
                     // Usually out of file descriptors: wait instead of spinning.
-                    tracing::warn!(event = "exlive_accept_failed", error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let (wait, log) = accept_backoff.failed();
+                    if log {
+                        tracing::warn!(event = "exlive_accept_failed", error = %err, wait_ms = wait.as_millis() as u64, "accept failed (out of file descriptors?)");
+                    }
+                    tokio::time::sleep(wait).await;
                 }
             }
         }

@@ -57,7 +57,7 @@ pub async fn serve(
         .route(&cfg.push_path, axum::routing::post(receive))
         .with_state(ctx);
     let connections = Arc::new(Semaphore::new(cfg.push_max_connections));
-    let mut accept_failures = 0u32;
+    let mut accept_backoff = crate::connectors::AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -65,15 +65,14 @@ pub async fn serve(
         };
         let (stream, _peer) = match accepted {
             Ok(a) => {
-                accept_failures = 0;
+                accept_backoff.succeeded();
                 a
             }
             Err(e) => {
                 // EMFILE and friends: wait for descriptors to free up, do not spin.
-                accept_failures = accept_failures.saturating_add(1);
-                let wait = std::time::Duration::from_millis(10 << accept_failures.min(7));
-                if accept_failures.is_power_of_two() {
-                    tracing::warn!(event = "iauto360_push_accept_failed", error = %e, failures = accept_failures, wait_ms = wait.as_millis() as u64, "cannot accept a push connection");
+                let (wait, log) = accept_backoff.failed();
+                if log {
+                    tracing::warn!(event = "iauto360_push_accept_failed", error = %e, wait_ms = wait.as_millis() as u64, "cannot accept a push connection");
                 }
                 tokio::time::sleep(wait).await;
                 continue;

@@ -42,10 +42,11 @@ pub(super) async fn run(listener: TcpListener, core: Arc<Core>, shutdown: Cancel
     let permits = Arc::new(Semaphore::new(core.config.max_links));
     let peers = Arc::new(crate::connectors::PeerLinks::default());
     let per_address = core.config.links_per_address();
+    let mut accept_backoff = crate::connectors::AcceptBackoff::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept() => match accepted.inspect(|_| accept_backoff.succeeded()) {
                 Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let Some(slot) = peers.admit(peer.ip(), per_address) else {
@@ -69,8 +70,11 @@ pub(super) async fn run(listener: TcpListener, core: Arc<Core>, shutdown: Cancel
                     }
                 },
                 Err(err) => {
-                    tracing::warn!(event = "kingxun_accept_failed", error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let (wait, log) = accept_backoff.failed();
+                    if log {
+                        tracing::warn!(event = "kingxun_accept_failed", error = %err, wait_ms = wait.as_millis() as u64, "accept failed (out of file descriptors?)");
+                    }
+                    tokio::time::sleep(wait).await;
                 }
             }
         }
