@@ -13,38 +13,15 @@ use figment::providers::{Env, Format, Json, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use crate::shared::{
+    active_interval, check_listener, check_polling, parse_timezone, require_timezone, Secret,
+    DEFAULT_ACTIVE_INTERVAL,
+};
+
 use crate::connectors::exlive::ExliveConfig;
 use crate::connectors::iauto360::Iauto360Config;
 use crate::connectors::kingxun::KingxunConfig;
 use crate::connectors::xchanger::XchangerConfig;
-
-/// A secret string: usable, serialisable for layering, never printed by `Debug`. An
-/// unquoted number in a file (`command_pin = 97531`) is taken as its text.
-#[derive(Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Text;
-        impl serde::de::Visitor<'_> for Text {
-            type Value = Secret;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a text or a number")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
-                Ok(Secret(v.to_string()))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Secret, E> {
-                Ok(Secret(v.to_string()))
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secret, E> {
-                Ok(Secret(v.to_string()))
-            }
-        }
-        d.deserialize_any(Text)
-    }
-}
 
 /// Text settings whose values are often all digits (PINs, passwords, ids, keys in hex).
 /// From the environment they are taken exactly as written, as text: figment would read
@@ -112,28 +89,6 @@ fn is_secret_key(key: &str) -> bool {
     let last = key.rsplit('.').next().unwrap_or(key);
     let last = last.split('[').next().unwrap_or(last);
     SECRET_KEYS.contains(&last)
-}
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "\"\""
-        } else {
-            "\"********\""
-        })
-    }
 }
 
 /// Keys whose values are masked in `check-config` output, wherever they appear.
@@ -625,83 +580,6 @@ fn nearest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
         .filter(|(d, _)| *d <= 3)
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
-}
-
-/// Parses the `timezone` setting: an IANA zone from the tz database or a fixed offset.
-pub fn parse_timezone(tz: &str) -> Option<crate::zone::Zone> {
-    crate::zone::Zone::parse(tz)
-}
-
-/// A connector's `timezone` setting (validation already refused bad ones; this guards
-/// connectors built from an unvalidated config).
-pub fn require_timezone(section: &str, timezone: &str) -> anyhow::Result<crate::zone::Zone> {
-    parse_timezone(timezone)
-        .ok_or_else(|| anyhow::anyhow!("{section}.timezone `{timezone}` is not supported"))
-}
-
-/// Checks shared by the listening connectors; the error names the key (relative to the
-/// connector's section) and why.
-pub fn check_listener(timezone: &str, max_links: usize) -> Result<(), (String, String)> {
-    if parse_timezone(timezone).is_none() {
-        return Err((
-            "timezone".into(),
-            format!("`{timezone}`: use a tz database name (Asia/Shanghai), UTC or ±HH:MM"),
-        ));
-    }
-    if max_links == 0 {
-        return Err(("max_links".into(), "must be at least 1".into()));
-    }
-    Ok(())
-}
-
-/// The interval a cloud connector polls at while a vehicle is active, when the user did
-/// not set one: 1 min, or `poll_interval` when that is shorter, so that any single
-/// interval a user sets makes a valid config.
-pub const DEFAULT_ACTIVE_INTERVAL: Duration = Duration::from_secs(60);
-
-pub fn active_interval(
-    poll_interval: Duration,
-    poll_interval_active: Option<Duration>,
-) -> Duration {
-    poll_interval_active.unwrap_or(DEFAULT_ACTIVE_INTERVAL.min(poll_interval))
-}
-
-/// Checks shared by the polling (cloud) connectors; the error names the key (relative to
-/// the connector's section) and why.
-pub fn check_polling(
-    base_url: &str,
-    poll_interval: Duration,
-    poll_interval_active: Option<Duration>,
-    request_timeout: Duration,
-) -> Result<(), (String, String)> {
-    let err = |k: &str, r: String| Err((k.to_string(), r));
-    let url = base_url.trim_end_matches('/');
-    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-        return err("base_url", "must be an http:// or https:// address".into());
-    }
-    if poll_interval < Duration::from_secs(1) {
-        return err("poll_interval", "must be at least 1s".into());
-    }
-    if let Some(active) = poll_interval_active {
-        if active < Duration::from_secs(1) {
-            return err("poll_interval_active", "must be at least 1s".into());
-        }
-        if active > poll_interval {
-            return err(
-                "poll_interval_active",
-                format!(
-                    "{} is longer than poll_interval ({}): the active interval is the faster one; \
-                     shorten it or leave it out (it then follows poll_interval)",
-                    humantime::format_duration(active),
-                    humantime::format_duration(poll_interval)
-                ),
-            );
-        }
-    }
-    if request_timeout < Duration::from_secs(1) || request_timeout > Duration::from_secs(120) {
-        return err("request_timeout", "must be 1s to 120s".into());
-    }
-    Ok(())
 }
 
 fn valid_topic_segment(topic: &str, allow_slash: bool) -> bool {

@@ -17,6 +17,7 @@ pub mod model;
 pub mod mqtt;
 pub mod observe;
 pub mod protocol;
+pub mod shared;
 pub mod sim;
 pub mod state_dir;
 pub mod zone;

@@ -18,13 +18,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use rand::Rng;
 use rumqttc::tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use rumqttc::QoS;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::{MqttConfig, MqttProtocol};
+pub use crate::shared::{backoff_delay, Backoff};
 
 /// Largest packet we send or accept: discovery documents and big states fit easily.
 pub const MAX_PACKET_SIZE: usize = 1024 * 1024;
@@ -287,30 +287,6 @@ pub fn tls_config(ca_file: Option<&std::path::Path>) -> anyhow::Result<ClientCon
         .with_no_client_auth())
 }
 
-/// Exponential backoff with full jitter: 0.5 s doubling to 30 s.
-pub fn backoff_delay(attempt: u32) -> Duration {
-    let cap_ms = 500u64.saturating_mul(1 << attempt.min(6)).min(30_000);
-    Duration::from_millis(rand::rng().random_range(cap_ms / 2..=cap_ms))
-}
-
-/// Reconnect backoff for upstream sessions: a session that lasted a minute resets it.
-#[derive(Debug, Default)]
-pub struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    /// The delay before the next attempt, given how long the last session lasted.
-    pub fn next(&mut self, session: Duration) -> Duration {
-        if session > Duration::from_secs(60) {
-            self.attempt = 0;
-        }
-        let delay = backoff_delay(self.attempt);
-        self.attempt = self.attempt.saturating_add(1);
-        delay
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,34 +320,5 @@ mod tests {
             rumqttc::Request::Subscribe(s) => assert_eq!(s.filters[0].path, "base/+/+/set"),
             other => panic!("expected the subscription, got {other:?}"),
         }
-    }
-
-    #[test]
-    fn session_backoff_resets_after_a_long_session() {
-        let mut b = Backoff::default();
-        for _ in 0..10 {
-            b.next(Duration::from_secs(1));
-        }
-        assert!(
-            b.next(Duration::from_secs(1)) >= Duration::from_secs(15),
-            "grown"
-        );
-        assert!(
-            b.next(Duration::from_secs(120)) <= Duration::from_millis(500),
-            "reset by a long session"
-        );
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        for attempt in 0..20 {
-            let d = backoff_delay(attempt);
-            let cap = 500u64.saturating_mul(1 << attempt.min(6)).min(30_000);
-            assert!(
-                d.as_millis() as u64 >= cap / 2 && d.as_millis() as u64 <= cap,
-                "{attempt}: {d:?}"
-            );
-        }
-        assert!(backoff_delay(30) <= Duration::from_secs(30));
     }
 }

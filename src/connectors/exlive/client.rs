@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::server::next_message;
 use super::{Core, ExliveClientConfig, LINK_QUEUE};
 use crate::connector::Update;
-use crate::mqtt::Backoff;
 use crate::protocol::exlive::{Message, Splitter};
+use crate::shared::Backoff;
 
 /// After a refused login, wait this long before trying again: never a login storm.
 const REFUSED_BACKOFF: Duration = Duration::from_secs(15 * 60);

@@ -63,7 +63,7 @@ impl Connector for ExliveConnector {
 
     fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {
         Box::pin(async move {
-            let tz = crate::config::require_timezone("exlive", &self.config.timezone)?;
+            let tz = crate::shared::require_timezone("exlive", &self.config.timezone)?;
             let core = Arc::new(Core::new(self.config.clone(), tz, ctx.updates.clone()));
             let ConnectorContext {
                 mut commands,

@@ -49,7 +49,7 @@ pub struct Api {
     permits: tokio::sync::Semaphore,
     base: String,
     open_id: String,
-    secure_code: crate::config::Secret,
+    secure_code: crate::shared::Secret,
     plan: Option<i64>,
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{check_polling, Secret};
+use crate::shared::{check_polling, Secret};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -78,7 +78,7 @@ pub fn valid_esn(esn: &str) -> bool {
 impl Iauto360Config {
     /// The interval while a vehicle is active (see `config::active_interval`).
     pub fn active_interval(&self) -> Duration {
-        crate::config::active_interval(self.poll_interval, self.poll_interval_active)
+        crate::shared::active_interval(self.poll_interval, self.poll_interval_active)
     }
 
     /// Checks an enabled section; the error names the key and why.

@@ -30,7 +30,7 @@ const MAX_CONCURRENT: usize = 32;
 const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
 
 struct Ctx {
-    secure_code: crate::config::Secret,
+    secure_code: crate::shared::Secret,
     routes: HashMap<String, mpsc::Sender<PushedEvent>>,
     counters: Arc<Counters>,
     permits: Semaphore,

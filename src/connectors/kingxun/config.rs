@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{check_listener, Secret};
 use crate::protocol::kingxun::{Profile, DEFAULT_MAX_TRIP_BODY};
+use crate::shared::{check_listener, Secret};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

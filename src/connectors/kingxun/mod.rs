@@ -615,7 +615,7 @@ impl Connector for KingxunConnector {
 
     fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {
         Box::pin(async move {
-            let tz = crate::config::require_timezone("kingxun", &self.config.timezone)?;
+            let tz = crate::shared::require_timezone("kingxun", &self.config.timezone)?;
             let (upstream_tx, upstream_rx) = mpsc::channel(64);
             let upstream_ids: std::collections::HashSet<u32> = self
                 .config

@@ -19,11 +19,11 @@ use super::config::{hex16, KingxunUpstream};
 use super::{now_secs, vehicle_id, Core, LinkCommand};
 use crate::connector::Update;
 use crate::model::{CommandProgress, Field, VehicleId, VehicleInfo, VehicleState};
-use crate::mqtt::Backoff;
 use crate::protocol::kingxun::{
     crypto, id, resp_code_text, AppControl, Decoded, Frame, Kind, KxCodec, WebConnect,
     WebConnectAck, WebHeartbeat, WebHeartbeatAck,
 };
+use crate::shared::Backoff;
 
 /// The HA device that stands for the upstream server itself.
 pub fn server_vehicle() -> VehicleId {

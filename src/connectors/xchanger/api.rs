@@ -8,8 +8,8 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::config::{ApiVersion, XchangerConfig};
-use crate::config::Secret;
 use crate::protocol::xchanger::{code_text, sign};
+use crate::shared::Secret;
 
 /// Requests to the upstream at once (an account has few cars).
 const MAX_IN_FLIGHT: usize = 4;

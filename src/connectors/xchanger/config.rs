@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{check_polling, Secret};
+use crate::shared::{check_polling, Secret};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -108,7 +108,7 @@ pub enum Credentials {
 impl XchangerConfig {
     /// The interval while a vehicle is active (see `config::active_interval`).
     pub fn active_interval(&self) -> Duration {
-        crate::config::active_interval(self.poll_interval, self.poll_interval_active)
+        crate::shared::active_interval(self.poll_interval, self.poll_interval_active)
     }
 
     pub fn base_url(&self) -> String {

@@ -1,0 +1,195 @@
+//! Small pieces every layer uses, in a leaf module that imports nothing of ours but the
+//! time-zone parser: secrets, reconnect backoff, and the config checks the connectors'
+//! sections share. Connectors and protocols take these from here, so none of them
+//! imports `config`, `mqtt`, `hass` or `bridge` (no import circle, no arrow back up).
+
+use std::fmt;
+use std::time::Duration;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// A secret string: usable, serialisable for layering, never printed by `Debug`. An
+/// unquoted number in a file (`command_pin = 97531`) is taken as its text.
+#[derive(Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a text or a number")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+        }
+        d.deserialize_any(Text)
+    }
+}
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"********\""
+        })
+    }
+}
+
+/// Parses the `timezone` setting: an IANA zone from the tz database or a fixed offset.
+pub fn parse_timezone(tz: &str) -> Option<crate::zone::Zone> {
+    crate::zone::Zone::parse(tz)
+}
+
+/// A connector's `timezone` setting (validation already refused bad ones; this guards
+/// connectors built from an unvalidated config).
+pub fn require_timezone(section: &str, timezone: &str) -> anyhow::Result<crate::zone::Zone> {
+    parse_timezone(timezone)
+        .ok_or_else(|| anyhow::anyhow!("{section}.timezone `{timezone}` is not supported"))
+}
+
+/// Checks shared by the listening connectors; the error names the key (relative to the
+/// connector's section) and why.
+pub fn check_listener(timezone: &str, max_links: usize) -> Result<(), (String, String)> {
+    if parse_timezone(timezone).is_none() {
+        return Err((
+            "timezone".into(),
+            format!("`{timezone}`: use a tz database name (Asia/Shanghai), UTC or ±HH:MM"),
+        ));
+    }
+    if max_links == 0 {
+        return Err(("max_links".into(), "must be at least 1".into()));
+    }
+    Ok(())
+}
+
+/// The interval a cloud connector polls at while a vehicle is active, when the user did
+/// not set one: 1 min, or `poll_interval` when that is shorter, so that any single
+/// interval a user sets makes a valid config.
+pub const DEFAULT_ACTIVE_INTERVAL: Duration = Duration::from_secs(60);
+
+pub fn active_interval(
+    poll_interval: Duration,
+    poll_interval_active: Option<Duration>,
+) -> Duration {
+    poll_interval_active.unwrap_or(DEFAULT_ACTIVE_INTERVAL.min(poll_interval))
+}
+
+/// Checks shared by the polling (cloud) connectors; the error names the key (relative to
+/// the connector's section) and why.
+pub fn check_polling(
+    base_url: &str,
+    poll_interval: Duration,
+    poll_interval_active: Option<Duration>,
+    request_timeout: Duration,
+) -> Result<(), (String, String)> {
+    let err = |k: &str, r: String| Err((k.to_string(), r));
+    let url = base_url.trim_end_matches('/');
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+        return err("base_url", "must be an http:// or https:// address".into());
+    }
+    if poll_interval < Duration::from_secs(1) {
+        return err("poll_interval", "must be at least 1s".into());
+    }
+    if let Some(active) = poll_interval_active {
+        if active < Duration::from_secs(1) {
+            return err("poll_interval_active", "must be at least 1s".into());
+        }
+        if active > poll_interval {
+            return err(
+                "poll_interval_active",
+                format!(
+                    "{} is longer than poll_interval ({}): the active interval is the faster one; \
+                     shorten it or leave it out (it then follows poll_interval)",
+                    humantime::format_duration(active),
+                    humantime::format_duration(poll_interval)
+                ),
+            );
+        }
+    }
+    if request_timeout < Duration::from_secs(1) || request_timeout > Duration::from_secs(120) {
+        return err("request_timeout", "must be 1s to 120s".into());
+    }
+    Ok(())
+}
+
+/// Exponential backoff with full jitter: 0.5 s doubling to 30 s.
+pub fn backoff_delay(attempt: u32) -> Duration {
+    let cap_ms = 500u64.saturating_mul(1 << attempt.min(6)).min(30_000);
+    Duration::from_millis(rand::rng().random_range(cap_ms / 2..=cap_ms))
+}
+
+/// Reconnect backoff for upstream sessions: a session that lasted a minute resets it.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    /// The delay before the next attempt, given how long the last session lasted.
+    pub fn next(&mut self, session: Duration) -> Duration {
+        if session > Duration::from_secs(60) {
+            self.attempt = 0;
+        }
+        let delay = backoff_delay(self.attempt);
+        self.attempt = self.attempt.saturating_add(1);
+        delay
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_backoff_resets_after_a_long_session() {
+        let mut b = Backoff::default();
+        for _ in 0..10 {
+            b.next(Duration::from_secs(1));
+        }
+        assert!(
+            b.next(Duration::from_secs(1)) >= Duration::from_secs(15),
+            "grown"
+        );
+        assert!(
+            b.next(Duration::from_secs(120)) <= Duration::from_millis(500),
+            "reset by a long session"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for attempt in 0..20 {
+            let d = backoff_delay(attempt);
+            let cap = 500u64.saturating_mul(1 << attempt.min(6)).min(30_000);
+            assert!(
+                d.as_millis() as u64 >= cap / 2 && d.as_millis() as u64 <= cap,
+                "{attempt}: {d:?}"
+            );
+        }
+        assert!(backoff_delay(30) <= Duration::from_secs(30));
+    }
+}
