@@ -9,6 +9,7 @@ pub mod bridge;
 pub mod config;
 pub mod connector;
 pub mod connectors;
+#[cfg(feature = "simulators")]
 pub mod demo;
 pub mod geo;
 pub mod hass;
@@ -18,6 +19,9 @@ pub mod mqtt;
 pub mod observe;
 pub mod protocol;
 pub mod shared;
+/// Device simulators and fake clouds (the demo, `simulate`, tests, benches): kept out of
+/// a build without the `simulators` feature, so a production bridge links no fixtures.
+#[cfg(feature = "simulators")]
 pub mod sim;
 pub mod state_dir;
 pub mod zone;

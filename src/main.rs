@@ -12,7 +12,9 @@ use vehicle2mqtt::connectors::exlive::ExliveConnector;
 use vehicle2mqtt::connectors::iauto360::Iauto360Connector;
 use vehicle2mqtt::connectors::kingxun::KingxunConnector;
 use vehicle2mqtt::connectors::xchanger::XchangerConnector;
-use vehicle2mqtt::{bridge, logging, sim, state_dir};
+#[cfg(feature = "simulators")]
+use vehicle2mqtt::sim;
+use vehicle2mqtt::{bridge, logging, state_dir};
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +36,7 @@ enum Cmd {
     Run,
     /// Print the effective configuration with secrets masked; exit 2 if it is invalid.
     CheckConfig,
+    #[cfg(feature = "simulators")]
     /// Run a self-contained demo: embedded broker, kingxun and EXLIVE listeners with
     /// simulated vehicles, and fake xchanger and iauto360 clouds the bridge polls.
     Demo {
@@ -68,12 +71,14 @@ enum Cmd {
         state_dir: Option<PathBuf>,
     },
     /// Simulate devices or upstreams against a running bridge.
+    #[cfg(feature = "simulators")]
     Simulate {
         #[command(subcommand)]
         target: SimTarget,
     },
 }
 
+#[cfg(feature = "simulators")]
 #[derive(Subcommand)]
 enum SimTarget {
     /// kingxun devices that register, ride, report and obey commands.
@@ -188,6 +193,7 @@ const EXIT_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Cmd::Run);
+    #[cfg(feature = "simulators")]
     if let Cmd::Simulate { target } = command {
         return simulate(target);
     }
@@ -220,6 +226,7 @@ fn main() -> ExitCode {
             }
         };
     }
+    #[cfg(feature = "simulators")]
     if let Cmd::Demo {
         mqtt_port,
         kingxun_port,
@@ -264,9 +271,11 @@ fn main() -> ExitCode {
         }
         Cmd::Run => run(config, false),
         Cmd::Health { .. } => health(&config.bridge.state_dir),
-        Cmd::Simulate { .. } | Cmd::Demo { .. } | Cmd::Addon { .. } => {
+        #[cfg(feature = "simulators")]
+        Cmd::Simulate { .. } | Cmd::Demo { .. } => {
             unreachable!("handled before the config is read")
         }
+        Cmd::Addon { .. } => unreachable!("handled before the config is read"),
     }
 }
 
@@ -342,6 +351,7 @@ fn health(dir: &std::path::Path) -> ExitCode {
     }
 }
 
+#[cfg(feature = "simulators")]
 fn simulate(target: SimTarget) -> ExitCode {
     logging::init(vehicle2mqtt::config::LogFormat::Text, "info");
     let Ok(runtime) = tokio::runtime::Runtime::new() else {
@@ -493,10 +503,14 @@ async fn serve(mut config: Config, demo: bool) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
     // Held until the bridge stops: the fake clouds of the demo.
+    #[cfg(not(feature = "simulators"))]
+    let _ = demo;
+    #[cfg(feature = "simulators")]
     let _clouds = match demo {
         true => Some(vehicle2mqtt::demo::clouds(&config).await?),
         false => None,
     };
+    #[cfg(feature = "simulators")]
     if demo {
         eprintln!("{}", vehicle2mqtt::demo::instructions(&config));
         tokio::spawn(vehicle2mqtt::demo::simulators(
