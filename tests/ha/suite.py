@@ -29,6 +29,9 @@ import aiohttp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.pop("VEHICLE2MQTT_BIN", os.path.join(ROOT, "target", "debug", "vehicle2mqtt"))
+# The bridge reads V2M_* variables as config: none of the caller's may leak into it.
+for _key in [k for k in os.environ if k.startswith("V2M_")]:
+    del os.environ[_key]
 PIN = "2468"
 BASE = "v2m"
 PROCS = []
