@@ -1,0 +1,97 @@
+//! The bridge device's own entities.
+
+use serde_json::{json, Value as Json};
+
+use super::{origin, Entity, Topics, VERSION};
+
+/// The bridge's own device and its diagnostic sensors (fed by `<base>/bridge/info`).
+/// Their discovery topics use the owner `bridge`: `.../<node>/bridge_<key>/config`.
+pub fn bridge_entities(topics: &Topics) -> Vec<Entity> {
+    let device = json!({
+        "identifiers": [topics.bridge_device_id()],
+        "name": "vehicle2mqtt bridge",
+        "manufacturer": "vehicle2mqtt",
+        "model": "Bridge",
+        "sw_version": VERSION,
+    });
+    let sensor = |key: &str, name: &str, template: &str, extra: Json| {
+        let node = &topics.node;
+        let mut m = json!({
+            "name": name,
+            "unique_id": format!("v2m_bridge_{node}_{key}"),
+            "object_id": format!("{node}_bridge_{key}"),
+            "default_entity_id": format!("sensor.{node}_bridge_{key}"),
+            "state_topic": topics.bridge_info(),
+            "value_template": template,
+            "availability_topic": topics.bridge_state(),
+            "entity_category": "diagnostic",
+            "device": device,
+            "origin": origin(),
+        });
+        if let (Some(m), Some(extra)) = (m.as_object_mut(), extra.as_object()) {
+            m.extend(extra.clone());
+        }
+        Entity {
+            component: "sensor",
+            key: key.to_string(),
+            config: m,
+        }
+    };
+    let node = &topics.node;
+    let purge = Entity {
+        component: "button",
+        key: "purge".into(),
+        config: json!({
+            "name": "Remove stale entities",
+            "unique_id": format!("v2m_bridge_{node}_purge"),
+            "object_id": format!("{node}_bridge_purge"),
+            "default_entity_id": format!("button.{node}_bridge_purge"),
+            "command_topic": format!("{}/bridge/purge/set", topics.base),
+            "payload_press": "stale",
+            "availability_topic": topics.bridge_state(),
+            "entity_category": "config",
+            "icon": "mdi:delete-sweep",
+            "device": device,
+            "origin": origin(),
+        }),
+    };
+    vec![
+        sensor(
+            "version",
+            "Version",
+            "{{ value_json.version }}",
+            json!({"icon": "mdi:tag"}),
+        ),
+        sensor(
+            "links",
+            "Connected links",
+            "{{ value_json.links }}",
+            json!({"state_class": "measurement", "icon": "mdi:lan-connect"}),
+        ),
+        sensor(
+            "vehicles",
+            "Vehicles",
+            "{{ value_json.vehicles }}",
+            json!({"state_class": "measurement", "icon": "mdi:car-multiple"}),
+        ),
+        sensor(
+            "last_error",
+            "Last error",
+            "{{ value_json.last_error if value_json.last_error else 'none' }}",
+            json!({"icon": "mdi:alert-circle-outline"}),
+        ),
+        sensor(
+            "dropped",
+            "Dropped messages",
+            "{{ value_json.dropped_publishes }}",
+            json!({"state_class": "total_increasing", "icon": "mdi:email-remove"}),
+        ),
+        sensor(
+            "pin_failures",
+            "Wrong PINs",
+            "{{ value_json.pin_failures }}",
+            json!({"state_class": "total_increasing", "icon": "mdi:form-textbox-password"}),
+        ),
+        purge,
+    ]
+}
