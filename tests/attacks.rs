@@ -418,3 +418,91 @@ async fn kingxun_floods_and_impostors_cost_only_themselves_and_the_log_stays_sma
         "kingxun attack log growth: {grew} bytes; 30 parallel id guesses all answered like a known id; a known id registered in {known_took:?} meanwhile; past the burst: {waits:?}"
     );
 }
+
+/// Issue #13, MQTT: against the real binary and a real mosquitto (MQTT 5 by default), a
+/// retained 1.5 MB message on a command topic and a retained UNLOCK published while the
+/// bridge is connected. Neither breaks the connection nor moves the scooter; the real
+/// device keeps reporting, the owner's LOCK goes through, and the log stays small.
+#[tokio::test]
+async fn retained_and_oversized_commands_over_mqtt_cost_nothing() {
+    let broker = Mosquitto::start();
+    let bridge = kingxun_bridge(&broker).await;
+    let base = bridge.base.clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stats = std::sync::Arc::new(vehicle2mqtt::sim::kingxun::SimStats::default());
+    let opts = SimOptions {
+        server: format!("127.0.0.1:{}", bridge.port),
+        key_seed: KX_SEED,
+        interval: Duration::from_millis(300),
+        ..SimOptions::default()
+    };
+    tokio::spawn(vehicle2mqtt::sim::kingxun::run(
+        opts,
+        stats.clone(),
+        stop.clone(),
+    ));
+    let probe = Probe::connect(broker.port, &[&format!("{base}/#")]).await;
+    probe
+        .wait_for("the device's state", T, |m| {
+            m.topic == format!("{base}/kx1001/state") && m.json()["lock"].is_string()
+        })
+        .await;
+    let log_before = bridge.log_bytes();
+    probe.clear();
+
+    let set = format!("{base}/kx1001/lock/set");
+    probe.publish(&set, &"x".repeat(1_500_000), true).await;
+    probe
+        .publish(&set, r#"{"action":"UNLOCK","id":"planted"}"#, true)
+        .await;
+    let rejected = probe
+        .wait_for("the retained UNLOCK rejected", T, |m| {
+            m.topic.ends_with("/command/result") && m.json()["id"] == "planted"
+        })
+        .await
+        .json();
+    assert_eq!(rejected["status"], "rejected", "{rejected}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let states_before = probe
+        .messages()
+        .iter()
+        .filter(|m| m.topic == format!("{base}/kx1001/state"))
+        .count();
+    probe.publish(&set, "", true).await;
+    probe
+        .publish(&set, r#"{"action":"LOCK","id":"owner"}"#, false)
+        .await;
+    let done = probe
+        .wait_for("the owner's lock", T, |m| {
+            m.topic.ends_with("/command/result")
+                && m.json()["id"] == "owner"
+                && m.json()["status"] != "accepted"
+        })
+        .await
+        .json();
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let reconnects = probe
+        .messages()
+        .iter()
+        .filter(|m| m.topic == format!("{base}/bridge/state"))
+        .count();
+    assert_eq!(reconnects, 0, "the bridge's connection broke");
+    assert!(
+        states_before >= 5,
+        "the device's states stopped: {states_before}"
+    );
+    assert!(
+        !probe
+            .messages()
+            .iter()
+            .any(|m| m.topic.ends_with("/kx1001/state") && m.json()["lock"] == "UNLOCKED"),
+        "the scooter was unlocked"
+    );
+    stop.cancel();
+    let grew = bridge.log_bytes() - log_before;
+    assert!(grew < 16 * 1024, "the log grew by {grew} bytes");
+    let _ = writeln!(
+        std::io::stdout(),
+        "MQTT attack: 0 reconnects, retained UNLOCK rejected, {states_before} device states in 3 s, owner's LOCK succeeded, log +{grew} bytes"
+    );
+}
