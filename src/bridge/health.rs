@@ -62,7 +62,17 @@ impl Hub {
 
     /// Marks offline every vehicle whose newest report is older than `stale_after`.
     pub(super) fn check_stale(&mut self) {
-        let ids: Vec<VehicleId> = self.vehicles.keys().cloned().collect();
+        // A vehicle with no availability yet gets one stale check of grace: its first
+        // state is usually on its way, and "offline" a moment before "online" is a flap.
+        let ids: Vec<VehicleId> = self
+            .vehicles
+            .iter_mut()
+            .filter_map(|(id, v)| {
+                let graced = v.published_availability.is_none() && !v.grace_used;
+                v.grace_used = true;
+                (!graced).then(|| id.clone())
+            })
+            .collect();
         for id in ids {
             self.check_stale_one(&id);
         }

@@ -91,6 +91,8 @@ struct Vehicle {
     reported_this_run: hass::Shape,
     stale: bool,
     published_availability: Option<bool>,
+    /// The stale check has already waited once for this vehicle's first availability.
+    grace_used: bool,
     /// Discovery topic → payload, as last published.
     discovery: BTreeMap<String, String>,
     /// Every field ever reported and whether it had a position: the entity set.
@@ -127,6 +129,7 @@ impl Vehicle {
             reported_this_run: hass::Shape::default(),
             stale: false,
             published_availability: None,
+            grace_used: false,
             discovery: BTreeMap::new(),
             shape: hass::Shape::default(),
             built_from: None,
