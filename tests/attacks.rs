@@ -337,7 +337,7 @@ async fn kingxun_floods_and_impostors_cost_only_themselves_and_the_log_stays_sma
     //    Past the address's burst (40 registrations, then 4 a second), every registration
     //    waits its turn, known id or not: the wait tells nothing either.
     let mut waits = Vec::new();
-    for i in 0..16u32 {
+    for i in 0..24u32 {
         let dev_id = if i % 2 == 0 { 6000 + i } else { 1001 };
         let mut s = TcpStream::connect(&addr).await.unwrap();
         let started = std::time::Instant::now();
@@ -348,7 +348,7 @@ async fn kingxun_floods_and_impostors_cost_only_themselves_and_the_log_stays_sma
     let paced = |known: bool| {
         waits
             .iter()
-            .skip(10)
+            .skip(18)
             .filter(|(id, _)| (*id == 1001) == known)
             .all(|(_, w)| *w >= Duration::from_millis(150))
     };
