@@ -44,24 +44,17 @@ impl Hub {
                     .as_ref()
                     .is_none_or(|ids| ids.contains(&id))
             });
+            let owner = owner.unwrap_or_default();
+            let info = super::default_info(&id, &record.connector);
+            let mut v = Vehicle::new(owner, info);
+            v.discovery = record.discovery;
             if !listed {
                 tracing::info!(event = "vehicle_removed", vehicle = %id, connector = %record.connector,
                     "vehicle no longer in the config; removing its entities");
-                for topic in record.discovery.keys() {
-                    self.send(topic.clone(), Vec::new(), true);
-                }
-                self.send(self.topics.vehicle(id.as_str(), "state"), Vec::new(), true);
-                self.send(
-                    self.topics.vehicle(id.as_str(), "availability"),
-                    Vec::new(),
-                    true,
-                );
-                self.forgotten.push(id);
+                self.vehicles.insert(id.clone(), v);
+                self.forget_vehicle(&id);
                 continue;
             }
-            let owner = owner.unwrap_or_default();
-            let info = super::default_info(&id, self.connectors[owner].name);
-            let mut v = Vehicle::new(owner, info);
             v.info_known = false;
             v.state = VehicleState::from_json(&record.state);
             v.shape.fields = record
@@ -80,7 +73,6 @@ impl Hub {
                 v.field_times.insert(field, at.with_timezone(&Utc));
             }
             v.reported_at = v.field_times.latest();
-            v.discovery = record.discovery;
             self.vehicles.insert(id, v);
         }
         if restored > 0 {

@@ -53,9 +53,8 @@ impl Hub {
                     v.field_times.insert(*field, reported);
                 }
                 v.reported_this_run.absorb(&state);
-                if v.shape.absorb(&state) {
-                    v.entities_dirty = true;
-                }
+                let grew = v.shape.absorb(&state) | v.shape.fields.insert(Field::LastUpdate);
+                v.entities_dirty |= grew;
                 if replace {
                     // Fields absent now show "unknown"; their entities stay (see
                     // `lifecycle`), and so does the last known position.
@@ -74,7 +73,6 @@ impl Hub {
                     last.to_rfc3339_opts(SecondsFormat::Millis, true),
                 );
                 v.field_times.insert(Field::LastUpdate, last);
-                v.shape.fields.insert(Field::LastUpdate);
                 v.reported_this_run.fields.insert(Field::LastUpdate);
                 v.dirty = true;
                 if !v.availability_told {
@@ -82,7 +80,11 @@ impl Hub {
                 }
                 self.info_dirty = true;
                 self.check_stale_one(&vehicle);
-                self.sync_discovery(&vehicle, false);
+                // Documents depend on the shape (and the info, synced when it comes): a
+                // status that adds no field costs no rebuild.
+                if grew {
+                    self.sync_discovery(&vehicle, false);
+                }
                 self.publish_state(&vehicle);
                 self.publish_availability(&vehicle, false);
             }

@@ -178,6 +178,20 @@ pub struct Endpoint {
     pub tls: bool,
 }
 
+/// Hands an incoming message to the bridge without waiting; when the bridge is behind,
+/// the message is dropped, counted and logged (sparsely). Both protocol loops use it.
+fn forward(events: &mpsc::Sender<MqttEvent>, stats: &MqttStats, msg: MqttEvent) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = events.try_send(msg) {
+        if let Some(n) = crate::observe::count_sampled(&stats.dropped_messages) {
+            tracing::warn!(
+                event = "mqtt_message_dropped",
+                total_dropped = n,
+                "bridge busy; incoming MQTT message dropped"
+            );
+        }
+    }
+}
+
 /// What both protocol versions' clients are made from.
 #[derive(Clone)]
 struct Settings {

@@ -103,15 +103,7 @@ pub(super) async fn run(
                     retain: p.retain,
                     expires_in,
                 };
-                if let Err(mpsc::error::TrySendError::Full(_)) = events.try_send(msg) {
-                    if let Some(n) = crate::observe::count_sampled(&stats.dropped_messages) {
-                        tracing::warn!(
-                            event = "mqtt_message_dropped",
-                            total_dropped = n,
-                            "bridge busy; incoming MQTT message dropped"
-                        );
-                    }
-                }
+                super::forward(&events, &stats, msg);
             }
             Ok(Event::Incoming(Packet::SubAck(ack)))
                 if ack.return_codes.iter().any(|c| {
