@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use vehicle2mqtt::sim::exlive::{SimOptions, SimStats};
+use vehicle2mqtt::connectors::exlive::sim::{SimOptions, SimStats};
 
 struct Scenario {
     links: usize,
@@ -37,7 +37,7 @@ async fn run_scenario(port: u16, exlive_port: u16, bridge_pid: u32, sc: &Scenari
         first_id,
         stamp: true,
     };
-    let sim = tokio::spawn(vehicle2mqtt::sim::exlive::run(
+    let sim = tokio::spawn(vehicle2mqtt::connectors::exlive::sim::run(
         opts,
         stats.clone(),
         shutdown.clone(),

@@ -12,7 +12,7 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use vehicle2mqtt::sim::iauto360::{FakeIauto360, FakeOptions};
+use vehicle2mqtt::connectors::iauto360::sim::{FakeIauto360, FakeOptions};
 
 /// utime + stime of a process, in clock ticks (100 per second on Linux).
 fn cpu_ticks(pid: u32) -> u64 {

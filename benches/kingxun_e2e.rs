@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use vehicle2mqtt::sim::kingxun::{config_toml, SimOptions, SimStats};
+use vehicle2mqtt::connectors::kingxun::sim::{config_toml, SimOptions, SimStats};
 
 const SEED: u64 = 4242;
 
@@ -41,7 +41,7 @@ async fn scenario(
         profile: Default::default(),
         plain_status: false,
     };
-    let sim = tokio::spawn(vehicle2mqtt::sim::kingxun::run(
+    let sim = tokio::spawn(vehicle2mqtt::connectors::kingxun::sim::run(
         opts,
         stats.clone(),
         stop.clone(),

@@ -18,37 +18,26 @@ pub use crate::shared::{
     DEFAULT_ACTIVE_INTERVAL,
 };
 
-use crate::connectors::exlive::ExliveConfig;
-use crate::connectors::iauto360::Iauto360Config;
-use crate::connectors::kingxun::KingxunConfig;
-use crate::connectors::xchanger::XchangerConfig;
+use crate::registry::Upstreams;
 
 /// Text settings whose values are often all digits (PINs, passwords, ids, keys in hex).
 /// From the environment they are taken exactly as written, as text: figment would read
-/// `V2M_BRIDGE__COMMAND_PIN=0123` as the number 123.
-pub const TEXT_KEYS: &[&str] = &[
+/// `V2M_BRIDGE__COMMAND_PIN=0123` as the number 123. Each upstream adds its own.
+const TEXT_KEYS: &[&str] = &[
     "bridge.command_pin",
     "mqtt.username",
     "mqtt.password",
     "mqtt.client_id",
     "mqtt.base_topic",
     "mqtt.discovery_prefix",
-    "xchanger.username",
-    "xchanger.password",
-    "xchanger.auth_code",
-    "xchanger.access_token",
-    "xchanger.refresh_token",
-    "xchanger.user_id",
-    "xchanger.app_key",
-    "xchanger.iccid",
-    "iauto360.open_id",
-    "iauto360.secure_code",
-    "kingxun.upstream.key",
-    "kingxun.upstream.iv",
-    "kingxun.upstream.host",
-    "exlive.client.name",
-    "exlive.client.password",
 ];
+
+/// Every text setting, the bridge's and each upstream's.
+pub fn text_keys() -> Vec<String> {
+    let mut keys: Vec<String> = TEXT_KEYS.iter().map(|k| k.to_string()).collect();
+    keys.extend(Upstreams::text_keys());
+    keys
+}
 
 /// One text value for one key, named after where it came from (an environment variable,
 /// the Supervisor), so errors about it point there.
@@ -71,8 +60,8 @@ impl figment::Provider for TextValue {
 
 /// `TEXT_KEYS` set in the environment, taken exactly as written.
 fn text_from_env() -> Vec<TextValue> {
-    TEXT_KEYS
-        .iter()
+    text_keys()
+        .into_iter()
         .filter_map(|key| {
             let var = format!("V2M_{}", key.replace('.', "__").to_uppercase());
             std::env::var(&var).ok().map(|value| TextValue {
@@ -259,15 +248,69 @@ impl Default for BridgeConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// The whole configuration: `[mqtt]`, `[bridge]` and a section per upstream of the
+/// registry (`config.upstreams.<name>`). Every section is optional; an unknown one is an
+/// error.
+#[derive(Debug, Clone, Default)]
 pub struct Config {
     pub mqtt: MqttConfig,
     pub bridge: BridgeConfig,
-    pub xchanger: XchangerConfig,
-    pub iauto360: Iauto360Config,
-    pub kingxun: KingxunConfig,
-    pub exlive: ExliveConfig,
+    pub upstreams: Upstreams,
+}
+
+impl Serialize for Config {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("mqtt", &self.mqtt)?;
+        map.serialize_entry("bridge", &self.bridge)?;
+        self.upstreams.serialize_sections(&mut map)?;
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Config {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Config, D::Error> {
+        struct Sections;
+        impl<'de> serde::de::Visitor<'de> for Sections {
+            type Value = Config;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("the configuration's sections")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Config, A::Error> {
+                let mut config = Config::default();
+                while let Some(name) = map.next_key::<String>()? {
+                    match name.as_str() {
+                        "mqtt" => config.mqtt = map.next_value()?,
+                        "bridge" => config.bridge = map.next_value()?,
+                        other => {
+                            if !config.upstreams.deserialize_section(other, &mut map)? {
+                                return Err(serde::de::Error::unknown_field(
+                                    other,
+                                    section_names(),
+                                ));
+                            }
+                        }
+                    }
+                }
+                Ok(config)
+            }
+        }
+        d.deserialize_map(Sections)
+    }
+}
+
+/// `mqtt`, `bridge` and every upstream's section, for "expected one of" in errors.
+fn section_names() -> &'static [&'static str] {
+    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        let mut names = vec!["mqtt", "bridge"];
+        names.extend(Upstreams::names());
+        names
+    })
 }
 
 /// Where the broker lives, parsed from `mqtt.url`.
@@ -455,16 +498,7 @@ impl Config {
         if let Err(reason) = tracing_subscriber::EnvFilter::try_new(&self.bridge.log_level) {
             problems.push(("bridge.log_level".into(), reason.to_string()));
         }
-        for (section, found) in [
-            ("iauto360", self.iauto360.problems()),
-            ("xchanger", self.xchanger.problems()),
-            ("kingxun", self.kingxun.problems()),
-            ("exlive", self.exlive.problems()),
-        ] {
-            for (key, reason) in found {
-                problems.push((format!("{section}.{key}"), reason));
-            }
-        }
+        problems.extend(self.upstreams.problems());
         if problems.is_empty() {
             return Ok(());
         }

@@ -18,10 +18,12 @@ pub mod model;
 pub mod mqtt;
 pub mod observe;
 pub mod protocol;
+pub mod registry;
 pub mod shared;
 /// Device simulators and fake clouds (the demo, `simulate`, tests, benches): kept out of
 /// a build without the `simulators` feature, so a production bridge links no fixtures.
 #[cfg(feature = "simulators")]
 pub mod sim;
 pub mod state_dir;
+pub mod upstream;
 pub mod zone;

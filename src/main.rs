@@ -7,13 +7,8 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use vehicle2mqtt::config::{Config, ConfigError};
-use vehicle2mqtt::connector::Connector;
-use vehicle2mqtt::connectors::exlive::ExliveConnector;
-use vehicle2mqtt::connectors::iauto360::Iauto360Connector;
-use vehicle2mqtt::connectors::kingxun::KingxunConnector;
-use vehicle2mqtt::connectors::xchanger::XchangerConnector;
 #[cfg(feature = "simulators")]
-use vehicle2mqtt::sim;
+use vehicle2mqtt::registry::SimTarget;
 use vehicle2mqtt::{bridge, logging, state_dir};
 
 #[derive(Parser)]
@@ -37,21 +32,11 @@ enum Cmd {
     /// Print the effective configuration with secrets masked; exit 2 if it is invalid.
     CheckConfig,
     #[cfg(feature = "simulators")]
-    /// Run a self-contained demo: embedded broker, kingxun and EXLIVE listeners with
-    /// simulated vehicles, and fake xchanger and iauto360 clouds the bridge polls.
+    /// Run a self-contained demo: embedded broker and every upstream simulated on local
+    /// ports (devices linking to the bridge's listeners, fake clouds it polls).
     Demo {
-        #[arg(long, default_value_t = 1883)]
-        mqtt_port: u16,
-        #[arg(long, default_value_t = 10086)]
-        kingxun_port: u16,
-        #[arg(long, default_value_t = 1502)]
-        exlive_port: u16,
-        #[arg(long, default_value_t = 8480)]
-        xchanger_port: u16,
-        #[arg(long, default_value_t = 8490)]
-        iauto360_port: u16,
-        #[arg(long, default_value_t = 8089)]
-        push_port: u16,
+        #[command(flatten)]
+        ports: vehicle2mqtt::demo::DemoPorts,
     },
     /// Run as a Home Assistant add-on: the broker and its login come from the Supervisor's
     /// MQTT service (SUPERVISOR_TOKEN), the options from /data/options.json, state in
@@ -75,67 +60,6 @@ enum Cmd {
     Simulate {
         #[command(subcommand)]
         target: SimTarget,
-    },
-}
-
-#[cfg(feature = "simulators")]
-#[derive(Subcommand)]
-enum SimTarget {
-    /// kingxun devices that register, ride, report and obey commands.
-    Kingxun {
-        /// The bridge's kingxun listener, host:port.
-        #[arg(long, default_value = "127.0.0.1:10086")]
-        server: String,
-        #[arg(long, default_value_t = 1)]
-        devices: usize,
-        /// Seed the device keys are derived from.
-        #[arg(long, default_value_t = 1)]
-        key_seed: u64,
-        #[arg(long, default_value_t = 1001)]
-        first_id: u32,
-        /// Time between status reports, e.g. "5s".
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-        interval: std::time::Duration,
-        /// Print the matching [[kingxun.devices]] config and exit.
-        #[arg(long)]
-        print_config: bool,
-    },
-    /// EXLIVE links that log in and push 1007 positions.
-    Exlive {
-        /// The bridge's EXLIVE listener, host:port.
-        #[arg(long)]
-        server: String,
-        #[arg(long, default_value_t = 1)]
-        links: usize,
-        /// Positions per second per link.
-        #[arg(long, default_value_t = 1.0)]
-        rate: f64,
-        /// The account config.example.toml shows (`[[exlive.accounts]]`).
-        #[arg(long, default_value = "fleet")]
-        user: String,
-        #[arg(long, default_value = "change-me")]
-        password: String,
-        /// First vehicle id (link i reports id + i).
-        #[arg(long, default_value_t = 1000)]
-        first_id: u64,
-    },
-    /// A fake xchanger (Lynk & Co) cloud with one car, for trying the connector:
-    /// username `driver@example.com`, password `correct horse`, VIN L6T7722E0LN000001.
-    XchangerCloud {
-        #[arg(long, default_value = "127.0.0.1:8480")]
-        listen: std::net::SocketAddr,
-        /// Serve api v2 and check every signature with this key (default: v1).
-        #[arg(long)]
-        app_key: Option<String>,
-    },
-    /// A fake iauto360 (车智汇) open platform with one OBD box: open_id `OPEN123`,
-    /// secure_code `SECRETcode`, esn 865432100012345.
-    Iauto360Platform {
-        #[arg(long, default_value = "127.0.0.1:8490")]
-        listen: std::net::SocketAddr,
-        /// The bridge's push endpoint, e.g. http://127.0.0.1:8089/iauto360/events.
-        #[arg(long)]
-        push_url: Option<String>,
     },
 }
 
@@ -227,23 +151,7 @@ fn main() -> ExitCode {
         };
     }
     #[cfg(feature = "simulators")]
-    if let Cmd::Demo {
-        mqtt_port,
-        kingxun_port,
-        exlive_port,
-        xchanger_port,
-        iauto360_port,
-        push_port,
-    } = command
-    {
-        let ports = vehicle2mqtt::demo::DemoPorts {
-            mqtt: mqtt_port,
-            kingxun: kingxun_port,
-            exlive: exlive_port,
-            xchanger: xchanger_port,
-            iauto360: iauto360_port,
-            push: push_port,
-        };
+    if let Cmd::Demo { ports } = command {
         let state = std::env::temp_dir().join(format!("vehicle2mqtt-demo-{}", std::process::id()));
         // The demo's setup, under whatever the user's file and V2M_ variables say.
         let base = vehicle2mqtt::demo::config(&ports, state.clone());
@@ -360,74 +268,7 @@ fn simulate(target: SimTarget) -> ExitCode {
     let outcome: Result<(), String> = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
-        // Every simulated link or device ended without being asked to: say why, exit 1.
-        let ended = |first: Option<String>, what: &str| -> Result<(), String> {
-            if shutdown.is_cancelled() {
-                Ok(())
-            } else {
-                Err(format!("every {what} stopped: {}", first.unwrap_or_else(|| "no reason given".into())))
-            }
-        };
-        match target {
-            SimTarget::Kingxun { server, devices, key_seed, first_id, interval, print_config } => {
-                let opts = sim::kingxun::SimOptions { server, devices, key_seed, first_id, interval, ..Default::default() };
-                if print_config {
-                    print!("{}", sim::kingxun::config_toml(&opts));
-                    return Ok(());
-                }
-                let stats = std::sync::Arc::new(sim::kingxun::SimStats::default());
-                sim::kingxun::run(opts, stats.clone(), shutdown.clone()).await;
-                let first = stats.first_error.lock().ok().and_then(|e| e.clone());
-                ended(first, "simulated device")
-            }
-            SimTarget::Exlive { server, links, rate, user, password, first_id } => {
-                let opts = sim::exlive::SimOptions { server, links, rate, user, password, first_id, stamp: false };
-                let stats = std::sync::Arc::new(sim::exlive::SimStats::default());
-                let reporter = {
-                    let (stats, shutdown) = (stats.clone(), shutdown.clone());
-                    tokio::spawn(async move {
-                        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-                        loop {
-                            tokio::select! {
-                                _ = shutdown.cancelled() => break,
-                                _ = tick.tick() => {
-                                    use std::sync::atomic::Ordering::Relaxed;
-                                    tracing::info!(logged_in = stats.logged_in.load(Relaxed), login_failed = stats.login_failed.load(Relaxed),
-                                        positions = stats.positions.load(Relaxed), commands = stats.commands_answered.load(Relaxed),
-                                        errors = stats.errors.load(Relaxed), "simulator");
-                                }
-                            }
-                        }
-                    })
-                };
-                sim::exlive::run(opts, stats.clone(), shutdown.clone()).await;
-                reporter.abort();
-                let first = stats.first_error.lock().ok().and_then(|e| e.clone());
-                ended(first, "simulated link")
-            }
-            SimTarget::XchangerCloud { listen, app_key } => {
-                let opts = sim::xchanger::FakeOptions { app_key, ..Default::default() };
-                match sim::xchanger::FakeXchanger::start(opts, listen).await {
-                    Ok(cloud) => {
-                        tracing::info!(url = %cloud.url(), "fake xchanger cloud listening");
-                        shutdown.cancelled().await;
-                        Ok(())
-                    }
-                    Err(e) => Err(format!("cannot start the fake xchanger cloud on {listen}: {e:#}")),
-                }
-            }
-            SimTarget::Iauto360Platform { listen, push_url } => {
-                let opts = sim::iauto360::FakeOptions { push_url, ..Default::default() };
-                match sim::iauto360::FakeIauto360::start(opts, listen).await {
-                    Ok(platform) => {
-                        tracing::info!(url = %platform.url(), "fake iauto360 platform listening");
-                        shutdown.cancelled().await;
-                        Ok(())
-                    }
-                    Err(e) => Err(format!("cannot start the fake iauto360 platform on {listen}: {e:#}")),
-                }
-            }
-        }
+        target.run(shutdown).await
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -472,28 +313,7 @@ async fn serve(mut config: Config, demo: bool) -> anyhow::Result<()> {
         config.mqtt.username = user;
         config.mqtt.password = vehicle2mqtt::config::Secret::new(password);
     }
-    let mut connectors: Vec<Box<dyn Connector>> = Vec::new();
-    if config.kingxun.enabled {
-        connectors.push(Box::new(
-            KingxunConnector::new(config.kingxun.clone())
-                .with_state_dir(config.bridge.state_dir.clone()),
-        ));
-    }
-    if config.exlive.enabled {
-        connectors.push(Box::new(ExliveConnector::new(config.exlive.clone())));
-    }
-    if config.iauto360.enabled {
-        connectors.push(Box::new(
-            Iauto360Connector::new(config.iauto360.clone())
-                .with_state_dir(config.bridge.state_dir.clone()),
-        ));
-    }
-    if config.xchanger.enabled {
-        connectors.push(Box::new(XchangerConnector::new(
-            config.xchanger.clone(),
-            config.bridge.state_dir.clone(),
-        )));
-    }
+    let connectors = config.upstreams.connectors(&config.bridge.state_dir);
     if connectors.is_empty() {
         tracing::warn!(
             event = "no_connectors",

@@ -137,10 +137,13 @@ fn options_are_real_bridge_config_keys() {
     });
     std::fs::write(&path, filled.to_string()).unwrap();
     let (config, _) = Config::load(Some(&path)).expect("a filled-in add-on config loads");
-    assert!(config.kingxun.enabled && config.exlive.enabled);
-    assert!(config.xchanger.enabled && config.iauto360.enabled);
-    assert_eq!(config.xchanger.unlock_window_min, 2);
-    assert_eq!(config.iauto360.push_listen.map(|a| a.port()), Some(8089));
+    assert!(config.upstreams.kingxun.enabled && config.upstreams.exlive.enabled);
+    assert!(config.upstreams.xchanger.enabled && config.upstreams.iauto360.enabled);
+    assert_eq!(config.upstreams.xchanger.unlock_window_min, 2);
+    assert_eq!(
+        config.upstreams.iauto360.push_listen.map(|a| a.port()),
+        Some(8089)
+    );
     assert_eq!(config.bridge.command_pin.expose(), "2468");
 }
 

@@ -11,8 +11,8 @@ use common::{KillOnDrop, Mosquitto, Probe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder as _;
+use vehicle2mqtt::connectors::kingxun::sim::{derive_key, SimOptions};
 use vehicle2mqtt::protocol::kingxun::{id, Decoded, Frame, Kind, KxCodec, Register, RegisterAck};
-use vehicle2mqtt::sim::kingxun::{derive_key, SimOptions};
 
 const T: Duration = Duration::from_secs(15);
 
@@ -387,7 +387,7 @@ async fn kingxun_floods_and_impostors_cost_only_themselves_and_the_log_stays_sma
         interval: Duration::from_millis(300),
         ..SimOptions::default()
     };
-    tokio::spawn(vehicle2mqtt::sim::kingxun::run(
+    tokio::spawn(vehicle2mqtt::connectors::kingxun::sim::run(
         opts,
         Default::default(),
         stop.clone(),
@@ -429,14 +429,14 @@ async fn retained_and_oversized_commands_over_mqtt_cost_nothing() {
     let bridge = kingxun_bridge(&broker).await;
     let base = bridge.base.clone();
     let stop = tokio_util::sync::CancellationToken::new();
-    let stats = std::sync::Arc::new(vehicle2mqtt::sim::kingxun::SimStats::default());
+    let stats = std::sync::Arc::new(vehicle2mqtt::connectors::kingxun::sim::SimStats::default());
     let opts = SimOptions {
         server: format!("127.0.0.1:{}", bridge.port),
         key_seed: KX_SEED,
         interval: Duration::from_millis(300),
         ..SimOptions::default()
     };
-    tokio::spawn(vehicle2mqtt::sim::kingxun::run(
+    tokio::spawn(vehicle2mqtt::connectors::kingxun::sim::run(
         opts,
         stats.clone(),
         stop.clone(),

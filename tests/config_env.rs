@@ -14,7 +14,7 @@ fn numeric_text_from_the_environment_stays_text() {
     let (config, _) = Config::load(None).expect("numeric secrets load");
     assert_eq!(config.bridge.command_pin.expose(), "0123");
     assert_eq!(config.mqtt.password.expose(), "2468");
-    assert_eq!(config.xchanger.user_id, "00042");
+    assert_eq!(config.upstreams.xchanger.user_id, "00042");
 
     // An unquoted number in a file is its text as well.
     let dir = tempfile::tempdir().unwrap();

@@ -68,7 +68,7 @@ fn example_config_is_valid() {
     std::fs::write(&path, file("docker/config.toml.example")).unwrap();
     let (config, _) =
         vehicle2mqtt::config::Config::load(Some(&path)).expect("docker/config.toml.example loads");
-    assert!(config.kingxun.enabled && config.exlive.enabled);
+    assert!(config.upstreams.kingxun.enabled && config.upstreams.exlive.enabled);
 }
 
 #[test]

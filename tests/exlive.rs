@@ -22,21 +22,22 @@ impl Bridge {
     /// An EXLIVE server with one account and one pass-through command.
     async fn start(broker: &Mosquitto, tweak: impl FnOnce(&mut Config)) -> Bridge {
         Bridge::start_with(broker, |config, port| {
-            config.exlive.enabled = true;
-            config.exlive.listen = format!("127.0.0.1:{port}").parse().unwrap();
-            config.exlive.accounts = vec![ExliveAccount {
+            config.upstreams.exlive.enabled = true;
+            config.upstreams.exlive.listen = format!("127.0.0.1:{port}").parse().unwrap();
+            config.upstreams.exlive.accounts = vec![ExliveAccount {
                 name: "fleet".into(),
                 password: Secret::new("s3cret"),
                 vehicles: Vec::new(),
             }];
-            config.exlive.commands = vec![ExliveCommand {
+            config.upstreams.exlive.commands = vec![ExliveCommand {
                 name: "locate".into(),
                 data: "WHERE#".into(),
             }];
             tweak(config);
             (
-                Box::new(ExliveConnector::new(config.exlive.clone())) as Box<dyn Connector>,
-                config.exlive.server,
+                Box::new(ExliveConnector::new(config.upstreams.exlive.clone()))
+                    as Box<dyn Connector>,
+                config.upstreams.exlive.server,
             )
         })
         .await
@@ -265,7 +266,7 @@ async fn data_before_login_is_refused() {
 async fn silence_past_heartbeat_timeout_closes_the_link_and_heartbeats_keep_it() {
     let broker = Mosquitto::start();
     let bridge = Bridge::start(&broker, |c| {
-        c.exlive.heartbeat_timeout = Duration::from_millis(1200)
+        c.upstreams.exlive.heartbeat_timeout = Duration::from_millis(1200)
     })
     .await;
     let probe = Probe::connect(broker.port, &[&bridge.topic("ex5/availability")]).await;
@@ -292,7 +293,7 @@ async fn silence_past_heartbeat_timeout_closes_the_link_and_heartbeats_keep_it()
 #[tokio::test]
 async fn malformed_gbk_and_oversized_messages() {
     let broker = Mosquitto::start();
-    let bridge = Bridge::start(&broker, |c| c.exlive.max_message_size = 1024).await;
+    let bridge = Bridge::start(&broker, |c| c.upstreams.exlive.max_message_size = 1024).await;
     let probe = Probe::connect(broker.port, &[&bridge.topic("+/state")]).await;
     let (mut peer, _) = Peer::login(bridge.port, "fleet", "s3cret").await;
     // The seed's 1001 without its closing brace, junk JSON, then a GBK position.
@@ -354,7 +355,7 @@ async fn malformed_gbk_and_oversized_messages() {
 #[tokio::test]
 async fn links_past_max_links_are_refused() {
     let broker = Mosquitto::start();
-    let bridge = Bridge::start(&broker, |c| c.exlive.max_links = 2).await;
+    let bridge = Bridge::start(&broker, |c| c.upstreams.exlive.max_links = 2).await;
     let (_a, ack_a) = Peer::login(bridge.port, "fleet", "s3cret").await;
     let (_b, ack_b) = Peer::login(bridge.port, "fleet", "s3cret").await;
     assert_eq!((ack_a, ack_b), (success(), success()));
@@ -548,8 +549,8 @@ async fn client_role_against_a_fake_platform() {
     let (hb_tx, mut hb_rx) = tokio::sync::mpsc::channel(16);
     let platform = tokio::spawn(fake_platform(listener, "pw", hb_tx));
     let bridge = Bridge::start(&broker, |c| {
-        c.exlive.server = false;
-        c.exlive.client = Some(ExliveClientConfig {
+        c.upstreams.exlive.server = false;
+        c.upstreams.exlive.client = Some(ExliveClientConfig {
             address,
             name: "me".into(),
             password: Secret::new("pw"),
@@ -619,8 +620,8 @@ async fn client_role_refused_login_is_reported_not_retried_in_a_storm() {
         })
     };
     let bridge = Bridge::start(&broker, |c| {
-        c.exlive.server = false;
-        c.exlive.client = Some(ExliveClientConfig {
+        c.upstreams.exlive.server = false;
+        c.upstreams.exlive.client = Some(ExliveClientConfig {
             address,
             name: "me".into(),
             password: Secret::new("wrong"),

@@ -9,8 +9,8 @@ use common::{ConnectorBridge as Bridge, Mosquitto, Probe};
 use serde_json::{json, Value};
 use vehicle2mqtt::config::{Config, Secret};
 use vehicle2mqtt::connector::Connector;
+use vehicle2mqtt::connectors::iauto360::sim::{Fail, FakeIauto360, FakeOptions, HOME};
 use vehicle2mqtt::connectors::iauto360::{Iauto360Connector, Iauto360Device};
-use vehicle2mqtt::sim::iauto360::{Fail, FakeIauto360, FakeOptions, HOME};
 
 const T: Duration = Duration::from_secs(15);
 const ESN: &str = "865432100012345";
@@ -32,7 +32,7 @@ async fn start(
 ) -> Bridge {
     let url = platform.url();
     let bridge = Bridge::start_with(broker, move |config, port| {
-        let c = &mut config.iauto360;
+        let c = &mut config.upstreams.iauto360;
         c.enabled = true;
         c.base_url = url;
         c.open_id = "OPEN123".into();
@@ -50,10 +50,14 @@ async fn start(
         }
         config.bridge.command_timeout = Duration::from_secs(4);
         tweak(config);
-        config.iauto360.validate().expect("valid test config");
+        config
+            .upstreams
+            .iauto360
+            .validate()
+            .expect("valid test config");
         (
             Box::new(
-                Iauto360Connector::new(config.iauto360.clone())
+                Iauto360Connector::new(config.upstreams.iauto360.clone())
                     .with_state_dir(config.bridge.state_dir.clone()),
             ) as Box<dyn Connector>,
             push,
@@ -394,7 +398,7 @@ async fn failures_back_off_and_refusals_are_shown() {
     // A wrong secure code: every call refused by the signature check, the reason shown.
     let platform = fake().await;
     let bridge = start(&broker, &platform, false, |c| {
-        c.iauto360.secure_code = Secret::new("wrong")
+        c.upstreams.iauto360.secure_code = Secret::new("wrong")
     })
     .await;
     let probe = watch(&broker, &bridge).await;
@@ -541,8 +545,8 @@ async fn the_push_endpoint_bounds_idle_slow_and_flooding_connections() {
     let broker = Mosquitto::start();
     let platform = fake().await;
     let bridge = start(&broker, &platform, true, |c| {
-        c.iauto360.push_max_connections = 20;
-        c.iauto360.push_read_timeout = Duration::from_millis(500);
+        c.upstreams.iauto360.push_max_connections = 20;
+        c.upstreams.iauto360.push_read_timeout = Duration::from_millis(500);
     })
     .await;
     let probe = watch(&broker, &bridge).await;

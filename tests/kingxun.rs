@@ -14,9 +14,9 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use vehicle2mqtt::config::{Config, Secret};
 use vehicle2mqtt::connector::Connector;
+use vehicle2mqtt::connectors::kingxun::sim::{derive_key, SimOptions, SimStats};
 use vehicle2mqtt::connectors::kingxun::{KingxunConnector, KingxunDevice};
 use vehicle2mqtt::protocol::kingxun::*;
-use vehicle2mqtt::sim::kingxun::{derive_key, SimOptions, SimStats};
 
 const T: Duration = Duration::from_secs(10);
 const SEED: u64 = 77;
@@ -27,9 +27,9 @@ impl Bridge {
     /// A kingxun device server knowing devices 1001–1003 (keys derived from `SEED`).
     async fn start(broker: &Mosquitto, tweak: impl FnOnce(&mut Config)) -> Bridge {
         Bridge::start_with(broker, |config, port| {
-            config.kingxun.enabled = true;
-            config.kingxun.listen = format!("127.0.0.1:{port}").parse().unwrap();
-            config.kingxun.devices = (1001..=1003)
+            config.upstreams.kingxun.enabled = true;
+            config.upstreams.kingxun.listen = format!("127.0.0.1:{port}").parse().unwrap();
+            config.upstreams.kingxun.devices = (1001..=1003)
                 .map(|id| KingxunDevice {
                     id,
                     key: Secret::new(hex::encode(derive_key(SEED, id))),
@@ -39,10 +39,15 @@ impl Bridge {
                 })
                 .collect();
             tweak(config);
-            config.kingxun.validate().expect("valid test config");
-            let direct = !config.kingxun.devices.is_empty();
+            config
+                .upstreams
+                .kingxun
+                .validate()
+                .expect("valid test config");
+            let direct = !config.upstreams.kingxun.devices.is_empty();
             (
-                Box::new(KingxunConnector::new(config.kingxun.clone())) as Box<dyn Connector>,
+                Box::new(KingxunConnector::new(config.upstreams.kingxun.clone()))
+                    as Box<dyn Connector>,
                 direct,
             )
         })
@@ -64,7 +69,7 @@ impl Bridge {
         };
         let stats = Arc::new(SimStats::default());
         let stop = CancellationToken::new();
-        tokio::spawn(vehicle2mqtt::sim::kingxun::run(
+        tokio::spawn(vehicle2mqtt::connectors::kingxun::sim::run(
             opts,
             stats.clone(),
             stop.clone(),
@@ -354,7 +359,7 @@ async fn simulated_device_unlocks_end_to_end() {
 async fn silent_device_times_out_and_absent_device_is_offline() {
     let broker = Mosquitto::start();
     let bridge = Bridge::start(&broker, |c| {
-        c.kingxun.command_timeout = Duration::from_millis(700)
+        c.upstreams.kingxun.command_timeout = Duration::from_millis(700)
     })
     .await;
     let probe = Probe::connect(broker.port, &[&bridge.topic("#")]).await;
@@ -437,7 +442,7 @@ async fn unknown_and_known_ids_look_alike_to_a_peer_without_the_key() {
 #[tokio::test]
 async fn requests_get_responses_and_become_state_and_events() {
     let broker = Mosquitto::start();
-    let bridge = Bridge::start(&broker, |c| c.kingxun.range_full_km = 80.0).await;
+    let bridge = Bridge::start(&broker, |c| c.upstreams.kingxun.range_full_km = 80.0).await;
     let probe = Probe::connect(broker.port, &[&bridge.topic("kx1002/#")]).await;
     let mut d = RawDevice::register(bridge.port, 1002).await.unwrap();
     // 1002 encrypted (CryptFlag honoured even where devices usually send plain).
@@ -567,10 +572,10 @@ async fn requests_get_responses_and_become_state_and_events() {
 async fn bad_input_costs_only_itself() {
     let broker = Mosquitto::start();
     let bridge = Bridge::start(&broker, |c| {
-        c.kingxun.max_body = 4096;
-        c.kingxun.read_timeout = Duration::from_millis(600);
+        c.upstreams.kingxun.max_body = 4096;
+        c.upstreams.kingxun.read_timeout = Duration::from_millis(600);
         // This test is about bad input; trust plain frames so plain ones are published.
-        c.kingxun.accept_plain_frames = true;
+        c.upstreams.kingxun.accept_plain_frames = true;
     })
     .await;
     let probe = Probe::connect(broker.port, &[&bridge.topic("kx1003/state")]).await;
@@ -719,9 +724,9 @@ async fn bad_input_costs_only_itself() {
 async fn max_links_and_idle_timeout() {
     let broker = Mosquitto::start();
     let bridge = Bridge::start(&broker, |c| {
-        c.kingxun.max_links = 2;
-        c.kingxun.idle_timeout = Duration::from_millis(800);
-        c.kingxun.accept_plain_frames = true;
+        c.upstreams.kingxun.max_links = 2;
+        c.upstreams.kingxun.idle_timeout = Duration::from_millis(800);
+        c.upstreams.kingxun.accept_plain_frames = true;
     })
     .await;
     let probe = Probe::connect(broker.port, &[&bridge.topic("kx1001/availability")]).await;
@@ -974,8 +979,8 @@ async fn an_impostor_without_the_key_changes_nothing() {
 async fn one_address_cannot_take_every_link() {
     let broker = Mosquitto::start();
     let bridge = Bridge::start(&broker, |c| {
-        c.kingxun.max_links = 50;
-        c.kingxun.max_links_per_address = 3;
+        c.upstreams.kingxun.max_links = 50;
+        c.upstreams.kingxun.max_links_per_address = 3;
     })
     .await;
     let mut held = Vec::new();

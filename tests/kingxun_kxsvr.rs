@@ -1,5 +1,5 @@
 //! The web-server role against a fake kingxun server that behaves as kxSvr's code does
-//! (`sim::kxsvr`, every behaviour cited there): first the fake's kxSvr habits, each by raw
+//! (`connectors::kingxun::kxsvr_sim`, every behaviour cited there): first the fake's kxSvr habits, each by raw
 //! frames, then the bridge driving it in-process and as the real binary.
 
 mod common;
@@ -18,10 +18,10 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use vehicle2mqtt::config::Secret;
 use vehicle2mqtt::connector::Connector;
+use vehicle2mqtt::connectors::kingxun::kxsvr_sim::{FakeKxSvrLog, FakeKxSvrOptions, UNSET_VOICE};
+use vehicle2mqtt::connectors::kingxun::sim::{derive_key, SimOptions, SimStats};
 use vehicle2mqtt::connectors::kingxun::{KingxunConnector, KingxunUpstream, UpstreamDevice};
 use vehicle2mqtt::protocol::kingxun::*;
-use vehicle2mqtt::sim::kingxun::{derive_key, SimOptions, SimStats};
-use vehicle2mqtt::sim::kxsvr::{FakeKxSvrLog, FakeKxSvrOptions, UNSET_VOICE};
 
 const T: Duration = Duration::from_secs(10);
 const SEED: u64 = 91;
@@ -40,7 +40,11 @@ async fn start_fake(wait: Duration, sweep: Duration) -> (String, Arc<FakeKxSvrLo
         wait,
         sweep_every: sweep,
     };
-    tokio::spawn(vehicle2mqtt::sim::kxsvr::run(listener, opts, log.clone()));
+    tokio::spawn(vehicle2mqtt::connectors::kingxun::kxsvr_sim::run(
+        listener,
+        opts,
+        log.clone(),
+    ));
     (address, log)
 }
 
@@ -367,7 +371,7 @@ async fn setup() -> Setup {
     let (fake, log) = start_fake(Duration::from_secs(30), Duration::from_secs(60)).await;
     let sim = Arc::new(SimStats::default());
     let stop_sim = CancellationToken::new();
-    tokio::spawn(vehicle2mqtt::sim::kingxun::run(
+    tokio::spawn(vehicle2mqtt::connectors::kingxun::sim::run(
         SimOptions {
             server: fake.clone(),
             devices: 1,
@@ -429,8 +433,8 @@ async fn web_server_role_drives_unlock_lock_and_open_lock_through_kxsvr() {
     let s = setup().await;
     let fake = s.fake.clone();
     let bridge = common::ConnectorBridge::start_with(&s.broker, |c, _| {
-        c.kingxun.enabled = true;
-        c.kingxun.upstream = Some(KingxunUpstream {
+        c.upstreams.kingxun.enabled = true;
+        c.upstreams.kingxun.upstream = Some(KingxunUpstream {
             address: fake,
             key: Secret::new(hex::encode(KEY)),
             iv: Secret::new(hex::encode(IV)),
@@ -443,9 +447,9 @@ async fn web_server_role_drives_unlock_lock_and_open_lock_through_kxsvr() {
             }],
             server_commands: vec![],
         });
-        c.kingxun.validate().unwrap();
+        c.upstreams.kingxun.validate().unwrap();
         (
-            Box::new(KingxunConnector::new(c.kingxun.clone())) as Box<dyn Connector>,
+            Box::new(KingxunConnector::new(c.upstreams.kingxun.clone())) as Box<dyn Connector>,
             false,
         )
     })

@@ -10,8 +10,8 @@ use common::{ConnectorBridge as Bridge, Mosquitto, Probe};
 use serde_json::Value;
 use vehicle2mqtt::config::{Config, Secret};
 use vehicle2mqtt::connector::Connector;
+use vehicle2mqtt::connectors::xchanger::sim::{Fail, FakeOptions, FakeVehicle, FakeXchanger};
 use vehicle2mqtt::connectors::xchanger::{ApiVersion, XchangerConnector};
-use vehicle2mqtt::sim::xchanger::{Fail, FakeOptions, FakeVehicle, FakeXchanger};
 
 const T: Duration = Duration::from_secs(15);
 const VIN: &str = "L6T7722E0LN000001";
@@ -37,7 +37,7 @@ async fn start(
         if let Some(dir) = state_dir {
             config.bridge.state_dir = dir;
         }
-        let x = &mut config.xchanger;
+        let x = &mut config.upstreams.xchanger;
         x.enabled = true;
         x.api = ApiVersion::V1;
         x.base_url = url.clone();
@@ -48,10 +48,14 @@ async fn start(
         x.poll_interval_active = Some(Duration::from_secs(1));
         config.bridge.command_timeout = Duration::from_secs(8);
         tweak(config);
-        config.xchanger.validate().expect("valid test config");
+        config
+            .upstreams
+            .xchanger
+            .validate()
+            .expect("valid test config");
         (
             Box::new(XchangerConnector::new(
-                config.xchanger.clone(),
+                config.upstreams.xchanger.clone(),
                 config.bridge.state_dir.clone(),
             )) as Box<dyn Connector>,
             false,
@@ -198,7 +202,7 @@ async fn v2_auth_code_signs_every_request_and_reads_the_data_plan() {
     })
     .await;
     let bridge = start(&broker, &cloud, None, |c| {
-        let x = &mut c.xchanger;
+        let x = &mut c.upstreams.xchanger;
         x.api = ApiVersion::V2;
         x.username.clear();
         x.password = Secret::default();
@@ -249,8 +253,8 @@ async fn a_wrong_app_key_is_caught_by_the_fakes_signature_check() {
     })
     .await;
     let bridge = start(&broker, &cloud, None, |c| {
-        c.xchanger.api = ApiVersion::V2;
-        c.xchanger.app_key = Secret::new("not-the-key");
+        c.upstreams.xchanger.api = ApiVersion::V2;
+        c.upstreams.xchanger.app_key = Secret::new("not-the-key");
     })
     .await;
     let probe = probe(&broker, &bridge).await;
@@ -295,7 +299,7 @@ async fn expired_tokens_are_refreshed_once_for_all_waiting_polls_and_rotated() {
     let (access, refresh) = cloud.issue_tokens();
     let dir = tempfile::tempdir().unwrap();
     let bridge = start(&broker, &cloud, Some(dir.path()), |c| {
-        let x = &mut c.xchanger;
+        let x = &mut c.upstreams.xchanger;
         x.username.clear();
         x.password = Secret::default();
         x.access_token = Secret::new(access.clone());
@@ -398,7 +402,7 @@ async fn a_refused_password_stops_polling_without_a_login_storm() {
     let broker = Mosquitto::start();
     let cloud = fake(FakeOptions::default()).await;
     let bridge = start(&broker, &cloud, None, |c| {
-        c.xchanger.password = Secret::new("wrong");
+        c.upstreams.xchanger.password = Secret::new("wrong");
     })
     .await;
     let probe = probe(&broker, &bridge).await;
@@ -430,8 +434,8 @@ async fn commands_are_accepted_then_confirmed_by_the_next_status() {
     let broker = Mosquitto::start();
     let cloud = fake(FakeOptions::default()).await;
     let bridge = start(&broker, &cloud, None, |c| {
-        c.xchanger.unlock_window_min = 2;
-        c.xchanger.poll_interval = Duration::from_secs(30);
+        c.upstreams.xchanger.unlock_window_min = 2;
+        c.upstreams.xchanger.poll_interval = Duration::from_secs(30);
         c.bridge.command_timeout = Duration::from_secs(4);
     })
     .await;
@@ -541,8 +545,8 @@ async fn with_the_shipped_defaults_commands_are_confirmed_in_seconds() {
     let cloud = fake(FakeOptions::default()).await;
     let bridge = start(&broker, &cloud, None, |c| {
         let defaults = vehicle2mqtt::connectors::xchanger::XchangerConfig::default();
-        c.xchanger.poll_interval = defaults.poll_interval;
-        c.xchanger.poll_interval_active = defaults.poll_interval_active;
+        c.upstreams.xchanger.poll_interval = defaults.poll_interval;
+        c.upstreams.xchanger.poll_interval_active = defaults.poll_interval_active;
         c.bridge.command_timeout = Config::default().bridge.command_timeout;
     })
     .await;

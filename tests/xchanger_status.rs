@@ -8,7 +8,7 @@ fn sample() -> Json {
     serde_json::from_str(
         &std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/src/sim/data/xchanger_status.json"
+            "/src/connectors/xchanger/data/xchanger_status.json"
         ))
         .unwrap(),
     )

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
-use vehicle2mqtt::sim::exlive::now_ns;
+use vehicle2mqtt::connectors::exlive::sim::now_ns;
 
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

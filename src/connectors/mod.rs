@@ -1,6 +1,8 @@
 //! One connector per upstream. Each owns its I/O and speaks to the bridge only through
 //! [`crate::connector`].
 
+#[cfg(test)]
+pub mod echo;
 pub mod exlive;
 pub mod iauto360;
 pub mod kingxun;

@@ -175,3 +175,23 @@ impl ExliveConfig {
         }
     }
 }
+
+/// The `exlive` upstream: EXLIVE GPS platforms: links to our TCP listener and our own link to one.
+pub struct Exlive;
+
+impl crate::upstream::Upstream for Exlive {
+    type Config = ExliveConfig;
+    const TEXT_KEYS: &'static [&'static str] = &["client.name", "client.password"];
+    fn enabled(config: &ExliveConfig) -> bool {
+        config.enabled
+    }
+    fn problems(config: &ExliveConfig) -> Vec<(String, String)> {
+        config.problems()
+    }
+    fn connector(
+        config: &ExliveConfig,
+        _state_dir: &std::path::Path,
+    ) -> Box<dyn crate::connector::Connector> {
+        Box::new(super::ExliveConnector::new(config.clone()))
+    }
+}

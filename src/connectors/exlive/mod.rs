@@ -7,6 +7,8 @@
 mod client;
 mod config;
 mod server;
+#[cfg(feature = "simulators")]
+pub mod sim;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +19,7 @@ use chrono::{NaiveDateTime, SecondsFormat};
 use crate::zone::Zone;
 use tokio::sync::mpsc;
 
-pub use config::{ExliveAccount, ExliveClientConfig, ExliveCommand, ExliveConfig};
+pub use config::{Exlive, ExliveAccount, ExliveClientConfig, ExliveCommand, ExliveConfig};
 
 use crate::connector::{
     Connector, ConnectorContext, ConnectorFuture, LinkGauge, Update, UpdateSink,

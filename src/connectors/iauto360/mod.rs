@@ -7,6 +7,8 @@
 mod api;
 mod config;
 mod push;
+#[cfg(feature = "simulators")]
+pub mod sim;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -20,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use api::CallError;
-pub use config::{Iauto360Config, Iauto360Device};
+pub use config::{Iauto360, Iauto360Config, Iauto360Device};
 
 use api::Api;
 

@@ -285,3 +285,25 @@ impl KingxunConfig {
         }
     }
 }
+
+/// The `kingxun` upstream: kingxun e-bike trackers linking to our TCP listener (and, optionally, our link to a kxSvr upstream).
+pub struct Kingxun;
+
+impl crate::upstream::Upstream for Kingxun {
+    type Config = KingxunConfig;
+    const TEXT_KEYS: &'static [&'static str] = &["upstream.key", "upstream.iv", "upstream.host"];
+    fn enabled(config: &KingxunConfig) -> bool {
+        config.enabled
+    }
+    fn problems(config: &KingxunConfig) -> Vec<(String, String)> {
+        config.problems()
+    }
+    fn connector(
+        config: &KingxunConfig,
+        state_dir: &std::path::Path,
+    ) -> Box<dyn crate::connector::Connector> {
+        Box::new(
+            super::KingxunConnector::new(config.clone()).with_state_dir(state_dir.to_path_buf()),
+        )
+    }
+}

@@ -3,7 +3,11 @@
 //! and events, and take control commands 2001–2005.
 
 mod config;
+#[cfg(feature = "simulators")]
+pub mod kxsvr_sim;
 mod server;
+#[cfg(feature = "simulators")]
+pub mod sim;
 mod upstream;
 
 use std::collections::HashMap;
@@ -16,7 +20,9 @@ use crate::zone::Zone;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-pub use config::{KingxunConfig, KingxunDevice, KingxunUpstream, ServerCommand, UpstreamDevice};
+pub use config::{
+    Kingxun, KingxunConfig, KingxunDevice, KingxunUpstream, ServerCommand, UpstreamDevice,
+};
 pub use upstream::{open_connect_ack, server_vehicle};
 
 use crate::connector::{

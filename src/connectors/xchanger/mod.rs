@@ -8,6 +8,8 @@
 mod api;
 mod auth;
 mod config;
+#[cfg(feature = "simulators")]
+pub mod sim;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -21,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use api::{classify, ApiError};
 pub use auth::REFUSED_BACKOFF;
-pub use config::{ApiVersion, DataUnit, XchangerConfig};
+pub use config::{ApiVersion, DataUnit, Xchanger, XchangerConfig};
 
 use api::{data, segment, Api, Body, Host};
 use auth::{Auth, Tokens};

@@ -139,7 +139,7 @@ fn now_local() -> LocalTime {
 }
 
 fn status(d: &Device, index: usize, stamp: bool) -> Status {
-    let (lat, lng, _) = super::route_point(
+    let (lat, lng, _) = crate::sim::route_point(
         31.23 + (index % 100) as f64 * 0.005,
         121.47 + (index / 100) as f64 * 0.005,
         500.0,
@@ -168,7 +168,7 @@ fn status(d: &Device, index: usize, stamp: bool) -> Status {
         battery: Some(Battery {
             charging: false,
             id: if stamp {
-                format!("t={}", super::exlive::now_ns())
+                format!("t={}", crate::sim::now_ns())
             } else {
                 format!("BAT{index:05}")
             },
@@ -339,5 +339,104 @@ async fn device(
                 send_status = true; // report the change at once
             }
         }
+    }
+}
+
+/// `simulate kingxun`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The bridge's kingxun listener, host:port.
+    #[arg(long, default_value = "127.0.0.1:10086")]
+    server: String,
+    #[arg(long, default_value_t = 1)]
+    devices: usize,
+    /// Seed the device keys are derived from.
+    #[arg(long, default_value_t = 1)]
+    key_seed: u64,
+    #[arg(long, default_value_t = 1001)]
+    first_id: u32,
+    /// Time between status reports, e.g. "5s".
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Print the matching [[kingxun.devices]] config and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+/// The demo's devices: kx1001 and kx1002, keys from this seed.
+const DEMO_SEED: u64 = 2024;
+const DEMO_DEVICES: u32 = 2;
+
+impl crate::upstream::Simulated for super::Kingxun {
+    const COMMAND: &'static str = "kingxun";
+    const ABOUT: &'static str = "kingxun devices that register, ride, report and obey commands";
+    type Args = Args;
+
+    async fn simulate(args: Args, shutdown: CancellationToken) -> Result<(), String> {
+        let Args {
+            server,
+            devices,
+            key_seed,
+            first_id,
+            interval,
+            print_config,
+        } = args;
+        let opts = SimOptions {
+            server,
+            devices,
+            key_seed,
+            first_id,
+            interval,
+            ..Default::default()
+        };
+        if print_config {
+            print!("{}", config_toml(&opts));
+            return Ok(());
+        }
+        let stats = Arc::new(SimStats::default());
+        run(opts, stats.clone(), shutdown.clone()).await;
+        crate::sim::ended(&shutdown, &stats.first_error, "simulated device")
+    }
+
+    const DEMO_PORTS: &'static [(&'static str, u16)] = &[("kingxun-port", 10086)];
+    fn demo_config(c: &mut super::KingxunConfig, port: &dyn Fn(&str) -> u16) {
+        c.enabled = true;
+        c.listen = ([127, 0, 0, 1], port("kingxun-port")).into();
+        c.devices = (0..DEMO_DEVICES)
+            .map(|i| super::KingxunDevice {
+                id: 1001 + i,
+                key: crate::shared::Secret::new(hex::encode(derive_key(DEMO_SEED, 1001 + i))),
+                name: Some(format!("Demo scooter {}", i + 1)),
+                profile: None,
+                accept_plain_frames: None,
+            })
+            .collect();
+    }
+    fn demo_addresses(c: &super::KingxunConfig) -> Vec<crate::upstream::DemoAddress> {
+        vec![(c.listen, "kingxun-port")]
+    }
+    async fn demo_after(c: super::KingxunConfig, shutdown: CancellationToken) {
+        if !crate::demo::wait_for(c.listen, &shutdown).await {
+            tracing::error!("demo: the bridge's kingxun listener did not come up");
+            return;
+        }
+        let opts = SimOptions {
+            server: c.listen.to_string(),
+            devices: DEMO_DEVICES as usize,
+            first_id: 1001,
+            key_seed: DEMO_SEED,
+            interval: Duration::from_secs(2),
+            trip_every: 15,
+            ..Default::default()
+        };
+        run(opts, Default::default(), shutdown).await;
+    }
+    fn demo_vehicles(_: &super::KingxunConfig) -> String {
+        "kingxun devices kx1001 and kx1002".into()
+    }
+    fn demo_examples(
+        _: &super::KingxunConfig,
+    ) -> Vec<(&'static str, String, &'static str, &'static str)> {
+        vec![("Unlock a scooter", "kx1001".into(), "lock/set", "UNLOCK")]
     }
 }

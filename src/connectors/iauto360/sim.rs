@@ -410,3 +410,87 @@ fn handle(
         _ => refuse("服务不存在"),
     }
 }
+
+/// `simulate iauto360-platform`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "127.0.0.1:8490")]
+    listen: SocketAddr,
+    /// The bridge's push endpoint, e.g. http://127.0.0.1:8089/iauto360/events.
+    #[arg(long)]
+    push_url: Option<String>,
+}
+
+impl crate::upstream::Simulated for super::Iauto360 {
+    const COMMAND: &'static str = "iauto360-platform";
+    const ABOUT: &'static str =
+        "A fake iauto360 (车智汇) open platform with one OBD box: open_id `OPEN123`, \
+        secure_code `SECRETcode`, esn 865432100012345";
+    type Args = Args;
+
+    async fn simulate(
+        args: Args,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<(), String> {
+        let opts = FakeOptions {
+            push_url: args.push_url,
+            ..Default::default()
+        };
+        match FakeIauto360::start(opts, args.listen).await {
+            Ok(platform) => {
+                tracing::info!(url = %platform.url(), "fake iauto360 platform listening");
+                shutdown.cancelled().await;
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "cannot start the fake iauto360 platform on {}: {e:#}",
+                args.listen
+            )),
+        }
+    }
+
+    const DEMO_PORTS: &'static [(&'static str, u16)] =
+        &[("iauto360-port", 8490), ("push-port", 8089)];
+    fn demo_config(i: &mut super::Iauto360Config, port: &dyn Fn(&str) -> u16) {
+        i.enabled = true;
+        i.base_url = format!("http://127.0.0.1:{}", port("iauto360-port"));
+        let fake = FakeOptions::default();
+        i.open_id = fake.open_id;
+        i.secure_code = crate::shared::Secret::new(fake.secure_code);
+        i.devices = vec![super::Iauto360Device {
+            esn: fake.devices[0].clone(),
+            name: Some("Demo car".into()),
+        }];
+        i.push_listen = Some(([127, 0, 0, 1], port("push-port")).into());
+        i.poll_interval = Duration::from_secs(30);
+        i.poll_interval_active = Some(Duration::from_secs(5));
+        i.detail_interval = Duration::from_secs(300);
+    }
+    fn demo_addresses(i: &super::Iauto360Config) -> Vec<crate::upstream::DemoAddress> {
+        let platform = crate::sim::local_port(&i.base_url).map(|a| (a, "iauto360-port"));
+        platform
+            .into_iter()
+            .chain(i.push_listen.map(|a| (a, "push-port")))
+            .collect()
+    }
+    async fn demo_before(
+        i: &super::Iauto360Config,
+    ) -> anyhow::Result<Option<crate::upstream::Running>> {
+        let listen = crate::sim::local_port(&i.base_url)
+            .ok_or_else(|| anyhow::anyhow!("demo: no port in {}", i.base_url))?;
+        let push_url = i.push_listen.map(|a| format!("http://{a}{}", i.push_path));
+        let opts = FakeOptions {
+            push_url,
+            ..Default::default()
+        };
+        Ok(Some(Box::new(FakeIauto360::start(opts, listen).await?)))
+    }
+    fn demo_vehicles(i: &super::Iauto360Config) -> String {
+        let esn = i
+            .devices
+            .first()
+            .map(|d| d.esn.as_str())
+            .unwrap_or_default();
+        format!("an OBD box ia{esn} (fake iauto360 platform)")
+    }
+}

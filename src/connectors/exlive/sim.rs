@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -48,12 +48,7 @@ impl SimStats {
     }
 }
 
-pub fn now_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
-}
+pub use crate::sim::now_ns;
 
 /// Runs every link until `shutdown`. Links start in groups of 20, 2 ms apart, so that
 /// 10 000 links ramp up in about a second without a SYN flood.
@@ -137,7 +132,7 @@ async fn link(
             _ = tick.tick() => for _ in 0..burst {
                 step += 1;
                 odometer += 0.01;
-                let (lat, lng, heading) = super::route_point(center.0, center.1, 800.0, step, 360);
+                let (lat, lng, heading) = crate::sim::route_point(center.0, center.1, 800.0, step, 360);
                 let gpstime = chrono::Utc::now()
                     .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).expect("valid offset"))
                     .format("%Y-%m-%d %H:%M:%S")
@@ -175,5 +170,120 @@ async fn link(
                 None => anyhow::bail!("server closed the link"),
             },
         }
+    }
+}
+
+/// `simulate exlive`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The bridge's EXLIVE listener, host:port.
+    #[arg(long)]
+    server: String,
+    #[arg(long, default_value_t = 1)]
+    links: usize,
+    /// Positions per second per link.
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// The account config.example.toml shows (`[[exlive.accounts]]`).
+    #[arg(long, default_value = "fleet")]
+    user: String,
+    #[arg(long, default_value = "change-me")]
+    password: String,
+    /// First vehicle id (link i reports id + i).
+    #[arg(long, default_value_t = 1000)]
+    first_id: u64,
+}
+
+impl crate::upstream::Simulated for super::Exlive {
+    const COMMAND: &'static str = "exlive";
+    const ABOUT: &'static str = "EXLIVE links that log in and push 1007 positions";
+    type Args = Args;
+
+    async fn simulate(args: Args, shutdown: CancellationToken) -> Result<(), String> {
+        let Args {
+            server,
+            links,
+            rate,
+            user,
+            password,
+            first_id,
+        } = args;
+        let opts = SimOptions {
+            server,
+            links,
+            rate,
+            user,
+            password,
+            first_id,
+            stamp: false,
+        };
+        let stats = Arc::new(SimStats::default());
+        let reporter = {
+            let (stats, shutdown) = (stats.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tick.tick() => {
+                            use std::sync::atomic::Ordering::Relaxed;
+                            tracing::info!(logged_in = stats.logged_in.load(Relaxed), login_failed = stats.login_failed.load(Relaxed),
+                                positions = stats.positions.load(Relaxed), commands = stats.commands_answered.load(Relaxed),
+                                errors = stats.errors.load(Relaxed), "simulator");
+                        }
+                    }
+                }
+            })
+        };
+        run(opts, stats.clone(), shutdown.clone()).await;
+        reporter.abort();
+        crate::sim::ended(&shutdown, &stats.first_error, "simulated link")
+    }
+
+    const DEMO_PORTS: &'static [(&'static str, u16)] = &[("exlive-port", 1502)];
+    fn demo_config(c: &mut super::ExliveConfig, port: &dyn Fn(&str) -> u16) {
+        c.enabled = true;
+        c.listen = ([127, 0, 0, 1], port("exlive-port")).into();
+        c.accounts = vec![super::ExliveAccount {
+            name: "demo".into(),
+            password: crate::shared::Secret::new("demo"),
+            vehicles: Vec::new(),
+        }];
+        c.commands = vec![super::ExliveCommand {
+            name: "locate".into(),
+            data: "WHERE#".into(),
+        }];
+    }
+    fn demo_addresses(c: &super::ExliveConfig) -> Vec<crate::upstream::DemoAddress> {
+        vec![(c.listen, "exlive-port")]
+    }
+    async fn demo_after(c: super::ExliveConfig, shutdown: CancellationToken) {
+        if !crate::demo::wait_for(c.listen, &shutdown).await {
+            tracing::error!("demo: the bridge's EXLIVE listener did not come up");
+            return;
+        }
+        let opts = SimOptions {
+            server: c.listen.to_string(),
+            links: 2,
+            rate: 0.5,
+            user: "demo".into(),
+            password: "demo".into(),
+            first_id: 7001,
+            stamp: false,
+        };
+        run(opts, Default::default(), shutdown).await;
+    }
+    fn demo_vehicles(_: &super::ExliveConfig) -> String {
+        "EXLIVE trackers ex7001 and ex7002".into()
+    }
+    fn demo_examples(
+        _: &super::ExliveConfig,
+    ) -> Vec<(&'static str, String, &'static str, &'static str)> {
+        vec![(
+            "Locate a tracker",
+            "ex7001".into(),
+            "cmd_locate/set",
+            "PRESS",
+        )]
     }
 }
