@@ -40,9 +40,8 @@ impl clap::Args for DemoPorts {
             clap::Arg::new(flag)
                 .long(flag)
                 .value_parser(clap::value_parser!(u16))
-                .default_value(clap::builder::OsStr::from(
-                    default.to_string().leak() as &str
-                ))
+                .value_name("PORT")
+                .help(format!("[default: {default}]"))
         };
         let mut cmd = cmd.arg(port("mqtt-port", 1883));
         for (flag, default) in Upstreams::demo_ports() {
@@ -57,12 +56,12 @@ impl clap::Args for DemoPorts {
 
 impl clap::FromArgMatches for DemoPorts {
     fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
-        let get = |flag: &str| m.get_one::<u16>(flag).copied().unwrap_or(0);
+        let get = |flag: &str, default: u16| m.get_one::<u16>(flag).copied().unwrap_or(default);
         Ok(DemoPorts {
-            mqtt: get("mqtt-port"),
+            mqtt: get("mqtt-port", 1883),
             upstream: Upstreams::demo_ports()
                 .into_iter()
-                .map(|(flag, _)| (flag, get(flag)))
+                .map(|(flag, default)| (flag, get(flag, default)))
                 .collect(),
         })
     }

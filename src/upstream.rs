@@ -91,6 +91,7 @@ macro_rules! registry {
 
         impl Upstreams {
             /// The section names, in the order of the registry.
+            #[allow(clippy::vec_init_then_push)] // a line may carry #[cfg]
             pub fn names() -> Vec<&'static str> {
                 let mut names = Vec::new();
                 $($(#[$attr])* names.push(stringify!($name));)*
@@ -198,6 +199,7 @@ macro_rules! registry {
                 while tasks.join_next().await.is_some() {}
             }
 
+            #[allow(clippy::vec_init_then_push)] // a line may carry #[cfg]
             pub fn demo_vehicles(&self) -> Vec<String> {
                 let mut vehicles = Vec::new();
                 $($(#[$attr])* vehicles.push(<$upstream as $crate::upstream::Simulated>::demo_vehicles(&self.$name));)*

@@ -150,6 +150,28 @@ impl Iauto360Config {
     }
 }
 
+/// The `iauto360` upstream: the iauto360 (车智汇) open platform for OBD boxes, polled and pushed.
+pub struct Iauto360;
+
+impl crate::upstream::Upstream for Iauto360 {
+    type Config = Iauto360Config;
+    const TEXT_KEYS: &'static [&'static str] = &["open_id", "secure_code"];
+    fn enabled(config: &Iauto360Config) -> bool {
+        config.enabled
+    }
+    fn problems(config: &Iauto360Config) -> Vec<(String, String)> {
+        config.problems()
+    }
+    fn connector(
+        config: &Iauto360Config,
+        state_dir: &std::path::Path,
+    ) -> Box<dyn crate::connector::Connector> {
+        Box::new(
+            super::Iauto360Connector::new(config.clone()).with_state_dir(state_dir.to_path_buf()),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,27 +248,5 @@ mod tests {
             }),
             "base_url"
         );
-    }
-}
-
-/// The `iauto360` upstream: the iauto360 (车智汇) open platform for OBD boxes, polled and pushed.
-pub struct Iauto360;
-
-impl crate::upstream::Upstream for Iauto360 {
-    type Config = Iauto360Config;
-    const TEXT_KEYS: &'static [&'static str] = &["open_id", "secure_code"];
-    fn enabled(config: &Iauto360Config) -> bool {
-        config.enabled
-    }
-    fn problems(config: &Iauto360Config) -> Vec<(String, String)> {
-        config.problems()
-    }
-    fn connector(
-        config: &Iauto360Config,
-        state_dir: &std::path::Path,
-    ) -> Box<dyn crate::connector::Connector> {
-        Box::new(
-            super::Iauto360Connector::new(config.clone()).with_state_dir(state_dir.to_path_buf()),
-        )
     }
 }

@@ -229,6 +229,38 @@ pub fn valid_vin(vin: &str) -> bool {
     (6..=32).contains(&vin.len()) && vin.chars().all(|c| c.is_ascii_alphanumeric())
 }
 
+/// The `xchanger` upstream: the xchanger cloud (Lynk & Co / Geely cars), polled.
+pub struct Xchanger;
+
+impl crate::upstream::Upstream for Xchanger {
+    type Config = XchangerConfig;
+    const TEXT_KEYS: &'static [&'static str] = &[
+        "username",
+        "password",
+        "auth_code",
+        "access_token",
+        "refresh_token",
+        "user_id",
+        "app_key",
+        "iccid",
+    ];
+    fn enabled(config: &XchangerConfig) -> bool {
+        config.enabled
+    }
+    fn problems(config: &XchangerConfig) -> Vec<(String, String)> {
+        config.problems()
+    }
+    fn connector(
+        config: &XchangerConfig,
+        state_dir: &std::path::Path,
+    ) -> Box<dyn crate::connector::Connector> {
+        Box::new(super::XchangerConnector::new(
+            config.clone(),
+            state_dir.to_path_buf(),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,37 +362,5 @@ mod tests {
             ..enabled()
         };
         assert_eq!(active_only.validate(), Ok(()));
-    }
-}
-
-/// The `xchanger` upstream: the xchanger cloud (Lynk & Co / Geely cars), polled.
-pub struct Xchanger;
-
-impl crate::upstream::Upstream for Xchanger {
-    type Config = XchangerConfig;
-    const TEXT_KEYS: &'static [&'static str] = &[
-        "username",
-        "password",
-        "auth_code",
-        "access_token",
-        "refresh_token",
-        "user_id",
-        "app_key",
-        "iccid",
-    ];
-    fn enabled(config: &XchangerConfig) -> bool {
-        config.enabled
-    }
-    fn problems(config: &XchangerConfig) -> Vec<(String, String)> {
-        config.problems()
-    }
-    fn connector(
-        config: &XchangerConfig,
-        state_dir: &std::path::Path,
-    ) -> Box<dyn crate::connector::Connector> {
-        Box::new(super::XchangerConnector::new(
-            config.clone(),
-            state_dir.to_path_buf(),
-        ))
     }
 }
