@@ -63,6 +63,28 @@ enum Cmd {
     },
 }
 
+/// glibc's allocator keeps a heap per thread and keeps what is freed: a fleet's start
+/// (the config of 10 000 devices, their first announcements and records) left ~40 MB
+/// the bridge no longer used. Two heaps, and freed memory handed back every 30 s.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod heap {
+    pub fn limit_arenas() {
+        // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    }
+    pub fn trim() {
+        // SAFETY: malloc_trim only returns free pages to the system.
+        unsafe { libc::malloc_trim(0) };
+    }
+}
+
+/// Other allocators (musl in the image) hand memory back by themselves.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+mod heap {
+    pub fn limit_arenas() {}
+    pub fn trim() {}
+}
+
 /// Thousands of tracker links need as many file descriptors: raise the soft limit to the
 /// hard one and say what it is.
 #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
@@ -280,6 +302,7 @@ fn simulate(target: SimTarget) -> ExitCode {
 }
 
 fn run(config: Config, demo: bool) -> ExitCode {
+    heap::limit_arenas();
     logging::init(config.bridge.log_format, &config.bridge.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -322,6 +345,13 @@ async fn serve(mut config: Config, demo: bool) -> anyhow::Result<()> {
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
+    tokio::spawn(async {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
+        loop {
+            every.tick().await;
+            let _ = tokio::task::spawn_blocking(heap::trim).await;
+        }
+    });
     // Held until the bridge stops: the fake clouds of the demo.
     #[cfg(not(feature = "simulators"))]
     let _ = demo;

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::{SecondsFormat, Utc};
 
 use super::{store, Hub, Vehicle};
-use crate::hass::{self, VehicleDiscovery};
+use crate::hass::{self, Topics, VehicleDiscovery};
 use crate::model::{Field, VehicleId, VehicleState};
 
 /// The topic that asks the bridge to remove entities.
@@ -46,8 +46,13 @@ impl Hub {
             });
             let owner = owner.unwrap_or_default();
             let info = super::default_info(&id, &record.connector);
-            let mut v = Vehicle::new(owner, info);
-            v.discovery = record.discovery;
+            let mut v = Box::new(Vehicle::new(owner, info));
+            v.discovery = record
+                .discovery
+                .iter()
+                .map(|(topic, payload)| (topic.clone(), payload_hash(payload)))
+                .collect();
+            v.remembered = Some(record.discovery);
             if !listed {
                 tracing::info!(event = "vehicle_removed", vehicle = %id, connector = %record.connector,
                     "vehicle no longer in the config; removing its entities");
@@ -103,40 +108,34 @@ impl Hub {
             (&v.shape, &v.info, pin_required).hash(&mut h);
             h.finish()
         };
-        if v.info_known && v.built_from != Some(current) {
-            let builder = VehicleDiscovery {
-                topics: &self.topics,
-                info: &v.info,
-                pin_required,
-            };
-            let wanted: BTreeMap<String, String> = builder
-                .entities(&v.shape)
-                .into_iter()
-                .map(|e| (e.topic(&self.topics, id.as_str()), e.config.to_string()))
-                .collect();
-            // Only a capability the connector no longer offers (or the PIN entity when
-            // the PIN is unset) can be unwanted here: fields never leave the shape.
-            for topic in v.discovery.keys().filter(|t| !wanted.contains_key(*t)) {
-                tracing::info!(event = "entity_removed", vehicle = %id, topic, "entity no longer offered; removing");
-                out.push((topic.clone(), Vec::new()));
-            }
-            for (topic, payload) in &wanted {
-                if !force && v.discovery.get(topic) != Some(payload) {
-                    out.push((topic.clone(), payload.clone().into_bytes()));
+        let rebuild = v.info_known && v.built_from != Some(current);
+        if rebuild || force {
+            let wanted = documents(&self.topics, id, v, pin_required);
+            if rebuild {
+                // Only a capability the connector no longer offers (or the PIN entity
+                // when the PIN is unset) can be unwanted here: fields never leave the shape.
+                for topic in v.discovery.keys().filter(|t| !wanted.contains_key(*t)) {
+                    tracing::info!(event = "entity_removed", vehicle = %id, topic, "entity no longer offered; removing");
+                    out.push((topic.clone(), Vec::new()));
                 }
             }
-            if v.discovery != wanted {
+            let hashes: BTreeMap<String, u64> = wanted
+                .iter()
+                .map(|(t, p)| (t.clone(), payload_hash(p)))
+                .collect();
+            for (topic, payload) in wanted {
+                if force || v.discovery.get(&topic) != hashes.get(&topic) {
+                    out.push((topic, payload.into_bytes()));
+                }
+            }
+            if v.discovery != hashes {
                 v.entities_dirty = true;
             }
-            v.discovery = wanted;
-            v.built_from = Some(current);
-        }
-        if force {
-            out.extend(
-                v.discovery
-                    .iter()
-                    .map(|(t, p)| (t.clone(), p.clone().into_bytes())),
-            );
+            v.discovery = hashes;
+            if rebuild {
+                v.built_from = Some(current);
+                v.remembered = None;
+            }
         }
         for (topic, payload) in out {
             self.send(topic, payload, true);
@@ -318,17 +317,18 @@ impl Hub {
     /// Writes the records of vehicles whose entities changed, and with `all` of those
     /// whose state changed (off the hub's task: an SD card is slow), and removes those of
     /// vehicles that were forgotten. States alone are written rarely to spare flash.
-    pub(super) fn persist(&mut self, last: bool) {
+    /// Returns whether it started a write (at shutdown: call until it does not).
+    pub(super) fn persist(&mut self, last: bool) -> bool {
         if !self.config.bridge.remember_vehicles
             || self.persisting.as_ref().is_some_and(|h| !h.is_finished())
         {
-            return; // the next tick writes what is still dirty
+            return false; // the next tick writes what is still dirty
         }
         let mut batch: Vec<(VehicleId, Option<Vec<u8>>)> =
             self.forgotten.drain(..).map(|id| (id, None)).collect();
         // Entities at once; a state at most every PERSIST_STATE_EVERY; everything at
-        // shutdown. At most PERSIST_BATCH records a tick, so a fleet's first write (or a
-        // flood of changes) costs bounded memory and disk bursts.
+        // shutdown. At most PERSIST_BATCH records a write, so a fleet's first write (or a
+        // flood of changes, or the shutdown) costs bounded memory and disk bursts.
         let now = std::time::Instant::now();
         let due = |v: &Vehicle| {
             v.entities_dirty
@@ -337,18 +337,19 @@ impl Hub {
                         || v.saved_at
                             .is_none_or(|t| now.duration_since(t) >= super::PERSIST_STATE_EVERY)))
         };
-        let cap = if last {
-            usize::MAX
-        } else {
-            super::PERSIST_BATCH
-        };
-        for (id, v) in self.vehicles.iter_mut().filter(|(_, v)| due(v)).take(cap) {
+        let pin_required = !self.config.bridge.command_pin.is_empty();
+        for (id, v) in self
+            .vehicles
+            .iter_mut()
+            .filter(|(_, v)| due(v))
+            .take(super::PERSIST_BATCH)
+        {
             v.dirty = false;
             v.entities_dirty = false;
             v.saved_at = Some(now);
             let record = store::Record {
                 connector: self.connectors[v.owner].name.to_string(),
-                discovery: v.discovery.clone(),
+                discovery: documents(&self.topics, id, v, pin_required),
                 fields: v.shape.fields.iter().map(|f| f.key().to_string()).collect(),
                 position: v.shape.position,
                 state: v.state.to_json(),
@@ -366,11 +367,43 @@ impl Hub {
             batch.push((id.clone(), serde_json::to_vec(&record).ok()));
         }
         if batch.is_empty() {
-            return;
+            return false;
         }
         let dir = self.config.bridge.state_dir.clone();
         self.persisting = Some(tokio::task::spawn_blocking(move || {
             store::save_all(&dir, batch)
         }));
+        true
     }
+}
+
+/// A vehicle's discovery documents (topic → payload): built from its info and shape, or
+/// the remembered ones while its connector has not announced it.
+fn documents(
+    topics: &Topics,
+    id: &VehicleId,
+    v: &Vehicle,
+    pin_required: bool,
+) -> BTreeMap<String, String> {
+    if !v.info_known {
+        return v.remembered.clone().unwrap_or_default();
+    }
+    let builder = VehicleDiscovery {
+        topics,
+        info: &v.info,
+        pin_required,
+    };
+    builder
+        .entities(&v.shape)
+        .into_iter()
+        .map(|e| (e.topic(topics, id.as_str()), e.config.to_string()))
+        .collect()
+}
+
+/// What tells one payload from another (not a security boundary: our own documents).
+fn payload_hash(payload: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    payload.hash(&mut h);
+    h.finish()
 }

@@ -93,8 +93,13 @@ struct Vehicle {
     published_availability: Option<bool>,
     /// The stale check has already waited once for this vehicle's first availability.
     grace_used: bool,
-    /// Discovery topic → payload, as last published.
-    discovery: BTreeMap<String, String>,
+    /// Discovery topic → hash of its payload, as last published. The payloads are
+    /// rebuilt when needed (they follow from info and shape): a fleet's documents would
+    /// otherwise be most of the bridge's memory.
+    discovery: BTreeMap<String, u64>,
+    /// The documents remembered in `state_dir`, for a restored vehicle whose connector
+    /// has not announced it yet (then they cannot be rebuilt).
+    remembered: Option<BTreeMap<String, String>>,
     /// Every field ever reported and whether it had a position: the entity set.
     shape: hass::Shape,
     /// The shape and info discovery was last built from.
@@ -131,6 +136,7 @@ impl Vehicle {
             published_availability: None,
             grace_used: false,
             discovery: BTreeMap::new(),
+            remembered: None,
             shape: hass::Shape::default(),
             built_from: None,
             dirty: false,
@@ -175,7 +181,8 @@ struct Hub {
     topics: Topics,
     publisher: Publisher,
     connectors: Vec<ConnectorSlot>,
-    vehicles: HashMap<VehicleId, Vehicle>,
+    /// Boxed: the map's slots stay small (a fleet's map has 16 384 of them).
+    vehicles: HashMap<VehicleId, Box<Vehicle>>,
     worker_tx: mpsc::Sender<WorkerEvent>,
     last_error: Option<String>,
     info_dirty: bool,
@@ -363,7 +370,7 @@ pub async fn run(
                 hub.check_stale();
                 hub.forget_absent_fields();
             }
-            _ = persist_tick.tick() => hub.persist(false),
+            _ = persist_tick.tick() => { hub.persist(false); }
             _ = info_tick.tick() => {
                 hub.flush_info();
                 hub.update_snapshot();
@@ -380,9 +387,10 @@ pub async fn run(
     if let Some(writing) = hub.persisting.take() {
         let _ = writing.await;
     }
-    hub.persist(true);
-    if let Some(writing) = hub.persisting.take() {
-        let _ = writing.await;
+    while hub.persist(true) {
+        if let Some(writing) = hub.persisting.take() {
+            let _ = writing.await;
+        }
     }
     // A stopped bridge is not alive, whatever the file said a moment ago.
     crate::state_dir::remove_alive(&hub.config.bridge.state_dir);

@@ -16,7 +16,8 @@ impl Hub {
                     }
                     None => {
                         tracing::info!(event = "vehicle_added", vehicle = %id, connector = self.connectors[owner].name, "new vehicle");
-                        self.vehicles.insert(id.clone(), Vehicle::new(owner, info));
+                        self.vehicles
+                            .insert(id.clone(), Box::new(Vehicle::new(owner, info)));
                         self.info_dirty = true;
                     }
                 }
@@ -32,7 +33,7 @@ impl Hub {
                 let name = self.connectors[owner].name;
                 let v = self.vehicles.entry(vehicle.clone()).or_insert_with(|| {
                     tracing::info!(event = "vehicle_added", vehicle = %vehicle, connector = name, "new vehicle");
-                    Vehicle::new(owner, default_info(&vehicle, name))
+                    Box::new(Vehicle::new(owner, default_info(&vehicle, name)))
                 });
                 // The vehicle's own time when the upstream gives one, else now; never
                 // ahead of the bridge's clock.

@@ -74,7 +74,7 @@ impl Connector for ExliveConnector {
             } = ctx;
             let mut tasks = tokio::task::JoinSet::new();
             if self.config.server {
-                let listener = tokio::net::TcpListener::bind(self.config.listen)
+                let listener = crate::connectors::listen(self.config.listen)
                     .await
                     .map_err(|e| {
                         anyhow::anyhow!("exlive cannot listen on {}: {e}", self.config.listen)

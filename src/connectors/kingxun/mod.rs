@@ -363,6 +363,10 @@ fn load_guard(dir: Option<&std::path::Path>) -> HashMap<u32, GuardSetting> {
 /// (software version, device type) of a device as last reported.
 pub(crate) type KnownIdentity = (Option<u32>, Option<u8>);
 
+/// Where a link takes its commands. Boxed: a queue allocates its slots up front, so
+/// 10 000 idle links hold pointers, not commands.
+pub(crate) type LinkSender = mpsc::Sender<Box<LinkCommand>>;
+
 /// A command on its way to a link.
 pub(crate) struct LinkCommand {
     pub control: Control,
@@ -377,7 +381,7 @@ pub(crate) struct Core {
     /// devId → key and name.
     pub devices: HashMap<u32, KingxunDevice>,
     /// devId → (link id, command sender) of the device's current link.
-    pub links: Mutex<HashMap<u32, (u64, mpsc::Sender<LinkCommand>)>>,
+    pub links: Mutex<HashMap<u32, (u64, LinkSender)>>,
     /// devId → (software version, device type) as last reported, so every announcement
     /// carries the best-known identity.
     pub known: Mutex<HashMap<u32, KnownIdentity>>,
@@ -392,7 +396,7 @@ pub(crate) struct Core {
     /// Registrations per address block, known ids and unknown alike.
     pub registrations: Mutex<crate::connectors::RateBudget>,
     /// Commands for devices reached through an upstream kingxun server.
-    pub upstream: Option<(std::collections::HashSet<u32>, mpsc::Sender<LinkCommand>)>,
+    pub upstream: Option<(std::collections::HashSet<u32>, LinkSender)>,
 }
 
 impl Core {
@@ -563,11 +567,11 @@ impl Core {
                 .try_send(CommandProgress::Failed("offline".into()));
             return;
         };
-        if let Err(err) = link.try_send(LinkCommand {
+        if let Err(err) = link.try_send(Box::new(LinkCommand {
             control,
             after,
             request: req,
-        }) {
+        })) {
             let req = match err {
                 mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => {
                     c.request
@@ -707,7 +711,7 @@ impl Connector for KingxunConnector {
             let mut tasks = Vec::new();
             // The device server runs when devices connect to us directly.
             if !core.devices.is_empty() {
-                let listener = tokio::net::TcpListener::bind(self.config.listen)
+                let listener = crate::connectors::listen(self.config.listen)
                     .await
                     .map_err(|e| {
                         anyhow::anyhow!("kingxun cannot listen on {}: {e}", self.config.listen)

@@ -47,7 +47,7 @@ pub fn open_connect_ack(key: &[u8; 16], iv0: &[u8; 16], ack: &Frame) -> Option<W
 pub(super) async fn run(
     cfg: KingxunUpstream,
     core: Arc<Core>,
-    mut commands: mpsc::Receiver<LinkCommand>,
+    mut commands: mpsc::Receiver<Box<LinkCommand>>,
     shutdown: CancellationToken,
 ) {
     let (Some(key), Some(iv0)) = (hex16(&cfg.key), hex16(&cfg.iv)) else {
@@ -108,7 +108,7 @@ async fn session(
     core: &Arc<Core>,
     key: [u8; 16],
     iv0: [u8; 16],
-    commands: &mut mpsc::Receiver<LinkCommand>,
+    commands: &mut mpsc::Receiver<Box<LinkCommand>>,
     shutdown: &CancellationToken,
 ) -> String {
     let stream = match timeout(Duration::from_secs(10), TcpStream::connect(&cfg.address)).await {
@@ -166,7 +166,7 @@ async fn session(
         core.updates.availability(vehicle_id(d.id), true).await;
     }
     let devtypes: HashMap<u32, u8> = cfg.devices.iter().map(|d| (d.id, d.devtype)).collect();
-    let mut pending: HashMap<u16, (LinkCommand, Instant)> = HashMap::new();
+    let mut pending: HashMap<u16, (Box<LinkCommand>, Instant)> = HashMap::new();
     let mut heartbeat = interval_at(Instant::now(), cfg.heartbeat);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // The server answers heartbeats; three unanswered ones mean the link is dead.
