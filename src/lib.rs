@@ -9,6 +9,7 @@ pub mod bridge;
 pub mod config;
 pub mod connector;
 pub mod connectors;
+pub mod controls;
 #[cfg(feature = "simulators")]
 pub mod demo;
 pub mod geo;

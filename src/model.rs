@@ -586,13 +586,6 @@ pub enum Capability {
     Passthrough(String),
 }
 
-impl Capability {
-    /// Whether some command of this capability needs the PIN (unlock, engine start).
-    pub fn needs_pin(&self) -> bool {
-        matches!(self, Capability::Lock | Capability::Engine)
-    }
-}
-
 /// A command for one vehicle, after validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -631,11 +624,6 @@ impl Command {
             Command::MaxSpeed(v) => format!("max_speed:{v}"),
             Command::Passthrough(name) => format!("cmd_{name}"),
         }
-    }
-
-    /// Commands that give physical access or move the vehicle need the PIN when one is set.
-    pub fn needs_pin(&self) -> bool {
-        matches!(self, Command::Unlock | Command::EngineStart)
     }
 }
 

@@ -76,7 +76,7 @@ pub fn parse_payload(raw: &[u8]) -> Result<Payload, String> {
 
 /// What a button runs on: its `payload_press`, exactly (or the JSON form without an
 /// `action`, which means the same).
-pub const PRESS: &str = "PRESS";
+pub use crate::controls::PRESS;
 
 /// Shown, at most this long, when a payload is refused (it may be anything).
 fn shown(action: &str) -> String {
@@ -107,29 +107,26 @@ pub fn to_command(entity: &str, action: &str, caps: &[Capability]) -> Result<Com
             ))
         }
     };
-    let cmd = match entity {
-        "lock" if has(&Capability::Lock) => match action {
-            "LOCK" => Command::Lock,
-            "UNLOCK" => Command::Unlock,
-            _ => {
-                return Err(format!(
-                    "lock takes LOCK or UNLOCK, not `{}`",
+    if let Some(control) = crate::controls::by_key(entity).filter(|c| has(&c.capability)) {
+        return control
+            .command(action)
+            .ok_or_else(|| match control.payloads {
+                [(PRESS, _, _)] => format!(
+                    "`{entity}` runs only on the payload {PRESS}, not `{}`",
                     shown(action)
-                ))
-            }
-        },
-        "engine" if has(&Capability::Engine) => match action {
-            "ON" | "START" => Command::EngineStart,
-            "OFF" | "STOP" => Command::EngineStop,
-            _ => return Err(format!("engine takes ON or OFF, not `{}`", shown(action))),
-        },
-        "horn_lights" if has(&Capability::HornAndLights) => press(Command::HornAndLights)?,
-        "flash_lights" if has(&Capability::FlashLights) => press(Command::FlashLights)?,
-        "horn" if has(&Capability::Horn) => press(Command::Horn)?,
-        "open_seat" if has(&Capability::OpenSeat) => press(Command::OpenSeat)?,
-        "open_glovebox" if has(&Capability::OpenGlovebox) => press(Command::OpenGlovebox)?,
-        "open_helmet" if has(&Capability::OpenHelmet) => press(Command::OpenHelmet)?,
-        "hazard_lights" if has(&Capability::HazardLights) => press(Command::HazardLights)?,
+                ),
+                payloads => format!(
+                    "{entity} takes {}, not `{}`",
+                    payloads
+                        .iter()
+                        .map(|p| p.0)
+                        .collect::<Vec<_>>()
+                        .join(" or "),
+                    shown(action)
+                ),
+            });
+    }
+    let cmd = match entity {
         "guard_power" if has(&Capability::GuardPower) => Command::Guard(
             GuardPower::parse(action)
                 .ok_or_else(|| format!("guard_power takes one of {:?}", GuardPower::OPTIONS))?,

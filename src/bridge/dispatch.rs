@@ -64,7 +64,9 @@ impl Hub {
         };
         let vid = v.info.id.clone();
         let owner = v.owner;
-        if command.needs_pin() && !self.config.bridge.command_pin.is_empty() {
+        if crate::controls::command_needs_pin(&command)
+            && !self.config.bridge.command_pin.is_empty()
+        {
             // A PIN entered in HA's `Command PIN` text a moment ago stands in for a code.
             let armed = payload.code.is_none()
                 && self.vehicles.get_mut(&vid).is_some_and(|v| {

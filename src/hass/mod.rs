@@ -116,25 +116,17 @@ pub(crate) fn origin() -> Json {
 
 /// Whether `key` is an entity key a vehicle can have (the part after `<vehicle>_`).
 pub fn is_entity_key(key: &str) -> bool {
-    const CONTROLS: &[&str] = &[
-        "lock",
-        "engine",
+    const OTHERS: &[&str] = &[
         "location",
         "command_result",
         "events",
-        "horn_lights",
-        "flash_lights",
-        "horn",
-        "open_seat",
-        "open_glovebox",
-        "open_helmet",
-        "hazard_lights",
         "guard_power",
         "max_speed",
         "connected",
         "pin",
     ];
     Field::from_key(key).is_some()
-        || CONTROLS.contains(&key)
+        || crate::controls::by_key(key).is_some()
+        || OTHERS.contains(&key)
         || key.strip_prefix("cmd_").is_some_and(|n| !n.is_empty())
 }

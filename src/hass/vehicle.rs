@@ -120,10 +120,19 @@ impl VehicleDiscovery<'_> {
                 config: m.into(),
             });
         }
-        for cap in &self.info.capabilities {
-            out.push(self.control_entity(cap));
-        }
-        if self.pin_required && self.info.capabilities.iter().any(Capability::needs_pin) {
+        out.extend(
+            self.info
+                .capabilities
+                .iter()
+                .filter_map(|cap| self.control_entity(cap)),
+        );
+        if self.pin_required
+            && self
+                .info
+                .capabilities
+                .iter()
+                .any(|c| crate::controls::by_capability(c).is_some_and(|c| c.needs_pin()))
+        {
             out.push(self.pin_entity());
         }
         if !self.info.capabilities.is_empty() {
@@ -224,6 +233,69 @@ impl VehicleDiscovery<'_> {
         })
     }
 
+    /// A control of the catalog, shown as its row says.
+    fn catalog_entity(&self, control: &crate::controls::Control) -> Entity {
+        use crate::controls::Widget;
+        let key = control.key;
+        let payload = |i: usize| control.payloads.get(i).map_or("", |p| p.0);
+        let (component, mut m) = match control.widget {
+            Widget::Button { name, icon } => return self.button(key, name, icon),
+            Widget::Lock => {
+                let mut m = self.base("lock", key, None);
+                m.insert(
+                    "value_template".into(),
+                    format!("{{{{ value_json.get('{key}') }}}}").into(),
+                );
+                m.insert("payload_lock".into(), payload(0).into());
+                m.insert("payload_unlock".into(), payload(1).into());
+                m.insert("state_locked".into(), "LOCKED".into());
+                m.insert("state_unlocked".into(), "UNLOCKED".into());
+                m.insert("state_locking".into(), "LOCKING".into());
+                m.insert("state_unlocking".into(), "UNLOCKING".into());
+                m.insert("state_jammed".into(), "JAMMED".into());
+                if self.pin_required {
+                    // Locking needs no code (an empty code passes); unlocking is checked by
+                    // the bridge against the PIN.
+                    m.insert("code_format".into(), "^.{0,64}$".into());
+                    m.insert(
+                        "command_template".into(),
+                        "{\"action\": \"{{ value }}\"{% if code %}, \"code\": {{ code | tojson }}{% endif %}}"
+                            .into(),
+                    );
+                }
+                ("lock", m)
+            }
+            Widget::Switch {
+                name,
+                icon,
+                state_field,
+            } => {
+                let mut m = self.base("switch", key, Some(name));
+                m.insert(
+                    "value_template".into(),
+                    format!(
+                        "{{{{ '{on}' if value_json.get('{state_field}') else '{off}' }}}}",
+                        on = payload(0),
+                        off = payload(1)
+                    )
+                    .into(),
+                );
+                m.insert("payload_on".into(), payload(0).into());
+                m.insert("payload_off".into(), payload(1).into());
+                m.insert("icon".into(), icon.into());
+                ("switch", m)
+            }
+        };
+        m.insert("command_topic".into(), self.command_topic(key).into());
+        m.insert("state_topic".into(), self.state_topic().into());
+        m.insert("optimistic".into(), false.into());
+        Entity {
+            component,
+            key: key.into(),
+            config: m.into(),
+        }
+    }
+
     fn button(&self, key: &str, name: &str, icon: &str) -> Entity {
         let mut m = self.base("button", key, Some(name));
         m.insert("command_topic".into(), self.command_topic(key).into());
@@ -276,76 +348,10 @@ impl VehicleDiscovery<'_> {
         }
     }
 
-    fn control_entity(&self, cap: &Capability) -> Entity {
+    /// A capability's entity: its catalog row, or the value-taking and pass-through ones.
+    fn control_entity(&self, cap: &Capability) -> Option<Entity> {
         let state_topic = self.state_topic();
-        match cap {
-            Capability::Lock => {
-                let mut m = self.base("lock", "lock", None);
-                m.insert("command_topic".into(), self.command_topic("lock").into());
-                m.insert("state_topic".into(), state_topic.into());
-                m.insert(
-                    "value_template".into(),
-                    "{{ value_json.get('lock') }}".into(),
-                );
-                m.insert("payload_lock".into(), "LOCK".into());
-                m.insert("payload_unlock".into(), "UNLOCK".into());
-                m.insert("state_locked".into(), "LOCKED".into());
-                m.insert("state_unlocked".into(), "UNLOCKED".into());
-                m.insert("state_locking".into(), "LOCKING".into());
-                m.insert("state_unlocking".into(), "UNLOCKING".into());
-                m.insert("state_jammed".into(), "JAMMED".into());
-                m.insert("optimistic".into(), false.into());
-                if self.pin_required {
-                    // Locking needs no code (an empty code passes); unlocking is checked by
-                    // the bridge against the PIN.
-                    m.insert("code_format".into(), "^.{0,64}$".into());
-                    m.insert(
-                        "command_template".into(),
-                        "{\"action\": \"{{ value }}\"{% if code %}, \"code\": {{ code | tojson }}{% endif %}}"
-                            .into(),
-                    );
-                }
-                Entity {
-                    component: "lock",
-                    key: "lock".into(),
-                    config: m.into(),
-                }
-            }
-            Capability::Engine => {
-                let mut m = self.base("switch", "engine", Some("Engine"));
-                m.insert("command_topic".into(), self.command_topic("engine").into());
-                m.insert("state_topic".into(), state_topic.into());
-                m.insert(
-                    "value_template".into(),
-                    "{{ 'ON' if value_json.get('engine_running') else 'OFF' }}".into(),
-                );
-                m.insert("payload_on".into(), "ON".into());
-                m.insert("payload_off".into(), "OFF".into());
-                m.insert("optimistic".into(), false.into());
-                m.insert("icon".into(), "mdi:engine".into());
-                Entity {
-                    component: "switch",
-                    key: "engine".into(),
-                    config: m.into(),
-                }
-            }
-            Capability::HornAndLights => {
-                self.button("horn_lights", "Horn and lights", "mdi:car-light-alert")
-            }
-            Capability::FlashLights => {
-                self.button("flash_lights", "Flash lights", "mdi:car-light-high")
-            }
-            Capability::Horn => self.button("horn", "Horn", "mdi:bullhorn"),
-            Capability::OpenSeat => self.button("open_seat", "Open seat", "mdi:seat"),
-            Capability::OpenGlovebox => {
-                self.button("open_glovebox", "Open glovebox", "mdi:archive-lock-open")
-            }
-            Capability::OpenHelmet => {
-                self.button("open_helmet", "Release helmet", "mdi:racing-helmet")
-            }
-            Capability::HazardLights => {
-                self.button("hazard_lights", "Hazard lights", "mdi:hazard-lights")
-            }
+        let entity = match cap {
             Capability::GuardPower => {
                 let key = Field::GuardPower.key();
                 let mut m = self.base("select", key, Some("Guard power"));
@@ -389,7 +395,9 @@ impl VehicleDiscovery<'_> {
                 let key = format!("cmd_{name}");
                 self.button(&key, name, "mdi:console-line")
             }
-        }
+            fixed => return crate::controls::by_capability(fixed).map(|c| self.catalog_entity(c)),
+        };
+        Some(entity)
     }
 }
 
