@@ -18,26 +18,23 @@ use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    charge_event, device_event, now_secs, status_state, trip_update, vehicle_id, Core, LinkCommand,
-    LinkSender,
-};
+use super::requests::*;
+use super::{now_secs, vehicle_id, Core, LinkCommand, LinkSender};
 use crate::connector::Update;
-use crate::model::{CommandProgress, Field, VehicleState};
+use crate::model::CommandProgress;
 use crate::protocol::kingxun::codec::CodecError;
 use crate::protocol::kingxun::{
-    crypto, id, resp_code_text, ChargeDone, Decoded, DeviceControl, Events, Frame, Kind, KxCodec,
-    RangeAnswer, RangeQuery, Register, RegisterAck, Status, Traffic, Trip,
+    crypto, id, resp_code_text, Decoded, DeviceControl, Frame, Kind, KxCodec,
 };
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-const RESP_OK: u32 = 0;
-const RESP_REJECTED: u32 = 1;
+pub(super) const RESP_OK: u32 = 0;
+pub(super) const RESP_REJECTED: u32 = 1;
 /// "Bad devId" (KxMsgDef.h `cst_nResp_Code_DEVID_ERR`). Never 1 or 2 for a refused 1001:
 /// devProctol.md reads 1 as "redirect", kxSvr's code reads 2 as "redirect".
-const RESP_BAD_DEVICE: u32 = 4;
+pub(super) const RESP_BAD_DEVICE: u32 = 4;
 /// "Bad parameter" (KxMsgDef.h `cst_nResp_Code_PARA_ERR`): a malformed body or first frame.
-const RESP_BAD_PARAMETER: u32 = 6;
+pub(super) const RESP_BAD_PARAMETER: u32 = 6;
 
 pub(super) async fn run(listener: TcpListener, core: Arc<Core>, shutdown: CancellationToken) {
     let permits = Arc::new(Semaphore::new(core.config.max_links));
@@ -82,7 +79,7 @@ pub(super) async fn run(listener: TcpListener, core: Arc<Core>, shutdown: Cancel
     }
 }
 
-async fn write_frame(wr: &mut OwnedWriteHalf, frame: &Frame) -> std::io::Result<()> {
+pub(super) async fn write_frame(wr: &mut OwnedWriteHalf, frame: &Frame) -> std::io::Result<()> {
     match timeout(WRITE_TIMEOUT, wr.write_all(&frame.to_bytes())).await {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
@@ -94,19 +91,19 @@ async fn write_frame(wr: &mut OwnedWriteHalf, frame: &Frame) -> std::io::Result<
 
 /// Answers a request with an empty plain response (a refusal before the link closes);
 /// a failed write changes nothing, the link is closing anyway.
-async fn refuse(wr: &mut OwnedWriteHalf, msg_id: u16, seq: u16, code: u32) {
+pub(super) async fn refuse(wr: &mut OwnedWriteHalf, msg_id: u16, seq: u16, code: u32) {
     let _ = write_frame(wr, &Frame::response(msg_id, seq, code, false, Bytes::new())).await;
 }
 
 type Frames = FramedRead<tokio::net::tcp::OwnedReadHalf, KxCodec>;
 
 /// Whether a bad frame may be logged (see `LogLimiter::allow_bad_input`).
-fn may_log(core: &Core, in_a_row: u32) -> bool {
+pub(super) fn may_log(core: &Core, in_a_row: u32) -> bool {
     core.bad_input_log.allow_bad_input(in_a_row, "kingxun")
 }
 
 /// Counts a bad frame on the link; `true` when the link has said enough and is closed.
-fn too_many_bad(core: &Core, in_a_row: &mut u32, peer: &SocketAddr) -> bool {
+pub(super) fn too_many_bad(core: &Core, in_a_row: &mut u32, peer: &SocketAddr) -> bool {
     *in_a_row += 1;
     if *in_a_row < crate::connectors::BAD_IN_A_ROW {
         return false;
@@ -176,8 +173,8 @@ async fn registration_turn(core: &Core, peer: &SocketAddr) -> bool {
 }
 
 /// A session: the device, its key and the IV given at registration.
-struct Session {
-    dev_id: u32,
+pub(super) struct Session {
+    pub dev_id: u32,
     key: [u8; 16],
     iv: [u8; 16],
     /// The link proved it holds the device's key (a frame sealed with key and session IV
@@ -191,7 +188,7 @@ struct Session {
 }
 
 impl Session {
-    fn open_body(&self, frame: &Frame) -> Result<Vec<u8>, crypto::CryptoError> {
+    pub(super) fn open_body(&self, frame: &Frame) -> Result<Vec<u8>, crypto::CryptoError> {
         if frame.header.crypt {
             crypto::decrypt(&self.key, &self.iv, &frame.body)
         } else {
@@ -511,165 +508,4 @@ async fn prove(
         .send(Update::Vehicle(core.info(dev_id, sw_version, None)))
         .await;
     core.updates.availability(vehicle_id(dev_id), true).await;
-}
-
-/// What an unproven link is told: the usual answer, computed without publishing anything.
-fn unproven_answer(core: &Core, frame: &Frame) -> (u32, Vec<u8>) {
-    match frame.header.msg_id {
-        id::RANGE => match RangeQuery::decode(&frame.body) {
-            Ok(_) => (
-                RESP_OK,
-                RangeAnswer {
-                    max_range_m: (core.config.range_full_km * 1000.0).clamp(0.0, u32::MAX as f64)
-                        as u32,
-                    charge_notify_soc: core.config.charge_notify_soc,
-                    soc_min: core.config.soc_min,
-                }
-                .encode(),
-            ),
-            Err(_) => (RESP_BAD_PARAMETER, Vec::new()),
-        },
-        _ => (RESP_OK, Vec::new()),
-    }
-}
-
-/// What a first 1001 says. Any body is accepted, as kxSvr accepts any; an encrypted one
-/// (a device has no IV yet) carries nothing readable.
-fn registration_body(frame: &Frame) -> Register {
-    if frame.header.crypt {
-        Register::default()
-    } else {
-        Register::decode_lenient(&frame.body)
-    }
-}
-
-/// Answers a 1001 with `session_id` and a fresh IV; `None` when the write failed.
-async fn answer_register(wr: &mut OwnedWriteHalf, seq: u16, session_id: u32) -> Option<[u8; 16]> {
-    let iv = rand::rng().random::<[u8; 16]>();
-    let ack = RegisterAck { session_id, iv }.encode();
-    write_frame(
-        wr,
-        &Frame::response(id::REGISTER, seq, RESP_OK, false, Bytes::from(ack)),
-    )
-    .await
-    .ok()
-    .map(|_| iv)
-}
-
-/// Handles one request from a registered device; returns the RespCode and body.
-async fn handle_request(
-    core: &Core,
-    session: &Session,
-    frame: &Frame,
-    model_known: &mut bool,
-    in_a_row: u32,
-) -> (u32, Vec<u8>) {
-    let dev_id = session.dev_id;
-    let vid = vehicle_id(dev_id);
-    let body = match session.open_body(frame) {
-        Ok(b) => b,
-        Err(err) => {
-            core.counters
-                .decrypt_failures
-                .fetch_add(1, Ordering::Relaxed);
-            if may_log(core, in_a_row) {
-                tracing::warn!(event = "kingxun_decrypt_failed", dev_id, msg_id = frame.header.msg_id, error = %err, "body dropped");
-            }
-            return (RESP_REJECTED, Vec::new());
-        }
-    };
-    let bad = |err: crate::protocol::kingxun::BodyError| {
-        core.counters.bad_bodies.fetch_add(1, Ordering::Relaxed);
-        if may_log(core, in_a_row) {
-            tracing::warn!(event = "kingxun_bad_body", dev_id, msg_id = frame.header.msg_id, error = %err, "malformed body refused");
-        }
-        (RESP_BAD_PARAMETER, Vec::new())
-    };
-    let updates = &core.updates;
-    match frame.header.msg_id {
-        id::STATUS => match Status::decode(&body) {
-            Ok(s) => {
-                if !*model_known {
-                    *model_known = true;
-                    let _ = updates
-                        .send(Update::Vehicle(core.info(dev_id, None, Some(s.dev_type))))
-                        .await;
-                }
-                updates.merge_state(vid, status_state(&s)).await;
-                (RESP_OK, Vec::new())
-            }
-            Err(e) => bad(e),
-        },
-        id::TRAFFIC => match Traffic::decode(&body) {
-            Ok(t) => {
-                let mut s = VehicleState::default();
-                s.set_f64(Field::DataUsed, f64::from(t.used_kib) / 1024.0);
-                updates.merge_state(vid, s).await;
-                (RESP_OK, Vec::new())
-            }
-            Err(e) => bad(e),
-        },
-        id::RANGE => match RangeQuery::decode(&body) {
-            Ok(q) => {
-                let full_m = core.config.range_full_km * 1000.0;
-                let mut s = VehicleState::default();
-                s.set_f64(
-                    Field::Range,
-                    (core.config.range_full_km * f64::from(q.soc.min(100)) / 100.0 * 10.0).round()
-                        / 10.0,
-                );
-                updates.merge_state(vid, s).await;
-                let answer = RangeAnswer {
-                    max_range_m: full_m.clamp(0.0, u32::MAX as f64) as u32,
-                    charge_notify_soc: core.config.charge_notify_soc,
-                    soc_min: core.config.soc_min,
-                };
-                (RESP_OK, answer.encode())
-            }
-            Err(e) => bad(e),
-        },
-        id::TRIP => match Trip::decode(&body) {
-            Ok(t) => {
-                let (state, event) = trip_update(&t, core.tz);
-                updates.merge_state(vid.clone(), state).await;
-                updates.event(vid, event).await;
-                (RESP_OK, Vec::new())
-            }
-            Err(e) => bad(e),
-        },
-        id::CHARGE_DONE => match ChargeDone::decode(&body) {
-            Ok(c) => {
-                updates.event(vid, charge_event(&c, core.tz)).await;
-                (RESP_OK, Vec::new())
-            }
-            Err(e) => bad(e),
-        },
-        id::EVENTS => match Events::decode(&body) {
-            Ok(evs) => {
-                for e in &evs.events {
-                    // 8 tipped over, 10 tipped over while riding.
-                    if e.kind == 8 || e.kind == 10 {
-                        let mut s = VehicleState::default();
-                        s.set(Field::Fallen, true);
-                        updates.merge_state(vid.clone(), s).await;
-                    }
-                    updates.event(vid.clone(), device_event(e, core.tz)).await;
-                }
-                (RESP_OK, Vec::new())
-            }
-            Err(e) => bad(e),
-        },
-        other => {
-            core.counters.unknown_msgs.fetch_add(1, Ordering::Relaxed);
-            if may_log(core, in_a_row) {
-                tracing::warn!(
-                    event = "kingxun_unknown_msg",
-                    dev_id,
-                    msg_id = other,
-                    "unknown MsgId; rejected"
-                );
-            }
-            (RESP_REJECTED, Vec::new())
-        }
-    }
 }
