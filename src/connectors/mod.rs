@@ -6,24 +6,10 @@ pub mod echo;
 pub mod exlive;
 pub mod iauto360;
 pub mod kingxun;
+pub mod link;
 pub mod xchanger;
 
-/// Pending connections a device listener queues before accepting them: a cell outage
-/// ending sends thousands of trackers at once (kxSvr listens with 4 096 too; tokio's
-/// `bind` queues 128). The kernel caps it at `net.core.somaxconn`.
-pub const LISTEN_BACKLOG: u32 = 4096;
-
-/// A device listener on `addr` with [`LISTEN_BACKLOG`].
-pub async fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = match addr {
-        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    // As tokio's bind: a restarted bridge gets its port back at once.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
+pub use link::{listen, LISTEN_BACKLOG};
 
 /// The HTTP client of a polling connector: bounded request and connect times, our user
 /// agent, a small idle pool.
@@ -505,56 +491,5 @@ mod limiter_tests {
             address_block("2001:db8:1:2:3:4:5:6".parse().unwrap()),
             "2001:db8:1:2::".parse::<std::net::IpAddr>().unwrap()
         );
-    }
-}
-
-#[cfg(all(test, target_os = "linux"))]
-mod listen_tests {
-    /// 1 500 devices connect at once to a listener that accepts nobody yet (a bridge busy
-    /// with the first of them): every connection completes within 500 ms. With tokio's
-    /// own `bind` only 129 do; the rest wait for the kernel's SYN retries.
-    #[tokio::test]
-    async fn device_listeners_queue_a_reconnect_storm() {
-        const STORM: usize = 1_500;
-        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(4096);
-        assert!(
-            somaxconn > STORM,
-            "net.core.somaxconn {somaxconn} caps every backlog"
-        );
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit/setrlimit read and write the struct passed by pointer.
-        unsafe {
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-        assert!(
-            limit.rlim_cur as usize > STORM + 100,
-            "open file limit {}",
-            limit.rlim_cur
-        );
-        let listener = super::listen(([127, 0, 0, 1], 0).into()).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut storm = tokio::task::JoinSet::new();
-        for _ in 0..STORM {
-            storm.spawn(async move {
-                let wait = std::time::Duration::from_millis(500);
-                tokio::time::timeout(wait, tokio::net::TcpStream::connect(addr)).await
-            });
-        }
-        let mut linked = Vec::new();
-        while let Some(done) = storm.join_next().await {
-            if let Ok(Ok(stream)) = done.unwrap() {
-                linked.push(stream);
-            }
-        }
-        assert_eq!(linked.len(), STORM, "connections queued without an accept");
-        drop(listener);
     }
 }

@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -29,59 +29,46 @@ pub(super) async fn run(
     core: Arc<Core>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let permits = Arc::new(Semaphore::new(core.config.max_links));
     let throttle = Arc::new(Mutex::new(crate::connectors::FailureThrottle::default()));
-    let peers = Arc::new(crate::connectors::PeerLinks::default());
     let login_gates = Arc::new(LoginGates::default());
-    let per_address = core.config.links_per_address();
-    let mut accept_backoff = crate::connectors::AcceptBackoff::default();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            accepted = listener.accept() => match accepted.inspect(|_| accept_backoff.succeeded()) {
-                Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let ip = peer.ip();
-                        let Some(slot) = peers.admit(ip, per_address) else {
-                            if let Some(n) = crate::observe::count_sampled(&core.counters.links_refused) {
-                                tracing::warn!(event = "exlive_link_refused", peer = %peer, per_address,
-                                    total_refused = n, "EXLIVE link refused: max_links_per_address reached");
-                            }
-                            continue;
-                        };
-                        let block = crate::connectors::address_block(ip);
-                        let login_gate = login_gates.lock().map(|mut g| g.entry(block).or_default().clone()).unwrap_or_default();
-                        let (core, throttle, shutdown, login_gates) = (core.clone(), throttle.clone(), shutdown.clone(), login_gates.clone());
-                        tokio::spawn(async move {
-                            serve_link(stream, peer, core, throttle, login_gate, shutdown).await;
-                            drop((permit, slot));
-                            // The gate goes when no link of the block holds it any more.
-                            if let Ok(mut g) = login_gates.lock() {
-                                if g.get(&block).is_some_and(|gate| Arc::strong_count(gate) == 1) {
-                                    g.remove(&block);
-                                }
-                            }
-                        });
+    let limits = crate::connectors::link::Limits {
+        max_links: core.config.max_links,
+        per_address: core.config.links_per_address(),
+    };
+    let refused = &core.counters.links_refused;
+    crate::connectors::link::accept_loop(
+        listener,
+        "exlive",
+        limits,
+        refused,
+        shutdown.clone(),
+        |stream, peer| {
+            let block = crate::connectors::address_block(peer.ip());
+            let login_gate = login_gates
+                .lock()
+                .map(|mut g| g.entry(block).or_default().clone())
+                .unwrap_or_default();
+            let (core, throttle, shutdown, login_gates) = (
+                core.clone(),
+                throttle.clone(),
+                shutdown.clone(),
+                login_gates.clone(),
+            );
+            async move {
+                serve_link(stream, peer, core, throttle, login_gate, shutdown).await;
+                // The gate goes when no link of the block holds it any more.
+                if let Ok(mut g) = login_gates.lock() {
+                    if g.get(&block)
+                        .is_some_and(|gate| Arc::strong_count(gate) == 1)
+                    {
+                        g.remove(&block);
                     }
-                    Err(_) => {
-                        if let Some(n) = crate::observe::count_sampled(&core.counters.links_refused) {
-                            tracing::warn!(event = "exlive_link_refused", peer = %peer, max_links = core.config.max_links,
-                                total_refused = n, "EXLIVE link refused: max_links reached");
-                        }
-                        drop(stream);
-                    }
-                },
-                Err(err) => {
-                    // Usually out of file descriptors: wait instead of spinning.
-                    let (wait, log) = accept_backoff.failed();
-                    if log {
-                        tracing::warn!(event = "exlive_accept_failed", error = %err, wait_ms = wait.as_millis() as u64, "accept failed (out of file descriptors?)");
-                    }
-                    tokio::time::sleep(wait).await;
                 }
             }
-        }
-    }
+        },
+    )
+    .await;
+    Ok(())
 }
 
 async fn write_line(wr: &mut OwnedWriteHalf, line: &str) -> std::io::Result<()> {

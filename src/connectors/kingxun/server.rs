@@ -13,7 +13,7 @@ use rand::Rng;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -37,46 +37,20 @@ pub(super) const RESP_BAD_DEVICE: u32 = 4;
 pub(super) const RESP_BAD_PARAMETER: u32 = 6;
 
 pub(super) async fn run(listener: TcpListener, core: Arc<Core>, shutdown: CancellationToken) {
-    let permits = Arc::new(Semaphore::new(core.config.max_links));
-    let peers = Arc::new(crate::connectors::PeerLinks::default());
-    let per_address = core.config.links_per_address();
-    let mut accept_backoff = crate::connectors::AcceptBackoff::default();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted.inspect(|_| accept_backoff.succeeded()) {
-                Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let Some(slot) = peers.admit(peer.ip(), per_address) else {
-                            if let Some(n) = crate::observe::count_sampled(&core.counters.links_refused) {
-                                tracing::warn!(event = "kingxun_link_refused", peer = %peer, per_address,
-                                    total_refused = n, "kingxun link refused: max_links_per_address reached");
-                            }
-                            continue;
-                        };
-                        let (core, shutdown) = (core.clone(), shutdown.clone());
-                        tokio::spawn(async move {
-                            serve_link(stream, peer, core, shutdown).await;
-                            drop((permit, slot));
-                        });
-                    }
-                    Err(_) => {
-                        if let Some(n) = crate::observe::count_sampled(&core.counters.links_refused) {
-                            tracing::warn!(event = "kingxun_link_refused", peer = %peer, max_links = core.config.max_links,
-                                total_refused = n, "kingxun link refused: max_links reached");
-                        }
-                    }
-                },
-                Err(err) => {
-                    let (wait, log) = accept_backoff.failed();
-                    if log {
-                        tracing::warn!(event = "kingxun_accept_failed", error = %err, wait_ms = wait.as_millis() as u64, "accept failed (out of file descriptors?)");
-                    }
-                    tokio::time::sleep(wait).await;
-                }
-            }
-        }
-    }
+    let limits = crate::connectors::link::Limits {
+        max_links: core.config.max_links,
+        per_address: core.config.links_per_address(),
+    };
+    let refused = &core.counters.links_refused;
+    crate::connectors::link::accept_loop(
+        listener,
+        "kingxun",
+        limits,
+        refused,
+        shutdown.clone(),
+        |stream, peer| serve_link(stream, peer, core.clone(), shutdown.clone()),
+    )
+    .await;
 }
 
 pub(super) async fn write_frame(wr: &mut OwnedWriteHalf, frame: &Frame) -> std::io::Result<()> {
