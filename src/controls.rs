@@ -1,5 +1,5 @@
 //! The controls catalog: every fixed-payload control a vehicle can offer, one row each,
-//! beside the field catalog in `model.rs`. A row says which capability offers it, its
+//! beside the field catalog in `model/mod.rs`. A row says which capability offers it, its
 //! entity key (also its `<vehicle>/<key>/set` topic), how Home Assistant shows it, and
 //! the exact payloads that make a command, with the ones that need the PIN. The command
 //! parser (`bridge/command.rs`), the discovery documents (`hass/vehicle.rs`) and the PIN

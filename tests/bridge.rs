@@ -24,7 +24,7 @@ fn scooter(caps: Vec<Capability>) -> VehicleInfo {
         custom_name: false,
         serial_number: Some("1001".into()),
         capabilities: caps,
-        event_types: vec!["tip_over".into()],
+        event_types: vec!["tip_over".into()].into(),
     }
 }
 

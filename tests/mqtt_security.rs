@@ -419,7 +419,7 @@ async fn v5_setup() -> (Mosquitto, tempfile::TempDir, String, RunningBridge, Pro
         custom_name: false,
         serial_number: None,
         capabilities: vec![Capability::Lock],
-        event_types: vec![],
+        event_types: Default::default(),
     };
     bridge
         .ctx

@@ -164,7 +164,7 @@ fn default_info(id: &VehicleId, connector: &str) -> VehicleInfo {
         custom_name: false,
         serial_number: None,
         capabilities: Vec::new(),
-        event_types: Vec::new(),
+        event_types: Default::default(),
     }
 }
 

@@ -71,7 +71,7 @@ pub async fn accept_loop<F, Fut>(
                 // Usually out of file descriptors: wait instead of spinning.
                 let (wait, log) = backoff.failed();
                 if log {
-                    tracing::warn!(event = %format_args!("{connector}_accept_failed"), error = %err,
+                    tracing::warn!(event = format!("{connector}_accept_failed").as_str(), error = %err,
                         wait_ms = wait.as_millis() as u64, "accept failed (out of file descriptors?)");
                 }
                 tokio::time::sleep(wait).await;
@@ -80,14 +80,14 @@ pub async fn accept_loop<F, Fut>(
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             if let Some(n) = crate::observe::count_sampled(refused) {
-                tracing::warn!(event = %format_args!("{connector}_link_refused"), peer = %peer,
+                tracing::warn!(event = format!("{connector}_link_refused").as_str(), peer = %peer,
                     max_links = limits.max_links, total_refused = n, "link refused: max_links reached");
             }
             continue;
         };
         let Some(slot) = peers.admit(peer.ip(), limits.per_address) else {
             if let Some(n) = crate::observe::count_sampled(refused) {
-                tracing::warn!(event = %format_args!("{connector}_link_refused"), peer = %peer,
+                tracing::warn!(event = format!("{connector}_link_refused").as_str(), peer = %peer,
                     per_address = limits.per_address, total_refused = n,
                     "link refused: max_links_per_address reached");
             }

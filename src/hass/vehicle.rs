@@ -164,7 +164,7 @@ impl VehicleDiscovery<'_> {
                 "state_topic".into(),
                 self.topics.vehicle(self.vid(), "event").into(),
             );
-            m.insert("event_types".into(), json!(self.info.event_types));
+            m.insert("event_types".into(), json!(&self.info.event_types[..]));
             out.push(Entity {
                 component: "event",
                 key: "events".into(),
@@ -417,7 +417,7 @@ mod tests {
             custom_name: false,
             serial_number: Some("42".into()),
             capabilities: caps,
-            event_types: vec!["tip_over".into()],
+            event_types: vec!["tip_over".into()].into(),
         }
     }
 

@@ -556,7 +556,8 @@ pub struct VehicleInfo {
     pub serial_number: Option<String>,
     pub capabilities: Vec<Capability>,
     /// Event types this vehicle can raise; an HA event entity exists when non-empty.
-    pub event_types: Vec<String>,
+    /// Shared: every device of a kind raises the same types (10 000 trackers, one list).
+    pub event_types: std::sync::Arc<[String]>,
 }
 
 #[cfg(test)]

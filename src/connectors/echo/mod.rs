@@ -58,7 +58,7 @@ impl Connector for EchoConnector {
                     custom_name: false,
                     serial_number: None,
                     capabilities: Vec::new(),
-                    event_types: Vec::new(),
+                    event_types: Default::default(),
                 };
                 let _ = ctx.updates.send(Update::Vehicle(info)).await;
                 let mut state = VehicleState::default();

@@ -234,7 +234,7 @@ impl Core {
                 .iter()
                 .map(|c| Capability::Passthrough(c.name.clone()))
                 .collect(),
-            event_types: vec!["message".into(), "alarm".into(), "terminal_reply".into()],
+            event_types: vec!["message".into(), "alarm".into(), "terminal_reply".into()].into(),
         }
     }
 

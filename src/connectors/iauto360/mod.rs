@@ -235,7 +235,8 @@ fn info(id: &VehicleId, device: &Iauto360Device) -> VehicleInfo {
         event_types: services::EVENT_TYPES
             .iter()
             .map(|s| s.to_string())
-            .collect(),
+            .collect::<Vec<_>>()
+            .into(),
     }
 }
 

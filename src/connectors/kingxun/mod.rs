@@ -224,8 +224,15 @@ impl Core {
         let custom = self.devices.get(&dev_id).and_then(|d| d.name.clone());
         let custom_name = custom.is_some();
         let name = custom.unwrap_or_else(|| format!("kingxun {dev_id}"));
-        let mut event_types: Vec<String> = vec!["trip".into(), "charge_finished".into()];
-        event_types.extend((1..=13).map(DevEvent::type_name));
+        static EVENT_TYPES: std::sync::OnceLock<std::sync::Arc<[String]>> =
+            std::sync::OnceLock::new();
+        let event_types = EVENT_TYPES
+            .get_or_init(|| {
+                let mut types: Vec<String> = vec!["trip".into(), "charge_finished".into()];
+                types.extend((1..=13).map(DevEvent::type_name));
+                types.into()
+            })
+            .clone();
         let mut capabilities = vec![
             Capability::Lock,
             Capability::OpenSeat,

@@ -64,7 +64,7 @@ pub(super) async fn run(
             custom_name: false,
             serial_number: None,
             capabilities: vec![],
-            event_types: vec![],
+            event_types: Default::default(),
         }))
         .await;
     let mut backoff = Backoff::default();

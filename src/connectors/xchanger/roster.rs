@@ -97,6 +97,6 @@ pub(super) fn info(id: &VehicleId, listed: &Listed) -> VehicleInfo {
             Capability::FlashLights,
             Capability::Horn,
         ],
-        event_types: Vec::new(),
+        event_types: Default::default(),
     }
 }
