@@ -50,7 +50,10 @@ impl Hub {
             v.discovery = record
                 .discovery
                 .iter()
-                .map(|(topic, payload)| (topic.clone(), payload_hash(payload)))
+                .map(|(topic, payload)| {
+                    let name = intern(&mut self.entity_names, &self.topics, &id, topic);
+                    (name, payload_hash(payload))
+                })
                 .collect();
             v.remembered = Some(record.discovery);
             if !listed {
@@ -111,21 +114,22 @@ impl Hub {
         let rebuild = v.info_known && v.built_from != Some(current);
         if rebuild || force {
             let wanted = documents(&self.topics, id, v, pin_required);
+            let mut hashes = BTreeMap::new();
+            for (topic, payload) in wanted {
+                let name = intern(&mut self.entity_names, &self.topics, id, &topic);
+                let hash = payload_hash(&payload);
+                if force || v.discovery.get(&name) != Some(&hash) {
+                    out.push((topic, payload.into_bytes()));
+                }
+                hashes.insert(name, hash);
+            }
             if rebuild {
                 // Only a capability the connector no longer offers (or the PIN entity
                 // when the PIN is unset) can be unwanted here: fields never leave the shape.
-                for topic in v.discovery.keys().filter(|t| !wanted.contains_key(*t)) {
+                for name in v.discovery.keys().filter(|n| !hashes.contains_key(*n)) {
+                    let topic = entity_topic(&self.topics, id, name);
                     tracing::info!(event = "entity_removed", vehicle = %id, topic, "entity no longer offered; removing");
-                    out.push((topic.clone(), Vec::new()));
-                }
-            }
-            let hashes: BTreeMap<String, u64> = wanted
-                .iter()
-                .map(|(t, p)| (t.clone(), payload_hash(p)))
-                .collect();
-            for (topic, payload) in wanted {
-                if force || v.discovery.get(&topic) != hashes.get(&topic) {
-                    out.push((topic, payload.into_bytes()));
+                    out.push((topic, Vec::new()));
                 }
             }
             if v.discovery != hashes {
@@ -198,15 +202,18 @@ impl Hub {
             removed += self.purge_vehicle(id);
         }
         if target == "stale" {
-            let claimed: HashSet<&String> = self
+            let claimed: HashSet<String> = self
                 .vehicles
-                .values()
-                .flat_map(|v| v.discovery.keys())
+                .iter()
+                .flat_map(|(id, v)| {
+                    let topics = &self.topics;
+                    v.discovery.keys().map(move |n| entity_topic(topics, id, n))
+                })
                 .collect();
             let unclaimed: Vec<String> = self
                 .unclaimed_configs
                 .iter()
-                .filter(|t| !claimed.contains(t))
+                .filter(|t| !claimed.contains(*t))
                 .cloned()
                 .collect();
             self.unclaimed_configs.clear();
@@ -241,8 +248,8 @@ impl Hub {
             return 0;
         };
         let n = v.discovery.len();
-        for topic in v.discovery.into_keys() {
-            self.send(topic, Vec::new(), true);
+        for name in v.discovery.keys() {
+            self.send(entity_topic(&self.topics, id, name), Vec::new(), true);
         }
         self.send(self.topics.vehicle(id.as_str(), "state"), Vec::new(), true);
         self.send(
@@ -406,4 +413,81 @@ fn payload_hash(payload: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     payload.hash(&mut h);
     h.finish()
+}
+
+/// An entity as `component/key` (`sensor/battery_level`), shared across vehicles; a
+/// topic of another shape (an old record's) is kept whole behind `=`.
+pub(super) type EntityName = std::sync::Arc<str>;
+
+/// The name of a vehicle's discovery `topic`, interned in `names`.
+fn intern(
+    names: &mut HashSet<EntityName>,
+    topics: &Topics,
+    id: &VehicleId,
+    topic: &str,
+) -> EntityName {
+    let component = topic
+        .strip_prefix(topics.discovery_prefix.as_str())
+        .and_then(|rest| rest.strip_prefix('/'))
+        .and_then(|rest| rest.split('/').next());
+    let key = topics
+        .config_object_id(topic)
+        .and_then(|object| object.strip_prefix(id.as_str()))
+        .and_then(|rest| rest.strip_prefix('_'));
+    let name = match (component, key) {
+        (Some(component), Some(key))
+            if topics.discovery(component, &format!("{id}_{key}")) == topic =>
+        {
+            format!("{component}/{key}")
+        }
+        _ => format!("={topic}"),
+    };
+    if let Some(known) = names.get(name.as_str()) {
+        return known.clone();
+    }
+    let name: EntityName = name.into();
+    names.insert(name.clone());
+    name
+}
+
+/// The discovery topic of a vehicle's entity.
+fn entity_topic(topics: &Topics, id: &VehicleId, name: &str) -> String {
+    match name.strip_prefix('=') {
+        Some(topic) => topic.to_string(),
+        None => {
+            let (component, key) = name.split_once('/').unwrap_or(("sensor", name));
+            topics.discovery(component, &format!("{id}_{key}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entity_names_are_shared_and_give_their_topics_back() {
+        let topics = Topics::new("v2m", "homeassistant");
+        let mut names = HashSet::new();
+        let (a, b) = (
+            VehicleId::new("kx1").unwrap(),
+            VehicleId::new("kx2").unwrap(),
+        );
+        let topic_a = topics.discovery("sensor", "kx1_battery_level");
+        let topic_b = topics.discovery("sensor", "kx2_battery_level");
+        let name_a = intern(&mut names, &topics, &a, &topic_a);
+        let name_b = intern(&mut names, &topics, &b, &topic_b);
+        assert_eq!(&*name_a, "sensor/battery_level");
+        assert!(
+            std::sync::Arc::ptr_eq(&name_a, &name_b),
+            "one name for every vehicle"
+        );
+        assert_eq!(entity_topic(&topics, &a, &name_a), topic_a);
+        assert_eq!(entity_topic(&topics, &b, &name_b), topic_b);
+        // Another vehicle's topic, or another prefix's (an old record): kept whole.
+        for odd in [topic_b.clone(), "ha/sensor/other/kx1_x/config".to_string()] {
+            let name = intern(&mut names, &topics, &a, &odd);
+            assert_eq!(entity_topic(&topics, &a, &name), odd);
+        }
+    }
 }

@@ -93,10 +93,11 @@ struct Vehicle {
     published_availability: Option<bool>,
     /// The stale check has already waited once for this vehicle's first availability.
     grace_used: bool,
-    /// Discovery topic → hash of its payload, as last published. The payloads are
-    /// rebuilt when needed (they follow from info and shape): a fleet's documents would
-    /// otherwise be most of the bridge's memory.
-    discovery: BTreeMap<String, u64>,
+    /// Entity (`component/key`, shared by every vehicle that has it) → hash of its
+    /// document, as last published. Topics and documents are rebuilt when needed (they
+    /// follow from the id, info and shape): a fleet's documents and topics would otherwise
+    /// be most of the bridge's memory.
+    discovery: BTreeMap<lifecycle::EntityName, u64>,
     /// The documents remembered in `state_dir`, for a restored vehicle whose connector
     /// has not announced it yet (then they cannot be rebuilt).
     remembered: Option<BTreeMap<String, String>>,
@@ -183,6 +184,8 @@ struct Hub {
     connectors: Vec<ConnectorSlot>,
     /// Boxed: the map's slots stay small (a fleet's map has 16 384 of them).
     vehicles: HashMap<VehicleId, Box<Vehicle>>,
+    /// Every entity name any vehicle has, once (see `Vehicle::discovery`).
+    entity_names: HashSet<lifecycle::EntityName>,
     worker_tx: mpsc::Sender<WorkerEvent>,
     last_error: Option<String>,
     info_dirty: bool,
@@ -297,6 +300,7 @@ pub async fn run(
         publisher: publisher.clone(),
         connectors: slots,
         vehicles: HashMap::new(),
+        entity_names: HashSet::new(),
         worker_tx,
         last_error: None,
         info_dirty: true,
