@@ -331,8 +331,11 @@ impl Hub {
         {
             return false; // the next tick writes what is still dirty
         }
-        let mut batch: Vec<(VehicleId, Option<Vec<u8>>)> =
-            self.forgotten.drain(..).map(|id| (id, None)).collect();
+        let mut batch: Vec<(VehicleId, store::Write)> = self
+            .forgotten
+            .drain(..)
+            .map(|id| (id, store::Write::Remove))
+            .collect();
         // Entities at once; a state at most every PERSIST_STATE_EVERY; everything at
         // shutdown. At most PERSIST_BATCH records a write, so a fleet's first write (or a
         // flood of changes, or the shutdown) costs bounded memory and disk bursts.
@@ -345,18 +348,25 @@ impl Hub {
                             .is_none_or(|t| now.duration_since(t) >= super::PERSIST_STATE_EVERY)))
         };
         let pin_required = !self.config.bridge.command_pin.is_empty();
+        let discovery = self.config.mqtt.discovery;
         for (id, v) in self
             .vehicles
             .iter_mut()
             .filter(|(_, v)| due(v))
             .take(super::PERSIST_BATCH)
         {
+            // Documents are rebuilt only when the entities changed; a state alone keeps
+            // those on disk (read back off the hub's task).
+            let keep_discovery = discovery && !v.entities_dirty;
             v.dirty = false;
             v.entities_dirty = false;
             v.saved_at = Some(now);
             let record = store::Record {
                 connector: self.connectors[v.owner].name.to_string(),
-                discovery: documents(&self.topics, id, v, pin_required),
+                discovery: match discovery && !keep_discovery {
+                    true => documents(&self.topics, id, v, pin_required),
+                    false => BTreeMap::new(),
+                },
                 fields: v.shape.fields.iter().map(|f| f.key().to_string()).collect(),
                 position: v.shape.position,
                 state: v.state.to_json(),
@@ -371,7 +381,11 @@ impl Hub {
                     })
                     .collect(),
             };
-            batch.push((id.clone(), serde_json::to_vec(&record).ok()));
+            let write = store::Write::Save {
+                record,
+                keep_discovery,
+            };
+            batch.push((id.clone(), write));
         }
         if batch.is_empty() {
             return false;

@@ -89,8 +89,30 @@ pub fn load_all(state_dir: &Path) -> BTreeMap<VehicleId, Record> {
     out
 }
 
-/// Writes records (atomically, 0600). Runs off the hub's task.
-pub fn save_all(state_dir: &Path, records: Vec<(VehicleId, Option<Vec<u8>>)>) {
+/// What to do with one vehicle's record.
+#[derive(Debug)]
+pub enum Write {
+    /// Write it; with `keep_discovery`, its documents are those already on disk (only
+    /// its state changed: the documents are not rebuilt for that).
+    Save {
+        record: Record,
+        keep_discovery: bool,
+    },
+    Remove,
+}
+
+/// The documents of the record on disk, if it is readable.
+fn discovery_on_disk(dir: &Path, id: &VehicleId) -> BTreeMap<String, String> {
+    std::fs::read(dir.join(file_name(id)))
+        .ok()
+        .filter(|raw| raw.len() <= MAX_RECORD_BYTES)
+        .and_then(|raw| serde_json::from_slice::<Record>(&raw).ok())
+        .map(|r| r.discovery)
+        .unwrap_or_default()
+}
+
+/// Writes records (atomically, 0600). Runs off the hub's task, serialising included.
+pub fn save_all(state_dir: &Path, records: Vec<(VehicleId, Write)>) {
     let dir = dir(state_dir);
     if let Err(e) = crate::state_dir::prepare(&dir) {
         tracing::warn!(
@@ -100,7 +122,19 @@ pub fn save_all(state_dir: &Path, records: Vec<(VehicleId, Option<Vec<u8>>)>) {
         );
         return;
     }
-    for (id, data) in records {
+    for (id, write) in records {
+        let data = match write {
+            Write::Save {
+                mut record,
+                keep_discovery,
+            } => {
+                if keep_discovery {
+                    record.discovery = discovery_on_disk(&dir, &id);
+                }
+                serde_json::to_vec(&record).ok()
+            }
+            Write::Remove => None,
+        };
         let result = match data {
             Some(data) if data.len() <= MAX_RECORD_BYTES => {
                 crate::state_dir::write_atomic(&dir, &file_name(&id), &data).map(|_| ())
@@ -176,16 +210,33 @@ mod tests {
             ..Record::default()
         };
         record.fields.insert("odometer".into());
-        save_all(
-            dir.path(),
-            vec![(id.clone(), Some(serde_json::to_vec(&record).unwrap()))],
-        );
+        record.discovery.insert("t".into(), "{}".into());
+        let save = |record: &Record, keep_discovery| {
+            let record = record.clone();
+            vec![(
+                id.clone(),
+                Write::Save {
+                    record,
+                    keep_discovery,
+                },
+            )]
+        };
+        save_all(dir.path(), save(&record, false));
         std::fs::write(dir.path().join(DIR).join("bad.json"), b"{not json").unwrap();
         std::fs::write(dir.path().join(DIR).join("a b.json"), b"{}").unwrap();
         let loaded = load_all(dir.path());
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[&id], record);
-        save_all(dir.path(), vec![(id.clone(), None)]);
+        // A state alone: the documents on disk stay.
+        let mut newer = Record {
+            state: serde_json::json!({"odometer": 13}),
+            ..record.clone()
+        };
+        newer.discovery.clear();
+        save_all(dir.path(), save(&newer, true));
+        newer.discovery = record.discovery.clone();
+        assert_eq!(load_all(dir.path())[&id], newer);
+        save_all(dir.path(), vec![(id.clone(), Write::Remove)]);
         assert!(load_all(dir.path()).is_empty());
     }
 }
