@@ -377,6 +377,12 @@ async fn serve(mut config: Config, demo: bool) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "vehicle2mqtt starting"
     );
+    // The connectors have their sections; the hub needs none (a fleet's device list
+    // would otherwise be held twice).
+    let config = Config {
+        upstreams: Default::default(),
+        ..config
+    };
     bridge::run(config, connectors, shutdown).await
 }
 

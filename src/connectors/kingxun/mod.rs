@@ -440,7 +440,7 @@ impl Connector for KingxunConnector {
         Some(ids)
     }
 
-    fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {
+    fn run(mut self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {
         Box::pin(async move {
             let tz = crate::shared::require_timezone("kingxun", &self.config.timezone)?;
             let (upstream_tx, upstream_rx) = mpsc::channel(64);
@@ -456,11 +456,10 @@ impl Connector for KingxunConnector {
                     .upstream
                     .as_ref()
                     .map(|_| (upstream_ids.clone(), upstream_tx)),
-                devices: self
-                    .config
-                    .devices
-                    .iter()
-                    .map(|d| (d.id, d.clone()))
+                // The device list lives once, in this map (10 000 devices with keys).
+                devices: std::mem::take(&mut self.config.devices)
+                    .into_iter()
+                    .map(|d| (d.id, d))
                     .collect(),
                 config: self.config.clone(),
                 tz,
