@@ -119,21 +119,6 @@ pub fn check_ports(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Waits (≤ 5 s) until something listens on `addr`; `false` when it never did or on
-/// `shutdown`. For simulated devices that link to one of the bridge's listeners.
-pub async fn wait_for(addr: std::net::SocketAddr, shutdown: &CancellationToken) -> bool {
-    for _ in 0..200 {
-        if shutdown.is_cancelled() {
-            return false;
-        }
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    false
-}
-
 /// What the demo prints for the user.
 pub fn instructions(config: &Config) -> String {
     let port = config.mqtt.embedded_listen.port();

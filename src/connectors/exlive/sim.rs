@@ -258,7 +258,7 @@ impl crate::upstream::Simulated for super::Exlive {
         vec![(c.listen, "exlive-port")]
     }
     async fn demo_after(c: super::ExliveConfig, shutdown: CancellationToken) {
-        if !crate::demo::wait_for(c.listen, &shutdown).await {
+        if !crate::sim::wait_for(c.listen, &shutdown).await {
             tracing::error!("demo: the bridge's EXLIVE listener did not come up");
             return;
         }

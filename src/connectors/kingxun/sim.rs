@@ -416,7 +416,7 @@ impl crate::upstream::Simulated for super::Kingxun {
         vec![(c.listen, "kingxun-port")]
     }
     async fn demo_after(c: super::KingxunConfig, shutdown: CancellationToken) {
-        if !crate::demo::wait_for(c.listen, &shutdown).await {
+        if !crate::sim::wait_for(c.listen, &shutdown).await {
             tracing::error!("demo: the bridge's kingxun listener did not come up");
             return;
         }
