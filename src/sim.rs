@@ -27,13 +27,13 @@ pub fn local_port(url: &str) -> Option<std::net::SocketAddr> {
 /// ended on its own, and the first reason says why.
 pub fn ended(
     shutdown: &tokio_util::sync::CancellationToken,
-    first_error: &std::sync::Mutex<Option<String>>,
+    first_error: &FirstError,
     what: &str,
 ) -> Result<(), String> {
     if shutdown.is_cancelled() {
         return Ok(());
     }
-    let first = first_error.lock().ok().and_then(|e| e.clone());
+    let first = first_error.get();
     Err(format!(
         "every {what} stopped: {}",
         first.unwrap_or_else(|| "no reason given".into())
@@ -56,4 +56,39 @@ pub async fn wait_for(
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     false
+}
+
+/// Why the first simulated link or device that failed ended, for the exit message.
+#[derive(Debug, Default)]
+pub struct FirstError(std::sync::Mutex<Option<String>>);
+
+impl FirstError {
+    /// Keeps `err` when it is the first.
+    pub fn note(&self, err: &anyhow::Error) {
+        if let Ok(mut first) = self.0.lock() {
+            first.get_or_insert_with(|| format!("{err:#}"));
+        }
+    }
+
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|e| e.clone())
+    }
+}
+
+/// `simulate` of a fake cloud: says where it listens, then serves until `shutdown`.
+pub async fn serve_fake<T>(
+    what: &str,
+    listen: std::net::SocketAddr,
+    started: anyhow::Result<T>,
+    url: impl Fn(&T) -> String,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), String> {
+    match started {
+        Ok(fake) => {
+            tracing::info!(url = %url(&fake), "{what} listening");
+            shutdown.cancelled().await;
+            Ok(())
+        }
+        Err(e) => Err(format!("cannot start the {what} on {listen}: {e:#}")),
+    }
 }

@@ -436,17 +436,9 @@ impl crate::upstream::Simulated for super::Iauto360 {
             push_url: args.push_url,
             ..Default::default()
         };
-        match FakeIauto360::start(opts, args.listen).await {
-            Ok(platform) => {
-                tracing::info!(url = %platform.url(), "fake iauto360 platform listening");
-                shutdown.cancelled().await;
-                Ok(())
-            }
-            Err(e) => Err(format!(
-                "cannot start the fake iauto360 platform on {}: {e:#}",
-                args.listen
-            )),
-        }
+        let started = FakeIauto360::start(opts, args.listen).await;
+        let what = "fake iauto360 platform";
+        crate::sim::serve_fake(what, args.listen, started, FakeIauto360::url, shutdown).await
     }
 
     const DEMO_PORTS: &'static [(&'static str, u16)] =

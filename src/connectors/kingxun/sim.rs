@@ -65,15 +65,13 @@ pub struct SimStats {
     pub commands: AtomicU64,
     pub errors: AtomicU64,
     /// Why the first link or device that failed ended, for the simulator's exit message.
-    pub first_error: std::sync::Mutex<Option<String>>,
+    pub first_error: crate::sim::FirstError,
 }
 
 impl SimStats {
     fn failed(&self, err: &anyhow::Error) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut first) = self.first_error.lock() {
-            first.get_or_insert_with(|| format!("{err:#}"));
-        }
+        self.first_error.note(err);
     }
 }
 

@@ -32,17 +32,9 @@ impl crate::upstream::Simulated for super::Xchanger {
             app_key: args.app_key,
             ..Default::default()
         };
-        match FakeXchanger::start(opts, args.listen).await {
-            Ok(cloud) => {
-                tracing::info!(url = %cloud.url(), "fake xchanger cloud listening");
-                shutdown.cancelled().await;
-                Ok(())
-            }
-            Err(e) => Err(format!(
-                "cannot start the fake xchanger cloud on {}: {e:#}",
-                args.listen
-            )),
-        }
+        let started = FakeXchanger::start(opts, args.listen).await;
+        let what = "fake xchanger cloud";
+        crate::sim::serve_fake(what, args.listen, started, FakeXchanger::url, shutdown).await
     }
 
     const DEMO_PORTS: &'static [(&'static str, u16)] = &[("xchanger-port", 8480)];
