@@ -157,8 +157,11 @@ async fn demo_names_a_busy_port_and_honours_the_environment() {
     let [kx, ex, xc, ia, push] = [0; 5].map(|_| common::free_port());
     let base = format!("d{}", rand::random::<u32>());
     let probe = Probe::connect(broker.port, &[&format!("{base}/#")]).await;
+    // Killed at the end, so its state dir stays: keep it in a temp dir of the test's.
+    let tmp = tempfile::tempdir().unwrap();
     let _child = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_vehicle2mqtt"))
+            .env("TMPDIR", tmp.path())
             .env("V2M_MQTT__URL", broker.url())
             .env("V2M_MQTT__BASE_TOPIC", &base)
             .args(demo_args([port, kx, ex, xc, ia, push]))
