@@ -103,6 +103,70 @@ pub async fn accept_loop<F, Fut>(
     }
 }
 
+/// A link's command queue. A tokio channel allocates about 800 bytes up front; a
+/// mailbox holds nothing while empty, which is what 10 000 idle links are.
+pub struct Mailbox<T> {
+    queue: std::sync::Mutex<MailboxQueue<T>>,
+    ready: tokio::sync::Notify,
+    capacity: usize,
+}
+
+struct MailboxQueue<T> {
+    items: std::collections::VecDeque<T>,
+    closed: bool,
+}
+
+impl<T> Mailbox<T> {
+    pub fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Mailbox {
+            queue: std::sync::Mutex::new(MailboxQueue {
+                items: std::collections::VecDeque::new(),
+                closed: false,
+            }),
+            ready: tokio::sync::Notify::new(),
+            capacity,
+        })
+    }
+
+    /// Queues `item`; gives it back when the mailbox is full or its link has closed.
+    pub fn try_send(&self, item: T) -> Result<(), T> {
+        let Ok(mut q) = self.queue.lock() else {
+            return Err(item);
+        };
+        if q.closed || q.items.len() >= self.capacity {
+            return Err(item);
+        }
+        q.items.push_back(item);
+        drop(q);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next item; waits for one.
+    pub async fn recv(&self) -> T {
+        loop {
+            let next = self.queue.lock().ok().and_then(|mut q| q.items.pop_front());
+            if let Some(item) = next {
+                return item;
+            }
+            // `notify_one` keeps a permit when nobody waits, so an item queued between
+            // the look above and this wait is not missed.
+            self.ready.notified().await;
+        }
+    }
+
+    /// The link is gone: later sends fail, and what was queued is handed back.
+    pub fn close(&self) -> Vec<T> {
+        match self.queue.lock() {
+            Ok(mut q) => {
+                q.closed = true;
+                q.items.drain(..).collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod listen_tests {
     /// 1 500 devices connect at once to a listener that accepts nobody yet (a bridge busy
@@ -151,5 +215,36 @@ mod listen_tests {
         }
         assert_eq!(linked.len(), STORM, "connections queued without an accept");
         drop(listener);
+    }
+}
+
+#[cfg(test)]
+mod mailbox_tests {
+    use super::Mailbox;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_mailbox_is_bounded_hands_back_what_it_refuses_and_wakes_its_link() {
+        let mailbox = Mailbox::new(2);
+        assert_eq!(mailbox.try_send(1), Ok(()));
+        assert_eq!(mailbox.try_send(2), Ok(()));
+        assert_eq!(mailbox.try_send(3), Err(3), "over capacity");
+        assert_eq!(mailbox.recv().await, 1);
+        assert_eq!(mailbox.recv().await, 2);
+
+        // A waiting link wakes for an item sent later.
+        let waiting = tokio::spawn({
+            let mailbox = mailbox.clone();
+            async move { mailbox.recv().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(mailbox.try_send(4), Ok(()));
+        let got = tokio::time::timeout(Duration::from_secs(2), waiting).await;
+        assert_eq!(got.ok().and_then(|r| r.ok()), Some(4));
+
+        // Closed: what was queued comes back, later sends are refused.
+        assert_eq!(mailbox.try_send(5), Ok(()));
+        assert_eq!(mailbox.close(), vec![5]);
+        assert_eq!(mailbox.try_send(6), Err(6));
     }
 }

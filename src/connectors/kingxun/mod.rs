@@ -22,7 +22,6 @@ use chrono::{SecondsFormat, Utc};
 
 use crate::zone::Zone;
 use serde_json::json;
-use tokio::sync::mpsc;
 
 pub use config::{
     Kingxun, KingxunConfig, KingxunDevice, KingxunUpstream, ServerCommand, UpstreamDevice,
@@ -37,7 +36,7 @@ use crate::model::{
     VehicleInfo, VehicleState,
 };
 use crate::protocol::kingxun::{
-    ChargeDone, Control, DevEvent, LocalTime, Profile, Status, Target, Trip,
+    ChargeDone, Control, DevEvent, LocalTime, Profile, RangeAnswer, Status, Target, Trip,
 };
 
 crate::named_counters! {
@@ -161,6 +160,26 @@ fn guard_power_name(flag: u8) -> Option<&'static str> {
     Some(p.as_str())
 }
 
+/// What every device link is allowed, from the config.
+fn link_settings(cfg: &KingxunConfig) -> crate::protocol::kingxun::session::Settings {
+    crate::protocol::kingxun::session::Settings {
+        idle_timeout: cfg.idle_timeout,
+        read_timeout: cfg.read_timeout,
+        command_timeout: cfg.command_timeout,
+        bad_in_a_row: crate::connectors::BAD_IN_A_ROW,
+        range: range_answer(cfg),
+    }
+}
+
+/// The answer to 1005: range on a full battery, charge reminder, lowest usable SoC.
+pub(crate) fn range_answer(cfg: &KingxunConfig) -> RangeAnswer {
+    RangeAnswer {
+        max_range_m: (cfg.range_full_km * 1000.0).clamp(0.0, u32::MAX as f64) as u32,
+        charge_notify_soc: cfg.charge_notify_soc,
+        soc_min: cfg.soc_min,
+    }
+}
+
 /// Guard settings persisted in `state_dir`, so a restart never forgets what a 2003 must carry.
 const GUARD_FILE: &str = "kingxun_guard.json";
 
@@ -173,9 +192,8 @@ fn load_guard(dir: Option<&std::path::Path>) -> HashMap<u32, GuardSetting> {
 /// (software version, device type) of a device as last reported.
 pub(crate) type KnownIdentity = (Option<u32>, Option<u8>);
 
-/// Where a link takes its commands. Boxed: a queue allocates its slots up front, so
-/// 10 000 idle links hold pointers, not commands.
-pub(crate) type LinkSender = mpsc::Sender<Box<LinkCommand>>;
+/// Where a link takes its commands (boxed: a command is large, and rare).
+pub(crate) type LinkSender = Arc<crate::connectors::link::Mailbox<Box<LinkCommand>>>;
 
 /// A command on its way to a link.
 pub(crate) struct LinkCommand {
@@ -198,6 +216,8 @@ pub(crate) struct Core {
     /// devId → guard power and max speed last set, for 2003; persisted in `state_dir`.
     pub guard: Mutex<HashMap<u32, GuardSetting>>,
     pub state_dir: Option<std::path::PathBuf>,
+    /// What every device link is allowed (one copy for all links).
+    pub link_settings: Arc<crate::protocol::kingxun::session::Settings>,
     pub next_link: AtomicU64,
     pub open_links: LinkGauge,
     pub counters: Counters,
@@ -384,17 +404,13 @@ impl Core {
                 .try_send(CommandProgress::Failed("offline".into()));
             return;
         };
-        if let Err(err) = link.try_send(Box::new(LinkCommand {
+        if let Err(refused) = link.try_send(Box::new(LinkCommand {
             control,
             after,
             request: req,
         })) {
-            let req = match err {
-                mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => {
-                    c.request
-                }
-            };
-            let _ = req
+            let _ = refused
+                .request
                 .progress
                 .try_send(CommandProgress::Failed("offline".into()));
         }
@@ -443,7 +459,7 @@ impl Connector for KingxunConnector {
     fn run(mut self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {
         Box::pin(async move {
             let tz = crate::shared::require_timezone("kingxun", &self.config.timezone)?;
-            let (upstream_tx, upstream_rx) = mpsc::channel(64);
+            let upstream_tx = crate::connectors::link::Mailbox::new(64);
             let upstream_ids: std::collections::HashSet<u32> = self
                 .config
                 .upstream
@@ -455,7 +471,7 @@ impl Connector for KingxunConnector {
                     .config
                     .upstream
                     .as_ref()
-                    .map(|_| (upstream_ids.clone(), upstream_tx)),
+                    .map(|_| (upstream_ids.clone(), upstream_tx.clone())),
                 // The device list lives once, in this map (10 000 devices with keys).
                 devices: std::mem::take(&mut self.config.devices)
                     .into_iter()
@@ -467,6 +483,7 @@ impl Connector for KingxunConnector {
                 links: Mutex::new(HashMap::new()),
                 guard: Mutex::new(load_guard(self.state_dir.as_deref())),
                 state_dir: self.state_dir.clone(),
+                link_settings: Arc::new(link_settings(&self.config)),
                 known: Mutex::new(HashMap::new()),
                 next_link: AtomicU64::new(1),
                 open_links: LinkGauge::default(),
@@ -544,7 +561,7 @@ impl Connector for KingxunConnector {
                 tasks.push(tokio::spawn(upstream::run(
                     up,
                     core.clone(),
-                    upstream_rx,
+                    upstream_tx,
                     shutdown.clone(),
                 )));
             }

@@ -1,91 +1,28 @@
-//! Answers to a registered device's requests (and to a link that has not proven its
-//! key): what each message means for the vehicle, and the RespCode and body sent back.
+//! What a proven device's requests mean for its vehicle, and the RespCode and body sent
+//! back. (What a link that has not proven its key is told is the session's:
+//! `protocol/kingxun/session.rs`.)
 
 use std::sync::atomic::Ordering;
-
-use bytes::Bytes;
-use rand::Rng;
-use tokio::net::tcp::OwnedWriteHalf;
 
 use super::{charge_event, device_event, status_state, trip_update, vehicle_id, Core};
 use crate::connector::Update;
 use crate::model::{Field, VehicleState};
-use crate::protocol::kingxun::{
-    id, ChargeDone, Events, Frame, RangeAnswer, RangeQuery, Register, RegisterAck, Status, Traffic,
-    Trip,
-};
+use crate::protocol::kingxun::{id, ChargeDone, Events, Frame, RangeQuery, Status, Traffic, Trip};
 
-use super::server::*;
+use super::server::may_log;
+use crate::protocol::kingxun::session::{RESP_BAD_PARAMETER, RESP_OK, RESP_REJECTED};
 
-/// What an unproven link is told: the usual answer, computed without publishing anything.
-pub(super) fn unproven_answer(core: &Core, frame: &Frame) -> (u32, Vec<u8>) {
-    match frame.header.msg_id {
-        id::RANGE => match RangeQuery::decode(&frame.body) {
-            Ok(_) => (
-                RESP_OK,
-                RangeAnswer {
-                    max_range_m: (core.config.range_full_km * 1000.0).clamp(0.0, u32::MAX as f64)
-                        as u32,
-                    charge_notify_soc: core.config.charge_notify_soc,
-                    soc_min: core.config.soc_min,
-                }
-                .encode(),
-            ),
-            Err(_) => (RESP_BAD_PARAMETER, Vec::new()),
-        },
-        _ => (RESP_OK, Vec::new()),
-    }
-}
-
-/// What a first 1001 says. Any body is accepted, as kxSvr accepts any; an encrypted one
-/// (a device has no IV yet) carries nothing readable.
-pub(super) fn registration_body(frame: &Frame) -> Register {
-    if frame.header.crypt {
-        Register::default()
-    } else {
-        Register::decode_lenient(&frame.body)
-    }
-}
-
-/// Answers a 1001 with `session_id` and a fresh IV; `None` when the write failed.
-pub(super) async fn answer_register(
-    wr: &mut OwnedWriteHalf,
-    seq: u16,
-    session_id: u32,
-) -> Option<[u8; 16]> {
-    let iv = rand::rng().random::<[u8; 16]>();
-    let ack = RegisterAck { session_id, iv }.encode();
-    write_frame(
-        wr,
-        &Frame::response(id::REGISTER, seq, RESP_OK, false, Bytes::from(ack)),
-    )
-    .await
-    .ok()
-    .map(|_| iv)
-}
-
-/// Handles one request from a registered device; returns the RespCode and body.
+/// Acts on one request from a proven device (its body opened by the session); returns
+/// the RespCode and body to answer with.
 pub(super) async fn handle_request(
     core: &Core,
-    session: &Session,
+    dev_id: u32,
     frame: &Frame,
+    body: Vec<u8>,
     model_known: &mut bool,
     in_a_row: u32,
 ) -> (u32, Vec<u8>) {
-    let dev_id = session.dev_id;
     let vid = vehicle_id(dev_id);
-    let body = match session.open_body(frame) {
-        Ok(b) => b,
-        Err(err) => {
-            core.counters
-                .decrypt_failures
-                .fetch_add(1, Ordering::Relaxed);
-            if may_log(core, in_a_row) {
-                tracing::warn!(event = "kingxun_decrypt_failed", dev_id, msg_id = frame.header.msg_id, error = %err, "body dropped");
-            }
-            return (RESP_REJECTED, Vec::new());
-        }
-    };
     let bad = |err: crate::protocol::kingxun::BodyError| {
         core.counters.bad_bodies.fetch_add(1, Ordering::Relaxed);
         if may_log(core, in_a_row) {
@@ -119,7 +56,6 @@ pub(super) async fn handle_request(
         },
         id::RANGE => match RangeQuery::decode(&body) {
             Ok(q) => {
-                let full_m = core.config.range_full_km * 1000.0;
                 let mut s = VehicleState::default();
                 s.set_f64(
                     Field::Range,
@@ -127,12 +63,7 @@ pub(super) async fn handle_request(
                         / 10.0,
                 );
                 updates.merge_state(vid, s).await;
-                let answer = RangeAnswer {
-                    max_range_m: full_m.clamp(0.0, u32::MAX as f64) as u32,
-                    charge_notify_soc: core.config.charge_notify_soc,
-                    soc_min: core.config.soc_min,
-                };
-                (RESP_OK, answer.encode())
+                (RESP_OK, core.link_settings.range.encode())
             }
             Err(e) => bad(e),
         },

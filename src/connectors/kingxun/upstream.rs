@@ -10,13 +10,12 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::{interval_at, sleep_until, timeout, Instant, MissedTickBehavior};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{hex16, KingxunUpstream};
-use super::{now_secs, vehicle_id, Core, LinkCommand};
+use super::{now_secs, vehicle_id, Core, LinkCommand, LinkSender};
 use crate::connector::Update;
 use crate::model::{CommandProgress, Field, VehicleId, VehicleInfo, VehicleState};
 use crate::protocol::kingxun::{
@@ -47,7 +46,7 @@ pub fn open_connect_ack(key: &[u8; 16], iv0: &[u8; 16], ack: &Frame) -> Option<W
 pub(super) async fn run(
     cfg: KingxunUpstream,
     core: Arc<Core>,
-    mut commands: mpsc::Receiver<Box<LinkCommand>>,
+    commands: LinkSender,
     shutdown: CancellationToken,
 ) {
     let (Some(key), Some(iv0)) = (hex16(&cfg.key), hex16(&cfg.iv)) else {
@@ -70,7 +69,7 @@ pub(super) async fn run(
     let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
-        let reason = session(&cfg, &core, key, iv0, &mut commands, &shutdown).await;
+        let reason = session(&cfg, &core, key, iv0, &commands, &shutdown).await;
         for vid in
             std::iter::once(server_vehicle()).chain(cfg.devices.iter().map(|d| vehicle_id(d.id)))
         {
@@ -95,7 +94,7 @@ pub(super) async fn run(
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = sleep_until(until) => break,
-                Some(cmd) = commands.recv() => {
+                cmd = commands.recv() => {
                     let _ = cmd.request.progress.try_send(CommandProgress::Failed("kingxun server unreachable".into()));
                 }
             }
@@ -108,7 +107,7 @@ async fn session(
     core: &Arc<Core>,
     key: [u8; 16],
     iv0: [u8; 16],
-    commands: &mut mpsc::Receiver<Box<LinkCommand>>,
+    commands: &LinkSender,
     shutdown: &CancellationToken,
 ) -> String {
     let stream = match timeout(Duration::from_secs(10), TcpStream::connect(&cfg.address)).await {
@@ -194,7 +193,7 @@ async fn session(
                     }
                 }
             }
-            Some(cmd) = commands.recv() => {
+            cmd = commands.recv() => {
                 let Some(dev_id) = cmd.request.vehicle.as_str().strip_prefix("kx").and_then(|s| s.parse::<u32>().ok()) else { continue };
                 seq = seq.wrapping_add(1);
                 let body = AppControl { dev_id, dev_type: devtypes.get(&dev_id).copied().unwrap_or(2), time: now_secs(), user_id: 0, control: cmd.control }.encode();

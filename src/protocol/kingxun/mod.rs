@@ -13,6 +13,7 @@ pub mod control;
 pub mod crypto;
 pub mod frame;
 pub mod message;
+pub mod session;
 pub mod web;
 pub mod wire;
 
