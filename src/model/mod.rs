@@ -6,13 +6,16 @@
 //!
 //! Units are normalised here: km, km/h, %, V, A, °C, kPa, WGS-84 degrees.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::Serialize;
 
 mod command;
+mod vec_map;
+
 pub use command::*;
+pub use vec_map::VecMap;
 
 /// A stable, readable vehicle id: a VIN, `kx<devId>`, `ex<id>`, or what the user set.
 /// Only `[A-Za-z0-9_-]` survive, so the id is safe in MQTT topics and HA object ids.
@@ -397,10 +400,10 @@ impl Position {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct VehicleState {
     pub position: Option<Position>,
-    pub values: BTreeMap<Field, Value>,
+    pub values: VecMap<Field, Value>,
     /// Extra data without an entity of its own (cell voltages, raw codes), shown as
     /// attributes of the state JSON.
-    pub attributes: BTreeMap<String, serde_json::Value>,
+    pub attributes: VecMap<String, serde_json::Value>,
     /// Fields whose value no longer holds (e.g. coolant temperature after the ignition
     /// went off): left out of the state JSON, so HA shows "unknown", while the entity stays.
     pub cleared: BTreeSet<Field>,
@@ -451,6 +454,8 @@ impl VehicleState {
         }
         self.values.extend(other.values);
         self.attributes.extend(other.attributes);
+        self.values.settle();
+        self.attributes.settle();
     }
 
     /// The state JSON: one key per field, plus `latitude`/`longitude`/`gps_accuracy` and
