@@ -1,6 +1,7 @@
 //! One connector per upstream. Each owns its I/O and speaks to the bridge only through
 //! [`crate::connector`].
 
+pub mod client;
 #[cfg(test)]
 pub mod echo;
 pub mod exlive;

@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
 use tokio_util::codec::FramedRead;
@@ -14,38 +12,49 @@ use tokio_util::sync::CancellationToken;
 use super::server::next_message;
 use super::{Core, ExliveClientConfig, LINK_QUEUE};
 use crate::connector::Update;
+use crate::connectors::client::{self, Client, Ended};
 use crate::protocol::exlive::{Message, Splitter};
-use crate::shared::Backoff;
 
 /// After a refused login, wait this long before trying again: never a login storm.
 const REFUSED_BACKOFF: Duration = Duration::from_secs(15 * 60);
-
-enum Ended {
-    /// The platform refused our credentials.
-    Refused(String),
-    /// Connection trouble: retry with the normal backoff.
-    Lost(String),
-    Shutdown,
-}
 
 pub(super) async fn run(
     cfg: ExliveClientConfig,
     core: Arc<Core>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut backoff = Backoff::default();
-    loop {
-        let started = Instant::now();
-        let ended = session(&cfg, &core, &shutdown).await;
-        let delay = match ended {
-            Ended::Shutdown => return Ok(()),
+    let mut client = ExliveClient {
+        cfg: &cfg,
+        core: &core,
+        shutdown: &shutdown,
+    };
+    client::run(&mut client, &shutdown).await;
+    Ok(())
+}
+
+struct ExliveClient<'a> {
+    cfg: &'a ExliveClientConfig,
+    core: &'a Arc<Core>,
+    shutdown: &'a CancellationToken,
+}
+
+impl Client for ExliveClient<'_> {
+    const REFUSED_WAIT: Duration = REFUSED_BACKOFF;
+
+    async fn session(&mut self) -> Ended {
+        session(self.cfg, self.core, self.shutdown).await
+    }
+
+    async fn ended(&mut self, ended: &Ended, retry_in: Duration) {
+        let (cfg, core) = (self.cfg, self.core);
+        match ended {
             Ended::Refused(result) => {
                 let reason = format!(
                     "EXLIVE platform {} refused login for `{}`: {result}",
                     cfg.address, cfg.name
                 );
                 tracing::error!(event = "exlive_client_login_refused", address = %cfg.address, user = %cfg.name,
-                    result = %result, retry_in_s = REFUSED_BACKOFF.as_secs(), "login refused; not retrying soon");
+                    result = %result, retry_in_s = retry_in.as_secs(), "login refused; not retrying soon");
                 let _ = core
                     .updates
                     .send(Update::Health {
@@ -53,18 +62,12 @@ pub(super) async fn run(
                         error: Some(reason),
                     })
                     .await;
-                REFUSED_BACKOFF
             }
             Ended::Lost(reason) => {
-                let delay = backoff.next(started.elapsed());
                 tracing::warn!(event = "exlive_client_disconnected", address = %cfg.address, reason = %reason,
-                    retry_in_ms = delay.as_millis() as u64, "EXLIVE platform link lost");
-                delay
+                    retry_in_ms = retry_in.as_millis() as u64, "EXLIVE platform link lost");
             }
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(delay) => {}
+            Ended::Shutdown => {}
         }
     }
 }
@@ -72,11 +75,7 @@ pub(super) async fn run(
 async fn send(wr: &mut tokio::net::tcp::OwnedWriteHalf, msg: &Message) -> Result<(), Ended> {
     let mut line = msg.encode().into_bytes();
     line.push(b'\n');
-    match timeout(Duration::from_secs(10), wr.write_all(&line)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(Ended::Lost(format!("write: {e}"))),
-        Err(_) => Err(Ended::Lost("write timed out".into())),
-    }
+    client::write(wr, &line).await
 }
 
 async fn session(
@@ -84,16 +83,10 @@ async fn session(
     core: &Arc<Core>,
     shutdown: &CancellationToken,
 ) -> Ended {
-    let connect = timeout(Duration::from_secs(10), TcpStream::connect(&cfg.address));
-    let stream = tokio::select! {
-        _ = shutdown.cancelled() => return Ended::Shutdown,
-        r = connect => match r {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Ended::Lost(format!("connect: {e}")),
-            Err(_) => return Ended::Lost("connect timed out".into()),
-        },
+    let stream = match client::connect(&cfg.address).await {
+        Ok(s) => s,
+        Err(ended) => return ended,
     };
-    let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
     let mut frames = FramedRead::new(rd, Splitter::new(core.config.max_message_size));
     let peer = cfg.address.clone();
@@ -146,10 +139,7 @@ async fn session(
                 Some(line) = out_rx.recv() => {
                     let mut data = line.into_bytes();
                     data.push(b'\n');
-                    match timeout(Duration::from_secs(10), wr.write_all(&data)).await {
-                        Ok(Ok(())) => {}
-                        _ => return Err(Ended::Lost("write failed".into())),
-                    }
+                    client::write(&mut wr, &data).await?;
                 }
                 msg = next_message(&mut frames, &peer, core) => {
                     let Some(msg) = msg else { return Err(Ended::Lost("platform closed the link".into())) };

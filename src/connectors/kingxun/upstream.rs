@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::time::{interval_at, sleep_until, timeout, Instant, MissedTickBehavior};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -17,12 +15,20 @@ use tokio_util::sync::CancellationToken;
 use super::config::{hex16, KingxunUpstream};
 use super::{now_secs, vehicle_id, Core, LinkCommand, LinkSender};
 use crate::connector::Update;
+use crate::connectors::client::{self, Client, Ended};
 use crate::model::{CommandProgress, Field, VehicleId, VehicleInfo, VehicleState};
 use crate::protocol::kingxun::{
     crypto, id, resp_code_text, AppControl, Decoded, Frame, Kind, KxCodec, WebConnect,
     WebConnectAck, WebHeartbeat, WebHeartbeatAck,
 };
-use crate::shared::Backoff;
+
+/// Why a session ended, as the upstream's health shows it.
+fn lost(ended: Ended) -> String {
+    match ended {
+        Ended::Lost(r) | Ended::Refused(r) => r,
+        Ended::Shutdown => "shutdown".into(),
+    }
+}
 
 /// The HA device that stands for the upstream server itself.
 pub fn server_vehicle() -> VehicleId {
@@ -66,21 +72,57 @@ pub(super) async fn run(
             event_types: Default::default(),
         }))
         .await;
-    let mut backoff = Backoff::default();
-    loop {
-        let started = Instant::now();
-        let reason = session(&cfg, &core, key, iv0, &commands, &shutdown).await;
-        for vid in
-            std::iter::once(server_vehicle()).chain(cfg.devices.iter().map(|d| vehicle_id(d.id)))
-        {
-            core.updates.availability(vid, false).await;
+    let mut client = UpstreamClient {
+        cfg: &cfg,
+        core: &core,
+        key,
+        iv0,
+        commands: &commands,
+        shutdown: &shutdown,
+    };
+    client::run(&mut client, &shutdown).await;
+    client.offline().await;
+}
+
+struct UpstreamClient<'a> {
+    cfg: &'a KingxunUpstream,
+    core: &'a Arc<Core>,
+    key: [u8; 16],
+    iv0: [u8; 16],
+    commands: &'a LinkSender,
+    shutdown: &'a CancellationToken,
+}
+
+impl UpstreamClient<'_> {
+    /// The server and every device behind it go offline with the link.
+    async fn offline(&self) {
+        let devices = self.cfg.devices.iter().map(|d| vehicle_id(d.id));
+        for vid in std::iter::once(server_vehicle()).chain(devices) {
+            self.core.updates.availability(vid, false).await;
         }
-        if shutdown.is_cancelled() {
-            return;
-        }
-        let delay = backoff.next(started.elapsed());
-        tracing::warn!(event = "kingxun_upstream_disconnected", address = %cfg.address, reason = %reason,
-            retry_in_ms = delay.as_millis() as u64, "kingxun server link lost");
+    }
+}
+
+impl Client for UpstreamClient<'_> {
+    /// A kxSvr that refuses 9001 is retried with the usual back-off (a wrong key shows
+    /// as an answer that does not decrypt, which is a lost link, not a refusal).
+    const REFUSED_WAIT: Duration = Duration::from_secs(15 * 60);
+
+    async fn session(&mut self) -> Ended {
+        let (cfg, core) = (self.cfg, self.core);
+        let reason = session(cfg, core, self.key, self.iv0, self.commands, self.shutdown).await;
+        self.offline().await;
+        Ended::Lost(reason)
+    }
+
+    async fn ended(&mut self, ended: &Ended, retry_in: Duration) {
+        let reason = match ended {
+            Ended::Lost(r) | Ended::Refused(r) => r.as_str(),
+            Ended::Shutdown => return,
+        };
+        let core = self.core;
+        tracing::warn!(event = "kingxun_upstream_disconnected", address = %self.cfg.address, reason = %reason,
+            retry_in_ms = retry_in.as_millis() as u64, "kingxun server link lost");
         let _ = core
             .updates
             .send(Update::Health {
@@ -88,13 +130,14 @@ pub(super) async fn run(
                 error: Some(format!("upstream: {reason}")),
             })
             .await;
-        // Commands that arrive while we are away fail at once rather than time out.
-        let until = Instant::now() + delay;
+    }
+
+    /// Commands that arrive while away fail at once rather than time out.
+    async fn away(&mut self, until: Instant) {
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = sleep_until(until) => break,
-                cmd = commands.recv() => {
+                _ = sleep_until(until) => return,
+                cmd = self.commands.recv() => {
                     let _ = cmd.request.progress.try_send(CommandProgress::Failed("kingxun server unreachable".into()));
                 }
             }
@@ -110,12 +153,10 @@ async fn session(
     commands: &LinkSender,
     shutdown: &CancellationToken,
 ) -> String {
-    let stream = match timeout(Duration::from_secs(10), TcpStream::connect(&cfg.address)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return format!("connect: {e}"),
-        Err(_) => return "connect timed out".into(),
+    let stream = match client::connect(&cfg.address).await {
+        Ok(s) => s,
+        Err(ended) => return lost(ended),
     };
-    let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
     let mut codec = KxCodec::new(core.config.max_body);
     // kxSvr relays device answers with an unset header CRC (see `Header::parse_with`).
@@ -131,11 +172,9 @@ async fn session(
         }
         .encode(),
     );
-    if let Err(e) = wr
-        .write_all(&Frame::request(id::WEB_CONNECT, seq, 0, 0, true, Bytes::from(hello)).to_bytes())
-        .await
-    {
-        return format!("write: {e}");
+    let hello = Frame::request(id::WEB_CONNECT, seq, 0, 0, true, Bytes::from(hello));
+    if let Err(ended) = client::write(&mut wr, &hello.to_bytes()).await {
+        return lost(ended);
     }
     let ack = loop {
         match timeout(Duration::from_secs(15), frames.next()).await {
@@ -180,8 +219,9 @@ async fn session(
                 }
                 seq = seq.wrapping_add(1);
                 let hb = WebHeartbeat { time: now_secs(), host: cfg.host.clone() }.encode();
-                if let Err(e) = wr.write_all(&Frame::request(id::WEB_HEARTBEAT, seq, 0, session_id, false, Bytes::from(hb)).to_bytes()).await {
-                    return format!("write: {e}");
+                let hb = Frame::request(id::WEB_HEARTBEAT, seq, 0, session_id, false, Bytes::from(hb));
+                if let Err(ended) = client::write(&mut wr, &hb.to_bytes()).await {
+                    return lost(ended);
                 }
             }
             _ = async { sleep_until(next_deadline.unwrap_or_else(Instant::now)).await }, if next_deadline.is_some() => {
@@ -199,9 +239,10 @@ async fn session(
                 let body = AppControl { dev_id, dev_type: devtypes.get(&dev_id).copied().unwrap_or(2), time: now_secs(), user_id: 0, control: cmd.control }.encode();
                 let sealed = crypto::encrypt(&key, &iv, &body);
                 let frame = Frame::request(cmd.control.app_msg_id(), seq, 0, session_id, true, Bytes::from(sealed));
-                if let Err(e) = wr.write_all(&frame.to_bytes()).await {
-                    let _ = cmd.request.progress.try_send(CommandProgress::Failed(format!("send failed: {e}")));
-                    return format!("write: {e}");
+                if let Err(ended) = client::write(&mut wr, &frame.to_bytes()).await {
+                    let reason = lost(ended);
+                    let _ = cmd.request.progress.try_send(CommandProgress::Failed(format!("send failed: {reason}")));
+                    return reason;
                 }
                 pending.insert(seq, (cmd, Instant::now() + core.config.command_timeout));
             }
