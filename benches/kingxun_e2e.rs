@@ -64,12 +64,13 @@ async fn scenario(
     let sent = stats.statuses.load(Ordering::Relaxed) - sent0;
     let received = counter.received.load(Ordering::Relaxed);
     let rss_loaded = support::rss_kib(pid);
+    let anon_loaded = support::rss_anon_kib(pid);
     let lat = counter.sorted_latencies();
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), sim).await;
     sub.abort();
     println!(
-        "devices={:>6} every {:?}: frames sent={:>7.0}/s delivered={:>7.0}/s  p50={:>6.1} ms p99={:>7.1} ms  bridge RSS: all linked, idle={} MiB, loaded={} MiB  (registered={}, errors={})",
+        "devices={:>6} every {:?}: frames sent={:>7.0}/s delivered={:>7.0}/s  p50={:>6.1} ms p99={:>7.1} ms  bridge RSS: all linked, idle={} MiB, loaded={} MiB (own {} MiB)  (registered={}, errors={})",
         devices,
         interval,
         sent as f64 / elapsed,
@@ -78,6 +79,7 @@ async fn scenario(
         support::percentile(&lat, 0.99) as f64 / 1000.0,
         rss_connected / 1024,
         rss_loaded / 1024,
+        anon_loaded / 1024,
         stats.registered.load(Ordering::Relaxed),
         stats.errors.load(Ordering::Relaxed),
     );
@@ -106,9 +108,11 @@ fn main() {
         // The bridge hands freed memory back 20 s after its start: what it keeps is the figure.
         tokio::time::sleep(Duration::from_secs(31)).await;
         println!(
-            "bridge RSS, 10 000 devices configured, none linked: {} MiB (1 s after start: {} MiB)",
+            "bridge RSS, 10 000 devices configured, none linked: {} MiB, own {} MiB (1 s after start: {} MiB); discovery {}",
             support::rss_kib(pid) / 1024,
-            started / 1024
+            support::rss_anon_kib(pid) / 1024,
+            started / 1024,
+            if support::discovery() { "on" } else { "off" }
         );
         scenario(mqtt_port, kx_port, pid, 1_000, Duration::from_secs(1), 10).await;
         scenario(mqtt_port, kx_port, pid, 10_000, Duration::from_secs(1), 10).await;

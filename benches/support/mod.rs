@@ -10,15 +10,32 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 use vehicle2mqtt::connectors::exlive::sim::now_ns;
 
+/// Resident memory, KiB: everything, and the process's own (`RssAnon`: heap, stacks),
+/// without the pages of the executable it maps (about 10 MiB of a release build, shared
+/// with the page cache and dropped under memory pressure).
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+pub fn rss_anon_kib(pid: u32) -> u64 {
+    status_kib(pid, "RssAnon:")
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
+}
+
+/// `VEHICLE2MQTT_BENCH_DISCOVERY=1` runs the bridge with HA discovery on (what HA users
+/// run); the default leaves it off, as these benches always have.
+pub fn discovery() -> bool {
+    std::env::var("VEHICLE2MQTT_BENCH_DISCOVERY").is_ok_and(|v| v == "1")
 }
 
 pub struct Counter {
@@ -187,7 +204,7 @@ where
     });
 }
 
-/// The release bridge as a process on `mqtt_port` (topics under `bench`, no discovery,
+/// The release bridge as a process on `mqtt_port` (topics under `bench`, discovery as `discovery()` says,
 /// warnings only), with `connector_toml` appended to its config file in `dir`.
 pub fn spawn_bridge(
     dir: &std::path::Path,
@@ -199,8 +216,9 @@ pub fn spawn_bridge(
     std::fs::write(
         &config,
         format!(
-            "[mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nbase_topic = \"bench\"\ndiscovery = false\nclient_id = \"{client_id}\"\n\
+            "[mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nbase_topic = \"bench\"\ndiscovery = {}\nclient_id = \"{client_id}\"\n\
              [bridge]\nstate_dir = \"{}\"\nlog_level = \"warn\"\n{connector_toml}",
+            discovery(),
             dir.join("state").display()
         ),
     )

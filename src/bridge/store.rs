@@ -169,7 +169,13 @@ impl FieldTimes {
         let secs = Self::secs(at);
         match self.0.binary_search_by_key(&field, |(f, _)| *f) {
             Ok(i) => self.0[i].1 = secs,
-            Err(i) => self.0.insert(i, (field, secs)),
+            Err(i) => {
+                self.0.insert(i, (field, secs));
+                // A vehicle's fields settle after its first reports: keep no spare room.
+                if self.0.capacity() > self.0.len() + 4 {
+                    self.0.shrink_to_fit();
+                }
+            }
         }
     }
 
