@@ -8,6 +8,7 @@ pub mod exlive;
 pub mod iauto360;
 pub mod kingxun;
 pub mod link;
+pub mod poll;
 pub mod xchanger;
 
 pub use link::{listen, LISTEN_BACKLOG};
@@ -39,22 +40,6 @@ pub(crate) fn warn_if_plain_http(connector: &str, base_url: &str) {
             "the upstream is plain http://: credentials and tokens travel unencrypted"
         );
     }
-}
-
-/// Consecutive failed polls before a polled (cloud) vehicle is shown offline.
-pub(crate) const OFFLINE_AFTER: u32 = 3;
-
-/// ±10 %, so that many vehicles (or bridges) do not poll in step.
-pub(crate) fn jitter(d: std::time::Duration) -> std::time::Duration {
-    use rand::Rng;
-    d.mul_f64(rand::rng().random_range(0.9..=1.1))
-}
-
-/// The wait after `failures` (≥ 1) transient failures in a row: `base`, 2×, 4×… up to
-/// 30 minutes.
-pub(crate) fn poll_backoff(base: std::time::Duration, failures: u32) -> std::time::Duration {
-    base.saturating_mul(1 << failures.saturating_sub(1).min(12))
-        .min(std::time::Duration::from_secs(30 * 60))
 }
 
 /// Reads a whole response body, refusing more than `max` bytes (`None`).

@@ -13,7 +13,6 @@ pub mod sim;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rand::Rng;
 use serde_json::{json, Value};
@@ -30,7 +29,8 @@ use crate::connector::{
     CommandRequest, ConnectionStatus, Connector, ConnectorContext, ConnectorFuture, Update,
     UpdateSink,
 };
-use crate::connectors::{jitter, poll_backoff, Freshness, OFFLINE_AFTER};
+use crate::connectors::poll::{jitter, Intervals, Next, Schedule};
+use crate::connectors::Freshness;
 use crate::model::{
     Capability, Command, CommandProgress, Field, VehicleId, VehicleInfo, VehicleState,
 };
@@ -258,7 +258,8 @@ struct Device {
     shared: Arc<Shared>,
     esn: String,
     id: VehicleId,
-    failures: u32,
+    /// When it is read next; failed reads in a row.
+    schedule: Schedule,
     running: bool,
     pending: Option<Pending>,
     status: ConnectionStatus,
@@ -279,19 +280,17 @@ async fn device_loop(
         shared,
         esn,
         id,
-        failures: 0,
+        schedule: Schedule::starting(Instant::now()),
         running: false,
         pending: None,
         status: ConnectionStatus::default(),
         seen: VecDeque::new(),
         fresh: Freshness::default(),
     };
-    // Spread a fleet's first polls (50 ms per box, at most half an interval) instead of
-    // calling for every box at once; a single box starts at once.
-    let boxes = d.shared.cfg.devices.len() as u32;
-    let spread = (d.shared.cfg.poll_interval / 2).min(Duration::from_millis(50) * boxes);
-    let mut next_poll = Instant::now() + spread.mul_f64(rand::rng().random_range(0.0..1.0));
-    let mut next_detail = next_poll;
+    let (boxes, idle) = (d.shared.cfg.devices.len(), d.shared.cfg.poll_interval);
+    let share = rand::rng().random_range(0.0..1.0);
+    d.schedule = Schedule::spread(boxes, idle, share, Instant::now());
+    let mut next_detail = d.schedule.due();
     loop {
         if d.pending.as_ref().is_some_and(|p| p.progress.is_closed()) {
             d.pending = None;
@@ -300,28 +299,30 @@ async fn device_loop(
             _ = shutdown.cancelled() => return,
             Some(req) = commands.recv() => d.command(req).await,
             Some(ev) = pushes.recv() => d.pushed(ev).await,
-            _ = tokio::time::sleep_until(next_poll.min(next_detail)) => {
+            _ = tokio::time::sleep_until(d.schedule.due().min(next_detail)) => {
                 let now = Instant::now();
+                let polling = now >= d.schedule.due();
                 let mut result = Ok(());
-                if now >= next_poll {
+                if polling {
                     result = d.poll().await;
                 }
                 if now >= next_detail && result.is_ok() {
                     d.details().await;
                     next_detail = Instant::now() + jitter(d.shared.cfg.detail_interval);
                 }
-                let cfg = &d.shared.cfg;
-                let wait = match &result {
-                    Err(e) if e.is_transient() => poll_backoff(cfg.active_interval(), d.failures),
-                    _ if d.running || d.pending.is_some() => cfg.active_interval(),
-                    _ => cfg.poll_interval,
+                let next = match &result {
+                    Err(e) if e.is_transient() => Next::BackOff,
+                    _ if d.running || d.pending.is_some() => Next::Active,
+                    _ => Next::Idle,
                 };
-                if now >= next_poll {
-                    next_poll = Instant::now() + jitter(wait);
+                if polling {
+                    let cfg = &d.shared.cfg;
+                    let pace = Intervals { idle: cfg.poll_interval, active: cfg.active_interval() };
+                    d.schedule.plan(next, pace, Instant::now());
                 }
                 // After trouble, details wait for the condition poll to succeed again.
                 if result.is_err() {
-                    next_detail = next_detail.max(next_poll);
+                    next_detail = next_detail.max(d.schedule.due());
                 }
             }
         }
@@ -373,7 +374,7 @@ impl Device {
         let updates = &self.shared.updates;
         match self.call(1011, json!({})).await {
             Ok(data) => {
-                self.failures = 0;
+                self.schedule.answered();
                 let (state, running) = services::condition(&data);
                 if let Some(r) = running {
                     self.running = r;
@@ -388,12 +389,12 @@ impl Device {
                 Ok(())
             }
             Err(e) => {
-                self.failures += 1;
+                let offline = self.schedule.failed();
                 self.shared
                     .counters
                     .poll_errors
                     .fetch_add(1, Ordering::Relaxed);
-                if self.failures >= OFFLINE_AFTER {
+                if offline {
                     updates.availability(self.id.clone(), false).await;
                 }
                 if let CallError::Refused(reason) = &e {

@@ -38,7 +38,7 @@ use crate::connector::{
     CommandRequest, ConnectionStatus, Connector, ConnectorContext, ConnectorFuture, Update,
     UpdateSink,
 };
-use crate::connectors::{jitter, poll_backoff, OFFLINE_AFTER};
+use crate::connectors::poll::{jitter, poll_backoff, Hold, Intervals, Next, Schedule};
 use crate::model::{
     lock_state, Capability, Command, CommandProgress, Field, VehicleId, VehicleInfo, VehicleState,
 };
@@ -62,18 +62,7 @@ crate::named_counters! {
 /// Commands queued per vehicle (the bridge already sends one at a time).
 const VEHICLE_QUEUE: usize = 4;
 
-/// When to re-read after the cloud accepted a command, whatever the polling intervals:
-/// a car reports within seconds (an unlock showed at +1.5 s), so confirmation starts
-/// soon and backs off; the last step repeats until the bridge's `command_timeout`. About
-/// seven reads a minute for one car, and the account-wide hold still applies.
-pub const CONFIRM_AFTER: [std::time::Duration; 6] = [
-    std::time::Duration::from_secs(2),
-    std::time::Duration::from_secs(3),
-    std::time::Duration::from_secs(5),
-    std::time::Duration::from_secs(8),
-    std::time::Duration::from_secs(13),
-    std::time::Duration::from_secs(15),
-];
+pub use crate::connectors::poll::CONFIRM_AFTER;
 
 pub struct XchangerConnector {
     config: XchangerConfig,
@@ -116,19 +105,13 @@ impl Connector for XchangerConnector {
     }
 }
 
-/// Cloud-wide backoff: a 429 or 5xx for one vehicle slows every request of the account.
-#[derive(Default)]
-struct Hold {
-    failures: u32,
-    until: Option<Instant>,
-}
-
 struct Shared {
     cfg: XchangerConfig,
     api: Api,
     auth: Auth,
     updates: UpdateSink,
     counters: Arc<Counters>,
+    /// Cloud-wide back-off: a 429 or 5xx for one vehicle slows every request of the account.
     hold: Mutex<Hold>,
 }
 
@@ -190,30 +173,36 @@ impl Shared {
                 if matches!(e, ApiError::RateLimited { .. }) {
                     self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
                 }
-                hold.failures = hold.failures.saturating_add(1);
-                let mut delay = poll_backoff(self.cfg.active_interval(), hold.failures);
-                if let ApiError::RateLimited {
-                    retry_after: Some(at_least),
-                } = e
-                {
-                    delay = delay.max(*at_least);
-                }
-                let until = Instant::now() + jitter(delay);
-                tracing::warn!(event = "xchanger_backoff", error = %e, failures = hold.failures,
-                    wait_ms = (until - Instant::now()).as_millis() as u64, "xchanger cloud trouble; backing off");
-                hold.until = Some(until);
+                let at_least = match e {
+                    ApiError::RateLimited { retry_after } => *retry_after,
+                    _ => None,
+                };
+                let now = Instant::now();
+                let until = hold.struggled(self.cfg.active_interval(), at_least, now);
+                tracing::warn!(event = "xchanger_backoff", error = %e, failures = hold.failures(),
+                    wait_ms = (until - now).as_millis() as u64, "xchanger cloud trouble; backing off");
             }
             // The cloud answered (even if with an error): it is not struggling.
-            _ => {
-                hold.failures = 0;
-                hold.until = None;
-            }
+            _ => hold.clear(),
         }
     }
 
     fn held_until(&self) -> Option<Instant> {
         let hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
-        hold.until.filter(|u| *u > Instant::now())
+        hold.until(Instant::now())
+    }
+
+    /// When a read planned for `due` may run (the account may be held).
+    fn due(&self, due: Instant) -> Instant {
+        let hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+        hold.due(due, Instant::now())
+    }
+
+    fn intervals(&self) -> Intervals {
+        Intervals {
+            idle: self.cfg.poll_interval,
+            active: self.cfg.active_interval(),
+        }
     }
 
     async fn report_error(&self, error: String) {
@@ -345,19 +334,9 @@ struct Car {
     last_update: Option<i64>,
     engine_running: bool,
     pending: Option<Pending>,
-    /// Reads made to confirm `pending` (indexes `CONFIRM_AFTER`).
-    confirm_reads: usize,
-    failures: u32,
+    /// When it is read next; failed reads in a row.
+    schedule: Schedule,
     status: ConnectionStatus,
-}
-
-impl Car {
-    /// When the next confirmation read is due.
-    fn confirm_delay(&mut self) -> std::time::Duration {
-        let d = CONFIRM_AFTER[self.confirm_reads.min(CONFIRM_AFTER.len() - 1)];
-        self.confirm_reads += 1;
-        d
-    }
 }
 
 async fn vehicle_loop(
@@ -375,39 +354,38 @@ async fn vehicle_loop(
         last_update: None,
         engine_running: false,
         pending: None,
-        confirm_reads: 0,
-        failures: 0,
+        schedule: Schedule::starting(Instant::now()),
         status: ConnectionStatus::default(),
     };
-    let mut next_poll = Instant::now();
     let mut next_plan = Instant::now();
     loop {
         if car.pending.as_ref().is_some_and(|p| p.progress.is_closed()) {
             // The bridge gave up on it (its command_timeout): stop polling fast.
             car.pending = None;
         }
-        let due = next_poll.max(car.shared.held_until().unwrap_or(next_poll));
+        let due = car.shared.due(car.schedule.due());
         tokio::select! {
             _ = shutdown.cancelled() => return,
             Some(req) = commands.recv() => {
                 if car.command(req).await {
-                    car.confirm_reads = 0;
-                    next_poll = Instant::now() + car.confirm_delay();
+                    car.schedule.command_accepted(Instant::now());
                 }
             }
             _ = tokio::time::sleep_until(due) => {
                 car.poll().await;
                 let cfg = &car.shared.cfg;
-                if with_plan && Instant::now() >= next_plan && car.failures == 0 {
+                if with_plan && Instant::now() >= next_plan && car.schedule.failures() == 0 {
                     next_plan = Instant::now() + cfg.data_plan_interval;
                     data_plan(&car.shared, &car.id).await;
                 }
-                next_poll = if car.pending.is_some() {
-                    Instant::now() + car.confirm_delay()
+                let next = if car.pending.is_some() {
+                    Next::Confirm
+                } else if car.engine_running {
+                    Next::Active
                 } else {
-                    let interval = if car.engine_running { cfg.active_interval() } else { cfg.poll_interval };
-                    Instant::now() + jitter(interval)
+                    Next::Idle
                 };
+                car.schedule.plan(next, car.shared.intervals(), Instant::now());
             }
         }
     }
@@ -435,7 +413,7 @@ impl Car {
         shared.counters.polls.fetch_add(1, Ordering::Relaxed);
         let status_text = match poll(shared, &self.vin).await {
             Ok(status) => {
-                self.failures = 0;
+                self.schedule.answered();
                 if status.update_time.is_some() {
                     self.last_update = status.update_time.max(self.last_update);
                 }
@@ -459,14 +437,14 @@ impl Car {
                 ConnectionStatus::OK.to_string()
             }
             Err(e) => {
-                self.failures += 1;
+                let offline = self.schedule.failed();
                 shared.counters.poll_errors.fetch_add(1, Ordering::Relaxed);
                 if matches!(e, ApiError::BadAnswer(_)) {
                     shared.counters.bad_answers.fetch_add(1, Ordering::Relaxed);
                 }
                 tracing::warn!(event = "xchanger_poll_failed", vehicle = %self.id, error = %e,
-                    failures = self.failures, "status poll failed");
-                if self.failures >= OFFLINE_AFTER || matches!(e, ApiError::Refused(_)) {
+                    failures = self.schedule.failures(), "status poll failed");
+                if offline || matches!(e, ApiError::Refused(_)) {
                     shared.updates.availability(self.id.clone(), false).await;
                 }
                 match &e {
