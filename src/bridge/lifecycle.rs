@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::{SecondsFormat, Utc};
 
 use super::{store, Hub, Vehicle};
-use crate::hass::{self, Topics, VehicleDiscovery};
+use crate::hass;
 use crate::model::{Field, VehicleId, VehicleState};
 
 /// The topic that asks the bridge to remove entities.
@@ -47,15 +47,12 @@ impl Hub {
             let owner = owner.unwrap_or_default();
             let info = super::default_info(&id, &record.connector);
             let mut v = Box::new(Vehicle::new(owner, info));
-            v.discovery = record
-                .discovery
-                .iter()
-                .map(|(topic, payload)| {
-                    let name = intern(&mut self.entity_names, &self.topics, &id, topic);
-                    (name, payload_hash(payload))
-                })
-                .collect();
-            v.remembered = Some(record.discovery);
+            v.announced = hass::Announced::restored(
+                record.discovery,
+                &mut self.entity_names,
+                &self.topics,
+                &id,
+            );
             if !listed {
                 tracing::info!(event = "vehicle_removed", vehicle = %id, connector = %record.connector,
                     "vehicle no longer in the config; removing its entities");
@@ -102,45 +99,15 @@ impl Hub {
         let Some(v) = self.vehicles.get_mut(id) else {
             return;
         };
-        let mut out: Vec<(String, Vec<u8>)> = Vec::new();
-        // A fingerprint of what the documents are built from, not a copy of it: 8 bytes
-        // a vehicle instead of its whole info.
-        let current = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (&v.shape, &v.info, pin_required).hash(&mut h);
-            h.finish()
-        };
-        let rebuild = v.info_known && v.built_from != Some(current);
-        if rebuild || force {
-            let wanted = documents(&self.topics, id, v, pin_required);
-            let mut hashes = BTreeMap::new();
-            for (topic, payload) in wanted {
-                let name = intern(&mut self.entity_names, &self.topics, id, &topic);
-                let hash = payload_hash(&payload);
-                if force || v.discovery.get(&name) != Some(&hash) {
-                    out.push((topic, payload.into_bytes()));
-                }
-                hashes.insert(name, hash);
-            }
-            if rebuild {
-                // Only a capability the connector no longer offers (or the PIN entity
-                // when the PIN is unset) can be unwanted here: fields never leave the shape.
-                for name in v.discovery.keys().filter(|n| !hashes.contains_key(*n)) {
-                    let topic = entity_topic(&self.topics, id, name);
-                    tracing::info!(event = "entity_removed", vehicle = %id, topic, "entity no longer offered; removing");
-                    out.push((topic, Vec::new()));
-                }
-            }
-            if v.discovery != hashes {
-                v.entities_dirty = true;
-            }
-            v.discovery = hashes;
-            if rebuild {
-                v.built_from = Some(current);
-                v.remembered = None;
-            }
-        }
+        let source = v.info_known.then_some(hass::Source {
+            info: &v.info,
+            shape: &v.shape,
+            pin_required,
+        });
+        let (out, changed) =
+            v.announced
+                .sync(&mut self.entity_names, &self.topics, id, source, force);
+        v.entities_dirty |= changed;
         for (topic, payload) in out {
             self.send(topic, payload, true);
         }
@@ -205,10 +172,7 @@ impl Hub {
             let claimed: HashSet<String> = self
                 .vehicles
                 .iter()
-                .flat_map(|(id, v)| {
-                    let topics = &self.topics;
-                    v.discovery.keys().map(move |n| entity_topic(topics, id, n))
-                })
+                .flat_map(|(id, v)| v.announced.topics(&self.topics, id))
                 .collect();
             let unclaimed: Vec<String> = self
                 .unclaimed_configs
@@ -234,22 +198,23 @@ impl Hub {
         if v.reported_this_run == hass::Shape::default() && !v.info_known {
             return self.forget_vehicle(id);
         }
-        let before = v.discovery.len();
+        let before = v.announced.len();
         v.shape = v.reported_this_run.clone();
         v.entities_dirty = true;
         self.sync_discovery(id, false);
-        before.saturating_sub(self.vehicles.get(id).map_or(0, |v| v.discovery.len()))
+        before.saturating_sub(self.vehicles.get(id).map_or(0, |v| v.announced.len()))
     }
 
     /// Removes a vehicle: its entities, its retained state and availability, its record.
     /// Returns the number of entities removed.
     fn forget_vehicle(&mut self, id: &VehicleId) -> usize {
-        let Some(v) = self.vehicles.remove(id) else {
+        let Some(mut v) = self.vehicles.remove(id) else {
             return 0;
         };
-        let n = v.discovery.len();
-        for name in v.discovery.keys() {
-            self.send(entity_topic(&self.topics, id, name), Vec::new(), true);
+        let removals = v.announced.remove_all(&self.topics, id);
+        let n = removals.len();
+        for (topic, payload) in removals {
+            self.send(topic, payload, true);
         }
         self.send(self.topics.vehicle(id.as_str(), "state"), Vec::new(), true);
         self.send(
@@ -364,7 +329,14 @@ impl Hub {
             let record = store::Record {
                 connector: self.connectors[v.owner].name.to_string(),
                 discovery: match discovery && !keep_discovery {
-                    true => documents(&self.topics, id, v, pin_required),
+                    true => {
+                        let source = v.info_known.then_some(hass::Source {
+                            info: &v.info,
+                            shape: &v.shape,
+                            pin_required,
+                        });
+                        v.announced.documents(&self.topics, id, source)
+                    }
                     false => BTreeMap::new(),
                 },
                 fields: v.shape.fields.iter().map(|f| f.key().to_string()).collect(),
@@ -395,113 +367,5 @@ impl Hub {
             store::save_all(&dir, batch)
         }));
         true
-    }
-}
-
-/// A vehicle's discovery documents (topic → payload): built from its info and shape, or
-/// the remembered ones while its connector has not announced it.
-fn documents(
-    topics: &Topics,
-    id: &VehicleId,
-    v: &Vehicle,
-    pin_required: bool,
-) -> BTreeMap<String, String> {
-    if !v.info_known {
-        return v.remembered.clone().unwrap_or_default();
-    }
-    let builder = VehicleDiscovery {
-        topics,
-        info: &v.info,
-        pin_required,
-    };
-    builder
-        .entities(&v.shape)
-        .into_iter()
-        .map(|e| (e.topic(topics, id.as_str()), e.config.to_string()))
-        .collect()
-}
-
-/// What tells one payload from another (not a security boundary: our own documents).
-fn payload_hash(payload: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    payload.hash(&mut h);
-    h.finish()
-}
-
-/// An entity as `component/key` (`sensor/battery_level`), shared across vehicles; a
-/// topic of another shape (an old record's) is kept whole behind `=`.
-pub(super) type EntityName = std::sync::Arc<str>;
-
-/// The name of a vehicle's discovery `topic`, interned in `names`.
-fn intern(
-    names: &mut HashSet<EntityName>,
-    topics: &Topics,
-    id: &VehicleId,
-    topic: &str,
-) -> EntityName {
-    let component = topic
-        .strip_prefix(topics.discovery_prefix.as_str())
-        .and_then(|rest| rest.strip_prefix('/'))
-        .and_then(|rest| rest.split('/').next());
-    let key = topics
-        .config_object_id(topic)
-        .and_then(|object| object.strip_prefix(id.as_str()))
-        .and_then(|rest| rest.strip_prefix('_'));
-    let name = match (component, key) {
-        (Some(component), Some(key))
-            if topics.discovery(component, &format!("{id}_{key}")) == topic =>
-        {
-            format!("{component}/{key}")
-        }
-        _ => format!("={topic}"),
-    };
-    if let Some(known) = names.get(name.as_str()) {
-        return known.clone();
-    }
-    let name: EntityName = name.into();
-    names.insert(name.clone());
-    name
-}
-
-/// The discovery topic of a vehicle's entity.
-fn entity_topic(topics: &Topics, id: &VehicleId, name: &str) -> String {
-    match name.strip_prefix('=') {
-        Some(topic) => topic.to_string(),
-        None => {
-            let (component, key) = name.split_once('/').unwrap_or(("sensor", name));
-            topics.discovery(component, &format!("{id}_{key}"))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entity_names_are_shared_and_give_their_topics_back() {
-        let topics = Topics::new("v2m", "homeassistant");
-        let mut names = HashSet::new();
-        let (a, b) = (
-            VehicleId::new("kx1").unwrap(),
-            VehicleId::new("kx2").unwrap(),
-        );
-        let topic_a = topics.discovery("sensor", "kx1_battery_level");
-        let topic_b = topics.discovery("sensor", "kx2_battery_level");
-        let name_a = intern(&mut names, &topics, &a, &topic_a);
-        let name_b = intern(&mut names, &topics, &b, &topic_b);
-        assert_eq!(&*name_a, "sensor/battery_level");
-        assert!(
-            std::sync::Arc::ptr_eq(&name_a, &name_b),
-            "one name for every vehicle"
-        );
-        assert_eq!(entity_topic(&topics, &a, &name_a), topic_a);
-        assert_eq!(entity_topic(&topics, &b, &name_b), topic_b);
-        // Another vehicle's topic, or another prefix's (an old record): kept whole.
-        for odd in [topic_b.clone(), "ha/sensor/other/kx1_x/config".to_string()] {
-            let name = intern(&mut names, &topics, &a, &odd);
-            assert_eq!(entity_topic(&topics, &a, &name), odd);
-        }
     }
 }

@@ -93,18 +93,10 @@ struct Vehicle {
     published_availability: Option<bool>,
     /// The stale check has already waited once for this vehicle's first availability.
     grace_used: bool,
-    /// Entity (`component/key`, shared by every vehicle that has it) → hash of its
-    /// document, as last published. Topics and documents are rebuilt when needed (they
-    /// follow from the id, info and shape): a fleet's documents and topics would otherwise
-    /// be most of the bridge's memory.
-    discovery: BTreeMap<lifecycle::EntityName, u64>,
-    /// The documents remembered in `state_dir`, for a restored vehicle whose connector
-    /// has not announced it yet (then they cannot be rebuilt).
-    remembered: Option<BTreeMap<String, String>>,
+    /// What HA was told about its entities (`hass::Announced`).
+    announced: hass::Announced,
     /// Every field ever reported and whether it had a position: the entity set.
     shape: hass::Shape,
-    /// The shape and info discovery was last built from.
-    built_from: Option<u64>,
     /// The state in its `state_dir` record is behind.
     dirty: bool,
     /// The entities in its record are behind (written at the next persist tick).
@@ -136,10 +128,8 @@ impl Vehicle {
             stale: false,
             published_availability: None,
             grace_used: false,
-            discovery: BTreeMap::new(),
-            remembered: None,
+            announced: hass::Announced::default(),
             shape: hass::Shape::default(),
-            built_from: None,
             dirty: false,
             entities_dirty: false,
             saved_at: None,
@@ -185,7 +175,7 @@ struct Hub {
     /// Boxed: the map's slots stay small (a fleet's map has 16 384 of them).
     vehicles: HashMap<VehicleId, Box<Vehicle>>,
     /// Every entity name any vehicle has, once (see `Vehicle::discovery`).
-    entity_names: HashSet<lifecycle::EntityName>,
+    entity_names: hass::EntityNames,
     worker_tx: mpsc::Sender<WorkerEvent>,
     last_error: Option<String>,
     info_dirty: bool,
@@ -300,7 +290,7 @@ pub async fn run(
         publisher: publisher.clone(),
         connectors: slots,
         vehicles: HashMap::new(),
-        entity_names: HashSet::new(),
+        entity_names: hass::EntityNames::default(),
         worker_tx,
         last_error: None,
         info_dirty: true,

@@ -7,13 +7,16 @@
 //! `<prefix>/<component>/<node>/<vehicle>_<key>/config`.
 //!
 //! `topics`: every topic name in one place. `vehicle`: a vehicle's documents.
-//! `bridge`: the bridge device's own. When entities are announced and removed is
-//! decided in `bridge::lifecycle` (the hub's side), from these documents.
+//! `bridge`: the bridge device's own. `announced`: what HA was told about each vehicle
+//! and what to publish to bring it in line. When (on which event) is the hub's:
+//! `bridge::lifecycle`.
 
+mod announced;
 mod bridge;
 mod topics;
 mod vehicle;
 
+pub use announced::{entity_topic, Announced, EntityName, EntityNames, Source};
 pub use bridge::bridge_entities;
 pub use topics::Topics;
 pub use vehicle::VehicleDiscovery;
