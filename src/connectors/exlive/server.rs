@@ -17,6 +17,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::{Core, LINK_QUEUE};
+use crate::protocol::exlive::session::{Session, Step};
 use crate::protocol::exlive::{Frame, Message, SplitError, Splitter};
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -169,16 +170,6 @@ fn account_for<'a>(
     found
 }
 
-/// The vehicle a message speaks for, if it speaks for one.
-fn vehicle_of(msg: &Message) -> Option<&str> {
-    match msg {
-        Message::Position(p) => Some(&p.id),
-        Message::Vehicle { id, .. } => Some(id),
-        Message::PassthroughData { terminalid, .. } => Some(terminalid),
-        _ => None,
-    }
-}
-
 async fn serve_link(
     stream: TcpStream,
     peer: SocketAddr,
@@ -195,22 +186,19 @@ async fn serve_link(
     let hb = core.config.heartbeat_timeout;
 
     // Login: the first message, within the heartbeat timeout.
+    let mut session = Session::new(hb, Instant::now());
     let first = tokio::select! {
         _ = shutdown.cancelled() => return,
         r = timeout(hb, next_message(&mut frames, &peer_s, &core)) => r,
     };
-    let (name, pass) = match first {
-        Ok(Some(Message::Login { name, pass, .. })) => (name, pass),
-        Ok(Some(other)) => {
-            tracing::warn!(event = "exlive_not_logged_in", peer = %peer, cmd = other.cmd(), "message before login refused");
-            let ack = Message::Ack {
-                cmd: other.cmd().to_string(),
-                result: "not logged in".into(),
-            };
-            let _ = write_line(&mut wr, &ack.encode()).await;
+    let (name, pass) = match first.map(|m| m.map(|m| session.on_message(m, Instant::now()))) {
+        Ok(Some(Step::Login { name, pass })) => (name, pass),
+        Ok(Some(Step::Refuse(answer))) => {
+            tracing::warn!(event = "exlive_not_logged_in", peer = %peer, "message before login refused");
+            let _ = write_line(&mut wr, &answer.encode()).await;
             return;
         }
-        Ok(None) => return,
+        Ok(_) => return,
         Err(_) => {
             core.counters
                 .heartbeat_timeouts
@@ -229,39 +217,21 @@ async fn serve_link(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let account = account_for(&core, &name, &pass);
-    if account.is_none() {
+    let Some(account) = account_for(&core, &name, &pass) else {
         core.counters.logins_failed.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut t) = throttle.lock() {
             t.failed(peer.ip(), std::time::Instant::now());
         }
         tracing::warn!(event = "exlive_login_failed", peer = %peer, user = %name, "EXLIVE login refused");
-        let ack = Message::Ack {
-            cmd: "1000".into(),
-            result: "fail".into(),
-        };
-        let _ = write_line(&mut wr, &ack.encode()).await;
+        let _ = write_line(&mut wr, &Session::refused().encode()).await;
         return;
-    }
+    };
     drop(gate);
     if let Ok(mut t) = throttle.lock() {
         t.succeeded(peer.ip());
     }
-    // The vehicles this account may speak for (empty: any).
-    let allowed: std::collections::HashSet<String> = account
-        .map(|a| a.vehicles.iter().map(|v| v.trim().to_string()).collect())
-        .unwrap_or_default();
-    if write_line(
-        &mut wr,
-        &Message::Ack {
-            cmd: "1000".into(),
-            result: "success".into(),
-        }
-        .encode(),
-    )
-    .await
-    .is_err()
-    {
+    let ack = session.logged_in_as(&account.vehicles, Instant::now());
+    if write_line(&mut wr, &ack.encode()).await.is_err() {
         return;
     }
     let (out_tx, mut out_rx) = mpsc::channel::<String>(LINK_QUEUE);
@@ -269,37 +239,32 @@ async fn serve_link(
     tracing::info!(event = "exlive_login", peer = %peer, user = %name, link = link.id, "EXLIVE link logged in");
     core.links.opened(&core.updates).await;
 
-    let mut deadline = Instant::now() + hb;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = sleep_until(deadline) => {
+            _ = sleep_until(session.deadline()) => {
                 core.counters.heartbeat_timeouts.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(event = "exlive_heartbeat_timeout", peer = %peer, link = link.id, "no data within heartbeat_timeout; closing");
                 break;
             }
-            msg = next_message(&mut frames, &peer_s, &core) => match msg {
-                Some(msg) => {
-                    deadline = Instant::now() + hb;
-                    if let Message::Login { .. } = msg {
-                        continue; // a repeated login on a logged-in link changes nothing
-                    }
-                    if let Some(id) = vehicle_of(&msg) {
-                        if !allowed.is_empty() && !allowed.contains(id.trim()) {
-                            if let Some(n) = crate::observe::count_sampled(&core.counters.not_allowed) {
-                                tracing::warn!(event = "exlive_vehicle_not_allowed", peer = %peer, user = %name, vehicle = %id, total = n,
-                                    "message for a vehicle this account may not report; dropped");
-                            }
-                            continue;
+            msg = next_message(&mut frames, &peer_s, &core) => {
+                let Some(msg) = msg else { break };
+                match session.on_message(msg, Instant::now()) {
+                    Step::Deliver(msg) => {
+                        if !core.on_message(&link, msg).await {
+                            tracing::info!(event = "exlive_logout", peer = %peer, link = link.id, "EXLIVE link logged out");
+                            break;
                         }
                     }
-                    if !core.on_message(&link, msg).await {
-                        tracing::info!(event = "exlive_logout", peer = %peer, link = link.id, "EXLIVE link logged out");
-                        break;
+                    Step::NotAllowed(id) => {
+                        if let Some(n) = crate::observe::count_sampled(&core.counters.not_allowed) {
+                            tracing::warn!(event = "exlive_vehicle_not_allowed", peer = %peer, user = %name, vehicle = %id, total = n,
+                                "message for a vehicle this account may not report; dropped");
+                        }
                     }
+                    Step::Ignore | Step::Login { .. } | Step::Refuse(_) => {}
                 }
-                None => break,
-            },
+            }
             Some(line) = out_rx.recv() => {
                 if let Err(err) = write_line(&mut wr, &line).await {
                     tracing::warn!(event = "exlive_write_failed", peer = %peer, error = %err, "closing link");

@@ -2,6 +2,7 @@
 //! `{"header":{"cmd":"NNNN"},"body":{...}}` with string values.
 
 mod message;
+pub mod session;
 mod splitter;
 
 pub use message::*;
