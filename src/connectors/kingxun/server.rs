@@ -93,71 +93,19 @@ async fn serve_link(
     core: Arc<Core>,
     shutdown: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
-    let (rd, mut wr) = stream.into_split();
-    // Frames are ~150 bytes: start small (the buffer grows on demand) so 10 000 idle links
-    // do not each hold the default 8 KiB.
-    let mut codec = KxCodec::new(core.config.max_body);
-    codec.max_trip_body = core.config.max_trip_body;
-    let mut frames = FramedRead::with_capacity(rd, codec, 512);
-
-    // Registration: the first frame, within read_timeout.
-    let mut skipped = 0u32;
-    let first = tokio::select! {
-        _ = shutdown.cancelled() => return,
-        f = timeout(core.config.read_timeout, first_frame(&mut frames, &peer, &core, &mut skipped)) => f,
-    };
-    let frame = match first {
-        Ok(Some(f)) => f,
-        Ok(None) => return,
-        Err(_) => {
-            core.counters.stalled.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(event = "kingxun_no_register", peer = %peer, "no registration within read_timeout; closing");
-            return;
-        }
-    };
-    let (dev_id, seq, register) = match session::opening(&frame) {
-        Opening::Register {
-            dev_id,
-            seq,
-            register,
-        } => (dev_id, seq, register),
-        Opening::Refused { reply } => {
-            if let Some(reply) = reply {
-                if may_log(&core, 1) {
-                    tracing::warn!(event = "kingxun_not_registered", peer = %peer, msg_id = frame.header.msg_id, "first frame is not 1001; closing");
-                }
-                core.counters.bad_bodies.fetch_add(1, Ordering::Relaxed);
-                let _ = write_frame(&mut wr, &reply).await;
-            }
-            return;
-        }
-    };
-    if !Box::pin(registration_turn(&core, &peer)).await {
+    // Registration is boxed: its awaits (the first frame, the registration budget) are
+    // over once the link runs, and would otherwise widen every link's future.
+    let admitted = Box::pin(admit(stream, peer, &core, &shutdown)).await;
+    let Some(Admitted {
+        mut frames,
+        mut wr,
+        start,
+        sw_version,
+    }) = admitted
+    else {
         return;
-    }
-    let known_key = core.devices.get(&dev_id).and_then(|d| d.key_bytes());
-    let phantom = known_key.is_none();
-    if phantom {
-        core.counters
-            .unknown_devices
-            .fetch_add(1, Ordering::Relaxed);
-        if may_log(&core, 1) {
-            tracing::warn!(event = "kingxun_unknown_device", peer = %peer, dev_id,
-                "unknown device id: answered like any registration, but nothing it sends is used (add it to [[kingxun.devices]])");
-        }
-    }
-    let start = session::Start {
-        dev_id,
-        seq,
-        key: known_key.unwrap_or_else(|| rand::rng().random()),
-        phantom,
-        trusted: core.accepts_plain(dev_id),
-        profile: core.profile(dev_id),
-        session_id: rand::rng().random_range(1..=u32::MAX),
-        iv: rand::rng().random(),
-        first_seq: rand::rng().random(),
     };
+    let (dev_id, phantom) = (start.dev_id, start.phantom);
     let (mut session, mut outputs) =
         Session::<Waiting>::register(start, core.link_settings.clone(), Instant::now());
     let link = Link {
@@ -165,7 +113,7 @@ async fn serve_link(
         peer,
         id: core.next_link.fetch_add(1, Ordering::Relaxed),
         mailbox: Mailbox::new(16),
-        sw_version: register.software_version(),
+        sw_version,
     };
     if !phantom {
         tracing::info!(event = "kingxun_registered", peer = %peer, dev_id, link = link.id, "device registered");
@@ -232,6 +180,95 @@ async fn serve_link(
         Box::pin(core.updates.availability(vehicle_id(dev_id), false)).await;
     }
     Box::pin(core.open_links.closed(&core.updates)).await;
+}
+
+/// A registered link, ready to run.
+struct Admitted {
+    frames: Frames,
+    wr: OwnedWriteHalf,
+    start: session::Start,
+    sw_version: Option<u32>,
+}
+
+/// A new connection up to its registration: the first frame within `read_timeout`, a 1001,
+/// the address block's registration budget. `None` closes it.
+async fn admit(
+    stream: TcpStream,
+    peer: SocketAddr,
+    core: &Core,
+    shutdown: &CancellationToken,
+) -> Option<Admitted> {
+    let _ = stream.set_nodelay(true);
+    let (rd, mut wr) = stream.into_split();
+    // Frames are ~150 bytes: start small (the buffer grows on demand) so 10 000 idle links
+    // do not each hold the default 8 KiB.
+    let mut codec = KxCodec::new(core.config.max_body);
+    codec.max_trip_body = core.config.max_trip_body;
+    let mut frames = FramedRead::with_capacity(rd, codec, 512);
+
+    // Registration: the first frame, within read_timeout.
+    let mut skipped = 0u32;
+    let first = tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        f = timeout(core.config.read_timeout, first_frame(&mut frames, &peer, core, &mut skipped)) => f,
+    };
+    let frame = match first {
+        Ok(Some(f)) => f,
+        Ok(None) => return None,
+        Err(_) => {
+            core.counters.stalled.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(event = "kingxun_no_register", peer = %peer, "no registration within read_timeout; closing");
+            return None;
+        }
+    };
+    let (dev_id, seq, register) = match session::opening(&frame) {
+        Opening::Register {
+            dev_id,
+            seq,
+            register,
+        } => (dev_id, seq, register),
+        Opening::Refused { reply } => {
+            if let Some(reply) = reply {
+                if may_log(core, 1) {
+                    tracing::warn!(event = "kingxun_not_registered", peer = %peer, msg_id = frame.header.msg_id, "first frame is not 1001; closing");
+                }
+                core.counters.bad_bodies.fetch_add(1, Ordering::Relaxed);
+                let _ = write_frame(&mut wr, &reply).await;
+            }
+            return None;
+        }
+    };
+    if !Box::pin(registration_turn(core, &peer)).await {
+        return None;
+    }
+    let known_key = core.devices.get(&dev_id).and_then(|d| d.key_bytes());
+    let phantom = known_key.is_none();
+    if phantom {
+        core.counters
+            .unknown_devices
+            .fetch_add(1, Ordering::Relaxed);
+        if may_log(core, 1) {
+            tracing::warn!(event = "kingxun_unknown_device", peer = %peer, dev_id,
+                "unknown device id: answered like any registration, but nothing it sends is used (add it to [[kingxun.devices]])");
+        }
+    }
+    let start = session::Start {
+        dev_id,
+        seq,
+        key: known_key.unwrap_or_else(|| rand::rng().random()),
+        phantom,
+        trusted: core.accepts_plain(dev_id),
+        profile: core.profile(dev_id),
+        session_id: rand::rng().random_range(1..=u32::MAX),
+        iv: rand::rng().random(),
+        first_seq: rand::rng().random(),
+    };
+    Some(Admitted {
+        frames,
+        wr,
+        start,
+        sw_version: register.software_version(),
+    })
 }
 
 /// The first frame; junk before it is counted and skipped. `None` ends the link.
