@@ -17,6 +17,7 @@ use super::{now_secs, vehicle_id, Core, LinkCommand, LinkSender};
 use crate::connector::Update;
 use crate::connectors::client::{self, Client, Ended};
 use crate::model::{CommandProgress, Field, VehicleId, VehicleInfo, VehicleState};
+use crate::protocol::kingxun::session::{Answered, Awaiting};
 use crate::protocol::kingxun::{
     crypto, id, resp_code_text, AppControl, Decoded, Frame, Kind, KxCodec, WebConnect,
     WebConnectAck, WebHeartbeat, WebHeartbeatAck,
@@ -204,13 +205,13 @@ async fn session(
         core.updates.availability(vehicle_id(d.id), true).await;
     }
     let devtypes: HashMap<u32, u8> = cfg.devices.iter().map(|d| (d.id, d.devtype)).collect();
-    let mut pending: HashMap<u16, (Box<LinkCommand>, Instant)> = HashMap::new();
+    let mut pending: Awaiting<Box<LinkCommand>> = Awaiting::default();
     let mut heartbeat = interval_at(Instant::now(), cfg.heartbeat);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // The server answers heartbeats; three unanswered ones mean the link is dead.
     let mut last_heard = Instant::now();
     loop {
-        let next_deadline = pending.values().map(|(_, d)| *d).min();
+        let next_deadline = pending.next_deadline();
         tokio::select! {
             _ = shutdown.cancelled() => return "shutdown".into(),
             _ = heartbeat.tick() => {
@@ -226,11 +227,8 @@ async fn session(
             }
             _ = async { sleep_until(next_deadline.unwrap_or_else(Instant::now)).await }, if next_deadline.is_some() => {
                 let now = Instant::now();
-                let expired: Vec<u16> = pending.iter().filter(|(_, (_, d))| *d <= now).map(|(s, _)| *s).collect();
-                for s in expired {
-                    if let Some((cmd, _)) = pending.remove(&s) {
-                        let _ = cmd.request.progress.try_send(CommandProgress::TimedOut("kingxun server did not answer".into()));
-                    }
+                for cmd in pending.expired(now) {
+                    let _ = cmd.request.progress.try_send(CommandProgress::TimedOut("kingxun server did not answer".into()));
                 }
             }
             cmd = commands.recv() => {
@@ -244,7 +242,8 @@ async fn session(
                     let _ = cmd.request.progress.try_send(CommandProgress::Failed(format!("send failed: {reason}")));
                     return reason;
                 }
-                pending.insert(seq, (cmd, Instant::now() + core.config.command_timeout));
+                let msg_id = frame.header.msg_id;
+                pending.push(seq, msg_id, Instant::now() + core.config.command_timeout, cmd);
             }
             frame = frames.next() => {
                 let frame = match frame {
@@ -269,7 +268,7 @@ async fn session(
                 // kxSvr also answers every relayed command again with 5 ("send failed") once
                 // its own 30 s wait is over (KxSvr.cc `CheckTimeOutSvrMsgWaitItem` sweeps
                 // answered ones too): a SeqNum no longer pending is ignored.
-                if let Some((cmd, _)) = pending.remove(&frame.header.seq) {
+                if let Answered::Command(cmd) = pending.answered(frame.header.seq, frame.header.msg_id) {
                     if resp_code == 0 {
                         if !cmd.after.values.is_empty() {
                             core.updates.merge_state(cmd.request.vehicle.clone(), cmd.after.clone()).await;

@@ -146,11 +146,76 @@ pub enum Output<C> {
     Close(CloseReason),
 }
 
+/// Commands sent and not yet answered, matched to their answers by SeqNum and MsgId:
+/// a device link's (2001–2005) and a kingxun server link's (4001–4005).
+pub struct Awaiting<C>(Vec<Pending<C>>);
+
 struct Pending<C> {
     seq: u16,
     msg_id: u16,
     deadline: Instant,
     command: C,
+}
+
+/// What an answer settles.
+pub enum Answered<C> {
+    /// The command with this SeqNum and MsgId.
+    Command(C),
+    /// A command has this SeqNum but another MsgId (it keeps waiting).
+    Mismatch,
+    /// Nothing waits for this SeqNum (late, repeated or made up).
+    Unexpected,
+}
+
+impl<C> Default for Awaiting<C> {
+    fn default() -> Self {
+        Awaiting(Vec::new())
+    }
+}
+
+impl<C> Awaiting<C> {
+    pub fn push(&mut self, seq: u16, msg_id: u16, deadline: Instant, command: C) {
+        self.0.push(Pending {
+            seq,
+            msg_id,
+            deadline,
+            command,
+        });
+    }
+
+    pub fn answered(&mut self, seq: u16, msg_id: u16) -> Answered<C> {
+        let Some(i) = self.0.iter().position(|p| p.seq == seq) else {
+            return Answered::Unexpected;
+        };
+        if self.0[i].msg_id != msg_id {
+            return Answered::Mismatch;
+        }
+        Answered::Command(self.0.swap_remove(i).command)
+    }
+
+    /// The earliest deadline, if any command waits.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.0.iter().map(|p| p.deadline).min()
+    }
+
+    /// Commands whose deadline passed, removed.
+    pub fn expired(&mut self, now: Instant) -> Vec<C> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.0.len() {
+            if self.0[i].deadline <= now {
+                out.push(self.0.swap_remove(i).command);
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// Every command still waiting, removed.
+    pub fn drain(&mut self) -> impl Iterator<Item = C> + '_ {
+        self.0.drain(..).map(|p| p.command)
+    }
 }
 
 /// A link that just registered, and what the connector decided about it.
@@ -189,7 +254,7 @@ pub struct Session<C> {
     bad_in_a_row: u32,
     next_seq: u16,
     /// Usually empty or one: a device takes one command at a time.
-    pending: Vec<Pending<C>>,
+    pending: Awaiting<C>,
     idle_deadline: Instant,
     /// Since when a frame has been half received (a half frame never completes a read,
     /// so the loop looks at its buffer at `check_at`).
@@ -227,7 +292,7 @@ impl<C> Session<C> {
             unproven_told: false,
             bad_in_a_row: 0,
             next_seq: first_seq,
-            pending: Vec::new(),
+            pending: Awaiting::default(),
             idle_deadline: now + settings.idle_timeout,
             partial_since: None,
             check_at: now + settings.read_timeout / 2,
@@ -260,7 +325,7 @@ impl<C> Session<C> {
         if let Some(since) = self.partial_since {
             at = at.min(since + self.settings.read_timeout);
         }
-        self.pending.iter().fold(at, |at, p| at.min(p.deadline))
+        self.pending.next_deadline().map_or(at, |d| at.min(d))
     }
 
     /// Whether the read buffer holds part of a frame, after each step of the loop.
@@ -275,16 +340,10 @@ impl<C> Session<C> {
     /// The clock reached `next_deadline` (or later).
     pub fn on_timer(&mut self, now: Instant, partial: bool) -> Vec<Output<C>> {
         self.note_buffer(partial, now);
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < self.pending.len() {
-            if self.pending[i].deadline <= now {
-                let p = self.pending.swap_remove(i);
-                out.push(Output::Done(p.command, Outcome::TimedOut));
-            } else {
-                i += 1;
-            }
-        }
+        let expired = self.pending.expired(now).into_iter();
+        let mut out: Vec<Output<C>> = expired
+            .map(|c| Output::Done(c, Outcome::TimedOut))
+            .collect();
         if now >= self.check_at {
             self.check_at = now + self.settings.read_timeout / 2;
         }
@@ -361,18 +420,14 @@ impl<C> Session<C> {
             true,
             Bytes::from(sealed),
         );
-        self.pending.push(Pending {
-            seq: self.next_seq,
-            msg_id,
-            deadline: now + self.settings.command_timeout,
-            command,
-        });
+        let deadline = now + self.settings.command_timeout;
+        self.pending.push(self.next_seq, msg_id, deadline, command);
         Ok(frame)
     }
 
     /// Commands still waiting, when the link closes.
     pub fn take_pending(&mut self) -> impl Iterator<Item = C> + '_ {
-        self.pending.drain(..).map(|p| p.command)
+        self.pending.drain()
     }
 
     /// A frame from the device.
@@ -405,19 +460,19 @@ impl<C> Session<C> {
     }
 
     fn on_response(&mut self, frame: &Frame, resp_code: u32, out: &mut Vec<Output<C>>) {
-        let seq = frame.header.seq;
-        let Some(i) = self.pending.iter().position(|p| p.seq == seq) else {
-            out.push(Output::Event(LinkEvent::UnexpectedResponse { seq }));
-            return;
+        let (seq, msg_id) = (frame.header.seq, frame.header.msg_id);
+        let command = match self.pending.answered(seq, msg_id) {
+            Answered::Command(c) => c,
+            Answered::Mismatch => {
+                let event = LinkEvent::ResponseMismatch { seq, msg_id };
+                out.push(Output::Event(event));
+                return;
+            }
+            Answered::Unexpected => {
+                out.push(Output::Event(LinkEvent::UnexpectedResponse { seq }));
+                return;
+            }
         };
-        if self.pending[i].msg_id != frame.header.msg_id {
-            out.push(Output::Event(LinkEvent::ResponseMismatch {
-                seq,
-                msg_id: frame.header.msg_id,
-            }));
-            return;
-        }
-        let p = self.pending.swap_remove(i);
         let outcome = if resp_code == RESP_OK {
             Outcome::Succeeded
         } else {
@@ -426,7 +481,7 @@ impl<C> Session<C> {
                 super::resp_code_text(resp_code)
             ))
         };
-        out.push(Output::Done(p.command, outcome));
+        out.push(Output::Done(command, outcome));
     }
 
     fn on_request(&mut self, frame: Frame, from: u32, sid: u32, out: &mut Vec<Output<C>>) {
