@@ -78,12 +78,14 @@ impl Connector for EchoConnector {
 }
 
 /// `simulate echo`.
+#[cfg(feature = "simulators")]
 #[derive(clap::Args)]
 pub struct Args {
     #[arg(long, default_value_t = 1)]
     vehicles: u32,
 }
 
+#[cfg(feature = "simulators")]
 impl crate::upstream::Simulated for Echo {
     const COMMAND: &'static str = "echo";
     const ABOUT: &'static str = "nothing: the test build's minimal upstream";
@@ -188,6 +190,7 @@ mod tests {
         task.await.unwrap().unwrap();
     }
 
+    #[cfg(feature = "simulators")]
     #[tokio::test]
     async fn demo_and_simulate_include_it() {
         use clap::Parser;
