@@ -1025,3 +1025,84 @@ async fn one_address_cannot_take_every_link() {
     drop(held);
     bridge.stop().await;
 }
+
+/// Forty devices link at once with discovery on, through an MQTT client queue of 20 (a
+/// retry queue of 1 000): about 2 400 documents cannot all wait. The bridge builds a
+/// vehicle's documents when there is room and drops none; it used to drop the oldest
+/// once its retry queue was full, and HA missed those entities until its next restart
+/// (measured at 10 000 devices: 131 072 documents dropped).
+#[tokio::test]
+async fn a_link_storm_with_discovery_drops_no_document() {
+    const N: u32 = 40;
+    let broker = Mosquitto::start();
+    let bridge = Bridge::start(&broker, |c| {
+        c.mqtt.queue_capacity = 20;
+        c.upstreams.kingxun.devices = (1001..1001 + N)
+            .map(|id| KingxunDevice {
+                id,
+                key: Secret::new(hex::encode(derive_key(SEED, id))),
+                name: None,
+                profile: None,
+                accept_plain_frames: None,
+            })
+            .collect();
+    })
+    .await;
+    let prefix = "homeassistant/";
+    let probe = Probe::connect(
+        broker.port,
+        &["homeassistant/#", &bridge.topic("bridge/info")],
+    )
+    .await;
+    let (_stats, stop) = bridge.simulate(N as usize, false);
+    let per_device = |probe: &Probe| {
+        let mut counts =
+            std::collections::BTreeMap::<u32, std::collections::BTreeSet<String>>::new();
+        for m in probe.messages() {
+            let Some(rest) = m.topic.strip_prefix(prefix) else {
+                continue;
+            };
+            if !rest.contains(&format!("/{}/", bridge.base)) || m.payload.is_empty() {
+                continue;
+            }
+            for id in 1001..1001 + N {
+                if rest.contains(&format!("/kx{id}_")) {
+                    counts.entry(id).or_default().insert(m.topic.clone());
+                }
+            }
+        }
+        counts.values().map(|s| s.len()).collect::<Vec<_>>()
+    };
+    // Settled: every device announced, and no new document for a while.
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    let mut last = (Vec::new(), std::time::Instant::now());
+    loop {
+        let now = per_device(&probe);
+        if now != last.0 {
+            last = (now, std::time::Instant::now());
+        } else if last.0.len() == N as usize && last.1.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "not settled: {:?}", last.0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let counts = last.0;
+    let most = counts.iter().copied().max().unwrap_or(0);
+    assert!(
+        most >= 20,
+        "a kingxun device has a few dozen entities: {counts:?}"
+    );
+    assert!(
+        counts.iter().all(|c| *c == most),
+        "some devices miss documents: {counts:?}"
+    );
+    let info = probe
+        .messages()
+        .into_iter()
+        .rfind(|m| m.topic == bridge.topic("bridge/info"))
+        .map(|m| m.json());
+    let info = info.expect("bridge/info published");
+    assert_eq!(info["dropped_publishes"], 0, "{info}");
+    stop.cancel();
+    bridge.stop().await;
+}

@@ -95,6 +95,11 @@ impl Hub {
         if !self.config.mqtt.discovery {
             return;
         }
+        if !self.retry.is_empty() {
+            // MQTT is behind: build the documents when there is room (`flush_retries`).
+            *self.owed_discovery.entry(id.clone()).or_default() |= force;
+            return;
+        }
         let pin_required = !self.config.bridge.command_pin.is_empty();
         let Some(v) = self.vehicles.get_mut(id) else {
             return;

@@ -43,8 +43,9 @@ use worker::{Queued, WorkerEvent};
 const UPDATE_QUEUE: usize = 8192;
 /// Capacity of each connector's command queue.
 const CONNECTOR_COMMAND_QUEUE: usize = 64;
-/// Messages (other than states) waiting for room in the MQTT client's queue.
-const RETRY_QUEUE: usize = 50_000;
+/// Messages (other than states) waiting for room in the MQTT client's queue, per message
+/// the client itself queues (`mqtt.queue_capacity`, 1 000 by default: 50 000).
+const RETRY_PER_QUEUED: usize = 50;
 /// How often messages that found MQTT busy are retried.
 const RETRY_EVERY: Duration = Duration::from_millis(50);
 /// How often vehicle records whose entities changed are written to `state_dir`.
@@ -191,6 +192,12 @@ struct Hub {
     /// Vehicles whose newest state is not yet published (states coalesce: only the
     /// newest matters, so this is a set, not a queue).
     unsent_states: HashSet<VehicleId>,
+    /// Vehicles whose discovery waits for MQTT to catch up (true: every document again).
+    /// Documents are built when there is room for them, so a fleet's link storm (10 000
+    /// devices, 600 000 documents) queues vehicles, not documents, and drops none.
+    owed_discovery: HashMap<VehicleId, bool>,
+    /// Bound of `retry`.
+    retry_limit: usize,
     /// Retained discovery configs of ours found on the broker (a purge removes those no
     /// vehicle claims).
     unclaimed_configs: HashSet<String>,
@@ -284,6 +291,11 @@ pub async fn run(
     drop(update_tx);
 
     let topics = Topics::new(&config.mqtt.base_topic, &config.mqtt.discovery_prefix);
+    let retry_limit = config
+        .mqtt
+        .queue_capacity
+        .saturating_mul(RETRY_PER_QUEUED)
+        .max(100);
     let mut hub = Hub {
         config,
         topics,
@@ -301,6 +313,8 @@ pub async fn run(
         subscription_refused: false,
         refusals_at_retry: None,
         unsent_states: HashSet::new(),
+        owed_discovery: HashMap::new(),
+        retry_limit,
         unclaimed_configs: HashSet::new(),
         forgotten: Vec::new(),
         persisting: None,
@@ -373,7 +387,7 @@ pub async fn run(
                 hub.retry_refused_subscriptions();
                 hub.write_alive();
             }
-            _ = retry_tick.tick(), if hub.mqtt_connected && (!hub.retry.is_empty() || !hub.unsent_states.is_empty()) => hub.flush_retries(),
+            _ = retry_tick.tick(), if hub.mqtt_connected && (!hub.retry.is_empty() || !hub.unsent_states.is_empty() || !hub.owed_discovery.is_empty()) => hub.flush_retries(),
         }
     }
 

@@ -75,7 +75,7 @@ impl Hub {
         if self.retry.is_empty() && self.publisher.try_publish(&topic, payload.clone(), retain) {
             return;
         }
-        if self.retry.len() >= RETRY_QUEUE {
+        if self.retry.len() >= self.retry_limit {
             if let Some((dropped, _, _)) = self.retry.pop_front() {
                 self.publisher.dropped(&dropped);
                 self.info_dirty = true;
@@ -103,6 +103,14 @@ impl Hub {
             }
         }
         self.unsent_states.extend(ids);
+        // Discovery last, and only while nothing else waits.
+        while self.retry.is_empty() {
+            let Some(id) = self.owed_discovery.keys().next().cloned() else {
+                break;
+            };
+            let force = self.owed_discovery.remove(&id).unwrap_or(false);
+            self.sync_discovery(&id, force);
+        }
     }
 
     pub(super) fn publish_availability(&mut self, id: &VehicleId, force: bool) {
