@@ -154,7 +154,7 @@ pub fn save_all(state_dir: &Path, records: Vec<(VehicleId, Write)>) {
 /// When each field was last reported, in whole seconds: 8 bytes a field (10 000 vehicles
 /// with 40 fields each cost 3 MiB, not the 25 a map of timestamps would).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct FieldTimes(Vec<(crate::model::Field, u32)>);
+pub struct FieldTimes(crate::model::VecMap<crate::model::Field, u32>);
 
 impl FieldTimes {
     fn secs(t: chrono::DateTime<chrono::Utc>) -> u32 {
@@ -166,28 +166,17 @@ impl FieldTimes {
     }
 
     pub fn insert(&mut self, field: crate::model::Field, at: chrono::DateTime<chrono::Utc>) {
-        let secs = Self::secs(at);
-        match self.0.binary_search_by_key(&field, |(f, _)| *f) {
-            Ok(i) => self.0[i].1 = secs,
-            Err(i) => {
-                self.0.insert(i, (field, secs));
-                // A vehicle's fields settle after its first reports: keep no spare room.
-                if self.0.capacity() > self.0.len() + 4 {
-                    self.0.shrink_to_fit();
-                }
-            }
+        if self.0.insert(field, Self::secs(at)).is_none() {
+            self.0.settle();
         }
     }
 
     pub fn get(&self, field: crate::model::Field) -> Option<chrono::DateTime<chrono::Utc>> {
-        let i = self.0.binary_search_by_key(&field, |(f, _)| *f).ok()?;
-        Some(Self::time(self.0[i].1))
+        self.0.get(&field).map(|s| Self::time(*s))
     }
 
     pub fn remove(&mut self, field: crate::model::Field) {
-        if let Ok(i) = self.0.binary_search_by_key(&field, |(f, _)| *f) {
-            self.0.remove(i);
-        }
+        self.0.remove(&field);
     }
 
     pub fn iter(
@@ -197,7 +186,7 @@ impl FieldTimes {
     }
 
     pub fn latest(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-        self.0.iter().map(|(_, s)| *s).max().map(Self::time)
+        self.0.values().max().map(|s| Self::time(*s))
     }
 }
 

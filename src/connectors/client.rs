@@ -18,8 +18,6 @@ use crate::shared::Backoff;
 
 /// A connect that has not completed in this time has failed.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A write the platform has not taken in this time ends the session.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,13 +80,15 @@ pub async fn connect(address: &str) -> Result<TcpStream, Ended> {
     }
 }
 
-/// Writes `bytes` within [`WRITE_TIMEOUT`]: a platform that stops reading ends the
+/// Writes `bytes` within `link::WRITE_TIMEOUT`: a platform that stops reading ends the
 /// session instead of holding it forever.
 pub async fn write(wr: &mut (impl AsyncWriteExt + Unpin), bytes: &[u8]) -> Result<(), Ended> {
-    match timeout(WRITE_TIMEOUT, wr.write_all(bytes)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(Ended::Lost(format!("write: {e}"))),
-        Err(_) => Err(Ended::Lost("write timed out".into())),
+    match super::link::write_all(wr, bytes).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            Err(Ended::Lost("write timed out".into()))
+        }
+        Err(e) => Err(Ended::Lost(format!("write: {e}"))),
     }
 }
 

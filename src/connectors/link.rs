@@ -103,6 +103,24 @@ pub async fn accept_loop<F, Fut>(
     }
 }
 
+/// A write a peer has not taken in this time ends its link: a peer that stops reading
+/// cannot hold a task (and its buffers) forever.
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Writes `bytes` within [`WRITE_TIMEOUT`] (then `ErrorKind::TimedOut`).
+pub async fn write_all(
+    wr: &mut (impl tokio::io::AsyncWriteExt + Unpin),
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(bytes)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "write timed out",
+        )),
+    }
+}
+
 /// A link's command queue. A tokio channel allocates about 800 bytes up front; a
 /// mailbox holds nothing while empty, which is what 10 000 idle links are.
 pub struct Mailbox<T> {

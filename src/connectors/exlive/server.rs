@@ -4,11 +4,9 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use subtle::ConstantTimeEq;
-use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -19,8 +17,6 @@ use tokio_util::sync::CancellationToken;
 use super::{Core, LINK_QUEUE};
 use crate::protocol::exlive::session::{Session, Step};
 use crate::protocol::exlive::{Frame, Message, SplitError, Splitter};
-
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One login at a time per address block: the gate each block's links queue at.
 type LoginGates = Mutex<HashMap<IpAddr, Arc<tokio::sync::Mutex<()>>>>;
@@ -76,13 +72,7 @@ async fn write_line(wr: &mut OwnedWriteHalf, line: &str) -> std::io::Result<()> 
     let mut data = Vec::with_capacity(line.len() + 1);
     data.extend_from_slice(line.as_bytes());
     data.push(b'\n');
-    match timeout(WRITE_TIMEOUT, wr.write_all(&data)).await {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "write timed out",
-        )),
-    }
+    crate::connectors::link::write_all(wr, &data).await
 }
 
 /// Logs one malformed message, unless the link or the listener has logged enough.

@@ -276,20 +276,19 @@ async fn device_loop(
     mut pushes: mpsc::Receiver<PushedEvent>,
     shutdown: CancellationToken,
 ) {
+    let (boxes, idle) = (shared.cfg.devices.len(), shared.cfg.poll_interval);
+    let share = rand::rng().random_range(0.0..1.0);
     let mut d = Device {
         shared,
         esn,
         id,
-        schedule: Schedule::starting(Instant::now()),
+        schedule: Schedule::spread(boxes, idle, share, Instant::now()),
         running: false,
         pending: None,
         status: ConnectionStatus::default(),
         seen: VecDeque::new(),
         fresh: Freshness::default(),
     };
-    let (boxes, idle) = (d.shared.cfg.devices.len(), d.shared.cfg.poll_interval);
-    let share = rand::rng().random_range(0.0..1.0);
-    d.schedule = Schedule::spread(boxes, idle, share, Instant::now());
     let mut next_detail = d.schedule.due();
     loop {
         if d.pending.as_ref().is_some_and(|p| p.progress.is_closed()) {

@@ -167,16 +167,12 @@ fn link_settings(cfg: &KingxunConfig) -> crate::protocol::kingxun::session::Sett
         read_timeout: cfg.read_timeout,
         command_timeout: cfg.command_timeout,
         bad_in_a_row: crate::connectors::BAD_IN_A_ROW,
-        range: range_answer(cfg),
-    }
-}
-
-/// The answer to 1005: range on a full battery, charge reminder, lowest usable SoC.
-pub(crate) fn range_answer(cfg: &KingxunConfig) -> RangeAnswer {
-    RangeAnswer {
-        max_range_m: (cfg.range_full_km * 1000.0).clamp(0.0, u32::MAX as f64) as u32,
-        charge_notify_soc: cfg.charge_notify_soc,
-        soc_min: cfg.soc_min,
+        // The answer to 1005: range on a full battery, charge reminder, lowest usable SoC.
+        range: RangeAnswer {
+            max_range_m: (cfg.range_full_km * 1000.0).clamp(0.0, u32::MAX as f64) as u32,
+            charge_notify_soc: cfg.charge_notify_soc,
+            soc_min: cfg.soc_min,
+        },
     }
 }
 

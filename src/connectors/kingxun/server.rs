@@ -4,11 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use rand::Rng;
-use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{sleep_until, timeout, Instant};
@@ -24,7 +22,6 @@ use crate::protocol::kingxun::codec::CodecError;
 use crate::protocol::kingxun::session::{self, LinkEvent, Opening, Session};
 use crate::protocol::kingxun::{Decoded, Frame, KxCodec};
 
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) async fn run(listener: TcpListener, core: Arc<Core>, shutdown: CancellationToken) {
     let limits = crate::connectors::link::Limits {
         max_links: core.config.max_links,
@@ -43,13 +40,7 @@ pub(super) async fn run(listener: TcpListener, core: Arc<Core>, shutdown: Cancel
 }
 
 pub(super) async fn write_frame(wr: &mut OwnedWriteHalf, frame: &Frame) -> std::io::Result<()> {
-    match timeout(WRITE_TIMEOUT, wr.write_all(&frame.to_bytes())).await {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "write timed out",
-        )),
-    }
+    crate::connectors::link::write_all(wr, &frame.to_bytes()).await
 }
 
 type Frames = FramedRead<tokio::net::tcp::OwnedReadHalf, KxCodec>;
