@@ -185,6 +185,94 @@ impl<T> Mailbox<T> {
     }
 }
 
+/// A link's reader: frames decoded from a byte stream, with a read buffer that exists
+/// only while a frame is half received. tokio-util's `FramedRead` keeps its buffer for
+/// the link's life (512 B or more each); a device that reports every few seconds sends
+/// whole frames, so between reports this holds nothing. Bytes are read into a chunk on
+/// the stack for the length of one poll, then kept only if a frame is not complete.
+pub struct Reader<R, D> {
+    io: R,
+    decoder: D,
+    buf: bytes::BytesMut,
+    eof: bool,
+    done: bool,
+}
+
+/// Bytes one read takes at most (on the stack, for one poll).
+const READ_CHUNK: usize = 4096;
+
+impl<R, D> Reader<R, D>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    D: tokio_util::codec::Decoder,
+    D::Error: From<std::io::Error>,
+{
+    pub fn new(io: R, decoder: D) -> Self {
+        Reader {
+            io,
+            decoder,
+            buf: bytes::BytesMut::new(),
+            eof: false,
+            done: false,
+        }
+    }
+
+    /// Bytes of a frame not yet complete (a stall check looks at this).
+    pub fn has_partial(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// The next frame, a decode error (after which the reader ends), or `None` once the
+    /// peer has closed and what it sent is decoded (`Decoder::decode_eof`).
+    pub async fn next(&mut self) -> Option<Result<D::Item, D::Error>> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<D::Item, D::Error>>> {
+        use std::task::Poll;
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let decoded = if self.eof {
+                self.decoder.decode_eof(&mut self.buf)
+            } else {
+                self.decoder.decode(&mut self.buf)
+            };
+            if self.buf.is_empty() {
+                // Whatever was decoded holds its own share of the old allocation.
+                self.buf = bytes::BytesMut::new();
+            }
+            match decoded {
+                Ok(Some(item)) => return Poll::Ready(Some(Ok(item))),
+                Ok(None) if self.eof => {
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(err)));
+                }
+            }
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut read = tokio::io::ReadBuf::new(&mut chunk);
+            match std::pin::Pin::new(&mut self.io).poll_read(cx, &mut read) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(err)) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(err.into())));
+                }
+                Poll::Ready(Ok(())) if read.filled().is_empty() => self.eof = true,
+                Poll::Ready(Ok(())) => self.buf.extend_from_slice(read.filled()),
+            }
+        }
+    }
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod listen_tests {
     /// 1 500 devices connect at once to a listener that accepts nobody yet (a bridge busy
@@ -264,5 +352,57 @@ mod mailbox_tests {
         assert_eq!(mailbox.try_send(5), Ok(()));
         assert_eq!(mailbox.close(), vec![5]);
         assert_eq!(mailbox.try_send(6), Err(6));
+    }
+}
+
+#[cfg(test)]
+mod reader_tests {
+    use super::Reader;
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::codec::LinesCodec;
+
+    #[tokio::test]
+    async fn a_reader_holds_no_buffer_between_whole_frames_and_keeps_a_half_one() {
+        let (mut peer, link) = tokio::io::duplex(64);
+        let mut reader = Reader::new(link, LinesCodec::new());
+
+        peer.write_all(b"one\ntwo\n").await.unwrap();
+        assert_eq!(reader.next().await.unwrap().unwrap(), "one");
+        assert!(reader.has_partial(), "the second frame is still buffered");
+        assert_eq!(reader.next().await.unwrap().unwrap(), "two");
+        assert!(!reader.has_partial());
+        assert_eq!(reader.buf.capacity(), 0, "nothing held between frames");
+
+        // A frame split over three writes.
+        peer.write_all(b"thr").await.unwrap();
+        let next = tokio::spawn(async move {
+            let line = reader.next().await;
+            (line, reader)
+        });
+        tokio::task::yield_now().await;
+        peer.write_all(b"ee").await.unwrap();
+        tokio::task::yield_now().await;
+        peer.write_all(b"\nfou").await.unwrap();
+        let (line, mut reader) = next.await.unwrap();
+        assert_eq!(line.unwrap().unwrap(), "three");
+        assert!(reader.has_partial(), "half of the fourth frame is kept");
+
+        // The peer closes mid-frame: the decoder's end-of-stream rule decides.
+        drop(peer);
+        assert_eq!(reader.next().await.unwrap().unwrap(), "fou");
+        assert!(reader.next().await.is_none());
+        assert!(reader.next().await.is_none(), "stays ended");
+    }
+
+    #[tokio::test]
+    async fn a_reader_ends_after_a_decode_error() {
+        let (mut peer, link) = tokio::io::duplex(64);
+        let mut reader = Reader::new(link, LinesCodec::new_with_max_length(4));
+        peer.write_all(b"much too long\nok\n").await.unwrap();
+        assert!(reader.next().await.unwrap().is_err());
+        assert!(
+            reader.next().await.is_none(),
+            "nothing is read past an error"
+        );
     }
 }

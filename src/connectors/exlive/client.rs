@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::server::next_message;
@@ -88,7 +87,8 @@ async fn session(
         Err(ended) => return ended,
     };
     let (rd, mut wr) = stream.into_split();
-    let mut frames = FramedRead::new(rd, Splitter::new(core.config.max_message_size));
+    let mut frames =
+        crate::connectors::link::Reader::new(rd, Splitter::new(core.config.max_message_size));
     let peer = cfg.address.clone();
     let login = Message::Login {
         name: cfg.name.clone(),

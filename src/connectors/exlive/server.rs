@@ -5,13 +5,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use futures_util::StreamExt;
 use subtle::ConstantTimeEq;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::{Core, LINK_QUEUE};
@@ -86,7 +84,7 @@ fn log_malformed(core: &Core, peer: &str, in_a_row: u32, what: &dyn std::fmt::Di
 /// and skipped. `None` when the link is done (closed, oversized object, I/O error, or
 /// `crate::connectors::BAD_IN_A_ROW` malformed messages in a row).
 pub(super) async fn next_message(
-    frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, Splitter>,
+    frames: &mut crate::connectors::link::Reader<tokio::net::tcp::OwnedReadHalf, Splitter>,
     peer: &str,
     core: &Core,
 ) -> Option<Message> {
@@ -172,7 +170,7 @@ async fn serve_link(
     let peer_s = peer.to_string();
     let (rd, mut wr) = stream.into_split();
     let mut frames =
-        FramedRead::with_capacity(rd, Splitter::new(core.config.max_message_size), 1024);
+        crate::connectors::link::Reader::new(rd, Splitter::new(core.config.max_message_size));
     let hb = core.config.heartbeat_timeout;
 
     // Login: the first message, within the heartbeat timeout.

@@ -5,12 +5,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use rand::Rng;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{sleep_until, timeout, Instant};
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::requests::*;
@@ -43,7 +41,7 @@ pub(super) async fn write_frame(wr: &mut OwnedWriteHalf, frame: &Frame) -> std::
     crate::connectors::link::write_all(wr, &frame.to_bytes()).await
 }
 
-type Frames = FramedRead<tokio::net::tcp::OwnedReadHalf, KxCodec>;
+type Frames = crate::connectors::link::Reader<tokio::net::tcp::OwnedReadHalf, KxCodec>;
 
 /// Whether a bad frame may be logged (see `LogLimiter::allow_bad_input`).
 pub(super) fn may_log(core: &Core, in_a_row: u32) -> bool {
@@ -120,11 +118,11 @@ async fn serve_link(
                 break 'link reason;
             }
         }
-        session.note_buffer(!frames.read_buffer().is_empty(), Instant::now());
+        session.note_buffer(frames.has_partial(), Instant::now());
         let deadline = session.next_deadline();
         outputs = tokio::select! {
             _ = shutdown.cancelled() => break 'link "shutdown",
-            _ = sleep_until(deadline) => session.on_timer(Instant::now(), !frames.read_buffer().is_empty()),
+            _ = sleep_until(deadline) => session.on_timer(Instant::now(), frames.has_partial()),
             cmd = link.mailbox.recv() => match session.send_command(cmd.control, cmd, now_secs(), Instant::now()) {
                 Ok(frame) => {
                     if let Err(err) = Box::pin(write_frame(&mut wr, &frame)).await {
@@ -191,11 +189,9 @@ async fn admit(
 ) -> Option<Admitted> {
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
-    // Frames are ~150 bytes: start small (the buffer grows on demand) so 10 000 idle links
-    // do not each hold the default 8 KiB.
     let mut codec = KxCodec::new(core.config.max_body);
     codec.max_trip_body = core.config.max_trip_body;
-    let mut frames = FramedRead::with_capacity(rd, codec, 512);
+    let mut frames = Frames::new(rd, codec);
 
     // Registration: the first frame, within read_timeout.
     let mut skipped = 0u32;
