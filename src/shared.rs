@@ -193,3 +193,57 @@ mod tests {
         assert!(backoff_delay(30) <= Duration::from_secs(30));
     }
 }
+
+/// One shared copy of each distinct list, for lists that 10 000 vehicles hold alike
+/// (capabilities differ only where the config differs). Past [`Interner::MAX_SETS`]
+/// distinct lists a list is simply not shared.
+pub struct Interner<T> {
+    sets: std::sync::Mutex<Vec<std::sync::Arc<[T]>>>,
+}
+
+impl<T> Default for Interner<T> {
+    fn default() -> Self {
+        Interner {
+            sets: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<T: PartialEq> Interner<T> {
+    pub const MAX_SETS: usize = 64;
+
+    /// The shared list equal to `items`.
+    pub fn shared(&self, items: Vec<T>) -> std::sync::Arc<[T]> {
+        let Ok(mut sets) = self.sets.lock() else {
+            return items.into();
+        };
+        if let Some(known) = sets.iter().find(|s| ***s == *items) {
+            return known.clone();
+        }
+        let set: std::sync::Arc<[T]> = items.into();
+        if sets.len() < Self::MAX_SETS {
+            sets.push(set.clone());
+        }
+        set
+    }
+}
+
+#[cfg(test)]
+mod interner_tests {
+    use super::Interner;
+
+    #[test]
+    fn equal_lists_share_one_copy_and_the_table_is_bounded() {
+        let interner = Interner::default();
+        let a = interner.shared(vec![1, 2, 3]);
+        let b = interner.shared(vec![1, 2, 3]);
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        let c = interner.shared(vec![1, 2]);
+        assert!(!std::sync::Arc::ptr_eq(&a, &c));
+        assert_eq!(&*c, &[1, 2]);
+        for n in 0..200 {
+            assert_eq!(&*interner.shared(vec![n; 4]), &[n; 4]);
+        }
+        assert_eq!(interner.sets.lock().unwrap().len(), Interner::<i32>::MAX_SETS);
+    }
+}

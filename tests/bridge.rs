@@ -23,7 +23,7 @@ fn scooter(caps: Vec<Capability>) -> VehicleInfo {
         sw_version: Some("2.1".into()),
         custom_name: false,
         serial_number: Some("1001".into()),
-        capabilities: caps,
+        capabilities: caps.into(),
         event_types: vec!["tip_over".into()].into(),
     }
 }

@@ -418,7 +418,7 @@ async fn v5_setup() -> (Mosquitto, tempfile::TempDir, String, RunningBridge, Pro
         sw_version: None,
         custom_name: false,
         serial_number: None,
-        capabilities: vec![Capability::Lock],
+        capabilities: vec![Capability::Lock].into(),
         event_types: Default::default(),
     };
     bridge

@@ -155,7 +155,7 @@ fn default_info(id: &VehicleId, connector: &str) -> VehicleInfo {
         sw_version: None,
         custom_name: false,
         serial_number: None,
-        capabilities: Vec::new(),
+        capabilities: Default::default(),
         event_types: Default::default(),
     }
 }

@@ -254,7 +254,7 @@ mod tests {
             sw_version: None,
             custom_name: false,
             serial_number: None,
-            capabilities: vec![crate::model::Capability::Lock],
+            capabilities: vec![crate::model::Capability::Lock].into(),
             event_types: Default::default(),
         };
         let mut shape = Shape::default();

@@ -416,7 +416,7 @@ mod tests {
             sw_version: Some("1.2".into()),
             custom_name: false,
             serial_number: Some("42".into()),
-            capabilities: caps,
+            capabilities: caps.into(),
             event_types: vec!["tip_over".into()].into(),
         }
     }

@@ -559,7 +559,8 @@ pub struct VehicleInfo {
     pub custom_name: bool,
     /// VIN, ESN or device id: HA's device `serial_number`.
     pub serial_number: Option<String>,
-    pub capabilities: Vec<Capability>,
+    /// Shared where vehicles of a kind can do the same (10 000 trackers, one list).
+    pub capabilities: std::sync::Arc<[Capability]>,
     /// Event types this vehicle can raise; an HA event entity exists when non-empty.
     /// Shared: every device of a kind raises the same types (10 000 trackers, one list).
     pub event_types: std::sync::Arc<[String]>,

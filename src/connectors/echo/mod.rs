@@ -57,7 +57,7 @@ impl Connector for EchoConnector {
                     sw_version: None,
                     custom_name: false,
                     serial_number: None,
-                    capabilities: Vec::new(),
+                    capabilities: Default::default(),
                     event_types: Default::default(),
                 };
                 let _ = ctx.updates.send(Update::Vehicle(info)).await;

@@ -131,6 +131,8 @@ pub(crate) struct Core {
     pub counters: Counters,
     /// Bad input is logged at most 10 lines per 10 s per listener, then summarised.
     bad_input_log: crate::connectors::LogLimiter,
+    /// Every vehicle's commands: the configured pass-through commands, one list for all.
+    capabilities: std::sync::Arc<[Capability]>,
 }
 
 /// Vehicle ids on the bridge: `ex<id>`.
@@ -195,6 +197,11 @@ pub fn position_state(p: &proto::Position, tz: Zone) -> VehicleState {
 impl Core {
     fn new(config: ExliveConfig, tz: Zone, updates: UpdateSink) -> Core {
         Core {
+            capabilities: config
+                .commands
+                .iter()
+                .map(|c| Capability::Passthrough(c.name.clone()))
+                .collect(),
             bad_input_log: crate::connectors::LogLimiter::new(
                 10,
                 std::time::Duration::from_secs(10),
@@ -228,12 +235,7 @@ impl Core {
             sw_version: None,
             custom_name: false,
             serial_number: id.as_str().strip_prefix("ex").map(str::to_string),
-            capabilities: self
-                .config
-                .commands
-                .iter()
-                .map(|c| Capability::Passthrough(c.name.clone()))
-                .collect(),
+            capabilities: self.capabilities.clone(),
             event_types: vec!["message".into(), "alarm".into(), "terminal_reply".into()].into(),
         }
     }

@@ -231,7 +231,7 @@ fn info(id: &VehicleId, device: &Iauto360Device) -> VehicleInfo {
         sw_version: None,
         custom_name: device.name.is_some(),
         serial_number: Some(device.esn.clone()),
-        capabilities: vec![Capability::Lock],
+        capabilities: vec![Capability::Lock].into(),
         event_types: services::EVENT_TYPES
             .iter()
             .map(|s| s.to_string())

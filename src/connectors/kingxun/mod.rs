@@ -223,6 +223,8 @@ pub(crate) struct Core {
     pub registrations: Mutex<crate::connectors::RateBudget>,
     /// Commands for devices reached through an upstream kingxun server.
     pub upstream: Option<(std::collections::HashSet<u32>, LinkSender)>,
+    /// Devices' capabilities, one copy per distinct set (they differ only by config).
+    pub capability_sets: crate::shared::Interner<Capability>,
 }
 
 impl Core {
@@ -276,7 +278,7 @@ impl Core {
             sw_version: sw.map(|v| format!("{}.{}.{}", v >> 16, (v >> 8) & 0xFF, v & 0xFF)),
             custom_name,
             serial_number: Some(dev_id.to_string()),
-            capabilities,
+            capabilities: self.capability_sets.shared(capabilities),
             event_types,
         }
     }
@@ -463,6 +465,7 @@ impl Connector for KingxunConnector {
                 .flat_map(|u| u.devices.iter().map(|d| d.id))
                 .collect();
             let core = Arc::new(Core {
+                capability_sets: Default::default(),
                 upstream: self
                     .config
                     .upstream

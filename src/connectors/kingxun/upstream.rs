@@ -69,7 +69,7 @@ pub(super) async fn run(
             sw_version: None,
             custom_name: false,
             serial_number: None,
-            capabilities: vec![],
+            capabilities: Default::default(),
             event_types: Default::default(),
         }))
         .await;

@@ -96,7 +96,8 @@ pub(super) fn info(id: &VehicleId, listed: &Listed) -> VehicleInfo {
             Capability::HornAndLights,
             Capability::FlashLights,
             Capability::Horn,
-        ],
+        ]
+        .into(),
         event_types: Default::default(),
     }
 }
