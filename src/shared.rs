@@ -244,6 +244,9 @@ mod interner_tests {
         for n in 0..200 {
             assert_eq!(&*interner.shared(vec![n; 4]), &[n; 4]);
         }
-        assert_eq!(interner.sets.lock().unwrap().len(), Interner::<i32>::MAX_SETS);
+        assert_eq!(
+            interner.sets.lock().unwrap().len(),
+            Interner::<i32>::MAX_SETS
+        );
     }
 }

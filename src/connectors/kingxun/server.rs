@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use futures_util::future::OptionFuture;
+use futures_util::FutureExt;
 use rand::Rng;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
@@ -32,7 +34,13 @@ pub(super) async fn run(listener: TcpListener, core: Arc<Core>, shutdown: Cancel
         limits,
         refused,
         shutdown.clone(),
-        |stream, peer| serve_link(stream, peer, core.clone(), shutdown.clone()),
+        |stream, peer| {
+            // Admission, then the link: two futures one after the other, so the link's
+            // future (what 10 000 links cost) keeps nothing of admission's.
+            Box::pin(admit(stream, peer, core.clone(), shutdown.clone()))
+                .then(|link| OptionFuture::from(link.map(Link::run)))
+                .map(drop)
+        },
     )
     .await;
 }
@@ -72,111 +80,160 @@ async fn registration_turn(core: &Core, peer: &SocketAddr) -> bool {
 /// A command on the link, as the session keeps it until the device answers.
 type Waiting = Box<LinkCommand>;
 
-/// One device's link: the I/O around its sans-IO session (`protocol::kingxun::session`).
-/// Runs as long as the device stays linked, so its future is what 10 000 links cost:
-/// it waits on one frame, one command, one timer and shutdown, and boxes the awaits that
-/// hold much state while they run (writes, a request's handling, updates).
-async fn serve_link(
-    stream: TcpStream,
-    peer: SocketAddr,
+/// One registered device link: the I/O around its sans-IO session
+/// (`protocol::kingxun::session`). It lives as long as the device stays linked, so its
+/// future is what 10 000 links cost: it waits on one frame, one command, one timer and
+/// shutdown, and boxes the awaits that hold much state while they run (writes, a
+/// request's handling, updates).
+struct Link {
+    frames: Frames,
+    wr: OwnedWriteHalf,
+    session: Session<Waiting>,
+    /// What the session asked for and the link has not yet done.
+    outputs: Vec<session::Output<Waiting>>,
+    model_known: bool,
+    peer_link: PeerLink,
+}
+
+/// What a link keeps beside its session and its I/O.
+struct PeerLink {
     core: Arc<Core>,
     shutdown: CancellationToken,
-) {
-    // Registration is boxed: its awaits (the first frame, the registration budget) are
-    // over once the link runs, and would otherwise widen every link's future.
-    let admitted = Box::pin(admit(stream, peer, &core, &shutdown)).await;
-    let Some(Admitted {
-        mut frames,
-        mut wr,
-        start,
-        sw_version,
-    }) = admitted
-    else {
-        return;
-    };
-    let (dev_id, phantom) = (start.dev_id, start.phantom);
-    let (mut session, mut outputs) =
-        Session::<Waiting>::register(start, core.link_settings.clone(), Instant::now());
-    let link = Link {
-        core: &core,
-        peer,
-        id: core.next_link.fetch_add(1, Ordering::Relaxed),
-        mailbox: Mailbox::new(16),
-        sw_version,
-    };
-    if !phantom {
-        tracing::info!(event = "kingxun_registered", peer = %peer, dev_id, link = link.id, "device registered");
+    peer: SocketAddr,
+    id: u64,
+    mailbox: LinkSender,
+    sw_version: Option<u32>,
+}
+
+impl Link {
+    // Not an `async fn`: its future would keep `self` twice (the argument, and the
+    // local it is moved into), 330 bytes a link. The block below holds it once.
+    fn run(self) -> impl std::future::Future<Output = ()> + Send {
+        let mut this = self;
+        async move {
+            let reason = this.serve().await;
+            Box::pin(this.closed(reason)).await;
+        }
     }
-    Box::pin(core.open_links.opened(&core.updates)).await;
-    let mut model_known = false;
-    let reason = 'link: loop {
-        // Taken, not drained: a drained vector keeps its room, 10 000 links long.
-        for output in std::mem::take(&mut outputs) {
-            if let Err(reason) =
-                Box::pin(link.carry_out(output, &mut session, &mut wr, &mut model_known)).await
-            {
+
+    /// Runs the link until it closes, and says why.
+    async fn serve(&mut self) -> session::CloseReason {
+        'link: loop {
+            // One at a time from the front, no iterator held across the awaits; the
+            // vector is replaced below, so its room is not kept 10 000 links long.
+            self.outputs.reverse();
+            loop {
+                let Some(output) = self.outputs.pop() else {
+                    break;
+                };
+                let done = self.peer_link.carry_out(
+                    output,
+                    &mut self.session,
+                    &mut self.wr,
+                    &mut self.model_known,
+                );
+                if let Err(reason) = Box::pin(done).await {
+                    break 'link reason;
+                }
+            }
+            let Link {
+                frames,
+                wr,
+                session,
+                peer_link: link,
+                ..
+            } = self;
+            session.note_buffer(frames.has_partial(), Instant::now());
+            let deadline = session.next_deadline();
+            // Only a command awaits after the select, and it alone is kept across that
+            // await (a frame's result would widen every link's future).
+            let command = tokio::select! {
+                _ = link.shutdown.cancelled() => break 'link "shutdown",
+                _ = sleep_until(deadline) => {
+                    self.outputs = session.on_timer(Instant::now(), frames.has_partial());
+                    continue 'link;
+                }
+                cmd = link.mailbox.recv() => cmd,
+                frame = next_frame(frames, link, session) => match frame {
+                    Ok(frame) => {
+                        self.outputs = session.on_frame(frame, Instant::now(), rand::rng().random());
+                        continue 'link;
+                    }
+                    Err(reason) => break 'link reason,
+                },
+            };
+            if let Err(reason) = Box::pin(send_command(command, session, wr)).await {
                 break 'link reason;
             }
         }
-        session.note_buffer(frames.has_partial(), Instant::now());
-        let deadline = session.next_deadline();
-        outputs = tokio::select! {
-            _ = shutdown.cancelled() => break 'link "shutdown",
-            _ = sleep_until(deadline) => session.on_timer(Instant::now(), frames.has_partial()),
-            cmd = link.mailbox.recv() => match session.send_command(cmd.control, cmd, now_secs(), Instant::now()) {
-                Ok(frame) => {
-                    if let Err(err) = Box::pin(write_frame(&mut wr, &frame)).await {
-                        for cmd in session.take_pending() {
-                            let _ = cmd.request.progress.try_send(CommandProgress::Failed(format!("send failed: {err}")));
-                        }
-                        break 'link "write failed";
-                    }
-                    tracing::info!(event = "kingxun_command_sent", dev_id, msg_id = frame.header.msg_id, seq = frame.header.seq);
-                    Vec::new()
-                }
-                Err((cmd, why)) => {
-                    let _ = cmd.request.progress.try_send(CommandProgress::Failed(why));
-                    Vec::new()
-                }
-            },
-            frame = next_frame(&mut frames, &link, &mut session) => match frame {
-                Ok(frame) => session.on_frame(frame, Instant::now(), rand::rng().random()),
-                Err(reason) => break 'link reason,
-            },
-        };
-    };
-    if phantom {
-        tracing::debug!(event = "kingxun_link_closed", peer = %peer, dev_id, reason, "unknown device's link closed");
-    } else {
-        tracing::info!(event = "kingxun_link_closed", peer = %peer, dev_id, reason, "device link closed");
     }
-    let queued = link.mailbox.close();
-    for cmd in session.take_pending().chain(queued) {
-        let _ = cmd
-            .request
-            .progress
-            .try_send(CommandProgress::Failed("device link closed".into()));
-    }
-    let still_ours = core.links.lock().map(|mut l| {
-        if l.get(&dev_id).is_some_and(|(id, _)| *id == link.id) {
-            l.remove(&dev_id);
-            true
+
+    /// The link is over: its commands fail, and the device is offline unless a newer
+    /// link has taken its place.
+    async fn closed(self, reason: session::CloseReason) {
+        let Link {
+            session,
+            peer_link: link,
+            ..
+        } = self;
+        let (core, dev_id, peer) = (&link.core, session.dev_id, link.peer);
+        if session.phantom() {
+            tracing::debug!(event = "kingxun_link_closed", peer = %peer, dev_id, reason, "unknown device's link closed");
         } else {
-            false
+            tracing::info!(event = "kingxun_link_closed", peer = %peer, dev_id, reason, "device link closed");
         }
-    });
-    if still_ours.unwrap_or(false) {
-        Box::pin(core.updates.availability(vehicle_id(dev_id), false)).await;
+        let queued = link.mailbox.close();
+        let mut session = session;
+        for cmd in session.take_pending().chain(queued) {
+            let _ = cmd
+                .request
+                .progress
+                .try_send(CommandProgress::Failed("device link closed".into()));
+        }
+        let still_ours = core.links.lock().map(|mut l| {
+            if l.get(&dev_id).is_some_and(|(id, _)| *id == link.id) {
+                l.remove(&dev_id);
+                true
+            } else {
+                false
+            }
+        });
+        if still_ours.unwrap_or(false) {
+            core.updates.availability(vehicle_id(dev_id), false).await;
+        }
+        core.open_links.closed(&core.updates).await;
     }
-    Box::pin(core.open_links.closed(&core.updates)).await;
 }
 
-/// A registered link, ready to run.
-struct Admitted {
-    frames: Frames,
-    wr: OwnedWriteHalf,
-    start: session::Start,
-    sw_version: Option<u32>,
+/// Seals a command for the device and sends it; a write that fails closes the link and
+/// fails every command waiting on it.
+async fn send_command(
+    cmd: Waiting,
+    session: &mut Session<Waiting>,
+    wr: &mut OwnedWriteHalf,
+) -> Result<(), session::CloseReason> {
+    let dev_id = session.dev_id;
+    match session.send_command(cmd.control, cmd, now_secs(), Instant::now()) {
+        Ok(frame) => {
+            if let Err(err) = write_frame(wr, &frame).await {
+                for cmd in session.take_pending() {
+                    let failed = CommandProgress::Failed(format!("send failed: {err}"));
+                    let _ = cmd.request.progress.try_send(failed);
+                }
+                return Err("write failed");
+            }
+            tracing::info!(
+                event = "kingxun_command_sent",
+                dev_id,
+                msg_id = frame.header.msg_id,
+                seq = frame.header.seq
+            );
+        }
+        Err((cmd, why)) => {
+            let _ = cmd.request.progress.try_send(CommandProgress::Failed(why));
+        }
+    }
+    Ok(())
 }
 
 /// A new connection up to its registration: the first frame within `read_timeout`, a 1001,
@@ -184,9 +241,9 @@ struct Admitted {
 async fn admit(
     stream: TcpStream,
     peer: SocketAddr,
-    core: &Core,
-    shutdown: &CancellationToken,
-) -> Option<Admitted> {
+    core: Arc<Core>,
+    shutdown: CancellationToken,
+) -> Option<Link> {
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
     let mut codec = KxCodec::new(core.config.max_body);
@@ -197,7 +254,7 @@ async fn admit(
     let mut skipped = 0u32;
     let first = tokio::select! {
         _ = shutdown.cancelled() => return None,
-        f = timeout(core.config.read_timeout, first_frame(&mut frames, &peer, core, &mut skipped)) => f,
+        f = timeout(core.config.read_timeout, first_frame(&mut frames, &peer, &core, &mut skipped)) => f,
     };
     let frame = match first {
         Ok(Some(f)) => f,
@@ -216,7 +273,7 @@ async fn admit(
         } => (dev_id, seq, register),
         Opening::Refused { reply } => {
             if let Some(reply) = reply {
-                if may_log(core, 1) {
+                if may_log(&core, 1) {
                     tracing::warn!(event = "kingxun_not_registered", peer = %peer, msg_id = frame.header.msg_id, "first frame is not 1001; closing");
                 }
                 core.counters.bad_bodies.fetch_add(1, Ordering::Relaxed);
@@ -225,7 +282,7 @@ async fn admit(
             return None;
         }
     };
-    if !Box::pin(registration_turn(core, &peer)).await {
+    if !Box::pin(registration_turn(&core, &peer)).await {
         return None;
     }
     let known_key = core.devices.get(&dev_id).and_then(|d| d.key_bytes());
@@ -234,7 +291,7 @@ async fn admit(
         core.counters
             .unknown_devices
             .fetch_add(1, Ordering::Relaxed);
-        if may_log(core, 1) {
+        if may_log(&core, 1) {
             tracing::warn!(event = "kingxun_unknown_device", peer = %peer, dev_id,
                 "unknown device id: answered like any registration, but nothing it sends is used (add it to [[kingxun.devices]])");
         }
@@ -250,11 +307,27 @@ async fn admit(
         iv: rand::rng().random(),
         first_seq: rand::rng().random(),
     };
-    Some(Admitted {
+    let (session, outputs) =
+        Session::<Waiting>::register(start, core.link_settings.clone(), Instant::now());
+    let id = core.next_link.fetch_add(1, Ordering::Relaxed);
+    if !phantom {
+        tracing::info!(event = "kingxun_registered", peer = %peer, dev_id, link = id, "device registered");
+    }
+    core.open_links.opened(&core.updates).await;
+    Some(Link {
         frames,
         wr,
-        start,
-        sw_version: register.software_version(),
+        session,
+        outputs,
+        model_known: false,
+        peer_link: PeerLink {
+            sw_version: register.software_version(),
+            core,
+            shutdown,
+            peer,
+            id,
+            mailbox: Mailbox::new(16),
+        },
     })
 }
 
@@ -288,7 +361,7 @@ async fn first_frame(
 /// the link after too much of it).
 async fn next_frame(
     frames: &mut Frames,
-    link: &Link<'_>,
+    link: &PeerLink,
     session: &mut Session<Waiting>,
 ) -> Result<Frame, session::CloseReason> {
     loop {
@@ -296,7 +369,7 @@ async fn next_frame(
             None => return Err("link closed"),
             Some(Ok(Decoded::Frame(f))) => return Ok(f),
             Some(Ok(Decoded::Skipped(n))) => {
-                log_skipped(link.core, &link.peer, n, session.bad_in_a_row() + 1);
+                log_skipped(&link.core, &link.peer, n, session.bad_in_a_row() + 1);
                 if let Some(session::Output::Close(reason)) = session.on_skipped() {
                     let in_a_row = session.bad_in_a_row();
                     link.event(LinkEvent::TooManyBad { in_a_row }, session.dev_id);
@@ -304,7 +377,7 @@ async fn next_frame(
                 }
             }
             Some(Err(e)) => {
-                log_codec_error(link.core, &link.peer, e);
+                log_codec_error(&link.core, &link.peer, e);
                 return Err("link closed");
             }
         }
@@ -341,16 +414,7 @@ fn log_codec_error(core: &Core, peer: &SocketAddr, err: CodecError) {
     }
 }
 
-/// What a link's I/O loop keeps beside its session.
-struct Link<'a> {
-    core: &'a Core,
-    peer: SocketAddr,
-    id: u64,
-    mailbox: LinkSender,
-    sw_version: Option<u32>,
-}
-
-impl Link<'_> {
+impl PeerLink {
     /// Does what the session asked; `Err` closes the link.
     async fn carry_out(
         &self,
@@ -359,7 +423,7 @@ impl Link<'_> {
         wr: &mut OwnedWriteHalf,
         model_known: &mut bool,
     ) -> Result<(), session::CloseReason> {
-        let core = self.core;
+        let core = &*self.core;
         let dev_id = session.dev_id;
         match output {
             session::Output::Send(frame) => {
@@ -404,7 +468,7 @@ impl Link<'_> {
 
     /// Counts and (rate-limited) logs what the session saw.
     fn event(&self, event: LinkEvent, dev_id: u32) {
-        let (core, peer) = (self.core, &self.peer);
+        let (core, peer) = (&*self.core, &self.peer);
         let c = &core.counters;
         match event {
             LinkEvent::BadSession { from } => {
@@ -460,7 +524,7 @@ impl Link<'_> {
     /// The link proved the device's key (or the config trusts plain frames for this
     /// device): from now on it is the device's link, displacing any older one.
     async fn prove(&self, dev_id: u32) {
-        let core = self.core;
+        let core = &*self.core;
         let replaced = core
             .links
             .lock()
