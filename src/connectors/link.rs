@@ -122,7 +122,9 @@ pub async fn write_all(
 /// mailbox holds nothing while empty, which is what 10 000 idle links are.
 pub struct Mailbox<T> {
     queue: std::sync::Mutex<MailboxQueue<T>>,
-    ready: tokio::sync::Notify,
+    /// The link's task, waiting for an item (one reader: a waker, not a `Notify`, so
+    /// the wait is polled by hand and adds nothing to the link's future).
+    ready: futures_util::task::AtomicWaker,
     capacity: usize,
 }
 
@@ -138,7 +140,7 @@ impl<T> Mailbox<T> {
                 items: std::collections::VecDeque::new(),
                 closed: false,
             }),
-            ready: tokio::sync::Notify::new(),
+            ready: futures_util::task::AtomicWaker::new(),
             capacity,
         })
     }
@@ -153,21 +155,28 @@ impl<T> Mailbox<T> {
         }
         q.items.push_back(item);
         drop(q);
-        self.ready.notify_one();
+        self.ready.wake();
         Ok(())
     }
 
     /// The next item; waits for one.
-    pub async fn recv(&self) -> T {
-        loop {
-            let next = self.queue.lock().ok().and_then(|mut q| q.items.pop_front());
-            if let Some(item) = next {
-                return item;
+    pub fn recv(&self) -> impl Future<Output = T> + '_ {
+        std::future::poll_fn(move |cx| {
+            if let Some(item) = self.pop() {
+                return std::task::Poll::Ready(item);
             }
-            // `notify_one` keeps a permit when nobody waits, so an item queued between
-            // the look above and this wait is not missed.
-            self.ready.notified().await;
-        }
+            self.ready.register(cx.waker());
+            // Looked at again: an item queued before the waker was registered would
+            // otherwise wait for the next one.
+            match self.pop() {
+                Some(item) => std::task::Poll::Ready(item),
+                None => std::task::Poll::Pending,
+            }
+        })
+    }
+
+    fn pop(&self) -> Option<T> {
+        self.queue.lock().ok().and_then(|mut q| q.items.pop_front())
     }
 
     /// The link is gone: later sends fail, and what was queued is handed back.
@@ -225,7 +234,8 @@ where
         std::future::poll_fn(|cx| self.poll_next(cx)).await
     }
 
-    fn poll_next(
+    /// `next`, polled by hand.
+    pub fn poll_next(
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<D::Item, D::Error>>> {

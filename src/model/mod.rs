@@ -315,7 +315,33 @@ pub enum Value {
     Bool(bool),
     Int(i64),
     Float(f64),
-    Text(String),
+    Text(Text),
+}
+
+/// A text value behind one thin pointer, so that a `Value` is 16 bytes, not 24: a
+/// vehicle holds dozens of values and few of them are text (10 000 vehicles, 2 MB).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+#[allow(clippy::box_collection)] // the box is the point: a thin pointer
+pub struct Text(Box<String>);
+
+impl From<&str> for Text {
+    fn from(v: &str) -> Self {
+        Text(Box::new(v.to_string()))
+    }
+}
+
+impl From<String> for Text {
+    fn from(v: String) -> Self {
+        Text(Box::new(v))
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
 }
 
 impl Value {
@@ -345,7 +371,7 @@ impl Value {
             Value::Bool(false) => "OFF".into(),
             Value::Int(i) => i.to_string(),
             Value::Float(f) => f.to_string(),
-            Value::Text(s) => s.clone(),
+            Value::Text(s) => s.to_string(),
         }
     }
 }
@@ -362,12 +388,12 @@ impl From<i64> for Value {
 }
 impl From<&str> for Value {
     fn from(v: &str) -> Self {
-        Value::Text(v.to_string())
+        Value::Text(v.into())
     }
 }
 impl From<String> for Value {
     fn from(v: String) -> Self {
-        Value::Text(v)
+        Value::Text(v.into())
     }
 }
 
@@ -403,7 +429,7 @@ pub struct VehicleState {
     pub values: VecMap<Field, Value>,
     /// Extra data without an entity of its own (cell voltages, raw codes), shown as
     /// attributes of the state JSON.
-    pub attributes: VecMap<String, serde_json::Value>,
+    pub attributes: VecMap<std::borrow::Cow<'static, str>, serde_json::Value>,
     /// Fields whose value no longer holds (e.g. coolant temperature after the ignition
     /// went off): left out of the state JSON, so HA shows "unknown", while the entity stays.
     pub cleared: BTreeSet<Field>,
@@ -481,7 +507,7 @@ impl VehicleState {
             let attrs: serde_json::Map<_, _> = self
                 .attributes
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect();
             map.insert("attributes".into(), attrs.into());
         }
@@ -510,7 +536,7 @@ impl VehicleState {
                         None => continue,
                     },
                 },
-                serde_json::Value::String(s) => Value::Text(s.clone()),
+                serde_json::Value::String(s) => Value::Text(s.as_str().into()),
                 _ => continue,
             };
             state.values.insert(field, value);
@@ -523,7 +549,10 @@ impl VehicleState {
             });
         }
         if let Some(attrs) = map.get("attributes").and_then(|a| a.as_object()) {
-            state.attributes = attrs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            state.attributes = attrs
+                .iter()
+                .map(|(k, v)| (k.clone().into(), v.clone()))
+                .collect();
         }
         state
     }

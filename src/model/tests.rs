@@ -120,3 +120,14 @@ fn merge_keeps_absent_values() {
     assert_eq!(a.get(Field::Speed), Some(&Value::Int(20)));
     assert_eq!(a.get(Field::Odometer), Some(&Value::Int(100)));
 }
+
+#[test]
+fn a_value_is_two_words_and_text_reads_as_text() {
+    // A vehicle holds dozens of values: 24 bytes each (a `String` inline) instead of 16
+    // cost 2 MB at 10 000 vehicles.
+    assert_eq!(std::mem::size_of::<Value>(), 16);
+    assert_eq!(std::mem::size_of::<(Field, Value)>(), 24);
+    let v = Value::from("LOCKED");
+    assert_eq!(v.to_payload(), "LOCKED");
+    assert_eq!(serde_json::to_string(&v).unwrap(), "\"LOCKED\"");
+}

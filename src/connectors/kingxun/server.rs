@@ -119,11 +119,12 @@ impl Link {
     /// Runs the link until it closes, and says why.
     async fn serve(&mut self) -> session::CloseReason {
         'link: loop {
-            // One at a time from the front, no iterator held across the awaits; the
-            // vector is replaced below, so its room is not kept 10 000 links long.
+            // One at a time from the front, no iterator held across the awaits.
             self.outputs.reverse();
             loop {
                 let Some(output) = self.outputs.pop() else {
+                    // Emptied, not kept: its room would stay 10 000 links long.
+                    self.outputs = Vec::new();
                     break;
                 };
                 let done = self.peer_link.carry_out(
@@ -358,30 +359,37 @@ async fn first_frame(
 }
 
 /// The next frame on a registered link; junk is counted and skipped (the session closes
-/// the link after too much of it).
-async fn next_frame(
-    frames: &mut Frames,
-    link: &PeerLink,
-    session: &mut Session<Waiting>,
-) -> Result<Frame, session::CloseReason> {
-    loop {
-        match frames.next().await {
-            None => return Err("link closed"),
-            Some(Ok(Decoded::Frame(f))) => return Ok(f),
+/// the link after too much of it). Polled by hand: it waits in every link's future, and
+/// an `async fn` would hold its arguments again beside the read it awaits.
+fn next_frame<'a>(
+    frames: &'a mut Frames,
+    link: &'a PeerLink,
+    session: &'a mut Session<Waiting>,
+) -> impl std::future::Future<Output = Result<Frame, session::CloseReason>> + 'a {
+    std::future::poll_fn(move |cx| loop {
+        let next = match frames.poll_next(cx) {
+            std::task::Poll::Ready(next) => next,
+            std::task::Poll::Pending => return std::task::Poll::Pending,
+        };
+        let ended = match next {
+            None => Err("link closed"),
+            Some(Ok(Decoded::Frame(f))) => Ok(f),
             Some(Ok(Decoded::Skipped(n))) => {
                 log_skipped(&link.core, &link.peer, n, session.bad_in_a_row() + 1);
-                if let Some(session::Output::Close(reason)) = session.on_skipped() {
-                    let in_a_row = session.bad_in_a_row();
-                    link.event(LinkEvent::TooManyBad { in_a_row }, session.dev_id);
-                    return Err(reason);
-                }
+                let Some(session::Output::Close(reason)) = session.on_skipped() else {
+                    continue;
+                };
+                let in_a_row = session.bad_in_a_row();
+                link.event(LinkEvent::TooManyBad { in_a_row }, session.dev_id);
+                Err(reason)
             }
             Some(Err(e)) => {
                 log_codec_error(&link.core, &link.peer, e);
-                return Err("link closed");
+                Err("link closed")
             }
-        }
-    }
+        };
+        return std::task::Poll::Ready(ended);
+    })
 }
 
 fn log_skipped(core: &Core, peer: &SocketAddr, skipped: usize, in_a_row: u32) {

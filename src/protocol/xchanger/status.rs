@@ -87,7 +87,7 @@ fn named(
         }
         None => {
             st.attributes
-                .insert(format!("{}_raw", field.key()), raw.into());
+                .insert(format!("{}_raw", field.key()).into(), raw.into());
         }
     }
 }

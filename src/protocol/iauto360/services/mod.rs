@@ -169,10 +169,10 @@ pub fn tyres(d: &Value) -> VehicleState {
         .filter_map(|(on, name)| on.then_some(name))
         .collect();
         st.attributes
-            .insert(format!("tyre_{name}_status"), json!(flags));
+            .insert(format!("tyre_{name}_status").into(), json!(flags));
         if let Some(t) = tyre.updated.map(|t| t as f64).and_then(iso) {
             st.attributes
-                .insert(format!("tyre_{name}_updated"), t.into());
+                .insert(format!("tyre_{name}_updated").into(), t.into());
         }
         any = Some(any.unwrap_or(false) || s.any_problem());
     }
