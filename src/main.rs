@@ -378,11 +378,9 @@ async fn serve(mut config: Config, demo: bool) -> anyhow::Result<()> {
         "vehicle2mqtt starting"
     );
     // The connectors have their sections; the hub needs none (a fleet's device list
-    // would otherwise be held twice).
-    let config = Config {
-        upstreams: Default::default(),
-        ..config
-    };
+    // would otherwise be held twice). Dropped here: `Config { upstreams: .., ..config }`
+    // would keep the old sections alive until this function returns, the bridge's life.
+    drop(std::mem::take(&mut config.upstreams));
     bridge::run(config, connectors, shutdown).await
 }
 

@@ -111,6 +111,21 @@ impl Hub {
             let force = self.owed_discovery.remove(&id).unwrap_or(false);
             self.sync_discovery(&id, force);
         }
+        self.release_empty_queues();
+    }
+
+    /// A storm's queues keep their room once emptied (a fleet's worth of entries): hand
+    /// it back when they are empty again.
+    fn release_empty_queues(&mut self) {
+        if self.retry.is_empty() {
+            self.retry.shrink_to_fit();
+        }
+        if self.unsent_states.is_empty() {
+            self.unsent_states.shrink_to_fit();
+        }
+        if self.owed_discovery.is_empty() {
+            self.owed_discovery.shrink_to_fit();
+        }
     }
 
     pub(super) fn publish_availability(&mut self, id: &VehicleId, force: bool) {

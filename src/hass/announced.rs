@@ -93,8 +93,8 @@ pub struct Announced {
     /// Entity → hash of its document, as last published.
     entities: BTreeMap<EntityName, u64>,
     /// The documents remembered in `state_dir`, for a restored vehicle whose connector has
-    /// not announced it yet (then they cannot be rebuilt).
-    remembered: Option<BTreeMap<String, String>>,
+    /// not announced it yet (then they cannot be rebuilt); empty for every other.
+    remembered: BTreeMap<String, String>,
     /// The fingerprint of the source the entities were last built from.
     built_from: Option<u64>,
 }
@@ -116,7 +116,7 @@ impl Announced {
             .collect();
         Announced {
             entities,
-            remembered: Some(documents),
+            remembered: documents,
             built_from: None,
         }
     }
@@ -149,7 +149,7 @@ impl Announced {
         source: Option<Source<'_>>,
     ) -> BTreeMap<String, String> {
         let Some(source) = source else {
-            return self.remembered.clone().unwrap_or_default();
+            return self.remembered.clone();
         };
         let builder = VehicleDiscovery {
             topics,
@@ -199,7 +199,7 @@ impl Announced {
                 out.push((topic, Vec::new()));
             }
             self.built_from = current;
-            self.remembered = None;
+            self.remembered = BTreeMap::new();
         }
         let changed = self.entities != hashes;
         self.entities = hashes;

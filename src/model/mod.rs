@@ -257,34 +257,40 @@ impl Field {
     }
 }
 
-/// A set of fields as one 128-bit word (the catalog has fewer than 128): a vehicle's
-/// entity set costs 16 bytes, not a tree.
+/// A set of fields as two 64-bit words (the catalog has fewer than 128): a vehicle's
+/// entity set costs 16 bytes, not a tree. Not a `u128`, whose 16-byte alignment would
+/// pad every vehicle that holds one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct FieldSet(u128);
+pub struct FieldSet([u64; 2]);
 
 const _: () = assert!(Field::ALL.len() <= 128, "FieldSet holds 128 fields");
 
 impl FieldSet {
-    fn bit(field: Field) -> u128 {
-        1u128 << (field as u8)
+    /// The word and the bit of `field`.
+    fn slot(field: Field) -> (usize, u64) {
+        let n = field as u8;
+        (usize::from(n / 64), 1u64 << (n % 64))
     }
     /// Adds `field`; true when it was not there.
     pub fn insert(&mut self, field: Field) -> bool {
         let had = self.contains(field);
-        self.0 |= Self::bit(field);
+        let (word, bit) = Self::slot(field);
+        self.0[word] |= bit;
         !had
     }
     pub fn remove(&mut self, field: Field) {
-        self.0 &= !Self::bit(field);
+        let (word, bit) = Self::slot(field);
+        self.0[word] &= !bit;
     }
     pub fn contains(&self, field: Field) -> bool {
-        self.0 & Self::bit(field) != 0
+        let (word, bit) = Self::slot(field);
+        self.0[word] & bit != 0
     }
     pub fn len(&self) -> usize {
-        self.0.count_ones() as usize
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
     }
     pub fn is_empty(&self) -> bool {
-        self.0 == 0
+        self.0 == [0, 0]
     }
     /// In catalog order.
     pub fn iter(&self) -> impl Iterator<Item = Field> + '_ {

@@ -231,6 +231,11 @@ impl Core {
     /// The vehicle's identity; `sw` / `dev_type` update what is remembered.
     pub fn info(&self, dev_id: u32, sw: Option<u32>, dev_type: Option<u8>) -> VehicleInfo {
         let (sw, dev_type) = match self.known.lock() {
+            // Nothing to remember (a configured device not yet linked): no entry, so
+            // 10 000 configured devices do not fill the map with blanks.
+            Ok(known) if sw.is_none() && dev_type.is_none() => {
+                known.get(&dev_id).copied().unwrap_or_default()
+            }
             Ok(mut known) => {
                 let entry = known.entry(dev_id).or_default();
                 entry.0 = sw.or(entry.0);
