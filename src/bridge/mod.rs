@@ -150,7 +150,7 @@ fn default_info(id: &VehicleId, connector: &str) -> VehicleInfo {
     VehicleInfo {
         id: id.clone(),
         name: id.to_string(),
-        manufacturer: connector.to_string(),
+        manufacturer: connector.to_string().into(),
         model: "Vehicle".into(),
         sw_version: None,
         custom_name: false,

@@ -19,9 +19,15 @@ pub use vec_map::VecMap;
 
 /// A stable, readable vehicle id: a VIN, `kx<devId>`, `ex<id>`, or what the user set.
 /// Only `[A-Za-z0-9_-]` survive, so the id is safe in MQTT topics and HA object ids.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct VehicleId(String);
+/// Shared text: the hub, its maps and every update hold the same copy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VehicleId(std::sync::Arc<str>);
+
+impl Serialize for VehicleId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
 
 impl VehicleId {
     /// Sanitises `raw`; returns `None` when nothing usable is left.
@@ -40,7 +46,7 @@ impl VehicleId {
         if id.trim_matches('_').is_empty() {
             None
         } else {
-            Some(VehicleId(id))
+            Some(VehicleId(id.into()))
         }
     }
     pub fn as_str(&self) -> &str {
@@ -586,8 +592,9 @@ pub struct VehicleEvent {
 pub struct VehicleInfo {
     pub id: VehicleId,
     pub name: String,
-    pub manufacturer: String,
-    pub model: String,
+    /// Usually a constant of the connector: borrowed, not one copy per vehicle.
+    pub manufacturer: std::borrow::Cow<'static, str>,
+    pub model: std::borrow::Cow<'static, str>,
     pub sw_version: Option<String>,
     /// Whether the user named the vehicle in the config: its entity ids then start with
     /// that name instead of the vehicle id.

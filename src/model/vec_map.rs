@@ -85,6 +85,22 @@ impl<K: Ord, V> VecMap<K, V> {
         self.0.iter().map(|(k, v)| (k, v))
     }
 
+    /// A map of `entries` at once (sorted here, not one insert at a time); of entries with
+    /// the same key the last wins, as with `insert`.
+    pub fn from_unsorted(mut entries: Vec<(K, V)>) -> Self {
+        // Stable: equal keys keep their order, so the last of them is the one kept.
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut kept: Vec<(K, V)> = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match kept.last_mut() {
+                Some(last) if last.0 == entry.0 => *last = entry,
+                _ => kept.push(entry),
+            }
+        }
+        kept.shrink_to_fit();
+        VecMap(kept)
+    }
+
     /// Gives back room a shrunk or settled map no longer needs (a long-lived state keeps
     /// at most a few spare entries).
     pub fn settle(&mut self) {
@@ -160,6 +176,17 @@ mod tests {
             let b: Vec<_> = theirs.iter().collect();
             prop_assert_eq!(a, b);
             prop_assert_eq!(ours.len(), theirs.len());
+        }
+
+        /// Built at once from unsorted entries with repeated keys: what a BTreeMap built
+        /// by inserting them in order holds (the last of equal keys wins).
+        #[test]
+        fn built_at_once_like_a_btreemap(entries in proptest::collection::vec((0u8..30, any::<u16>()), 0..200)) {
+            let ours = VecMap::from_unsorted(entries.clone());
+            let theirs: BTreeMap<_, _> = entries.into_iter().collect();
+            let a: Vec<_> = ours.iter().collect();
+            let b: Vec<_> = theirs.iter().collect();
+            prop_assert_eq!(a, b);
         }
     }
 }

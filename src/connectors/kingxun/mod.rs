@@ -198,12 +198,33 @@ pub(crate) struct LinkCommand {
     pub request: CommandRequest,
 }
 
+/// A configured device as its links need it: the key as bytes, not the config's hex text
+/// (10 000 devices: one sorted vector, no text per key).
+pub(crate) struct Device {
+    /// `None` for a key that is not 32 hex characters (the config check refuses it).
+    pub key: Option<[u8; 16]>,
+    pub name: Option<Box<str>>,
+    pub profile: Option<Profile>,
+    pub accept_plain_frames: Option<bool>,
+}
+
+impl From<KingxunDevice> for Device {
+    fn from(d: KingxunDevice) -> Device {
+        Device {
+            key: d.key_bytes(),
+            name: d.name.map(String::into_boxed_str),
+            profile: d.profile,
+            accept_plain_frames: d.accept_plain_frames,
+        }
+    }
+}
+
 pub(crate) struct Core {
     pub config: KingxunConfig,
     pub tz: Zone,
     pub updates: UpdateSink,
     /// devId → key and name.
-    pub devices: HashMap<u32, KingxunDevice>,
+    pub devices: crate::model::VecMap<u32, Device>,
     /// devId → (link id, command sender) of the device's current link.
     pub links: Mutex<HashMap<u32, (u64, LinkSender)>>,
     /// devId → (software version, device type) as last reported, so every announcement
@@ -244,7 +265,10 @@ impl Core {
             }
             Err(_) => (sw, dev_type),
         };
-        let custom = self.devices.get(&dev_id).and_then(|d| d.name.clone());
+        let custom = self
+            .devices
+            .get(&dev_id)
+            .and_then(|d| d.name.as_deref().map(str::to_string));
         let custom_name = custom.is_some();
         let name = custom.unwrap_or_else(|| format!("kingxun {dev_id}"));
         static EVENT_TYPES: std::sync::OnceLock<std::sync::Arc<[String]>> =
@@ -477,10 +501,12 @@ impl Connector for KingxunConnector {
                     .as_ref()
                     .map(|_| (upstream_ids.clone(), upstream_tx.clone())),
                 // The device list lives once, in this map (10 000 devices with keys).
-                devices: std::mem::take(&mut self.config.devices)
-                    .into_iter()
-                    .map(|d| (d.id, d))
-                    .collect(),
+                devices: crate::model::VecMap::from_unsorted(
+                    std::mem::take(&mut self.config.devices)
+                        .into_iter()
+                        .map(|d| (d.id, Device::from(d)))
+                        .collect(),
+                ),
                 config: self.config.clone(),
                 tz,
                 updates: ctx.updates.clone(),

@@ -286,7 +286,7 @@ async fn admit(
     if !Box::pin(registration_turn(&core, &peer)).await {
         return None;
     }
-    let known_key = core.devices.get(&dev_id).and_then(|d| d.key_bytes());
+    let known_key = core.devices.get(&dev_id).and_then(|d| d.key);
     let phantom = known_key.is_none();
     if phantom {
         core.counters

@@ -86,7 +86,7 @@ pub(super) fn info(id: &VehicleId, listed: &Listed) -> VehicleInfo {
             .or_else(|| listed.series.as_ref().map(|s| format!("Lynk & Co {s}")))
             .unwrap_or_else(|| format!("Lynk & Co {tail}")),
         manufacturer: "Lynk & Co".into(),
-        model: listed.series.clone().unwrap_or_else(|| "Vehicle".into()),
+        model: listed.series.clone().map_or("Vehicle".into(), Into::into),
         sw_version: None,
         custom_name: false,
         serial_number: Some(listed.vin.clone()),
