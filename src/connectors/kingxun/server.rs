@@ -92,11 +92,11 @@ struct Link {
     /// What the session asked for and the link has not yet done.
     outputs: Vec<session::Output<Waiting>>,
     model_known: bool,
-    peer_link: PeerLink,
+    context: LinkContext,
 }
 
 /// What a link keeps beside its session and its I/O.
-struct PeerLink {
+struct LinkContext {
     core: Arc<Core>,
     shutdown: CancellationToken,
     peer: SocketAddr,
@@ -127,7 +127,7 @@ impl Link {
                     self.outputs = Vec::new();
                     break;
                 };
-                let done = self.peer_link.carry_out(
+                let done = self.context.carry_out(
                     output,
                     &mut self.session,
                     &mut self.wr,
@@ -141,7 +141,7 @@ impl Link {
                 frames,
                 wr,
                 session,
-                peer_link: link,
+                context: link,
                 ..
             } = self;
             session.note_buffer(frames.has_partial(), Instant::now());
@@ -174,7 +174,7 @@ impl Link {
     async fn closed(self, reason: session::CloseReason) {
         let Link {
             session,
-            peer_link: link,
+            context: link,
             ..
         } = self;
         let (core, dev_id, peer) = (&link.core, session.dev_id, link.peer);
@@ -321,7 +321,7 @@ async fn admit(
         session,
         outputs,
         model_known: false,
-        peer_link: PeerLink {
+        context: LinkContext {
             sw_version: register.software_version(),
             core,
             shutdown,
@@ -363,7 +363,7 @@ async fn first_frame(
 /// an `async fn` would hold its arguments again beside the read it awaits.
 fn next_frame<'a>(
     frames: &'a mut Frames,
-    link: &'a PeerLink,
+    link: &'a LinkContext,
     session: &'a mut Session<Waiting>,
 ) -> impl std::future::Future<Output = Result<Frame, session::CloseReason>> + 'a {
     std::future::poll_fn(move |cx| loop {
@@ -422,7 +422,7 @@ fn log_codec_error(core: &Core, peer: &SocketAddr, err: CodecError) {
     }
 }
 
-impl PeerLink {
+impl LinkContext {
     /// Does what the session asked; `Err` closes the link.
     async fn carry_out(
         &self,
