@@ -216,6 +216,7 @@ impl Hub {
         let Some(mut v) = self.vehicles.remove(id) else {
             return 0;
         };
+        self.field_payloads.remove(id);
         let removals = v.announced.remove_all(&self.topics, id);
         let n = removals.len();
         for (topic, payload) in removals {

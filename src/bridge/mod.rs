@@ -106,8 +106,6 @@ struct Vehicle {
     saved_at: Option<std::time::Instant>,
     /// A PIN entered in HA's `Command PIN` text, valid for one command until then.
     armed_pin: Option<std::time::Instant>,
-    /// Per-field topic → payload, as last published (only with `per_field_topics`).
-    field_payloads: BTreeMap<String, String>,
     /// LOCKING / UNLOCKING while a lock command is in flight.
     pending_lock: Option<&'static str>,
     worker: Option<mpsc::Sender<Queued>>,
@@ -135,7 +133,6 @@ impl Vehicle {
             entities_dirty: false,
             saved_at: None,
             armed_pin: None,
-            field_payloads: BTreeMap::new(),
             pending_lock: None,
             worker: None,
         }
@@ -196,6 +193,9 @@ struct Hub {
     /// Documents are built when there is room for them, so a fleet's link storm (10 000
     /// devices, 600 000 documents) queues vehicles, not documents, and drops none.
     owed_discovery: HashMap<VehicleId, bool>,
+    /// Per vehicle, per-field topic → payload as last published: only with
+    /// `per_field_topics`, so only then does a vehicle hold a map for it.
+    field_payloads: HashMap<VehicleId, BTreeMap<String, String>>,
     /// Bound of `retry`.
     retry_limit: usize,
     /// Retained discovery configs of ours found on the broker (a purge removes those no
@@ -314,6 +314,7 @@ pub async fn run(
         refusals_at_retry: None,
         unsent_states: HashSet::new(),
         owed_discovery: HashMap::new(),
+        field_payloads: HashMap::new(),
         retry_limit,
         unclaimed_configs: HashSet::new(),
         forgotten: Vec::new(),

@@ -57,12 +57,13 @@ impl Hub {
                     p.longitude.to_string(),
                 ));
             }
+            let sent = self.field_payloads.entry(id.clone()).or_default();
             for (topic, payload) in fields {
-                if v.field_payloads.get(&topic) != Some(&payload) {
+                if sent.get(&topic) != Some(&payload) {
                     if !self.publisher.try_publish(&topic, payload.clone(), true) {
                         return false; // the rest goes out with the retry
                     }
-                    v.field_payloads.insert(topic, payload);
+                    sent.insert(topic, payload);
                 }
             }
         }
@@ -217,9 +218,7 @@ impl Hub {
         for id in &ids {
             self.sync_discovery(id, true);
             if !discovery_only {
-                if let Some(v) = self.vehicles.get_mut(id) {
-                    v.field_payloads.clear();
-                }
+                self.field_payloads.remove(id);
                 if self
                     .vehicles
                     .get(id)

@@ -93,8 +93,10 @@ pub struct Announced {
     /// Entity → hash of its document, as last published.
     entities: BTreeMap<EntityName, u64>,
     /// The documents remembered in `state_dir`, for a restored vehicle whose connector has
-    /// not announced it yet (then they cannot be rebuilt); empty for every other.
-    remembered: BTreeMap<String, String>,
+    /// not announced it yet (then they cannot be rebuilt). Boxed: every vehicle has the
+    /// field, few for long, and an empty map inline is three words a vehicle.
+    #[allow(clippy::box_collection)]
+    remembered: Option<Box<BTreeMap<String, String>>>,
     /// The fingerprint of the source the entities were last built from.
     built_from: Option<u64>,
 }
@@ -116,7 +118,7 @@ impl Announced {
             .collect();
         Announced {
             entities,
-            remembered: documents,
+            remembered: Some(Box::new(documents)),
             built_from: None,
         }
     }
@@ -149,7 +151,7 @@ impl Announced {
         source: Option<Source<'_>>,
     ) -> BTreeMap<String, String> {
         let Some(source) = source else {
-            return self.remembered.clone();
+            return self.remembered.as_deref().cloned().unwrap_or_default();
         };
         let builder = VehicleDiscovery {
             topics,
@@ -199,7 +201,7 @@ impl Announced {
                 out.push((topic, Vec::new()));
             }
             self.built_from = current;
-            self.remembered = BTreeMap::new();
+            self.remembered = None;
         }
         let changed = self.entities != hashes;
         self.entities = hashes;
