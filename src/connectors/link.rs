@@ -401,6 +401,59 @@ mod reader_tests {
         assert!(reader.next().await.is_none(), "stays ended");
     }
 
+    /// Hands out its bytes in the given pieces, one per read, then ends.
+    struct Pieces(std::collections::VecDeque<Vec<u8>>);
+
+    impl tokio::io::AsyncRead for Pieces {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if let Some(mut piece) = self.0.pop_front() {
+                let n = piece.len().min(buf.remaining());
+                buf.put_slice(&piece[..n]);
+                if n < piece.len() {
+                    self.0.push_front(piece.split_off(n));
+                }
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    proptest::proptest! {
+        /// A stream cut anywhere, into pieces of any size (a slow or split sender),
+        /// reads as the same frames as the whole, and nothing is held once the last
+        /// whole frame is read.
+        #[test]
+        fn frames_do_not_depend_on_how_the_stream_is_cut(
+            lines in proptest::collection::vec("[a-z]{0,40}", 0..20),
+            cuts in proptest::collection::vec(1usize..64, 0..40),
+        ) {
+            let whole: Vec<u8> = lines.iter().flat_map(|l| format!("{l}\n").into_bytes()).collect();
+            let mut pieces = std::collections::VecDeque::new();
+            let mut rest = whole.as_slice();
+            for cut in cuts.iter().chain(std::iter::repeat(&64)) {
+                if rest.is_empty() {
+                    break;
+                }
+                let (piece, tail) = rest.split_at((*cut).min(rest.len()));
+                pieces.push_back(piece.to_vec());
+                rest = tail;
+            }
+            let mut reader = Reader::new(Pieces(pieces), LinesCodec::new());
+            let mut read = Vec::new();
+            while let Some(line) = futures_util::FutureExt::now_or_never(reader.next()).flatten() {
+                read.push(line.unwrap());
+                if read.len() == lines.len() {
+                    proptest::prop_assert!(!reader.has_partial());
+                    proptest::prop_assert_eq!(reader.buf.capacity(), 0);
+                }
+            }
+            proptest::prop_assert_eq!(read, lines);
+        }
+    }
+
     #[tokio::test]
     async fn a_reader_ends_after_a_decode_error() {
         let (mut peer, link) = tokio::io::duplex(64);
