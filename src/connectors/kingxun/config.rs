@@ -164,6 +164,27 @@ impl KingxunDevice {
     }
 }
 
+/// A configured device as its links need it: the key as bytes, not the config's hex text
+/// (10 000 devices: one sorted vector, no text per key).
+pub struct Device {
+    /// `None` for a key that is not 32 hex characters (the config check refuses it).
+    pub key: Option<[u8; 16]>,
+    pub name: Option<Box<str>>,
+    pub profile: Option<Profile>,
+    pub accept_plain_frames: Option<bool>,
+}
+
+impl From<KingxunDevice> for Device {
+    fn from(d: KingxunDevice) -> Device {
+        Device {
+            key: d.key_bytes(),
+            name: d.name.map(String::into_boxed_str),
+            profile: d.profile,
+            accept_plain_frames: d.accept_plain_frames,
+        }
+    }
+}
+
 impl KingxunConfig {
     /// `max_links_per_address`, with 0 resolved.
     pub fn links_per_address(&self) -> usize {

@@ -24,7 +24,7 @@ use crate::zone::Zone;
 use serde_json::json;
 
 pub use config::{
-    Kingxun, KingxunConfig, KingxunDevice, KingxunUpstream, ServerCommand, UpstreamDevice,
+    Device, Kingxun, KingxunConfig, KingxunDevice, KingxunUpstream, ServerCommand, UpstreamDevice,
 };
 pub use upstream::{open_connect_ack, server_vehicle};
 
@@ -196,27 +196,6 @@ pub(crate) struct LinkCommand {
     pub control: Control,
     pub after: VehicleState,
     pub request: CommandRequest,
-}
-
-/// A configured device as its links need it: the key as bytes, not the config's hex text
-/// (10 000 devices: one sorted vector, no text per key).
-pub(crate) struct Device {
-    /// `None` for a key that is not 32 hex characters (the config check refuses it).
-    pub key: Option<[u8; 16]>,
-    pub name: Option<Box<str>>,
-    pub profile: Option<Profile>,
-    pub accept_plain_frames: Option<bool>,
-}
-
-impl From<KingxunDevice> for Device {
-    fn from(d: KingxunDevice) -> Device {
-        Device {
-            key: d.key_bytes(),
-            name: d.name.map(String::into_boxed_str),
-            profile: d.profile,
-            accept_plain_frames: d.accept_plain_frames,
-        }
-    }
 }
 
 pub(crate) struct Core {
