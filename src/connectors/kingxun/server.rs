@@ -173,7 +173,7 @@ impl Link {
     /// link has taken its place.
     async fn closed(self, reason: session::CloseReason) {
         let Link {
-            session,
+            mut session,
             context: link,
             ..
         } = self;
@@ -184,7 +184,6 @@ impl Link {
             tracing::info!(event = "kingxun_link_closed", peer = %peer, dev_id, reason, "device link closed");
         }
         let queued = link.mailbox.close();
-        let mut session = session;
         for cmd in session.take_pending().chain(queued) {
             let _ = cmd
                 .request
