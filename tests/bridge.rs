@@ -20,6 +20,7 @@ fn scooter(caps: Vec<Capability>) -> VehicleInfo {
         name: "Blue scooter".into(),
         manufacturer: "kingxun".into(),
         model: "E-motor".into(),
+        reported_model: None,
         sw_version: Some("2.1".into()),
         custom_name: false,
         serial_number: Some("1001".into()),

@@ -654,3 +654,120 @@ async fn client_role_refused_login_is_reported_not_retried_in_a_storm() {
     bridge.stop().await;
     counting.abort();
 }
+
+/// Terminal ids a topic cannot carry as they are (a space, `.`, `:`, Chinese plate
+/// characters, 200 characters) each get their own vehicle, its state, its discovery and
+/// its pass-through commands: the command finds its link by the id the terminal sent.
+#[tokio::test]
+async fn terminal_ids_with_any_characters_get_state_discovery_and_commands() {
+    let broker = Mosquitto::start();
+    let bridge = Bridge::start(&broker, |_| {}).await;
+    let probe = Probe::connect(broker.port, &[&bridge.topic("#"), "homeassistant/#"]).await;
+    let long_a = format!("{}A", "7".repeat(199));
+    let long_b = format!("{}B", "7".repeat(199));
+    let terminals = [
+        "粤B12345".to_string(),
+        "京B12345".to_string(),
+        "T 1.2:3".to_string(),
+        "T_1_2_3".to_string(),
+        long_a,
+        long_b,
+    ];
+    let (mut peer, _) = Peer::login(bridge.port, "fleet", "s3cret").await;
+    for t in &terminals {
+        peer.send(position(t, "").as_bytes()).await.unwrap();
+    }
+    // Each terminal's device in HA carries its id as the serial number; its tracker's
+    // topics name the vehicle.
+    let mut vehicles = Vec::new();
+    for t in &terminals {
+        let doc = probe
+            .wait_for(&format!("discovery of {t}"), T, |m| {
+                m.topic.starts_with("homeassistant/device_tracker/")
+                    && m.json()["device"]["serial_number"] == t.as_str()
+            })
+            .await
+            .json();
+        let state_topic = doc["json_attributes_topic"]
+            .as_str()
+            .or(doc["state_topic"].as_str())
+            .expect("a tracker topic")
+            .to_string();
+        let vehicle = state_topic
+            .strip_prefix(&format!("{}/", bridge.base))
+            .and_then(|rest| rest.split('/').next())
+            .expect("the vehicle's topic")
+            .to_string();
+        assert!(vehicle.len() <= 64, "{vehicle}");
+        assert!(
+            vehicle
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+            "{vehicle} is topic-safe"
+        );
+        vehicles.push(vehicle);
+    }
+    let distinct: std::collections::HashSet<_> = vehicles.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        terminals.len(),
+        "one vehicle per terminal: {vehicles:?}"
+    );
+    // SHA-1 of the id's UTF-8 bytes, first 5 bytes (`printf '粤B12345' | sha1sum`).
+    assert_eq!(vehicles[0], "ex_B12345_93e605781c");
+    assert_eq!(vehicles[3], "exT_1_2_3", "a safe id stays as it is");
+    for v in &vehicles {
+        let state = probe
+            .wait_topic(&bridge.topic(&format!("{v}/state")), T)
+            .await;
+        assert_eq!(state.json()["speed"], 42.5, "{v}");
+    }
+
+    // A command on each vehicle reaches its own terminal by the id it sent.
+    for (n, (t, v)) in terminals.iter().zip(&vehicles).enumerate() {
+        probe.clear();
+        let id = format!("cmd-{n}");
+        probe
+            .publish(
+                &bridge.topic(&format!("{v}/cmd_locate/set")),
+                &format!(r#"{{"id":"{id}"}}"#),
+                false,
+            )
+            .await;
+        let msg = loop {
+            match peer.recv().await.expect("the 1012") {
+                Message::Ack { .. } => continue,
+                m => break m,
+            }
+        };
+        assert_eq!(
+            msg,
+            Message::Passthrough {
+                terminalid: t.clone(),
+                code: String::new(),
+                data: "WHERE#".into()
+            }
+        );
+        peer.send_msg(&Message::PassthroughData {
+            terminalid: t.clone(),
+            code: String::new(),
+            data: format!("reply {n}"),
+        })
+        .await;
+        let r = probe
+            .wait_for("succeeded", T, |m| {
+                m.topic.ends_with("command/result")
+                    && m.json()["id"] == id.as_str()
+                    && m.json()["status"] != "accepted"
+            })
+            .await
+            .json();
+        assert_eq!(r["status"], "succeeded", "{t}: {r}");
+        let ev = probe
+            .wait_topic(&bridge.topic(&format!("{v}/event")), T)
+            .await
+            .json();
+        assert_eq!(ev["data"], format!("reply {n}"), "the reply is {t}'s");
+    }
+    bridge.stop().await;
+}

@@ -415,6 +415,7 @@ async fn v5_setup() -> (Mosquitto, tempfile::TempDir, String, RunningBridge, Pro
         name: "kx1001".into(),
         manufacturer: "kingxun".into(),
         model: "E-motor".into(),
+        reported_model: None,
         sw_version: None,
         custom_name: false,
         serial_number: None,

@@ -912,3 +912,166 @@ async fn a_restart_removes_only_the_entities_of_devices_removed_from_the_config(
     signal(&second, 15);
     assert!(wait_exit(&mut second, T).await.success());
 }
+
+/// The discovery documents a run has published: topic → the last payload, and every
+/// publish in order.
+fn discovery_docs(
+    probe: &Probe,
+) -> (
+    std::collections::BTreeMap<String, Vec<u8>>,
+    Vec<common::Msg>,
+) {
+    let all: Vec<common::Msg> = probe
+        .messages()
+        .into_iter()
+        .filter(|m| m.topic.starts_with("homeassistant/") && m.topic.ends_with("/config"))
+        .collect();
+    let last = all
+        .iter()
+        .map(|m| (m.topic.clone(), m.payload.clone()))
+        .collect();
+    (last, all)
+}
+
+/// Waits until no discovery document has been published for `quiet`.
+async fn discovery_settles(probe: &Probe, quiet: Duration, timeout: Duration) {
+    let end = std::time::Instant::now() + timeout;
+    let mut seen = discovery_docs(probe).1.len();
+    let mut since = std::time::Instant::now();
+    while since.elapsed() < quiet {
+        assert!(std::time::Instant::now() < end, "discovery never settled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = discovery_docs(probe).1.len();
+        if now != seen {
+            (seen, since) = (now, std::time::Instant::now());
+        }
+    }
+}
+
+/// A discovery document is a function of the vehicle's config and the identity it
+/// reported (kept in its record): a graceful restart and the devices linking again
+/// publish the very same bytes, so Home Assistant rewrites no entity.
+#[tokio::test]
+async fn a_restart_and_relink_publish_byte_identical_discovery() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("bs{}", rand::random::<u32>());
+    let (kx_port, ex_port) = (common::free_port(), common::free_port());
+    let devices = Command::new(BIN)
+        .args([
+            "simulate",
+            "kingxun",
+            "--devices",
+            "2",
+            "--key-seed",
+            "7",
+            "--print-config",
+        ])
+        .output()
+        .expect("print the simulated devices");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kingxun]\nenabled = true\nlisten = \"127.0.0.1:{kx_port}\"\n{}\n\
+             [exlive]\nenabled = true\nlisten = \"127.0.0.1:{ex_port}\"\n\
+             [[exlive.accounts]]\nname = \"fleet\"\npassword = \"change-me\"\n\
+             [[exlive.commands]]\nname = \"locate\"\ndata = \"WHERE#\"\n",
+            String::from_utf8_lossy(&devices.stdout)
+        ),
+    )
+    .unwrap();
+    let run = || {
+        KillOnDrop(
+            against(&broker, dir.path(), &base)
+                .arg("--config")
+                .arg(&config)
+                .arg("run")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn vehicle2mqtt"),
+        )
+    };
+    let devices = |port: u16| {
+        let kx = simulate(&[
+            "kingxun",
+            "--server",
+            &format!("127.0.0.1:{kx_port}"),
+            "--devices",
+            "2",
+            "--key-seed",
+            "7",
+            "--interval",
+            "1s",
+        ]);
+        let ex = simulate(&[
+            "exlive",
+            "--server",
+            &format!("127.0.0.1:{port}"),
+            "--links",
+            "1",
+            "--rate",
+            "2",
+            "--first-id",
+            "7001",
+        ]);
+        (kx, ex)
+    };
+    let probe = Probe::connect(
+        broker.port,
+        &["homeassistant/#", &format!("{base}/+/state")],
+    )
+    .await;
+
+    let mut first = run();
+    assert!(common::wait_port_async(kx_port, T).await);
+    assert!(common::wait_port_async(ex_port, T).await);
+    let sims = devices(ex_port);
+    for v in ["kx1001", "kx1002", "ex7001"] {
+        probe.wait_topic(&format!("{base}/{v}/state"), T).await;
+    }
+    discovery_settles(&probe, Duration::from_secs(3), Duration::from_secs(30)).await;
+    let (before, _) = discovery_docs(&probe);
+    let lock = format!("homeassistant/lock/{base}/kx1001_lock/config");
+    let device =
+        serde_json::from_slice::<serde_json::Value>(&before[&lock]).unwrap()["device"].clone();
+    assert_eq!(
+        device["model"], "E-motor",
+        "the model the device reported: {device}"
+    );
+    assert!(
+        device["sw_version"].is_string(),
+        "the firmware it reported: {device}"
+    );
+
+    // A graceful restart; the devices link again (the simulators reconnect).
+    signal(&first, 15);
+    assert!(wait_exit(&mut first, T).await.success());
+    drop(sims);
+    probe.clear();
+    let mut second = run();
+    assert!(common::wait_port_async(kx_port, T).await);
+    let _sims = devices(ex_port);
+    for v in ["kx1001", "kx1002", "ex7001"] {
+        probe.wait_topic(&format!("{base}/{v}/state"), T).await;
+    }
+    discovery_settles(&probe, Duration::from_secs(3), Duration::from_secs(30)).await;
+    let (_, published) = discovery_docs(&probe);
+    assert!(
+        !published.is_empty(),
+        "a restart announces its entities again"
+    );
+    let changed: Vec<String> = published
+        .iter()
+        .filter(|m| before.get(&m.topic) != Some(&m.payload))
+        .map(|m| format!("{} = {}", m.topic, m.text()))
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "changed or new documents after a restart:\n{}",
+        changed.join("\n")
+    );
+    signal(&second, 15);
+    assert!(wait_exit(&mut second, T).await.success());
+}

@@ -45,7 +45,9 @@ impl Hub {
                     .is_none_or(|ids| ids.contains(&id))
             });
             let owner = owner.unwrap_or_default();
-            let info = super::default_info(&id, &record.connector);
+            let mut info = super::default_info(&id, &record.connector);
+            info.reported_model = record.identity.model.clone().map(Into::into);
+            info.sw_version = record.identity.sw_version.clone();
             let mut v = Box::new(Vehicle::new(owner, info));
             v.announced = hass::Announced::restored(
                 record.discovery,
@@ -358,6 +360,10 @@ impl Hub {
                         )
                     })
                     .collect(),
+                identity: store::Identity {
+                    model: v.info.reported_model.as_deref().map(str::to_string),
+                    sw_version: v.info.sw_version.clone(),
+                },
             };
             let write = store::Write::Save {
                 record,

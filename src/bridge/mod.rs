@@ -149,6 +149,7 @@ fn default_info(id: &VehicleId, connector: &str) -> VehicleInfo {
         name: id.to_string(),
         manufacturer: connector.to_string().into(),
         model: "Vehicle".into(),
+        reported_model: None,
         sw_version: None,
         custom_name: false,
         serial_number: None,

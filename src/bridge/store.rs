@@ -34,6 +34,20 @@ pub struct Record {
     pub state: serde_json::Value,
     /// Field key → when the vehicle last reported it (RFC 3339).
     pub field_times: BTreeMap<String, String>,
+    /// What the device reported of itself: its documents name it before it reports
+    /// again after a restart.
+    #[serde(default)]
+    pub identity: Identity,
+}
+
+/// The model and firmware a device reported (`VehicleInfo::reported_model`,
+/// `sw_version`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sw_version: Option<String>,
 }
 
 pub fn dir(state_dir: &Path) -> PathBuf {

@@ -6,10 +6,18 @@ use super::*;
 impl Hub {
     pub(super) fn on_update(&mut self, owner: usize, update: Update) {
         match update {
-            Update::Vehicle(info) => {
+            Update::Vehicle(mut info) => {
                 let id = info.id.clone();
                 match self.vehicles.get_mut(&id) {
                     Some(v) => {
+                        // What the connector was not told (yet) stays as the device
+                        // reported it before, this run or the last.
+                        if info.reported_model.is_none() {
+                            info.reported_model = v.info.reported_model.take();
+                        }
+                        if info.sw_version.is_none() {
+                            info.sw_version = v.info.sw_version.take();
+                        }
                         v.owner = owner;
                         v.info = info;
                         v.info_known = true;

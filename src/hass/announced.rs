@@ -253,6 +253,7 @@ mod tests {
             name: "kx1".into(),
             manufacturer: "kingxun".into(),
             model: "tracker".into(),
+            reported_model: None,
             sw_version: None,
             custom_name: false,
             serial_number: None,

@@ -57,7 +57,7 @@ impl VehicleDiscovery<'_> {
             "identifiers": [format!("v2m_{vid}")],
             "name": self.info.name,
             "manufacturer": self.info.manufacturer,
-            "model": self.info.model,
+            "model": self.info.reported_model.as_deref().unwrap_or(&self.info.model),
             "via_device": self.topics.bridge_device_id(),
         });
         if let Some(sw) = &self.info.sw_version {
@@ -413,6 +413,7 @@ mod tests {
             name: "Scooter".into(),
             manufacturer: "kingxun".into(),
             model: "E-motor".into(),
+            reported_model: None,
             sw_version: Some("1.2".into()),
             custom_name: false,
             serial_number: Some("42".into()),

@@ -43,7 +43,7 @@ impl VehicleId {
                     '_'
                 }
             })
-            .take(64)
+            .take(MAX_ID_LEN)
             .collect();
         if id.trim_matches('_').is_empty() {
             None
@@ -51,10 +51,42 @@ impl VehicleId {
             Some(VehicleId(id.into()))
         }
     }
+    /// The id of an upstream's vehicle: `prefix` followed by the upstream's own id, kept
+    /// as it is when it is already safe and fits. Otherwise its safe characters (others
+    /// become `_`, cut to fit) and `_` and a stable hash of the whole id: two ids that
+    /// would sanitise alike (`粤B12345`, `京B12345`, or two long ids alike in their first
+    /// 62 characters) stay two vehicles, and the same id is the same vehicle after a
+    /// restart. Connectors keep the upstream's id beside this one and route by it: the
+    /// upstream id is never parsed back out of this text.
+    pub fn for_upstream(prefix: &str, upstream_id: &str) -> Option<VehicleId> {
+        if upstream_id.is_empty() || prefix.len() + ID_HASH_LEN + 1 >= MAX_ID_LEN {
+            return None;
+        }
+        let safe = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if upstream_id.chars().all(safe) && prefix.len() + upstream_id.len() <= MAX_ID_LEN {
+            return VehicleId::new(&format!("{prefix}{upstream_id}"));
+        }
+        use sha1::Digest;
+        let digest = sha1::Sha1::digest(upstream_id.as_bytes());
+        let hash = hex::encode(&digest[..ID_HASH_LEN / 2]);
+        let room = MAX_ID_LEN - prefix.len() - ID_HASH_LEN - 1;
+        let readable: String = upstream_id
+            .chars()
+            .map(|c| if safe(c) { c } else { '_' })
+            .take(room)
+            .collect();
+        Some(VehicleId(format!("{prefix}{readable}_{hash}").into()))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
 }
+
+/// Longest vehicle id: it is part of every topic and HA object id.
+const MAX_ID_LEN: usize = 64;
+/// Hex digits of the hash that keeps unsafe upstream ids apart (40 bits).
+const ID_HASH_LEN: usize = 10;
 
 impl fmt::Display for VehicleId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -539,7 +571,12 @@ pub struct VehicleInfo {
     pub name: String,
     /// Usually a constant of the connector: borrowed, not one copy per vehicle.
     pub manufacturer: std::borrow::Cow<'static, str>,
+    /// The model to show while the device has not said what it is.
     pub model: std::borrow::Cow<'static, str>,
+    /// The model the device reported itself, and its firmware: `None` is "not told
+    /// (yet)", which keeps what it reported before (the hub keeps both in the vehicle's
+    /// record), so a restart or a relink never turns a document back to a default.
+    pub reported_model: Option<std::borrow::Cow<'static, str>>,
     pub sw_version: Option<String>,
     /// Whether the user named the vehicle in the config: its entity ids then start with
     /// that name instead of the vehicle id.

@@ -97,6 +97,64 @@ fn vehicle_id_sanitises() {
 }
 
 #[test]
+fn upstream_ids_that_are_safe_stay_as_they_are() {
+    assert_eq!(
+        VehicleId::for_upstream("ex", "T-100_a").unwrap().as_str(),
+        "exT-100_a"
+    );
+    let longest = "9".repeat(62);
+    assert_eq!(
+        VehicleId::for_upstream("ex", &longest).unwrap().as_str(),
+        format!("ex{longest}")
+    );
+    assert!(VehicleId::for_upstream("ex", "").is_none());
+}
+
+#[test]
+fn upstream_ids_that_sanitise_alike_stay_apart() {
+    // The hash is the first 5 bytes of SHA-1 of the id's UTF-8 bytes (`sha1sum`).
+    let a = VehicleId::for_upstream("ex", "粤B12345").unwrap();
+    let b = VehicleId::for_upstream("ex", "京B12345").unwrap();
+    assert_eq!(a.as_str(), "ex_B12345_93e605781c");
+    assert_eq!(b.as_str(), "ex_B12345_27c0f825f6");
+    // A safe id and an unsafe one that sanitises to it are two vehicles.
+    let plain = VehicleId::for_upstream("ex", "A_1").unwrap();
+    let dotted = VehicleId::for_upstream("ex", "A.1").unwrap();
+    assert_ne!(plain, dotted);
+    // Long ids alike in their first 62 characters are two vehicles, each 64 long.
+    let long_a = format!("{}a", "9".repeat(199));
+    let long_b = format!("{}b", "9".repeat(199));
+    let (la, lb) = (
+        VehicleId::for_upstream("ex", &long_a).unwrap(),
+        VehicleId::for_upstream("ex", &long_b).unwrap(),
+    );
+    assert_ne!(la, lb);
+    assert_eq!(la.as_str().len(), 64);
+    // Stable: the same id is the same vehicle, and safe for topics.
+    assert_eq!(VehicleId::for_upstream("ex", "粤B12345").unwrap(), a);
+    for id in [&a, &b, &dotted, &la] {
+        assert_eq!(
+            VehicleId::new(id.as_str()).as_ref(),
+            Some(id),
+            "{id} is topic-safe"
+        );
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn upstream_ids_map_one_to_one(x in "\\PC{1,80}", y in "\\PC{1,80}") {
+        let (a, b) = (VehicleId::for_upstream("ex", &x), VehicleId::for_upstream("ex", &y));
+        if x != y {
+            proptest::prop_assert_ne!(a.clone(), b);
+        }
+        let a = a.unwrap();
+        proptest::prop_assert!(a.as_str().len() <= 64);
+        proptest::prop_assert_eq!(VehicleId::new(a.as_str()), Some(a));
+    }
+}
+
+#[test]
 fn floats_round_and_integral_values_become_ints() {
     assert_eq!(Value::float(12.0), Some(Value::Int(12)));
     assert_eq!(Value::float(12.34567), Some(Value::Float(12.346)));

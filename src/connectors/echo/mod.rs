@@ -54,6 +54,7 @@ impl Connector for EchoConnector {
                     name: format!("Echo {id}"),
                     manufacturer: "echo".into(),
                     model: "echo".into(),
+                    reported_model: None,
                     sw_version: None,
                     custom_name: false,
                     serial_number: None,

@@ -24,6 +24,7 @@ pub use config::{Exlive, ExliveAccount, ExliveClientConfig, ExliveCommand, Exliv
 use crate::connector::{
     Connector, ConnectorContext, ConnectorFuture, LinkGauge, Update, UpdateSink,
 };
+use crate::connectors::UpstreamIds;
 use crate::model::{
     Capability, CommandProgress, Field, Position, VehicleEvent, VehicleId, VehicleInfo,
     VehicleState,
@@ -32,6 +33,9 @@ use crate::protocol::exlive::{self as proto, Message};
 
 /// Outgoing lines queued per link before the link is considered stuck.
 const LINK_QUEUE: usize = 256;
+/// Distinct vehicles the connector keeps at most (links and platforms together): a
+/// platform that may report any id cannot grow the maps without bound.
+const MAX_VEHICLES: usize = 100_000;
 
 crate::named_counters! {
     /// Named error counters, in `bridge/info` and behind each logged event.
@@ -45,6 +49,7 @@ crate::named_counters! {
         positions,
         malformed_closed,
         not_allowed,
+        ids_refused,
     }
 }
 
@@ -111,14 +116,27 @@ struct LinkHandle {
     out: mpsc::Sender<String>,
 }
 
-#[derive(Default)]
+/// Every map is keyed by the EXLIVE id as the platform sends it (trimmed).
 struct Registry {
-    /// EXLIVE vehicle id → the link that last reported it.
-    routes: HashMap<String, LinkHandle>,
+    /// EXLIVE id ⇄ the bridge's vehicle id.
+    ids: UpstreamIds,
+    /// EXLIVE id → the link that last reported it, and its vehicle.
+    routes: HashMap<String, (LinkHandle, VehicleId)>,
     /// Vehicles already announced to the bridge, with their last alarm flag.
     announced: HashMap<String, bool>,
     /// terminalid → commands waiting for a 1013, oldest first.
     pending: HashMap<String, VecDeque<mpsc::Sender<CommandProgress>>>,
+}
+
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry {
+            ids: UpstreamIds::new(ID_PREFIX, MAX_VEHICLES),
+            routes: HashMap::new(),
+            announced: HashMap::new(),
+            pending: HashMap::new(),
+        }
+    }
 }
 
 pub(crate) struct Core {
@@ -135,12 +153,12 @@ pub(crate) struct Core {
     capabilities: std::sync::Arc<[Capability]>,
 }
 
-/// Vehicle ids on the bridge: `ex<id>`.
+const ID_PREFIX: &str = "ex";
+
+/// Vehicle ids on the bridge: `ex<id>`, with a hash where the id has characters a topic
+/// cannot carry ([`VehicleId::for_upstream`]).
 pub fn vehicle_id(exlive_id: &str) -> Option<VehicleId> {
-    if exlive_id.trim().is_empty() {
-        return None;
-    }
-    VehicleId::new(&format!("ex{}", exlive_id.trim()))
+    VehicleId::for_upstream(ID_PREFIX, exlive_id.trim())
 }
 
 /// Parses `gpstime` ("yyyy-MM-dd HH:mm:ss", local to `tz`) into RFC 3339 UTC.
@@ -222,7 +240,23 @@ impl Core {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn info(&self, id: &VehicleId, code: &str) -> VehicleInfo {
+    /// The vehicle of an EXLIVE id (trimmed); `None` (counted, logged sampled) when it
+    /// has none.
+    fn vehicle(&self, reg: &mut Registry, exlive_id: &str) -> Option<VehicleId> {
+        match reg.ids.vehicle(exlive_id) {
+            Ok(id) => Some(id),
+            Err(err) => {
+                let n = self.counters.ids_refused.fetch_add(1, Ordering::Relaxed);
+                if n < 10 || n.is_power_of_two() {
+                    tracing::warn!(event = "exlive_id_refused", refused = n + 1, error = %err,
+                        "EXLIVE vehicle id refused");
+                }
+                None
+            }
+        }
+    }
+
+    fn info(&self, id: &VehicleId, exlive_id: &str, code: &str) -> VehicleInfo {
         VehicleInfo {
             id: id.clone(),
             name: if code.trim().is_empty() {
@@ -232,9 +266,10 @@ impl Core {
             },
             manufacturer: "EXLIVE".into(),
             model: "GPS tracker".into(),
+            reported_model: None,
             sw_version: None,
             custom_name: false,
-            serial_number: id.as_str().strip_prefix("ex").map(str::to_string),
+            serial_number: Some(exlive_id.to_string()),
             capabilities: self.capabilities.clone(),
             event_types: vec!["message".into(), "alarm".into(), "terminal_reply".into()].into(),
         }
@@ -249,45 +284,59 @@ impl Core {
 
     /// A vehicle was announced by a platform (1011) without a position yet.
     async fn announce(&self, link: &LinkHandle, exlive_id: &str, code: &str) {
-        let Some(id) = vehicle_id(exlive_id) else {
-            return;
-        };
-        let first = {
+        let exlive_id = exlive_id.trim();
+        let (id, first) = {
             let mut reg = self.registry();
-            reg.routes.insert(exlive_id.to_string(), link.clone());
-            reg.announced.insert(exlive_id.to_string(), false).is_none()
+            let Some(id) = self.vehicle(&mut reg, exlive_id) else {
+                return;
+            };
+            reg.routes
+                .insert(exlive_id.to_string(), (link.clone(), id.clone()));
+            let first = reg.announced.insert(exlive_id.to_string(), false).is_none();
+            (id, first)
         };
         if first {
             let _ = self
                 .updates
-                .send(Update::Vehicle(self.info(&id, code)))
+                .send(Update::Vehicle(self.info(&id, exlive_id, code)))
                 .await;
         }
     }
 
     async fn on_position(&self, link: &LinkHandle, p: proto::Position) {
         self.counters.positions.fetch_add(1, Ordering::Relaxed);
-        let Some(id) = vehicle_id(&p.id) else {
+        let exlive_id = p.id.trim();
+        if exlive_id.is_empty() {
             tracing::debug!(
                 event = "exlive_position_without_id",
                 "1007 without an id ignored"
             );
             return;
-        };
+        }
         let alarm = p.alarm.unwrap_or(false);
-        let (first, moved, alarm_rose) = {
+        let (id, first, moved, alarm_rose) = {
             let mut reg = self.registry();
-            let moved = reg.routes.get(&p.id).is_none_or(|l| l.id != link.id);
+            let Some(id) = self.vehicle(&mut reg, exlive_id) else {
+                return;
+            };
+            let moved = reg
+                .routes
+                .get(exlive_id)
+                .is_none_or(|(l, _)| l.id != link.id);
             if moved {
-                reg.routes.insert(p.id.clone(), link.clone());
+                reg.routes
+                    .insert(exlive_id.to_string(), (link.clone(), id.clone()));
             }
-            let prev = reg.announced.insert(p.id.clone(), alarm);
-            (prev.is_none(), moved, alarm && prev == Some(false))
+            let prev = match reg.announced.get_mut(exlive_id) {
+                Some(flag) => Some(std::mem::replace(flag, alarm)),
+                None => reg.announced.insert(exlive_id.to_string(), alarm),
+            };
+            (id, prev.is_none(), moved, alarm && prev == Some(false))
         };
         if first {
             let _ = self
                 .updates
-                .send(Update::Vehicle(self.info(&id, &p.code)))
+                .send(Update::Vehicle(self.info(&id, exlive_id, &p.code)))
                 .await;
         }
         if moved {
@@ -306,39 +355,43 @@ impl Core {
         self.updates.merge_state(id, state).await;
     }
 
+    /// The vehicles a link carries now.
+    fn vehicles_on(reg: &Registry, link: &LinkHandle) -> Vec<VehicleId> {
+        reg.routes
+            .values()
+            .filter(|(l, _)| l.id == link.id)
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+
     async fn on_text(&self, link: &LinkHandle, msg: String) {
-        let ids: Vec<String> = {
-            let reg = self.registry();
-            reg.routes
-                .iter()
-                .filter(|(_, l)| l.id == link.id)
-                .map(|(id, _)| id.clone())
-                .collect()
-        };
+        let ids = Self::vehicles_on(&self.registry(), link);
         tracing::info!(
             event = "exlive_message",
             link = link.id,
             vehicles = ids.len(),
             "EXLIVE 1003 message"
         );
-        for exlive_id in ids {
-            if let Some(id) = vehicle_id(&exlive_id) {
-                let mut attributes = serde_json::Map::new();
-                attributes.insert("msg".into(), msg.clone().into());
-                let event = VehicleEvent {
-                    event_type: "message".into(),
-                    attributes,
-                };
-                self.updates.event(id, event).await;
-            }
+        for id in ids {
+            let mut attributes = serde_json::Map::new();
+            attributes.insert("msg".into(), msg.clone().into());
+            let event = VehicleEvent {
+                event_type: "message".into(),
+                attributes,
+            };
+            self.updates.event(id, event).await;
         }
     }
 
     async fn on_passthrough_data(&self, terminalid: String, data: String) {
-        let waiter = {
+        let terminalid = terminalid.trim();
+        let (waiter, id) = {
             let mut reg = self.registry();
+            // A reply names a vehicle already reported; it mints none.
+            let id =
+                vehicle_id(terminalid).filter(|id| reg.ids.upstream_id(id) == Some(terminalid));
             let mut found = None;
-            if let Some(queue) = reg.pending.get_mut(&terminalid) {
+            if let Some(queue) = reg.pending.get_mut(terminalid) {
                 while let Some(tx) = queue.pop_front() {
                     if !tx.is_closed() {
                         found = Some(tx);
@@ -346,15 +399,15 @@ impl Core {
                     }
                 }
                 if queue.is_empty() {
-                    reg.pending.remove(&terminalid);
+                    reg.pending.remove(terminalid);
                 }
             }
-            found
+            (found, id)
         };
         if let Some(tx) = waiter {
             let _ = tx.send(CommandProgress::Succeeded).await;
         }
-        if let Some(id) = vehicle_id(&terminalid) {
+        if let Some(id) = id {
             let mut attributes = serde_json::Map::new();
             attributes.insert("data".into(), data.into());
             let event = VehicleEvent {
@@ -367,23 +420,14 @@ impl Core {
 
     /// A link closed: its vehicles go offline.
     async fn link_closed(&self, link: &LinkHandle) {
-        let gone: Vec<String> = {
+        let gone = {
             let mut reg = self.registry();
-            let gone: Vec<String> = reg
-                .routes
-                .iter()
-                .filter(|(_, l)| l.id == link.id)
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in &gone {
-                reg.routes.remove(id);
-            }
+            let gone = Self::vehicles_on(&reg, link);
+            reg.routes.retain(|_, (l, _)| l.id != link.id);
             gone
         };
-        for exlive_id in gone {
-            if let Some(id) = vehicle_id(&exlive_id) {
-                self.updates.availability(id, false).await;
-            }
+        for id in gone {
+            self.updates.availability(id, false).await;
         }
     }
 
@@ -401,14 +445,12 @@ impl Core {
             )));
             return;
         };
-        let exlive_id = req
-            .vehicle
-            .as_str()
-            .strip_prefix("ex")
-            .unwrap_or(req.vehicle.as_str())
-            .to_string();
         let mut reg = self.registry();
-        let Some(link) = reg.routes.get(&exlive_id).cloned() else {
+        let route = reg.ids.upstream_id(&req.vehicle).and_then(|exlive_id| {
+            let (link, _) = reg.routes.get(exlive_id)?;
+            Some((exlive_id.to_string(), link.clone()))
+        });
+        let Some((exlive_id, link)) = route else {
             let _ = req
                 .progress
                 .try_send(CommandProgress::Failed("offline".into()));

@@ -93,7 +93,7 @@ type TripMark = (i64, i64);
 
 /// Vehicle ids on the bridge: `ia<esn>`.
 pub fn vehicle_id(esn: &str) -> Option<VehicleId> {
-    VehicleId::new(&format!("ia{esn}"))
+    VehicleId::for_upstream("ia", esn)
 }
 
 impl Connector for Iauto360Connector {
@@ -228,6 +228,7 @@ fn info(id: &VehicleId, device: &Iauto360Device) -> VehicleInfo {
             .unwrap_or_else(|| format!("iauto360 {}", device.esn)),
         manufacturer: "iauto360".into(),
         model: "OBD box".into(),
+        reported_model: None,
         sw_version: None,
         custom_name: device.name.is_some(),
         serial_number: Some(device.esn.clone()),

@@ -193,6 +193,8 @@ pub(crate) type LinkSender = Arc<crate::connectors::link::Mailbox<Box<LinkComman
 
 /// A command on its way to a link.
 pub(crate) struct LinkCommand {
+    /// The device it is for: routed by this, never by the vehicle id's text.
+    pub dev_id: u32,
     pub control: Control,
     pub after: VehicleState,
     pub request: CommandRequest,
@@ -282,7 +284,8 @@ impl Core {
             id: vehicle_id(dev_id),
             name,
             manufacturer: "kingxun".into(),
-            model: device_model(dev_type.unwrap_or(0)).into(),
+            model: device_model(0).into(),
+            reported_model: dev_type.map(|t| device_model(t).into()),
             sw_version: sw.map(|v| format!("{}.{}.{}", v >> 16, (v >> 8) & 0xFF, v & 0xFF)),
             custom_name,
             serial_number: Some(dev_id.to_string()),
@@ -362,13 +365,22 @@ impl Core {
         }
     }
 
+    /// The configured device a vehicle id stands for: the one `d` whose
+    /// `vehicle_id(d)` it is (`kx` and the decimal devId, one-to-one), so `kx007` or
+    /// `kx+7` name no device.
+    fn device_of(&self, vehicle: &VehicleId) -> Option<u32> {
+        let digits = vehicle.as_str().strip_prefix(ID_PREFIX)?;
+        let dev_id = digits.parse::<u32>().ok()?;
+        let configured = self.devices.contains_key(&dev_id)
+            || self
+                .upstream
+                .as_ref()
+                .is_some_and(|(ids, _)| ids.contains(&dev_id));
+        (configured && vehicle_id(dev_id) == *vehicle).then_some(dev_id)
+    }
+
     fn send_command(&self, req: CommandRequest) {
-        let Some(dev_id) = req
-            .vehicle
-            .as_str()
-            .strip_prefix("kx")
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+        let Some(dev_id) = self.device_of(&req.vehicle) else {
             let _ = req
                 .progress
                 .try_send(CommandProgress::Failed("not a kingxun vehicle".into()));
@@ -411,6 +423,7 @@ impl Core {
             return;
         };
         if let Err(refused) = link.try_send(Box::new(LinkCommand {
+            dev_id,
             control,
             after,
             request: req,

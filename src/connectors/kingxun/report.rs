@@ -8,9 +8,11 @@ pub(crate) fn now_secs() -> u64 {
     chrono::Utc::now().timestamp().max(0) as u64
 }
 
+pub(super) const ID_PREFIX: &str = "kx";
+
 /// Vehicle ids on the bridge: `kx<devId>`.
 pub fn vehicle_id(dev_id: u32) -> VehicleId {
-    VehicleId::new(&format!("kx{dev_id}"))
+    VehicleId::for_upstream(ID_PREFIX, &dev_id.to_string())
         .unwrap_or_else(|| unreachable!("kx<number> is always a valid id"))
 }
 

@@ -66,6 +66,7 @@ pub(super) async fn run(
             name: format!("kingxun server {}", cfg.address),
             manufacturer: "kingxun".into(),
             model: "svrInstance".into(),
+            reported_model: None,
             sw_version: None,
             custom_name: false,
             serial_number: None,
@@ -232,7 +233,7 @@ async fn session(
                 }
             }
             cmd = commands.recv() => {
-                let Some(dev_id) = cmd.request.vehicle.as_str().strip_prefix("kx").and_then(|s| s.parse::<u32>().ok()) else { continue };
+                let dev_id = cmd.dev_id;
                 seq = seq.wrapping_add(1);
                 let body = AppControl { dev_id, dev_type: devtypes.get(&dev_id).copied().unwrap_or(2), time: now_secs(), user_id: 0, control: cmd.control }.encode();
                 let sealed = crypto::encrypt(&key, &iv, &body);
@@ -273,9 +274,7 @@ async fn session(
                         if !cmd.after.values.is_empty() {
                             core.updates.merge_state(cmd.request.vehicle.clone(), cmd.after.clone()).await;
                         }
-                        if let Some(dev_id) = cmd.request.vehicle.as_str().strip_prefix("kx").and_then(|s| s.parse::<u32>().ok()) {
-                            core.remember_guard(dev_id, &cmd.control);
-                        }
+                        core.remember_guard(cmd.dev_id, &cmd.control);
                         let _ = cmd.request.progress.try_send(CommandProgress::Succeeded);
                     } else {
                         let _ = cmd.request.progress.try_send(CommandProgress::Failed(format!(

@@ -84,7 +84,11 @@ impl Connector for XchangerConnector {
     /// With `vins` set, those are the cars; else the account's list says (a roster).
     fn configured_vehicles(&self) -> Option<Vec<VehicleId>> {
         let vins = &self.config.vins;
-        (!vins.is_empty()).then(|| vins.iter().filter_map(|v| VehicleId::new(v)).collect())
+        (!vins.is_empty()).then(|| {
+            vins.iter()
+                .filter_map(|v| VehicleId::for_upstream("", v))
+                .collect()
+        })
     }
 
     fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {
@@ -270,7 +274,7 @@ async fn run(
     let mut routes = std::collections::HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     for (index, listed) in vehicles.into_iter().enumerate() {
-        let Some(id) = VehicleId::new(&listed.vin) else {
+        let Some(id) = VehicleId::for_upstream("", &listed.vin) else {
             continue;
         };
         let (tx, rx) = mpsc::channel(VEHICLE_QUEUE);

@@ -87,6 +87,7 @@ pub(super) fn info(id: &VehicleId, listed: &Listed) -> VehicleInfo {
             .unwrap_or_else(|| format!("Lynk & Co {tail}")),
         manufacturer: "Lynk & Co".into(),
         model: listed.series.clone().map_or("Vehicle".into(), Into::into),
+        reported_model: None,
         sw_version: None,
         custom_name: false,
         serial_number: Some(listed.vin.clone()),
