@@ -9,28 +9,114 @@ use std::time::Duration;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-/// A secret string: usable, serialisable for layering, never printed by `Debug`. An
-/// unquoted number in a file (`command_pin = 97531`) is taken as its text.
-#[derive(Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
+/// A secret string: usable, never printed. `Debug` shows [`Secret::MASK`]; `Serialize`
+/// writes the value (the config's layers are built by serialising it), except inside
+/// [`Secret::masked`], where it writes the mask: `check-config` masks by type, whatever
+/// the key is called. An unquoted number in a file (`command_pin = 97531`) is taken as
+/// its text; a value that is not usable as text is refused without being shown.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
+
+/// How every `Secret` serialises on this thread (see [`Secret::masked`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    Value,
+    Mask,
+    /// Every secret, set or not, as [`Secret::MARKER`]: tests find the secrets by it.
+    #[cfg(test)]
+    Marker,
+}
+
+thread_local! {
+    static SHOWN: std::cell::Cell<Shown> = const { std::cell::Cell::new(Shown::Value) };
+}
+
+/// Runs `f` with secrets shown as `shown` on this thread; the previous way is back
+/// afterwards, even when `f` panics. Serialisation is synchronous, so nothing else (no
+/// other thread, nothing after `f`) sees masked values.
+fn showing<R>(shown: Shown, f: impl FnOnce() -> R) -> R {
+    struct Restore(Shown);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SHOWN.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SHOWN.with(|s| s.replace(shown)));
+    f()
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match SHOWN.with(|s| s.get()) {
+            Shown::Value => s.serialize_str(&self.0),
+            Shown::Mask => s.serialize_str(self.mask()),
+            #[cfg(test)]
+            Shown::Marker => s.serialize_str(Secret::MARKER),
+        }
+    }
+}
+
+/// Why a secret's value was refused; the value itself is never part of the error.
+const REFUSED: &str = "not usable as text (the value is a secret and not shown)";
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
         struct Text;
-        impl serde::de::Visitor<'_> for Text {
+        impl<'de> serde::de::Visitor<'de> for Text {
             type Value = Secret;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a text or a number")
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+            fn visit_str<E: Error>(self, v: &str) -> Result<Secret, E> {
                 Ok(Secret(v.to_string()))
             }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Secret, E> {
+            fn visit_i64<E: Error>(self, v: i64) -> Result<Secret, E> {
                 Ok(Secret(v.to_string()))
             }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secret, E> {
+            fn visit_u64<E: Error>(self, v: u64) -> Result<Secret, E> {
                 Ok(Secret(v.to_string()))
+            }
+            fn visit_i128<E: Error>(self, v: i128) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_u128<E: Error>(self, v: u128) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            // Everything else is refused. serde's own errors would quote the value
+            // ("found float 97531.5"), so these say only that it is not usable.
+            fn visit_bool<E: Error>(self, _: bool) -> Result<Secret, E> {
+                Err(E::custom(REFUSED))
+            }
+            fn visit_f64<E: Error>(self, _: f64) -> Result<Secret, E> {
+                Err(E::custom(REFUSED))
+            }
+            fn visit_bytes<E: Error>(self, _: &[u8]) -> Result<Secret, E> {
+                Err(E::custom(REFUSED))
+            }
+            fn visit_unit<E: Error>(self) -> Result<Secret, E> {
+                Err(E::custom(REFUSED))
+            }
+            fn visit_none<E: Error>(self) -> Result<Secret, E> {
+                Err(E::custom(REFUSED))
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, _: D) -> Result<Secret, D::Error> {
+                Err(D::Error::custom(REFUSED))
+            }
+            fn visit_newtype_struct<D: serde::Deserializer<'de>>(
+                self,
+                _: D,
+            ) -> Result<Secret, D::Error> {
+                Err(D::Error::custom(REFUSED))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+                Err(A::Error::custom(REFUSED))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+                Err(A::Error::custom(REFUSED))
+            }
+            fn visit_enum<A: serde::de::EnumAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+                Err(A::Error::custom(REFUSED))
             }
         }
         d.deserialize_any(Text)
@@ -38,6 +124,12 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 impl Secret {
+    /// What a secret that is set shows instead of its value; an unset one shows "".
+    pub const MASK: &'static str = "********";
+    /// What every secret serialises as inside [`Secret::marked`].
+    #[cfg(test)]
+    pub const MARKER: &'static str = "\u{1}secret\u{1}";
+
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }
@@ -47,15 +139,34 @@ impl Secret {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+    /// [`Secret::MASK`], or "" when the secret is not set.
+    pub fn mask(&self) -> &'static str {
+        if self.0.is_empty() {
+            ""
+        } else {
+            Secret::MASK
+        }
+    }
+
+    /// Runs `f` (a serialisation) with every `Secret` serialising as its [`mask`]
+    /// instead of its value, on this thread, wherever it sits and whatever its key is.
+    ///
+    /// [`mask`]: Secret::mask
+    pub fn masked<R>(f: impl FnOnce() -> R) -> R {
+        showing(Shown::Mask, f)
+    }
+
+    /// Runs `f` with every `Secret`, set or not, serialising as [`Secret::MARKER`]: a
+    /// test finds every secret of a value by it.
+    #[cfg(test)]
+    pub fn marked<R>(f: impl FnOnce() -> R) -> R {
+        showing(Shown::Marker, f)
+    }
 }
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "\"\""
-        } else {
-            "\"********\""
-        })
+        write!(f, "{:?}", self.mask())
     }
 }
 

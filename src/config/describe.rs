@@ -12,7 +12,7 @@ pub(super) fn describe_figment(err: &figment::Error) -> String {
             let source = e
                 .metadata
                 .as_ref()
-                .map(describe_metadata)
+                .map(|m| describe_metadata(m, &key))
                 .unwrap_or_else(|| "unknown source".into());
             match &e.kind {
                 figment::error::Kind::UnknownField(field, expected) => {
@@ -27,9 +27,8 @@ pub(super) fn describe_figment(err: &figment::Error) -> String {
                     format!("unknown key `{section}{field}` (from {source}){hint}")
                 }
                 kind if key.is_empty() => format!("{kind} (from {source})"),
-                _ if is_secret_key(&key) => format!(
-                    "invalid value for key `{key}` (from {source}): not usable as text (the value is a secret and not shown)"
-                ),
+                // A `Secret` refuses a value without quoting it: no error shows a secret,
+                // whatever its key is called.
                 kind => format!("invalid value for key `{key}` (from {source}): {kind}"),
             }
         })
@@ -69,22 +68,61 @@ pub(super) fn valid_topic_segment(topic: &str, allow_slash: bool) -> bool {
         && !topic.ends_with('/')
 }
 
-pub(super) fn mask_secrets(value: &mut toml::Value) {
-    match value {
-        toml::Value::Table(table) => {
-            for (k, v) in table.iter_mut() {
-                if SECRET_KEYS.contains(&k.as_str()) {
-                    if let toml::Value::String(s) = v {
-                        if !s.is_empty() {
-                            *s = "********".into();
-                        }
-                    }
-                } else {
-                    mask_secrets(v);
-                }
-            }
-        }
-        toml::Value::Array(items) => items.iter_mut().for_each(mask_secrets),
-        _ => {}
+/// `value` as TOML with every [`Secret`] in it masked, whatever its key is called.
+pub(super) fn masked_toml<T: Serialize + ?Sized>(value: &T) -> String {
+    let value = match Secret::masked(|| toml::Value::try_from(value)) {
+        Ok(v) => v,
+        Err(e) => return format!("# could not render config: {e}\n"),
+    };
+    toml::to_string_pretty(&value).unwrap_or_else(|e| format!("# could not render config: {e}\n"))
+}
+
+/// The environment variable(s) that set `key` (dotted, as figment names it): the one
+/// for the key itself, for a table it is in (a value written as `[..]` or `{..}`), or
+/// for keys in it (an unknown section). Each is named as it is written in the
+/// environment; when none is set (any more), by the name it would usually have.
+pub(super) fn describe_env_var(key: &str) -> String {
+    let key = key.to_lowercase();
+    let below = |outer: &str, inner: &str| {
+        inner
+            .strip_prefix(outer)
+            .is_some_and(|rest| rest.starts_with('.'))
+    };
+    let mut names: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| {
+            let name = name.to_string_lossy().into_owned();
+            let var_key = env_key(&name)?;
+            (var_key == key || below(&var_key, &key) || below(&key, &var_key)).then_some(name)
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    match names.as_slice() {
+        [] => format!("environment variable `{}`", env_var_for(&key)),
+        [one] => format!("environment variable `{one}`"),
+        many => format!(
+            "environment variables {}",
+            many.iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
+}
+
+/// The key an environment variable sets, as figment's `Env::prefixed(ENV_PREFIX)
+/// .split(ENV_SEPARATOR)` makes it (prefix in any case, trimmed, lowercased); `None`
+/// for a variable it ignores.
+pub(super) fn env_key(name: &str) -> Option<String> {
+    let name = name.trim();
+    let prefix = name.get(..ENV_PREFIX.len())?;
+    if !prefix.eq_ignore_ascii_case(ENV_PREFIX) {
+        return None;
+    }
+    let key = name[ENV_PREFIX.len()..].replace(ENV_SEPARATOR, ".");
+    let key = key.trim();
+    if key.split('.').any(str::is_empty) {
+        return None;
+    }
+    Some(key.to_ascii_lowercase())
 }

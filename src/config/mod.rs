@@ -1,8 +1,8 @@
 //! Layered configuration: built-in defaults < TOML file < `V2M_` environment.
 //!
 //! Every section denies unknown keys so that a typo is an error, not a silent default.
-//! Secrets are held in [`Secret`], whose `Debug` never shows the value; `check-config`
-//! masks them by key name (see [`SECRET_KEYS`]).
+//! Secrets are held in [`Secret`]: by its type, whatever the key is called, its value never
+//! shows in `Debug`, in `check-config` output ([`Config::to_masked_toml`]) or in an error.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -61,12 +61,28 @@ impl figment::Provider for TextValue {
     }
 }
 
+/// The environment layer: `V2M_MQTT__URL` sets `mqtt.url`.
+const ENV_PREFIX: &str = "V2M_";
+const ENV_SEPARATOR: &str = "__";
+
+fn env_layer() -> Env {
+    Env::prefixed(ENV_PREFIX).split(ENV_SEPARATOR)
+}
+
+/// The variable that sets `key` (dotted), as it is usually written.
+fn env_var_for(key: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        key.replace('.', ENV_SEPARATOR).to_uppercase()
+    )
+}
+
 /// `TEXT_KEYS` set in the environment, taken exactly as written.
 fn text_from_env() -> Vec<TextValue> {
     text_keys()
         .into_iter()
         .filter_map(|key| {
-            let var = format!("V2M_{}", key.replace('.', "__").to_uppercase());
+            let var = env_var_for(&key);
             std::env::var(&var).ok().map(|value| TextValue {
                 key: key.to_string(),
                 value,
@@ -76,14 +92,9 @@ fn text_from_env() -> Vec<TextValue> {
         .collect()
 }
 
-/// Whether a key names a secret (its value is never shown, not even in an error).
-fn is_secret_key(key: &str) -> bool {
-    let last = key.rsplit('.').next().unwrap_or(key);
-    let last = last.split('[').next().unwrap_or(last);
-    SECRET_KEYS.contains(&last)
-}
-
-/// Keys whose values are masked in `check-config` output, wherever they appear.
+/// The key names of the [`Secret`] settings, for checks outside the bridge (the add-on's
+/// schema must make each a password field). Nothing masks by this list: masking follows
+/// the type. A unit test keeps it equal to the `Secret` fields of the config.
 pub const SECRET_KEYS: &[&str] = &[
     "password",
     "command_pin",
@@ -285,7 +296,9 @@ impl<'de> Deserialize<'de> for Config {
                 mut map: A,
             ) -> Result<Config, A::Error> {
                 let mut config = Config::default();
-                while let Some(name) = map.next_key::<String>()? {
+                // An unknown section is refused while its key is read, so that the error
+                // carries the key and where it came from, as an unknown key in a section does.
+                while let Some(name) = map.next_key_seed(SectionName)? {
                     match name.as_str() {
                         "mqtt" => config.mqtt = map.next_value()?,
                         "bridge" => config.bridge = map.next_value()?,
@@ -303,6 +316,21 @@ impl<'de> Deserialize<'de> for Config {
             }
         }
         d.deserialize_map(Sections)
+    }
+}
+
+/// A section's name, refused when no section has it.
+struct SectionName;
+
+impl<'de> serde::de::DeserializeSeed<'de> for SectionName {
+    type Value = String;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        let name = String::deserialize(d)?;
+        if section_names().contains(&name.as_str()) {
+            Ok(name)
+        } else {
+            Err(serde::de::Error::unknown_field(&name, section_names()))
+        }
     }
 }
 
@@ -358,7 +386,7 @@ fn source_of(figment: &Figment, key: &str) -> String {
     loop {
         let lookup = path.split('[').next().unwrap_or(&path).to_string();
         if let Some(m) = figment.find_metadata(&lookup) {
-            return describe_metadata(m);
+            return describe_metadata(m, &lookup);
         }
         match lookup.rsplit_once('.') {
             Some((parent, _)) => path = parent.to_string(),
@@ -367,7 +395,12 @@ fn source_of(figment: &Figment, key: &str) -> String {
     }
 }
 
-fn describe_metadata(m: &figment::Metadata) -> String {
+/// `key` (dotted) is the setting whose value `m` tells the source of: a value from the
+/// environment is named by its variable.
+fn describe_metadata(m: &figment::Metadata, key: &str) -> String {
+    if m.name == figment::Provider::metadata(&env_layer()).name {
+        return describe_env_var(key);
+    }
     match &m.source {
         Some(figment::Source::File(path)) => format!("{} {}", m.name, path.display()),
         Some(figment::Source::Custom(s)) => s.clone(),
@@ -416,7 +449,7 @@ impl Config {
             }
             None => {}
         }
-        figment = figment.merge(Env::prefixed("V2M_").split("__"));
+        figment = figment.merge(env_layer());
         for text in text_from_env() {
             figment = figment.merge(text);
         }
@@ -517,15 +550,9 @@ impl Config {
         ))
     }
 
-    /// The effective configuration as TOML, every secret masked.
+    /// The effective configuration as TOML, every [`Secret`] masked.
     pub fn to_masked_toml(&self) -> String {
-        let mut value = match toml::Value::try_from(self) {
-            Ok(v) => v,
-            Err(e) => return format!("# could not render config: {e}\n"),
-        };
-        mask_secrets(&mut value);
-        toml::to_string_pretty(&value)
-            .unwrap_or_else(|e| format!("# could not render config: {e}\n"))
+        masked_toml(self)
     }
 }
 

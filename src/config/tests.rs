@@ -68,3 +68,227 @@ fn masked_toml_hides_every_secret_key() {
     assert!(!out.contains("1234"), "{out}");
     assert!(out.contains("password = \"********\""), "{out}");
 }
+
+/// Every leaf of `value` by its dotted path (`kingxun.devices[0].key`).
+fn leaves(
+    value: &toml::Value,
+    path: &str,
+    out: &mut std::collections::BTreeMap<String, toml::Value>,
+) {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                leaves(v, &p, out);
+            }
+        }
+        toml::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                leaves(v, &format!("{path}[{i}]"), out);
+            }
+        }
+        leaf => {
+            out.insert(path.to_string(), leaf.clone());
+        }
+    }
+}
+
+/// The dotted path of every `Secret` in `value`, found by its type (set or not).
+fn secret_paths<T: Serialize>(value: &T) -> Vec<String> {
+    let marked = Secret::marked(|| toml::Value::try_from(value)).unwrap();
+    let mut all = std::collections::BTreeMap::new();
+    leaves(&marked, "", &mut all);
+    all.into_iter()
+        .filter(|(_, v)| v.as_str() == Some(Secret::MARKER))
+        .map(|(k, _)| k)
+        .collect()
+}
+
+/// A secret under a key name nothing has ever listed, at the top, in a table and in a list.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct Unusual {
+    zz_unusual: Secret,
+    plain: String,
+    unset: Secret,
+    nested: UnusualNested,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct UnusualNested {
+    items: Vec<UnusualItem>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct UnusualItem {
+    zz_deep: Secret,
+}
+
+#[test]
+fn a_secret_is_masked_by_its_type_whatever_its_key_is_called() {
+    assert!(!SECRET_KEYS.contains(&"zz_unusual") && !SECRET_KEYS.contains(&"zz_deep"));
+    let value = Unusual {
+        zz_unusual: Secret::new("hunter2-unusual"),
+        plain: "shown-as-is".into(),
+        unset: Secret::default(),
+        nested: UnusualNested {
+            items: vec![UnusualItem {
+                zz_deep: Secret::new("hunter2-deep"),
+            }],
+        },
+    };
+    let shown = masked_toml(&value);
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("zz_unusual = \"********\""), "{shown}");
+    assert!(shown.contains("zz_deep = \"********\""), "{shown}");
+    assert!(
+        shown.contains("unset = \"\""),
+        "an unset secret shows as unset: {shown}"
+    );
+    assert!(shown.contains("plain = \"shown-as-is\""), "{shown}");
+    let debug = format!("{value:?} {value:#?}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+
+    // Outside `masked` (and after it) a secret serialises as its value: the config's
+    // layers are built that way.
+    let plain = toml::to_string(&value).unwrap();
+    assert!(
+        plain.contains("zz_unusual = \"hunter2-unusual\""),
+        "{plain}"
+    );
+
+    // A value a secret cannot take is refused without being shown, whatever the key.
+    for bad in [
+        "97531.25",
+        "true",
+        "[\"97531-secret\"]",
+        "{ pin = \"97531-secret\" }",
+    ] {
+        let err = figment::Figment::from(Toml::string(&format!("zz_unusual = {bad}")))
+            .extract::<Unusual>()
+            .unwrap_err();
+        let text = describe_figment(&err);
+        assert!(text.contains("`zz_unusual`"), "{bad}: {text}");
+        assert!(text.contains("not shown"), "{bad}: {text}");
+        assert!(
+            !text.contains("97531"),
+            "{bad}: the error shows the secret: {text}"
+        );
+    }
+}
+
+/// A config with every `Secret` it can hold set, lists included.
+fn every_secret_set() -> Config {
+    let toml = r#"
+        [mqtt]
+        password = "real-mqtt-password"
+        [bridge]
+        command_pin = "real-command-pin"
+        [xchanger]
+        password = "real-xchanger-password"
+        auth_code = "real-xchanger-auth-code"
+        access_token = "real-xchanger-access-token"
+        refresh_token = "real-xchanger-refresh-token"
+        app_key = "real-xchanger-app-key"
+        [iauto360]
+        secure_code = "real-iauto360-secure-code"
+        [kingxun]
+        devices = [{ id = 1, key = "real-kingxun-device-key" }]
+        [kingxun.upstream]
+        address = "127.0.0.1:9000"
+        key = "real-kingxun-upstream-key"
+        iv = "real-kingxun-upstream-iv"
+        [exlive]
+        accounts = [{ name = "fleet", password = "real-exlive-account-password" }]
+        [exlive.client]
+        address = "127.0.0.1:1502"
+        name = "me"
+        password = "real-exlive-client-password"
+    "#;
+    figment::Figment::from(Serialized::defaults(Config::default()))
+        .merge(Toml::string(toml))
+        .extract()
+        .unwrap_or_else(|e| panic!("{}", describe_figment(&e)))
+}
+
+#[test]
+fn no_secret_of_a_full_config_shows_in_check_config_or_debug() {
+    let config = every_secret_set();
+    let paths = secret_paths(&config);
+    let mut real = std::collections::BTreeMap::new();
+    leaves(&toml::Value::try_from(&config).unwrap(), "", &mut real);
+    // The config above sets every secret there is: a new `Secret` field fails here
+    // until it is set above (in a list: until the list has an entry).
+    let values: Vec<String> = paths
+        .iter()
+        .map(|p| {
+            let v = real[p].as_str().unwrap_or_default().to_string();
+            assert!(
+                v.starts_with("real-"),
+                "{p} is a secret the test does not set"
+            );
+            v
+        })
+        .collect();
+    assert_eq!(values.len(), 13, "{paths:?}");
+
+    let shown = config.to_masked_toml();
+    let debug = format!("{config:?}\n{config:#?}");
+    for v in &values {
+        assert!(
+            !shown.contains(v.as_str()),
+            "check-config shows {v}:\n{shown}"
+        );
+        assert!(!debug.contains(v.as_str()), "Debug shows {v}:\n{debug}");
+    }
+    assert_eq!(
+        shown.matches("\"********\"").count(),
+        values.len(),
+        "{shown}"
+    );
+
+    // The names kept for the add-on's schema check are exactly the `Secret` fields'.
+    let names: std::collections::BTreeSet<&str> = paths
+        .iter()
+        .map(|p| p.rsplit('.').next().unwrap())
+        .collect();
+    let listed: std::collections::BTreeSet<&str> = SECRET_KEYS.iter().copied().collect();
+    assert_eq!(names, listed, "SECRET_KEYS must name the Secret fields");
+}
+
+#[test]
+fn layering_keeps_the_secrets_real_values() {
+    let mut base = Config::default();
+    base.mqtt.password = Secret::new("from-the-base");
+    assert!(!base.to_masked_toml().contains("from-the-base"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "").unwrap();
+    let (config, _) = Config::load_over(base, Some(&file), &[]).expect("loads");
+    assert_eq!(config.mqtt.password.expose(), "from-the-base");
+}
+
+#[test]
+fn environment_variables_are_named_as_figment_reads_them() {
+    assert_eq!(env_key("V2M_MQTT__URLL").as_deref(), Some("mqtt.urll"));
+    assert_eq!(env_key("v2m_Mqtt__Url").as_deref(), Some("mqtt.url"));
+    assert_eq!(
+        env_key(" V2M_KINGXUN__UPSTREAM__KEY ").as_deref(),
+        Some("kingxun.upstream.key")
+    );
+    assert_eq!(env_key("V2M_"), None);
+    assert_eq!(env_key("V2M_MQTT____URL"), None);
+    assert_eq!(env_key("OTHER_MQTT__URL"), None);
+    assert_eq!(env_key("V2"), None);
+    // No such variable is set: the name it would have.
+    assert_eq!(
+        describe_env_var("kingxun.zz_never_set_probe"),
+        "environment variable `V2M_KINGXUN__ZZ_NEVER_SET_PROBE`"
+    );
+}
