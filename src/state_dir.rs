@@ -41,6 +41,128 @@ pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> anyhow::Result<PathB
     Ok(target)
 }
 
+/// The one writer of files that change while the bridge runs (tokens, guard settings,
+/// trips, liveness): callers hand it bytes and go on; its thread does the fsync, so no
+/// async worker waits on a disk and nothing fsyncs while a lock is held. The newest
+/// bytes of a file replace any not yet written (it holds at most one version per file).
+pub mod writer {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+    use std::sync::{Condvar, Mutex, OnceLock};
+
+    enum Op {
+        Write(Vec<u8>, &'static str),
+        Remove,
+    }
+
+    #[derive(Default)]
+    struct Queue {
+        pending: HashMap<PathBuf, Op>,
+        /// A file is being written or removed now.
+        busy: bool,
+    }
+
+    struct Writer {
+        queue: Mutex<Queue>,
+        work: Condvar,
+        idle: Condvar,
+    }
+
+    fn writer() -> &'static Writer {
+        static WRITER: OnceLock<&'static Writer> = OnceLock::new();
+        WRITER.get_or_init(|| {
+            let w: &'static Writer = Box::leak(Box::new(Writer {
+                queue: Mutex::new(Queue::default()),
+                work: Condvar::new(),
+                idle: Condvar::new(),
+            }));
+            let spawned = std::thread::Builder::new()
+                .name("state-writer".into())
+                .spawn(move || run(w));
+            if let Err(e) = spawned {
+                tracing::error!(event = "state_writer_failed", error = %e, "cannot start the state writer");
+            }
+            w
+        })
+    }
+
+    fn lock(w: &Writer) -> std::sync::MutexGuard<'_, Queue> {
+        w.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn run(w: &'static Writer) {
+        loop {
+            let (path, op) = {
+                let mut q = lock(w);
+                q.busy = false;
+                w.idle.notify_all();
+                while q.pending.is_empty() {
+                    q = w.work.wait(q).unwrap_or_else(|e| e.into_inner());
+                }
+                let path = q.pending.keys().next().cloned().unwrap_or_default();
+                let op = q.pending.remove(&path);
+                q.busy = true;
+                match op {
+                    Some(op) => (path, op),
+                    None => continue,
+                }
+            };
+            // No lock is held from here on.
+            match op {
+                Op::Write(data, event) => {
+                    let (Some(dir), Some(name)) =
+                        (path.parent(), path.file_name().and_then(|n| n.to_str()))
+                    else {
+                        continue;
+                    };
+                    if let Err(e) = super::write_atomic(dir, name, &data) {
+                        tracing::warn!(event, error = format!("{e:#}"), path = %path.display(), "file not saved");
+                    }
+                }
+                Op::Remove => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+    }
+
+    fn submit(path: PathBuf, op: Op) {
+        let w = writer();
+        lock(w).pending.insert(path, op);
+        w.work.notify_one();
+    }
+
+    /// Writes `dir/name` (atomically, 0600) soon; `event` names the warning if it fails.
+    pub fn write(dir: &std::path::Path, name: &str, data: Vec<u8>, event: &'static str) {
+        submit(dir.join(name), Op::Write(data, event));
+    }
+
+    /// Removes `dir/name` soon, after (and instead of) any write of it not yet done.
+    pub fn remove(dir: &std::path::Path, name: &str) {
+        submit(dir.join(name), Op::Remove);
+    }
+
+    /// Waits until everything handed over so far is on disk (at shutdown), at most
+    /// `timeout`.
+    pub fn flush(timeout: std::time::Duration) -> bool {
+        let w = writer();
+        let end = std::time::Instant::now() + timeout;
+        let mut q = lock(w);
+        while q.busy || !q.pending.is_empty() {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            q = w
+                .idle
+                .wait_timeout(q, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
 const EMBEDDED_LOGIN_FILE: &str = "embedded_broker.json";
 
 /// The embedded broker's login: made once (random password), stored 0600 in `dir`, and
@@ -116,23 +238,27 @@ const ALIVE_FILE: &str = "alive.json";
 /// Written by the hub's loop: if the loop stalls, the file goes stale. It carries the
 /// health verdict (`observe::Snapshot::health`) so `vehicle2mqtt health` agrees with
 /// `/healthz`.
-pub fn write_alive(
-    dir: &Path,
-    mqtt_connected: bool,
-    health: Result<(), String>,
-) -> anyhow::Result<()> {
+/// Written through [`writer`]: the hub's loop never waits on the disk.
+pub fn write_alive(dir: &Path, mqtt_connected: bool, health: Result<(), String>) {
     let body = serde_json::json!({
         "ts": chrono::Utc::now().timestamp(),
         "mqtt_connected": mqtt_connected,
         "healthy": health.is_ok(),
         "reason": health.err(),
     });
-    write_atomic(dir, ALIVE_FILE, body.to_string().as_bytes()).map(|_| ())
+    writer::write(
+        dir,
+        ALIVE_FILE,
+        body.to_string().into_bytes(),
+        "alive_write_failed",
+    );
 }
 
-/// Removed when the bridge stops, so `health` fails at once instead of for 30 s.
+/// Removed when the bridge stops, so `health` fails at once instead of for 30 s: after
+/// every liveness write already handed over, and waited for.
 pub fn remove_alive(dir: &Path) {
-    let _ = fs::remove_file(dir.join(ALIVE_FILE));
+    writer::remove(dir, ALIVE_FILE);
+    writer::flush(std::time::Duration::from_secs(5));
 }
 
 /// For `vehicle2mqtt health`: Ok with a summary when the bridge wrote its liveness file
@@ -200,19 +326,57 @@ mod tests {
     fn liveness_file() {
         let tmp = tempfile::tempdir().unwrap();
         assert!(check_alive(tmp.path()).is_err(), "no file: not alive");
-        write_alive(tmp.path(), true, Ok(())).unwrap();
+        write_alive(tmp.path(), true, Ok(()));
+        assert!(writer::flush(std::time::Duration::from_secs(5)));
         assert!(check_alive(tmp.path()).unwrap().contains("healthy"));
         // Alive but unhealthy: non-zero, with the reason.
-        write_alive(tmp.path(), false, Err("MQTT is not connected".into())).unwrap();
+        write_alive(tmp.path(), false, Err("MQTT is not connected".into()));
+        assert!(writer::flush(std::time::Duration::from_secs(5)));
         assert!(check_alive(tmp.path())
             .unwrap_err()
             .contains("MQTT is not connected"));
-        // Stopped: the file is gone at once.
+        // Stopped: the file is gone at once, even with a write still queued.
+        write_alive(tmp.path(), true, Ok(()));
         remove_alive(tmp.path());
         assert!(check_alive(tmp.path()).unwrap_err().contains("not running"));
         let stale =
             serde_json::json!({"ts": chrono::Utc::now().timestamp() - 120, "mqtt_connected": true});
         write_atomic(tmp.path(), ALIVE_FILE, stale.to_string().as_bytes()).unwrap();
         assert!(check_alive(tmp.path()).is_err(), "stale: not alive");
+    }
+
+    #[test]
+    fn the_writer_keeps_the_newest_bytes_and_writes_off_the_caller() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        prepare(&dir).unwrap();
+        for n in 0..1000 {
+            writer::write(
+                &dir,
+                "guard.json",
+                format!("{n}").into_bytes(),
+                "test_not_saved",
+            );
+        }
+        writer::write(&dir, "other.json", b"x".to_vec(), "test_not_saved");
+        assert!(writer::flush(std::time::Duration::from_secs(10)));
+        assert_eq!(fs::read_to_string(dir.join("guard.json")).unwrap(), "999");
+        assert_eq!(fs::read(dir.join("other.json")).unwrap(), b"x");
+        // A folder that cannot be written costs only a warning.
+        writer::write(
+            &tmp.path().join("missing"),
+            "a.json",
+            b"y".to_vec(),
+            "test_not_saved",
+        );
+        assert!(writer::flush(std::time::Duration::from_secs(10)));
+        assert!(!tmp.path().join("missing/a.json").exists());
+        writer::write(&dir, "other.json", b"z".to_vec(), "test_not_saved");
+        assert!(writer::flush(std::time::Duration::from_secs(10)));
+        assert_eq!(
+            fs::read(dir.join("other.json")).unwrap(),
+            b"z",
+            "the writer goes on"
+        );
     }
 }

@@ -8,17 +8,7 @@ impl Hub {
     pub(super) fn write_alive(&mut self) {
         self.update_snapshot();
         let verdict = self.snapshot.read().map(|s| s.health()).unwrap_or(Ok(()));
-        if let Err(err) = crate::state_dir::write_alive(
-            &self.config.bridge.state_dir,
-            self.mqtt_connected,
-            verdict,
-        ) {
-            tracing::warn!(
-                event = "alive_write_failed",
-                error = format!("{err:#}"),
-                "cannot write the liveness file"
-            );
-        }
+        crate::state_dir::write_alive(&self.config.bridge.state_dir, self.mqtt_connected, verdict);
     }
 
     /// Refreshes what `/metrics`, `/healthz` and the liveness file show.

@@ -158,6 +158,13 @@ fn default_info(id: &VehicleId, connector: &str) -> VehicleInfo {
     }
 }
 
+/// Removes the liveness file once every state write handed over is done (tokens, guard
+/// settings, trips), off the hub's task.
+async fn remove_alive(dir: &std::path::Path) {
+    let dir = dir.to_path_buf();
+    let _ = tokio::task::spawn_blocking(move || crate::state_dir::remove_alive(&dir)).await;
+}
+
 fn now_rfc3339() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
@@ -366,7 +373,7 @@ pub async fn run(
                         hub.send(hub.topics.bridge_state(), "offline", true);
                         publisher.disconnect().await;
                         let _ = tokio::time::timeout(Duration::from_secs(2), mqtt_task).await;
-                        crate::state_dir::remove_alive(&hub.config.bridge.state_dir);
+                        remove_alive(&hub.config.bridge.state_dir).await;
                         anyhow::bail!("{name} cannot go on: {reason}");
                     }
                 }
@@ -403,7 +410,7 @@ pub async fn run(
         }
     }
     // A stopped bridge is not alive, whatever the file said a moment ago.
-    crate::state_dir::remove_alive(&hub.config.bridge.state_dir);
+    remove_alive(&hub.config.bridge.state_dir).await;
     hub.send(hub.topics.bridge_state(), "offline", true);
     publisher.disconnect().await;
     if tokio::time::timeout(Duration::from_secs(5), mqtt_task)
@@ -536,5 +543,21 @@ impl Hub {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// Each vehicle, linked or only configured, is one of these (boxed): 512 bytes under
+    /// `cargo test` (debug), what grows with every field added here. Shrinking passes,
+    /// growing fails: see docs/ARCHITECTURE.md, "Memory" (`-Zprint-type-sizes`).
+    #[test]
+    fn a_hub_vehicle_keeps_its_size() {
+        let size = std::mem::size_of::<super::Vehicle>();
+        assert!(
+            size <= 512,
+            "the hub's Vehicle grew to {size} bytes (512): box what few vehicles use, \
+             see docs/ARCHITECTURE.md \"Memory\" (-Zprint-type-sizes shows the layout)"
+        );
     }
 }

@@ -203,16 +203,18 @@ impl Shared {
     }
 
     fn remember_trip(&self, esn: &str, mark: TripMark) {
-        let Ok(mut trips) = self.trips.lock() else {
-            return;
+        let bytes = {
+            let Ok(mut trips) = self.trips.lock() else {
+                return;
+            };
+            trips.insert(esn.to_string(), mark);
+            serde_json::to_vec(&*trips)
         };
-        trips.insert(esn.to_string(), mark);
         let Some(dir) = &self.state_dir else { return };
-        match serde_json::to_vec(&*trips) {
+        match bytes {
+            // The writer's thread does the fsync: never on this worker, never under the lock.
             Ok(bytes) => {
-                if let Err(e) = crate::state_dir::write_atomic(dir, TRIPS_FILE, &bytes) {
-                    tracing::warn!(event = "iauto360_trips_not_saved", error = %e, "last trip not saved");
-                }
+                crate::state_dir::writer::write(dir, TRIPS_FILE, bytes, "iauto360_trips_not_saved")
             }
             Err(e) => tracing::warn!(event = "iauto360_trips_not_saved", error = %e),
         }

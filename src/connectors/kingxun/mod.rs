@@ -59,7 +59,8 @@ crate::named_counters! {
 }
 
 /// Guard power flag and max speed (m/s × 100) as the user last set them; a 2003 always
-/// carries both, so neither may be made up (PROTOCOLS.md §5: no "0 = no limit").
+/// carries both, so neither may be made up (docs/protocols/kingxun.md,
+/// "2001–2005 commands to a device": no "0 = no limit").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GuardSetting {
     pub power: Option<u8>,
@@ -98,7 +99,8 @@ pub fn control_for(
             flags: 0x08,
             voice: 1,
         },
-        // 0x0100 exists only in 4005's u16 lightFlag (seed 001); 2005 has one byte.
+        // 0x0100 exists only in 4005's u16 lightFlag (docs/protocols/kingxun.md,
+        // "4001–4005 commands through a server"); 2005 has one byte.
         Command::HazardLights if through_server && server_does(ServerCommand::Lights) => {
             Control::Lights { flags: 0x0100 }
         }
@@ -346,20 +348,22 @@ impl Core {
         else {
             return;
         };
-        let Ok(mut g) = self.guard.lock() else { return };
-        g.insert(
-            dev_id,
-            GuardSetting {
-                power: Some(power),
-                max_speed: Some(max_speed),
-            },
-        );
+        let bytes = {
+            let Ok(mut g) = self.guard.lock() else { return };
+            g.insert(
+                dev_id,
+                GuardSetting {
+                    power: Some(power),
+                    max_speed: Some(max_speed),
+                },
+            );
+            serde_json::to_vec(&*g)
+        };
         let Some(dir) = &self.state_dir else { return };
-        match serde_json::to_vec(&*g) {
+        match bytes {
+            // The writer's thread does the fsync: never on this worker, never under the lock.
             Ok(bytes) => {
-                if let Err(e) = crate::state_dir::write_atomic(dir, GUARD_FILE, &bytes) {
-                    tracing::warn!(event = "kingxun_guard_not_saved", error = %e, "guard settings not saved");
-                }
+                crate::state_dir::writer::write(dir, GUARD_FILE, bytes, "kingxun_guard_not_saved")
             }
             Err(e) => tracing::warn!(event = "kingxun_guard_not_saved", error = %e),
         }

@@ -299,13 +299,15 @@ impl Auth {
 
     fn store(&self, st: &mut State, tokens: Tokens) {
         match serde_json::to_vec(&tokens) {
-            Ok(bytes) => {
-                if let Err(e) = crate::state_dir::write_atomic(&self.state_dir, TOKEN_FILE, &bytes)
-                {
-                    tracing::error!(event = "xchanger_tokens_not_saved", error = %format!("{e:#}"),
-                        "could not save tokens; a restart will need to log in again");
-                }
-            }
+            // The writer's thread does the fsync, at once: never on this worker, never
+            // under the state's lock. A failure is logged as `xchanger_tokens_not_saved`
+            // (a restart then needs to log in again).
+            Ok(bytes) => crate::state_dir::writer::write(
+                &self.state_dir,
+                TOKEN_FILE,
+                bytes,
+                "xchanger_tokens_not_saved",
+            ),
             Err(e) => tracing::error!(event = "xchanger_tokens_not_saved", error = %e),
         }
         st.tokens = Some(tokens);
