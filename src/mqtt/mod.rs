@@ -9,6 +9,7 @@
 
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
+mod quick_ack;
 mod v4;
 mod v5;
 
@@ -24,6 +25,17 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::{MqttConfig, MqttProtocol};
+use quick_ack::QuickAck;
+
+/// TCP_NODELAY on the broker connection: a result and the state after it are small
+/// writes in a row; with Nagle the second would wait for the broker's ACK of the first.
+/// (The stall measured in `cargo bench --bench command_rtt` was the other direction:
+/// see `quick_ack`.)
+fn network_options() -> rumqttc::NetworkOptions {
+    let mut options = rumqttc::NetworkOptions::new();
+    options.set_tcp_nodelay(true);
+    options
+}
 pub use crate::shared::{backoff_delay, Backoff};
 
 /// Largest packet we send or accept: discovery documents and big states fit easily.

@@ -35,7 +35,9 @@ pub(super) fn client(s: &Settings) -> (AsyncClient, rumqttc::EventLoop) {
             tls.clone(),
         )));
     }
-    AsyncClient::new(opts, s.queue)
+    let (client, mut eventloop) = AsyncClient::new(opts, s.queue);
+    eventloop.set_network_options(super::network_options());
+    (client, eventloop)
 }
 
 /// Whether the connection ended because an incoming packet was over `MAX_PACKET_SIZE`.
@@ -58,9 +60,12 @@ pub(super) async fn run(
     // a subscribed topic, a duplicate client id) is retried ever more slowly, not in a loop.
     let mut backoff = Backoff::default();
     let mut connected_at: Option<std::time::Instant> = None;
+    let mut quick_ack = super::QuickAck::default();
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                let (host, port) = eventloop.mqtt_options.broker_address();
+                quick_ack.connected(&host, port).await;
                 connected_at = Some(std::time::Instant::now());
                 stats.protocol.store(4, Ordering::Relaxed);
                 tracing::info!(
@@ -99,6 +104,14 @@ pub(super) async fn run(
                 // Our own clean disconnect (shutdown): the broker discards the will.
                 return;
             }
+            Ok(Event::Incoming(
+                Packet::PubAck(_)
+                | Packet::PubRec(_)
+                | Packet::PubComp(_)
+                | Packet::UnsubAck(_)
+                | Packet::PingResp
+                | Packet::SubAck(_),
+            )) => quick_ack.ack_now(),
             Ok(_) => {}
             Err(err) => {
                 if events.is_closed() {

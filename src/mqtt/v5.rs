@@ -42,6 +42,7 @@ pub(super) fn client(s: &Settings) -> (AsyncClient, EventLoop) {
             tls.clone(),
         )));
     }
+    opts.set_network_options(super::network_options());
     AsyncClient::new(opts, s.queue)
 }
 
@@ -71,10 +72,13 @@ pub(super) async fn run(
 ) {
     let mut backoff = Backoff::default();
     let mut connected_at: Option<std::time::Instant> = None;
+    let mut quick_ack = super::QuickAck::default();
     let mut ever_connected = false;
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                let (host, port) = eventloop.options.broker_address();
+                quick_ack.connected(&host, port).await;
                 connected_at = Some(std::time::Instant::now());
                 ever_connected = true;
                 stats.protocol.store(5, Ordering::Relaxed);
@@ -120,6 +124,14 @@ pub(super) async fn run(
                 let _ = events.try_send(MqttEvent::SubscribeRefused);
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+            Ok(Event::Incoming(
+                Packet::PubAck(_)
+                | Packet::PubRec(_)
+                | Packet::PubComp(_)
+                | Packet::UnsubAck(_)
+                | Packet::PingResp(_)
+                | Packet::SubAck(_),
+            )) => quick_ack.ack_now(),
             Ok(_) => {}
             Err(err) => {
                 if events.is_closed() {
