@@ -4,15 +4,16 @@
 mod common;
 
 use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
+use common::exlive::{line, login, position};
+use common::kingxun::RawDevice;
 use common::{KillOnDrop, Mosquitto, Probe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::codec::Decoder as _;
 use vehicle2mqtt::connectors::kingxun::sim::{derive_key, SimOptions};
-use vehicle2mqtt::protocol::kingxun::{id, Decoded, Frame, Kind, KxCodec, Register, RegisterAck};
+use vehicle2mqtt::protocol::kingxun::{id, Frame};
 
 const T: Duration = Duration::from_secs(15);
 
@@ -61,16 +62,9 @@ async fn spawn_bridge(broker: &Mosquitto, config: impl FnOnce(u16) -> String) ->
     let config = dir.path().join("config.toml");
     std::fs::write(&config, config_text).unwrap();
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_vehicle2mqtt"))
+    let child = common::bridge_against(broker, dir.path(), &base)
         .arg("--config")
         .arg(&config)
-        .current_dir(dir.path())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("V2M_BRIDGE__STATE_DIR", dir.path().join("state"))
-        .env("V2M_MQTT__URL", broker.url())
-        .env("V2M_MQTT__BASE_TOPIC", &base)
-        .env("V2M_MQTT__CLIENT_ID", format!("{base}-bridge"))
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
         .spawn()
@@ -82,18 +76,6 @@ async fn spawn_bridge(broker: &Mosquitto, config: impl FnOnce(u16) -> String) ->
         base,
         port,
     }
-}
-
-fn login(user: &str, pass: &str) -> String {
-    format!(
-        "{{\"header\":{{\"cmd\":\"1000\"}},\"body\":{{\"name\":\"{user}\",\"pass\":\"{pass}\",\"ver\":\"1\",\"type\":\"1\",\"mode\":\"1\"}}}}\n"
-    )
-}
-
-fn position(id: &str, lat: f64) -> String {
-    format!(
-        "{{\"header\":{{\"cmd\":\"1007\"}},\"body\":{{\"code\":\"car{id}\",\"id\":\"{id}\",\"lat\":\"{lat}\",\"lng\":\"121.47\",\"veo\":\"0\",\"dir\":\"0\",\"gpstime\":\"2025-06-01 08:00:00\",\"av\":\"1\",\"alarm\":\"0\",\"dis\":\"1\"}}}}\n"
-    )
 }
 
 /// Reads until the peer closes (or `within` passes): what it said, and whether it closed.
@@ -143,7 +125,7 @@ async fn exlive_floods_guesses_and_impostors_fail_and_the_log_stays_small() {
         let addr = addr.clone();
         guesses.push(tokio::spawn(async move {
             let mut s = TcpStream::connect(&addr).await.ok()?;
-            s.write_all(login("fleet", &format!("guess{i}")).as_bytes())
+            s.write_all(line(&login("fleet", &format!("guess{i}"))).as_bytes())
                 .await
                 .ok()?;
             let (answer, _) = read_all(&mut s, Duration::from_secs(3)).await;
@@ -176,7 +158,7 @@ async fn exlive_floods_guesses_and_impostors_fail_and_the_log_stays_small() {
     // 4. The right account may report only its own vehicles: 9999 is refused, 7001 shows.
     let mut legit = loop {
         let mut s = TcpStream::connect(&addr).await.unwrap();
-        s.write_all(login("fleet", "s3cret-pass").as_bytes())
+        s.write_all(line(&login("fleet", "s3cret-pass")).as_bytes())
             .await
             .unwrap();
         let mut buf = [0u8; 512];
@@ -191,7 +173,7 @@ async fn exlive_floods_guesses_and_impostors_fail_and_the_log_stays_small() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     legit
-        .write_all((position("9999", 10.0) + &position("7001", 31.23)).as_bytes())
+        .write_all(format!("{}\n{}\n", position("9999", ""), position("7001", "")).as_bytes())
         .await
         .unwrap();
     probe
@@ -248,43 +230,6 @@ key = "{key}"
     .await
 }
 
-/// A plain 1001 for `dev_id`: `Ok(session)`, `Err(RespCode)` of a refusal, or `None`
-/// when no answer came within `within` (or the link closed).
-async fn kx_register(s: &mut TcpStream, dev_id: u32, within: Duration) -> Option<Result<u32, u32>> {
-    let frame = Frame::request(
-        id::REGISTER,
-        1,
-        dev_id,
-        0,
-        false,
-        Register::default().encode().into(),
-    );
-    s.write_all(&frame.to_bytes()).await.ok()?;
-    let mut codec = KxCodec::default();
-    let mut buf = bytes::BytesMut::new();
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Ok(Some(Decoded::Frame(f))) = codec.decode(&mut buf) {
-            return match f.header.kind {
-                Kind::Response { resp_code: 0 } => {
-                    RegisterAck::decode(&f.body).ok().map(|a| Ok(a.session_id))
-                }
-                Kind::Response { resp_code } => Some(Err(resp_code)),
-                _ => None,
-            };
-        }
-        let mut chunk = [0u8; 1024];
-        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
-            .await
-            .ok()?
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 #[tokio::test]
 async fn kingxun_floods_and_impostors_cost_only_themselves_and_the_log_stays_small() {
     let broker = Mosquitto::start();
@@ -315,13 +260,14 @@ async fn kingxun_floods_and_impostors_cost_only_themselves_and_the_log_stays_sma
     for i in 0..30u32 {
         let addr = addr.clone();
         guesses.push(tokio::spawn(async move {
-            let mut s = TcpStream::connect(&addr).await.ok()?;
-            kx_register(&mut s, 5000 + i, Duration::from_secs(3)).await
+            let s = TcpStream::connect(&addr).await.ok()?;
+            let mut guess = RawDevice::on(s, KX_SEED, 5000 + i, 1);
+            guess.register_within(Duration::from_secs(3)).await
         }));
     }
-    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let mut s = RawDevice::on(TcpStream::connect(&addr).await.unwrap(), KX_SEED, 1001, 1);
     let started = std::time::Instant::now();
-    let known = kx_register(&mut s, 1001, Duration::from_secs(2)).await;
+    let known = s.register_within(Duration::from_secs(2)).await;
     assert!(
         matches!(known, Some(Ok(_))),
         "a known id waited behind the guesses: {known:?}"
@@ -339,9 +285,9 @@ async fn kingxun_floods_and_impostors_cost_only_themselves_and_the_log_stays_sma
     let mut waits = Vec::new();
     for i in 0..24u32 {
         let dev_id = if i % 2 == 0 { 6000 + i } else { 1001 };
-        let mut s = TcpStream::connect(&addr).await.unwrap();
+        let mut s = RawDevice::on(TcpStream::connect(&addr).await.unwrap(), KX_SEED, dev_id, 1);
         let started = std::time::Instant::now();
-        let answer = kx_register(&mut s, dev_id, Duration::from_secs(5)).await;
+        let answer = s.register_within(Duration::from_secs(5)).await;
         assert!(matches!(answer, Some(Ok(_))), "{dev_id}: {answer:?}");
         waits.push((dev_id, started.elapsed()));
     }
@@ -360,8 +306,8 @@ async fn kingxun_floods_and_impostors_cost_only_themselves_and_the_log_stays_sma
     // 4. An impostor knows the id but not the key: it registers, then floods frames with a
     //    wrong session and sealed frames it cannot seal right. After 20 bad frames in a row
     //    the link is closed, and nothing it said is published.
-    let mut s = TcpStream::connect(&addr).await.unwrap();
-    let Some(Ok(session)) = kx_register(&mut s, 1001, T).await else {
+    let mut s = RawDevice::on(TcpStream::connect(&addr).await.unwrap(), KX_SEED, 1001, 1);
+    let Some(Ok(session)) = s.register_within(T).await else {
         panic!("1001 answers any registration");
     };
     let mut flood = Vec::new();
@@ -375,8 +321,8 @@ async fn kingxun_floods_and_impostors_cost_only_themselves_and_the_log_stays_sma
             &Frame::request(id::STATUS, seq, 1001, sid, crypt, vec![0x5a; 32].into()).to_bytes(),
         );
     }
-    let _ = s.write_all(&flood).await;
-    let (_, closed) = read_all(&mut s, T).await;
+    let _ = s.send_raw(&flood).await;
+    let (_, closed) = read_all(&mut s.peer.stream, T).await;
     assert!(closed, "an impostor's bad frames kept its link");
 
     // 5. The real device still comes in and reports.

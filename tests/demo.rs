@@ -31,7 +31,7 @@ async fn demo_shows_vehicles_and_unlocks() {
     // The demo keeps its state (the fake clouds' tokens) in a temp dir: this one, to see
     // it gone afterwards.
     let tmp = tempfile::tempdir().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_vehicle2mqtt"))
+    let child = Command::new(common::BIN)
         .env("TMPDIR", tmp.path())
         .args(demo_args([mqtt, kx, ex, xc, ia, push]))
         .env_remove("RUST_LOG")
@@ -138,7 +138,7 @@ async fn demo_shows_vehicles_and_unlocks() {
 async fn demo_names_a_busy_port_and_honours_the_environment() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let out = Command::new(env!("CARGO_BIN_EXE_vehicle2mqtt"))
+    let out = Command::new(common::BIN)
         .args(["demo", "--mqtt-port", &port.to_string()])
         .output()
         .unwrap();
@@ -160,7 +160,7 @@ async fn demo_names_a_busy_port_and_honours_the_environment() {
     // Killed at the end, so its state dir stays: keep it in a temp dir of the test's.
     let tmp = tempfile::tempdir().unwrap();
     let _child = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_vehicle2mqtt"))
+        Command::new(common::BIN)
             .env("TMPDIR", tmp.path())
             .env("V2M_MQTT__URL", broker.url())
             .env("V2M_MQTT__BASE_TOPIC", &base)

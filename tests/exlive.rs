@@ -4,15 +4,15 @@ mod common;
 
 use std::time::Duration;
 
+use common::exlive::{gps_time, position, success, Peer};
 use common::{Mosquitto, Probe};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use vehicle2mqtt::config::{Config, Secret};
 use vehicle2mqtt::connector::Connector;
 use vehicle2mqtt::connectors::exlive::{
     ExliveAccount, ExliveClientConfig, ExliveCommand, ExliveConnector,
 };
-use vehicle2mqtt::protocol::exlive::{Frame, Message, Splitter};
+use vehicle2mqtt::protocol::exlive::Message;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -41,102 +41,6 @@ impl Bridge {
             )
         })
         .await
-    }
-}
-
-/// A raw EXLIVE peer.
-struct Peer {
-    stream: TcpStream,
-    buf: bytes::BytesMut,
-    splitter: Splitter,
-}
-
-impl Peer {
-    async fn connect(port: u16) -> Peer {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        Peer {
-            stream,
-            buf: bytes::BytesMut::new(),
-            splitter: Splitter::default(),
-        }
-    }
-
-    async fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(data).await
-    }
-
-    async fn send_msg(&mut self, msg: &Message) {
-        self.send(format!("{}\n", msg.encode()).as_bytes())
-            .await
-            .unwrap();
-    }
-
-    /// The next message, or None when the link closed.
-    async fn recv(&mut self) -> Option<Message> {
-        loop {
-            if let Some(Frame::Object(raw)) = self.splitter.split(&mut self.buf).unwrap() {
-                return Some(Message::decode(&raw).unwrap());
-            }
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout(T, self.stream.read(&mut chunk))
-                .await
-                .expect("read timed out")
-                .ok()?;
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    async fn login(port: u16, name: &str, pass: &str) -> (Peer, Message) {
-        let mut p = Peer::connect(port).await;
-        p.send_msg(&Message::Login {
-            name: name.into(),
-            pass: pass.into(),
-            ver: String::new(),
-            kind: String::new(),
-            mode: String::new(),
-        })
-        .await;
-        let ack = p.recv().await.expect("an answer to login");
-        (p, ack)
-    }
-
-    async fn expect_closed(&mut self) {
-        while let Some(m) = self.recv().await {
-            if !matches!(m, Message::Ack { .. }) {
-                panic!("expected the link to close, got {m:?}");
-            }
-        }
-    }
-}
-
-/// A recent GPS time as a tracker sends it (Asia/Shanghai local time) and in UTC: the
-/// bridge's staleness follows the tracker's own clock, so positions must be fresh.
-fn gps_time() -> &'static (String, String) {
-    static TIME: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
-    TIME.get_or_init(|| {
-        let utc = chrono::Utc::now() - chrono::Duration::seconds(60);
-        let local = utc + chrono::Duration::hours(8);
-        (
-            local.format("%Y-%m-%d %H:%M:%S").to_string(),
-            utc.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        )
-    })
-}
-
-fn position(id: &str, extra: &str) -> String {
-    let gpstime = &gps_time().0;
-    format!(
-        r#"{{"header":{{"cmd":"1007"}},"body":{{"code":"沪A12345","id":"{id}","lat":"31.2304","lng":"121.4737","veo":"42.5","dir":"270","gpstime":"{gpstime}","av":"1","alarm":"0","oil":"33.5","dis":"12345.6","wstate":"","cstate":"ACC on"{extra}}}}}"#
-    )
-}
-
-fn success() -> Message {
-    Message::Ack {
-        cmd: "1000".into(),
-        result: "success".into(),
     }
 }
 
@@ -296,7 +200,8 @@ async fn malformed_gbk_and_oversized_messages() {
     let bridge = Bridge::start(&broker, |c| c.upstreams.exlive.max_message_size = 1024).await;
     let probe = Probe::connect(broker.port, &[&bridge.topic("+/state")]).await;
     let (mut peer, _) = Peer::login(bridge.port, "fleet", "s3cret").await;
-    // The seed's 1001 without its closing brace, junk JSON, then a GBK position.
+    // The specification's 1001 without its closing brace (docs/protocols/exlive.md,
+    // "1001 logout"), junk JSON, then a GBK position.
     peer.send(br#"{"header":{"cmd":"1001"},"body":{"data":""}"#)
         .await
         .unwrap();
@@ -482,11 +387,7 @@ async fn fake_platform(
         };
         let heartbeats = heartbeats.clone();
         tokio::spawn(async move {
-            let mut peer = Peer {
-                stream,
-                buf: bytes::BytesMut::new(),
-                splitter: Splitter::default(),
-            };
+            let mut peer = Peer::on(stream);
             while let Some(msg) = peer.recv().await {
                 match msg {
                     Message::Login { pass, .. } => {

@@ -1,12 +1,13 @@
-//! EXLIVE codec: golden messages from the seed, split at every byte offset, and
+//! EXLIVE codec: golden messages from the specification (docs/protocols/exlive.md,
+//! "The specification's own examples"), split at every byte offset, and
 //! property tests over random message streams.
 
 use bytes::BytesMut;
 use proptest::prelude::*;
 use vehicle2mqtt::protocol::exlive::{Frame, Message, Position, Splitter};
 
-/// The seed's own examples, verbatim (including the 1001 lacking its final brace and the
-/// 1013 lacking its final brace).
+/// The specification's own examples, verbatim (including the 1001 lacking its final brace
+/// and the 1013 lacking its final brace).
 const SEED: &str = r#"{"header":{"cmd":"1000"},"body":{"name":"exlive","pass":"000000","ver":"","type":"","mode":""}}
 {"header":{"cmd":"8000"},"body":{"cmd":"1000","result":"success" }}
 {"header":{"cmd":"1001"},"body":{"data":""}

@@ -6,11 +6,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use common::kingxun::RawDevice;
 use common::{Mosquitto, Probe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use vehicle2mqtt::config::{Config, Secret};
 use vehicle2mqtt::connector::Connector;
@@ -75,120 +74,6 @@ impl Bridge {
             stop.clone(),
         ));
         (stats, stop)
-    }
-}
-
-/// A device driven by hand, byte by byte.
-struct RawDevice {
-    stream: TcpStream,
-    buf: BytesMut,
-    codec: KxCodec,
-    dev_id: u32,
-    session_id: u32,
-    key: [u8; 16],
-    iv: [u8; 16],
-    seq: u16,
-}
-
-impl RawDevice {
-    async fn connect(port: u16) -> TcpStream {
-        TcpStream::connect(("127.0.0.1", port)).await.unwrap()
-    }
-
-    /// Device `dev_id` (its key from `SEED`) on `stream`, not registered yet.
-    fn on(stream: TcpStream, dev_id: u32, seq: u16) -> RawDevice {
-        RawDevice {
-            stream,
-            buf: BytesMut::new(),
-            codec: KxCodec::default(),
-            dev_id,
-            session_id: 0,
-            key: derive_key(SEED, dev_id),
-            iv: [0; 16],
-            seq,
-        }
-    }
-
-    /// Registers; returns the device or the refusal's RespCode.
-    async fn register(port: u16, dev_id: u32) -> Result<RawDevice, u32> {
-        let mut d = RawDevice::on(Self::connect(port).await, dev_id, 100);
-        let body = Register::default().encode();
-        d.send(Frame::request(
-            id::REGISTER,
-            1,
-            dev_id,
-            0,
-            false,
-            Bytes::from(body),
-        ))
-        .await;
-        let ack = d.recv().await.expect("registration answer");
-        match ack.header.kind {
-            Kind::Response { resp_code: 0 } => {
-                let a = RegisterAck::decode(&ack.body).unwrap();
-                d.session_id = a.session_id;
-                d.iv = a.iv;
-                Ok(d)
-            }
-            Kind::Response { resp_code } => Err(resp_code),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    async fn send(&mut self, f: Frame) {
-        self.stream.write_all(&f.to_bytes()).await.unwrap();
-    }
-
-    async fn send_raw(&mut self, b: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(b).await
-    }
-
-    async fn request(&mut self, msg_id: u16, crypt: bool, plain: Vec<u8>) -> u16 {
-        self.seq += 1;
-        let body = if crypt {
-            crypto::encrypt(&self.key, &self.iv, &plain)
-        } else {
-            plain
-        };
-        let f = Frame::request(
-            msg_id,
-            self.seq,
-            self.dev_id,
-            self.session_id,
-            crypt,
-            Bytes::from(body),
-        );
-        self.send(f).await;
-        self.seq
-    }
-
-    /// The next frame, or None when the link closed.
-    async fn recv(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(Decoded::Frame(f)) = self.codec.decode(&mut self.buf).unwrap() {
-                return Some(f);
-            }
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout(T, self.stream.read(&mut chunk))
-                .await
-                .expect("read timed out")
-                .ok()?;
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    async fn response(&mut self, seq: u16) -> (u32, Bytes) {
-        loop {
-            let f = self.recv().await.expect("a response");
-            if let Kind::Response { resp_code } = f.header.kind {
-                if f.header.seq == seq {
-                    return (resp_code, f.body);
-                }
-            }
-        }
     }
 }
 
@@ -405,7 +290,7 @@ async fn unknown_and_known_ids_look_alike_to_a_peer_without_the_key() {
     let probe = Probe::connect(broker.port, &[&bridge.topic("#")]).await;
     let mut answers = Vec::new();
     for dev_id in [9999, 1001] {
-        let mut d = RawDevice::register(bridge.port, dev_id)
+        let mut d = RawDevice::register(bridge.port, SEED, dev_id)
             .await
             .unwrap_or_else(|code| panic!("{dev_id} refused with {code}"));
         // Neither peer holds the key: 9999 has none, and this one is not 1001's.
@@ -444,7 +329,7 @@ async fn requests_get_responses_and_become_state_and_events() {
     let broker = Mosquitto::start();
     let bridge = Bridge::start(&broker, |c| c.upstreams.kingxun.range_full_km = 80.0).await;
     let probe = Probe::connect(broker.port, &[&bridge.topic("kx1002/#")]).await;
-    let mut d = RawDevice::register(bridge.port, 1002).await.unwrap();
+    let mut d = RawDevice::register(bridge.port, SEED, 1002).await.unwrap();
     // 1002 encrypted (CryptFlag honoured even where devices usually send plain).
     let seq = d.request(id::STATUS, true, parked_status().encode()).await;
     assert_eq!(d.response(seq).await.0, 0);
@@ -579,7 +464,7 @@ async fn bad_input_costs_only_itself() {
     })
     .await;
     let probe = Probe::connect(broker.port, &[&bridge.topic("kx1003/state")]).await;
-    let mut d = RawDevice::register(bridge.port, 1003).await.unwrap();
+    let mut d = RawDevice::register(bridge.port, SEED, 1003).await.unwrap();
 
     // A frame with a wrong header CRC is skipped; the next good frame is served.
     let mut corrupt = Frame::request(
@@ -677,7 +562,7 @@ async fn bad_input_costs_only_itself() {
     );
 
     // An oversized MsgBodyLen closes the link without allocating it.
-    let mut d = RawDevice::register(bridge.port, 1003).await.unwrap();
+    let mut d = RawDevice::register(bridge.port, SEED, 1003).await.unwrap();
     let mut header = Vec::new();
     Header {
         msg_id: id::STATUS,
@@ -697,7 +582,7 @@ async fn bad_input_costs_only_itself() {
     );
 
     // The server goes on: a new registration works.
-    assert!(RawDevice::register(bridge.port, 1003).await.is_ok());
+    assert!(RawDevice::register(bridge.port, SEED, 1003).await.is_ok());
     // Every kind of bad input was counted, and bridge/info shows it.
     let info = Probe::connect(broker.port, &[&bridge.topic("bridge/info")]).await;
     let c = info
@@ -730,7 +615,7 @@ async fn max_links_and_idle_timeout() {
     })
     .await;
     let probe = Probe::connect(broker.port, &[&bridge.topic("kx1001/availability")]).await;
-    let a = RawDevice::register(bridge.port, 1001).await.unwrap();
+    let a = RawDevice::register(bridge.port, SEED, 1001).await.unwrap();
     probe.wait_for("online", T, |m| m.text() == "online").await;
     let _b = RawDevice::connect(bridge.port).await;
     let mut c = RawDevice::connect(bridge.port).await;
@@ -756,14 +641,14 @@ async fn registration_forks_and_malformed_bodies() {
     let info = Probe::connect(broker.port, &[&bridge.topic("bridge/info")]).await;
 
     // A first frame that is not a 1001: refused with 6 (bad parameter), never 1 or 2.
-    let mut stranger = RawDevice::on(RawDevice::connect(bridge.port).await, 1001, 1);
+    let mut stranger = RawDevice::on(RawDevice::connect(bridge.port).await, SEED, 1001, 1);
     let seq = stranger
         .request(id::STATUS, false, parked_status().encode())
         .await;
     assert_eq!(stranger.response(seq).await.0, 6);
 
     // The 23-byte body of firmware before October 2024 registers.
-    let mut d = RawDevice::on(RawDevice::connect(bridge.port).await, 1001, 1);
+    let mut d = RawDevice::on(RawDevice::connect(bridge.port).await, SEED, 1001, 1);
     let legacy = Register {
         versions: [1, 0x0001_0203, 3, 4, 0, 0],
         version_count: 4,
@@ -887,7 +772,7 @@ async fn an_impostor_without_the_key_changes_nothing() {
     )
     .await;
     // The real device: registers, proves its key with a sealed 1002.
-    let mut real = RawDevice::register(bridge.port, 1001).await.unwrap();
+    let mut real = RawDevice::register(bridge.port, SEED, 1001).await.unwrap();
     let seq = real
         .request(id::STATUS, true, parked_status().encode())
         .await;
@@ -904,7 +789,7 @@ async fn an_impostor_without_the_key_changes_nothing() {
 
     // The impostor: right id, no key. It registers and sends a forged plain 1002.
     probe.clear();
-    let mut fake = RawDevice::register(bridge.port, 1001).await.unwrap();
+    let mut fake = RawDevice::register(bridge.port, SEED, 1001).await.unwrap();
     let mut forged = parked_status();
     forged.lat = 10.0;
     forged.lng = 10.0;
@@ -1003,7 +888,7 @@ async fn one_address_cannot_take_every_link() {
         .connect(format!("127.0.0.1:{}", bridge.port).parse().unwrap())
         .await
         .unwrap();
-    let mut other = RawDevice::on(stream, 1002, 1);
+    let mut other = RawDevice::on(stream, SEED, 1002, 1);
     other
         .send(Frame::request(
             id::REGISTER,

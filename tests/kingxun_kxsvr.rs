@@ -5,16 +5,14 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use common::kingxun::Peer;
 use common::{KillOnDrop, Mosquitto, Probe};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use vehicle2mqtt::config::Secret;
 use vehicle2mqtt::connector::Connector;
@@ -48,52 +46,12 @@ async fn start_fake(wait: Duration, sweep: Duration) -> (String, Arc<FakeKxSvrLo
     (address, log)
 }
 
-/// One raw TCP peer of the fake: a web server or a device.
-struct Peer {
-    stream: TcpStream,
-    buf: BytesMut,
-    /// Accepts relayed answers whose header CRC is unset, as the bridge does.
-    codec: KxCodec,
-}
-
-impl Peer {
-    async fn connect(address: &str) -> Peer {
-        let codec = KxCodec {
-            unset_response_crc: true,
-            ..Default::default()
-        };
-        Peer {
-            stream: TcpStream::connect(address).await.unwrap(),
-            buf: BytesMut::new(),
-            codec,
-        }
-    }
-    async fn send(&mut self, f: &Frame) {
-        self.stream.write_all(&f.to_bytes()).await.unwrap();
-    }
-    /// The next frame with its raw bytes, or `None` when nothing arrives within `wait`.
-    async fn recv_within(&mut self, wait: Duration) -> Option<(Frame, Vec<u8>)> {
-        let end = tokio::time::Instant::now() + wait;
-        loop {
-            let before = self.buf.clone();
-            if let Some(Decoded::Frame(f)) = self.codec.decode(&mut self.buf).unwrap() {
-                let raw = before[..before.len() - self.buf.len()].to_vec();
-                return Some((f, raw));
-            }
-            let mut chunk = [0u8; 2048];
-            let n = tokio::time::timeout_at(end, self.stream.read(&mut chunk))
-                .await
-                .ok()?
-                .ok()?;
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-    async fn recv(&mut self) -> (Frame, Vec<u8>) {
-        self.recv_within(T).await.expect("a frame")
-    }
+/// A raw peer of the fake (a web server or a device) that accepts relayed answers whose
+/// header CRC is unset, as the bridge does.
+async fn connect(address: &str) -> Peer {
+    let mut peer = Peer::connect(address).await;
+    peer.codec.unset_response_crc = true;
+    peer
 }
 
 /// Connects a web server: returns the link's session id and the new IV.
@@ -134,7 +92,7 @@ async fn the_fake_behaves_as_kxsvr_code_does() {
     let dev_key = derive_key(SEED, DEV);
 
     // A device registers with the 23-byte legacy body; kxSvr never reads it.
-    let mut device = Peer::connect(&address).await;
+    let mut device = connect(&address).await;
     let legacy = Register {
         versions: [1, 2, 3, 4, 0, 0],
         version_count: 4,
@@ -162,7 +120,7 @@ async fn the_fake_behaves_as_kxsvr_code_does() {
     );
 
     // 9001: encrypted answer, CryptFlag 0.
-    let mut web = Peer::connect(&address).await;
+    let mut web = connect(&address).await;
     let (web_session, new_iv, ack) = web_connect(&mut web).await;
     assert!(
         !ack.header.crypt,
@@ -568,12 +526,9 @@ name = "Fleet scooter"
     std::fs::write(dir.path().join("config.toml"), config).unwrap();
     let probe = Probe::connect(s.broker.port, &[&format!("{base}/#")]).await;
     let _bridge = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_vehicle2mqtt"))
+        common::bridge_cmd(dir.path())
             .arg("--config")
             .arg(dir.path().join("config.toml"))
-            .current_dir(dir.path())
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

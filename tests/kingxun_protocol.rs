@@ -424,7 +424,8 @@ proptest! {
     }
 }
 
-// Every fork of 2001–2005, byte by byte, per profile (PROTOCOLS.md §5; `Profile` docs).
+// Every fork of 2001–2005, byte by byte, per profile (docs/protocols/kingxun.md,
+// "Layout forks"; `Profile` docs).
 fn dev(control: Control, user_id: u32) -> DeviceControl {
     DeviceControl {
         svr_time: 0x0000_0000_6600_0000,
@@ -574,7 +575,8 @@ fn golden_400x_bodies() {
         app(Control::OpenLock { flags: 2, voice: 1 }).encode(),
         body(&[2, 1])
     );
-    // 4003 and 4005 as seed 001 has them (sent only to servers that carry them out).
+    // 4003 and 4005 as the server document has them (docs/protocols/kingxun.md,
+    // "4001–4005 commands through a server"; sent only to servers that carry them out).
     assert_eq!(
         app(Control::Guard {
             power: 0xFF,

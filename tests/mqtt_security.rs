@@ -350,11 +350,7 @@ fn a_refused_login_is_named_in_the_log_without_the_password() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
     let file = std::fs::File::create(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_vehicle2mqtt"))
-        .current_dir(dir.path())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("V2M_BRIDGE__STATE_DIR", dir.path().join("state"))
+    let child = common::bridge_cmd(dir.path())
         .env("V2M_MQTT__URL", broker.url())
         .env("V2M_MQTT__USERNAME", "bridge")
         .env("V2M_MQTT__PASSWORD", "not-the-Pw-42")

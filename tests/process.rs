@@ -5,30 +5,9 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{KillOnDrop, Mosquitto, Probe};
+use common::{bridge_against, bridge_cmd, KillOnDrop, Mosquitto, Probe, BIN};
 
-const BIN: &str = env!("CARGO_BIN_EXE_vehicle2mqtt");
 const T: Duration = Duration::from_secs(15);
-
-/// A command for the binary with a clean environment (no stray `V2M_` from the caller)
-/// in a fresh working directory.
-fn bridge_cmd(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    cmd.env("V2M_BRIDGE__STATE_DIR", dir.join("state"));
-    cmd
-}
-
-/// The bridge command pointed at `broker` with topics under `base`.
-fn against(broker: &Mosquitto, dir: &std::path::Path, base: &str) -> Command {
-    let mut cmd = bridge_cmd(dir);
-    cmd.env("V2M_MQTT__URL", broker.url())
-        .env("V2M_MQTT__BASE_TOPIC", base)
-        .env("V2M_MQTT__CLIENT_ID", format!("{base}-bridge"));
-    cmd
-}
 
 /// `vehicle2mqtt simulate <args>` (a fake upstream), quiet.
 fn simulate(args: &[&str]) -> KillOnDrop {
@@ -44,7 +23,7 @@ fn simulate(args: &[&str]) -> KillOnDrop {
 }
 
 fn spawn_against(broker: &Mosquitto, dir: &std::path::Path, base: &str) -> KillOnDrop {
-    let child = against(broker, dir, base)
+    let child = bridge_against(broker, dir, base)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -379,7 +358,7 @@ async fn the_binary_polls_the_fake_xchanger_cloud_and_unlocks() {
     );
     let base = format!("p{}", rand::random::<u32>());
     let probe = Probe::connect(broker.port, &[&format!("{base}/#")]).await;
-    let child = against(&broker, dir.path(), &base)
+    let child = bridge_against(&broker, dir.path(), &base)
         .env("V2M_XCHANGER__ENABLED", "true")
         .env("V2M_XCHANGER__BASE_URL", format!("http://127.0.0.1:{port}"))
         .env(
@@ -466,7 +445,7 @@ async fn the_binary_polls_the_fake_iauto360_platform_and_takes_its_pushes() {
     );
     let base = format!("p{}", rand::random::<u32>());
     let probe = Probe::connect(broker.port, &[&format!("{base}/#")]).await;
-    let child = against(&broker, dir.path(), &base)
+    let child = bridge_against(&broker, dir.path(), &base)
         .env("V2M_IAUTO360__ENABLED", "true")
         .env(
             "V2M_IAUTO360__BASE_URL",
@@ -528,7 +507,7 @@ async fn metrics_and_healthz_follow_the_broker() {
     let http = common::free_port();
     let probe = Probe::connect(broker.port, &[&format!("{base}/bridge/state")]).await;
     let _child = KillOnDrop(
-        against(&broker, dir.path(), &base)
+        bridge_against(&broker, dir.path(), &base)
             .env("V2M_BRIDGE__HTTP_LISTEN", format!("127.0.0.1:{http}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -603,7 +582,7 @@ async fn a_taken_listener_port_is_fatal_and_named() {
     )
     .unwrap();
     let out = tokio::task::spawn_blocking({
-        let mut cmd = against(&broker, dir.path(), &format!("p{}", rand::random::<u32>()));
+        let mut cmd = bridge_against(&broker, dir.path(), &format!("p{}", rand::random::<u32>()));
         cmd.arg("--config").arg(&config);
         move || cmd.output().unwrap()
     })
@@ -790,7 +769,7 @@ async fn simulators_exit_non_zero_with_the_reason() {
     )
     .unwrap();
     let _bridge = KillOnDrop(
-        against(&broker, dir.path(), &format!("s{}", rand::random::<u32>()))
+        bridge_against(&broker, dir.path(), &format!("s{}", rand::random::<u32>()))
             .arg("--config")
             .arg(&config)
             .stdout(Stdio::null())
@@ -864,7 +843,7 @@ async fn a_restart_removes_only_the_entities_of_devices_removed_from_the_config(
             .join(",")
     };
     let run = |ids: &[u32]| {
-        let child = against(&broker, dir.path(), &base)
+        let child = bridge_against(&broker, dir.path(), &base)
             .env("V2M_KINGXUN__ENABLED", "true")
             .env("V2M_KINGXUN__LISTEN", format!("127.0.0.1:{kx_port}"))
             .env("V2M_KINGXUN__DEVICES", format!("[{}]", devices(ids)))
@@ -983,7 +962,7 @@ async fn a_restart_and_relink_publish_byte_identical_discovery() {
     .unwrap();
     let run = || {
         KillOnDrop(
-            against(&broker, dir.path(), &base)
+            bridge_against(&broker, dir.path(), &base)
                 .arg("--config")
                 .arg(&config)
                 .arg("run")

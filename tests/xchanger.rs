@@ -82,7 +82,8 @@ async fn wait_state(
         .json()
 }
 
-/// One run of the default bridge (tokens in `state_dir`) until the seed status shows.
+/// One run of the default bridge (tokens in `state_dir`) until the sample status shows
+/// (docs/protocols/xchanger.md, "The status sample").
 async fn run_until_polled(broker: &Mosquitto, cloud: &FakeXchanger, state_dir: &Path) {
     let bridge = start(broker, cloud, Some(state_dir), |_| {}).await;
     let probe = probe(broker, &bridge).await;
@@ -129,7 +130,7 @@ async fn v1_password_login_publishes_the_seed_status_and_keeps_tokens_private() 
         (state["latitude"].as_f64().unwrap() - 31.238).abs() < 1e-6,
         "{state}"
     );
-    // The seed's sample has both position blocks untrusted: shown, with a wide circle.
+    // The status sample has both position blocks untrusted: shown, with a wide circle.
     assert_eq!(state["gps_accuracy"], 1000.0);
     assert_eq!(state["attributes"]["position_trusted"], false);
     // Meanings: warnings as problem sensors, unknown codes raw, sentinels left out.
@@ -214,7 +215,8 @@ async fn v2_auth_code_signs_every_request_and_reads_the_data_plan() {
     let probe = probe(&broker, &bridge).await;
     wait_state(&probe, &bridge, VIN, |s| s["odometer"] == 33253).await;
     let plan = wait_state(&probe, &bridge, VIN, |s| s.get("data_total").is_some()).await;
-    // KiB: the seed's 3 145 728 is a 3 GiB plan.
+    // KiB: the sample's 3 145 728 is a 3 GiB plan (docs/protocols/xchanger.md,
+    // "SIM data plan").
     assert_eq!(plan["data_total"], 3072);
     assert_eq!(plan["data_left"], 3002.284);
     assert_eq!(plan["data_expiry"], "2023-07-05T06:09:04Z");
@@ -224,7 +226,8 @@ async fn v2_auth_code_signs_every_request_and_reads_the_data_plan() {
         "every request carried a good signature"
     );
     assert_eq!((calls.code_exchanges, calls.logins), (1, 0));
-    // The headers of the app's own v2 requests (seed 000's 2023 capture).
+    // The headers of the app's own v2 requests (docs/protocols/xchanger.md,
+    // "v2 captured headers").
     let sent: std::collections::HashMap<_, _> = calls.last_status_headers.into_iter().collect();
     for (name, value) in [
         ("x-env-type", "production"),

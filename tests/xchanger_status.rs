@@ -1,4 +1,5 @@
-//! The seed's full status sample (coordinates filled in for its placeholders) → state.
+//! The forum thread's full status sample (docs/protocols/xchanger.md, "The status sample";
+//! coordinates filled in for its placeholders) → state.
 
 use serde_json::Value as Json;
 use vehicle2mqtt::model::{Field, Value};
@@ -21,7 +22,7 @@ fn full_seed_sample_maps_every_meaningful_field() {
     assert_eq!(st.update_time, Some(1_597_062_290_325));
     assert_eq!(st.engine_running, Some(false));
     let s = &st.state;
-    // Both blocks untrusted (the seed's own sample): shown, with a wide accuracy.
+    // Both blocks untrusted (the sample's own): shown, with a wide accuracy.
     let p = s
         .position
         .expect("an untrusted position is shown, not hidden");
@@ -66,7 +67,7 @@ fn full_seed_sample_maps_every_meaningful_field() {
         (Field::Hood, Value::Bool(false)),
         (Field::SeatbeltDriver, Value::Bool(false)),
         (Field::HandBrake, Value::Bool(true)),
-        // Warnings: every status 0 in the seed's healthy car, the airbag not deployed.
+        // Warnings: every status 0 in the sample's healthy car, the airbag not deployed.
         (Field::AirbagDeployed, Value::Bool(false)),
         (Field::OilPressureWarning, Value::Bool(false)),
         (Field::OilLevelWarning, Value::Bool(false)),

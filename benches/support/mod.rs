@@ -223,7 +223,7 @@ pub fn spawn_bridge(
         ),
     )
     .expect("write config");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_vehicle2mqtt"))
+    let child = std::process::Command::new(crate::common::BIN)
         .arg("--config")
         .arg(&config)
         .spawn()

@@ -94,10 +94,23 @@ pub async fn accept_loop<F, Fut>(
             }
             continue;
         };
-        // A combinator, not an `async move` block around it: a block would store the
-        // link's future and again the one it awaits. The task holds it once.
-        tokio::spawn(serve(stream, peer).map(move |()| drop((permit, slot))));
+        tokio::spawn(task(serve(stream, peer), permit, slot));
     }
+}
+
+/// What a listener spawns for an admitted connection: its link, holding the listener's
+/// permit and the address's slot until it ends. A combinator, not an `async move` block
+/// around it: a block would store the link's future and again the one it awaits. The
+/// task holds it once.
+pub(crate) fn task<Fut>(
+    link: Fut,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    slot: super::PeerLink,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    link.map(move |()| drop((permit, slot)))
 }
 
 /// A write a peer has not taken in this time ends its link: a peer that stops reading
@@ -464,5 +477,25 @@ mod reader_tests {
             reader.next().await.is_none(),
             "nothing is read past an error"
         );
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// Every link holds one, shared with the hub's command routing: 80 bytes (and the
+    /// `Arc`'s two counters) and no queue allocated while it is empty. Its item is the
+    /// link's boxed command, one pointer. Measured under `cargo test` (debug). Growing
+    /// fails: see docs/ARCHITECTURE.md, "Memory" (`-Zprint-type-sizes` shows the layout).
+    #[test]
+    fn an_empty_mailbox_keeps_its_size_and_allocates_nothing() {
+        let mailbox = super::Mailbox::<Box<u8>>::new(8);
+        let size = std::mem::size_of_val(&*mailbox);
+        assert!(
+            size <= 80,
+            "an empty link Mailbox grew to {size} bytes (80): -Zprint-type-sizes shows \
+             its layout, see docs/ARCHITECTURE.md \"Memory\""
+        );
+        let room = mailbox.queue.lock().unwrap().items.capacity();
+        assert_eq!(room, 0, "an empty mailbox allocates its queue");
     }
 }

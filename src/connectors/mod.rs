@@ -9,10 +9,12 @@ pub mod iauto360;
 pub mod kingxun;
 pub mod link;
 pub mod poll;
+pub mod tasks;
 pub mod upstream_ids;
 pub mod xchanger;
 
 pub use link::{listen, LISTEN_BACKLOG};
+pub use tasks::Tasks;
 pub use upstream_ids::{IdRefused, UpstreamIds};
 
 /// The HTTP client of a polling connector: bounded request and connect times, our user

@@ -189,3 +189,21 @@ fn a_value_is_two_words_and_text_reads_as_text() {
     assert_eq!(v.to_payload(), "LOCKED");
     assert_eq!(serde_json::to_string(&v).unwrap(), "\"LOCKED\"");
 }
+
+/// A text value is one thin pointer (what keeps a `Value` at 16 bytes), and an absent one
+/// costs nothing more. Measured under `cargo test` (debug). Growing fails: see
+/// docs/ARCHITECTURE.md, "Memory" (`-Zprint-type-sizes` shows the layout).
+#[test]
+fn a_text_keeps_its_size_of_one_thin_pointer() {
+    let size = std::mem::size_of::<Text>();
+    assert!(
+        size <= 8,
+        "model::Text grew to {size} bytes (8): a Value would grow with it, see \
+         docs/ARCHITECTURE.md \"Memory\""
+    );
+    assert_eq!(
+        std::mem::size_of::<Option<Text>>(),
+        size,
+        "None needs no room"
+    );
+}

@@ -190,3 +190,23 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod size_tests {
+    use super::VecMap;
+    use crate::model::{Field, Value};
+
+    /// One vector (three words) and nothing allocated while empty: a vehicle holds
+    /// several (state fields, attributes, field times). Measured under `cargo test`
+    /// (debug). Growing fails: see docs/ARCHITECTURE.md, "Memory".
+    #[test]
+    fn a_vec_map_is_one_vector_and_empty_holds_nothing() {
+        let size = std::mem::size_of::<VecMap<Field, Value>>();
+        assert!(
+            size <= 24,
+            "a VecMap grew to {size} bytes (24): see docs/ARCHITECTURE.md \"Memory\" \
+             (-Zprint-type-sizes shows the layout)"
+        );
+        assert_eq!(VecMap::<Field, Value>::new().0.capacity(), 0);
+    }
+}

@@ -1,6 +1,10 @@
 //! Shared test harness: a real mosquitto per test on its own port, an MQTT probe client
-//! that records everything it sees, and a connector the test drives by hand.
+//! that records everything it sees, a connector the test drives by hand, bridges in this
+//! process and the real binary, and upstream peers driven by hand (`kingxun`, `exlive`).
 #![allow(dead_code)]
+
+pub mod exlive;
+pub mod kingxun;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -334,6 +338,29 @@ impl RunningBridge {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
     }
+}
+
+/// The real binary.
+pub const BIN: &str = env!("CARGO_BIN_EXE_vehicle2mqtt");
+
+/// A command for the binary with a clean environment (no stray `V2M_` from the caller)
+/// in the working directory `dir`, its state in `dir/state`.
+pub fn bridge_cmd(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    cmd.env("V2M_BRIDGE__STATE_DIR", dir.join("state"));
+    cmd
+}
+
+/// [`bridge_cmd`] pointed at `broker` with topics under `base` (client id `<base>-bridge`).
+pub fn bridge_against(broker: &Mosquitto, dir: &std::path::Path, base: &str) -> Command {
+    let mut cmd = bridge_cmd(dir);
+    cmd.env("V2M_MQTT__URL", broker.url())
+        .env("V2M_MQTT__BASE_TOPIC", base)
+        .env("V2M_MQTT__CLIENT_ID", format!("{base}-bridge"));
+    cmd
 }
 
 /// Kills a child process on drop, so a failing test leaves nothing running.

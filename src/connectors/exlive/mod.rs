@@ -77,7 +77,7 @@ impl Connector for ExliveConnector {
                 shutdown,
                 ..
             } = ctx;
-            let mut tasks = tokio::task::JoinSet::new();
+            let mut tasks = crate::connectors::Tasks::default();
             if self.config.server {
                 let listener = crate::connectors::listen(self.config.listen)
                     .await
@@ -85,10 +85,16 @@ impl Connector for ExliveConnector {
                         anyhow::anyhow!("exlive cannot listen on {}: {e}", self.config.listen)
                     })?;
                 tracing::info!(event = "exlive_listening", listen = %listener.local_addr()?, "EXLIVE server listening");
-                tasks.spawn(server::run(listener, core.clone(), shutdown.clone()));
+                tasks.spawn(
+                    "exlive server",
+                    server::run(listener, core.clone(), shutdown.clone()),
+                );
             }
             if let Some(client) = self.config.client.clone() {
-                tasks.spawn(client::run(client, core.clone(), shutdown.clone()));
+                tasks.spawn(
+                    "exlive platform client",
+                    client::run(client, core.clone(), shutdown.clone()),
+                );
             }
             let mut counters_tick = tokio::time::interval(crate::connector::COUNTERS_EVERY);
             let mut report = crate::connector::CountersReport::default();
@@ -97,13 +103,15 @@ impl Connector for ExliveConnector {
                     _ = shutdown.cancelled() => break,
                     Some(req) = commands.recv() => core.send_command(req),
                     _ = counters_tick.tick() => report.report(core.counters.snapshot(), &core.updates).await,
-                    Some(done) = tasks.join_next() => {
-                        if let Ok(Err(err)) = done {
-                            return Err(err);
+                    reason = tasks.ended() => {
+                        if shutdown.is_cancelled() {
+                            break;
                         }
+                        return Err(reason);
                     }
                 }
             }
+            tasks.stop().await;
             Ok(())
         })
     }

@@ -1,7 +1,8 @@
 //! A fake iauto360 (车智汇) open platform over real HTTP, for the tests and `vehicle2mqtt
 //! simulate iauto360-platform`. It checks each call's signature and `time`, answers every
-//! service the bridge uses with data shaped by the seed's field tables, fails on demand,
-//! and pushes signed vehicle events (including the outcome of a 5001 lock / unlock).
+//! service the bridge uses with data shaped by the service document's field tables
+//! (docs/protocols/iauto360.md), fails on demand, and pushes signed vehicle events
+//! (including the outcome of a 5001 lock / unlock).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -312,10 +313,10 @@ fn handle(
             }
             ok(d)
         }
-        // Seed 002, 1012: trips whose ignition time lies in [timeFrom, timeTo], 10 per
-        // page, `page` defaults to 1, `totalCount` counts them all. The order is not
-        // given; the oldest come first here, so a client reading page 1 alone misses the
-        // newest trips once there are more than ten.
+        // docs/protocols/iauto360.md, "1012 trips": trips whose ignition time lies in
+        // [timeFrom, timeTo], 10 per page, `page` defaults to 1, `totalCount` counts them
+        // all. The order is not given; the oldest come first here, so a client reading
+        // page 1 alone misses the newest trips once there are more than ten.
         1012 => {
             let from = data["timeFrom"].as_i64().unwrap_or(0);
             let to = data["timeTo"].as_i64().unwrap_or(i64::MAX);

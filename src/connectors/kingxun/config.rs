@@ -70,10 +70,13 @@ pub struct KingxunUpstream {
     pub heartbeat: Duration,
     #[serde(default)]
     pub devices: Vec<UpstreamDevice>,
-    /// Commands beyond unlock, lock and open-lock that this server carries out as seed
-    /// 001 describes them: "guard" (4003: guard power and max speed) and "lights" (4005).
+    /// Commands beyond unlock, lock and open-lock that this server carries out as the
+    /// server document describes them (docs/protocols/kingxun.md,
+    /// "4001–4005 commands through a server"): "guard" (4003: guard power and max
+    /// speed) and "lights" (4005).
     /// A stock kxSvr does neither: it forwards 4003 to the device as a LOCK (2002) and
-    /// has no 4005 handler (PROTOCOLS.md §5), so they are off unless listed here.
+    /// has no 4005 handler (docs/protocols/kingxun.md, "kxSvr's real behaviour"), so they
+    /// are off unless listed here.
     #[serde(default)]
     pub server_commands: Vec<ServerCommand>,
 }

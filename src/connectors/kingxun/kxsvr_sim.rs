@@ -5,7 +5,7 @@
 //!
 //! Each behaviour names where kxSvr does it (files as stored at commits 288c51b
 //! `KxLogicSys.cc`, 069eb94 `KxSvr.cc`/`KxSession.cc`/`KxClient.cpp`, 306b108 `KxMsgDef.h`;
-//! PROTOCOLS.md §5 gives line numbers at dd42406):
+//! docs/protocols/kingxun.md, "kxSvr's real behaviour", gives line numbers at dd42406):
 //! - 1001 is answered 0 with `sessionId | IV` whatever its body (`DevRegMsgCallBack`:
 //!   the body is never read); a session id is `0xFD000000 + n` (`KxServer::GetNewSessionId`).
 //! - 1002 and 1004 are answered 0, empty and plain (`DevStatusMsgCallBack`,

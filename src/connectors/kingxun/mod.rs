@@ -567,7 +567,7 @@ impl Connector for KingxunConnector {
                 shutdown,
                 ..
             } = ctx;
-            let mut tasks = Vec::new();
+            let mut tasks = crate::connectors::Tasks::default();
             // The device server runs when devices connect to us directly.
             if !core.devices.is_empty() {
                 let listener = crate::connectors::listen(self.config.listen)
@@ -577,19 +577,18 @@ impl Connector for KingxunConnector {
                     })?;
                 tracing::info!(event = "kingxun_listening", listen = %listener.local_addr()?, devices = core.devices.len(),
                     "kingxun device server listening");
-                tasks.push(tokio::spawn(server::run(
-                    listener,
-                    core.clone(),
-                    shutdown.clone(),
-                )));
+                let server = server::run(listener, core.clone(), shutdown.clone());
+                tasks.spawn("kingxun device server", async move {
+                    server.await;
+                    Ok(())
+                });
             }
             if let Some(up) = self.config.upstream.clone() {
-                tasks.push(tokio::spawn(upstream::run(
-                    up,
-                    core.clone(),
-                    upstream_tx,
-                    shutdown.clone(),
-                )));
+                let link = upstream::run(up, core.clone(), upstream_tx, shutdown.clone());
+                tasks.spawn("kingxun server link", async move {
+                    link.await;
+                    Ok(())
+                });
             }
             let mut counters_tick = tokio::time::interval(crate::connector::COUNTERS_EVERY);
             let mut report = crate::connector::CountersReport::default();
@@ -598,11 +597,15 @@ impl Connector for KingxunConnector {
                     _ = shutdown.cancelled() => break,
                     Some(req) = commands.recv() => core.send_command(req),
                     _ = counters_tick.tick() => report.report(core.counters.snapshot(), &core.updates).await,
+                    reason = tasks.ended() => {
+                        if shutdown.is_cancelled() {
+                            break;
+                        }
+                        return Err(reason);
+                    }
                 }
             }
-            for t in tasks {
-                t.abort();
-            }
+            tasks.stop().await;
             Ok(())
         })
     }

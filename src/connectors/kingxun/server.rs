@@ -34,15 +34,22 @@ pub(super) async fn run(listener: TcpListener, core: Arc<Core>, shutdown: Cancel
         limits,
         refused,
         shutdown.clone(),
-        |stream, peer| {
-            // Admission, then the link: two futures one after the other, so the link's
-            // future (what 10 000 links cost) keeps nothing of admission's.
-            Box::pin(admit(stream, peer, core.clone(), shutdown.clone()))
-                .then(|link| OptionFuture::from(link.map(Link::run)))
-                .map(drop)
-        },
+        |stream, peer| connection(stream, peer, core.clone(), shutdown.clone()),
     )
     .await;
+}
+
+/// A connection's life: admission, then the link. Two futures one after the other, so
+/// the link's future (what 10 000 links cost) keeps nothing of admission's.
+fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    core: Arc<Core>,
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    Box::pin(admit(stream, peer, core, shutdown))
+        .then(|link| OptionFuture::from(link.map(Link::run)))
+        .map(drop)
 }
 
 pub(super) async fn write_frame(wr: &mut OwnedWriteHalf, frame: &Frame) -> std::io::Result<()> {
@@ -550,5 +557,43 @@ impl LinkContext {
             .send(Update::Vehicle(core.info(dev_id, self.sw_version, None)))
             .await;
         core.updates.availability(vehicle_id(dev_id), true).await;
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+    use crate::connectors::{link::task, PeerLink};
+    use tokio::sync::OwnedSemaphorePermit as Permit;
+
+    type Args = (
+        TcpStream,
+        SocketAddr,
+        Arc<Core>,
+        CancellationToken,
+        Permit,
+        PeerLink,
+    );
+
+    /// The size of what `f` returns, from its type alone: `f` is never called (a link
+    /// needs a running connector's `Core`), and a future's size is its type's.
+    fn returned<R>(_: impl FnOnce(Args) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// 10 000 linked devices cost 10 000 of these; measured under `cargo test` (debug).
+    /// Shrinking passes, growing fails: the nightly `-Zprint-type-sizes` shows what grew
+    /// (docs/ARCHITECTURE.md, "Memory").
+    #[test]
+    fn a_kingxun_link_and_its_task_keep_their_size() {
+        let link = returned(|(s, p, c, d, _, _)| connection(s, p, c, d));
+        assert!(link <= 632, "the kingxun link future grew to {link} bytes (632): see -Zprint-type-sizes in docs/ARCHITECTURE.md \"Memory\"");
+        // What the listener spawns: the link, its permit and its address slot. tokio's
+        // task cell around it (header, scheduler, trailer; 128-byte lines) is not seen
+        // from here: a counting allocator measured 896 bytes around a future of this
+        // size (tokio 1.54, x86_64), and the same for any from 657 to 784 bytes.
+        let task =
+            returned(|(s, p, c, d, permit, slot)| task(connection(s, p, c, d), permit, slot));
+        assert!(task <= 680, "the kingxun link task's future grew to {task} bytes (680): see -Zprint-type-sizes in docs/ARCHITECTURE.md \"Memory\"");
     }
 }

@@ -1,4 +1,5 @@
-//! Web-server role: the bridge drives an existing kingxun server (seed 001, second half).
+//! Web-server role: the bridge drives an existing kingxun server (docs/protocols/kingxun.md,
+//! "9001 connect" to "4001–4005 commands through a server").
 //! 9001 handshake with the initial key and IV, 9002 heartbeats well inside the server's
 //! 500 s idle limit, commands as 4001–4005, reconnect with backoff.
 

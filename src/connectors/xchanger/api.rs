@@ -79,8 +79,9 @@ pub enum Host {
     Data,
 }
 
-/// Headers of the app's own v2 requests as seed 000's 2023 capture shows them (besides
-/// the signature headers and `Accept`). X-VEHICLE-SERIES is per car and left out.
+/// Headers of the app's own v2 requests as the forum thread's 2023 capture shows them
+/// (docs/protocols/xchanger.md, "v2 captured headers"), besides the signature headers and
+/// `Accept`. X-VEHICLE-SERIES is per car and left out.
 const CAPTURED_HEADERS: [(&str, &str); 6] = [
     ("X-ENV-TYPE", "production"),
     ("X-AGENT-TYPE", "iOS"),

@@ -44,7 +44,8 @@ pub(super) fn telematics(cmd: &Command, unlock_window_min: u32) -> Option<Telema
     }
 }
 
-/// The telematics body (seed 000), exactly as the app sends it.
+/// The telematics body (docs/protocols/xchanger.md, "Remote control"), exactly as the app
+/// sends it.
 pub fn telematics_body(
     service_id: &str,
     command: &str,

@@ -1,14 +1,16 @@
 //! A fake xchanger cloud over real HTTP, for the tests and `vehicle2mqtt simulate
-//! xchanger`. It serves the seed's status sample as it is (both position blocks
-//! untrusted: seed 000), checks the v2 signature (and refuses a reused nonce), checks
-//! the `authorization` header, expires tokens on demand, rotates refresh tokens, fails on
-//! demand (HTTP status, bad JSON, error codes), and changes the vehicle's state a moment
-//! after a command (1.5 s by default: what an unlock took on a real car, issue #15).
+//! xchanger`. It serves the forum thread's status sample as it is (both position blocks
+//! untrusted: docs/protocols/xchanger.md, "The status sample"), checks the v2 signature
+//! (and refuses a reused nonce), checks the `authorization` header, expires tokens on
+//! demand, rotates refresh tokens, fails on demand (HTTP status, bad JSON, error codes),
+//! and changes the vehicle's state a moment after a command (1.5 s by default: what an
+//! unlock took on a real car, issue #15).
 //!
 //! The login answers at the top level with `resultCode` / `resultMessage` and the tokens
 //! (fineemb/Lynk-Co `__init__.py` `_login_lynkco` reads `resultMessage` and `accessToken`
 //! from the answer itself); a refused password is `resultCode` 1501. Every other answer
-//! wraps its payload as `{code, message, data, success}` (seed 000).
+//! wraps its payload as `{code, message, data, success}` (docs/protocols/xchanger.md,
+//! "Vehicle status").
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -24,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::protocol::xchanger::sign;
 
-/// The seed's full status sample (placeholders filled in).
+/// The forum thread's full status sample, placeholders filled in
+/// (docs/protocols/xchanger.md, "The status sample").
 pub const STATUS_SAMPLE: &str = include_str!("data/xchanger_status.json");
 
 #[derive(Debug, Clone)]
@@ -47,7 +50,7 @@ pub struct FakeOptions {
     pub token_ttl_s: i64,
     /// How long after an accepted command the car reports its new state.
     pub command_delay: Duration,
-    /// Serve the status sample's position blocks trusted (the seed has both untrusted).
+    /// Serve the status sample's position blocks trusted (the sample has both untrusted).
     pub trusted_position: bool,
     /// Answer expired tokens with HTTP 401 instead of code 1402.
     pub expired_as_401: bool,

@@ -23,7 +23,7 @@ fn vehicle_lists_in_every_shape() {
 fn data_plan_from_the_seed_sample() {
     let doc = json!({"sum": 3145728, "left": 3074339, "used": 71389,
         "basic_package": {"limit_time": 1688537344000i64}});
-    // KiB: 3 145 728 KiB is a 3 GiB plan (PROTOCOLS.md §5).
+    // KiB: 3 145 728 KiB is a 3 GiB plan (docs/protocols/xchanger.md, "SIM data plan").
     let st = data_plan_state(&doc, DataUnit::Kib);
     assert_eq!(
         st.get(Field::DataTotal),

@@ -207,7 +207,8 @@ impl Message {
                 groupid: text(b, "groupid"),
                 relation: text(b, "relation"),
                 customer: text(b, "customer"),
-                // The seed spells it "goupname".
+                // The specification spells it "goupname" (docs/protocols/exlive.md,
+                // "1008 to 1011 groups and vehicles").
                 groupname: opt_text(b, "groupname").unwrap_or_else(|| text(b, "goupname")),
             },
             "1010" => Message::VehiclesRequest {
@@ -323,8 +324,8 @@ impl Message {
         json!({"header": {"cmd": self.cmd()}, "body": body}).to_string()
     }
 
-    /// Whether an 8000 result means success ("success" per the seed, "succeed" per one
-    /// public client).
+    /// Whether an 8000 result means success ("success" per the specification, "succeed" per
+    /// one public client: docs/protocols/exlive.md, "1000 login and 8000 ack").
     pub fn is_success(result: &str) -> bool {
         matches!(
             result.trim().to_ascii_lowercase().as_str(),

@@ -1,4 +1,4 @@
-//! EXLIVE JSON over TCP (seed 003, PROTOCOLS.md §3): every message is
+//! EXLIVE JSON over TCP (docs/protocols/exlive.md): every message is
 //! `{"header":{"cmd":"NNNN"},"body":{...}}` with string values.
 
 mod message;

@@ -3,8 +3,9 @@
 //! message on, drop one for a vehicle the account may not report). The server
 //! (`connectors/exlive/server.rs`) reads, writes, checks credentials and publishes.
 //!
-//! Seed 003: a link logs in first (cmd 1000, answered by an 8000 ack with `result`
-//! "success" or "fail"); a platform that stays silent past the heartbeat timeout is gone.
+//! docs/protocols/exlive.md, "Login sequence": a link logs in first (cmd 1000, answered
+//! by an 8000 ack with `result` "success" or "fail"); a platform that stays silent past
+//! the heartbeat timeout is gone.
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -11,8 +11,9 @@
 //! where every lead byte (0x81–0xFE) takes the next byte with it.
 //!
 //! Recovery: inside an object a `{` may only follow `:`, `[` or `,`. A `{` anywhere else
-//! means the previous object never closed (the seed's own 1001 example lacks its final
-//! brace): that object is returned as [`Frame::Malformed`] and a new one starts there.
+//! means the previous object never closed (the specification's own 1001 example lacks its
+//! final brace: docs/protocols/exlive.md, "Framing"): that object is returned as
+//! [`Frame::Malformed`] and a new one starts there.
 
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::Decoder;

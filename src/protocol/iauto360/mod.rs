@@ -1,4 +1,4 @@
-//! iauto360 (车智汇) open platform, seed 002 and PROTOCOLS.md §2: the pure parts.
+//! iauto360 (车智汇) open platform, docs/protocols/iauto360.md: the pure parts.
 //!
 //! Every call is `POST /srv/{service}/{openId}/{sign}` with the JSON body
 //! `{"time": <unix ms>, "data": {...}, "plan": <optional>}` where
@@ -47,9 +47,10 @@ pub fn path(service: u16, open_id: &str, sign: &str) -> String {
 
 /// Checks an event push's `versign` in constant time.
 ///
-/// PROTOCOLS.md gives `md5hex(events + secureCode)`; the platform's own
-/// `vehicle_events.md` describes SHA-1 of the same string. Both are keyed by the shared
-/// secret, so both are accepted, told apart by length (32 or 40 hex digits).
+/// The platform's `vehicle_events.md` gives `md5hex(events + secureCode)` since its 2019
+/// revision and SHA-1 of the same string in its 2018 ones (docs/protocols/iauto360.md,
+/// "Event push"). Both are keyed by the shared secret, so both are accepted, told apart by
+/// length (32 or 40 hex digits).
 pub fn verify_push(events_json: &str, secure_code: &str, versign: &str) -> bool {
     let given = versign.trim().to_ascii_lowercase();
     let expected = match given.len() {
@@ -66,7 +67,8 @@ pub fn verify_push(events_json: &str, secure_code: &str, versign: &str) -> bool 
     bool::from(expected.as_bytes().ct_eq(given.as_bytes()))
 }
 
-/// `versign` as this project's fake platform and tests make it (MD5, PROTOCOLS.md).
+/// `versign` as this project's fake platform and tests make it (MD5;
+/// docs/protocols/iauto360.md, "Event push").
 pub fn push_signature(events_json: &str, secure_code: &str) -> String {
     md5_hex(&[events_json.as_bytes(), secure_code.as_bytes()])
 }
@@ -287,7 +289,8 @@ mod tests {
             ];
             assert_eq!(set.iter().filter(|b| **b).count(), 1, "only bit {code}");
         }
-        // The seed's example: 6 = high temperature and high pressure.
+        // The service document's example (docs/protocols/iauto360.md, "1019 tyres"):
+        // 6 = high temperature and high pressure.
         let six = TyreStatus::from_code(6);
         assert!(six.high_pressure && six.high_temperature && !six.low_pressure);
         assert!(TyreStatus::from_code(-1).device_fault);

@@ -24,12 +24,15 @@ pub enum Control {
     /// 2004 / 4004. `flags`: 0x02 seat, 0x04 glovebox, 0x08 helmet.
     OpenLock { flags: u8, voice: u8 },
     /// 2005 / 4005. `flags`: 0x01 headlight, 0x04 high beam, 0x10 position, 0x40 left,
-    /// 0x80 right; 4005 (seed 001) is u16 and adds 0x0100 hazard and 0x0400 brake light,
-    /// 2005 (devProctol.md) is one byte, so those two cannot reach a device directly.
+    /// 0x80 right; 4005 (the server document: docs/protocols/kingxun.md,
+    /// "4001–4005 commands through a server") is u16 and adds 0x0100 hazard and 0x0400
+    /// brake light, 2005 (devProctol.md) is one byte, so those two cannot reach a device
+    /// directly.
     Lights { flags: u16 },
 }
 
-/// Which published layout a device expects where the sources disagree (PROTOCOLS.md §5).
+/// Which published layout a device expects where the sources disagree
+/// (docs/protocols/kingxun.md, "Layout forks"; docs/kingxun-profiles.md).
 ///
 /// | body | `classic` (default) | `doc-2025` | `kxsvr` |
 /// |------|---------------------|------------|---------|
@@ -41,9 +44,9 @@ pub enum Control {
 /// `classic` is what two sources agree on: 2001 without usrId (kxSvr's
 /// `KxDevCtrlOpenLock_OrMsg` and devProctol.md before 2025-08), 2004 without voice (every
 /// devProctol.md version; kxSvr's 14th byte is never initialised, so firmware that works
-/// with kxSvr cannot depend on it), 2003 maxSpeed u16 (every devProctol.md version and seed
-/// 001; kxSvr's u8 never reaches a device, since kxSvr forwards 4003 as 2002), 2005
-/// lightFlag u8 (devProctol.md; kxSvr has no 2005).
+/// with kxSvr cannot depend on it), 2003 maxSpeed u16 (every devProctol.md version and the
+/// server document's 4003; kxSvr's u8 never reaches a device, since kxSvr forwards 4003 as
+/// 2002), 2005 lightFlag u8 (devProctol.md; kxSvr has no 2005).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Profile {
     #[default]
@@ -84,7 +87,8 @@ impl Profile {
 }
 
 /// Who a control is for: a device (2001–2005, in its profile) or a server (4001–4005, as
-/// seed 001 and kxSvr's `KxAppDevCtrl*_OrMsg` structs lay them out).
+/// the server document and kxSvr's `KxAppDevCtrl*_OrMsg` structs lay them out;
+/// docs/protocols/kingxun.md, "4001–4005 commands through a server").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     Device(Profile),
@@ -259,8 +263,9 @@ impl DeviceControl {
     }
 }
 
-/// 4001–4005 body: `devId u32 | devtype u8 | time u64 | usrId i32 | params` (seed 001;
-/// kxSvr's `KxAppDevCtrl*_OrMsg` structs agree except 4003's maxSpeed, u8 there).
+/// 4001–4005 body: `devId u32 | devtype u8 | time u64 | usrId i32 | params` (the server
+/// document, docs/protocols/kingxun.md, "4001–4005 commands through a server"; kxSvr's
+/// `KxAppDevCtrl*_OrMsg` structs agree except 4003's maxSpeed, u8 there).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppControl {
     pub dev_id: u32,

@@ -1,4 +1,4 @@
-//! kingxun device and server protocol (seed 001, PROTOCOLS.md §4–5).
+//! kingxun device and server protocol (docs/protocols/kingxun.md).
 //!
 //! `frame`: the 15-byte common header (little-endian, CRC-16/XMODEM over its first 13
 //! bytes) plus the request (`DevId`, `SessionId`) or response (`RespCode`) tail.

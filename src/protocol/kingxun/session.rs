@@ -3,7 +3,8 @@
 //! proof of key, requests to act on, command outcomes, events and the reason to close
 //! come out. `connectors/kingxun/server.rs` does the reading, writing and publishing.
 //!
-//! Sources: seed 001 (registration 1001, SessionId and IV, RespCodes), kxSvr
+//! Sources (docs/protocols/kingxun.md, "1001 registration" and "RespCodes"): the device
+//! document (registration 1001, SessionId and IV, RespCodes), kxSvr
 //! `KxLogicSys.cc` `DevRegMsgCallBack` (a repeated 1001 gets a fresh IV, the session id
 //! stays), `KxSession.cc` `checkMsgHeader` (requests checked by SessionId; we check DevId
 //! too: `KxClient.cpp` puts the device's own id on every frame).

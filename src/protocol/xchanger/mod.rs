@@ -1,4 +1,4 @@
-//! xchanger (Lynk & Co / Geely cloud), seed 000 and PROTOCOLS.md §1: the pure parts.
+//! xchanger (Lynk & Co / Geely cloud), docs/protocols/xchanger.md: the pure parts.
 //! `sign`: the v2 request signature and the one query string used in URL and signature.
 //! `status`: the vehicle status document → the shared model.
 //!

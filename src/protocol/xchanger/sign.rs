@@ -1,4 +1,4 @@
-//! v2 request signing (PROTOCOLS.md §1):
+//! v2 request signing (docs/protocols/xchanger.md, "v2 signature"):
 //!
 //! ```text
 //! canonical = Accept "\n" "x-api-signature-nonce:" nonce "\n" "x-api-signature-version:1.0" "\n"

@@ -1,18 +1,19 @@
-//! The status document (`GET .../vehicle/status/{vin}`, seed 000's full sample) → the
-//! shared model. Values arrive as numbers or strings ("0"/"1"); a missing or malformed
-//! value makes only that field absent.
+//! The status document (`GET .../vehicle/status/{vin}`, the full sample in
+//! docs/protocols/xchanger.md, "The status sample") → the shared model. Values arrive as
+//! numbers or strings ("0"/"1"); a missing or malformed value makes only that field absent.
 //!
-//! DECISIONs where the sources name a field but not its meaning:
+//! DECISIONs where the sources name a field but not its meaning (docs/protocols/xchanger.md,
+//! "Status field meanings"):
 //! - positions are `raw / 3_600_000` degrees, GCJ-02 when `marsCoordinates` is true;
 //!   `position` first, then `extPosition` (both public clients, fineemb/Lynk-Co and
 //!   pySmartHashtag, read `position`), each judged by its own `posCanBeTrusted`; an
-//!   untrusted one is shown with a wide `gps_accuracy` (the seed's own sample has both
+//!   untrusted one is shown with a wide `gps_accuracy` (the status sample has both
 //!   untrusted: hiding them would show no car on any map) unless the caller hides it;
 //! - warning statuses (oil pressure and level, coolant level, brake and washer fluid,
-//!   bulbs) are 0 when fine and anything else is a warning: the seed's parked, healthy
+//!   bulbs) are 0 when fine and anything else is a warning: the sample's parked, healthy
 //!   car reports 0 for each; `srsStatus` "SRS_NOT_DEPLOYED" is the only airbag value seen;
 //! - `interiorTemp` 0 beside an exterior temperature at least 5 °C away from it, and
-//!   PM2.5 65535, are "no value" markers (the seed: 0 °C inside at 29 °C outside in August);
+//!   PM2.5 65535, are "no value" markers (the sample: 0 °C inside at 29 °C outside in August);
 //! - `fuelLevel` is litres; tyre pressures are kPa; `tripMeterN` are km;
 //! - door/trunk lock status 1 = locked; open statuses 0 = closed;
 //! - window status 2 = closed, 1 = open, anything else unknown (left absent);
@@ -207,7 +208,7 @@ pub fn parse(doc: &Value, hide_untrusted_position: bool) -> Result<Status, Statu
         st.set_f64(Field::AuxBatteryVoltage, v);
     }
     // DECISION: `chargeLevel` is a percentage when positive; `stateOfCharge` is a small
-    // status code (1 in the seed) of unknown scale, kept raw as an attribute.
+    // status code (1 in the sample) of unknown scale, kept raw as an attribute.
     if let Some(v) = num(battery("chargeLevel")).filter(|v| *v > 0.0 && *v <= 100.0) {
         st.set_f64(Field::AuxBatteryLevel, v);
     }

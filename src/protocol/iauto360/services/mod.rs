@@ -1,8 +1,8 @@
 //! Service answers (the `data` of a `flag 1` reply) and pushed events → the shared model.
-//! Field names and units are the seed's tables; a missing or malformed field makes only
-//! that field absent.
+//! Field names and units are the service document's tables (docs/protocols/iauto360.md,
+//! one section per service); a missing or malformed field makes only that field absent.
 //!
-//! DECISIONs where the seed is silent:
+//! DECISIONs where the document is silent (docs/protocols/iauto360.md, "Decisions"):
 //! - 1011 `voltage` and 1017 `val / 10` are the 12 V battery; `driveStatus 1` (ignition
 //!   on) is "engine running";
 //! - 1021 `insuranceDate` says nothing of when the policy ends (it is the purchase
@@ -69,8 +69,9 @@ pub fn condition(d: &Value) -> (VehicleState, Option<bool>) {
         }
     } else if running == Some(false) {
         // With the ignition off the car is not moving and the engine not turning; the
-        // coolant's last driving value no longer holds (seed 002: speed, enginRate and
-        // coldTemplate "only have a value when driveStatus is 1").
+        // coolant's last driving value no longer holds (docs/protocols/iauto360.md,
+        // "1011 latest condition": speed, enginRate and coldTemplate "only have a value
+        // when driveStatus is 1").
         st.set(Field::Driving, false);
         st.set_f64(Field::Speed, 0.0);
         st.set_f64(Field::EngineRpm, 0.0);
@@ -285,7 +286,8 @@ pub struct Trip {
     pub record: Value,
 }
 
-/// 1012: one page's trips (at most 10 per page, seed 002), in no particular order.
+/// 1012: one page's trips (at most 10 per page: docs/protocols/iauto360.md, "1012 trips"),
+/// in no particular order.
 pub fn trips(d: &Value) -> Vec<Trip> {
     let Some(records) = d.get("records").and_then(Value::as_array) else {
         return Vec::new();
@@ -314,7 +316,7 @@ pub fn latest_trip(d: &Value) -> Option<Trip> {
     trips(d).into_iter().max_by_key(|t| (t.end, t.id))
 }
 
-/// Trips per 1012 page (seed 002: "每页数据为10条").
+/// Trips per 1012 page (docs/protocols/iauto360.md, "1012 trips": "每页数据为10条").
 pub const TRIPS_PER_PAGE: usize = 10;
 
 /// Most track points carried by one trip event.

@@ -7,10 +7,10 @@ use crate::protocol::kingxun::wire::{BodyError, LocalTime, Reader, Writer};
 pub struct DevEvent {
     pub time: LocalTime,
     pub millis: u16,
-    /// devProctol.md (current, PROTOCOLS.md §5): 1 phone Bluetooth proximity unlock,
-    /// 2 network unlock, 3 auto lock, 4 user lock, 5 charging, 6 battery removed, 7 battery
-    /// inserted, 8 tipped over, 9 moved while locked, 10 tipped over while riding, 11 key
-    /// unlock, 12 key lock, 13 ride started.
+    /// devProctol.md (current; docs/protocols/kingxun.md, "1012 events"): 1 phone
+    /// Bluetooth proximity unlock, 2 network unlock, 3 auto lock, 4 user lock, 5 charging,
+    /// 6 battery removed, 7 battery inserted, 8 tipped over, 9 moved while locked, 10 tipped
+    /// over while riding, 11 key unlock, 12 key lock, 13 ride started.
     pub kind: u8,
     pub user_id: u32,
     /// mm/s.

@@ -1,7 +1,7 @@
 //! Typed message bodies (plain bytes, after decryption). All integers little-endian.
 //!
-//! Layouts follow PROTOCOLS.md §4 and the kxSvr device document. Where those give a
-//! field without a size, the size chosen here is marked DECISION.
+//! Layouts follow the kxSvr device document (docs/protocols/kingxun.md, one section per
+//! message). Where it gives a field without a size, the size chosen here is marked DECISION.
 
 //!
 //! One file per message, as rumqttc keeps one per packet.

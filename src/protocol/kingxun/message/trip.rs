@@ -4,7 +4,8 @@ use crate::protocol::kingxun::wire::{BodyError, LocalTime, Reader, Writer};
 
 /// 1008: a finished trip (encrypted).
 ///
-/// DECISION (PROTOCOLS.md lists the fields, sizes from the device doc):
+/// DECISION (docs/protocols/kingxun.md, "1008 trip", lists the fields, sizes from the
+/// device doc):
 /// start time, start lng/lat f64, end time, end lng/lat f64, distance u32 (m),
 /// soc begin u8, soc end u8, max speed u16 (mm/s), avg speed u16 (mm/s),
 /// max current u16 (A × 100), battery id [32], point count u32, points (lng, lat f64).

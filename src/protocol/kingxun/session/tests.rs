@@ -111,7 +111,8 @@ fn registration_answers_session_and_iv_and_proves_only_trusted_known_devices() {
     let [Output::Send(ack)] = out.as_slice() else {
         panic!("{out:?}");
     };
-    // RespCode 0, then SessionId u32 LE and the 16-byte IV (seed 001, 1001 answer).
+    // RespCode 0, then SessionId u32 LE and the 16-byte IV (docs/protocols/kingxun.md,
+    // "1001 registration").
     assert_eq!((ack.header.msg_id, ack.header.seq, code(ack)), (1001, 5, 0));
     let mut body = vec![0x44, 0x33, 0x22, 0x11];
     body.extend_from_slice(&IV);
