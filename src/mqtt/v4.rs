@@ -64,8 +64,6 @@ pub(super) async fn run(
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                let (host, port) = eventloop.mqtt_options.broker_address();
-                quick_ack.connected(&host, port).await;
                 connected_at = Some(std::time::Instant::now());
                 stats.protocol.store(4, Ordering::Relaxed);
                 tracing::info!(
@@ -77,6 +75,9 @@ pub(super) async fn run(
                 if events.send(MqttEvent::Connected).await.is_err() {
                     return;
                 }
+                // After the hub has heard: it subscribes without waiting for the scan.
+                let (host, port) = eventloop.mqtt_options.broker_address();
+                quick_ack.connected(&host, port).await;
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let topic = p.topic;

@@ -77,8 +77,6 @@ pub(super) async fn run(
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                let (host, port) = eventloop.options.broker_address();
-                quick_ack.connected(&host, port).await;
                 connected_at = Some(std::time::Instant::now());
                 ever_connected = true;
                 stats.protocol.store(5, Ordering::Relaxed);
@@ -91,6 +89,9 @@ pub(super) async fn run(
                 if events.send(MqttEvent::Connected).await.is_err() {
                     return;
                 }
+                // After the hub has heard: it subscribes without waiting for the scan.
+                let (host, port) = eventloop.options.broker_address();
+                quick_ack.connected(&host, port).await;
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let Ok(topic) = String::from_utf8(p.topic.to_vec()) else {
