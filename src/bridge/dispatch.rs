@@ -64,21 +64,13 @@ impl Hub {
         };
         let vid = v.info.id.clone();
         let owner = v.owner;
-        if crate::controls::command_needs_pin(&command)
-            && !self.config.bridge.command_pin.is_empty()
+        let now = std::time::Instant::now();
+        if let Err(refusal) = self
+            .gate
+            .admit(&vid, &command, payload.code.as_deref(), now)
         {
-            // A PIN entered in HA's `Command PIN` text a moment ago stands in for a code.
-            let armed = payload.code.is_none()
-                && self.vehicles.get_mut(&vid).is_some_and(|v| {
-                    v.armed_pin
-                        .take()
-                        .is_some_and(|until| std::time::Instant::now() < until)
-                });
-            if !armed {
-                if let Err(reason) = self.check_pin(&vid, payload.code.as_deref()) {
-                    return self.reject(vehicle, &id, &command.name(), &reason);
-                }
-            }
+            self.info_dirty |= refusal == gate::Refusal::WrongPin;
+            return self.reject(vehicle, &id, &command.name(), &refusal.to_string());
         }
         let queue = self.config.bridge.command_queue;
         let timeout = self.config.bridge.command_timeout;
@@ -124,31 +116,8 @@ impl Hub {
         }
     }
 
-    /// Checks a PIN against `bridge.command_pin`, counting wrong ones and locking out.
-    pub(super) fn check_pin(&mut self, vid: &VehicleId, code: Option<&str>) -> Result<(), String> {
-        let now = std::time::Instant::now();
-        let tries = self.pin_tries.entry(vid.clone()).or_default();
-        // While locked out the PIN is not even compared: guessing gains nothing.
-        if let Some(left) = tries.locked(now).or(self.pin_tries_overall.locked(now)) {
-            return Err(format!("PIN locked for {left} s after repeated wrong PINs"));
-        }
-        if !command::pin_matches(self.config.bridge.command_pin.expose(), code) {
-            tries.failed(now, command::PIN_TRIES_PER_VEHICLE);
-            self.pin_tries_overall
-                .failed(now, command::PIN_TRIES_OVERALL);
-            self.pin_failures += 1;
-            self.info_dirty = true;
-            let failures = tries.failures();
-            tracing::warn!(event = "wrong_pin", vehicle = %vid, failures, "wrong or missing PIN");
-            return Err("wrong or missing PIN".into());
-        }
-        tries.reset();
-        self.pin_tries_overall.reset();
-        Ok(())
-    }
-
-    /// `<vehicle>/pin/set`: HA's `Command PIN` text. A right PIN arms the vehicle's next
-    /// PIN command for `PIN_ARMED_FOR`; a wrong one counts like any wrong PIN.
+    /// `<vehicle>/pin/set`: HA's `Command PIN` text (the gate arms the vehicle's next PIN
+    /// command, or counts a wrong PIN like any other).
     pub(super) fn on_pin(&mut self, vehicle: &str, raw: &Bytes, retain: bool) {
         let id = new_command_id();
         if retain {
@@ -159,20 +128,18 @@ impl Hub {
             return self.reject(vehicle, &id, "pin", "unknown vehicle");
         };
         if self.config.bridge.command_pin.is_empty() {
-            return self.reject(vehicle, &id, "pin", "no command_pin is set");
+            return self.reject(vehicle, &id, "pin", &gate::Refusal::NoPinSet.to_string());
         }
         // HA's text entity never shows what was typed: clear it at once.
         self.send(self.topics.vehicle(vehicle, "pin"), "", false);
         let code = std::str::from_utf8(raw).ok();
-        if let Err(reason) = self.check_pin(&vid, code) {
-            return self.reject(vehicle, &id, "pin", &reason);
-        }
-        if let Some(v) = self.vehicles.get_mut(&vid) {
-            v.armed_pin = Some(std::time::Instant::now() + PIN_ARMED_FOR);
+        if let Err(refusal) = self.gate.arm(&vid, code, std::time::Instant::now()) {
+            self.info_dirty |= refusal == gate::Refusal::WrongPin;
+            return self.reject(vehicle, &id, "pin", &refusal.to_string());
         }
         let reason = format!(
             "armed: the next command within {} s",
-            PIN_ARMED_FOR.as_secs()
+            gate::ARMED_FOR.as_secs()
         );
         self.publish_result(vehicle, &id, "pin", CommandStatus::Succeeded, Some(&reason));
     }

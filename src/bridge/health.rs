@@ -35,7 +35,7 @@ impl Hub {
                 .filter(|v| v.published_availability == Some(true))
                 .count(),
             commands: self.command_results.clone(),
-            pin_failures: self.pin_failures,
+            pin_failures: self.gate.failures(),
             mqtt_published: load(&stats.published),
             mqtt_dropped: load(&stats.dropped_publishes),
             mqtt_coalesced: load(&stats.coalesced_states),

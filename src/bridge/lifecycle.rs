@@ -97,9 +97,9 @@ impl Hub {
         if !self.config.mqtt.discovery {
             return;
         }
-        if !self.retry.is_empty() {
+        if self.outbox.is_behind() {
             // MQTT is behind: build the documents when there is room (`flush_retries`).
-            *self.owed_discovery.entry(id.clone()).or_default() |= force;
+            self.outbox.owe_discovery(id.clone(), force);
             return;
         }
         let pin_required = !self.config.bridge.command_pin.is_empty();
@@ -219,6 +219,7 @@ impl Hub {
             return 0;
         };
         self.field_payloads.remove(id);
+        self.gate.forget(id);
         let removals = v.announced.remove_all(&self.topics, id);
         let n = removals.len();
         for (topic, payload) in removals {
@@ -230,7 +231,7 @@ impl Hub {
             Vec::new(),
             true,
         );
-        self.unsent_states.remove(id);
+        self.outbox.forget(id);
         self.forgotten.push(id.clone());
         self.info_dirty = true;
         n

@@ -10,14 +10,16 @@
 
 pub mod command;
 mod dispatch;
+mod gate;
 mod health;
 mod lifecycle;
+mod outbox;
 mod publish;
 pub mod store;
 mod updates;
 mod worker;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -55,8 +57,6 @@ const PERSIST_EVERY: Duration = Duration::from_secs(15);
 const PERSIST_STATE_EVERY: Duration = Duration::from_secs(300);
 /// Records written per persist tick, at most (all of them at shutdown).
 const PERSIST_BATCH: usize = 500;
-/// How long a PIN entered in HA's `Command PIN` text stays good for one command.
-const PIN_ARMED_FOR: Duration = Duration::from_secs(30);
 
 struct ConnectorSlot {
     name: &'static str,
@@ -104,8 +104,6 @@ struct Vehicle {
     entities_dirty: bool,
     /// When its record was last written.
     saved_at: Option<std::time::Instant>,
-    /// A PIN entered in HA's `Command PIN` text, valid for one command until then.
-    armed_pin: Option<std::time::Instant>,
     /// LOCKING / UNLOCKING while a lock command is in flight.
     pending_lock: Option<&'static str>,
     worker: Option<mpsc::Sender<Queued>>,
@@ -132,7 +130,6 @@ impl Vehicle {
             dirty: false,
             entities_dirty: false,
             saved_at: None,
-            armed_pin: None,
             pending_lock: None,
             worker: None,
         }
@@ -187,25 +184,16 @@ struct Hub {
     info_dirty: bool,
     last_info: String,
     rediscover_at: Option<Instant>,
-    /// Non-state messages that found the MQTT queue full, oldest first.
-    retry: VecDeque<(String, Vec<u8>, bool)>,
+    /// What found MQTT busy or away: messages, owed states, owed discovery.
+    outbox: outbox::Outbox,
     mqtt_connected: bool,
     /// The broker refused a subscription; retried on the alive tick until it accepts.
     subscription_refused: bool,
     /// The refusal count when the subscriptions were last asked for again.
     refusals_at_retry: Option<u64>,
-    /// Vehicles whose newest state is not yet published (states coalesce: only the
-    /// newest matters, so this is a set, not a queue).
-    unsent_states: HashSet<VehicleId>,
-    /// Vehicles whose discovery waits for MQTT to catch up (true: every document again).
-    /// Documents are built when there is room for them, so a fleet's link storm (10 000
-    /// devices, 600 000 documents) queues vehicles, not documents, and drops none.
-    owed_discovery: HashMap<VehicleId, bool>,
     /// Per vehicle, per-field topic → payload as last published: only with
     /// `per_field_topics`, so only then does a vehicle hold a map for it.
     field_payloads: HashMap<VehicleId, BTreeMap<String, String>>,
-    /// Bound of `retry`.
-    retry_limit: usize,
     /// Retained discovery configs of ours found on the broker (a purge removes those no
     /// vehicle claims).
     unclaimed_configs: HashSet<String>,
@@ -215,11 +203,8 @@ struct Hub {
     persisting: Option<tokio::task::JoinHandle<()>>,
     /// Command results by status, for `/metrics`.
     command_results: BTreeMap<String, u64>,
-    /// Wrong PINs per vehicle and across all of them, with their lockouts.
-    pin_tries: HashMap<VehicleId, command::PinTries>,
-    pin_tries_overall: command::PinTries,
-    /// Every wrong PIN since start.
-    pin_failures: u64,
+    /// Who may run a PIN command: tries, lockouts, armed PINs.
+    gate: gate::CommandGate,
     /// What `/metrics`, `/healthz` and the liveness file show.
     snapshot: crate::observe::SharedSnapshot,
 }
@@ -304,6 +289,7 @@ pub async fn run(
         .queue_capacity
         .saturating_mul(RETRY_PER_QUEUED)
         .max(100);
+    let gate = gate::CommandGate::new(config.bridge.command_pin.clone());
     let mut hub = Hub {
         config,
         topics,
@@ -316,21 +302,16 @@ pub async fn run(
         info_dirty: true,
         last_info: String::new(),
         rediscover_at: None,
-        retry: VecDeque::new(),
+        outbox: outbox::Outbox::new(retry_limit),
         mqtt_connected: false,
         subscription_refused: false,
         refusals_at_retry: None,
-        unsent_states: HashSet::new(),
-        owed_discovery: HashMap::new(),
         field_payloads: HashMap::new(),
-        retry_limit,
         unclaimed_configs: HashSet::new(),
         forgotten: Vec::new(),
         persisting: None,
         command_results: BTreeMap::new(),
-        pin_tries: HashMap::new(),
-        pin_tries_overall: command::PinTries::default(),
-        pin_failures: 0,
+        gate,
         snapshot: crate::observe::SharedSnapshot::default(),
     };
     hub.restore();
@@ -396,7 +377,7 @@ pub async fn run(
                 hub.retry_refused_subscriptions();
                 hub.write_alive();
             }
-            _ = retry_tick.tick(), if hub.mqtt_connected && (!hub.retry.is_empty() || !hub.unsent_states.is_empty() || !hub.owed_discovery.is_empty()) => hub.flush_retries(),
+            _ = retry_tick.tick(), if hub.mqtt_connected && hub.outbox.has_work() => hub.flush_retries(),
         }
     }
 
@@ -548,15 +529,15 @@ impl Hub {
 
 #[cfg(test)]
 mod size_tests {
-    /// Each vehicle, linked or only configured, is one of these (boxed): 512 bytes under
+    /// Each vehicle, linked or only configured, is one of these (boxed): 496 bytes under
     /// `cargo test` (debug), what grows with every field added here. Shrinking passes,
     /// growing fails: see docs/ARCHITECTURE.md, "Memory" (`-Zprint-type-sizes`).
     #[test]
     fn a_hub_vehicle_keeps_its_size() {
         let size = std::mem::size_of::<super::Vehicle>();
         assert!(
-            size <= 512,
-            "the hub's Vehicle grew to {size} bytes (512): box what few vehicles use, \
+            size <= 496,
+            "the hub's Vehicle grew to {size} bytes (496): box what few vehicles use, \
              see docs/ARCHITECTURE.md \"Memory\" (-Zprint-type-sizes shows the layout)"
         );
     }

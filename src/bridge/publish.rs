@@ -9,10 +9,10 @@ impl Hub {
     /// away: owed states coalesce to the newest, so a reconnect sends the latest state of
     /// each vehicle, never a replay of the stale ones queued in the client.
     pub(super) fn publish_state(&mut self, id: &VehicleId) {
-        let owed = !self.mqtt_connected || !self.retry.is_empty() || !self.try_publish_state(id);
+        let owed = !self.mqtt_connected || self.outbox.is_behind() || !self.try_publish_state(id);
         if !owed {
-            self.unsent_states.remove(id);
-        } else if !self.unsent_states.insert(id.clone()) {
+            self.outbox.state_sent(id);
+        } else if self.outbox.owe_state(id.clone()) {
             self.publisher
                 .stats()
                 .coalesced_states
@@ -72,61 +72,36 @@ impl Hub {
 
     /// Publishes now if MQTT has room (and nothing older is waiting), else queues it.
     pub(super) fn send(&mut self, topic: String, payload: impl Into<Vec<u8>>, retain: bool) {
-        let payload = payload.into();
-        if self.retry.is_empty() && self.publisher.try_publish(&topic, payload.clone(), retain) {
-            return;
+        if self
+            .outbox
+            .send(&self.publisher, topic, payload.into(), retain)
+        {
+            self.info_dirty = true; // `dropped_publishes` grew
         }
-        if self.retry.len() >= self.retry_limit {
-            if let Some((dropped, _, _)) = self.retry.pop_front() {
-                self.publisher.dropped(&dropped);
-                self.info_dirty = true;
-            }
-        }
-        self.retry.push_back((topic, payload, retain));
     }
 
     pub(super) fn flush_retries(&mut self) {
         if !self.mqtt_connected {
             return; // the reconnect publishes everything owed
         }
-        while let Some((topic, payload, retain)) = self.retry.pop_front() {
-            if !self.publisher.try_publish(&topic, payload.clone(), retain) {
-                self.retry.push_front((topic, payload, retain));
-                return;
-            }
+        if !self.outbox.flush_messages(&self.publisher) {
+            return;
         }
-        let ids: Vec<VehicleId> = self.unsent_states.drain().collect();
-        let mut ids = ids.into_iter();
+        let mut ids = self.outbox.take_unsent_states().into_iter();
         for id in ids.by_ref() {
             if !self.try_publish_state(&id) {
-                self.unsent_states.insert(id);
+                self.outbox.owe_state(id);
                 break;
             }
         }
-        self.unsent_states.extend(ids);
+        for id in ids {
+            self.outbox.owe_state(id);
+        }
         // Discovery last, and only while nothing else waits.
-        while self.retry.is_empty() {
-            let Some(id) = self.owed_discovery.keys().next().cloned() else {
-                break;
-            };
-            let force = self.owed_discovery.remove(&id).unwrap_or(false);
+        while let Some((id, force)) = self.outbox.next_owed_discovery() {
             self.sync_discovery(&id, force);
         }
-        self.release_empty_queues();
-    }
-
-    /// A storm's queues keep their room once emptied (a fleet's worth of entries): hand
-    /// it back when they are empty again.
-    fn release_empty_queues(&mut self) {
-        if self.retry.is_empty() {
-            self.retry.shrink_to_fit();
-        }
-        if self.unsent_states.is_empty() {
-            self.unsent_states.shrink_to_fit();
-        }
-        if self.owed_discovery.is_empty() {
-            self.owed_discovery.shrink_to_fit();
-        }
+        self.outbox.release_empty();
     }
 
     pub(super) fn publish_availability(&mut self, id: &VehicleId, force: bool) {
@@ -189,7 +164,7 @@ impl Hub {
             "vehicles": self.vehicles.len(),
             "links": self.connectors.iter().map(|c| c.links).sum::<usize>(),
             "last_error": self.last_error,
-            "pin_failures": self.pin_failures,
+            "pin_failures": self.gate.failures(),
             "dropped_publishes": self.publisher.stats().dropped_publishes.load(std::sync::atomic::Ordering::Relaxed),
             "coalesced_states": self.publisher.stats().coalesced_states.load(std::sync::atomic::Ordering::Relaxed),
         })
