@@ -90,7 +90,7 @@ fn main() {
             mqtt_port,
             "bench-bridge",
             &format!(
-                "[exlive]\nenabled = true\nlisten = \"127.0.0.1:{exlive_port}\"\nmax_links = 20000\n\
+                "[exlive]\nenabled = true\nlisten = \"127.0.0.1:{exlive_port}\"\nmax_links = 20000\nmax_links_per_address = 20000\n\
                  [[exlive.accounts]]\nname = \"bench\"\npassword = \"bench\"\n"
             ),
         );
