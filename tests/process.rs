@@ -1003,14 +1003,19 @@ async fn a_restart_and_relink_publish_byte_identical_discovery() {
     )
     .await;
 
-    let mut first = run();
-    assert!(common::wait_port_async(kx_port, T).await);
-    assert!(common::wait_port_async(ex_port, T).await);
-    let sims = devices(ex_port);
-    for v in ["kx1001", "kx1002", "ex7001"] {
-        probe.wait_topic(&format!("{base}/{v}/state"), T).await;
-    }
-    discovery_settles(&probe, Duration::from_secs(3), Duration::from_secs(30)).await;
+    // The bridge starts, the devices link and report, discovery settles.
+    let start_and_settle = || async {
+        let bridge = run();
+        assert!(common::wait_port_async(kx_port, T).await);
+        assert!(common::wait_port_async(ex_port, T).await);
+        let sims = devices(ex_port);
+        for v in ["kx1001", "kx1002", "ex7001"] {
+            probe.wait_topic(&format!("{base}/{v}/state"), T).await;
+        }
+        discovery_settles(&probe, Duration::from_secs(3), Duration::from_secs(30)).await;
+        (bridge, sims)
+    };
+    let (mut first, sims) = start_and_settle().await;
     let (before, _) = discovery_docs(&probe);
     let lock = format!("homeassistant/lock/{base}/kx1001_lock/config");
     let device =
@@ -1029,13 +1034,7 @@ async fn a_restart_and_relink_publish_byte_identical_discovery() {
     assert!(wait_exit(&mut first, T).await.success());
     drop(sims);
     probe.clear();
-    let mut second = run();
-    assert!(common::wait_port_async(kx_port, T).await);
-    let _sims = devices(ex_port);
-    for v in ["kx1001", "kx1002", "ex7001"] {
-        probe.wait_topic(&format!("{base}/{v}/state"), T).await;
-    }
-    discovery_settles(&probe, Duration::from_secs(3), Duration::from_secs(30)).await;
+    let (mut second, _sims) = start_and_settle().await;
     let (_, published) = discovery_docs(&probe);
     assert!(
         !published.is_empty(),

@@ -15,7 +15,7 @@ pub mod xchanger;
 
 pub use link::{listen, LISTEN_BACKLOG};
 pub use tasks::Tasks;
-pub use upstream_ids::{IdRefused, UpstreamIds};
+pub use upstream_ids::UpstreamIds;
 
 /// The HTTP client of a polling connector: bounded request and connect times, our user
 /// agent, a small idle pool.

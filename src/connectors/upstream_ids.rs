@@ -49,6 +49,12 @@ impl UpstreamIds {
         }
     }
 
+    /// The vehicle of an upstream id already seen; mints none.
+    pub fn known(&self, upstream_id: &str) -> Option<VehicleId> {
+        let id = VehicleId::for_upstream(self.prefix, upstream_id)?;
+        (self.upstream_id(&id) == Some(upstream_id)).then_some(id)
+    }
+
     /// The upstream's own id of a vehicle it has reported.
     pub fn upstream_id(&self, vehicle: &VehicleId) -> Option<&str> {
         self.by_vehicle.get(vehicle).map(|s| &**s)
@@ -81,6 +87,8 @@ mod tests {
         assert_ne!(plate, other);
         assert_eq!(ids.upstream_id(&other), Some("京B 12.345:x"));
         assert_eq!(ids.vehicle(""), Err(IdRefused::Empty));
+        assert_eq!(ids.known("粤B 12.345:x"), Some(plate.clone()));
+        assert_eq!(ids.known("never seen"), None, "known() mints nothing");
         // A safe id that spells another's hashed form is refused, not merged.
         let lookalike = plate.as_str().strip_prefix("ex").unwrap().to_string();
         assert_eq!(

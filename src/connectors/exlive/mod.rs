@@ -161,13 +161,9 @@ pub(crate) struct Core {
     capabilities: std::sync::Arc<[Capability]>,
 }
 
-const ID_PREFIX: &str = "ex";
-
 /// Vehicle ids on the bridge: `ex<id>`, with a hash where the id has characters a topic
-/// cannot carry ([`VehicleId::for_upstream`]).
-pub fn vehicle_id(exlive_id: &str) -> Option<VehicleId> {
-    VehicleId::for_upstream(ID_PREFIX, exlive_id.trim())
-}
+/// cannot carry ([`VehicleId::for_upstream`]); the registry's `ids` keeps both ways.
+const ID_PREFIX: &str = "ex";
 
 /// Parses `gpstime` ("yyyy-MM-dd HH:mm:ss", local to `tz`) into RFC 3339 UTC.
 pub fn gps_time_utc(gpstime: &str, tz: Zone) -> Option<String> {
@@ -396,8 +392,7 @@ impl Core {
         let (waiter, id) = {
             let mut reg = self.registry();
             // A reply names a vehicle already reported; it mints none.
-            let id =
-                vehicle_id(terminalid).filter(|id| reg.ids.upstream_id(id) == Some(terminalid));
+            let id = reg.ids.known(terminalid);
             let mut found = None;
             if let Some(queue) = reg.pending.get_mut(terminalid) {
                 while let Some(tx) = queue.pop_front() {
