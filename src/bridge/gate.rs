@@ -5,7 +5,9 @@
 //!   doubles (1 min to 1 h); while locked out the PIN is not even compared, so guessing
 //!   gains nothing;
 //! - a right PIN in HA's `Command PIN` text (`<vehicle>/pin/set`) arms that vehicle's
-//!   next PIN command for `ARMED_FOR`, once.
+//!   next PIN command for `ARMED_FOR`, once;
+//! - a vehicle holds at most `command_queue` commands waiting behind the one running;
+//! - while a lock command is in flight the lock shows LOCKING / UNLOCKING.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -26,6 +28,8 @@ pub enum Refusal {
     Locked(u64),
     #[error("no command_pin is set")]
     NoPinSet,
+    #[error("command queue for this vehicle is full")]
+    QueueFull,
 }
 
 pub struct CommandGate {
@@ -37,17 +41,61 @@ pub struct CommandGate {
     failures: u64,
     /// Vehicles whose next PIN command needs no code, until then.
     armed: HashMap<VehicleId, Instant>,
+    /// Commands waiting behind the running one, at most, per vehicle.
+    queue: usize,
+    /// Commands handed to a vehicle's worker and not finished (only vehicles with one).
+    in_flight: HashMap<VehicleId, usize>,
+    /// LOCKING / UNLOCKING of a vehicle whose lock command is in flight.
+    pending_lock: HashMap<VehicleId, &'static str>,
 }
 
 impl CommandGate {
-    pub fn new(pin: Secret) -> CommandGate {
+    pub fn new(pin: Secret, queue: usize) -> CommandGate {
         CommandGate {
             pin,
             tries: HashMap::new(),
             overall: PinTries::default(),
             failures: 0,
             armed: HashMap::new(),
+            queue,
+            in_flight: HashMap::new(),
+            pending_lock: HashMap::new(),
         }
+    }
+
+    /// Takes a place in the vehicle's queue: the running command and `queue` behind it.
+    pub fn enqueue(&mut self, vehicle: &VehicleId) -> Result<(), Refusal> {
+        let n = self.in_flight.entry(vehicle.clone()).or_default();
+        if *n > self.queue {
+            return Err(Refusal::QueueFull);
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    /// A command of the vehicle's reached its final outcome: its place is free.
+    pub fn finished(&mut self, vehicle: &VehicleId) {
+        if let Some(n) = self.in_flight.get_mut(vehicle) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.in_flight.remove(vehicle);
+            }
+        }
+    }
+
+    /// A lock command started (or was queued): the lock shows `pending` until it ends.
+    pub fn lock_pending(&mut self, vehicle: &VehicleId, pending: &'static str) {
+        self.pending_lock.insert(vehicle.clone(), pending);
+    }
+
+    /// LOCKING / UNLOCKING while the vehicle's lock command is in flight.
+    pub fn pending_lock(&self, vehicle: &VehicleId) -> Option<&'static str> {
+        self.pending_lock.get(vehicle).copied()
+    }
+
+    /// The lock command ended: whether one was pending.
+    pub fn lock_done(&mut self, vehicle: &VehicleId) -> bool {
+        self.pending_lock.remove(vehicle).is_some()
     }
 
     /// Every wrong PIN since start (`pin_failures` in `bridge/info`).
@@ -94,6 +142,8 @@ impl CommandGate {
     pub fn forget(&mut self, vehicle: &VehicleId) {
         self.tries.remove(vehicle);
         self.armed.remove(vehicle);
+        self.in_flight.remove(vehicle);
+        self.pending_lock.remove(vehicle);
     }
 
     fn check(
@@ -130,7 +180,7 @@ mod tests {
     }
 
     fn gate() -> CommandGate {
-        CommandGate::new(Secret::new("2468"))
+        CommandGate::new(Secret::new("2468"), 2)
     }
 
     #[test]
@@ -143,7 +193,7 @@ mod tests {
             Err(Refusal::WrongPin)
         );
         assert_eq!(g.admit(&car, &Command::Unlock, Some("2468"), now), Ok(()));
-        let mut open = CommandGate::new(Secret::new(""));
+        let mut open = CommandGate::new(Secret::new(""), 2);
         assert_eq!(open.admit(&car, &Command::Unlock, None, now), Ok(()));
         assert_eq!(open.arm(&car, Some("2468"), now), Err(Refusal::NoPinSet));
         assert_eq!(g.failures(), 1);
@@ -247,5 +297,42 @@ mod tests {
             Err(Refusal::WrongPin),
             "forgotten"
         );
+    }
+
+    #[test]
+    fn a_vehicle_queues_the_running_command_and_queue_more_and_a_final_outcome_frees_one() {
+        let (mut g, car, bike) = (gate(), vid("car"), vid("bike"));
+        for _ in 0..3 {
+            assert_eq!(g.enqueue(&car), Ok(()), "one running, two waiting");
+        }
+        assert_eq!(g.enqueue(&car), Err(Refusal::QueueFull));
+        assert_eq!(g.enqueue(&bike), Ok(()), "per vehicle");
+        g.finished(&car);
+        assert_eq!(g.enqueue(&car), Ok(()));
+        assert_eq!(g.enqueue(&car), Err(Refusal::QueueFull));
+        g.forget(&car);
+        assert_eq!(g.enqueue(&car), Ok(()), "a forgotten vehicle starts empty");
+        g.finished(&bike);
+        g.finished(&bike);
+        assert!(
+            !g.in_flight.contains_key(&bike),
+            "more outcomes than commands leave nothing"
+        );
+    }
+
+    #[test]
+    fn the_lock_shows_its_transition_until_the_command_ends() {
+        let (mut g, car) = (gate(), vid("car"));
+        assert_eq!(g.pending_lock(&car), None);
+        g.lock_pending(&car, crate::model::lock_state::UNLOCKING);
+        assert_eq!(
+            g.pending_lock(&car),
+            Some(crate::model::lock_state::UNLOCKING)
+        );
+        assert!(g.lock_done(&car));
+        assert!(!g.lock_done(&car), "once");
+        g.lock_pending(&car, crate::model::lock_state::LOCKING);
+        g.forget(&car);
+        assert_eq!(g.pending_lock(&car), None);
     }
 }

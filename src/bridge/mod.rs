@@ -1,212 +1,164 @@
-//! The hub: receives connector updates, keeps each vehicle's last state, publishes state,
-//! availability and discovery, validates commands and routes them to their connector.
+//! The bridge: the hub core (`hub`, without I/O) and the event loop that feeds it
+//! (this file): connector updates, MQTT events, worker events and clock ticks go in;
+//! the hub's publishes go to the MQTT client (which never waits, see
+//! [`crate::mqtt::Publisher`]) and its actions are carried out here: commands handed to
+//! per-vehicle workers (which do the waiting), records written off the loop, the
+//! snapshot behind `/metrics`, `/healthz` and the liveness file.
 //!
-//! Everything here runs on one task, so vehicle state needs no locks. The hub never waits
-//! on MQTT (see [`crate::mqtt::Publisher`]); per-vehicle command workers do the waiting.
-//!
-//! This file holds the hub's state and its loop; `updates` takes what connectors say,
-//! `publish` sends, `dispatch` runs commands, `lifecycle` owns Home Assistant entities
-//! (`store` remembers them), `health` feeds `/metrics`, `/healthz` and staleness.
+//! The hub's parts: `fleet` (vehicles and their clocks), `outbox` (what found MQTT busy),
+//! `lifecycle` (Home Assistant entities; `store` remembers them), `records` (what goes to
+//! `state_dir` and when), `gate` (who may run a command), `status` (connectors and
+//! `bridge/info`); `command` parses `/set` payloads, `worker` runs a vehicle's commands.
 
 pub mod command;
-mod dispatch;
+mod fleet;
 mod gate;
-mod health;
+mod hub;
 mod lifecycle;
 mod outbox;
-mod publish;
+mod records;
+mod status;
 pub mod store;
-mod updates;
 mod worker;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use bytes::Bytes;
-use chrono::{SecondsFormat, Utc};
-use rand::Rng;
-use serde_json::json;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BrokerUrl, Config};
-use crate::connector::{CommandRequest, Connector, ConnectorContext, Update, UpdateSink};
-use crate::hass::{self, Topics};
-use crate::model::{
-    lock_state, Command, CommandStatus, Field, Value, VehicleEvent, VehicleId, VehicleInfo,
-    VehicleState,
-};
-use crate::mqtt::{self, MqttEvent, Publisher};
+use crate::connector::{CommandRequest, Connector, ConnectorContext, UpdateSink};
+use crate::model::{CommandStatus, VehicleId};
+use crate::mqtt::{self, MqttStats, Publisher, SubscribeOptions};
+use hub::{Action, Hub, Now, Tick};
 use worker::{Queued, WorkerEvent};
 
 /// Capacity of the connectors → hub queue.
 const UPDATE_QUEUE: usize = 8192;
 /// Capacity of each connector's command queue.
 const CONNECTOR_COMMAND_QUEUE: usize = 64;
-/// Messages (other than states) waiting for room in the MQTT client's queue, per message
-/// the client itself queues (`mqtt.queue_capacity`, 1 000 by default: 50 000).
-const RETRY_PER_QUEUED: usize = 50;
 /// How often messages that found MQTT busy are retried.
 const RETRY_EVERY: Duration = Duration::from_millis(50);
 /// How often vehicle records whose entities changed are written to `state_dir`.
 const PERSIST_EVERY: Duration = Duration::from_secs(15);
-/// A vehicle's changed state is written at most this often (and at shutdown): a scooter
-/// reporting every 5 s must not wear out an SD card.
-const PERSIST_STATE_EVERY: Duration = Duration::from_secs(300);
-/// Records written per persist tick, at most (all of them at shutdown).
-const PERSIST_BATCH: usize = 500;
 
-struct ConnectorSlot {
-    name: &'static str,
-    commands: mpsc::Sender<CommandRequest>,
-    links: usize,
-    /// False once the connector stopped.
-    running: bool,
-    error: Option<String>,
-    counters: BTreeMap<&'static str, u64>,
-    /// Every vehicle the connector's config lists, when it lists them all.
-    configured: Option<HashSet<VehicleId>>,
-}
-
-struct Vehicle {
-    owner: usize,
-    info: VehicleInfo,
-    /// False for a vehicle restored from `state_dir` that its connector has not announced
-    /// yet: its discovery documents are the remembered ones, not rebuilt.
-    info_known: bool,
-    state: VehicleState,
-    /// The connector's view; a vehicle is offline until its connector says otherwise.
-    online: bool,
-    /// Whether the connector ever sent an availability: if not, a state means online.
-    availability_told: bool,
-    /// When the vehicle itself last reported (its own clock where the upstream gives one,
-    /// never in the future).
-    reported_at: Option<chrono::DateTime<Utc>>,
-    /// Whether the upstream gives the vehicle's own time (then only that counts).
-    own_clock: bool,
-    /// When each field was last reported.
-    field_times: store::FieldTimes,
-    /// Fields reported since the bridge started (a purge keeps these).
-    reported_this_run: hass::Shape,
-    stale: bool,
-    published_availability: Option<bool>,
-    /// The stale check has already waited once for this vehicle's first availability.
-    grace_used: bool,
-    /// What HA was told about its entities (`hass::Announced`).
-    announced: hass::Announced,
-    /// Every field ever reported and whether it had a position: the entity set.
-    shape: hass::Shape,
-    /// The state in its `state_dir` record is behind.
-    dirty: bool,
-    /// The entities in its record are behind (written at the next persist tick).
-    entities_dirty: bool,
-    /// When its record was last written.
-    saved_at: Option<std::time::Instant>,
-    /// LOCKING / UNLOCKING while a lock command is in flight.
-    pending_lock: Option<&'static str>,
-    worker: Option<mpsc::Sender<Queued>>,
-}
-
-impl Vehicle {
-    fn new(owner: usize, info: VehicleInfo) -> Vehicle {
-        Vehicle {
-            owner,
-            info,
-            info_known: true,
-            state: VehicleState::default(),
-            online: false,
-            availability_told: false,
-            reported_at: None,
-            own_clock: false,
-            field_times: store::FieldTimes::default(),
-            reported_this_run: hass::Shape::default(),
-            stale: false,
-            published_availability: None,
-            grace_used: false,
-            announced: hass::Announced::default(),
-            shape: hass::Shape::default(),
-            dirty: false,
-            entities_dirty: false,
-            saved_at: None,
-            pending_lock: None,
-            worker: None,
-        }
+impl hub::Mqtt for Publisher {
+    fn subscribe(&self, filter: &str, opts: SubscribeOptions) {
+        Publisher::subscribe(self, filter, opts)
     }
-
-    fn available(&self) -> bool {
-        self.online && !self.stale
-    }
-}
-
-fn default_info(id: &VehicleId, connector: &str) -> VehicleInfo {
-    VehicleInfo {
-        id: id.clone(),
-        name: id.to_string(),
-        manufacturer: connector.to_string().into(),
-        model: "Vehicle".into(),
-        reported_model: None,
-        sw_version: None,
-        custom_name: false,
-        serial_number: None,
-        capabilities: Default::default(),
-        event_types: Default::default(),
+    fn stats(&self) -> &MqttStats {
+        Publisher::stats(self)
     }
 }
 
 /// Removes the liveness file once every state write handed over is done (tokens, guard
-/// settings, trips), off the hub's task.
+/// settings, trips), off the loop's task.
 async fn remove_alive(dir: &std::path::Path) {
     let dir = dir.to_path_buf();
     let _ = tokio::task::spawn_blocking(move || crate::state_dir::remove_alive(&dir)).await;
 }
 
-fn now_rfc3339() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-fn new_command_id() -> String {
-    format!("{:016x}", rand::rng().random::<u64>())
-}
-
-struct Hub {
-    config: Config,
-    topics: Topics,
-    publisher: Publisher,
-    connectors: Vec<ConnectorSlot>,
-    /// Boxed: the map's slots stay small (a fleet's map has 16 384 of them).
-    vehicles: HashMap<VehicleId, Box<Vehicle>>,
-    /// Every entity name any vehicle has, once (see `Vehicle::discovery`).
-    entity_names: hass::EntityNames,
+/// What carries the hub's actions out.
+struct Io {
+    state_dir: std::path::PathBuf,
+    /// Each connector's command queue, by index.
+    connector_commands: Vec<mpsc::Sender<CommandRequest>>,
+    /// One worker per vehicle that has had a command.
+    workers: HashMap<VehicleId, mpsc::Sender<Queued>>,
     worker_tx: mpsc::Sender<WorkerEvent>,
-    last_error: Option<String>,
-    info_dirty: bool,
-    last_info: String,
-    rediscover_at: Option<Instant>,
-    /// What found MQTT busy or away: messages, owed states, owed discovery.
-    outbox: outbox::Outbox,
-    mqtt_connected: bool,
-    /// The broker refused a subscription; retried on the alive tick until it accepts.
-    subscription_refused: bool,
-    /// The refusal count when the subscriptions were last asked for again.
-    refusals_at_retry: Option<u64>,
-    /// Per vehicle, per-field topic → payload as last published: only with
-    /// `per_field_topics`, so only then does a vehicle hold a map for it.
-    field_payloads: HashMap<VehicleId, BTreeMap<String, String>>,
-    /// Retained discovery configs of ours found on the broker (a purge removes those no
-    /// vehicle claims).
-    unclaimed_configs: HashSet<String>,
-    /// Vehicles whose record in `state_dir` is to be deleted.
-    forgotten: Vec<VehicleId>,
-    /// The write of vehicle records in progress.
-    persisting: Option<tokio::task::JoinHandle<()>>,
-    /// Command results by status, for `/metrics`.
-    command_results: BTreeMap<String, u64>,
-    /// Who may run a PIN command: tries, lockouts, armed PINs.
-    gate: gate::CommandGate,
-    /// What `/metrics`, `/healthz` and the liveness file show.
+    command_queue: usize,
+    command_timeout: Duration,
+    /// The write of vehicle records in progress; it says `written` when done.
+    writing: Option<tokio::task::JoinHandle<()>>,
+    written: mpsc::Sender<()>,
     snapshot: crate::observe::SharedSnapshot,
+}
+
+impl Io {
+    /// Carries out what the hub asked for, until it asks for nothing more.
+    fn carry_out(&mut self, hub: &mut Hub<Publisher>) {
+        loop {
+            let actions = hub.take_actions();
+            if actions.is_empty() {
+                return;
+            }
+            for action in actions {
+                self.act(hub, action);
+            }
+        }
+    }
+
+    fn act(&mut self, hub: &mut Hub<Publisher>, action: Action) {
+        match action {
+            Action::Command {
+                vehicle,
+                owner,
+                queued,
+            } => {
+                let Some(connector) = self.connector_commands.get(owner).cloned() else {
+                    return;
+                };
+                let (capacity, timeout) = (self.command_queue + 1, self.command_timeout);
+                let worker_tx = self.worker_tx.clone();
+                let sender = self.workers.entry(vehicle.clone()).or_insert_with(|| {
+                    // The gate keeps a vehicle's commands to `command_queue` behind the
+                    // running one, so this channel always has room.
+                    let (tx, rx) = mpsc::channel(capacity);
+                    tokio::spawn(worker::run(
+                        vehicle.clone(),
+                        rx,
+                        connector,
+                        worker_tx,
+                        timeout,
+                    ));
+                    tx
+                });
+                if let Err(err) = sender.try_send(queued) {
+                    let queued = match err {
+                        mpsc::error::TrySendError::Full(q)
+                        | mpsc::error::TrySendError::Closed(q) => q,
+                    };
+                    self.workers.remove(&vehicle);
+                    let outcome = WorkerEvent::Outcome {
+                        vehicle,
+                        id: queued.id,
+                        command: queued.command,
+                        status: CommandStatus::Rejected,
+                        reason: Some("command queue for this vehicle is full".into()),
+                    };
+                    hub.on_worker(outcome, Now::real());
+                }
+            }
+            Action::Forgotten(vehicle) => {
+                // Its worker ends once it has answered what it holds.
+                self.workers.remove(&vehicle);
+            }
+            Action::Persist(batch) => {
+                let (dir, written) = (self.state_dir.clone(), self.written.clone());
+                self.writing = Some(tokio::spawn(async move {
+                    let _ = tokio::task::spawn_blocking(move || store::save_all(&dir, batch)).await;
+                    let _ = written.send(()).await;
+                }));
+            }
+            Action::Observe { snapshot, alive } => {
+                if alive {
+                    crate::state_dir::write_alive(
+                        &self.state_dir,
+                        snapshot.mqtt_connected,
+                        snapshot.health(),
+                    );
+                }
+                if let Ok(mut shown) = self.snapshot.write() {
+                    *shown = *snapshot;
+                }
+            }
+        }
+    }
 }
 
 /// Runs the bridge until `shutdown` is cancelled: starts the broker (if embedded), the
@@ -245,7 +197,8 @@ pub async fn run(
     let (update_tx, mut update_rx) = mpsc::channel(UPDATE_QUEUE);
     let (worker_tx, mut worker_rx) = mpsc::channel(1024);
     let (exit_tx, mut exit_rx) = mpsc::channel::<(usize, String)>(16);
-    let mut slots = Vec::new();
+    let mut infos = Vec::new();
+    let mut connector_commands = Vec::new();
     for (index, connector) in connectors.into_iter().enumerate() {
         let name = connector.name();
         let configured = connector
@@ -271,57 +224,42 @@ pub async fn run(
             connector = name,
             "connector started"
         );
-        slots.push(ConnectorSlot {
-            name,
-            commands: cmd_tx,
-            links: 0,
-            running: true,
-            error: None,
-            counters: BTreeMap::new(),
-            configured,
-        });
+        infos.push((name, configured));
+        connector_commands.push(cmd_tx);
     }
     drop(update_tx);
 
-    let topics = Topics::new(&config.mqtt.base_topic, &config.mqtt.discovery_prefix);
-    let retry_limit = config
-        .mqtt
-        .queue_capacity
-        .saturating_mul(RETRY_PER_QUEUED)
-        .max(100);
-    let gate = gate::CommandGate::new(config.bridge.command_pin.clone());
-    let mut hub = Hub {
-        config,
-        topics,
-        publisher: publisher.clone(),
-        connectors: slots,
-        vehicles: HashMap::new(),
-        entity_names: hass::EntityNames::default(),
+    let state_dir = config.bridge.state_dir.clone();
+    let records = match config.bridge.remember_vehicles {
+        true => {
+            let dir = state_dir.clone();
+            tokio::task::spawn_blocking(move || store::load_all(&dir))
+                .await
+                .unwrap_or_default()
+        }
+        false => Default::default(),
+    };
+    let http_listen = config.bridge.http_listen.trim().to_string();
+    let (written_tx, mut written_rx) = mpsc::channel(1);
+    let mut io = Io {
+        state_dir: state_dir.clone(),
+        connector_commands,
+        workers: HashMap::new(),
         worker_tx,
-        last_error: None,
-        info_dirty: true,
-        last_info: String::new(),
-        rediscover_at: None,
-        outbox: outbox::Outbox::new(retry_limit),
-        mqtt_connected: false,
-        subscription_refused: false,
-        refusals_at_retry: None,
-        field_payloads: HashMap::new(),
-        unclaimed_configs: HashSet::new(),
-        forgotten: Vec::new(),
-        persisting: None,
-        command_results: BTreeMap::new(),
-        gate,
+        command_queue: config.bridge.command_queue,
+        command_timeout: config.bridge.command_timeout,
+        writing: None,
+        written: written_tx,
         snapshot: crate::observe::SharedSnapshot::default(),
     };
-    hub.restore();
-    if !hub.config.bridge.http_listen.trim().is_empty() {
-        let addr = hub.config.bridge.http_listen.trim().to_string();
-        let listener = tokio::net::TcpListener::bind(&addr)
+    let mut hub = Hub::new(config, publisher.clone(), infos, records, Now::real());
+    io.carry_out(&mut hub);
+    if !http_listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&http_listen)
             .await
-            .with_context(|| format!("bridge.http_listen: cannot listen on {addr}"))?;
-        tracing::info!(event = "http_listening", listen = %addr, "serving /metrics and /healthz");
-        let (snapshot, stop) = (hub.snapshot.clone(), shutdown.clone());
+            .with_context(|| format!("bridge.http_listen: cannot listen on {http_listen}"))?;
+        tracing::info!(event = "http_listening", listen = %http_listen, "serving /metrics and /healthz");
+        let (snapshot, stop) = (io.snapshot.clone(), shutdown.clone());
         tokio::spawn(async move {
             if let Err(e) = crate::observe::serve(listener, snapshot, stop).await {
                 tracing::error!(event = "http_stopped", error = %e, "metrics endpoint stopped");
@@ -329,70 +267,54 @@ pub async fn run(
         });
     }
     let mut retry_tick = tokio::time::interval(RETRY_EVERY);
-    let stale_check = (hub.config.bridge.stale_after / 4)
-        .clamp(Duration::from_millis(200), Duration::from_secs(30));
-    let mut stale_tick = tokio::time::interval(stale_check);
+    let mut stale_tick = tokio::time::interval(hub.stale_check_every());
     let mut info_tick = tokio::time::interval(Duration::from_secs(1));
     let mut alive_tick = tokio::time::interval(crate::state_dir::ALIVE_EVERY);
     let mut persist_tick = tokio::time::interval(PERSIST_EVERY);
 
     loop {
+        let rediscover_at = hub.rediscover_at();
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some((index, update)) = update_rx.recv() => hub.on_update(index, update),
-            Some(event) = mqtt_rx.recv() => hub.on_mqtt(event),
-            Some(event) = worker_rx.recv() => hub.on_worker(event),
+            Some((index, update)) = update_rx.recv() => hub.on_update(index, update, Now::real()),
+            Some(event) = mqtt_rx.recv() => hub.on_mqtt(event, Now::real()),
+            Some(event) = worker_rx.recv() => hub.on_worker(event, Now::real()),
             Some((index, reason)) = exit_rx.recv() => {
-                let name = hub.connectors[index].name;
-                if !shutdown.is_cancelled() {
-                    tracing::error!(event = "connector_exited", connector = name, reason = %reason, "connector stopped");
-                    hub.connectors[index].running = false;
-                    hub.connectors[index].error = Some(reason.clone());
-                    hub.set_error(format!("{name}: {reason}"));
-                    hub.update_snapshot();
-                    if hub.config.bridge.exit_on_connector_failure {
-                        hub.send(hub.topics.bridge_state(), "offline", true);
-                        publisher.disconnect().await;
-                        let _ = tokio::time::timeout(Duration::from_secs(2), mqtt_task).await;
-                        remove_alive(&hub.config.bridge.state_dir).await;
-                        anyhow::bail!("{name} cannot go on: {reason}");
-                    }
+                if !shutdown.is_cancelled() && hub.on_connector_exit(index, &reason, Now::real()) {
+                    io.carry_out(&mut hub);
+                    hub.going_offline();
+                    publisher.disconnect().await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), mqtt_task).await;
+                    remove_alive(&state_dir).await;
+                    anyhow::bail!("{} cannot go on: {reason}", hub.connector_name(index));
                 }
             }
-            _ = async { tokio::time::sleep_until(hub.rediscover_at.unwrap_or_else(Instant::now)).await },
-                if hub.rediscover_at.is_some() => {
-                hub.rediscover_at = None;
-                hub.publish_everything(true);
-            }
-            _ = stale_tick.tick() => {
-                hub.check_stale();
-                hub.forget_absent_fields();
-            }
-            _ = persist_tick.tick() => { hub.persist(false); }
-            _ = info_tick.tick() => {
-                hub.flush_info();
-                hub.update_snapshot();
-            }
-            _ = alive_tick.tick() => {
-                hub.retry_refused_subscriptions();
-                hub.write_alive();
-            }
-            _ = retry_tick.tick(), if hub.mqtt_connected && hub.outbox.has_work() => hub.flush_retries(),
+            _ = async {
+                let at = rediscover_at.unwrap_or_else(std::time::Instant::now);
+                tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await
+            }, if rediscover_at.is_some() => hub.on_tick(Tick::Rediscover, Now::real()),
+            _ = stale_tick.tick() => hub.on_tick(Tick::Stale, Now::real()),
+            _ = persist_tick.tick() => hub.on_tick(Tick::Persist, Now::real()),
+            _ = info_tick.tick() => hub.on_tick(Tick::Info, Now::real()),
+            _ = alive_tick.tick() => hub.on_tick(Tick::Alive, Now::real()),
+            Some(()) = written_rx.recv() => hub.records_written(),
+            _ = retry_tick.tick(), if hub.wants_retry() => hub.on_tick(Tick::Retry, Now::real()),
         }
+        io.carry_out(&mut hub);
     }
 
     tracing::info!(event = "shutdown", "shutting down: publishing offline");
-    if let Some(writing) = hub.persisting.take() {
+    if let Some(writing) = io.writing.take() {
         let _ = writing.await;
+        hub.records_written();
     }
-    while hub.persist(true) {
-        if let Some(writing) = hub.persisting.take() {
-            let _ = writing.await;
-        }
+    while let Some(batch) = hub.final_records(Now::real()) {
+        let dir = state_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || store::save_all(&dir, batch)).await;
     }
     // A stopped bridge is not alive, whatever the file said a moment ago.
-    remove_alive(&hub.config.bridge.state_dir).await;
-    hub.send(hub.topics.bridge_state(), "offline", true);
+    remove_alive(&state_dir).await;
+    hub.going_offline();
     publisher.disconnect().await;
     if tokio::time::timeout(Duration::from_secs(5), mqtt_task)
         .await
@@ -431,102 +353,6 @@ fn start_embedded(_config: &Config) -> anyhow::Result<mqtt::Endpoint> {
     )
 }
 
-impl Hub {
-    fn set_error(&mut self, error: String) {
-        self.last_error = Some(error);
-        self.info_dirty = true;
-    }
-
-    /// The bridge's subscriptions. Commands keep their retain flag on live delivery
-    /// (MQTT 5), so a retained command is never executed; our own discovery configs are
-    /// not echoed back (only the broker's retained copies tell what a previous run left).
-    fn subscribe_all(&self, with_configs: bool) {
-        use crate::mqtt::SubscribeOptions;
-        let commands = SubscribeOptions {
-            retain_as_published: true,
-            no_local: false,
-        };
-        self.publisher
-            .subscribe(&self.topics.command_filter(), commands);
-        if self.config.mqtt.discovery {
-            self.publisher
-                .subscribe(&self.topics.ha_status(), SubscribeOptions::default());
-            if with_configs {
-                let configs = SubscribeOptions {
-                    retain_as_published: false,
-                    no_local: true,
-                };
-                self.publisher
-                    .subscribe(&self.topics.our_configs_filter(), configs);
-            }
-        }
-    }
-
-    fn on_mqtt(&mut self, event: MqttEvent) {
-        match event {
-            MqttEvent::Connected => {
-                self.mqtt_connected = true;
-                self.subscription_refused = false;
-                self.refusals_at_retry = None;
-                self.write_alive();
-                self.send(self.topics.bridge_state(), "online", true);
-                self.subscribe_all(true);
-                self.publish_everything(false);
-                self.last_info.clear();
-                self.info_dirty = true;
-                self.flush_info();
-            }
-            MqttEvent::SubscribeRefused => {
-                self.subscription_refused = true;
-                self.set_error("mqtt: the broker refused a subscription (check its ACL)".into());
-                self.write_alive();
-            }
-            MqttEvent::Disconnected(reason) => {
-                self.mqtt_connected = false;
-                self.write_alive();
-                self.set_error(format!("mqtt: {reason}"));
-            }
-            MqttEvent::Message {
-                topic,
-                payload,
-                retain,
-                expires_in,
-            } => {
-                if self.topics.config_object_id(&topic).is_some() {
-                    // Our own publishes echo back live (retain flag cleared); only the
-                    // broker's retained copies tell us what a previous run left.
-                    if retain && !payload.is_empty() {
-                        self.on_retained_config(&topic);
-                    }
-                } else if topic == self.topics.ha_status() {
-                    if &payload[..] == b"online" && !retain {
-                        // Spread HA restarts across bridges: 0.5–2.5 s.
-                        let delay = Duration::from_millis(rand::rng().random_range(500..2500));
-                        tracing::info!(
-                            event = "ha_birth",
-                            delay_ms = delay.as_millis() as u64,
-                            "Home Assistant came online; re-sending discovery"
-                        );
-                        self.rediscover_at = Some(Instant::now() + delay);
-                    }
-                } else if let Some(rest) = topic.strip_prefix(&format!("{}/", self.topics.base)) {
-                    let parts: Vec<&str> = rest.split('/').collect();
-                    match parts[..] {
-                        ["bridge", lifecycle::PURGE_ENTITY, "set"] => {
-                            self.on_purge(&payload, retain)
-                        }
-                        [vehicle, "pin", "set"] => self.on_pin(vehicle, &payload, retain),
-                        [vehicle, entity, "set"] => {
-                            self.on_command(vehicle, entity, &payload, retain, expires_in)
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod size_tests {
     /// Each vehicle, linked or only configured, is one of these (boxed): 496 bytes under
@@ -534,7 +360,7 @@ mod size_tests {
     /// growing fails: see docs/ARCHITECTURE.md, "Memory" (`-Zprint-type-sizes`).
     #[test]
     fn a_hub_vehicle_keeps_its_size() {
-        let size = std::mem::size_of::<super::Vehicle>();
+        let size = std::mem::size_of::<super::fleet::Vehicle>();
         assert!(
             size <= 496,
             "the hub's Vehicle grew to {size} bytes (496): box what few vehicles use, \

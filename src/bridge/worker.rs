@@ -16,7 +16,7 @@ pub struct Queued {
     pub id: String,
     pub command: Command,
     /// The sender's MQTT 5 message expiry: past it, the command is not sent.
-    pub expires: Option<Instant>,
+    pub expires: Option<std::time::Instant>,
 }
 
 /// What a worker tells the hub.
@@ -48,7 +48,7 @@ pub async fn run(
         expires,
     }) = queue.recv().await
     {
-        if expires.is_some_and(|t| Instant::now() >= t) {
+        if expires.is_some_and(|t| std::time::Instant::now() >= t) {
             let outcome = WorkerEvent::Outcome {
                 vehicle: vehicle.clone(),
                 id,

@@ -1,5 +1,6 @@
-//! Home Assistant discovery: the one place that decides which entities exist and what
-//! their discovery documents say.
+//! Home Assistant discovery documents: which entities a vehicle has and what their
+//! documents say, as a pure function of the vehicle's config, its reported identity and
+//! the fields it reported.
 //!
 //! Entities come from the model: a field a vehicle has reported becomes a sensor,
 //! binary sensor or the state of a control; a capability becomes a control; a position
@@ -8,15 +9,15 @@
 //!
 //! `topics`: every topic name in one place. `vehicle`: a vehicle's documents.
 //! `bridge`: the bridge device's own. `announced`: what HA was told about each vehicle
-//! and what to publish to bring it in line. When (on which event) is the hub's:
-//! `bridge::lifecycle`.
+//! and what to publish to bring it in line. Whether to publish at all (on which event,
+//! while MQTT has room) is decided in one place: `bridge::lifecycle`.
 
 mod announced;
 mod bridge;
 mod topics;
 mod vehicle;
 
-pub use announced::{entity_topic, Announced, EntityName, EntityNames, Source};
+pub use announced::{entity_topic, Announced, EntityName, EntityNames, Publish, Source};
 pub use bridge::bridge_entities;
 pub use topics::Topics;
 pub use vehicle::VehicleDiscovery;
