@@ -100,7 +100,11 @@ fn main() {
             while latencies.len() < ROUND_TRIPS {
                 n += 1;
                 let id = format!("rtt-{n}");
-                let action = if n.is_multiple_of(2) { "LOCK" } else { "UNLOCK" };
+                let action = if n.is_multiple_of(2) {
+                    "LOCK"
+                } else {
+                    "UNLOCK"
+                };
                 let payload = format!(r#"{{"action":"{action}","id":"{id}"}}"#);
                 let sent = Instant::now();
                 client

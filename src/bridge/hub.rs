@@ -65,6 +65,11 @@ impl Now {
         }
     }
 
+    #[cfg(test)]
+    pub fn rfc3339_for_tests(&self) -> String {
+        self.rfc3339()
+    }
+
     fn rfc3339(&self) -> String {
         self.wall.to_rfc3339_opts(SecondsFormat::Millis, true)
     }

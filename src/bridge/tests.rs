@@ -599,19 +599,55 @@ fn a_pin_guards_unlock_and_a_wrong_one_locks_out_by_the_clock() {
     rig.set("kx1", "lock", "LOCK");
     assert_eq!(rig.commands().len(), 1, "locking needs no PIN");
     rig.set("kx1", "lock", "UNLOCK");
-    rig.set("kx1", "lock", r#"{"action":"UNLOCK","code":"0000"}"#);
+    rig.set("kx1", "lock", r#"{"action":"UNLOCK","code":"1111"}"#);
+    rig.set("kx1", "engine", "ON");
+    assert!(rig.commands().is_empty());
+    let r = results(&rig.published());
+    assert_eq!(r.len(), 3);
+    assert!(
+        r.iter().all(|r| r["reason"] == "wrong or missing PIN"),
+        "{r:?}"
+    );
     rig.set("kx1", "lock", r#"{"action":"UNLOCK","code":"2468"}"#);
     assert_eq!(rig.commands().len(), 1);
-    for _ in 0..5 {
-        rig.set("kx1", "lock", r#"{"action":"UNLOCK","code":"0000"}"#);
+    // Brute force: five wrong PINs in a row lock the vehicle out; then even the right
+    // one is refused with the reason; locking still works; every wrong PIN is counted.
+    for i in 0..5 {
+        rig.set(
+            "kx1",
+            "lock",
+            &format!(
+                r#"{{"action":"UNLOCK","code":"{:04}","id":"g{i}"}}"#,
+                1000 + i
+            ),
+        );
     }
-    rig.set("kx1", "lock", r#"{"action":"UNLOCK","code":"2468"}"#);
+    rig.set(
+        "kx1",
+        "lock",
+        r#"{"action":"UNLOCK","code":"2468","id":"right"}"#,
+    );
     assert!(rig.commands().is_empty(), "locked out: not even compared");
     let r = results(&rig.published());
-    assert!(r.last().unwrap()["reason"]
+    let right = r.iter().find(|r| r["id"] == "right").unwrap();
+    assert_eq!(right["status"], "rejected");
+    assert!(right["reason"]
         .as_str()
         .unwrap()
-        .starts_with("PIN locked"));
+        .starts_with("PIN locked for"));
+    rig.tick(Tick::Info);
+    let info = rig
+        .published()
+        .into_iter()
+        .find(|m| m.topic == format!("{BASE}/bridge/info"))
+        .expect("bridge/info");
+    assert_eq!(
+        info.json()["pin_failures"],
+        8,
+        "3 missing or wrong, 5 guesses"
+    );
+    rig.set("kx1", "lock", "LOCK");
+    assert_eq!(rig.commands().len(), 1, "locking during the lockout");
     rig.advance(Duration::from_secs(3601));
     rig.set("kx1", "lock", r#"{"action":"UNLOCK","code":"2468"}"#);
     assert_eq!(rig.commands().len(), 1, "the lockout ends by the clock");
@@ -624,16 +660,41 @@ fn the_pin_text_arms_one_command_and_is_cleared_at_once() {
     let mut rig = Rig::new(c);
     rig.connect();
     rig.update(Update::Vehicle(scooter("kx1")));
-    rig.published();
+    let docs = configs(&rig.published());
+    let doc = |topic: &str| -> serde_json::Value {
+        serde_json::from_slice(&docs[&format!("homeassistant/{topic}/config")]).unwrap()
+    };
+    let pin = doc("text/v2m/kx1_pin");
+    assert_eq!(pin["mode"], "password");
+    assert_eq!(pin["command_topic"], format!("{BASE}/kx1/pin/set"));
+    let lock = doc("lock/v2m/kx1_lock");
+    assert_eq!(
+        lock["code_format"], "^.{0,64}$",
+        "an empty code (locking) passes HA's check"
+    );
+    rig.set("kx1", "pin", "1111");
+    rig.set("kx1", "engine", "ON");
+    assert!(rig.commands().is_empty(), "a wrong PIN arms nothing");
+    let r = results(&rig.published());
+    assert_eq!(r.len(), 2);
+    assert!(r.iter().all(|r| r["status"] == "rejected"));
     rig.set("kx1", "pin", "2468");
     let sent = rig.published();
+    assert!(
+        !sent.iter().any(|m| m.text().contains("2468")),
+        "the PIN is never echoed"
+    );
     assert!(sent
         .iter()
         .any(|m| m.topic == format!("{BASE}/kx1/pin") && m.payload.is_empty()));
     assert_eq!(results(&sent)[0]["status"], "succeeded");
     rig.set("kx1", "engine", "ON");
     rig.set("kx1", "engine", "ON");
-    assert_eq!(rig.commands().len(), 1, "armed once");
+    let ran = rig.commands();
+    assert_eq!(ran.len(), 1, "armed once");
+    assert_eq!(ran[0].1, Command::EngineStart);
+    let r = results(&rig.published());
+    assert_eq!(r.last().unwrap()["reason"], "wrong or missing PIN");
     rig.set("kx1", "pin", "2468");
     rig.advance(Duration::from_secs(31));
     rig.set("kx1", "engine", "ON");
@@ -698,13 +759,24 @@ fn staleness_follows_the_vehicles_own_clock_with_one_grace_at_start() {
             .count(),
         2
     );
-    // kx1 reports with its own time, an hour old: offline at once.
+    // kx1 reports with its own time, from 2020: not online, and its state says when.
     let mut old = state(50);
-    let then = rig.now.wall - chrono::Duration::hours(1);
-    old.set(Field::LastUpdate, then.to_rfc3339());
+    old.set(Field::LastUpdate, "2020-08-10T12:24:50.325Z");
     rig.report("kx1", old);
     let sent = rig.published();
+    assert_eq!(
+        last_state(&sent, "kx1").unwrap()["last_update"],
+        "2020-08-10T12:24:50.325Z"
+    );
     assert!(!sent
+        .iter()
+        .any(|m| m.topic == format!("{BASE}/kx1/availability") && m.text() == "online"));
+    // A fresh report of its own time: online again.
+    let mut fresh = state(50);
+    fresh.set(Field::LastUpdate, rig.now.rfc3339_for_tests());
+    rig.report("kx1", fresh);
+    assert!(rig
+        .published()
         .iter()
         .any(|m| m.topic == format!("{BASE}/kx1/availability") && m.text() == "online"));
     // kx2 reports now, then nothing for 601 s.
@@ -722,12 +794,19 @@ fn staleness_follows_the_vehicles_own_clock_with_one_grace_at_start() {
     rig.advance(Duration::from_secs(2));
     rig.tick(Tick::Stale);
     let sent = rig.published();
-    assert!(sent
+    let offline: Vec<&str> = sent
         .iter()
-        .any(|m| m.topic == format!("{BASE}/kx2/availability") && m.text() == "offline"));
+        .filter(|m| m.topic.ends_with("/availability"))
+        .map(|m| m.text())
+        .collect();
+    assert_eq!(
+        offline,
+        ["offline", "offline"],
+        "both reported 601 s ago: {sent:?}"
+    );
     assert_eq!(
         sent.iter()
-            .filter(|m| m.topic.ends_with("/availability"))
+            .filter(|m| m.topic == format!("{BASE}/kx2/availability"))
             .count(),
         1
     );
@@ -744,10 +823,11 @@ fn absent_fields_lose_their_entity_only_when_configured() {
         rig.update(Update::Vehicle(scooter("kx1")));
         rig.report("kx1", state(50));
         rig.published();
-        let mut battery_only = VehicleState::default();
-        battery_only.set(Field::BatteryLevel, 40i64);
+        // Everything but the battery, for longer than `after`.
+        let mut less = state(50);
+        less.values.remove(&Field::BatteryLevel);
         rig.advance(Duration::from_secs(3601));
-        rig.report("kx1", battery_only);
+        rig.report("kx1", less);
         rig.tick(Tick::Stale);
         let removed: Vec<String> = rig
             .published()
@@ -758,13 +838,11 @@ fn absent_fields_lose_their_entity_only_when_configured() {
         if after.is_zero() {
             assert!(removed.is_empty(), "{removed:?}");
         } else {
-            assert!(
-                removed.iter().any(|t| t.ends_with("kx1_odometer/config")),
-                "{removed:?}"
+            assert_eq!(
+                removed,
+                vec!["homeassistant/sensor/v2m/kx1_battery_level/config".to_string()],
+                "only the absent field goes"
             );
-            assert!(!removed
-                .iter()
-                .any(|t| t.ends_with("kx1_battery_level/config")));
         }
     }
 }
@@ -777,6 +855,10 @@ fn a_vehicle_that_left_the_account_goes_with_its_retained_topics_and_record() {
         rig.update(Update::Vehicle(scooter(id)));
         rig.report(id, state(50));
     }
+    let kx1: Vec<String> = configs(&rig.mqtt.0.sent.borrow())
+        .into_keys()
+        .filter(|t| t.contains("/kx1_"))
+        .collect();
     rig.tick(Tick::Persist);
     assert_eq!(rig.persisted().len(), 2);
     rig.hub.records_written();
@@ -788,10 +870,9 @@ fn a_vehicle_that_left_the_account_goes_with_its_retained_topics_and_record() {
             .iter()
             .any(|m| m.topic == format!("{BASE}/kx1/{leaf}") && m.payload.is_empty() && m.retain));
     }
-    assert!(sent
-        .iter()
-        .filter(|m| m.topic.ends_with("/config"))
-        .all(|m| m.payload.is_empty() && m.topic.contains("/kx1_")));
+    let emptied: Vec<String> = configs(&sent).into_keys().collect();
+    assert_eq!(emptied, kx1, "all of kx1's entities, nothing of kx2's");
+    assert!(sent.iter().all(|m| m.payload.is_empty()));
     assert!(!sent.iter().any(|m| m.topic.contains("kx2")));
     rig.tick(Tick::Persist);
     let writes = rig.persisted();
