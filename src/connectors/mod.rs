@@ -10,11 +10,13 @@ pub mod kingxun;
 pub mod link;
 pub mod poll;
 pub mod tasks;
+pub mod throttle;
 pub mod upstream_ids;
 pub mod xchanger;
 
 pub use link::{listen, LISTEN_BACKLOG};
 pub use tasks::Tasks;
+pub use throttle::GuessThrottle;
 pub use upstream_ids::UpstreamIds;
 
 /// The HTTP client of a polling connector: bounded request and connect times, our user
@@ -103,7 +105,6 @@ mod tests {
     use super::*;
     use crate::model::{Field, Value, VehicleState};
     use std::net::IpAddr;
-    use std::time::{Duration, Instant};
 
     #[test]
     fn peer_links_are_counted_per_address_and_freed_on_drop() {
@@ -136,61 +137,6 @@ mod tests {
         assert_eq!(runs.iter().filter(|r| r.1).count(), 4, "1st, 2nd, 4th, 8th");
         b.succeeded();
         assert_eq!(b.failed(), (std::time::Duration::from_millis(20), true));
-    }
-
-    #[test]
-    fn rate_budget_allows_a_burst_then_paces_every_block_alike() {
-        let mut b = RateBudget::new(10.0, 3.0);
-        let t0 = std::time::Instant::now();
-        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
-        let same_block: std::net::IpAddr = "10.0.0.77".parse().unwrap();
-        let other: std::net::IpAddr = "10.0.1.1".parse().unwrap();
-        for _ in 0..3 {
-            assert!(b.reserve(a, t0).is_zero(), "within the burst");
-        }
-        let wait = b.reserve(same_block, t0);
-        assert!(
-            (wait.as_secs_f64() - 0.1).abs() < 1e-6,
-            "{wait:?}: one refill interval"
-        );
-        let wait = b.reserve(a, t0);
-        assert!(
-            (wait.as_secs_f64() - 0.2).abs() < 1e-6,
-            "{wait:?}: queued behind the last"
-        );
-        assert!(
-            b.reserve(other, t0).is_zero(),
-            "another block has its own budget"
-        );
-        assert!(
-            b.reserve(a, t0 + std::time::Duration::from_secs(10))
-                .is_zero(),
-            "refilled"
-        );
-    }
-
-    #[test]
-    fn throttle_doubles_and_resets() {
-        let mut t = FailureThrottle::default();
-        let ip: IpAddr = "10.1.2.3".parse().unwrap();
-        let now = Instant::now();
-        assert_eq!(t.delay(ip, now), Duration::ZERO);
-        t.failed(ip, now);
-        assert_eq!(t.delay(ip, now), Duration::from_millis(250));
-        t.failed(ip, now);
-        t.failed(ip, now);
-        assert_eq!(t.delay(ip, now), Duration::from_millis(1000));
-        for _ in 0..20 {
-            t.failed(ip, now);
-        }
-        assert_eq!(t.delay(ip, now), Duration::from_millis(8000));
-        // Another address of the same /24 is the same peer.
-        assert_eq!(
-            t.delay("10.1.2.200".parse().unwrap(), now),
-            Duration::from_millis(8000)
-        );
-        t.succeeded(ip);
-        assert_eq!(t.delay(ip, now), Duration::ZERO);
     }
 
     #[test]
@@ -326,51 +272,6 @@ impl Drop for PeerLink {
     }
 }
 
-/// Failures are remembered per address block for this long.
-const FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
-const FAILURE_TABLE_MAX: usize = 10_000;
-
-/// Slows down repeated failures (wrong logins, unknown device ids) from one address block (`address_block`): 0.25 s,
-/// 0.5 s, 1 s ... up to 8 s, and one login attempt per block at a time, so parallel links
-/// wait their turn instead of guessing side by side. A flood of other addresses cannot
-/// wash an attacker out of the table: when it is full, only single-failure entries give
-/// way, and a block with many failures is kept.
-#[derive(Default)]
-pub struct FailureThrottle {
-    failures: std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>,
-}
-
-impl FailureThrottle {
-    pub fn delay(&mut self, ip: std::net::IpAddr, now: std::time::Instant) -> std::time::Duration {
-        let block = crate::connectors::address_block(ip);
-        match self.failures.get(&block) {
-            Some((n, at)) if now.duration_since(*at) < FAILURE_WINDOW && *n > 0 => {
-                std::time::Duration::from_millis(250u64 << (n - 1).min(5))
-            }
-            _ => std::time::Duration::ZERO,
-        }
-    }
-
-    pub fn failed(&mut self, ip: std::net::IpAddr, now: std::time::Instant) {
-        let block = crate::connectors::address_block(ip);
-        if !self.failures.contains_key(&block) && self.failures.len() >= FAILURE_TABLE_MAX {
-            self.failures
-                .retain(|_, (n, at)| now.duration_since(*at) < FAILURE_WINDOW && *n > 1);
-            if self.failures.len() >= FAILURE_TABLE_MAX {
-                // Every entry is a repeat offender: the newcomer is not recorded.
-                return;
-            }
-        }
-        let entry = self.failures.entry(block).or_insert((0, now));
-        entry.0 = entry.0.saturating_add(1);
-        entry.1 = now;
-    }
-
-    pub fn succeeded(&mut self, ip: std::net::IpAddr) {
-        self.failures.remove(&crate::connectors::address_block(ip));
-    }
-}
-
 /// After a failed accept (usually no file descriptor left): wait 20 ms doubling to
 /// 1.3 s while failures go on, and log only the 1st, 2nd, 4th, 8th... Shared by every
 /// listener, so none spins or floods the log when the process runs out of descriptors.
@@ -389,56 +290,6 @@ impl AcceptBackoff {
         self.failures = self.failures.saturating_add(1);
         let wait = std::time::Duration::from_millis(10 << self.failures.min(7));
         (wait, self.failures.is_power_of_two())
-    }
-}
-
-/// Attempts per address block as a token bucket: `burst` at once, then `per_second`.
-/// Applied alike to every attempt (a known device id or not), so how long an answer takes
-/// tells a guesser nothing. The table is bounded: when full, only blocks whose budget
-/// has refilled give way, and a newcomer that finds no room waits one refill interval.
-pub struct RateBudget {
-    per_second: f64,
-    burst: f64,
-    blocks: std::collections::HashMap<std::net::IpAddr, (f64, std::time::Instant)>,
-}
-
-const RATE_TABLE_MAX: usize = 10_000;
-
-impl RateBudget {
-    pub fn new(per_second: f64, burst: f64) -> RateBudget {
-        RateBudget {
-            per_second: per_second.max(0.1),
-            burst: burst.max(1.0),
-            blocks: std::collections::HashMap::new(),
-        }
-    }
-
-    /// Takes one attempt for `ip`'s block: how long it must wait for it (zero when the
-    /// budget has room).
-    pub fn reserve(
-        &mut self,
-        ip: std::net::IpAddr,
-        now: std::time::Instant,
-    ) -> std::time::Duration {
-        let block = address_block(ip);
-        let (rate, burst) = (self.per_second, self.burst);
-        let refilled = |(tokens, at): (f64, std::time::Instant)| {
-            (tokens + now.saturating_duration_since(at).as_secs_f64() * rate).min(burst)
-        };
-        if !self.blocks.contains_key(&block) && self.blocks.len() >= RATE_TABLE_MAX {
-            self.blocks.retain(|_, v| refilled(*v) < burst);
-            if self.blocks.len() >= RATE_TABLE_MAX {
-                return std::time::Duration::from_secs_f64(1.0 / rate);
-            }
-        }
-        let entry = self.blocks.entry(block).or_insert((burst, now));
-        let tokens = refilled(*entry) - 1.0;
-        *entry = (tokens, now);
-        if tokens >= 0.0 {
-            std::time::Duration::ZERO
-        } else {
-            std::time::Duration::from_secs_f64(-tokens / rate)
-        }
     }
 }
 

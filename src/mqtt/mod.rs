@@ -1,14 +1,16 @@
 //! MQTT: the client, its event loop with reconnect backoff, and the embedded broker.
 //!
-//! The event loop runs in its own task and only forwards what it sees ([`MqttEvent`]);
-//! everything that publishes goes through [`Publisher`], which never waits: when the
-//! client's bounded queue is full, `try_publish` says so and the bridge decides (states
-//! coalesce to the newest, other messages wait in a bounded retry queue; only overflow of
-//! that queue is dropped, logged and counted). All retained state is re-published on
-//! every connection.
+//! One event loop (`eventloop.rs`) serves both protocols; `v5.rs` and `v4.rs` only build
+//! their rumqttc client and translate what it polls. The event loop runs in its own task
+//! and only forwards what it sees ([`MqttEvent`]); everything that publishes goes through
+//! [`Publisher`], which never waits: when the client's bounded queue is full,
+//! `try_publish` says so and the bridge decides (states coalesce to the newest, other
+//! messages wait in a bounded retry queue; only overflow of that queue is dropped, logged
+//! and counted). All retained state is re-published on every connection.
 
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
+mod eventloop;
 mod quick_ack;
 mod v4;
 mod v5;
@@ -190,22 +192,7 @@ pub struct Endpoint {
     pub tls: bool,
 }
 
-/// Hands an incoming message to the bridge without waiting; when the bridge is behind,
-/// the message is dropped, counted and logged (sparsely). Both protocol loops use it.
-fn forward(events: &mpsc::Sender<MqttEvent>, stats: &MqttStats, msg: MqttEvent) {
-    if let Err(mpsc::error::TrySendError::Full(_)) = events.try_send(msg) {
-        if let Some(n) = crate::observe::count_sampled(&stats.dropped_messages) {
-            tracing::warn!(
-                event = "mqtt_message_dropped",
-                total_dropped = n,
-                "bridge busy; incoming MQTT message dropped"
-            );
-        }
-    }
-}
-
 /// What both protocol versions' clients are made from.
-#[derive(Clone)]
 struct Settings {
     client_id: String,
     host: String,
@@ -244,14 +231,23 @@ pub fn start(
         MqttProtocol::V311 => {
             let (client, eventloop) = v4::client(&settings);
             let client = Arc::new(RwLock::new(Client::V4(client)));
-            let task = tokio::spawn(v4::run(eventloop, events, stats.clone()));
+            let stats = stats.clone();
+            let task = tokio::spawn(async move {
+                eventloop::run(eventloop, &events, &stats, false).await;
+            });
             (client, task)
         }
         MqttProtocol::V5 | MqttProtocol::Auto => {
             let (c5, eventloop) = v5::client(&settings);
             let client = Arc::new(RwLock::new(Client::V5(c5)));
-            let fallback = (protocol == MqttProtocol::Auto).then(|| (settings, client.clone()));
-            let task = tokio::spawn(v5::run(eventloop, events, stats.clone(), fallback));
+            let may_fall_back = protocol == MqttProtocol::Auto;
+            let (slot, stats) = (client.clone(), stats.clone());
+            let task = tokio::spawn(async move {
+                let ended = eventloop::run(eventloop, &events, &stats, may_fall_back).await;
+                if ended == eventloop::Ended::RefusesV5 {
+                    fall_back_to_v4(&settings, &slot, &events, &stats).await;
+                }
+            });
             (client, task)
         }
     };
@@ -260,17 +256,17 @@ pub fn start(
 
 /// Replaces the MQTT 5 client with a 3.1.1 one (the broker refused 5) and runs it.
 async fn fall_back_to_v4(
-    settings: Settings,
-    slot: Arc<RwLock<Client>>,
-    events: mpsc::Sender<MqttEvent>,
-    stats: Arc<MqttStats>,
+    settings: &Settings,
+    slot: &RwLock<Client>,
+    events: &mpsc::Sender<MqttEvent>,
+    stats: &MqttStats,
 ) {
-    let (client, eventloop) = v4::client(&settings);
+    let (client, eventloop) = v4::client(settings);
     match slot.write() {
         Ok(mut c) => *c = Client::V4(client),
         Err(poisoned) => *poisoned.into_inner() = Client::V4(client),
     }
-    v4::run(eventloop, events, stats).await
+    eventloop::run(eventloop, events, stats, false).await;
 }
 
 /// The TLS client configuration, built here rather than by rumqttc: certificates are read
@@ -316,6 +312,7 @@ pub fn tls_config(ca_file: Option<&std::path::Path>) -> anyhow::Result<ClientCon
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     /// Regression: with the client's queue full at (re)connect, the command subscription
     /// used to be dropped and the bridge silently stopped taking commands.
@@ -346,5 +343,54 @@ mod tests {
             rumqttc::Request::Subscribe(s) => assert_eq!(s.filters[0].path, "base/+/+/set"),
             other => panic!("expected the subscription, got {other:?}"),
         }
+    }
+
+    /// A broker that refuses MQTT 5 (CONNACK "unsupported protocol version") and takes
+    /// 3.1.1: `auto` connects with 3.1.1 and the publisher speaks it from then on.
+    #[tokio::test]
+    async fn auto_falls_back_to_3_1_1_when_the_broker_refuses_5() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let broker = tokio::spawn(async move {
+            let mut levels = Vec::new();
+            let mut kept = Vec::new();
+            while levels.last() != Some(&4) {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 256];
+                let n = socket.read(&mut buf).await.unwrap();
+                let at = buf[..n].windows(4).position(|w| w == b"MQTT").unwrap();
+                let level = buf[at + 4];
+                levels.push(level);
+                let connack: &[u8] = match level {
+                    5 => &[0x20, 0x03, 0x00, 0x84, 0x00], // unsupported protocol version
+                    _ => &[0x20, 0x02, 0x00, 0x00],
+                };
+                socket.write_all(connack).await.unwrap();
+                kept.push(socket);
+            }
+            (levels, kept)
+        });
+        let cfg = MqttConfig {
+            client_id: "fallback-test".into(),
+            ..MqttConfig::default()
+        };
+        let endpoint = Endpoint {
+            host: "127.0.0.1".into(),
+            port,
+            tls: false,
+        };
+        let (tx, mut rx) = mpsc::channel(8);
+        let (publisher, task) = start(&cfg, &endpoint, MqttProtocol::Auto, tx).unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("connects");
+        assert!(matches!(first, Some(MqttEvent::Connected)), "{first:?}");
+        let (levels, _kept) = broker.await.unwrap();
+        assert_eq!(levels, vec![5, 4], "one MQTT 5 attempt, then 3.1.1");
+        assert_eq!(publisher.stats().protocol.load(Ordering::Relaxed), 4);
+        assert!(matches!(publisher.client(), Client::V4(_)));
+        assert_eq!(publisher.stats().reconnects.load(Ordering::Relaxed), 0);
+        task.abort();
     }
 }

@@ -1,9 +1,9 @@
 //! Server role: trackers and platforms log in with 1000 and push 1007.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use subtle::ConstantTimeEq;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -16,16 +16,13 @@ use super::{Core, LINK_QUEUE};
 use crate::protocol::exlive::session::{Session, Step};
 use crate::protocol::exlive::{Frame, Message, SplitError, Splitter};
 
-/// One login at a time per address block: the gate each block's links queue at.
-type LoginGates = Mutex<HashMap<IpAddr, Arc<tokio::sync::Mutex<()>>>>;
-
 pub(super) async fn run(
     listener: TcpListener,
     core: Arc<Core>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let throttle = Arc::new(Mutex::new(crate::connectors::FailureThrottle::default()));
-    let login_gates = Arc::new(LoginGates::default());
+    // One login at a time per address block, each failure slowing the next.
+    let logins = Arc::new(crate::connectors::GuessThrottle::one_at_a_time());
     let limits = crate::connectors::link::Limits {
         max_links: core.config.max_links,
         per_address: core.config.links_per_address(),
@@ -37,30 +34,7 @@ pub(super) async fn run(
         limits,
         refused,
         shutdown.clone(),
-        |stream, peer| {
-            let block = crate::connectors::address_block(peer.ip());
-            let login_gate = login_gates
-                .lock()
-                .map(|mut g| g.entry(block).or_default().clone())
-                .unwrap_or_default();
-            let (core, throttle, shutdown, login_gates) = (
-                core.clone(),
-                throttle.clone(),
-                shutdown.clone(),
-                login_gates.clone(),
-            );
-            async move {
-                serve_link(stream, peer, core, throttle, login_gate, shutdown).await;
-                // The gate goes when no link of the block holds it any more.
-                if let Ok(mut g) = login_gates.lock() {
-                    if g.get(&block)
-                        .is_some_and(|gate| Arc::strong_count(gate) == 1)
-                    {
-                        g.remove(&block);
-                    }
-                }
-            }
-        },
+        |stream, peer| serve_link(stream, peer, core.clone(), logins.clone(), shutdown.clone()),
     )
     .await;
     Ok(())
@@ -162,8 +136,7 @@ async fn serve_link(
     stream: TcpStream,
     peer: SocketAddr,
     core: Arc<Core>,
-    throttle: Arc<Mutex<crate::connectors::FailureThrottle>>,
-    login_gate: Arc<tokio::sync::Mutex<()>>,
+    logins: Arc<crate::connectors::GuessThrottle>,
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
@@ -195,29 +168,19 @@ async fn serve_link(
             return;
         }
     };
-    // One login at a time per address block: parallel links queue here, so the delay
-    // below grows with every failure instead of being shared by all of them.
-    let gate = login_gate.lock().await;
-    let delay = throttle
-        .lock()
-        .map(|mut t| t.delay(peer.ip(), std::time::Instant::now()))
-        .unwrap_or_default();
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
+    // Parallel links of one address block queue here, so the delay grows with every
+    // failure instead of being shared by all of them.
+    let Ok(attempt) = logins.attempt(peer.ip(), Duration::MAX).await else {
+        return;
+    };
     let Some(account) = account_for(&core, &name, &pass) else {
         core.counters.logins_failed.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut t) = throttle.lock() {
-            t.failed(peer.ip(), std::time::Instant::now());
-        }
+        attempt.failed();
         tracing::warn!(event = "exlive_login_failed", peer = %peer, user = %name, "EXLIVE login refused");
         let _ = write_line(&mut wr, &Session::refused().encode()).await;
         return;
     };
-    drop(gate);
-    if let Ok(mut t) = throttle.lock() {
-        t.succeeded(peer.ip());
-    }
+    attempt.succeeded();
     let ack = session.logged_in_as(&account.vehicles, Instant::now());
     if write_line(&mut wr, &ack.encode()).await.is_err() {
         return;

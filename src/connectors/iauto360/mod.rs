@@ -135,7 +135,9 @@ impl Connector for Iauto360Connector {
                 shutdown,
                 ..
             } = ctx;
-            let mut tasks = tokio::task::JoinSet::new();
+            // Device loops and the push endpoint: one that ends before shutdown ends the
+            // connector (a dead push endpoint left every command unconfirmed, unnoticed).
+            let mut tasks = crate::connectors::Tasks::default();
             let mut command_routes = HashMap::new();
             let mut push_routes = HashMap::new();
             for device in &cfg.devices {
@@ -150,14 +152,18 @@ impl Connector for Iauto360Connector {
                     .updates
                     .send(Update::Vehicle(info(&id, device)))
                     .await;
-                tasks.spawn(device_loop(
+                let device = device_loop(
                     shared.clone(),
                     device.esn.clone(),
                     id,
                     cmd_rx,
                     push_rx,
                     shutdown.clone(),
-                ));
+                );
+                tasks.spawn("iauto360 device", async move {
+                    device.await;
+                    Ok(())
+                });
             }
             if let Some(listen) = cfg.push_listen {
                 let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
@@ -165,10 +171,8 @@ impl Connector for Iauto360Connector {
                 })?;
                 tracing::info!(event = "iauto360_push_listening", listen = %listener.local_addr()?, path = %cfg.push_path, "iauto360 event push endpoint listening");
                 let (cfg, counters, shutdown) = (cfg.clone(), counters.clone(), shutdown.clone());
-                tasks.spawn(async move {
-                    if let Err(e) = push::serve(&cfg, listener, push_routes, counters, shutdown).await {
-                        tracing::error!(event = "iauto360_push_stopped", error = %e, "event push endpoint stopped");
-                    }
+                tasks.spawn("iauto360 push endpoint", async move {
+                    push::serve(&cfg, listener, push_routes, counters, shutdown).await
                 });
             }
             let mut counters_tick = tokio::time::interval(crate::connector::COUNTERS_EVERY);
@@ -178,10 +182,15 @@ impl Connector for Iauto360Connector {
                     _ = shutdown.cancelled() => break,
                     Some(req) = commands.recv() => crate::connector::dispatch(&command_routes, req).await,
                     _ = counters_tick.tick() => report.report(counters.snapshot(), &shared.updates).await,
-                    Some(_) = tasks.join_next() => {}
+                    reason = tasks.ended() => {
+                        if shutdown.is_cancelled() {
+                            break;
+                        }
+                        return Err(reason);
+                    }
                 }
             }
-            tasks.shutdown().await;
+            tasks.stop().await;
             Ok(())
         })
     }

@@ -224,7 +224,7 @@ pub(crate) struct Core {
     /// Bad input is logged a few lines at a time across all links, then summarised.
     pub bad_input_log: crate::connectors::LogLimiter,
     /// Registrations per address block, known ids and unknown alike.
-    pub registrations: Mutex<crate::connectors::RateBudget>,
+    pub registrations: crate::connectors::GuessThrottle,
     /// Commands for devices reached through an upstream kingxun server.
     pub upstream: Option<(std::collections::HashSet<u32>, LinkSender)>,
     /// Devices' capabilities, one copy per distinct set (they differ only by config).
@@ -517,10 +517,10 @@ impl Connector for KingxunConnector {
                 // A burst as big as the links one address may hold, then a tenth of
                 // that per second: a fleet behind one NAT re-registers in seconds, an id
                 // guesser gets ~200 guesses a second that all look alike.
-                registrations: Mutex::new(crate::connectors::RateBudget::new(
+                registrations: crate::connectors::GuessThrottle::with_budget(
                     (self.config.links_per_address() / 10).max(1) as f64,
                     self.config.links_per_address() as f64,
-                )),
+                ),
                 bad_input_log: crate::connectors::LogLimiter::new(
                     10,
                     std::time::Duration::from_secs(10),

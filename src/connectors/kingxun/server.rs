@@ -66,22 +66,20 @@ pub(super) fn may_log(core: &Core, in_a_row: u32) -> bool {
 /// Waits for this address block's registration budget (the same for every device id, so
 /// timing tells a guesser nothing); false when the wait would pass `read_timeout`.
 async fn registration_turn(core: &Core, peer: &SocketAddr) -> bool {
-    let wait = core
+    let attempt = core
         .registrations
-        .lock()
-        .map(|mut b| b.reserve(peer.ip(), std::time::Instant::now()))
-        .unwrap_or_default();
-    if wait.is_zero() {
-        return true;
+        .attempt(peer.ip(), core.config.read_timeout)
+        .await;
+    let throttled = match &attempt {
+        Ok(admitted) => !admitted.waited().is_zero(),
+        Err(_) => true,
+    };
+    if throttled {
+        core.counters
+            .registrations_throttled
+            .fetch_add(1, Ordering::Relaxed);
     }
-    core.counters
-        .registrations_throttled
-        .fetch_add(1, Ordering::Relaxed);
-    if wait > core.config.read_timeout {
-        return false;
-    }
-    tokio::time::sleep(wait).await;
-    true
+    attempt.is_ok()
 }
 
 /// A command on the link, as the session keeps it until the device answers.
