@@ -1,18 +1,25 @@
 //! Client role: log in to an EXLIVE platform as a user, list its groups and vehicles,
-//! take its 1007 stream, send heartbeats, reconnect with backoff.
+//! take its 1007 stream, send heartbeats, reconnect with backoff. The link's rules are
+//! the sans-IO `protocol::exlive::client_session`; this connects, reads, writes and
+//! hands messages to the shared core.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
-use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
+use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::server::next_message;
-use super::{Core, ExliveClientConfig, LINK_QUEUE};
+use super::server::{log_malformed, log_malformed_closed, log_oversized};
+use super::{Core, ExliveClientConfig, LinkHandle, LINK_QUEUE};
 use crate::connector::Update;
 use crate::connectors::client::{self, Client, Ended};
-use crate::protocol::exlive::{Message, Splitter};
+use crate::protocol::exlive::client_session::{
+    line, ClientError, ClientOutput, ClientSession, ClientSettings,
+};
+use crate::protocol::exlive::Message;
 
 /// After a refused login, wait this long before trying again: never a login storm.
 const REFUSED_BACKOFF: Duration = Duration::from_secs(15 * 60);
@@ -72,11 +79,32 @@ impl Client for ExliveClient<'_> {
 }
 
 async fn send(wr: &mut tokio::net::tcp::OwnedWriteHalf, msg: &Message) -> Result<(), Ended> {
-    let mut line = msg.encode().into_bytes();
-    line.push(b'\n');
-    client::write(wr, &line).await
+    client::write(wr, &line(msg)).await
 }
 
+/// Bytes one read takes at most.
+const READ_CHUNK: usize = 4096;
+
+/// How a session's end counts for `client::run`. A platform that closes the link (or
+/// sends what cannot be read) before answering the login has refused it.
+fn session_end(why: ClientError, logged_in: bool) -> Ended {
+    match why {
+        ClientError::Refused(result) => Ended::Refused(result),
+        ClientError::Closed
+        | ClientError::TooLarge { .. }
+        | ClientError::TooManyMalformed { .. } => {
+            if logged_in {
+                Ended::Lost("platform closed the link".into())
+            } else {
+                Ended::Refused("link closed after login".into())
+            }
+        }
+        other => Ended::Lost(other.to_string()),
+    }
+}
+
+/// One link to the platform: the I/O around its sans-IO session
+/// (`protocol::exlive::client_session`).
 async fn session(
     cfg: &ExliveClientConfig,
     core: &Arc<Core>,
@@ -86,83 +114,91 @@ async fn session(
         Ok(s) => s,
         Err(ended) => return ended,
     };
-    let (rd, mut wr) = stream.into_split();
-    let mut frames =
-        crate::connectors::link::Reader::new(rd, Splitter::new(core.config.max_message_size));
-    let peer = cfg.address.clone();
-    let login = Message::Login {
+    let (mut rd, mut wr) = stream.into_split();
+    let settings = ClientSettings {
         name: cfg.name.clone(),
         pass: cfg.password.expose().to_string(),
         ver: env!("CARGO_PKG_VERSION").into(),
-        kind: String::new(),
-        mode: String::new(),
+        heartbeat: cfg.heartbeat,
+        // Silence for three heartbeats means the link is dead even if TCP has not noticed.
+        idle_limit: (cfg.heartbeat * 3).max(core.config.heartbeat_timeout),
+        max_message: core.config.max_message_size,
+        bad_in_a_row: crate::connectors::BAD_IN_A_ROW,
     };
+    let (mut session, login) = ClientSession::start(settings, Instant::now());
     if let Err(e) = send(&mut wr, &login).await {
         return e;
     }
-    // The answer to our login: an 8000 for cmd 1000.
-    let answer = loop {
-        match timeout(
-            Duration::from_secs(30),
-            next_message(&mut frames, &peer, core),
-        )
-        .await
-        {
-            Err(_) => return Ended::Lost("no login answer within 30 s".into()),
-            Ok(None) => return Ended::Refused("link closed after login".into()),
-            Ok(Some(Message::Ack { cmd, result })) if cmd == "1000" || cmd.is_empty() => {
-                break result
-            }
-            Ok(Some(_)) => continue,
-        }
-    };
-    if !Message::is_success(&answer) {
-        return Ended::Refused(answer);
-    }
-    tracing::info!(event = "exlive_client_logged_in", address = %cfg.address, user = %cfg.name, "logged in to EXLIVE platform");
+    // Pass-through commands for the platform's vehicles, once logged in.
     let (out_tx, mut out_rx) = mpsc::channel::<String>(LINK_QUEUE);
-    let link = core.new_link(out_tx);
-    core.links.opened(&core.updates).await;
-    let result: Result<(), Ended> = async {
-        send(&mut wr, &Message::GroupsRequest { client: true }).await?;
-        let mut heartbeat = interval_at(Instant::now() + cfg.heartbeat, cfg.heartbeat);
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // The platform sends positions continuously; silence for three heartbeats means
-        // the link is dead even if TCP has not noticed.
-        let idle_limit = (cfg.heartbeat * 3).max(core.config.heartbeat_timeout);
-        let mut deadline = Instant::now() + idle_limit;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Err(Ended::Shutdown),
-                _ = heartbeat.tick() => send(&mut wr, &Message::Heartbeat).await?,
-                _ = tokio::time::sleep_until(deadline) => return Err(Ended::Lost("platform silent".into())),
-                Some(line) = out_rx.recv() => {
-                    let mut data = line.into_bytes();
-                    data.push(b'\n');
-                    client::write(&mut wr, &data).await?;
-                }
-                msg = next_message(&mut frames, &peer, core) => {
-                    let Some(msg) = msg else { return Err(Ended::Lost("platform closed the link".into())) };
-                    deadline = Instant::now() + idle_limit;
-                    match msg {
-                        Message::Group { groupid, .. } => {
-                            send(&mut wr, &Message::VehiclesRequest { groupid }).await?;
-                        }
-                        other => {
-                            if !core.on_message(&link, other).await {
-                                return Err(Ended::Lost("platform logged us out".into()));
-                            }
-                        }
+    let mut out_tx = Some(out_tx);
+    let mut link: Option<LinkHandle> = None;
+    let mut chunk = [0u8; READ_CHUNK];
+    let mut outputs = Vec::new();
+    let ended = 'session: loop {
+        for output in outputs.drain(..) {
+            match output {
+                ClientOutput::Send(msg) => {
+                    if let Err(e) = send(&mut wr, &msg).await {
+                        break 'session e;
                     }
                 }
+                ClientOutput::LoggedIn => {
+                    tracing::info!(event = "exlive_client_logged_in", address = %cfg.address, user = %cfg.name, "logged in to EXLIVE platform");
+                    if let Some(tx) = out_tx.take() {
+                        link = Some(core.new_link(tx));
+                        core.links.opened(&core.updates).await;
+                    }
+                }
+                ClientOutput::Deliver(msg) => {
+                    let Some(link) = &link else { continue };
+                    if !core.on_message(link, msg).await {
+                        break 'session Ended::Lost("platform logged us out".into());
+                    }
+                }
+                ClientOutput::Malformed { what, in_a_row } => {
+                    core.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    log_malformed(core, &cfg.address, in_a_row, &what);
+                }
+                ClientOutput::Close(why) => {
+                    match why {
+                        ClientError::TooLarge { max } => log_oversized(core, &cfg.address, max),
+                        ClientError::TooManyMalformed { in_a_row } => {
+                            log_malformed_closed(core, &cfg.address, in_a_row)
+                        }
+                        _ => {}
+                    }
+                    break 'session session_end(why, link.is_some());
+                }
             }
         }
+        let deadline = session.next_deadline();
+        outputs = tokio::select! {
+            _ = shutdown.cancelled() => break 'session Ended::Shutdown,
+            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                session.on_timer(Instant::now())
+            }
+            Some(text) = out_rx.recv(), if link.is_some() => {
+                let mut data = text.into_bytes();
+                data.push(b'\n');
+                if let Err(e) = client::write(&mut wr, &data).await {
+                    break 'session e;
+                }
+                continue;
+            }
+            read = rd.read(&mut chunk) => match read {
+                Ok(0) => session.on_eof(Instant::now()),
+                Ok(n) => session.on_bytes(&chunk[..n], Instant::now()),
+                Err(err) => {
+                    tracing::debug!(event = "exlive_link_io", peer = %cfg.address, error = %err);
+                    break 'session session_end(ClientError::Closed, link.is_some());
+                }
+            },
+        };
+    };
+    if let Some(link) = link {
+        core.link_closed(&link).await;
+        core.links.closed(&core.updates).await;
     }
-    .await;
-    core.link_closed(&link).await;
-    core.links.closed(&core.updates).await;
-    match result {
-        Err(ended) => ended,
-        Ok(()) => Ended::Lost("session ended".into()),
-    }
+    ended
 }

@@ -48,16 +48,40 @@ async fn write_line(wr: &mut OwnedWriteHalf, line: &str) -> std::io::Result<()> 
 }
 
 /// Logs one malformed message, unless the link or the listener has logged enough.
-fn log_malformed(core: &Core, peer: &str, in_a_row: u32, what: &dyn std::fmt::Display) {
+pub(super) fn log_malformed(core: &Core, peer: &str, in_a_row: u32, what: &dyn std::fmt::Display) {
     if core.bad_input_log.allow_bad_input(in_a_row, "exlive") {
         tracing::warn!(event = "exlive_malformed", peer, detail = %what, "EXLIVE message dropped");
     }
 }
 
+/// Counts and logs a link closed for too many malformed messages in a row.
+pub(super) fn log_malformed_closed(core: &Core, peer: &str, in_a_row: u32) {
+    core.counters
+        .malformed_closed
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        event = "exlive_malformed_link_closed",
+        peer,
+        in_a_row,
+        "too many malformed messages in a row; closing link"
+    );
+}
+
+/// Counts and logs a link closed for an object over the size limit.
+pub(super) fn log_oversized(core: &Core, peer: &str, max: usize) {
+    core.counters.oversized.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        event = "exlive_oversized",
+        peer,
+        max,
+        "EXLIVE message too large; closing link"
+    );
+}
+
 /// Reads the next decodable message; malformed ones are logged (rate-limited), counted
 /// and skipped. `None` when the link is done (closed, oversized object, I/O error, or
 /// `crate::connectors::BAD_IN_A_ROW` malformed messages in a row).
-pub(super) async fn next_message(
+async fn next_message(
     frames: &mut crate::connectors::link::Reader<tokio::net::tcp::OwnedReadHalf, Splitter>,
     peer: &str,
     core: &Core,
@@ -65,15 +89,7 @@ pub(super) async fn next_message(
     let mut in_a_row = 0u32;
     loop {
         if in_a_row >= crate::connectors::BAD_IN_A_ROW {
-            core.counters
-                .malformed_closed
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                event = "exlive_malformed_link_closed",
-                peer,
-                in_a_row,
-                "too many malformed messages in a row; closing link"
-            );
+            log_malformed_closed(core, peer, in_a_row);
             return None;
         }
         match frames.next().await? {
@@ -96,13 +112,7 @@ pub(super) async fn next_message(
                 );
             }
             Err(SplitError::TooLarge { max }) => {
-                core.counters.oversized.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    event = "exlive_oversized",
-                    peer,
-                    max,
-                    "EXLIVE message too large; closing link"
-                );
+                log_oversized(core, peer, max);
                 return None;
             }
             Err(SplitError::Io(err)) => {

@@ -23,10 +23,11 @@ use chrono::{SecondsFormat, Utc};
 use crate::zone::Zone;
 use serde_json::json;
 
+pub use crate::protocol::kingxun::web_session::open_connect_ack;
 pub use config::{
     Device, Kingxun, KingxunConfig, KingxunDevice, KingxunUpstream, ServerCommand, UpstreamDevice,
 };
-pub use upstream::{open_connect_ack, server_vehicle};
+pub use upstream::server_vehicle;
 
 use crate::connector::{
     CommandRequest, Connector, ConnectorContext, ConnectorFuture, LinkGauge, Update, UpdateSink,

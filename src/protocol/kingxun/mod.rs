@@ -7,6 +7,8 @@
 //! `wire`: bounds-checked little-endian reading and writing, device local time.
 //! `message`: device → server bodies (1001–1012). `control`: 2001–2005 and 4001–4005,
 //! with the device profiles that settle the published layouts' forks. `web`: 9001/9002.
+//! `session`: a device link, sans-IO; `web_session`: the web-server role's link to a
+//! kingxun server, sans-IO.
 
 pub mod codec;
 pub mod control;
@@ -15,6 +17,7 @@ pub mod frame;
 pub mod message;
 pub mod session;
 pub mod web;
+pub mod web_session;
 pub mod wire;
 
 pub use codec::{Decoded, KxCodec, DEFAULT_MAX_BODY, DEFAULT_MAX_TRIP_BODY};
