@@ -133,6 +133,28 @@ pub const CONTROLS: &[Control] = &[
         "mdi:hazard-lights",
         &[(PRESS, Command::HazardLights, false)],
     ),
+    // Nothing here moves a vehicle: no PIN.
+    button(
+        Capability::Refresh,
+        "refresh",
+        "Refresh",
+        "mdi:refresh",
+        &[(PRESS, Command::Refresh, false)],
+    ),
+    Control {
+        capability: Capability::Polling,
+        key: "polling",
+        widget: Widget::Switch {
+            name: "Polling",
+            icon: "mdi:timer-sync-outline",
+            state_field: "polling",
+        },
+        payloads: &[
+            ("ON", Command::Polling(true), false),
+            ("OFF", Command::Polling(false), false),
+        ],
+        aliases: &[],
+    },
 ];
 
 /// The control behind an entity key.

@@ -91,6 +91,22 @@ fn shown(action: &str) -> String {
     s
 }
 
+/// A poll interval: whole minutes `min..=max`, as HA's number sends them (`15`, `15.0`);
+/// NaN, infinities, fractions, negatives and text are refused.
+fn whole_minutes(action: &str, min: u16, max: u16) -> Result<u16, String> {
+    let range = || format!("must be {min} to {max} minutes");
+    let v: f64 = action
+        .parse()
+        .map_err(|_| format!("takes whole minutes, not `{}`", shown(action)))?;
+    if !v.is_finite() || v.fract() != 0.0 {
+        return Err(format!("takes whole minutes, not `{}`", shown(action)));
+    }
+    if !(f64::from(min)..=f64::from(max)).contains(&v) {
+        return Err(range());
+    }
+    Ok(v as u16)
+}
+
 /// Maps an entity key and action onto a command the vehicle supports. Every command runs
 /// only on its exact payloads (those the HA entity sends): an empty payload (how retained
 /// messages are cleared), `NO`, `\0` or `unlock` in lower case is refused, never guessed.
@@ -146,6 +162,21 @@ pub fn to_command(entity: &str, action: &str, caps: &[Capability]) -> Result<Com
                 return Err(format!("max_speed must be 1 to {max} km/h"));
             }
             Command::MaxSpeed(v.round() as u16)
+        }
+        "poll_interval" | "poll_interval_active" => {
+            let (min, max) = caps
+                .iter()
+                .find_map(|c| match c {
+                    Capability::PollIntervals { min, max } => Some((*min, *max)),
+                    _ => None,
+                })
+                .ok_or_else(unsupported)?;
+            let minutes =
+                whole_minutes(action, min, max).map_err(|why| format!("{entity} {why}"))?;
+            match entity {
+                "poll_interval" => Command::PollInterval(minutes),
+                _ => Command::PollIntervalActive(minutes),
+            }
         }
         _ => match entity.strip_prefix("cmd_") {
             Some(name) if has(&Capability::Passthrough(name.to_string())) => {

@@ -7,7 +7,9 @@
 //! - a right PIN in HA's `Command PIN` text (`<vehicle>/pin/set`) arms that vehicle's
 //!   next PIN command for `ARMED_FOR`, once;
 //! - a vehicle holds at most `command_queue` commands waiting behind the one running;
-//! - while a lock command is in flight the lock shows LOCKING / UNLOCKING.
+//! - while a lock command is in flight the lock shows LOCKING / UNLOCKING;
+//! - a refresh runs at most once per `bridge.refresh_min_gap` per vehicle, and never
+//!   while the last one still runs (a flood of presses reads nothing more).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -30,6 +32,10 @@ pub enum Refusal {
     NoPinSet,
     #[error("command queue for this vehicle is full")]
     QueueFull,
+    #[error("a refresh of this vehicle is still running")]
+    RefreshRunning,
+    #[error("refreshed {0} s ago: bridge.refresh_min_gap is {1} s")]
+    RefreshTooSoon(u64, u64),
 }
 
 pub struct CommandGate {
@@ -47,10 +53,14 @@ pub struct CommandGate {
     in_flight: HashMap<VehicleId, usize>,
     /// LOCKING / UNLOCKING of a vehicle whose lock command is in flight.
     pending_lock: HashMap<VehicleId, &'static str>,
+    /// `bridge.refresh_min_gap`.
+    refresh_gap: Duration,
+    /// When each vehicle's last refresh was accepted, and whether it still runs.
+    refreshes: HashMap<VehicleId, (Instant, bool)>,
 }
 
 impl CommandGate {
-    pub fn new(pin: Secret, queue: usize) -> CommandGate {
+    pub fn new(pin: Secret, queue: usize, refresh_gap: Duration) -> CommandGate {
         CommandGate {
             pin,
             tries: HashMap::new(),
@@ -60,25 +70,50 @@ impl CommandGate {
             queue,
             in_flight: HashMap::new(),
             pending_lock: HashMap::new(),
+            refresh_gap,
+            refreshes: HashMap::new(),
         }
     }
 
     /// Takes a place in the vehicle's queue: the running command and `queue` behind it.
-    pub fn enqueue(&mut self, vehicle: &VehicleId) -> Result<(), Refusal> {
-        let n = self.in_flight.entry(vehicle.clone()).or_default();
-        if *n > self.queue {
+    /// A refresh also needs its gap since the last one, and none running.
+    pub fn enqueue(
+        &mut self,
+        vehicle: &VehicleId,
+        command: &Command,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        if self.in_flight.get(vehicle).is_some_and(|n| *n > self.queue) {
             return Err(Refusal::QueueFull);
         }
-        *n += 1;
+        if *command == Command::Refresh {
+            match self.refreshes.get(vehicle) {
+                Some((_, true)) => return Err(Refusal::RefreshRunning),
+                Some((at, false)) if now.duration_since(*at) < self.refresh_gap => {
+                    return Err(Refusal::RefreshTooSoon(
+                        now.duration_since(*at).as_secs(),
+                        self.refresh_gap.as_secs(),
+                    ));
+                }
+                _ => {}
+            }
+            self.refreshes.insert(vehicle.clone(), (now, true));
+        }
+        *self.in_flight.entry(vehicle.clone()).or_default() += 1;
         Ok(())
     }
 
     /// A command of the vehicle's reached its final outcome: its place is free.
-    pub fn finished(&mut self, vehicle: &VehicleId) {
+    pub fn finished(&mut self, vehicle: &VehicleId, command: &Command) {
         if let Some(n) = self.in_flight.get_mut(vehicle) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 self.in_flight.remove(vehicle);
+            }
+        }
+        if *command == Command::Refresh {
+            if let Some((_, running)) = self.refreshes.get_mut(vehicle) {
+                *running = false;
             }
         }
     }
@@ -144,6 +179,7 @@ impl CommandGate {
         self.armed.remove(vehicle);
         self.in_flight.remove(vehicle);
         self.pending_lock.remove(vehicle);
+        self.refreshes.remove(vehicle);
     }
 
     fn check(
@@ -180,7 +216,7 @@ mod tests {
     }
 
     fn gate() -> CommandGate {
-        CommandGate::new(Secret::new("2468"), 2)
+        CommandGate::new(Secret::new("2468"), 2, Duration::from_secs(30))
     }
 
     #[test]
@@ -193,7 +229,7 @@ mod tests {
             Err(Refusal::WrongPin)
         );
         assert_eq!(g.admit(&car, &Command::Unlock, Some("2468"), now), Ok(()));
-        let mut open = CommandGate::new(Secret::new(""), 2);
+        let mut open = CommandGate::new(Secret::new(""), 2, Duration::from_secs(30));
         assert_eq!(open.admit(&car, &Command::Unlock, None, now), Ok(()));
         assert_eq!(open.arm(&car, Some("2468"), now), Err(Refusal::NoPinSet));
         assert_eq!(g.failures(), 1);
@@ -302,18 +338,27 @@ mod tests {
     #[test]
     fn a_vehicle_queues_the_running_command_and_queue_more_and_a_final_outcome_frees_one() {
         let (mut g, car, bike) = (gate(), vid("car"), vid("bike"));
+        let (t0, horn) = (Instant::now(), Command::Horn);
         for _ in 0..3 {
-            assert_eq!(g.enqueue(&car), Ok(()), "one running, two waiting");
+            assert_eq!(
+                g.enqueue(&car, &horn, t0),
+                Ok(()),
+                "one running, two waiting"
+            );
         }
-        assert_eq!(g.enqueue(&car), Err(Refusal::QueueFull));
-        assert_eq!(g.enqueue(&bike), Ok(()), "per vehicle");
-        g.finished(&car);
-        assert_eq!(g.enqueue(&car), Ok(()));
-        assert_eq!(g.enqueue(&car), Err(Refusal::QueueFull));
+        assert_eq!(g.enqueue(&car, &horn, t0), Err(Refusal::QueueFull));
+        assert_eq!(g.enqueue(&bike, &horn, t0), Ok(()), "per vehicle");
+        g.finished(&car, &horn);
+        assert_eq!(g.enqueue(&car, &horn, t0), Ok(()));
+        assert_eq!(g.enqueue(&car, &horn, t0), Err(Refusal::QueueFull));
         g.forget(&car);
-        assert_eq!(g.enqueue(&car), Ok(()), "a forgotten vehicle starts empty");
-        g.finished(&bike);
-        g.finished(&bike);
+        assert_eq!(
+            g.enqueue(&car, &horn, t0),
+            Ok(()),
+            "a forgotten vehicle starts empty"
+        );
+        g.finished(&bike, &horn);
+        g.finished(&bike, &horn);
         assert!(
             !g.in_flight.contains_key(&bike),
             "more outcomes than commands leave nothing"
@@ -334,5 +379,44 @@ mod tests {
         g.lock_pending(&car, crate::model::lock_state::LOCKING);
         g.forget(&car);
         assert_eq!(g.pending_lock(&car), None);
+    }
+
+    #[test]
+    fn a_refresh_runs_once_per_gap_and_never_beside_another() {
+        let (mut g, car, bike) = (gate(), vid("car"), vid("bike"));
+        let t0 = Instant::now();
+        let refresh = Command::Refresh;
+        assert_eq!(g.enqueue(&car, &refresh, t0), Ok(()));
+        let later = t0 + Duration::from_secs(45);
+        assert_eq!(
+            g.enqueue(&car, &refresh, later),
+            Err(Refusal::RefreshRunning),
+            "past the gap, but the first still runs"
+        );
+        assert_eq!(g.enqueue(&bike, &refresh, t0), Ok(()), "per vehicle");
+        assert_eq!(
+            g.enqueue(&car, &Command::Horn, t0),
+            Ok(()),
+            "other commands queue"
+        );
+        g.finished(&car, &refresh);
+        let soon = t0 + Duration::from_secs(10);
+        assert_eq!(
+            g.enqueue(&car, &refresh, soon),
+            Err(Refusal::RefreshTooSoon(10, 30))
+        );
+        assert_eq!(
+            Refusal::RefreshTooSoon(10, 30).to_string(),
+            "refreshed 10 s ago: bridge.refresh_min_gap is 30 s"
+        );
+        assert_eq!(
+            g.enqueue(&car, &refresh, t0 + Duration::from_secs(30)),
+            Ok(())
+        );
+        g.forget(&car);
+        assert_eq!(
+            g.enqueue(&car, &refresh, t0 + Duration::from_secs(31)),
+            Ok(())
+        );
     }
 }

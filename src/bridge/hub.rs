@@ -184,6 +184,7 @@ impl<M: Mqtt> Hub<M> {
             gate: CommandGate::new(
                 config.bridge.command_pin.clone(),
                 config.bridge.command_queue,
+                config.bridge.refresh_min_gap,
             ),
             topics,
             mqtt,
@@ -359,6 +360,7 @@ impl<M: Mqtt> Hub<M> {
                 command,
                 status,
                 reason,
+                reported_at,
             } => {
                 let name = command.name();
                 match status {
@@ -370,11 +372,12 @@ impl<M: Mqtt> Hub<M> {
                         status = ?status, reason = reason.as_deref().unwrap_or(""), "command did not succeed")
                     }
                 }
-                self.publish_result(vehicle.as_str(), &id, &name, status, reason.as_deref());
+                let (reason, reported_at) = (reason.as_deref(), reported_at.as_deref());
+                self.publish_result(vehicle.as_str(), &id, &name, status, reason, reported_at);
                 if !status.is_final() {
                     return;
                 }
-                self.gate.finished(&vehicle);
+                self.gate.finished(&vehicle, &command);
                 if self.gate.lock_done(&vehicle) {
                     if status == CommandStatus::Succeeded {
                         self.fleet.set_locked(&vehicle, command == Command::Lock);
@@ -542,7 +545,14 @@ impl<M: Mqtt> Hub<M> {
             reason,
             "command rejected"
         );
-        self.publish_result(vehicle, id, command, CommandStatus::Rejected, Some(reason));
+        self.publish_result(
+            vehicle,
+            id,
+            command,
+            CommandStatus::Rejected,
+            Some(reason),
+            None,
+        );
     }
 
     /// A `/set` message: validated (retain, expiry, exact payload, PIN with lockout, room
@@ -597,7 +607,7 @@ impl<M: Mqtt> Hub<M> {
         let admitted = self
             .gate
             .admit(&vid, &command, payload.code.as_deref(), self.now.mono)
-            .and_then(|()| self.gate.enqueue(&vid));
+            .and_then(|()| self.gate.enqueue(&vid, &command, self.now.mono));
         if let Err(refusal) = admitted {
             if refusal == Refusal::WrongPin {
                 self.status.changed();
@@ -650,7 +660,14 @@ impl<M: Mqtt> Hub<M> {
             "armed: the next command within {} s",
             gate::ARMED_FOR.as_secs()
         );
-        self.publish_result(vehicle, &id, "pin", CommandStatus::Succeeded, Some(&reason));
+        self.publish_result(
+            vehicle,
+            &id,
+            "pin",
+            CommandStatus::Succeeded,
+            Some(&reason),
+            None,
+        );
     }
 
     // ---- the fleet's lifecycle -------------------------------------------------------
@@ -785,8 +802,14 @@ impl<M: Mqtt> Hub<M> {
         }
     }
 
+    /// Staleness by `bridge.vehicle_stale_after` for this vehicle, else `stale_after`.
     fn check_stale_one(&mut self, id: &VehicleId) {
-        let Ok(stale_after) = chrono::Duration::from_std(self.config.bridge.stale_after) else {
+        let bridge = &self.config.bridge;
+        let after = bridge
+            .vehicle_stale_after
+            .get(id.as_str())
+            .map_or(bridge.stale_after, |a| a.0);
+        let Ok(stale_after) = chrono::Duration::from_std(after) else {
             return;
         };
         if self.fleet.check_stale(id, self.now.wall, stale_after) {
@@ -928,6 +951,8 @@ impl<M: Mqtt> Hub<M> {
         self.send(topic, serde_json::Value::Object(payload).to_string(), false);
     }
 
+    /// A command's result on `command/result`; a refresh's carries `reported_at`, the
+    /// time of the report that answered it.
     fn publish_result(
         &mut self,
         vehicle: &str,
@@ -935,15 +960,19 @@ impl<M: Mqtt> Hub<M> {
         command: &str,
         status: CommandStatus,
         reason: Option<&str>,
+        reported_at: Option<&str>,
     ) {
         self.status.count_result(status);
-        let payload = json!({
+        let mut payload = json!({
             "id": id,
             "command": command,
             "status": status,
             "reason": reason,
             "ts": self.now.rfc3339(),
         });
+        if let Some(at) = reported_at {
+            payload["reported_at"] = at.into();
+        }
         let topic = self.topics.vehicle(vehicle, "command/result");
         self.send(topic, payload.to_string(), false);
     }

@@ -130,6 +130,7 @@ impl Io {
                         command: queued.command,
                         status: CommandStatus::Rejected,
                         reason: Some("command queue for this vehicle is full".into()),
+                        reported_at: None,
                     };
                     hub.on_worker(outcome, Now::real());
                 }

@@ -528,6 +528,7 @@ fn an_unlock_shows_unlocking_then_its_outcome_and_the_lock_state() {
         command: Command::Unlock,
         status,
         reason: None,
+        reported_at: None,
     };
     rig.worker(outcome(CommandStatus::Accepted));
     let sent = rig.published();
@@ -730,6 +731,7 @@ fn a_vehicle_queues_command_queue_behind_the_running_one() {
         command: Command::Horn,
         status: CommandStatus::Timeout,
         reason: None,
+        reported_at: None,
     });
     rig.set("kx1", "horn", "PRESS");
     assert_eq!(rig.commands().len(), 1, "a final outcome frees a place");

@@ -32,6 +32,8 @@ pub enum WorkerEvent {
         command: Command,
         status: CommandStatus,
         reason: Option<String>,
+        /// For a refresh: when the vehicle made the report that answered it.
+        reported_at: Option<String>,
     },
 }
 
@@ -55,6 +57,7 @@ pub async fn run(
                 command,
                 status: CommandStatus::Rejected,
                 reason: Some("expired while queued (its MQTT message expiry passed)".into()),
+                reported_at: None,
             };
             if hub.send(outcome).await.is_err() {
                 return;
@@ -76,71 +79,85 @@ pub async fn run(
             command: command.clone(),
             progress: progress_tx,
         };
-        let (status, reason) = match timeout_at(deadline, connector.send(request)).await {
-            Err(_) => (
-                CommandStatus::Timeout,
-                Some("connector busy: command not taken in time".to_string()),
-            ),
-            Ok(Err(_)) => (
-                CommandStatus::Failed,
-                Some("connector has stopped".to_string()),
-            ),
-            Ok(Ok(())) => {
-                let mut accepted = false;
-                loop {
-                    match timeout_at(deadline, progress.recv()).await {
-                        Err(_) => {
-                            break (
-                                CommandStatus::Timeout,
-                                Some(format!(
-                                    "no confirmation within {}",
-                                    humantime::format_duration(command_timeout)
-                                )),
-                            )
-                        }
-                        Ok(None) => {
-                            break (
-                                CommandStatus::Failed,
-                                Some("connector dropped the command".to_string()),
-                            )
-                        }
-                        Ok(Some(CommandProgress::Accepted)) => {
-                            if !accepted {
-                                accepted = true;
-                                let ev = WorkerEvent::Outcome {
-                                    vehicle: vehicle.clone(),
-                                    id: id.clone(),
-                                    command: command.clone(),
-                                    status: CommandStatus::Accepted,
-                                    reason: None,
-                                };
-                                if hub.send(ev).await.is_err() {
-                                    return;
+        let (status, reason, reported_at) =
+            match timeout_at(deadline, connector.send(request)).await {
+                Err(_) => (
+                    CommandStatus::Timeout,
+                    Some("connector busy: command not taken in time".to_string()),
+                    None,
+                ),
+                Ok(Err(_)) => (
+                    CommandStatus::Failed,
+                    Some("connector has stopped".to_string()),
+                    None,
+                ),
+                Ok(Ok(())) => {
+                    let mut accepted = false;
+                    loop {
+                        match timeout_at(deadline, progress.recv()).await {
+                            Err(_) => {
+                                break (
+                                    CommandStatus::Timeout,
+                                    Some(format!(
+                                        "no confirmation within {}",
+                                        humantime::format_duration(command_timeout)
+                                    )),
+                                    None,
+                                )
+                            }
+                            Ok(None) => {
+                                break (
+                                    CommandStatus::Failed,
+                                    Some("connector dropped the command".to_string()),
+                                    None,
+                                )
+                            }
+                            Ok(Some(CommandProgress::Accepted)) => {
+                                if !accepted {
+                                    accepted = true;
+                                    let ev = WorkerEvent::Outcome {
+                                        vehicle: vehicle.clone(),
+                                        id: id.clone(),
+                                        command: command.clone(),
+                                        status: CommandStatus::Accepted,
+                                        reason: None,
+                                        reported_at: None,
+                                    };
+                                    if hub.send(ev).await.is_err() {
+                                        return;
+                                    }
                                 }
                             }
-                        }
-                        Ok(Some(CommandProgress::Succeeded)) => {
-                            break (CommandStatus::Succeeded, None)
-                        }
-                        Ok(Some(CommandProgress::SucceededBecause(why))) => {
-                            break (CommandStatus::Succeeded, Some(why))
-                        }
-                        Ok(Some(CommandProgress::Failed(reason))) => {
-                            break (CommandStatus::Failed, Some(reason))
-                        }
-                        Ok(Some(CommandProgress::TimedOut(reason))) => {
-                            break (CommandStatus::Timeout, Some(reason))
+                            Ok(Some(CommandProgress::Succeeded)) => {
+                                break (CommandStatus::Succeeded, None, None)
+                            }
+                            Ok(Some(CommandProgress::SucceededBecause(why))) => {
+                                break (CommandStatus::Succeeded, Some(why), None)
+                            }
+                            Ok(Some(CommandProgress::Failed(reason))) => {
+                                break (CommandStatus::Failed, Some(reason), None)
+                            }
+                            Ok(Some(CommandProgress::TimedOut(reason))) => {
+                                break (CommandStatus::Timeout, Some(reason), None)
+                            }
+                            Ok(Some(CommandProgress::Refused(reason))) => {
+                                break (CommandStatus::Rejected, Some(reason), None)
+                            }
+                            Ok(Some(CommandProgress::Fresh { reported_at })) => {
+                                let why = format!("the vehicle reported at {reported_at}");
+                                break (CommandStatus::Succeeded, Some(why), Some(reported_at));
+                            }
                         }
                     }
                 }
-            }
-        };
+            };
         let ev = WorkerEvent::Outcome {
             vehicle: vehicle.clone(),
             id,
             command,
             status,
             reason,
+            reported_at,
         };
         if hub.send(ev).await.is_err() {
             return;

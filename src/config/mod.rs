@@ -242,7 +242,19 @@ pub struct BridgeConfig {
     /// "0s" (the default) never does.
     #[serde(with = "humantime_serde")]
     pub forget_absent_entities_after: Duration,
+    /// A vehicle's Refresh runs at most this often (and never while the last one runs).
+    #[serde(with = "humantime_serde")]
+    pub refresh_min_gap: Duration,
+    /// `stale_after` for single vehicles, by vehicle id (`kx1001 = "2h"`): a tracker that
+    /// reports hourly beside scooters that report every minute.
+    #[serde(default)]
+    pub vehicle_stale_after: std::collections::BTreeMap<String, StaleAfter>,
 }
+
+/// A duration in a map (`humantime`, e.g. "2h").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StaleAfter(#[serde(with = "humantime_serde")] pub Duration);
 
 impl Default for BridgeConfig {
     fn default() -> Self {
@@ -258,6 +270,8 @@ impl Default for BridgeConfig {
             exit_on_connector_failure: true,
             remember_vehicles: true,
             forget_absent_entities_after: Duration::ZERO,
+            refresh_min_gap: Duration::from_secs(30),
+            vehicle_stale_after: Default::default(),
         }
     }
 }
@@ -509,6 +523,21 @@ impl Config {
             (1..=1000).contains(&self.bridge.command_queue),
             "must be 1 to 1000",
         );
+        check(
+            "bridge.refresh_min_gap",
+            (Duration::from_secs(1)..=Duration::from_secs(24 * 3600))
+                .contains(&self.bridge.refresh_min_gap),
+            "must be 1 s to 24 h",
+        );
+        for (id, after) in &self.bridge.vehicle_stale_after {
+            let key = format!("bridge.vehicle_stale_after.{id}");
+            if crate::model::VehicleId::new(id).is_none() {
+                problems.push((key.clone(), "is not a vehicle id ([A-Za-z0-9_-])".into()));
+            }
+            if after.0.is_zero() {
+                problems.push((key, "must be greater than 0".into()));
+            }
+        }
         if let Err(reason) = self.mqtt.broker_url() {
             problems.push(("mqtt.url".into(), reason));
         }

@@ -9,6 +9,7 @@ pub mod iauto360;
 pub mod kingxun;
 pub mod link;
 pub mod poll;
+pub mod polling;
 pub mod tasks;
 pub mod throttle;
 pub mod upstream_ids;

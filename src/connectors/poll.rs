@@ -65,6 +65,8 @@ pub struct Schedule {
     due: Instant,
     failures: u32,
     confirm_reads: usize,
+    /// What the last plan was (the `polling_phase` sensor starts from it).
+    planned: Next,
 }
 
 impl Schedule {
@@ -73,6 +75,7 @@ impl Schedule {
             due: at,
             failures: 0,
             confirm_reads: 0,
+            planned: Next::Idle,
         }
     }
 
@@ -111,8 +114,31 @@ impl Schedule {
         self.plan(Next::Confirm, Intervals::ZERO, now);
     }
 
+    /// A refresh: read now, then confirm at the following steps.
+    pub fn read_now(&mut self, now: Instant) {
+        self.confirm_reads = 0;
+        self.planned = Next::Confirm;
+        self.due = now;
+    }
+
+    /// Confirming reads made since the command or refresh.
+    pub fn confirm_reads(&self) -> usize {
+        self.confirm_reads
+    }
+
+    /// What the last plan was.
+    pub fn planned(&self) -> Next {
+        self.planned
+    }
+
+    /// The read is moved to `due` (quiet hours, polling off), its plan kept.
+    pub fn postpone(&mut self, due: Instant) {
+        self.due = due;
+    }
+
     /// Plans the next read after one ran at `now`.
     pub fn plan(&mut self, next: Next, intervals: Intervals, now: Instant) {
+        self.planned = next;
         let wait = match next {
             Next::Idle => jitter(intervals.idle),
             Next::Active => jitter(intervals.active),

@@ -126,6 +126,13 @@ impl VehicleDiscovery<'_> {
                 .iter()
                 .filter_map(|cap| self.control_entity(cap)),
         );
+        for cap in self.info.capabilities.iter() {
+            if let Capability::PollIntervals { min, max } = cap {
+                for field in [Field::PollInterval, Field::PollIntervalActive] {
+                    out.push(self.poll_interval_entity(field, *min, *max));
+                }
+            }
+        }
         if self.pin_required
             && self
                 .info
@@ -348,6 +355,32 @@ impl VehicleDiscovery<'_> {
         }
     }
 
+    /// A poll interval the owner sets (`poll_interval`, `poll_interval_active`), in
+    /// minutes within what the upstream tolerates; its state is the field of that name.
+    fn poll_interval_entity(&self, field: Field, min: u16, max: u16) -> Entity {
+        let key = field.key();
+        let mut m = self.base("number", key, Some(field.spec().name));
+        m.insert("command_topic".into(), self.command_topic(key).into());
+        m.insert("min".into(), min.into());
+        m.insert("max".into(), max.into());
+        m.insert("step".into(), 1.into());
+        m.insert("mode".into(), "box".into());
+        m.insert("unit_of_measurement".into(), "min".into());
+        m.insert("device_class".into(), "duration".into());
+        m.insert("entity_category".into(), "config".into());
+        m.insert("icon".into(), "mdi:timer-outline".into());
+        m.insert("state_topic".into(), self.state_topic().into());
+        m.insert(
+            "value_template".into(),
+            format!("{{{{ value_json.get('{key}') }}}}").into(),
+        );
+        Entity {
+            component: "number",
+            key: key.into(),
+            config: m.into(),
+        }
+    }
+
     /// A capability's entity: its catalog row, or the value-taking and pass-through ones.
     fn control_entity(&self, cap: &Capability) -> Option<Entity> {
         let state_topic = self.state_topic();
@@ -395,6 +428,7 @@ impl VehicleDiscovery<'_> {
                 let key = format!("cmd_{name}");
                 self.button(&key, name, "mdi:console-line")
             }
+            Capability::PollIntervals { .. } => return None, // two numbers: `entities`
             fixed => return crate::controls::by_capability(fixed).map(|c| self.catalog_entity(c)),
         };
         Some(entity)

@@ -56,6 +56,16 @@ pub enum Capability {
     },
     /// A named raw command for the terminal (EXLIVE pass-through), HA button `cmd_<name>`.
     Passthrough(String),
+    /// Ask the upstream for a fresh report now (HA button `refresh`).
+    Refresh,
+    /// Scheduled reads on or off for this vehicle (HA switch `polling`).
+    Polling,
+    /// The vehicle's poll intervals may be set, in minutes, `min..=max` (HA numbers
+    /// `poll_interval`, `poll_interval_active`): what the upstream tolerates.
+    PollIntervals {
+        min: u16,
+        max: u16,
+    },
 }
 
 /// A command for one vehicle, after validation.
@@ -75,6 +85,12 @@ pub enum Command {
     Guard(GuardPower),
     MaxSpeed(u16),
     Passthrough(String),
+    Refresh,
+    Polling(bool),
+    /// Minutes between reads while parked.
+    PollInterval(u16),
+    /// Minutes between reads while driving (or a command waits).
+    PollIntervalActive(u16),
 }
 
 impl Command {
@@ -95,6 +111,11 @@ impl Command {
             Command::Guard(p) => format!("guard_power:{}", p.as_str()),
             Command::MaxSpeed(v) => format!("max_speed:{v}"),
             Command::Passthrough(name) => format!("cmd_{name}"),
+            Command::Refresh => "refresh".into(),
+            Command::Polling(true) => "polling_on".into(),
+            Command::Polling(false) => "polling_off".into(),
+            Command::PollInterval(m) => format!("poll_interval:{m}"),
+            Command::PollIntervalActive(m) => format!("poll_interval_active:{m}"),
         }
     }
 }
@@ -128,4 +149,55 @@ pub enum CommandProgress {
     Failed(String),
     /// The upstream's own wait ran out (e.g. a device that never answered).
     TimedOut(String),
+    /// Not attempted, and why (e.g. a refresh while the cloud holds reads back): the
+    /// result is `rejected`.
+    Refused(String),
+    /// A report newer than the command arrived (a refresh): `succeeded`, with the time
+    /// the vehicle reported (RFC 3339).
+    Fresh {
+        reported_at: String,
+    },
+}
+
+/// What a cloud vehicle's read schedule is doing now (the `polling_phase` sensor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollingPhase {
+    /// Parked: the idle interval.
+    Idle,
+    /// Driving: the active interval.
+    Active,
+    /// Quick reads confirming a command or a refresh.
+    Confirming,
+    /// Reads of this vehicle failed: waiting longer each time.
+    BackingOff,
+    /// The cloud struggled (429 / 5xx): every read of the account waits.
+    Held,
+    /// Inside the configured quiet hours: no scheduled reads.
+    QuietHours,
+    /// The owner turned polling off.
+    Off,
+}
+
+impl PollingPhase {
+    pub const OPTIONS: &'static [&'static str] = &[
+        "idle",
+        "active",
+        "confirming",
+        "backing_off",
+        "held",
+        "quiet_hours",
+        "off",
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PollingPhase::Idle => "idle",
+            PollingPhase::Active => "active",
+            PollingPhase::Confirming => "confirming",
+            PollingPhase::BackingOff => "backing_off",
+            PollingPhase::Held => "held",
+            PollingPhase::QuietHours => "quiet_hours",
+            PollingPhase::Off => "off",
+        }
+    }
 }

@@ -253,6 +253,12 @@ catalog! {
     Braking = "braking", "Braking", Binary, N, N, N, true, Some("mdi:car-brake-alert");
     GuardPower = "guard_power", "Guard power", Control, N, N, N, false, N;
     MaxSpeed = "max_speed", "Max speed", Control, N, N, N, false, N;
+    // Polling (cloud connectors): the owner's settings and what the schedule does now.
+    Polling = "polling", "Polling", Control, N, N, N, false, N;
+    PollInterval = "poll_interval", "Poll interval", Control, N, N, N, false, N;
+    PollIntervalActive = "poll_interval_active", "Poll interval while driving", Control, N, N, N, false, N;
+    PollingPhase = "polling_phase", "Polling phase", Enum, Some("enum"), N, N, true, Some("mdi:timer-cog-outline");
+    NextPoll = "next_poll", "Next poll", Timestamp, Some("timestamp"), N, N, true, N;
     // Trips.
     LastTripDistance = "last_trip_distance", "Last trip distance", Number, Some("distance"), Some("km"), M, false, N;
     LastTripDuration = "last_trip_duration", "Last trip duration", Number, Some("duration"), Some("min"), M, false, N;
@@ -288,6 +294,7 @@ impl Field {
             Field::AlarmStatus => &["off", "on"],
             // The xchanger status `keyStatus` constants, lower-cased.
             Field::KeyStatus => &["no_key_inserted", "key_inserted"],
+            Field::PollingPhase => crate::model::PollingPhase::OPTIONS,
             _ => &[],
         }
     }
