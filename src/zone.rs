@@ -35,6 +35,14 @@ impl Zone {
         chrono_tz::Tz::from_str(text).ok().map(Zone::Named)
     }
 
+    /// The local wall-clock time of `at`.
+    pub fn local(&self, at: DateTime<Utc>) -> NaiveDateTime {
+        match self {
+            Zone::Fixed(z) => at.with_timezone(z).naive_local(),
+            Zone::Named(z) => at.with_timezone(z).naive_local(),
+        }
+    }
+
     /// A local wall-clock time as UTC. A time that a daylight-saving change skips is
     /// `None`; one it repeats is taken at its first occurrence.
     pub fn to_utc(&self, local: NaiveDateTime) -> Option<DateTime<Utc>> {

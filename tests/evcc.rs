@@ -32,6 +32,29 @@ fn the_evcc_template_reads_real_fields() {
         read += 1;
     }
     assert_eq!(read, 4);
+    // Charge status from the two booleans, each a real binary field.
+    let status = &vehicle["status"];
+    assert_eq!(status["source"], "combined");
+    for part in ["plugged", "charging"] {
+        let topic = status[part]["topic"].as_str().unwrap();
+        let key = topic.strip_prefix(&format!("{base}/VEHICLE_ID/")).unwrap();
+        let field = Field::from_key(key).unwrap_or_else(|| panic!("{part}: no field {key}"));
+        assert_eq!(field.spec().kind, FieldKind::Binary, "{part}");
+    }
+    // The wake-up presses Refresh: a command the bridge takes from exactly this payload
+    // (run against a bridge in tests/xchanger.rs, `evccs_wakeup_refreshes_the_car`).
+    let wakeup = &vehicle["wakeup"];
+    assert_eq!(wakeup["source"], "mqtt");
+    assert_eq!(
+        wakeup["topic"].as_str().unwrap(),
+        format!("{base}/VEHICLE_ID/refresh/set")
+    );
+    let payload = wakeup["payload"].as_str().unwrap();
+    let caps = [vehicle2mqtt::model::Capability::Refresh];
+    assert_eq!(
+        vehicle2mqtt::bridge::command::to_command("refresh", payload, &caps),
+        Ok(vehicle2mqtt::model::Command::Refresh)
+    );
     assert!(text.contains("per_field_booleans = \"true_false\""));
     // What the bridge then sends for a boolean.
     let _ = BoolFormat::TrueFalse;

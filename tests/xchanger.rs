@@ -593,3 +593,406 @@ async fn with_the_shipped_defaults_commands_are_confirmed_in_seconds() {
     assert!(reads <= 20, "{reads} status reads");
     bridge.stop().await;
 }
+
+// ---- Owner controls (issue #25) ------------------------------------------------------
+
+async fn wait_reads(cloud: &FakeXchanger, more_than: usize) -> Duration {
+    let t0 = std::time::Instant::now();
+    while cloud.calls().status_at_ms.len() <= more_than {
+        assert!(t0.elapsed() < T, "no status read");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    t0.elapsed()
+}
+
+/// Refresh: a position wake-up (`PAI`), a status read at once, then confirming reads
+/// until a report newer than the press: `succeeded` with that report's time. A second
+/// press within `refresh_min_gap` reads nothing.
+#[tokio::test]
+async fn refresh_wakes_the_car_reads_at_once_and_answers_with_the_fresh_report() {
+    let broker = Mosquitto::start();
+    let cloud = fake(FakeOptions::default()).await;
+    let bridge = start(&broker, &cloud, None, |c| {
+        c.upstreams.xchanger.poll_interval = Duration::from_secs(1800);
+        c.upstreams.xchanger.poll_interval_active = Some(Duration::from_secs(1800));
+    })
+    .await;
+    let probe = probe(&broker, &bridge).await;
+    wait_state(&probe, &bridge, VIN, |s| s["polling_phase"] == "idle").await;
+    let discovery = probe
+        .wait_topic(
+            &format!(
+                "homeassistant/button/{}/{VIN}_refresh/config",
+                bridge.base.replace('/', "_")
+            ),
+            T,
+        )
+        .await
+        .json();
+    assert_eq!(discovery["payload_press"], "PRESS");
+    let reads = cloud.calls().status_at_ms.len();
+    let pressed = chrono::Utc::now();
+    probe
+        .publish(
+            &bridge.topic(&format!("{VIN}/refresh/set")),
+            r#"{"action":"PRESS","id":"r1"}"#,
+            false,
+        )
+        .await;
+    let first_read = wait_reads(&cloud, reads).await;
+    assert!(
+        first_read < Duration::from_secs(1),
+        "read {first_read:?} after the press"
+    );
+    let r = wait_result(&probe, &bridge, "r1", "succeeded").await;
+    let reported = chrono::DateTime::parse_from_rfc3339(r["reported_at"].as_str().unwrap())
+        .expect("reported_at");
+    assert!(reported > pressed, "{r}");
+    let wake = cloud.calls().commands;
+    assert_eq!(wake.len(), 1);
+    assert_eq!(wake[0]["serviceId"], "PAI");
+    assert_eq!(wake[0]["serviceParameters"][0]["value"], "4");
+    // Within the gap: refused, nothing sent, nothing read.
+    let reads = cloud.calls().status_at_ms.len();
+    probe
+        .publish(
+            &bridge.topic(&format!("{VIN}/refresh/set")),
+            r#"{"action":"PRESS","id":"r2"}"#,
+            false,
+        )
+        .await;
+    let r2 = wait_result(&probe, &bridge, "r2", "rejected").await;
+    assert!(
+        r2["reason"].as_str().unwrap().contains("refresh_min_gap"),
+        "{r2}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cloud.calls().commands.len(), 1);
+    assert_eq!(cloud.calls().status_at_ms.len(), reads);
+    bridge.stop().await;
+}
+
+/// A flood of presses: each gets exactly one result, the car is woken once and read only
+/// for that one refresh.
+#[tokio::test]
+async fn a_flood_of_refresh_presses_reads_once_and_answers_each() {
+    let broker = Mosquitto::start();
+    let cloud = fake(FakeOptions::default()).await;
+    let bridge = start(&broker, &cloud, None, |c| {
+        c.upstreams.xchanger.poll_interval = Duration::from_secs(1800);
+        c.upstreams.xchanger.poll_interval_active = Some(Duration::from_secs(1800));
+    })
+    .await;
+    let probe = probe(&broker, &bridge).await;
+    wait_state(&probe, &bridge, VIN, |s| s["polling_phase"] == "idle").await;
+    let reads = cloud.calls().status_at_ms.len();
+    let topic = bridge.topic(&format!("{VIN}/refresh/set"));
+    for i in 0..100 {
+        probe
+            .publish(
+                &topic,
+                &format!(r#"{{"action":"PRESS","id":"f{i}"}}"#),
+                false,
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    wait_result(&probe, &bridge, "f0", "succeeded").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let results: Vec<Value> = probe
+        .messages()
+        .iter()
+        .filter(|m| m.topic == bridge.topic(&format!("{VIN}/command/result")))
+        .map(|m| m.json())
+        .filter(|r| r["status"] != "accepted")
+        .collect();
+    for i in 0..100 {
+        let mine: Vec<&Value> = results
+            .iter()
+            .filter(|r| r["id"] == format!("f{i}"))
+            .collect();
+        assert_eq!(mine.len(), 1, "f{i}: {mine:?}");
+    }
+    assert_eq!(
+        results
+            .iter()
+            .filter(|r| r["status"] == "succeeded")
+            .count(),
+        1
+    );
+    assert_eq!(cloud.calls().commands.len(), 1, "woken once");
+    let refresh_reads = cloud.calls().status_at_ms.len() - reads;
+    assert!(
+        (1..=3).contains(&refresh_reads),
+        "{refresh_reads} reads for one refresh"
+    );
+    bridge.stop().await;
+}
+
+/// While the account is held back (the cloud answered 5xx), a refresh is refused at once
+/// and reads nothing.
+#[tokio::test]
+async fn a_refresh_while_the_cloud_holds_back_is_rejected_without_a_read() {
+    let broker = Mosquitto::start();
+    let cloud = fake(FakeOptions::default()).await;
+    // The first read fails: the account is held for about the active interval.
+    cloud.fail_next([Fail::Http(503)]);
+    let bridge = start(&broker, &cloud, None, |c| {
+        c.upstreams.xchanger.poll_interval = Duration::from_secs(60);
+        c.upstreams.xchanger.poll_interval_active = Some(Duration::from_secs(60));
+    })
+    .await;
+    let probe = probe(&broker, &bridge).await;
+    wait_state(&probe, &bridge, VIN, |s| s["polling_phase"] == "held").await;
+    let reads = cloud.calls().status_at_ms.len();
+    probe
+        .publish(
+            &bridge.topic(&format!("{VIN}/refresh/set")),
+            r#"{"action":"PRESS","id":"h1"}"#,
+            false,
+        )
+        .await;
+    let r = wait_result(&probe, &bridge, "h1", "rejected").await;
+    assert!(
+        r["reason"].as_str().unwrap().contains("holding reads back"),
+        "{r}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cloud.calls().status_at_ms.len(), reads);
+    assert!(cloud.calls().commands.is_empty(), "not woken");
+    bridge.stop().await;
+}
+
+/// No report newer than the press: the refresh fails after its confirming reads.
+#[tokio::test]
+async fn a_refresh_that_brings_no_newer_report_fails() {
+    let broker = Mosquitto::start();
+    let cloud = fake(FakeOptions::default()).await;
+    cloud.apply_commands(false);
+    let bridge = start(&broker, &cloud, None, |c| {
+        c.upstreams.xchanger.poll_interval = Duration::from_secs(1800);
+        c.upstreams.xchanger.poll_interval_active = Some(Duration::from_secs(1800));
+        c.bridge.command_timeout = Duration::from_secs(90);
+    })
+    .await;
+    let probe = probe(&broker, &bridge).await;
+    wait_state(&probe, &bridge, VIN, |s| s["polling_phase"] == "idle").await;
+    let reads = cloud.calls().status_at_ms.len();
+    probe
+        .publish(
+            &bridge.topic(&format!("{VIN}/refresh/set")),
+            r#"{"action":"PRESS","id":"n1"}"#,
+            false,
+        )
+        .await;
+    wait_state(&probe, &bridge, VIN, |s| s["polling_phase"] == "confirming").await;
+    let r = probe
+        .wait_for("n1 failed", Duration::from_secs(70), |m| {
+            m.topic == bridge.topic(&format!("{VIN}/command/result"))
+                && m.json()["id"] == "n1"
+                && m.json()["status"] != "accepted"
+        })
+        .await
+        .json();
+    assert_eq!(r["status"], "failed", "{r}");
+    assert!(
+        r["reason"].as_str().unwrap().contains("no report newer"),
+        "{r}"
+    );
+    assert_eq!(
+        cloud.calls().status_at_ms.len() - reads,
+        7,
+        "one read and six confirming"
+    );
+    wait_state(&probe, &bridge, VIN, |s| s["polling_phase"] == "idle").await;
+    bridge.stop().await;
+}
+
+/// Polling off: no scheduled read at all (a refresh still reads); an interval set over
+/// MQTT and the switch survive a restart.
+#[tokio::test]
+async fn polling_off_stops_scheduled_reads_and_settings_survive_a_restart() {
+    let broker = Mosquitto::start();
+    let cloud = fake(FakeOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let fast = |c: &mut Config| {
+        c.upstreams.xchanger.poll_interval = Duration::from_secs(1);
+        c.upstreams.xchanger.poll_interval_active = Some(Duration::from_secs(1));
+    };
+    let bridge = start(&broker, &cloud, Some(dir.path()), fast).await;
+    let probe = probe(&broker, &bridge).await;
+    let st = wait_state(&probe, &bridge, VIN, |s| s["polling"] == true).await;
+    assert_eq!(
+        st["poll_interval"], 1,
+        "the configured pace, in minutes (rounded up)"
+    );
+    let set = |leaf: &str| bridge.topic(&format!("{VIN}/{leaf}/set"));
+    probe
+        .publish(&set("polling"), r#"{"action":"OFF","id":"p1"}"#, false)
+        .await;
+    wait_result(&probe, &bridge, "p1", "succeeded").await;
+    wait_state(&probe, &bridge, VIN, |s| {
+        s["polling"] == false && s["polling_phase"] == "off"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // a read in flight lands
+    let reads = cloud.calls().status_at_ms.len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        cloud.calls().status_at_ms.len(),
+        reads,
+        "no scheduled read while off (one a second when on)"
+    );
+    probe
+        .publish(&set("refresh"), r#"{"action":"PRESS","id":"r1"}"#, false)
+        .await;
+    wait_result(&probe, &bridge, "r1", "succeeded").await;
+    assert!(
+        cloud.calls().status_at_ms.len() > reads,
+        "a refresh reads while off"
+    );
+    probe.publish(&set("poll_interval"), "7", false).await;
+    wait_state(&probe, &bridge, VIN, |s| s["poll_interval"] == 7).await;
+    probe
+        .publish(&set("poll_interval_active"), "2.0", false)
+        .await;
+    wait_state(&probe, &bridge, VIN, |s| s["poll_interval_active"] == 2).await;
+    bridge.stop().await;
+
+    let bridge = start(&broker, &cloud, Some(dir.path()), fast).await;
+    let probe = self::probe(&broker, &bridge).await;
+    let st = wait_state(&probe, &bridge, VIN, |s| s.get("polling").is_some()).await;
+    assert_eq!(
+        (
+            st["polling"].clone(),
+            st["poll_interval"].clone(),
+            st["poll_interval_active"].clone()
+        ),
+        (Value::Bool(false), Value::from(7), Value::from(2)),
+        "kept across the restart: {st}"
+    );
+    bridge.stop().await;
+}
+
+/// The attacker's intervals: each refused with a result, nothing changed; a retained one
+/// is never applied.
+#[tokio::test]
+async fn bad_poll_intervals_are_rejected_and_change_nothing() {
+    let broker = Mosquitto::start();
+    let cloud = fake(FakeOptions::default()).await;
+    let bridge = start(&broker, &cloud, None, |c| {
+        c.upstreams.xchanger.poll_interval = Duration::from_secs(600);
+    })
+    .await;
+    let probe = probe(&broker, &bridge).await;
+    wait_state(&probe, &bridge, VIN, |s| s["poll_interval"] == 10).await;
+    let topic = bridge.topic(&format!("{VIN}/poll_interval/set"));
+    let huge = "9".repeat(1_000_000); // 1 MB; over 1 MiB the client drops the connection
+    let bad = [
+        "-5",
+        "0",
+        "NaN",
+        "1e309",
+        "inf",
+        "abc",
+        "1.5",
+        "1441",
+        "",
+        huge.as_str(),
+    ];
+    for payload in bad {
+        probe.publish(&topic, payload, false).await;
+    }
+    probe.publish(&topic, "5", true).await; // retained: never applied
+    probe
+        .wait_for("every bad interval answered", T, |_| {
+            probe
+                .messages()
+                .iter()
+                .filter(|m| {
+                    m.topic == bridge.topic(&format!("{VIN}/command/result"))
+                        && m.json()["status"] == "rejected"
+                })
+                .count()
+                == bad.len() + 1
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let last = probe
+        .messages()
+        .iter()
+        .rev()
+        .find(|m| m.topic == bridge.topic(&format!("{VIN}/state")))
+        .map(|m| m.json())
+        .unwrap();
+    assert_eq!(last["poll_interval"], 10, "unchanged");
+    let ok = probe
+        .messages()
+        .iter()
+        .filter(|m| {
+            m.topic == bridge.topic(&format!("{VIN}/command/result"))
+                && m.json()["status"] == "succeeded"
+        })
+        .count();
+    assert_eq!(ok, 0);
+    bridge.stop().await;
+}
+
+/// The phase sensor follows a command's confirming reads and comes back to idle.
+#[tokio::test]
+async fn the_polling_phase_follows_a_commands_confirming_reads() {
+    let broker = Mosquitto::start();
+    let cloud = fake(FakeOptions::default()).await;
+    let bridge = start(&broker, &cloud, None, |c| {
+        c.upstreams.xchanger.poll_interval = Duration::from_secs(1800);
+        c.upstreams.xchanger.poll_interval_active = Some(Duration::from_secs(1800));
+    })
+    .await;
+    let probe = probe(&broker, &bridge).await;
+    let idle = wait_state(&probe, &bridge, VIN, |s| s["polling_phase"] == "idle").await;
+    assert!(idle["next_poll"].as_str().is_some(), "{idle}");
+    probe
+        .publish(
+            &bridge.topic(&format!("{VIN}/lock/set")),
+            r#"{"action":"UNLOCK","id":"u1"}"#,
+            false,
+        )
+        .await;
+    wait_state(&probe, &bridge, VIN, |s| s["polling_phase"] == "confirming").await;
+    wait_result(&probe, &bridge, "u1", "succeeded").await;
+    wait_state(&probe, &bridge, VIN, |s| s["polling_phase"] == "idle").await;
+    bridge.stop().await;
+}
+
+/// docs/evcc.yaml's `wakeup`, as evcc would publish it, refreshes the car.
+#[tokio::test]
+async fn evccs_wakeup_refreshes_the_car() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/evcc.yaml")).unwrap();
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let wakeup = &doc["vehicles"][0]["wakeup"];
+    let broker = Mosquitto::start();
+    let cloud = fake(FakeOptions::default()).await;
+    let bridge = start(&broker, &cloud, None, |c| {
+        c.mqtt.base_topic = "vehicle2mqtt".into(); // the template's
+        c.upstreams.xchanger.poll_interval = Duration::from_secs(1800);
+        c.upstreams.xchanger.poll_interval_active = Some(Duration::from_secs(1800));
+    })
+    .await;
+    let probe = probe(&broker, &bridge).await;
+    wait_state(&probe, &bridge, VIN, |s| s["polling_phase"] == "idle").await;
+    let topic = wakeup["topic"].as_str().unwrap().replace("VEHICLE_ID", VIN);
+    probe
+        .publish(&topic, wakeup["payload"].as_str().unwrap(), false)
+        .await;
+    let r = probe
+        .wait_for("refresh succeeded", T, |m| {
+            m.topic == bridge.topic(&format!("{VIN}/command/result"))
+                && m.json()["command"] == "refresh"
+                && m.json()["status"] == "succeeded"
+        })
+        .await
+        .json();
+    assert!(r["reported_at"].as_str().is_some(), "{r}");
+    bridge.stop().await;
+}

@@ -1029,6 +1029,66 @@ fn a_connector_that_stops_says_whether_the_bridge_ends() {
     }
 }
 
+#[test]
+fn a_vehicle_can_have_its_own_stale_after() {
+    let mut c = config();
+    c.bridge.stale_after = Duration::from_secs(600);
+    c.bridge
+        .vehicle_stale_after
+        .insert("kx1".into(), crate::config::StaleAfter(Duration::from_secs(60)));
+    let mut rig = Rig::new(c);
+    rig.connect();
+    for id in ["kx1", "kx2"] {
+        rig.update(Update::Vehicle(scooter(id)));
+        rig.report(id, state(50));
+    }
+    rig.published();
+    rig.advance(Duration::from_secs(61));
+    rig.tick(Tick::Stale);
+    let sent = rig.published();
+    let availability: Vec<(&str, &str)> = sent
+        .iter()
+        .filter(|m| m.topic.ends_with("/availability"))
+        .map(|m| (m.topic.as_str(), m.text()))
+        .collect();
+    assert_eq!(availability, [("v2m/kx1/availability", "offline")]);
+}
+
+#[test]
+fn a_refresh_is_gated_per_vehicle_and_its_result_carries_the_reports_time() {
+    let mut rig = Rig::new(config());
+    rig.connect();
+    let mut info = scooter("kx1");
+    info.capabilities = vec![Capability::Refresh].into();
+    rig.update(Update::Vehicle(info));
+    rig.published();
+    rig.set("kx1", "refresh", r#"{"action":"PRESS","id":"r1"}"#);
+    rig.set("kx1", "refresh", r#"{"action":"PRESS","id":"r2"}"#);
+    assert_eq!(rig.commands().len(), 1);
+    let r = results(&rig.published());
+    assert_eq!(r[0]["id"], "r2");
+    assert_eq!(r[0]["reason"], "a refresh of this vehicle is still running");
+    rig.worker(WorkerEvent::Outcome {
+        vehicle: vid("kx1"),
+        id: "r1".into(),
+        command: Command::Refresh,
+        status: CommandStatus::Succeeded,
+        reason: Some("the vehicle reported at 2026-12-07T02:00:00Z".into()),
+        reported_at: Some("2026-12-07T02:00:00Z".into()),
+    });
+    let r = results(&rig.published());
+    assert_eq!(r[0]["reported_at"], "2026-12-07T02:00:00Z");
+    rig.set("kx1", "refresh", "PRESS");
+    assert!(rig.commands().is_empty(), "within refresh_min_gap");
+    rig.advance(Duration::from_secs(30));
+    rig.set("kx1", "refresh", "PRESS");
+    assert_eq!(rig.commands().len(), 1, "after the gap");
+    // Other results have no `reported_at`.
+    rig.set("kx1", "horn", "PRESS");
+    let r = results(&rig.published());
+    assert!(r.iter().all(|r| r.get("reported_at").is_none()), "{r:?}");
+}
+
 mod interleavings {
     //! Any interleaving of updates, MQTT loss, a client with no room and restarts never
     //! publishes an empty retained discovery payload for a configured vehicle, and ends

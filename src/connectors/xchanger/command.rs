@@ -125,6 +125,7 @@ pub(super) async fn execute(
                 progress: req.progress,
                 baseline: last_update,
                 expect,
+                refresh: false,
             })
         }
         Err(e) => {
@@ -138,6 +139,49 @@ pub(super) async fn execute(
                 .send(CommandProgress::Failed(e.to_string()))
                 .await;
             None
+        }
+    }
+}
+
+/// Asks the cloud to wake the car for a fresh position (`PAI`, operation 4, pai 1;
+/// docs/protocols/xchanger.md, "Refresh"). Its answer is only an acknowledgement: the
+/// fresh report shows in the status read after it, so a refusal is logged and the
+/// refresh goes on with the reads.
+pub(super) async fn wake_for_position(shared: &Shared, vin: &str, id: &VehicleId) {
+    shared
+        .counters
+        .commands_sent
+        .fetch_add(1, Ordering::Relaxed);
+    let result = shared
+        .call(|t| Request {
+            host: Host::Data,
+            method: Method::PUT,
+            path: shared.path(
+                "/geelyTCAccess/tcservices/vehicle/telematics",
+                "/remote-control/vehicle/telematics",
+                vin,
+            ),
+            query: vec![],
+            body: Body::Json(telematics_body(
+                "PAI",
+                "start",
+                &[("operation", "4".into()), ("pai", "1".into())],
+                &t.user_id,
+                chrono::Utc::now().timestamp_millis(),
+            )),
+        })
+        .await;
+    match result {
+        Ok(_) => {
+            tracing::info!(event = "xchanger_wakeup_sent", vehicle = %id, "asked the car for a fresh position")
+        }
+        Err(e) => {
+            shared
+                .counters
+                .commands_failed
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(event = "xchanger_wakeup_failed", vehicle = %id, error = %e,
+                "the cloud did not take the position wake-up; reading the status anyway")
         }
     }
 }

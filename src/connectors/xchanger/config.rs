@@ -67,6 +67,15 @@ pub struct XchangerConfig {
     pub data_plan_unit: DataUnit,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Daily hours without scheduled reads, in `tz` ("23:00-06:00"; empty: none).
+    pub quiet_hours: String,
+    /// Quiet hours of single cars, by VIN (the car's wins over `quiet_hours`).
+    pub vehicle_quiet_hours: std::collections::BTreeMap<String, String>,
+    /// The cars' time zone, for quiet hours ("+08:00", "Asia/Shanghai").
+    pub tz: String,
+    /// Refresh wakes the car for a fresh position first (`PAI`, as the Geely app does when
+    /// its map opens: docs/protocols/xchanger.md, "Refresh"), then reads its status.
+    pub refresh_wakeup: bool,
 }
 
 impl Default for XchangerConfig {
@@ -93,6 +102,10 @@ impl Default for XchangerConfig {
             hide_untrusted_position: false,
             data_plan_unit: DataUnit::Kib,
             request_timeout: Duration::from_secs(20),
+            quiet_hours: String::new(),
+            vehicle_quiet_hours: Default::default(),
+            tz: "+08:00".into(),
+            refresh_wakeup: true,
         }
     }
 }
@@ -186,6 +199,24 @@ impl XchangerConfig {
                 out.push(("auth_base_url".into(), r));
             }
         }
+        if crate::zone::Zone::parse(&self.tz).is_none() {
+            out.push(err(
+                "tz",
+                "a UTC offset (\"+08:00\") or an IANA zone (\"Asia/Shanghai\")",
+            ));
+        }
+        let quiet = std::iter::once(("quiet_hours".to_string(), &self.quiet_hours)).chain(
+            self.vehicle_quiet_hours
+                .iter()
+                .map(|(vin, q)| (format!("vehicle_quiet_hours.{vin}"), q)),
+        );
+        for (key, text) in quiet {
+            if !text.trim().is_empty()
+                && crate::connectors::polling::QuietHours::parse(text).is_none()
+            {
+                out.push((key, "\"HH:MM-HH:MM\", e.g. \"23:00-06:00\"".into()));
+            }
+        }
         if (self.username.is_empty()) != (self.password.is_empty()) {
             out.push(err("password", "username and password go together"));
         }
@@ -243,6 +274,8 @@ impl crate::upstream::Upstream for Xchanger {
         "user_id",
         "app_key",
         "iccid",
+        "tz",
+        "quiet_hours",
     ];
     fn enabled(config: &XchangerConfig) -> bool {
         config.enabled

@@ -39,6 +39,7 @@ use crate::connector::{
     UpdateSink,
 };
 use crate::connectors::poll::{jitter, poll_backoff, Hold, Intervals, Next, Schedule};
+use crate::connectors::polling::{Plan, QuietHours, Settings, SettingsStore};
 use crate::model::{
     lock_state, Capability, Command, CommandProgress, Field, VehicleId, VehicleInfo, VehicleState,
 };
@@ -61,6 +62,8 @@ crate::named_counters! {
 
 /// Commands queued per vehicle (the bridge already sends one at a time).
 const VEHICLE_QUEUE: usize = 4;
+/// Each car's polling as its owner set it (`connectors::polling`), in `state_dir`.
+const POLLING_FILE: &str = "xchanger_polling.json";
 
 pub use crate::connectors::poll::CONFIRM_AFTER;
 
@@ -95,9 +98,21 @@ impl Connector for XchangerConnector {
         Box::pin(async move {
             crate::connectors::warn_if_plain_http("xchanger", &self.config.base_url());
             let counters = Arc::new(Counters::default());
+            let quiet = |text: &str| QuietHours::parse(text);
             let shared = Arc::new(Shared {
                 api: Api::new(&self.config)?,
+                settings: SettingsStore::load(Some(self.state_dir.clone()), POLLING_FILE),
                 auth: Auth::new(self.config.clone(), self.state_dir, counters.clone()),
+                quiet: quiet(&self.config.quiet_hours),
+                vehicle_quiet: self
+                    .config
+                    .vehicle_quiet_hours
+                    .iter()
+                    .filter_map(|(vin, q)| Some((vin.clone(), quiet(q)?)))
+                    .collect(),
+                // Checked by the config; China's zone if it was not.
+                tz: crate::zone::Zone::parse(&self.config.tz)
+                    .unwrap_or(crate::zone::Zone::Named(chrono_tz::Asia::Shanghai)),
                 cfg: self.config,
                 updates: ctx.updates,
                 counters,
@@ -117,6 +132,12 @@ struct Shared {
     counters: Arc<Counters>,
     /// Cloud-wide back-off: a 429 or 5xx for one vehicle slows every request of the account.
     hold: Mutex<Hold>,
+    /// Each car's polling settings, kept across restarts.
+    settings: SettingsStore,
+    quiet: Option<QuietHours>,
+    /// By VIN.
+    vehicle_quiet: std::collections::HashMap<String, QuietHours>,
+    tz: crate::zone::Zone,
 }
 
 struct Request {
@@ -191,15 +212,13 @@ impl Shared {
         }
     }
 
+    fn quiet_for(&self, vin: &str) -> Option<&QuietHours> {
+        self.vehicle_quiet.get(vin).or(self.quiet.as_ref())
+    }
+
     fn held_until(&self) -> Option<Instant> {
         let hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
         hold.until(Instant::now())
-    }
-
-    /// When a read planned for `due` may run (the account may be held).
-    fn due(&self, due: Instant) -> Instant {
-        let hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
-        hold.due(due, Instant::now())
     }
 
     fn intervals(&self) -> Intervals {
@@ -304,12 +323,15 @@ async fn run(
     tasks.shutdown().await;
 }
 
-/// A command the cloud accepted, waiting for a status that shows it done.
+/// A command the cloud accepted (or a refresh), waiting for a status that shows it done.
 struct Pending {
     progress: mpsc::Sender<CommandProgress>,
-    /// `updateTime` when the command was sent: the car must report after it.
+    /// `updateTime` when the command was sent (a refresh: the press): the car must report
+    /// after it.
     baseline: Option<i64>,
     expect: Option<(Field, crate::model::Value)>,
+    /// A refresh: done by any report newer than the press, answered with its time.
+    refresh: bool,
 }
 
 impl Pending {
@@ -341,6 +363,10 @@ struct Car {
     /// When it is read next; failed reads in a row.
     schedule: Schedule,
     status: ConnectionStatus,
+    /// Its owner's polling settings.
+    settings: Settings,
+    /// The polling phase and next poll (whole seconds) last shown.
+    shown_plan: Option<(crate::model::PollingPhase, Option<u64>)>,
 }
 
 async fn vehicle_loop(
@@ -351,6 +377,7 @@ async fn vehicle_loop(
     shutdown: CancellationToken,
     with_plan: bool,
 ) {
+    let settings = shared.settings.get(&vin);
     let mut car = Car {
         shared,
         vin,
@@ -360,44 +387,130 @@ async fn vehicle_loop(
         pending: None,
         schedule: Schedule::starting(Instant::now()),
         status: ConnectionStatus::default(),
+        settings,
+        shown_plan: None,
     };
+    car.show_settings().await;
     let mut next_plan = Instant::now();
     loop {
         if car.pending.as_ref().is_some_and(|p| p.progress.is_closed()) {
             // The bridge gave up on it (its command_timeout): stop polling fast.
             car.pending = None;
         }
-        let due = car.shared.due(car.schedule.due());
+        let plan = car.plan(Instant::now());
+        car.show_plan(&plan).await;
+        // Polling off: no read until a command (or the switch) wakes the car's loop.
+        let wait = async {
+            match plan.wait {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            Some(req) = commands.recv() => {
-                if car.command(req).await {
-                    car.schedule.command_accepted(Instant::now());
-                }
-            }
-            _ = tokio::time::sleep_until(due) => {
+            Some(req) = commands.recv() => car.command(req).await,
+            _ = wait => {
                 car.poll().await;
                 let cfg = &car.shared.cfg;
                 if with_plan && Instant::now() >= next_plan && car.schedule.failures() == 0 {
                     next_plan = Instant::now() + cfg.data_plan_interval;
                     data_plan(&car.shared, &car.id).await;
                 }
-                let next = if car.pending.is_some() {
-                    Next::Confirm
-                } else if car.engine_running {
-                    Next::Active
-                } else {
-                    Next::Idle
-                };
-                car.schedule.plan(next, car.shared.intervals(), Instant::now());
+                car.give_up_refresh().await;
+                car.plan_next();
             }
         }
     }
 }
 
 impl Car {
-    /// Sends a command; `true` when the cloud accepted it and a status must confirm it.
-    async fn command(&mut self, req: CommandRequest) -> bool {
+    /// The intervals in force: the owner's, else the config's.
+    fn intervals(&self) -> Intervals {
+        self.settings.intervals(self.shared.intervals())
+    }
+
+    /// Plans the read after one ran.
+    fn plan_next(&mut self) {
+        let next = if self.pending.is_some() {
+            Next::Confirm
+        } else if self.engine_running {
+            Next::Active
+        } else {
+            Next::Idle
+        };
+        self.schedule.plan(next, self.intervals(), Instant::now());
+    }
+
+    /// When the next read is due and why: the schedule, the account's hold, the owner's
+    /// settings and the quiet hours.
+    fn plan(&self, now: Instant) -> Plan {
+        let shared = &self.shared;
+        let local = shared.tz.local(chrono::Utc::now()).time();
+        Plan::new(
+            self.schedule.planned(),
+            self.schedule.due().saturating_duration_since(now),
+            shared
+                .held_until()
+                .map(|u| u.saturating_duration_since(now)),
+            &self.settings,
+            shared.quiet_for(&self.vin),
+            local,
+        )
+    }
+
+    /// Publishes the polling phase and the next poll when either changed.
+    async fn show_plan(&mut self, plan: &Plan) {
+        let now = chrono::Utc::now();
+        let next = plan
+            .wait
+            .map(|w| (now.timestamp() as u64).saturating_add(w.as_secs()));
+        let shown = Some((plan.phase, next));
+        if self.shown_plan == shown {
+            return;
+        }
+        self.shown_plan = shown;
+        self.shared
+            .updates
+            .merge_state(self.id.clone(), plan.state(now))
+            .await;
+    }
+
+    /// Publishes the owner's settings (the switch's and the numbers' state).
+    async fn show_settings(&self) {
+        let state = self.settings.state(self.shared.intervals());
+        self.shared
+            .updates
+            .merge_state(self.id.clone(), state)
+            .await;
+    }
+
+    /// A command: polling settings change here, a refresh reads now, the rest go to the
+    /// cloud.
+    async fn command(&mut self, req: CommandRequest) {
+        match req.command {
+            Command::Polling(_) | Command::PollInterval(_) | Command::PollIntervalActive(_) => {
+                self.settings.apply(&req.command);
+                self.shared.settings.set(&self.vin, self.settings);
+                tracing::info!(event = "xchanger_polling_set", vehicle = %self.id, command = %req.command.name(), "polling changed by its owner");
+                let _ = req.progress.send(CommandProgress::Succeeded).await;
+                self.show_settings().await;
+                if self.schedule.planned() != Next::Confirm {
+                    // The next read follows the new setting from now.
+                    self.plan_next();
+                }
+                return;
+            }
+            Command::Refresh => return self.refresh(req).await,
+            _ => {}
+        }
+        self.supersede().await;
+        self.pending = execute(&self.shared, &self.vin, req, self.last_update).await;
+        if self.pending.is_some() {
+            self.schedule.command_accepted(Instant::now());
+        }
+    }
+
+    async fn supersede(&mut self) {
         if let Some(old) = self.pending.take() {
             let _ = old
                 .progress
@@ -406,8 +519,54 @@ impl Car {
                 ))
                 .await;
         }
-        self.pending = execute(&self.shared, &self.vin, req, self.last_update).await;
-        self.pending.is_some()
+    }
+
+    /// Refresh: refused while the account is held back (nothing is read); else wake the
+    /// car for a fresh position (`refresh_wakeup`), read now, and confirm until a status
+    /// newer than the press arrives (docs/protocols/xchanger.md, "Refresh").
+    async fn refresh(&mut self, req: CommandRequest) {
+        if let Some(until) = self.shared.held_until() {
+            let secs = until.saturating_duration_since(Instant::now()).as_secs();
+            let reason = format!(
+                "the cloud is holding reads back for {secs} s more (rate limit or server error): nothing was read"
+            );
+            let _ = req.progress.send(CommandProgress::Refused(reason)).await;
+            return;
+        }
+        self.supersede().await;
+        let pressed = chrono::Utc::now().timestamp_millis();
+        if self.shared.cfg.refresh_wakeup {
+            wake_for_position(&self.shared, &self.vin, &self.id).await;
+        }
+        let _ = req.progress.send(CommandProgress::Accepted).await;
+        self.pending = Some(Pending {
+            progress: req.progress,
+            baseline: Some(pressed),
+            expect: None,
+            refresh: true,
+        });
+        self.schedule.read_now(Instant::now());
+    }
+
+    /// A refresh whose confirming reads all showed an older report fails.
+    async fn give_up_refresh(&mut self) {
+        let exhausted = self.schedule.confirm_reads() >= CONFIRM_AFTER.len();
+        if !exhausted || !self.pending.as_ref().is_some_and(|p| p.refresh) {
+            return;
+        }
+        if let Some(p) = self.pending.take() {
+            let last = self
+                .last_update
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map_or("never".into(), |t| {
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                });
+            let reason = format!(
+                "no report newer than the press after {} reads; the car last reported at {last}",
+                CONFIRM_AFTER.len() + 1
+            );
+            let _ = p.progress.send(CommandProgress::Failed(reason)).await;
+        }
     }
 
     /// One status poll: state, availability, connection status, and the pending
@@ -435,7 +594,15 @@ impl Car {
                     .await;
                 if confirmed {
                     if let Some(p) = self.pending.take() {
-                        let _ = p.progress.send(CommandProgress::Succeeded).await;
+                        let answer = match (p.refresh, status.update_time) {
+                            (true, Some(ms)) => CommandProgress::Fresh {
+                                reported_at: chrono::DateTime::from_timestamp_millis(ms)
+                                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                                    .unwrap_or_default(),
+                            },
+                            _ => CommandProgress::Succeeded,
+                        };
+                        let _ = p.progress.send(answer).await;
                     }
                 }
                 ConnectionStatus::OK.to_string()

@@ -97,6 +97,12 @@ pub(super) fn info(id: &VehicleId, listed: &Listed) -> VehicleInfo {
             Capability::HornAndLights,
             Capability::FlashLights,
             Capability::Horn,
+            Capability::Refresh,
+            Capability::Polling,
+            Capability::PollIntervals {
+                min: crate::connectors::polling::MIN_MINUTES,
+                max: crate::connectors::polling::MAX_MINUTES,
+            },
         ]
         .into(),
         event_types: Default::default(),

@@ -515,6 +515,11 @@ fn command_effect(cmd: &Value) -> Box<dyn FnOnce(&mut Value) + Send> {
                     safety[k] = json!(locked);
                 }
             }
+            // A position wake-up: the car uploads a fresh report, nothing else changes
+            // (YossiKon/geely-connect `api.py` l.1050-1068, `request_position_refresh`:
+            // "wake the car and request a fresh GPS upload"; docs/protocols/xchanger.md,
+            // "Refresh"). The `updateTime` advance below is that upload.
+            "PAI" => {}
             "RES" => {
                 vs["basicVehicleStatus"]["engineStatus"] = json!(if start {
                     "ENGINE_RUNNING"
