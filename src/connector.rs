@@ -201,7 +201,7 @@ impl CountersReport {
 
 /// Hands a command to the task that owns its vehicle; a full queue, a gone task or an
 /// unknown vehicle answers `failed` at once.
-pub async fn dispatch(
+pub async fn route_command(
     routes: &std::collections::HashMap<VehicleId, mpsc::Sender<CommandRequest>>,
     req: CommandRequest,
 ) {

@@ -18,7 +18,7 @@ pub trait Upstream: 'static {
         + Send
         + Sync
         + 'static;
-    /// Settings of the section (`upstream.key`) whose values are text even when they are
+    /// Settings of the section (`kxsvr.key`) whose values are text even when they are
     /// all digits: from the environment they are taken exactly as written.
     const TEXT_KEYS: &'static [&'static str] = &[];
     fn enabled(config: &Self::Config) -> bool;
@@ -98,7 +98,7 @@ macro_rules! registry {
                 names
             }
 
-            /// Every upstream's text settings as full keys (`kingxun.upstream.key`).
+            /// Every upstream's text settings as full keys (`kingxun.kxsvr.key`).
             pub fn text_keys() -> Vec<String> {
                 let mut keys = Vec::new();
                 $($(#[$attr])* for key in <$upstream as $crate::upstream::Upstream>::TEXT_KEYS {

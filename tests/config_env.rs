@@ -82,3 +82,120 @@ fn a_problem_from_the_environment_names_its_variable() {
         "{err}"
     );
 }
+
+/// `[kingxun.kxsvr]` was called `[kingxun.upstream]` before: a config that still says so
+/// loads the same, from a file and from `V2M_KINGXUN__UPSTREAM__*` (either name over
+/// either), and an all-digit `host` stays text under both names (`TEXT_KEYS`).
+#[test]
+fn the_old_kingxun_upstream_section_still_loads_as_kxsvr() {
+    let _env = env_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let load = |name: &str, toml: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, toml).unwrap();
+        let (config, _) = Config::load(Some(&file)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        config
+    };
+    let section = |table: &str| {
+        format!(
+            "[kingxun]\nenabled = true\n\n[kingxun.{table}]\naddress = \"kx.example.com:10086\"\n\
+             key = \"00112233445566778899aabbccddeeff\"\niv = \"ffeeddccbbaa99887766554433221100\"\n\
+             heartbeat = \"30s\"\nserver_commands = [\"guard\"]\n\n\
+             [[kingxun.{table}.devices]]\nid = 2001\nname = \"Fleet scooter\"\n"
+        )
+    };
+    let new = load("new.toml", &section("kxsvr"));
+    let old = load("old.toml", &section("upstream"));
+    let kx = new
+        .upstreams
+        .kingxun
+        .kxsvr
+        .as_ref()
+        .expect("[kingxun.kxsvr] is read");
+    assert_eq!(kx.address, "kx.example.com:10086");
+    assert_eq!(kx.devices[0].id, 2001);
+    assert_eq!(
+        toml::Value::try_from(&old).unwrap(),
+        toml::Value::try_from(&new).unwrap(),
+        "[kingxun.upstream] loads as [kingxun.kxsvr] does"
+    );
+    // The effective config (check-config) names the section by its name now.
+    let shown = old.to_masked_toml();
+    assert!(shown.contains("[kingxun.kxsvr]"), "{shown}");
+    assert!(!shown.contains("upstream"), "{shown}");
+
+    // From the environment, under either name, over a file that says either: all-digit
+    // text stays text.
+    let devices = "[kingxun]\nenabled = true\n[[kingxun.TABLE.devices]]\nid = 2001\n";
+    let var = |table: &str, k: &str| format!("V2M_KINGXUN__{}__{k}", table.to_uppercase());
+    for (file_table, env_table) in [
+        ("upstream", "upstream"),
+        ("kxsvr", "upstream"),
+        ("upstream", "kxsvr"),
+        ("kxsvr", "kxsvr"),
+    ] {
+        let case = format!("[kingxun.{file_table}] and V2M_KINGXUN__{env_table}__*");
+        std::env::set_var(var(env_table, "ADDRESS"), "127.0.0.1:10086");
+        std::env::set_var(var(env_table, "KEY"), "00112233445566778899001122334455");
+        std::env::set_var(var(env_table, "IV"), "99887766554433221100998877665544");
+        std::env::set_var(var(env_table, "HOST"), "12345");
+        let config = load("env.toml", &devices.replace("TABLE", file_table));
+        for k in ["ADDRESS", "KEY", "IV", "HOST"] {
+            std::env::remove_var(var(env_table, k));
+        }
+        let kx = config
+            .upstreams
+            .kingxun
+            .kxsvr
+            .expect("the kxsvr link is configured");
+        assert_eq!(kx.address, "127.0.0.1:10086", "{case}");
+        assert_eq!(
+            kx.key.expose(),
+            "00112233445566778899001122334455",
+            "{case}"
+        );
+        assert_eq!(kx.iv.expose(), "99887766554433221100998877665544", "{case}");
+        assert_eq!(kx.host, "12345", "{case}");
+        assert_eq!(kx.devices[0].id, 2001, "{case}");
+    }
+
+    // A problem with a value set under the old name names the variable that set it.
+    let file = dir.path().join("env.toml");
+    std::fs::write(&file, devices.replace("TABLE", "kxsvr")).unwrap();
+    std::env::set_var("V2M_KINGXUN__UPSTREAM__ADDRESS", "127.0.0.1:10086");
+    std::env::set_var("V2M_KINGXUN__UPSTREAM__KEY", "0011");
+    std::env::set_var(
+        "V2M_KINGXUN__UPSTREAM__IV",
+        "99887766554433221100998877665544",
+    );
+    let err = Config::load(Some(&file))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    for k in ["ADDRESS", "KEY", "IV"] {
+        std::env::remove_var(format!("V2M_KINGXUN__UPSTREAM__{k}"));
+    }
+    assert!(
+        err.contains(
+            "invalid value for key `kingxun.kxsvr.key` (from environment variable \
+             `V2M_KINGXUN__UPSTREAM__KEY`)"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("0011"), "the error shows the secret: {err}");
+
+    // One layer that says both names is refused.
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n[kingxun.upstream]\naddress = \"a:1\"\nkey = \"\"\niv = \"\"\n",
+            section("kxsvr")
+        ),
+    )
+    .unwrap();
+    let err = Config::load(Some(&file))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("duplicate field `kxsvr`"), "{err}");
+}

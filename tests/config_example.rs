@@ -67,14 +67,14 @@ fn example_documents_every_key() {
         "kingxun.devices.id",
         "kingxun.devices.key",
         "kingxun.devices.name",
-        "kingxun.upstream.address",
-        "kingxun.upstream.key",
-        "kingxun.upstream.iv",
-        "kingxun.upstream.host",
-        "kingxun.upstream.heartbeat",
-        "kingxun.upstream.devices.id",
-        "kingxun.upstream.devices.devtype",
-        "kingxun.upstream.devices.name",
+        "kingxun.kxsvr.address",
+        "kingxun.kxsvr.key",
+        "kingxun.kxsvr.iv",
+        "kingxun.kxsvr.host",
+        "kingxun.kxsvr.heartbeat",
+        "kingxun.kxsvr.devices.id",
+        "kingxun.kxsvr.devices.devtype",
+        "kingxun.kxsvr.devices.name",
     ] {
         wanted.insert(optional.to_string());
     }

@@ -18,7 +18,7 @@ use vehicle2mqtt::config::Secret;
 use vehicle2mqtt::connector::Connector;
 use vehicle2mqtt::connectors::kingxun::kxsvr_sim::{FakeKxSvrLog, FakeKxSvrOptions, UNSET_VOICE};
 use vehicle2mqtt::connectors::kingxun::sim::{derive_key, SimOptions, SimStats};
-use vehicle2mqtt::connectors::kingxun::{KingxunConnector, KingxunUpstream, UpstreamDevice};
+use vehicle2mqtt::connectors::kingxun::{KingxunConnector, KxsvrDevice, ViaKxsvr};
 use vehicle2mqtt::protocol::kingxun::*;
 
 const T: Duration = Duration::from_secs(10);
@@ -392,13 +392,13 @@ async fn web_server_role_drives_unlock_lock_and_open_lock_through_kxsvr() {
     let fake = s.fake.clone();
     let bridge = common::ConnectorBridge::start_with(&s.broker, |c, _| {
         c.upstreams.kingxun.enabled = true;
-        c.upstreams.kingxun.upstream = Some(KingxunUpstream {
+        c.upstreams.kingxun.kxsvr = Some(ViaKxsvr {
             address: fake,
             key: Secret::new(hex::encode(KEY)),
             iv: Secret::new(hex::encode(IV)),
             host: "kingxun.site".into(),
             heartbeat: Duration::from_millis(300),
-            devices: vec![UpstreamDevice {
+            devices: vec![KxsvrDevice {
                 id: DEV,
                 devtype: 2,
                 name: Some("Fleet scooter".into()),
@@ -507,13 +507,13 @@ state_dir = "{state}"
 [kingxun]
 enabled = true
 
-[kingxun.upstream]
+[kingxun.kxsvr]
 address = "{fake}"
 key = "{key}"
 iv = "{iv}"
 heartbeat = "1s"
 
-[[kingxun.upstream.devices]]
+[[kingxun.kxsvr.devices]]
 id = {DEV}
 name = "Fleet scooter"
 "#,

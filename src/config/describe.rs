@@ -91,7 +91,7 @@ pub(super) fn describe_env_var(key: &str) -> String {
     let mut names: Vec<String> = std::env::vars_os()
         .filter_map(|(name, _)| {
             let name = name.to_string_lossy().into_owned();
-            let var_key = env_key(&name)?;
+            let var_key = current_key(&env_key(&name)?);
             (var_key == key || below(&var_key, &key) || below(&key, &var_key)).then_some(name)
         })
         .collect();

@@ -92,6 +92,64 @@ fn text_from_env() -> Vec<TextValue> {
         .collect()
 }
 
+/// Tables that were renamed, as (old, new) dotted keys with the same parent: a layer
+/// (the file, the environment) that still says the old name is read as if it said the
+/// new one. A layer that says both keeps both, and the section refuses the pair.
+const RENAMED: &[(&str, &str)] = &[("kingxun.upstream", "kingxun.kxsvr")];
+
+/// `key` (dotted) with a renamed table in it named as it is now
+/// (`kingxun.upstream.key` → `kingxun.kxsvr.key`).
+fn current_key(key: &str) -> String {
+    for (old, new) in RENAMED {
+        if let Some(rest) = key.strip_prefix(old) {
+            if rest.is_empty() || rest.starts_with('.') {
+                return format!("{new}{rest}");
+            }
+        }
+    }
+    key.to_string()
+}
+
+/// A layer read with the [`RENAMED`] tables under their new names.
+struct Renamed<P>(P);
+
+impl<P: figment::Provider> figment::Provider for Renamed<P> {
+    fn metadata(&self) -> figment::Metadata {
+        self.0.metadata()
+    }
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut data = self.0.data()?;
+        for dict in data.values_mut() {
+            for (old, new) in RENAMED {
+                rename_table(dict, old, new);
+            }
+        }
+        Ok(data)
+    }
+    fn profile(&self) -> Option<figment::Profile> {
+        self.0.profile()
+    }
+}
+
+fn rename_table(dict: &mut figment::value::Dict, old: &str, new: &str) {
+    let (parent, old_name) = old.rsplit_once('.').unwrap_or(("", old));
+    let new_name = new.rsplit_once('.').map_or(new, |(_, name)| name);
+    let mut table = dict;
+    for part in parent.split('.').filter(|p| !p.is_empty()) {
+        match table.get_mut(part) {
+            Some(figment::value::Value::Dict(_, inner)) => table = inner,
+            _ => return,
+        }
+    }
+    if !table.contains_key(new_name) {
+        if let Some(value) = table.remove(old_name) {
+            table.insert(new_name.to_string(), value);
+        }
+    }
+}
+
 /// The key names of the [`Secret`] settings, for checks outside the bridge (the add-on's
 /// schema must make each a password field). Nothing masks by this list: masking follows
 /// the type. A unit test keeps it equal to the `Secret` fields of the config.
@@ -452,27 +510,28 @@ impl Config {
         file: Option<&Path>,
         overrides: &[(String, String)],
     ) -> Result<(Config, Figment), ConfigError> {
+        // Every layer but the defaults may still name a table by its old name (RENAMED).
         let mut figment = Figment::from(Serialized::defaults(base));
         match file {
             Some(path) if path.extension().is_some_and(|e| e == "json") => {
-                figment = figment.merge(Json::file_exact(path))
+                figment = figment.merge(Renamed(Json::file_exact(path)))
             }
-            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            Some(path) => figment = figment.merge(Renamed(Toml::file_exact(path))),
             None if Path::new("config.toml").exists() => {
-                figment = figment.merge(Toml::file_exact("config.toml"))
+                figment = figment.merge(Renamed(Toml::file_exact("config.toml")))
             }
             None => {}
         }
-        figment = figment.merge(env_layer());
+        figment = figment.merge(Renamed(env_layer()));
         for text in text_from_env() {
-            figment = figment.merge(text);
+            figment = figment.merge(Renamed(text));
         }
         for (key, value) in overrides {
-            figment = figment.merge(TextValue {
+            figment = figment.merge(Renamed(TextValue {
                 key: key.clone(),
                 value: value.clone(),
                 from: "the Supervisor's MQTT service".into(),
-            });
+            }));
         }
         let config: Config = figment.extract().map_err(Box::new)?;
         config.validate(&figment)?;

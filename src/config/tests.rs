@@ -200,10 +200,10 @@ fn every_secret_set() -> Config {
         secure_code = "real-iauto360-secure-code"
         [kingxun]
         devices = [{ id = 1, key = "real-kingxun-device-key" }]
-        [kingxun.upstream]
+        [kingxun.kxsvr]
         address = "127.0.0.1:9000"
-        key = "real-kingxun-upstream-key"
-        iv = "real-kingxun-upstream-iv"
+        key = "real-kingxun-kxsvr-key"
+        iv = "real-kingxun-kxsvr-iv"
         [exlive]
         accounts = [{ name = "fleet", password = "real-exlive-account-password" }]
         [exlive.client]
@@ -279,8 +279,8 @@ fn environment_variables_are_named_as_figment_reads_them() {
     assert_eq!(env_key("V2M_MQTT__URLL").as_deref(), Some("mqtt.urll"));
     assert_eq!(env_key("v2m_Mqtt__Url").as_deref(), Some("mqtt.url"));
     assert_eq!(
-        env_key(" V2M_KINGXUN__UPSTREAM__KEY ").as_deref(),
-        Some("kingxun.upstream.key")
+        env_key(" V2M_KINGXUN__KXSVR__KEY ").as_deref(),
+        Some("kingxun.kxsvr.key")
     );
     assert_eq!(env_key("V2M_"), None);
     assert_eq!(env_key("V2M_MQTT____URL"), None);

@@ -1,5 +1,5 @@
 //! The TCP client runtime shared by the connectors that dial out to a platform (the
-//! kingxun upstream, the EXLIVE client): connect within a time limit, write within a time
+//! kingxun link via kxSvr, the EXLIVE client): connect within a time limit, write within a time
 //! limit, and run the protocol's session again and again — after a lost link with
 //! back-off (reset once a session lasted), after a refused login only after a long wait
 //! (never a login storm), and not at all after shutdown. Logging in, heartbeats and what

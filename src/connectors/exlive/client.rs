@@ -1,7 +1,7 @@
 //! Client role: log in to an EXLIVE platform as a user, list its groups and vehicles,
 //! take its 1007 stream, send heartbeats, reconnect with backoff. The link's rules are
 //! the sans-IO `protocol::exlive::client_session`; this connects, reads, writes and
-//! hands messages to the shared core.
+//! hands messages to the connector's [`Shared`].
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::server::{log_malformed, log_malformed_closed, log_oversized};
-use super::{Core, ExliveClientConfig, LinkHandle, LINK_QUEUE};
+use super::{ExliveClientConfig, LinkHandle, Shared, LINK_QUEUE};
 use crate::connector::Update;
 use crate::connectors::client::{self, Client, Ended};
 use crate::protocol::exlive::client_session::{
@@ -26,12 +26,12 @@ const REFUSED_BACKOFF: Duration = Duration::from_secs(15 * 60);
 
 pub(super) async fn run(
     cfg: ExliveClientConfig,
-    core: Arc<Core>,
+    shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut client = ExliveClient {
         cfg: &cfg,
-        core: &core,
+        shared: &shared,
         shutdown: &shutdown,
     };
     client::run(&mut client, &shutdown).await;
@@ -40,7 +40,7 @@ pub(super) async fn run(
 
 struct ExliveClient<'a> {
     cfg: &'a ExliveClientConfig,
-    core: &'a Arc<Core>,
+    shared: &'a Arc<Shared>,
     shutdown: &'a CancellationToken,
 }
 
@@ -48,11 +48,11 @@ impl Client for ExliveClient<'_> {
     const REFUSED_WAIT: Duration = REFUSED_BACKOFF;
 
     async fn session(&mut self) -> Ended {
-        session(self.cfg, self.core, self.shutdown).await
+        session(self.cfg, self.shared, self.shutdown).await
     }
 
     async fn ended(&mut self, ended: &Ended, retry_in: Duration) {
-        let (cfg, core) = (self.cfg, self.core);
+        let (cfg, shared) = (self.cfg, self.shared);
         match ended {
             Ended::Refused(result) => {
                 let reason = format!(
@@ -61,10 +61,10 @@ impl Client for ExliveClient<'_> {
                 );
                 tracing::error!(event = "exlive_client_login_refused", address = %cfg.address, user = %cfg.name,
                     result = %result, retry_in_s = retry_in.as_secs(), "login refused; not retrying soon");
-                let _ = core
+                let _ = shared
                     .updates
                     .send(Update::Health {
-                        links: core.links.get(),
+                        links: shared.links.get(),
                         error: Some(reason),
                     })
                     .await;
@@ -107,7 +107,7 @@ fn session_end(why: ClientError, logged_in: bool) -> Ended {
 /// (`protocol::exlive::client_session`).
 async fn session(
     cfg: &ExliveClientConfig,
-    core: &Arc<Core>,
+    shared: &Arc<Shared>,
     shutdown: &CancellationToken,
 ) -> Ended {
     let stream = match client::connect(&cfg.address).await {
@@ -121,8 +121,8 @@ async fn session(
         ver: env!("CARGO_PKG_VERSION").into(),
         heartbeat: cfg.heartbeat,
         // Silence for three heartbeats means the link is dead even if TCP has not noticed.
-        idle_limit: (cfg.heartbeat * 3).max(core.config.heartbeat_timeout),
-        max_message: core.config.max_message_size,
+        idle_limit: (cfg.heartbeat * 3).max(shared.config.heartbeat_timeout),
+        max_message: shared.config.max_message_size,
         bad_in_a_row: crate::connectors::BAD_IN_A_ROW,
     };
     let (mut session, login) = ClientSession::start(settings, Instant::now());
@@ -146,25 +146,25 @@ async fn session(
                 ClientOutput::LoggedIn => {
                     tracing::info!(event = "exlive_client_logged_in", address = %cfg.address, user = %cfg.name, "logged in to EXLIVE platform");
                     if let Some(tx) = out_tx.take() {
-                        link = Some(core.new_link(tx));
-                        core.links.opened(&core.updates).await;
+                        link = Some(shared.new_link(tx));
+                        shared.links.opened(&shared.updates).await;
                     }
                 }
                 ClientOutput::Deliver(msg) => {
                     let Some(link) = &link else { continue };
-                    if !core.on_message(link, msg).await {
+                    if !shared.on_message(link, msg).await {
                         break 'session Ended::Lost("platform logged us out".into());
                     }
                 }
                 ClientOutput::Malformed { what, in_a_row } => {
-                    core.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                    log_malformed(core, &cfg.address, in_a_row, &what);
+                    shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    log_malformed(shared, &cfg.address, in_a_row, &what);
                 }
                 ClientOutput::Close(why) => {
                     match why {
-                        ClientError::TooLarge { max } => log_oversized(core, &cfg.address, max),
+                        ClientError::TooLarge { max } => log_oversized(shared, &cfg.address, max),
                         ClientError::TooManyMalformed { in_a_row } => {
-                            log_malformed_closed(core, &cfg.address, in_a_row)
+                            log_malformed_closed(shared, &cfg.address, in_a_row)
                         }
                         _ => {}
                     }
@@ -197,8 +197,8 @@ async fn session(
         };
     };
     if let Some(link) = link {
-        core.link_closed(&link).await;
-        core.links.closed(&core.updates).await;
+        shared.link_closed(&link).await;
+        shared.links.closed(&shared.updates).await;
     }
     ended
 }

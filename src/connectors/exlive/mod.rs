@@ -1,8 +1,9 @@
 //! EXLIVE connector: terminates EXLIVE JSON links (server role), logs in to an EXLIVE
 //! platform (client role), and turns pass-through commands into 1012 / 1013.
 //!
-//! Both roles share [`Core`]: the translation of 1007 into vehicle state, the registry
-//! of which link carries which vehicle, and the pending pass-through commands.
+//! Both roles share [`Shared`]: the translation of 1007 into vehicle state, the
+//! `Terminals` (which link carries which vehicle, and the pending pass-through
+//! commands).
 
 mod client;
 mod config;
@@ -71,7 +72,7 @@ impl Connector for ExliveConnector {
     fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {
         Box::pin(async move {
             let tz = crate::shared::require_timezone("exlive", &self.config.timezone)?;
-            let core = Arc::new(Core::new(self.config.clone(), tz, ctx.updates.clone()));
+            let shared = Arc::new(Shared::new(self.config.clone(), tz, ctx.updates.clone()));
             let ConnectorContext {
                 mut commands,
                 shutdown,
@@ -87,13 +88,13 @@ impl Connector for ExliveConnector {
                 tracing::info!(event = "exlive_listening", listen = %listener.local_addr()?, "EXLIVE server listening");
                 tasks.spawn(
                     "exlive server",
-                    server::run(listener, core.clone(), shutdown.clone()),
+                    server::run(listener, shared.clone(), shutdown.clone()),
                 );
             }
             if let Some(client) = self.config.client.clone() {
                 tasks.spawn(
                     "exlive platform client",
-                    client::run(client, core.clone(), shutdown.clone()),
+                    client::run(client, shared.clone(), shutdown.clone()),
                 );
             }
             let mut counters_tick = tokio::time::interval(crate::connector::COUNTERS_EVERY);
@@ -101,8 +102,8 @@ impl Connector for ExliveConnector {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    Some(req) = commands.recv() => core.send_command(req),
-                    _ = counters_tick.tick() => report.report(core.counters.snapshot(), &core.updates).await,
+                    Some(req) = commands.recv() => shared.send_command(req),
+                    _ = counters_tick.tick() => report.report(shared.counters.snapshot(), &shared.updates).await,
                     reason = tasks.ended() => {
                         if shutdown.is_cancelled() {
                             break;
@@ -117,15 +118,17 @@ impl Connector for ExliveConnector {
     }
 }
 
-/// A link's handle in the registry.
+/// A link's handle in the [`Terminals`] route table.
 #[derive(Clone)]
 struct LinkHandle {
     id: u64,
     out: mpsc::Sender<String>,
 }
 
-/// Every map is keyed by the EXLIVE id as the platform sends it (trimmed).
-struct Registry {
+/// What the bridge knows per terminal: its vehicle id, the link that carries it (the
+/// route table), whether it was announced, its pending pass-through commands. Every map
+/// is keyed by the EXLIVE id as the platform sends it (trimmed).
+struct Terminals {
     /// EXLIVE id ⇄ the bridge's vehicle id.
     ids: UpstreamIds,
     /// EXLIVE id → the link that last reported it, and its vehicle.
@@ -136,9 +139,9 @@ struct Registry {
     pending: HashMap<String, VecDeque<mpsc::Sender<CommandProgress>>>,
 }
 
-impl Default for Registry {
-    fn default() -> Registry {
-        Registry {
+impl Default for Terminals {
+    fn default() -> Terminals {
+        Terminals {
             ids: UpstreamIds::new(ID_PREFIX, MAX_VEHICLES),
             routes: HashMap::new(),
             announced: HashMap::new(),
@@ -147,11 +150,12 @@ impl Default for Registry {
     }
 }
 
-pub(crate) struct Core {
+/// What the connector's tasks (the server's links, the client) share.
+pub(crate) struct Shared {
     config: ExliveConfig,
     tz: Zone,
     updates: UpdateSink,
-    registry: Mutex<Registry>,
+    terminals: Mutex<Terminals>,
     next_link: AtomicU64,
     links: LinkGauge,
     pub counters: Counters,
@@ -162,7 +166,7 @@ pub(crate) struct Core {
 }
 
 /// Vehicle ids on the bridge: `ex<id>`, with a hash where the id has characters a topic
-/// cannot carry ([`VehicleId::for_upstream`]); the registry's `ids` keeps both ways.
+/// cannot carry ([`VehicleId::for_upstream`]); [`Terminals`]' `ids` keeps both ways.
 const ID_PREFIX: &str = "ex";
 
 /// Parses `gpstime` ("yyyy-MM-dd HH:mm:ss", local to `tz`) into RFC 3339 UTC.
@@ -216,9 +220,9 @@ pub fn position_state(p: &proto::Position, tz: Zone) -> VehicleState {
     s
 }
 
-impl Core {
-    fn new(config: ExliveConfig, tz: Zone, updates: UpdateSink) -> Core {
-        Core {
+impl Shared {
+    fn new(config: ExliveConfig, tz: Zone, updates: UpdateSink) -> Shared {
+        Shared {
             capabilities: config
                 .commands
                 .iter()
@@ -231,23 +235,23 @@ impl Core {
             config,
             tz,
             updates,
-            registry: Mutex::new(Registry::default()),
+            terminals: Mutex::new(Terminals::default()),
             next_link: AtomicU64::new(1),
             links: LinkGauge::default(),
             counters: Counters::default(),
         }
     }
 
-    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+    fn terminals(&self) -> std::sync::MutexGuard<'_, Terminals> {
         // A panic while holding the lock cannot leave the maps inconsistent in a way that
         // matters more than losing the connector, so recover the guard.
-        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+        self.terminals.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The vehicle of an EXLIVE id (trimmed); `None` (counted, logged sampled) when it
     /// has none.
-    fn vehicle(&self, reg: &mut Registry, exlive_id: &str) -> Option<VehicleId> {
-        match reg.ids.vehicle(exlive_id) {
+    fn vehicle(&self, terminals: &mut Terminals, exlive_id: &str) -> Option<VehicleId> {
+        match terminals.ids.vehicle(exlive_id) {
             Ok(id) => Some(id),
             Err(err) => {
                 let n = self.counters.ids_refused.fetch_add(1, Ordering::Relaxed);
@@ -290,13 +294,17 @@ impl Core {
     async fn announce(&self, link: &LinkHandle, exlive_id: &str, code: &str) {
         let exlive_id = exlive_id.trim();
         let (id, first) = {
-            let mut reg = self.registry();
-            let Some(id) = self.vehicle(&mut reg, exlive_id) else {
+            let mut terminals = self.terminals();
+            let Some(id) = self.vehicle(&mut terminals, exlive_id) else {
                 return;
             };
-            reg.routes
+            terminals
+                .routes
                 .insert(exlive_id.to_string(), (link.clone(), id.clone()));
-            let first = reg.announced.insert(exlive_id.to_string(), false).is_none();
+            let first = terminals
+                .announced
+                .insert(exlive_id.to_string(), false)
+                .is_none();
             (id, first)
         };
         if first {
@@ -319,21 +327,22 @@ impl Core {
         }
         let alarm = p.alarm.unwrap_or(false);
         let (id, first, moved, alarm_rose) = {
-            let mut reg = self.registry();
-            let Some(id) = self.vehicle(&mut reg, exlive_id) else {
+            let mut terminals = self.terminals();
+            let Some(id) = self.vehicle(&mut terminals, exlive_id) else {
                 return;
             };
-            let moved = reg
+            let moved = terminals
                 .routes
                 .get(exlive_id)
                 .is_none_or(|(l, _)| l.id != link.id);
             if moved {
-                reg.routes
+                terminals
+                    .routes
                     .insert(exlive_id.to_string(), (link.clone(), id.clone()));
             }
-            let prev = match reg.announced.get_mut(exlive_id) {
+            let prev = match terminals.announced.get_mut(exlive_id) {
                 Some(flag) => Some(std::mem::replace(flag, alarm)),
-                None => reg.announced.insert(exlive_id.to_string(), alarm),
+                None => terminals.announced.insert(exlive_id.to_string(), alarm),
             };
             (id, prev.is_none(), moved, alarm && prev == Some(false))
         };
@@ -360,8 +369,9 @@ impl Core {
     }
 
     /// The vehicles a link carries now.
-    fn vehicles_on(reg: &Registry, link: &LinkHandle) -> Vec<VehicleId> {
-        reg.routes
+    fn vehicles_on(terminals: &Terminals, link: &LinkHandle) -> Vec<VehicleId> {
+        terminals
+            .routes
             .values()
             .filter(|(l, _)| l.id == link.id)
             .map(|(_, id)| id.clone())
@@ -369,7 +379,7 @@ impl Core {
     }
 
     async fn on_text(&self, link: &LinkHandle, msg: String) {
-        let ids = Self::vehicles_on(&self.registry(), link);
+        let ids = Self::vehicles_on(&self.terminals(), link);
         tracing::info!(
             event = "exlive_message",
             link = link.id,
@@ -390,11 +400,11 @@ impl Core {
     async fn on_passthrough_data(&self, terminalid: String, data: String) {
         let terminalid = terminalid.trim();
         let (waiter, id) = {
-            let mut reg = self.registry();
+            let mut terminals = self.terminals();
             // A reply names a vehicle already reported; it mints none.
-            let id = reg.ids.known(terminalid);
+            let id = terminals.ids.known(terminalid);
             let mut found = None;
-            if let Some(queue) = reg.pending.get_mut(terminalid) {
+            if let Some(queue) = terminals.pending.get_mut(terminalid) {
                 while let Some(tx) = queue.pop_front() {
                     if !tx.is_closed() {
                         found = Some(tx);
@@ -402,7 +412,7 @@ impl Core {
                     }
                 }
                 if queue.is_empty() {
-                    reg.pending.remove(terminalid);
+                    terminals.pending.remove(terminalid);
                 }
             }
             (found, id)
@@ -424,9 +434,9 @@ impl Core {
     /// A link closed: its vehicles go offline.
     async fn link_closed(&self, link: &LinkHandle) {
         let gone = {
-            let mut reg = self.registry();
-            let gone = Self::vehicles_on(&reg, link);
-            reg.routes.retain(|_, (l, _)| l.id != link.id);
+            let mut terminals = self.terminals();
+            let gone = Self::vehicles_on(&terminals, link);
+            terminals.routes.retain(|_, (l, _)| l.id != link.id);
             gone
         };
         for id in gone {
@@ -448,11 +458,14 @@ impl Core {
             )));
             return;
         };
-        let mut reg = self.registry();
-        let route = reg.ids.upstream_id(&req.vehicle).and_then(|exlive_id| {
-            let (link, _) = reg.routes.get(exlive_id)?;
-            Some((exlive_id.to_string(), link.clone()))
-        });
+        let mut terminals = self.terminals();
+        let route = terminals
+            .ids
+            .upstream_id(&req.vehicle)
+            .and_then(|exlive_id| {
+                let (link, _) = terminals.routes.get(exlive_id)?;
+                Some((exlive_id.to_string(), link.clone()))
+            });
         let Some((exlive_id, link)) = route else {
             let _ = req
                 .progress
@@ -468,7 +481,7 @@ impl Core {
             Ok(()) => {
                 tracing::info!(event = "exlive_passthrough_sent", vehicle = %req.vehicle, command = %name, id = %req.id);
                 let _ = req.progress.try_send(CommandProgress::Accepted);
-                let queue = reg.pending.entry(exlive_id).or_default();
+                let queue = terminals.pending.entry(exlive_id).or_default();
                 queue.retain(|tx| !tx.is_closed());
                 queue.push_back(req.progress);
             }

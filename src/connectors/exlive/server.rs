@@ -12,29 +12,37 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::{Core, LINK_QUEUE};
+use super::{Shared, LINK_QUEUE};
 use crate::protocol::exlive::session::{Session, Step};
 use crate::protocol::exlive::{Frame, Message, SplitError, Splitter};
 
 pub(super) async fn run(
     listener: TcpListener,
-    core: Arc<Core>,
+    shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     // One login at a time per address block, each failure slowing the next.
     let logins = Arc::new(crate::connectors::GuessThrottle::one_at_a_time());
     let limits = crate::connectors::link::Limits {
-        max_links: core.config.max_links,
-        per_address: core.config.links_per_address(),
+        max_links: shared.config.max_links,
+        per_address: shared.config.links_per_address(),
     };
-    let refused = &core.counters.links_refused;
+    let refused = &shared.counters.links_refused;
     crate::connectors::link::accept_loop(
         listener,
         "exlive",
         limits,
         refused,
         shutdown.clone(),
-        |stream, peer| serve_link(stream, peer, core.clone(), logins.clone(), shutdown.clone()),
+        |stream, peer| {
+            serve_link(
+                stream,
+                peer,
+                shared.clone(),
+                logins.clone(),
+                shutdown.clone(),
+            )
+        },
     )
     .await;
     Ok(())
@@ -48,15 +56,21 @@ async fn write_line(wr: &mut OwnedWriteHalf, line: &str) -> std::io::Result<()> 
 }
 
 /// Logs one malformed message, unless the link or the listener has logged enough.
-pub(super) fn log_malformed(core: &Core, peer: &str, in_a_row: u32, what: &dyn std::fmt::Display) {
-    if core.bad_input_log.allow_bad_input(in_a_row, "exlive") {
+pub(super) fn log_malformed(
+    shared: &Shared,
+    peer: &str,
+    in_a_row: u32,
+    what: &dyn std::fmt::Display,
+) {
+    if shared.bad_input_log.allow_bad_input(in_a_row, "exlive") {
         tracing::warn!(event = "exlive_malformed", peer, detail = %what, "EXLIVE message dropped");
     }
 }
 
 /// Counts and logs a link closed for too many malformed messages in a row.
-pub(super) fn log_malformed_closed(core: &Core, peer: &str, in_a_row: u32) {
-    core.counters
+pub(super) fn log_malformed_closed(shared: &Shared, peer: &str, in_a_row: u32) {
+    shared
+        .counters
         .malformed_closed
         .fetch_add(1, Ordering::Relaxed);
     tracing::warn!(
@@ -68,8 +82,8 @@ pub(super) fn log_malformed_closed(core: &Core, peer: &str, in_a_row: u32) {
 }
 
 /// Counts and logs a link closed for an object over the size limit.
-pub(super) fn log_oversized(core: &Core, peer: &str, max: usize) {
-    core.counters.oversized.fetch_add(1, Ordering::Relaxed);
+pub(super) fn log_oversized(shared: &Shared, peer: &str, max: usize) {
+    shared.counters.oversized.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(
         event = "exlive_oversized",
         peer,
@@ -84,35 +98,35 @@ pub(super) fn log_oversized(core: &Core, peer: &str, max: usize) {
 async fn next_message(
     frames: &mut crate::connectors::link::Reader<tokio::net::tcp::OwnedReadHalf, Splitter>,
     peer: &str,
-    core: &Core,
+    shared: &Shared,
 ) -> Option<Message> {
     let mut in_a_row = 0u32;
     loop {
         if in_a_row >= crate::connectors::BAD_IN_A_ROW {
-            log_malformed_closed(core, peer, in_a_row);
+            log_malformed_closed(shared, peer, in_a_row);
             return None;
         }
         match frames.next().await? {
             Ok(Frame::Object(raw)) => match Message::decode(&raw) {
                 Ok(msg) => return Some(msg),
                 Err(err) => {
-                    core.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
                     in_a_row += 1;
-                    log_malformed(core, peer, in_a_row, &err);
+                    log_malformed(shared, peer, in_a_row, &err);
                 }
             },
             Ok(Frame::Malformed(raw)) => {
-                core.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
                 in_a_row += 1;
                 log_malformed(
-                    core,
+                    shared,
                     peer,
                     in_a_row,
                     &format!("{} bytes without a closing brace", raw.len()),
                 );
             }
             Err(SplitError::TooLarge { max }) => {
-                log_oversized(core, peer, max);
+                log_oversized(shared, peer, max);
                 return None;
             }
             Err(SplitError::Io(err)) => {
@@ -126,12 +140,12 @@ async fn next_message(
 /// The account these credentials open, checked against every account in constant time
 /// without stopping at the first match.
 fn account_for<'a>(
-    core: &'a Core,
+    shared: &'a Shared,
     name: &str,
     pass: &str,
 ) -> Option<&'a super::config::ExliveAccount> {
     let mut found = None;
-    for account in &core.config.accounts {
+    for account in &shared.config.accounts {
         let ok: bool = (account.name.as_bytes().ct_eq(name.as_bytes())
             & account.password.expose().as_bytes().ct_eq(pass.as_bytes()))
         .into();
@@ -145,7 +159,7 @@ fn account_for<'a>(
 async fn serve_link(
     stream: TcpStream,
     peer: SocketAddr,
-    core: Arc<Core>,
+    shared: Arc<Shared>,
     logins: Arc<crate::connectors::GuessThrottle>,
     shutdown: CancellationToken,
 ) {
@@ -153,14 +167,14 @@ async fn serve_link(
     let peer_s = peer.to_string();
     let (rd, mut wr) = stream.into_split();
     let mut frames =
-        crate::connectors::link::Reader::new(rd, Splitter::new(core.config.max_message_size));
-    let hb = core.config.heartbeat_timeout;
+        crate::connectors::link::Reader::new(rd, Splitter::new(shared.config.max_message_size));
+    let hb = shared.config.heartbeat_timeout;
 
     // Login: the first message, within the heartbeat timeout.
     let mut session = Session::new(hb, Instant::now());
     let first = tokio::select! {
         _ = shutdown.cancelled() => return,
-        r = timeout(hb, next_message(&mut frames, &peer_s, &core)) => r,
+        r = timeout(hb, next_message(&mut frames, &peer_s, &shared)) => r,
     };
     let (name, pass) = match first.map(|m| m.map(|m| session.on_message(m, Instant::now()))) {
         Ok(Some(Step::Login { name, pass })) => (name, pass),
@@ -171,7 +185,8 @@ async fn serve_link(
         }
         Ok(_) => return,
         Err(_) => {
-            core.counters
+            shared
+                .counters
                 .heartbeat_timeouts
                 .fetch_add(1, Ordering::Relaxed);
             tracing::info!(event = "exlive_login_timeout", peer = %peer, "no login within heartbeat_timeout; closing");
@@ -183,8 +198,11 @@ async fn serve_link(
     let Ok(attempt) = logins.attempt(peer.ip(), Duration::MAX).await else {
         return;
     };
-    let Some(account) = account_for(&core, &name, &pass) else {
-        core.counters.logins_failed.fetch_add(1, Ordering::Relaxed);
+    let Some(account) = account_for(&shared, &name, &pass) else {
+        shared
+            .counters
+            .logins_failed
+            .fetch_add(1, Ordering::Relaxed);
         attempt.failed();
         tracing::warn!(event = "exlive_login_failed", peer = %peer, user = %name, "EXLIVE login refused");
         let _ = write_line(&mut wr, &Session::refused().encode()).await;
@@ -196,29 +214,29 @@ async fn serve_link(
         return;
     }
     let (out_tx, mut out_rx) = mpsc::channel::<String>(LINK_QUEUE);
-    let link = core.new_link(out_tx);
+    let link = shared.new_link(out_tx);
     tracing::info!(event = "exlive_login", peer = %peer, user = %name, link = link.id, "EXLIVE link logged in");
-    core.links.opened(&core.updates).await;
+    shared.links.opened(&shared.updates).await;
 
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = sleep_until(session.deadline()) => {
-                core.counters.heartbeat_timeouts.fetch_add(1, Ordering::Relaxed);
+                shared.counters.heartbeat_timeouts.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(event = "exlive_heartbeat_timeout", peer = %peer, link = link.id, "no data within heartbeat_timeout; closing");
                 break;
             }
-            msg = next_message(&mut frames, &peer_s, &core) => {
+            msg = next_message(&mut frames, &peer_s, &shared) => {
                 let Some(msg) = msg else { break };
                 match session.on_message(msg, Instant::now()) {
                     Step::Deliver(msg) => {
-                        if !core.on_message(&link, msg).await {
+                        if !shared.on_message(&link, msg).await {
                             tracing::info!(event = "exlive_logout", peer = %peer, link = link.id, "EXLIVE link logged out");
                             break;
                         }
                     }
                     Step::NotAllowed(id) => {
-                        if let Some(n) = crate::observe::count_sampled(&core.counters.not_allowed) {
+                        if let Some(n) = crate::observe::count_sampled(&shared.counters.not_allowed) {
                             tracing::warn!(event = "exlive_vehicle_not_allowed", peer = %peer, user = %name, vehicle = %id, total = n,
                                 "message for a vehicle this account may not report; dropped");
                         }
@@ -234,6 +252,6 @@ async fn serve_link(
             }
         }
     }
-    core.link_closed(&link).await;
-    core.links.closed(&core.updates).await;
+    shared.link_closed(&link).await;
+    shared.links.closed(&shared.updates).await;
 }

@@ -180,7 +180,7 @@ impl Connector for Iauto360Connector {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    Some(req) = commands.recv() => crate::connector::dispatch(&command_routes, req).await,
+                    Some(req) = commands.recv() => crate::connector::route_command(&command_routes, req).await,
                     _ = counters_tick.tick() => report.report(counters.snapshot(), &shared.updates).await,
                     reason = tasks.ended() => {
                         if shutdown.is_cancelled() {
@@ -196,6 +196,7 @@ impl Connector for Iauto360Connector {
     }
 }
 
+/// What the connector's tasks (one per box) share.
 struct Shared {
     cfg: Iauto360Config,
     api: Api,

@@ -51,13 +51,17 @@ pub struct KingxunConfig {
     /// Time zone of device local times.
     pub timezone: String,
     pub devices: Vec<KingxunDevice>,
-    /// Drive an existing kingxun server as its "web server" (9001/9002/4001–4005).
-    pub upstream: Option<KingxunUpstream>,
+    /// Drive an existing kingxun server as its "web server" (9001/9002/4001–4005):
+    /// `[kingxun.kxsvr]`. `[kingxun.upstream]`, its name before, is still read: by this
+    /// alias, and in every config layer by `config::RENAMED`.
+    #[serde(alias = "upstream")]
+    pub kxsvr: Option<ViaKxsvr>,
 }
 
+/// `[kingxun.kxsvr]`: the bridge as the web server of an existing kingxun server (kxSvr).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KingxunUpstream {
+pub struct ViaKxsvr {
     /// host:port of the kingxun server.
     pub address: String,
     /// Initial AES key and IV for 9001 (32 hex characters each; no default).
@@ -69,7 +73,7 @@ pub struct KingxunUpstream {
     #[serde(with = "humantime_serde", default = "default_heartbeat")]
     pub heartbeat: Duration,
     #[serde(default)]
-    pub devices: Vec<UpstreamDevice>,
+    pub devices: Vec<KxsvrDevice>,
     /// Commands beyond unlock, lock and open-lock that this server carries out as the
     /// server document describes them (docs/protocols/kingxun.md,
     /// "4001–4005 commands through a server"): "guard" (4003: guard power and max
@@ -96,9 +100,10 @@ fn default_heartbeat() -> Duration {
     Duration::from_secs(60)
 }
 
+/// A device reached through the kingxun server (`[[kingxun.kxsvr.devices]]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamDevice {
+pub struct KxsvrDevice {
     pub id: u32,
     #[serde(default = "default_devtype")]
     pub devtype: u8,
@@ -139,7 +144,7 @@ impl Default for KingxunConfig {
             max_speed_kmh: 45,
             timezone: "Asia/Shanghai".into(),
             devices: Vec::new(),
-            upstream: None,
+            kxsvr: None,
         }
     }
 }
@@ -250,52 +255,53 @@ impl KingxunConfig {
                 ));
             }
         }
-        if let Some(up) = &self.upstream {
-            if up
+        if let Some(kx) = &self.kxsvr {
+            if kx
                 .address
                 .rsplit_once(':')
                 .and_then(|(_, p)| p.parse::<u16>().ok())
                 .is_none()
             {
                 out.push((
-                    "upstream.address".into(),
-                    format!("`{}` is not host:port", up.address),
+                    "kxsvr.address".into(),
+                    format!("`{}` is not host:port", kx.address),
                 ));
             }
-            if hex16(&up.key).is_none() {
+            if hex16(&kx.key).is_none() {
                 out.push((
-                    "upstream.key".into(),
+                    "kxsvr.key".into(),
                     "must be 32 hex characters (16 bytes)".into(),
                 ));
             }
-            if hex16(&up.iv).is_none() {
+            if hex16(&kx.iv).is_none() {
                 out.push((
-                    "upstream.iv".into(),
+                    "kxsvr.iv".into(),
                     "must be 32 hex characters (16 bytes)".into(),
                 ));
             }
-            if up.host.is_empty() || up.host.len() > 31 {
-                out.push(("upstream.host".into(), "must be 1 to 31 characters".into()));
+            if kx.host.is_empty() || kx.host.len() > 31 {
+                out.push(("kxsvr.host".into(), "must be 1 to 31 characters".into()));
             }
-            if !(Duration::from_secs(1) / 10..=Duration::from_secs(400)).contains(&up.heartbeat) {
+            if !(Duration::from_secs(1) / 10..=Duration::from_secs(400)).contains(&kx.heartbeat) {
                 out.push((
-                    "upstream.heartbeat".into(),
+                    "kxsvr.heartbeat".into(),
                     "must be at most 400s (the server drops links idle for 500 s)".into(),
                 ));
             }
-            for (i, d) in up.devices.iter().enumerate() {
+            for (i, d) in kx.devices.iter().enumerate() {
                 if !seen.insert(d.id) {
                     out.push((
-                        format!("upstream.devices[{i}].id"),
+                        format!("kxsvr.devices[{i}].id"),
                         format!("device {} is listed twice", d.id),
                     ));
                 }
             }
         }
-        if self.devices.is_empty() && self.upstream.as_ref().is_none_or(|u| u.devices.is_empty()) {
+        if self.devices.is_empty() && self.kxsvr.as_ref().is_none_or(|u| u.devices.is_empty()) {
             out.push((
                 "devices".into(),
-                "list at least one [[kingxun.devices]] (id and key) or [[kingxun.upstream.devices]]".into(),
+                "list at least one [[kingxun.devices]] (id and key) or [[kingxun.kxsvr.devices]]"
+                    .into(),
             ));
         }
         out
@@ -310,12 +316,21 @@ impl KingxunConfig {
     }
 }
 
-/// The `kingxun` upstream: kingxun e-bike trackers linking to our TCP listener (and, optionally, our link to a kxSvr upstream).
+/// The `kingxun` upstream: kingxun e-bike trackers linking to our TCP listener (and,
+/// optionally, our link to a kingxun server, `kxsvr`).
 pub struct Kingxun;
 
 impl crate::upstream::Upstream for Kingxun {
     type Config = KingxunConfig;
-    const TEXT_KEYS: &'static [&'static str] = &["upstream.key", "upstream.iv", "upstream.host"];
+    /// `kxsvr.*`, and the same under `upstream`, the section's name before (still read).
+    const TEXT_KEYS: &'static [&'static str] = &[
+        "kxsvr.key",
+        "kxsvr.iv",
+        "kxsvr.host",
+        "upstream.key",
+        "upstream.iv",
+        "upstream.host",
+    ];
     fn enabled(config: &KingxunConfig) -> bool {
         config.enabled
     }

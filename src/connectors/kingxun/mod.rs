@@ -1,6 +1,7 @@
 //! kingxun connector: the bridge plays the kingxun server ("svrInstance") that e-bike and
 //! e-motor trackers connect to. Devices register (1001), report status, trips, charges
-//! and events, and take control commands 2001–2005.
+//! and events, and take control commands 2001–2005. Optionally it also plays the web
+//! server of an existing kingxun server, "via kxSvr" (`[kingxun.kxsvr]`, `via_kxsvr.rs`).
 
 mod config;
 #[cfg(feature = "simulators")]
@@ -10,7 +11,7 @@ mod requests;
 mod server;
 #[cfg(feature = "simulators")]
 pub mod sim;
-mod upstream;
+mod via_kxsvr;
 
 pub use report::*;
 
@@ -25,9 +26,9 @@ use serde_json::json;
 
 pub use crate::protocol::kingxun::web_session::open_connect_ack;
 pub use config::{
-    Device, Kingxun, KingxunConfig, KingxunDevice, KingxunUpstream, ServerCommand, UpstreamDevice,
+    Device, Kingxun, KingxunConfig, KingxunDevice, KxsvrDevice, ServerCommand, ViaKxsvr,
 };
-pub use upstream::server_vehicle;
+pub use via_kxsvr::server_vehicle;
 
 use crate::connector::{
     CommandRequest, Connector, ConnectorContext, ConnectorFuture, LinkGauge, Update, UpdateSink,
@@ -106,10 +107,10 @@ pub fn control_for(
             Control::Lights { flags: 0x0100 }
         }
         Command::HazardLights if through_server => {
-            return Err("this kingxun server does not carry out lights (4005): a stock kxSvr has no handler for it; list \"lights\" in kingxun.upstream.server_commands if yours does".into())
+            return Err("this kingxun server does not carry out lights (4005): a stock kxSvr has no handler for it; list \"lights\" in kingxun.kxsvr.server_commands if yours does".into())
         }
         Command::Guard(_) | Command::MaxSpeed(_) if !server_does(ServerCommand::Guard) => {
-            return Err("this kingxun server does not carry out guard commands: a stock kxSvr forwards 4003 to the device as a LOCK (2002); list \"guard\" in kingxun.upstream.server_commands if yours does".into())
+            return Err("this kingxun server does not carry out guard commands: a stock kxSvr forwards 4003 to the device as a LOCK (2002); list \"guard\" in kingxun.kxsvr.server_commands if yours does".into())
         }
         Command::Guard(p) => {
             let power = match p {
@@ -203,7 +204,8 @@ pub(crate) struct LinkCommand {
     pub request: CommandRequest,
 }
 
-pub(crate) struct Core {
+/// What the connector's tasks (the device server's links, the kxSvr link) share.
+pub(crate) struct Shared {
     pub config: KingxunConfig,
     pub tz: Zone,
     pub updates: UpdateSink,
@@ -226,13 +228,13 @@ pub(crate) struct Core {
     pub bad_input_log: crate::connectors::LogLimiter,
     /// Registrations per address block, known ids and unknown alike.
     pub registrations: crate::connectors::GuessThrottle,
-    /// Commands for devices reached through an upstream kingxun server.
-    pub upstream: Option<(std::collections::HashSet<u32>, LinkSender)>,
+    /// Commands for devices reached through a kingxun server (`kxsvr`).
+    pub kxsvr: Option<(std::collections::HashSet<u32>, LinkSender)>,
     /// Devices' capabilities, one copy per distinct set (they differ only by config).
     pub capability_sets: crate::shared::Interner<Capability>,
 }
 
-impl Core {
+impl Shared {
     /// The vehicle's identity; `sw` / `dev_type` update what is remembered.
     pub fn info(&self, dev_id: u32, sw: Option<u32>, dev_type: Option<u8>) -> VehicleInfo {
         let (sw, dev_type) = match self.known.lock() {
@@ -300,11 +302,11 @@ impl Core {
     /// `Some(commands)` for a device reached through a kingxun server, `None` for a
     /// device that links to the bridge itself.
     fn server_commands(&self, dev_id: u32) -> Option<&[ServerCommand]> {
-        let up = self.config.upstream.as_ref()?;
-        up.devices
+        let kx = self.config.kxsvr.as_ref()?;
+        kx.devices
             .iter()
             .any(|d| d.id == dev_id)
-            .then_some(up.server_commands.as_slice())
+            .then_some(kx.server_commands.as_slice())
     }
 
     /// Whether plain frames are trusted from this device: its registration alone makes
@@ -378,7 +380,7 @@ impl Core {
         let dev_id = digits.parse::<u32>().ok()?;
         let configured = self.devices.contains_key(&dev_id)
             || self
-                .upstream
+                .kxsvr
                 .as_ref()
                 .is_some_and(|(ids, _)| ids.contains(&dev_id));
         (configured && vehicle_id(dev_id) == *vehicle).then_some(dev_id)
@@ -410,12 +412,12 @@ impl Core {
                 return;
             }
         };
-        let upstream = self
-            .upstream
+        let via_kxsvr = self
+            .kxsvr
             .as_ref()
             .filter(|(ids, _)| ids.contains(&dev_id))
             .map(|(_, tx)| tx.clone());
-        let link = upstream.or_else(|| {
+        let link = via_kxsvr.or_else(|| {
             self.links
                 .lock()
                 .ok()
@@ -473,9 +475,9 @@ impl Connector for KingxunConnector {
             .iter()
             .map(|d| vehicle_id(d.id))
             .collect();
-        if let Some(up) = &self.config.upstream {
-            ids.push(upstream::server_vehicle());
-            ids.extend(up.devices.iter().map(|d| vehicle_id(d.id)));
+        if let Some(kx) = &self.config.kxsvr {
+            ids.push(via_kxsvr::server_vehicle());
+            ids.extend(kx.devices.iter().map(|d| vehicle_id(d.id)));
         }
         Some(ids)
     }
@@ -483,20 +485,20 @@ impl Connector for KingxunConnector {
     fn run(mut self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {
         Box::pin(async move {
             let tz = crate::shared::require_timezone("kingxun", &self.config.timezone)?;
-            let upstream_tx = crate::connectors::link::Mailbox::new(64);
-            let upstream_ids: std::collections::HashSet<u32> = self
+            let kxsvr_tx = crate::connectors::link::Mailbox::new(64);
+            let kxsvr_ids: std::collections::HashSet<u32> = self
                 .config
-                .upstream
+                .kxsvr
                 .iter()
-                .flat_map(|u| u.devices.iter().map(|d| d.id))
+                .flat_map(|kx| kx.devices.iter().map(|d| d.id))
                 .collect();
-            let core = Arc::new(Core {
+            let shared = Arc::new(Shared {
                 capability_sets: Default::default(),
-                upstream: self
+                kxsvr: self
                     .config
-                    .upstream
+                    .kxsvr
                     .as_ref()
-                    .map(|_| (upstream_ids.clone(), upstream_tx.clone())),
+                    .map(|_| (kxsvr_ids.clone(), kxsvr_tx.clone())),
                 // The device list lives once, in this map (10 000 devices with keys).
                 devices: crate::model::VecMap::from_unsorted(
                     std::mem::take(&mut self.config.devices)
@@ -527,26 +529,26 @@ impl Connector for KingxunConnector {
                     std::time::Duration::from_secs(10),
                 ),
             });
-            let trusting: Vec<u32> = core
+            let trusting: Vec<u32> = shared
                 .devices
                 .keys()
                 .copied()
-                .filter(|d| core.accepts_plain(*d))
+                .filter(|d| shared.accepts_plain(*d))
                 .collect();
             if !trusting.is_empty() {
                 tracing::warn!(event = "kingxun_plain_frames_trusted", devices = ?trusting,
                     "accept_plain_frames: anyone who knows these device ids can register as them, report positions and states in their name and receive their commands; use it only for firmware that never encrypts a frame");
             }
             // Every configured device exists (offline) before it first connects.
-            for dev_id in core.devices.keys().chain(upstream_ids.iter()) {
+            for dev_id in shared.devices.keys().chain(kxsvr_ids.iter()) {
                 let _ = ctx
                     .updates
-                    .send(Update::Vehicle(core.info(*dev_id, None, None)))
+                    .send(Update::Vehicle(shared.info(*dev_id, None, None)))
                     .await;
                 ctx.updates.availability(vehicle_id(*dev_id), false).await;
             }
             // What the user last set stays shown after a restart.
-            let remembered: Vec<(u32, GuardSetting)> = core
+            let remembered: Vec<(u32, GuardSetting)> = shared
                 .guard
                 .lock()
                 .map(|g| g.iter().map(|(k, v)| (*k, *v)).collect())
@@ -570,22 +572,22 @@ impl Connector for KingxunConnector {
             } = ctx;
             let mut tasks = crate::connectors::Tasks::default();
             // The device server runs when devices connect to us directly.
-            if !core.devices.is_empty() {
+            if !shared.devices.is_empty() {
                 let listener = crate::connectors::listen(self.config.listen)
                     .await
                     .map_err(|e| {
                         anyhow::anyhow!("kingxun cannot listen on {}: {e}", self.config.listen)
                     })?;
-                tracing::info!(event = "kingxun_listening", listen = %listener.local_addr()?, devices = core.devices.len(),
+                tracing::info!(event = "kingxun_listening", listen = %listener.local_addr()?, devices = shared.devices.len(),
                     "kingxun device server listening");
-                let server = server::run(listener, core.clone(), shutdown.clone());
+                let server = server::run(listener, shared.clone(), shutdown.clone());
                 tasks.spawn("kingxun device server", async move {
                     server.await;
                     Ok(())
                 });
             }
-            if let Some(up) = self.config.upstream.clone() {
-                let link = upstream::run(up, core.clone(), upstream_tx, shutdown.clone());
+            if let Some(kx) = self.config.kxsvr.clone() {
+                let link = via_kxsvr::run(kx, shared.clone(), kxsvr_tx, shutdown.clone());
                 tasks.spawn("kingxun server link", async move {
                     link.await;
                     Ok(())
@@ -596,8 +598,8 @@ impl Connector for KingxunConnector {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    Some(req) = commands.recv() => core.send_command(req),
-                    _ = counters_tick.tick() => report.report(core.counters.snapshot(), &core.updates).await,
+                    Some(req) = commands.recv() => shared.send_command(req),
+                    _ = counters_tick.tick() => report.report(shared.counters.snapshot(), &shared.updates).await,
                     reason = tasks.ended() => {
                         if shutdown.is_cancelled() {
                             break;

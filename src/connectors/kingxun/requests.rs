@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{charge_event, device_event, status_state, trip_update, vehicle_id, Core};
+use super::{charge_event, device_event, status_state, trip_update, vehicle_id, Shared};
 use crate::connector::Update;
 use crate::model::{Field, VehicleState};
 use crate::protocol::kingxun::{id, ChargeDone, Events, Frame, RangeQuery, Status, Traffic, Trip};
@@ -15,7 +15,7 @@ use crate::protocol::kingxun::session::{RESP_BAD_PARAMETER, RESP_OK, RESP_REJECT
 /// Acts on one request from a proven device (its body opened by the session); returns
 /// the RespCode and body to answer with.
 pub(super) async fn handle_request(
-    core: &Core,
+    shared: &Shared,
     dev_id: u32,
     frame: &Frame,
     body: Vec<u8>,
@@ -24,20 +24,20 @@ pub(super) async fn handle_request(
 ) -> (u32, Vec<u8>) {
     let vid = vehicle_id(dev_id);
     let bad = |err: crate::protocol::kingxun::BodyError| {
-        core.counters.bad_bodies.fetch_add(1, Ordering::Relaxed);
-        if may_log(core, in_a_row) {
+        shared.counters.bad_bodies.fetch_add(1, Ordering::Relaxed);
+        if may_log(shared, in_a_row) {
             tracing::warn!(event = "kingxun_bad_body", dev_id, msg_id = frame.header.msg_id, error = %err, "malformed body refused");
         }
         (RESP_BAD_PARAMETER, Vec::new())
     };
-    let updates = &core.updates;
+    let updates = &shared.updates;
     match frame.header.msg_id {
         id::STATUS => match Status::decode(&body) {
             Ok(s) => {
                 if !*model_known {
                     *model_known = true;
                     let _ = updates
-                        .send(Update::Vehicle(core.info(dev_id, None, Some(s.dev_type))))
+                        .send(Update::Vehicle(shared.info(dev_id, None, Some(s.dev_type))))
                         .await;
                 }
                 updates.merge_state(vid, status_state(&s)).await;
@@ -59,17 +59,18 @@ pub(super) async fn handle_request(
                 let mut s = VehicleState::default();
                 s.set_f64(
                     Field::Range,
-                    (core.config.range_full_km * f64::from(q.soc.min(100)) / 100.0 * 10.0).round()
+                    (shared.config.range_full_km * f64::from(q.soc.min(100)) / 100.0 * 10.0)
+                        .round()
                         / 10.0,
                 );
                 updates.merge_state(vid, s).await;
-                (RESP_OK, core.link_settings.range.encode())
+                (RESP_OK, shared.link_settings.range.encode())
             }
             Err(e) => bad(e),
         },
         id::TRIP => match Trip::decode(&body) {
             Ok(t) => {
-                let (state, event) = trip_update(&t, core.tz);
+                let (state, event) = trip_update(&t, shared.tz);
                 updates.merge_state(vid.clone(), state).await;
                 updates.event(vid, event).await;
                 (RESP_OK, Vec::new())
@@ -78,7 +79,7 @@ pub(super) async fn handle_request(
         },
         id::CHARGE_DONE => match ChargeDone::decode(&body) {
             Ok(c) => {
-                updates.event(vid, charge_event(&c, core.tz)).await;
+                updates.event(vid, charge_event(&c, shared.tz)).await;
                 (RESP_OK, Vec::new())
             }
             Err(e) => bad(e),
@@ -92,15 +93,15 @@ pub(super) async fn handle_request(
                         s.set(Field::Fallen, true);
                         updates.merge_state(vid.clone(), s).await;
                     }
-                    updates.event(vid.clone(), device_event(e, core.tz)).await;
+                    updates.event(vid.clone(), device_event(e, shared.tz)).await;
                 }
                 (RESP_OK, Vec::new())
             }
             Err(e) => bad(e),
         },
         other => {
-            core.counters.unknown_msgs.fetch_add(1, Ordering::Relaxed);
-            if may_log(core, in_a_row) {
+            shared.counters.unknown_msgs.fetch_add(1, Ordering::Relaxed);
+            if may_log(shared, in_a_row) {
                 tracing::warn!(
                     event = "kingxun_unknown_msg",
                     dev_id,

@@ -14,7 +14,7 @@ use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::requests::*;
-use super::{now_secs, vehicle_id, Core, LinkCommand, LinkSender};
+use super::{now_secs, vehicle_id, LinkCommand, LinkSender, Shared};
 use crate::connector::Update;
 use crate::connectors::link::Mailbox;
 use crate::model::CommandProgress;
@@ -22,19 +22,19 @@ use crate::protocol::kingxun::codec::CodecError;
 use crate::protocol::kingxun::session::{self, LinkEvent, Opening, Session};
 use crate::protocol::kingxun::{Decoded, Frame, KxCodec};
 
-pub(super) async fn run(listener: TcpListener, core: Arc<Core>, shutdown: CancellationToken) {
+pub(super) async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     let limits = crate::connectors::link::Limits {
-        max_links: core.config.max_links,
-        per_address: core.config.links_per_address(),
+        max_links: shared.config.max_links,
+        per_address: shared.config.links_per_address(),
     };
-    let refused = &core.counters.links_refused;
+    let refused = &shared.counters.links_refused;
     crate::connectors::link::accept_loop(
         listener,
         "kingxun",
         limits,
         refused,
         shutdown.clone(),
-        |stream, peer| connection(stream, peer, core.clone(), shutdown.clone()),
+        |stream, peer| connection(stream, peer, shared.clone(), shutdown.clone()),
     )
     .await;
 }
@@ -44,10 +44,10 @@ pub(super) async fn run(listener: TcpListener, core: Arc<Core>, shutdown: Cancel
 fn connection(
     stream: TcpStream,
     peer: SocketAddr,
-    core: Arc<Core>,
+    shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    Box::pin(admit(stream, peer, core, shutdown))
+    Box::pin(admit(stream, peer, shared, shutdown))
         .then(|link| OptionFuture::from(link.map(Link::run)))
         .map(drop)
 }
@@ -59,23 +59,24 @@ pub(super) async fn write_frame(wr: &mut OwnedWriteHalf, frame: &Frame) -> std::
 type Frames = crate::connectors::link::Reader<tokio::net::tcp::OwnedReadHalf, KxCodec>;
 
 /// Whether a bad frame may be logged (see `LogLimiter::allow_bad_input`).
-pub(super) fn may_log(core: &Core, in_a_row: u32) -> bool {
-    core.bad_input_log.allow_bad_input(in_a_row, "kingxun")
+pub(super) fn may_log(shared: &Shared, in_a_row: u32) -> bool {
+    shared.bad_input_log.allow_bad_input(in_a_row, "kingxun")
 }
 
 /// Waits for this address block's registration budget (the same for every device id, so
 /// timing tells a guesser nothing); false when the wait would pass `read_timeout`.
-async fn registration_turn(core: &Core, peer: &SocketAddr) -> bool {
-    let attempt = core
+async fn registration_turn(shared: &Shared, peer: &SocketAddr) -> bool {
+    let attempt = shared
         .registrations
-        .attempt(peer.ip(), core.config.read_timeout)
+        .attempt(peer.ip(), shared.config.read_timeout)
         .await;
     let throttled = match &attempt {
         Ok(admitted) => !admitted.waited().is_zero(),
         Err(_) => true,
     };
     if throttled {
-        core.counters
+        shared
+            .counters
             .registrations_throttled
             .fetch_add(1, Ordering::Relaxed);
     }
@@ -102,7 +103,7 @@ struct Link {
 
 /// What a link keeps beside its session and its I/O.
 struct LinkContext {
-    core: Arc<Core>,
+    shared: Arc<Shared>,
     shutdown: CancellationToken,
     peer: SocketAddr,
     id: u64,
@@ -182,7 +183,7 @@ impl Link {
             context: link,
             ..
         } = self;
-        let (core, dev_id, peer) = (&link.core, session.dev_id, link.peer);
+        let (shared, dev_id, peer) = (&link.shared, session.dev_id, link.peer);
         if session.phantom() {
             tracing::debug!(event = "kingxun_link_closed", peer = %peer, dev_id, reason, "unknown device's link closed");
         } else {
@@ -195,7 +196,7 @@ impl Link {
                 .progress
                 .try_send(CommandProgress::Failed("device link closed".into()));
         }
-        let still_ours = core.links.lock().map(|mut l| {
+        let still_ours = shared.links.lock().map(|mut l| {
             if l.get(&dev_id).is_some_and(|(id, _)| *id == link.id) {
                 l.remove(&dev_id);
                 true
@@ -204,9 +205,9 @@ impl Link {
             }
         });
         if still_ours.unwrap_or(false) {
-            core.updates.availability(vehicle_id(dev_id), false).await;
+            shared.updates.availability(vehicle_id(dev_id), false).await;
         }
-        core.open_links.closed(&core.updates).await;
+        shared.open_links.closed(&shared.updates).await;
     }
 }
 
@@ -246,26 +247,26 @@ async fn send_command(
 async fn admit(
     stream: TcpStream,
     peer: SocketAddr,
-    core: Arc<Core>,
+    shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> Option<Link> {
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
-    let mut codec = KxCodec::new(core.config.max_body);
-    codec.max_trip_body = core.config.max_trip_body;
+    let mut codec = KxCodec::new(shared.config.max_body);
+    codec.max_trip_body = shared.config.max_trip_body;
     let mut frames = Frames::new(rd, codec);
 
     // Registration: the first frame, within read_timeout.
     let mut skipped = 0u32;
     let first = tokio::select! {
         _ = shutdown.cancelled() => return None,
-        f = timeout(core.config.read_timeout, first_frame(&mut frames, &peer, &core, &mut skipped)) => f,
+        f = timeout(shared.config.read_timeout, first_frame(&mut frames, &peer, &shared, &mut skipped)) => f,
     };
     let frame = match first {
         Ok(Some(f)) => f,
         Ok(None) => return None,
         Err(_) => {
-            core.counters.stalled.fetch_add(1, Ordering::Relaxed);
+            shared.counters.stalled.fetch_add(1, Ordering::Relaxed);
             tracing::info!(event = "kingxun_no_register", peer = %peer, "no registration within read_timeout; closing");
             return None;
         }
@@ -278,25 +279,26 @@ async fn admit(
         } => (dev_id, seq, register),
         Opening::Refused { reply } => {
             if let Some(reply) = reply {
-                if may_log(&core, 1) {
+                if may_log(&shared, 1) {
                     tracing::warn!(event = "kingxun_not_registered", peer = %peer, msg_id = frame.header.msg_id, "first frame is not 1001; closing");
                 }
-                core.counters.bad_bodies.fetch_add(1, Ordering::Relaxed);
+                shared.counters.bad_bodies.fetch_add(1, Ordering::Relaxed);
                 let _ = write_frame(&mut wr, &reply).await;
             }
             return None;
         }
     };
-    if !Box::pin(registration_turn(&core, &peer)).await {
+    if !Box::pin(registration_turn(&shared, &peer)).await {
         return None;
     }
-    let known_key = core.devices.get(&dev_id).and_then(|d| d.key);
+    let known_key = shared.devices.get(&dev_id).and_then(|d| d.key);
     let phantom = known_key.is_none();
     if phantom {
-        core.counters
+        shared
+            .counters
             .unknown_devices
             .fetch_add(1, Ordering::Relaxed);
-        if may_log(&core, 1) {
+        if may_log(&shared, 1) {
             tracing::warn!(event = "kingxun_unknown_device", peer = %peer, dev_id,
                 "unknown device id: answered like any registration, but nothing it sends is used (add it to [[kingxun.devices]])");
         }
@@ -306,19 +308,19 @@ async fn admit(
         seq,
         key: known_key.unwrap_or_else(|| rand::rng().random()),
         phantom,
-        trusted: core.accepts_plain(dev_id),
-        profile: core.profile(dev_id),
+        trusted: shared.accepts_plain(dev_id),
+        profile: shared.profile(dev_id),
         session_id: rand::rng().random_range(1..=u32::MAX),
         iv: rand::rng().random(),
         first_seq: rand::rng().random(),
     };
     let (session, outputs) =
-        Session::<Waiting>::register(start, core.link_settings.clone(), Instant::now());
-    let id = core.next_link.fetch_add(1, Ordering::Relaxed);
+        Session::<Waiting>::register(start, shared.link_settings.clone(), Instant::now());
+    let id = shared.next_link.fetch_add(1, Ordering::Relaxed);
     if !phantom {
         tracing::info!(event = "kingxun_registered", peer = %peer, dev_id, link = id, "device registered");
     }
-    core.open_links.opened(&core.updates).await;
+    shared.open_links.opened(&shared.updates).await;
     Some(Link {
         frames,
         wr,
@@ -327,7 +329,7 @@ async fn admit(
         model_known: false,
         context: LinkContext {
             sw_version: register.software_version(),
-            core,
+            shared,
             shutdown,
             peer,
             id,
@@ -340,7 +342,7 @@ async fn admit(
 async fn first_frame(
     frames: &mut Frames,
     peer: &SocketAddr,
-    core: &Core,
+    shared: &Shared,
     skipped: &mut u32,
 ) -> Option<Frame> {
     loop {
@@ -348,14 +350,14 @@ async fn first_frame(
             Ok(Decoded::Frame(f)) => return Some(f),
             Ok(Decoded::Skipped(n)) => {
                 *skipped += 1;
-                log_skipped(core, peer, n, *skipped);
+                log_skipped(shared, peer, n, *skipped);
                 if *skipped >= crate::connectors::BAD_IN_A_ROW {
-                    log_too_many_bad(core, peer, *skipped);
+                    log_too_many_bad(shared, peer, *skipped);
                     return None;
                 }
             }
             Err(e) => {
-                log_codec_error(core, peer, e);
+                log_codec_error(shared, peer, e);
                 return None;
             }
         }
@@ -379,7 +381,7 @@ fn next_frame<'a>(
             None => Err("link closed"),
             Some(Ok(Decoded::Frame(f))) => Ok(f),
             Some(Ok(Decoded::Skipped(n))) => {
-                log_skipped(&link.core, &link.peer, n, session.bad_in_a_row() + 1);
+                log_skipped(&link.shared, &link.peer, n, session.bad_in_a_row() + 1);
                 let Some(session::Output::Close(reason)) = session.on_skipped() else {
                     continue;
                 };
@@ -388,7 +390,7 @@ fn next_frame<'a>(
                 Err(reason)
             }
             Some(Err(e)) => {
-                log_codec_error(&link.core, &link.peer, e);
+                log_codec_error(&link.shared, &link.peer, e);
                 Err("link closed")
             }
         };
@@ -396,27 +398,28 @@ fn next_frame<'a>(
     })
 }
 
-fn log_skipped(core: &Core, peer: &SocketAddr, skipped: usize, in_a_row: u32) {
-    core.counters.bad_headers.fetch_add(1, Ordering::Relaxed);
-    if may_log(core, in_a_row) {
+fn log_skipped(shared: &Shared, peer: &SocketAddr, skipped: usize, in_a_row: u32) {
+    shared.counters.bad_headers.fetch_add(1, Ordering::Relaxed);
+    if may_log(shared, in_a_row) {
         tracing::warn!(event = "kingxun_bad_header", peer = %peer, skipped, "bad header (CRC or flags); bytes skipped");
     }
 }
 
-fn log_too_many_bad(core: &Core, peer: &SocketAddr, in_a_row: u32) {
-    core.counters
+fn log_too_many_bad(shared: &Shared, peer: &SocketAddr, in_a_row: u32) {
+    shared
+        .counters
         .malformed_closed
         .fetch_add(1, Ordering::Relaxed);
-    if may_log(core, 1) {
+    if may_log(shared, 1) {
         tracing::warn!(event = "kingxun_bad_link_closed", peer = %peer, in_a_row, "too many bad frames in a row; closing link");
     }
 }
 
-fn log_codec_error(core: &Core, peer: &SocketAddr, err: CodecError) {
+fn log_codec_error(shared: &Shared, peer: &SocketAddr, err: CodecError) {
     match err {
         CodecError::TooLarge { len, max } => {
-            core.counters.oversized.fetch_add(1, Ordering::Relaxed);
-            if may_log(core, 1) {
+            shared.counters.oversized.fetch_add(1, Ordering::Relaxed);
+            if may_log(shared, 1) {
                 tracing::warn!(event = "kingxun_oversized", peer = %peer, len, max, "MsgBodyLen over the limit; closing link");
             }
         }
@@ -435,7 +438,7 @@ impl LinkContext {
         wr: &mut OwnedWriteHalf,
         model_known: &mut bool,
     ) -> Result<(), session::CloseReason> {
-        let core = &*self.core;
+        let shared = &*self.shared;
         let dev_id = session.dev_id;
         match output {
             session::Output::Send(frame) => {
@@ -443,7 +446,8 @@ impl LinkContext {
             }
             session::Output::Proven => self.prove(dev_id).await,
             session::Output::Request { frame, body } => {
-                let (code, body) = handle_request(core, dev_id, &frame, body, model_known, 1).await;
+                let (code, body) =
+                    handle_request(shared, dev_id, &frame, body, model_known, 1).await;
                 write_frame(wr, &session::reply(&frame, code, body))
                     .await
                     .map_err(|_| "write failed")?;
@@ -453,14 +457,14 @@ impl LinkContext {
                     session::Outcome::Succeeded => {
                         if !cmd.after.values.is_empty() {
                             let vid = vehicle_id(dev_id);
-                            core.updates.merge_state(vid, cmd.after.clone()).await;
+                            shared.updates.merge_state(vid, cmd.after.clone()).await;
                         }
-                        core.remember_guard(dev_id, &cmd.control);
+                        shared.remember_guard(dev_id, &cmd.control);
                         CommandProgress::Succeeded
                     }
                     session::Outcome::Failed(why) => CommandProgress::Failed(why),
                     session::Outcome::TimedOut => {
-                        let secs = core.config.command_timeout.as_secs_f64();
+                        let secs = shared.config.command_timeout.as_secs_f64();
                         CommandProgress::TimedOut(format!("device did not answer within {secs}s"))
                     }
                 };
@@ -468,7 +472,8 @@ impl LinkContext {
             }
             // An unknown id is answered like a known one, but not logged as one.
             session::Output::Event(LinkEvent::Unproven { .. }) if session.phantom() => {
-                core.counters
+                shared
+                    .counters
                     .unproven_frames
                     .fetch_add(1, Ordering::Relaxed);
             }
@@ -480,18 +485,18 @@ impl LinkContext {
 
     /// Counts and (rate-limited) logs what the session saw.
     fn event(&self, event: LinkEvent, dev_id: u32) {
-        let (core, peer) = (&*self.core, &self.peer);
-        let c = &core.counters;
+        let (shared, peer) = (&*self.shared, &self.peer);
+        let c = &shared.counters;
         match event {
             LinkEvent::BadSession { from } => {
                 c.bad_sessions.fetch_add(1, Ordering::Relaxed);
-                if may_log(core, 1) {
+                if may_log(shared, 1) {
                     tracing::warn!(event = "kingxun_bad_session", peer = %peer, dev_id, from, "frame with a wrong DevId or SessionId refused");
                 }
             }
             LinkEvent::ReregisterOtherId { from } => {
                 c.bad_sessions.fetch_add(1, Ordering::Relaxed);
-                if may_log(core, 1) {
+                if may_log(shared, 1) {
                     tracing::warn!(event = "kingxun_reregister_other_id", peer = %peer, dev_id, from, "1001 for another device id on a live link refused");
                 }
             }
@@ -500,7 +505,7 @@ impl LinkContext {
             }
             LinkEvent::DecryptFailed { msg_id } => {
                 c.decrypt_failures.fetch_add(1, Ordering::Relaxed);
-                if may_log(core, 1) {
+                if may_log(shared, 1) {
                     tracing::warn!(event = "kingxun_decrypt_failed", peer = %peer, dev_id, msg_id, "sealed frame does not open with the device's key and session IV; refused");
                 }
             }
@@ -523,7 +528,7 @@ impl LinkContext {
             LinkEvent::UnexpectedResponse { seq } => {
                 tracing::debug!(event = "kingxun_unexpected_response", dev_id, seq);
             }
-            LinkEvent::TooManyBad { in_a_row } => log_too_many_bad(core, peer, in_a_row),
+            LinkEvent::TooManyBad { in_a_row } => log_too_many_bad(shared, peer, in_a_row),
             LinkEvent::IdleClosed => {
                 c.idle_closed.fetch_add(1, Ordering::Relaxed);
             }
@@ -536,8 +541,8 @@ impl LinkContext {
     /// The link proved the device's key (or the config trusts plain frames for this
     /// device): from now on it is the device's link, displacing any older one.
     async fn prove(&self, dev_id: u32) {
-        let core = &*self.core;
-        let replaced = core
+        let shared = &*self.shared;
+        let replaced = shared
             .links
             .lock()
             .ok()
@@ -550,11 +555,11 @@ impl LinkContext {
             );
         }
         tracing::info!(event = "kingxun_link_proven", peer = %self.peer, dev_id, link = self.id, "device link trusted");
-        let _ = core
+        let _ = shared
             .updates
-            .send(Update::Vehicle(core.info(dev_id, self.sw_version, None)))
+            .send(Update::Vehicle(shared.info(dev_id, self.sw_version, None)))
             .await;
-        core.updates.availability(vehicle_id(dev_id), true).await;
+        shared.updates.availability(vehicle_id(dev_id), true).await;
     }
 }
 
@@ -567,14 +572,14 @@ mod size_tests {
     type Args = (
         TcpStream,
         SocketAddr,
-        Arc<Core>,
+        Arc<Shared>,
         CancellationToken,
         Permit,
         PeerLink,
     );
 
     /// The size of what `f` returns, from its type alone: `f` is never called (a link
-    /// needs a running connector's `Core`), and a future's size is its type's.
+    /// needs a running connector's `Shared`), and a future's size is its type's.
     fn returned<R>(_: impl FnOnce(Args) -> R) -> usize {
         std::mem::size_of::<R>()
     }

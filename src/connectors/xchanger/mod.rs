@@ -124,6 +124,7 @@ impl Connector for XchangerConnector {
     }
 }
 
+/// What the connector's tasks (the roster loop, one task per vehicle) share.
 struct Shared {
     cfg: XchangerConfig,
     api: Api,
@@ -315,7 +316,7 @@ async fn run(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(req) = commands.recv() => crate::connector::dispatch(&routes, req).await,
+            Some(req) = commands.recv() => crate::connector::route_command(&routes, req).await,
             _ = counters_tick.tick() => report.report(shared.counters.snapshot(), &shared.updates).await,
             Some(_) = tasks.join_next() => {}
         }

@@ -1,7 +1,7 @@
 //! The web-server role's link to a kingxun server, without I/O (beside `session.rs`, the
 //! device link's): bytes read, commands and the clock go in; frames to send, the server's
 //! device count, command outcomes and the reason to close come out.
-//! `connectors/kingxun/upstream.rs` connects, reads, writes and publishes.
+//! `connectors/kingxun/via_kxsvr.rs` connects, reads, writes and publishes.
 //!
 //! docs/protocols/kingxun.md: "9001 connect" (sealed with the initial key and IV, answered
 //! with a new IV), "9002 heartbeat" (kxSvr drops a link idle for 500 s), "4001–4005

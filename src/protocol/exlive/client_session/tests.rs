@@ -201,7 +201,7 @@ fn groups_are_answered_with_their_vehicles_request_and_the_rest_handed_on() {
             ClientOutput::Deliver(reply),
         ]
     );
-    // A second login answer is nobody's business but the core's.
+    // A second login answer is nobody's business but the connector's.
     let out = s.on_bytes(SPEC_ACK, t0);
     assert!(matches!(
         out[..],

@@ -1,5 +1,6 @@
-//! Web-server role: the bridge drives an existing kingxun server (docs/protocols/kingxun.md,
-//! "9001 connect" to "4001–4005 commands through a server").
+//! Web-server role, "via kxSvr" (`[kingxun.kxsvr]`): the bridge drives an existing kingxun
+//! server (docs/protocols/kingxun.md, "9001 connect" to "4001–4005 commands through a
+//! server").
 //! The link's rules (9001 handshake, 9002 heartbeats, 4001–4005 commands and their
 //! answers) are the sans-IO `protocol::kingxun::web_session`; this connects, reads,
 //! writes, publishes and reconnects with back-off.
@@ -12,8 +13,8 @@ use tokio::io::AsyncReadExt;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::config::{hex16, KingxunUpstream};
-use super::{now_secs, vehicle_id, Core, LinkCommand, LinkSender};
+use super::config::{hex16, ViaKxsvr};
+use super::{now_secs, vehicle_id, LinkCommand, LinkSender, Shared};
 use crate::connector::Update;
 use crate::connectors::client::{self, Client, Ended};
 use crate::model::{CommandProgress, Field, VehicleId, VehicleInfo, VehicleState};
@@ -21,7 +22,7 @@ use crate::protocol::kingxun::session::Outcome;
 use crate::protocol::kingxun::web_session::{WebError, WebOutput, WebSession, WebSettings};
 use crate::protocol::kingxun::AppControl;
 
-/// Why a session ended, as the upstream's health shows it.
+/// Why a session ended, as the kxSvr link's health shows it.
 fn lost(ended: Ended) -> String {
     match ended {
         Ended::Lost(r) | Ended::Refused(r) => r,
@@ -29,21 +30,21 @@ fn lost(ended: Ended) -> String {
     }
 }
 
-/// The HA device that stands for the upstream server itself.
+/// The HA device that stands for the kingxun server (kxSvr) itself.
 pub fn server_vehicle() -> VehicleId {
     VehicleId::new("kxserver").unwrap_or_else(|| unreachable!("a valid literal id"))
 }
 
 pub(super) async fn run(
-    cfg: KingxunUpstream,
-    core: Arc<Core>,
+    cfg: ViaKxsvr,
+    shared: Arc<Shared>,
     commands: LinkSender,
     shutdown: CancellationToken,
 ) {
     let (Some(key), Some(iv0)) = (hex16(&cfg.key), hex16(&cfg.iv)) else {
         return;
     };
-    let _ = core
+    let _ = shared
         .updates
         .send(Update::Vehicle(VehicleInfo {
             id: server_vehicle(),
@@ -58,9 +59,9 @@ pub(super) async fn run(
             event_types: Default::default(),
         }))
         .await;
-    let mut client = UpstreamClient {
+    let mut client = KxsvrClient {
         cfg: &cfg,
-        core: &core,
+        shared: &shared,
         key,
         iv0,
         commands: &commands,
@@ -70,33 +71,41 @@ pub(super) async fn run(
     client.offline().await;
 }
 
-struct UpstreamClient<'a> {
-    cfg: &'a KingxunUpstream,
-    core: &'a Arc<Core>,
+struct KxsvrClient<'a> {
+    cfg: &'a ViaKxsvr,
+    shared: &'a Arc<Shared>,
     key: [u8; 16],
     iv0: [u8; 16],
     commands: &'a LinkSender,
     shutdown: &'a CancellationToken,
 }
 
-impl UpstreamClient<'_> {
+impl KxsvrClient<'_> {
     /// The server and every device behind it go offline with the link.
     async fn offline(&self) {
         let devices = self.cfg.devices.iter().map(|d| vehicle_id(d.id));
         for vid in std::iter::once(server_vehicle()).chain(devices) {
-            self.core.updates.availability(vid, false).await;
+            self.shared.updates.availability(vid, false).await;
         }
     }
 }
 
-impl Client for UpstreamClient<'_> {
+impl Client for KxsvrClient<'_> {
     /// A kxSvr that refuses 9001 is retried with the usual back-off (a wrong key shows
     /// as an answer that does not decrypt, which is a lost link, not a refusal).
     const REFUSED_WAIT: Duration = Duration::from_secs(15 * 60);
 
     async fn session(&mut self) -> Ended {
-        let (cfg, core) = (self.cfg, self.core);
-        let reason = session(cfg, core, self.key, self.iv0, self.commands, self.shutdown).await;
+        let (cfg, shared) = (self.cfg, self.shared);
+        let reason = session(
+            cfg,
+            shared,
+            self.key,
+            self.iv0,
+            self.commands,
+            self.shutdown,
+        )
+        .await;
         self.offline().await;
         Ended::Lost(reason)
     }
@@ -106,14 +115,14 @@ impl Client for UpstreamClient<'_> {
             Ended::Lost(r) | Ended::Refused(r) => r.as_str(),
             Ended::Shutdown => return,
         };
-        let core = self.core;
-        tracing::warn!(event = "kingxun_upstream_disconnected", address = %self.cfg.address, reason = %reason,
+        let shared = self.shared;
+        tracing::warn!(event = "kingxun_kxsvr_disconnected", address = %self.cfg.address, reason = %reason,
             retry_in_ms = retry_in.as_millis() as u64, "kingxun server link lost");
-        let _ = core
+        let _ = shared
             .updates
             .send(Update::Health {
-                links: core.open_links.get(),
-                error: Some(format!("upstream: {reason}")),
+                links: shared.open_links.get(),
+                error: Some(format!("kxsvr: {reason}")),
             })
             .await;
     }
@@ -137,8 +146,8 @@ const READ_CHUNK: usize = 4096;
 /// One link to the server: the I/O around its sans-IO session
 /// (`protocol::kingxun::web_session`). Says why it ended.
 async fn session(
-    cfg: &KingxunUpstream,
-    core: &Arc<Core>,
+    cfg: &ViaKxsvr,
+    shared: &Arc<Shared>,
     key: [u8; 16],
     iv0: [u8; 16],
     commands: &LinkSender,
@@ -154,8 +163,8 @@ async fn session(
         iv: iv0,
         host: cfg.host.clone(),
         heartbeat: cfg.heartbeat,
-        command_timeout: core.config.command_timeout,
-        max_body: core.config.max_body,
+        command_timeout: shared.config.command_timeout,
+        max_body: shared.config.max_body,
     };
     let (mut link, hello) =
         WebSession::<Box<LinkCommand>>::start(settings, Instant::now(), now_secs());
@@ -173,15 +182,15 @@ async fn session(
                         return lost(ended);
                     }
                 }
-                WebOutput::Connected => connected(cfg, core).await,
+                WebOutput::Connected => connected(cfg, shared).await,
                 WebOutput::ServerDevices(total) => {
                     let mut s = VehicleState::default();
                     s.set(Field::ServerDevices, i64::from(total));
-                    core.updates.merge_state(server_vehicle(), s).await;
+                    shared.updates.merge_state(server_vehicle(), s).await;
                 }
-                WebOutput::Done(cmd, outcome) => done(core, cmd, outcome).await,
+                WebOutput::Done(cmd, outcome) => done(shared, cmd, outcome).await,
                 WebOutput::Skipped(n) => {
-                    tracing::warn!(event = "kingxun_upstream_bad_header", skipped = n);
+                    tracing::warn!(event = "kingxun_kxsvr_bad_header", skipped = n);
                 }
                 WebOutput::Close(why) => return why.to_string(),
             }
@@ -242,28 +251,29 @@ async fn send_command(
 }
 
 /// The server took our 9001: it and every device behind it are online.
-async fn connected(cfg: &KingxunUpstream, core: &Core) {
-    tracing::info!(event = "kingxun_upstream_connected", address = %cfg.address, "connected to kingxun server");
-    core.updates.availability(server_vehicle(), true).await;
+async fn connected(cfg: &ViaKxsvr, shared: &Shared) {
+    tracing::info!(event = "kingxun_kxsvr_connected", address = %cfg.address, "connected to kingxun server");
+    shared.updates.availability(server_vehicle(), true).await;
     for d in &cfg.devices {
-        let _ = core
+        let _ = shared
             .updates
-            .send(Update::Vehicle(core.info(d.id, None, Some(d.devtype))))
+            .send(Update::Vehicle(shared.info(d.id, None, Some(d.devtype))))
             .await;
-        core.updates.availability(vehicle_id(d.id), true).await;
+        shared.updates.availability(vehicle_id(d.id), true).await;
     }
 }
 
 /// A command through the server ended.
-async fn done(core: &Core, cmd: Box<LinkCommand>, outcome: Outcome) {
+async fn done(shared: &Shared, cmd: Box<LinkCommand>, outcome: Outcome) {
     let progress = match outcome {
         Outcome::Succeeded => {
             if !cmd.after.values.is_empty() {
-                core.updates
+                shared
+                    .updates
                     .merge_state(cmd.request.vehicle.clone(), cmd.after.clone())
                     .await;
             }
-            core.remember_guard(cmd.dev_id, &cmd.control);
+            shared.remember_guard(cmd.dev_id, &cmd.control);
             CommandProgress::Succeeded
         }
         Outcome::Failed(why) => CommandProgress::Failed(why),
