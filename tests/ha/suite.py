@@ -388,6 +388,13 @@ logger:
         expected[xc_engine] = (None, None)
         expected[xc_pin] = (None, None)
         expected[f"sensor.{prefix}_odometer"] = ("distance", "km")
+        # Owner controls (issue #25): Refresh, polling and what the schedule does.
+        expected[f"button.{prefix}_refresh"] = (None, None)
+        expected[f"switch.{prefix}_polling"] = (None, None)
+        expected[f"number.{prefix}_poll_interval"] = ("duration", "min")
+        expected[f"number.{prefix}_poll_interval_active"] = ("duration", "min")
+        expected[f"sensor.{prefix}_polling_phase"] = ("enum", None)
+        expected[f"sensor.{prefix}_next_poll"] = ("timestamp", None)
 
         async def all_there():
             reg = await ha.registry()
@@ -434,6 +441,23 @@ logger:
         assert r["success"], r
         await until("engine running", lambda: _state_in(ha, xc_engine, ("on",)), 60)
         print("engine start with PIN ok", flush=True)
+
+        # Refresh from HA: the button, then the car's fresh report answers it. Polling off
+        # from HA shows in the phase sensor; on again, and the interval set from HA sticks.
+        xc_result = f"event.{prefix}_command_result"
+        r = await ha.service("button", "press", f"button.{prefix}_refresh")
+        assert r["success"], r
+        await until("refresh succeeded", lambda: _event(ha, xc_result, "succeeded", "refresh"), 60)
+        r = await ha.service("switch", "turn_off", f"switch.{prefix}_polling")
+        assert r["success"], r
+        await until("polling off", lambda: _state_in(ha, f"sensor.{prefix}_polling_phase", ("off",)), 30)
+        r = await ha.service("switch", "turn_on", f"switch.{prefix}_polling")
+        assert r["success"], r
+        await until("polling on", lambda: _state_in(ha, f"switch.{prefix}_polling", ("on",)), 30)
+        r = await ha.service("number", "set_value", f"number.{prefix}_poll_interval", value=15)
+        assert r["success"], r
+        await until("poll interval 15", lambda: _state_in(ha, f"number.{prefix}_poll_interval", ("15", "15.0")), 30)
+        print("refresh, polling switch and interval from HA ok", flush=True)
 
         # The Chinese-plate terminal's button sends its pass-through command, addressed to
         # the id the terminal sent, and its answer completes it.
