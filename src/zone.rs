@@ -35,6 +35,14 @@ impl Zone {
         chrono_tz::Tz::from_str(text).ok().map(Zone::Named)
     }
 
+    /// The wall-clock time of day in this zone at `utc`.
+    pub fn local_time(&self, utc: DateTime<Utc>) -> chrono::NaiveTime {
+        match self {
+            Zone::Fixed(z) => utc.with_timezone(z).time(),
+            Zone::Named(z) => utc.with_timezone(z).time(),
+        }
+    }
+
     /// A local wall-clock time as UTC. A time that a daylight-saving change skips is
     /// `None`; one it repeats is taken at its first occurrence.
     pub fn to_utc(&self, local: NaiveDateTime) -> Option<DateTime<Utc>> {

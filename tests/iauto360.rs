@@ -40,6 +40,7 @@ async fn start(
         c.devices = vec![Iauto360Device {
             esn: ESN.into(),
             name: Some("Family car".into()),
+            quiet_hours: None,
         }];
         c.poll_interval = Duration::from_secs(1);
         c.poll_interval_active = Some(Duration::from_secs(1));
