@@ -518,6 +518,12 @@ impl Device {
             state.merge(plan);
         }
         self.merge(state, chrono::Utc::now().timestamp()).await;
+        if answered {
+            let updates = self.shared.updates.clone();
+            self.status
+                .set(&updates, &self.id, ConnectionStatus::OK)
+                .await;
+        }
         // Only scheduled reads bring the slower services along, and only after 1011
         // answered (after trouble they wait for the condition poll to succeed again).
         if scheduled && answered && now >= self.next_detail {
@@ -615,12 +621,9 @@ impl Device {
                 if let Some(r) = running {
                     self.running = r;
                 }
-                let updates = updates.clone();
                 updates.availability(self.id.clone(), true).await;
-                self.status
-                    .set(&updates, &self.id, ConnectionStatus::OK)
-                    .await;
-                // 1011 has no time of its own: it is the car as of now (the caller merges).
+                // 1011 has no time of its own: it is the car as of now (the caller merges
+                // it, then shows the connection ok).
                 Ok(state)
             }
             Err(e) => {
