@@ -109,4 +109,13 @@ mod tests {
         assert!(Zone::parse("Mars/Olympus").is_none());
         assert!(Zone::parse("+15:00").is_none());
     }
+
+    #[test]
+    fn the_local_time_of_day() {
+        let utc = DateTime::from_timestamp(1_750_000_000, 0).unwrap(); // 15:06:40 UTC
+        let local = |z: &str| Zone::parse(z).unwrap().local_time(utc).to_string();
+        assert_eq!(local("UTC"), "15:06:40");
+        assert_eq!(local("+08:00"), "23:06:40");
+        assert_eq!(local("Europe/Berlin"), "17:06:40");
+    }
 }
