@@ -35,11 +35,11 @@ impl Zone {
         chrono_tz::Tz::from_str(text).ok().map(Zone::Named)
     }
 
-    /// The local wall-clock time of `at`.
-    pub fn local(&self, at: DateTime<Utc>) -> NaiveDateTime {
+    /// The wall-clock time of day in this zone at `utc`.
+    pub fn local_time(&self, utc: DateTime<Utc>) -> chrono::NaiveTime {
         match self {
-            Zone::Fixed(z) => at.with_timezone(z).naive_local(),
-            Zone::Named(z) => at.with_timezone(z).naive_local(),
+            Zone::Fixed(z) => utc.with_timezone(z).time(),
+            Zone::Named(z) => utc.with_timezone(z).time(),
         }
     }
 
@@ -108,5 +108,14 @@ mod tests {
         );
         assert!(Zone::parse("Mars/Olympus").is_none());
         assert!(Zone::parse("+15:00").is_none());
+    }
+
+    #[test]
+    fn the_local_time_of_day() {
+        let utc = DateTime::from_timestamp(1_750_000_000, 0).unwrap(); // 15:06:40 UTC
+        let local = |z: &str| Zone::parse(z).unwrap().local_time(utc).to_string();
+        assert_eq!(local("UTC"), "15:06:40");
+        assert_eq!(local("+08:00"), "23:06:40");
+        assert_eq!(local("Europe/Berlin"), "17:06:40");
     }
 }

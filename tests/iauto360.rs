@@ -40,6 +40,7 @@ async fn start(
         c.devices = vec![Iauto360Device {
             esn: ESN.into(),
             name: Some("Family car".into()),
+            quiet_hours: None,
         }];
         c.poll_interval = Duration::from_secs(1);
         c.poll_interval_active = Some(Duration::from_secs(1));
@@ -616,5 +617,288 @@ async fn the_push_endpoint_bounds_idle_slow_and_flooding_connections() {
         })
         .await;
     assert_eq!(info.json()["connectors"][0]["name"], "iauto360");
+    bridge.stop().await;
+}
+
+/// A bridge whose box is read every 10 minutes (so that only the controls read), watched,
+/// after its first read.
+async fn quiet_bridge(
+    broker: &Mosquitto,
+    platform: &FakeIauto360,
+    push: bool,
+    tweak: impl FnOnce(&mut Config),
+) -> (Bridge, Probe) {
+    let bridge = start(broker, platform, push, |c| {
+        c.upstreams.iauto360.poll_interval = Duration::from_secs(600);
+        c.upstreams.iauto360.poll_interval_active = None;
+        c.upstreams.iauto360.detail_interval = Duration::from_secs(3600);
+        c.bridge.command_timeout = Duration::from_secs(20);
+        c.bridge.refresh_min_gap = Duration::from_secs(1);
+        tweak(c);
+    })
+    .await;
+    let probe = watch(broker, &bridge).await;
+    wait_state(&probe, &bridge, "first poll", |s| {
+        s.get("odometer").is_some()
+    })
+    .await;
+    (bridge, probe)
+}
+
+async fn wait_reads(platform: &FakeIauto360, n: u32, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while platform.reads(ESN) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} reads of 1011, not {n}, within {within:?}",
+            platform.reads(ESN)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// docs/protocols/iauto360.md, "Refresh": 1011 at once, then confirming reads until 1001
+/// shows an upload newer than the press; `reported_at` is that upload's time.
+#[tokio::test]
+async fn a_refresh_reads_at_once_and_succeeds_with_the_newer_report() {
+    let broker = Mosquitto::start();
+    let platform = fake().await;
+    let (bridge, probe) = quiet_bridge(&broker, &platform, false, |_| {}).await;
+    let before = platform.reads(ESN);
+    let pressed = chrono::Utc::now().timestamp();
+    platform.upload_after(ESN, Duration::from_secs(1));
+    probe
+        .publish(
+            &bridge.topic(&format!("{VID}/refresh/set")),
+            r#"{"action":"PRESS","id":"r1"}"#,
+            false,
+        )
+        .await;
+    wait_reads(&platform, before + 1, Duration::from_secs(1)).await;
+    let done = wait_result(&probe, &bridge, "r1", "succeeded").await;
+    let at = done["reported_at"].as_str().expect("reported_at");
+    let at = chrono::DateTime::parse_from_rfc3339(at).expect("RFC 3339");
+    assert!(at.timestamp() > pressed, "{done}");
+    // The read at once (no upload yet), the one at +2 s found it.
+    assert_eq!(platform.reads(ESN), before + 2);
+    wait_state(&probe, &bridge, "idle again", |s| {
+        s["polling_phase"] == "idle"
+    })
+    .await;
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn a_refresh_while_the_platform_holds_back_is_rejected_without_a_read() {
+    let broker = Mosquitto::start();
+    let platform = fake().await;
+    // A 429 holds every read back for about the active interval (a minute here).
+    platform.fail_next(1011, [Fail::Http(429)]);
+    let bridge = start(&broker, &platform, false, |c| {
+        c.upstreams.iauto360.poll_interval = Duration::from_secs(600);
+        c.upstreams.iauto360.poll_interval_active = None;
+    })
+    .await;
+    let probe = watch(&broker, &bridge).await;
+    wait_reads(&platform, 1, T).await;
+    wait_state(&probe, &bridge, "held", |s| {
+        s["polling_phase"] == "held" || s["polling_phase"] == "backing_off"
+    })
+    .await;
+    probe
+        .publish(
+            &bridge.topic(&format!("{VID}/refresh/set")),
+            r#"{"action":"PRESS","id":"r1"}"#,
+            false,
+        )
+        .await;
+    let r = wait_result(&probe, &bridge, "r1", "rejected").await;
+    let why = r["reason"].as_str().unwrap_or("");
+    assert!(
+        why.contains("holding reads back until") && why.contains("nothing was read"),
+        "{r}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(platform.reads(ESN), 1, "no read for the refresh");
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn polling_off_stops_scheduled_reads_and_a_refresh_still_reads() {
+    let broker = Mosquitto::start();
+    let (platform, bridge, probe) = running(&broker, false).await;
+    probe
+        .publish(
+            &bridge.topic(&format!("{VID}/polling/set")),
+            r#"{"action":"OFF","id":"p1"}"#,
+            false,
+        )
+        .await;
+    wait_result(&probe, &bridge, "p1", "succeeded").await;
+    wait_state(&probe, &bridge, "off", |s| {
+        s["polling"] == false && s["polling_phase"] == "off"
+    })
+    .await;
+    let off = platform.reads(ESN);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(platform.reads(ESN), off, "read every second until off");
+    platform.set_active_time(ESN, chrono::Utc::now().timestamp() + 1);
+    probe
+        .publish(
+            &bridge.topic(&format!("{VID}/refresh/set")),
+            r#"{"action":"PRESS","id":"r1"}"#,
+            false,
+        )
+        .await;
+    wait_result(&probe, &bridge, "r1", "succeeded").await;
+    assert_eq!(platform.reads(ESN), off + 1);
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn a_poll_interval_set_over_mqtt_survives_a_restart() {
+    let broker = Mosquitto::start();
+    let platform = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().to_path_buf();
+    let (bridge, probe) = quiet_bridge(&broker, &platform, false, |c| {
+        c.bridge.state_dir = state_dir.clone();
+    })
+    .await;
+    let s = wait_state(&probe, &bridge, "settings shown", |s| {
+        s.get("poll_interval").is_some()
+    })
+    .await;
+    assert_eq!(
+        (s["poll_interval"].clone(), s["polling"].clone()),
+        (json!(10), json!(true))
+    );
+    probe
+        .publish(
+            &bridge.topic(&format!("{VID}/poll_interval/set")),
+            r#"{"action":"15","id":"i1"}"#,
+            false,
+        )
+        .await;
+    wait_result(&probe, &bridge, "i1", "succeeded").await;
+    wait_state(&probe, &bridge, "15 minutes", |s| s["poll_interval"] == 15).await;
+    bridge.stop().await;
+    assert!(vehicle2mqtt::state_dir::writer::flush(Duration::from_secs(
+        5
+    )));
+    assert!(dir.path().join("iauto360_polling.json").exists());
+
+    let state_dir = dir.path().to_path_buf();
+    let bridge = start(&broker, &platform, false, |c| {
+        c.bridge.state_dir = state_dir;
+        c.upstreams.iauto360.poll_interval = Duration::from_secs(600);
+    })
+    .await;
+    let probe = watch(&broker, &bridge).await;
+    wait_state(&probe, &bridge, "15 minutes after the restart", |s| {
+        s["poll_interval"] == 15
+    })
+    .await;
+    bridge.stop().await;
+}
+
+/// Interval payloads an attacker (or a broken automation) sends: each is `rejected` by
+/// the bridge, and neither the setting nor the reads change.
+#[tokio::test]
+async fn bad_interval_payloads_are_rejected_and_change_nothing() {
+    let broker = Mosquitto::start();
+    let platform = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().to_path_buf();
+    let (bridge, probe) = quiet_bridge(&broker, &platform, false, |c| {
+        c.bridge.state_dir = state_dir.clone();
+    })
+    .await;
+    let reads = platform.reads(ESN);
+    let set = bridge.topic(&format!("{VID}/poll_interval/set"));
+    let result = bridge.topic(&format!("{VID}/command/result"));
+    for (i, bad) in ["-5", "0", "NaN", "1e309", "abc", "1.5", "1441"]
+        .iter()
+        .enumerate()
+    {
+        let id = format!("b{i}");
+        let payload = json!({"action": bad, "id": id}).to_string();
+        probe.publish(&set, &payload, false).await;
+        let r = wait_result(&probe, &bridge, &id, "rejected").await;
+        assert_eq!(r["command"], "poll_interval", "{bad}: {r}");
+    }
+    probe.publish(&set, &"9".repeat(1_000_000), false).await;
+    probe
+        .wait_for("1 MB rejected", T, |m| {
+            m.topic == result
+                && m.json()["status"] == "rejected"
+                && m.json()["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("exceeds"))
+        })
+        .await;
+    probe
+        .publish(&set, r#"{"action":"15","id":"kept"}"#, true)
+        .await;
+    let r = wait_result(&probe, &bridge, "kept", "rejected").await;
+    assert!(
+        r["reason"].as_str().unwrap_or("").contains("retained"),
+        "{r}"
+    );
+    probe.publish(&set, "", true).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(platform.reads(ESN), reads, "no read for any of them");
+    assert!(
+        !published_states(&probe, &bridge)
+            .iter()
+            .any(|s| s.get("poll_interval").is_some_and(|v| v != &json!(10))),
+        "the interval changed"
+    );
+    assert!(vehicle2mqtt::state_dir::writer::flush(Duration::from_secs(
+        5
+    )));
+    assert!(
+        !dir.path().join("iauto360_polling.json").exists(),
+        "a setting was kept"
+    );
+    bridge.stop().await;
+}
+
+/// A lock command's confirming reads show as `polling_phase` `confirming`, then `idle`.
+#[tokio::test]
+async fn the_polling_phase_is_confirming_while_a_lock_command_waits() {
+    let broker = Mosquitto::start();
+    let platform = FakeIauto360::start(
+        FakeOptions {
+            command_delay: Duration::from_secs(3),
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .expect("fake platform");
+    let (bridge, probe) = quiet_bridge(&broker, &platform, true, |_| {}).await;
+    wait_state(&probe, &bridge, "idle", |s| s["polling_phase"] == "idle").await;
+    let before = platform.reads(ESN);
+    probe
+        .publish(
+            &bridge.topic(&format!("{VID}/lock/set")),
+            r#"{"action":"LOCK","id":"l1"}"#,
+            false,
+        )
+        .await;
+    wait_state(&probe, &bridge, "confirming", |s| {
+        s["polling_phase"] == "confirming"
+    })
+    .await;
+    wait_result(&probe, &bridge, "l1", "succeeded").await;
+    // The outcome came at +3 s: one confirming read at +2 s before it.
+    assert_eq!(platform.reads(ESN), before + 1);
+    wait_state(&probe, &bridge, "idle after", |s| {
+        s["polling_phase"] == "idle"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(platform.reads(ESN), before + 1, "no more confirming reads");
     bridge.stop().await;
 }

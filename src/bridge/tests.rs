@@ -1033,9 +1033,10 @@ fn a_connector_that_stops_says_whether_the_bridge_ends() {
 fn a_vehicle_can_have_its_own_stale_after() {
     let mut c = config();
     c.bridge.stale_after = Duration::from_secs(600);
-    c.bridge
-        .vehicle_stale_after
-        .insert("kx1".into(), crate::config::StaleAfter(Duration::from_secs(60)));
+    c.bridge.vehicle_stale_after.insert(
+        "kx1".into(),
+        crate::config::StaleAfter(Duration::from_secs(60)),
+    );
     let mut rig = Rig::new(c);
     rig.connect();
     for id in ["kx1", "kx2"] {

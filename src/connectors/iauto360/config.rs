@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::connectors::polling::QuietHours;
 use crate::shared::{check_polling, Secret};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,6 +40,11 @@ pub struct Iauto360Config {
     pub push_read_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Daily local hours without scheduled reads for every box, e.g. "23:00-06:00" (a
+    /// device's own `quiet_hours` wins); commands and refreshes still read.
+    pub quiet_hours: Option<String>,
+    /// The local time of `quiet_hours`: a tz database name, UTC or ±HH:MM.
+    pub timezone: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,6 +53,9 @@ pub struct Iauto360Device {
     pub esn: String,
     #[serde(default)]
     pub name: Option<String>,
+    /// This box's quiet hours, instead of the section's.
+    #[serde(default)]
+    pub quiet_hours: Option<String>,
 }
 
 impl Default for Iauto360Config {
@@ -67,6 +76,8 @@ impl Default for Iauto360Config {
             push_max_connections: 256,
             push_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(20),
+            quiet_hours: None,
+            timezone: "+08:00".into(),
         }
     }
 }
@@ -81,7 +92,16 @@ impl Iauto360Config {
         crate::shared::active_interval(self.poll_interval, self.poll_interval_active)
     }
 
-    /// Checks an enabled section; the error names the key and why.
+    /// The quiet hours of `device` (its own, else the section's); `None` also when they do
+    /// not parse (validation refused those).
+    pub fn quiet_hours(&self, device: &Iauto360Device) -> Option<QuietHours> {
+        device
+            .quiet_hours
+            .as_deref()
+            .or(self.quiet_hours.as_deref())
+            .and_then(QuietHours::parse)
+    }
+
     /// Every problem with an enabled section, each as (key, reason).
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = Vec::new();
@@ -122,6 +142,34 @@ impl Iauto360Config {
             if !seen.insert(d.esn.as_str()) {
                 out.push(("devices".into(), format!("esn `{}` is listed twice", d.esn)));
             }
+        }
+        let quiet = "must be \"HH:MM-HH:MM\" (24 h, e.g. \"23:00-06:00\"), two different times";
+        if self
+            .quiet_hours
+            .as_deref()
+            .is_some_and(|q| QuietHours::parse(q).is_none())
+        {
+            out.push(err("quiet_hours", quiet));
+        }
+        for d in &self.devices {
+            if d.quiet_hours
+                .as_deref()
+                .is_some_and(|q| QuietHours::parse(q).is_none())
+            {
+                out.push((
+                    "devices".into(),
+                    format!("esn `{}`: quiet_hours {quiet}", d.esn),
+                ));
+            }
+        }
+        if crate::shared::parse_timezone(&self.timezone).is_none() {
+            out.push((
+                "timezone".into(),
+                format!(
+                    "`{}`: use a tz database name (Asia/Shanghai), UTC or ±HH:MM",
+                    self.timezone
+                ),
+            ));
         }
         if self.detail_interval < Duration::from_secs(1) {
             out.push(err("detail_interval", "must be at least 1s"));
@@ -185,6 +233,7 @@ mod tests {
             devices: vec![Iauto360Device {
                 esn: "865432100012345".into(),
                 name: None,
+                quiet_hours: None,
             }],
             ..Default::default()
         }
@@ -244,9 +293,48 @@ mod tests {
         assert_eq!(
             key(Iauto360Config {
                 base_url: "open.iauto360.cn".into(),
-                ..ok
+                ..ok.clone()
             }),
             "base_url"
         );
+        for bad in ["23:00", "06:00-06:00", "25:00-06:00", ""] {
+            assert_eq!(
+                key(Iauto360Config {
+                    quiet_hours: Some(bad.into()),
+                    ..ok.clone()
+                }),
+                "quiet_hours",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            key(Iauto360Config {
+                timezone: "Mars/Olympus".into(),
+                ..ok.clone()
+            }),
+            "timezone"
+        );
+        let mut night = ok.clone();
+        night.devices[0].quiet_hours = Some("23:00".into());
+        assert_eq!(key(night), "devices");
+    }
+
+    #[test]
+    fn a_device_s_quiet_hours_win_over_the_section_s() {
+        let mut c = Iauto360Config {
+            quiet_hours: Some("23:00-06:00".into()),
+            timezone: "Asia/Shanghai".into(),
+            ..valid()
+        };
+        assert_eq!(c.validate(), Ok(()));
+        let all = c.quiet_hours(&c.devices[0]);
+        assert_eq!(all, QuietHours::parse("23:00-06:00"));
+        c.devices[0].quiet_hours = Some("01:00-05:00".into());
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(
+            c.quiet_hours(&c.devices[0]),
+            QuietHours::parse("01:00-05:00")
+        );
+        assert_eq!(valid().quiet_hours(&valid().devices[0]), None);
     }
 }

@@ -1,6 +1,8 @@
 //! iauto360 (车智汇) connector: per device, polls the latest condition (1011) adaptively
 //! and the slower services (1001, 1019, 1017, 1018, 1021, 1012/1013, 3004) every
-//! `detail_interval`; sends 5001 lock / unlock; receives the platform's event pushes.
+//! `detail_interval`; sends 5001 lock / unlock; receives the platform's event pushes;
+//! refreshes on demand and follows the owner's polling settings and quiet hours
+//! (docs/protocols/iauto360.md, "Refresh" and "Polling").
 //!
 //! `api` is one signed call, `push` the HTTP endpoint; this file owns the schedule.
 
@@ -29,12 +31,16 @@ use crate::connector::{
     CommandRequest, ConnectionStatus, Connector, ConnectorContext, ConnectorFuture, Update,
     UpdateSink,
 };
-use crate::connectors::poll::{jitter, Intervals, Next, Schedule};
+use crate::connectors::poll::{jitter, Hold, Intervals, Next, Schedule, CONFIRM_AFTER};
+use crate::connectors::polling::{
+    Plan, QuietHours, Settings, SettingsStore, MAX_MINUTES, MIN_MINUTES, OFF_RECHECK,
+};
 use crate::connectors::Freshness;
 use crate::model::{
-    Capability, Command, CommandProgress, Field, VehicleId, VehicleInfo, VehicleState,
+    Capability, Command, CommandProgress, Field, PollingPhase, VehicleId, VehicleInfo, VehicleState,
 };
 use crate::protocol::iauto360::services::{self, PushedEvent};
+use crate::zone::Zone;
 
 crate::named_counters! {
     /// Named error counters, in `bridge/info` and behind each logged event.
@@ -67,6 +73,8 @@ const MAX_TRACKS_PER_ROUND: usize = 3;
 const TRIPS_FILE: &str = "iauto360_trips.json";
 /// Pushed event ids remembered per device, so a re-delivered push counts once.
 const SEEN_EVENTS: usize = 64;
+/// Each box's polling as its owner set it over MQTT (`connectors::polling::Settings`).
+const POLLING_FILE: &str = "iauto360_polling.json";
 
 pub struct Iauto360Connector {
     config: Iauto360Config,
@@ -122,6 +130,7 @@ impl Connector for Iauto360Connector {
                 .and_then(|d| std::fs::read(d.join(TRIPS_FILE)).ok())
                 .and_then(|raw| serde_json::from_slice(&raw).ok())
                 .unwrap_or_default();
+            let tz = crate::shared::require_timezone("iauto360", &cfg.timezone)?;
             let shared = Arc::new(Shared {
                 api: Api::new(&cfg)?,
                 cfg: cfg.clone(),
@@ -129,6 +138,9 @@ impl Connector for Iauto360Connector {
                 counters: counters.clone(),
                 state_dir: self.state_dir.clone(),
                 trips: std::sync::Mutex::new(trips),
+                hold: std::sync::Mutex::new(Hold::default()),
+                settings: SettingsStore::load(self.state_dir.clone(), POLLING_FILE),
+                tz,
             });
             let ConnectorContext {
                 mut commands,
@@ -156,6 +168,7 @@ impl Connector for Iauto360Connector {
                     shared.clone(),
                     device.esn.clone(),
                     id,
+                    cfg.quiet_hours(device),
                     cmd_rx,
                     push_rx,
                     shutdown.clone(),
@@ -205,9 +218,50 @@ struct Shared {
     state_dir: Option<std::path::PathBuf>,
     /// esn → the last trip announced.
     trips: std::sync::Mutex<HashMap<String, TripMark>>,
+    /// One open id, one plan: a 429 or 5xx holds every box's reads back.
+    hold: std::sync::Mutex<Hold>,
+    settings: SettingsStore,
+    /// The local time of the quiet hours.
+    tz: Zone,
 }
 
 impl Shared {
+    /// The configured reading paces (the owner's settings may replace them).
+    fn pace(&self) -> Intervals {
+        Intervals {
+            idle: self.cfg.poll_interval,
+            active: self.cfg.active_interval(),
+        }
+    }
+
+    /// A call's outcome for the account-wide hold: a 429 or a 5xx holds every read back;
+    /// any answer of the platform's ends the hold; a timeout or a broken connection says
+    /// nothing of the platform and leaves it (the box's own back-off handles those).
+    fn note(&self, result: &Result<Value, CallError>) {
+        let mut hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Err(CallError::RateLimited | CallError::Server(_)) => {
+                let now = Instant::now();
+                let until = hold.struggled(self.cfg.active_interval(), None, now);
+                tracing::warn!(
+                    event = "iauto360_backoff",
+                    failures = hold.failures(),
+                    wait_ms = u64::try_from((until - now).as_millis()).unwrap_or(u64::MAX),
+                    "iauto360 platform trouble; every read waits"
+                );
+            }
+            Err(CallError::Transport(_) | CallError::Timeout) => {}
+            _ => hold.clear(),
+        }
+    }
+
+    /// How long the account's reads are still held back, if they are.
+    fn held(&self) -> Option<std::time::Duration> {
+        let now = Instant::now();
+        let hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+        hold.until(now).map(|u| u - now)
+    }
+
     fn last_trip(&self, esn: &str) -> Option<TripMark> {
         self.trips.lock().ok()?.get(esn).copied()
     }
@@ -244,7 +298,17 @@ fn info(id: &VehicleId, device: &Iauto360Device) -> VehicleInfo {
         sw_version: None,
         custom_name: device.name.is_some(),
         serial_number: Some(device.esn.clone()),
-        capabilities: vec![Capability::Lock].into(),
+        // docs/protocols/iauto360.md, "Refresh" and "Polling".
+        capabilities: vec![
+            Capability::Lock,
+            Capability::Refresh,
+            Capability::Polling,
+            Capability::PollIntervals {
+                min: MIN_MINUTES,
+                max: MAX_MINUTES,
+            },
+        ]
+        .into(),
         event_types: services::EVENT_TYPES
             .iter()
             .map(|s| s.to_string())
@@ -267,6 +331,18 @@ const STALE_EVENT_S: i64 = 600;
 /// Clock skew allowed between the platform and us when matching an outcome.
 const OUTCOME_SKEW_S: i64 = 120;
 
+/// A refresh waiting for a report newer than its press (docs/protocols/iauto360.md,
+/// "Refresh").
+struct Refresh {
+    progress: mpsc::Sender<CommandProgress>,
+    /// Unix seconds of the press: a 1001 `activeTime` after it is a new report.
+    pressed_at: i64,
+    /// Reads made for it so far: the one at once, then one per `CONFIRM_AFTER` step.
+    reads: usize,
+    /// The newest `activeTime` seen, for the reason when none was newer.
+    last_report: Option<i64>,
+}
+
 struct Device {
     shared: Arc<Shared>,
     esn: String,
@@ -275,79 +351,234 @@ struct Device {
     schedule: Schedule,
     running: bool,
     pending: Option<Pending>,
+    refresh: Option<Refresh>,
     status: ConnectionStatus,
     seen: VecDeque<i64>,
     /// When each published value was measured: the newest wins.
     fresh: Freshness,
+    /// The owner's polling, and this box's quiet hours.
+    settings: Settings,
+    quiet: Option<QuietHours>,
+    /// The polling phase and next poll (unix s) last published: only changes are sent.
+    shown_plan: Option<(PollingPhase, Option<i64>)>,
+    /// When the slower services are read again (with the first scheduled read after).
+    next_detail: Instant,
 }
 
 async fn device_loop(
     shared: Arc<Shared>,
     esn: String,
     id: VehicleId,
+    quiet: Option<QuietHours>,
     mut commands: mpsc::Receiver<CommandRequest>,
     mut pushes: mpsc::Receiver<PushedEvent>,
     shutdown: CancellationToken,
 ) {
     let (boxes, idle) = (shared.cfg.devices.len(), shared.cfg.poll_interval);
     let share = rand::rng().random_range(0.0..1.0);
+    let settings = shared.settings.get(id.as_str());
+    let now = Instant::now();
     let mut d = Device {
         shared,
         esn,
         id,
-        schedule: Schedule::spread(boxes, idle, share, Instant::now()),
+        schedule: Schedule::spread(boxes, idle, share, now),
         running: false,
         pending: None,
+        refresh: None,
         status: ConnectionStatus::default(),
         seen: VecDeque::new(),
         fresh: Freshness::default(),
+        settings,
+        quiet,
+        shown_plan: None,
+        next_detail: now,
     };
-    let mut next_detail = d.schedule.due();
+    // HA's switch and numbers show the settings from the start.
+    let shown = d.settings.state(d.shared.pace());
+    d.merge(shown, chrono::Utc::now().timestamp()).await;
     loop {
         if d.pending.as_ref().is_some_and(|p| p.progress.is_closed()) {
             d.pending = None;
+        }
+        if d.refresh.as_ref().is_some_and(|r| r.progress.is_closed()) {
+            d.refresh = None;
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             Some(req) = commands.recv() => d.command(req).await,
             Some(ev) = pushes.recv() => d.pushed(ev).await,
-            _ = tokio::time::sleep_until(d.schedule.due().min(next_detail)) => {
-                let now = Instant::now();
-                let polling = now >= d.schedule.due();
-                let mut result = Ok(());
-                if polling {
-                    result = d.poll().await;
-                }
-                if now >= next_detail && result.is_ok() {
-                    d.details().await;
-                    next_detail = Instant::now() + jitter(d.shared.cfg.detail_interval);
-                }
-                let next = match &result {
-                    Err(e) if e.is_transient() => Next::BackOff,
-                    _ if d.running || d.pending.is_some() => Next::Active,
-                    _ => Next::Idle,
-                };
-                if polling {
-                    let cfg = &d.shared.cfg;
-                    let pace = Intervals { idle: cfg.poll_interval, active: cfg.active_interval() };
-                    d.schedule.plan(next, pace, Instant::now());
-                }
-                // After trouble, details wait for the condition poll to succeed again.
-                if result.is_err() {
-                    next_detail = next_detail.max(d.schedule.due());
-                }
-            }
+            _ = tokio::time::sleep_until(d.schedule.due()) => d.due().await,
         }
     }
 }
 
 impl Device {
+    /// The intervals in force: the owner's, else the configured ones.
+    fn intervals(&self) -> Intervals {
+        self.settings.intervals(self.shared.pace())
+    }
+
+    /// What follows a read that answered: confirming while a command or a refresh waits.
+    fn next_after_read(&self) -> Next {
+        if self.refresh.is_some()
+            || self
+                .pending
+                .as_ref()
+                .is_some_and(|p| !p.progress.is_closed())
+        {
+            Next::Confirm
+        } else if self.running {
+            Next::Active
+        } else {
+            Next::Idle
+        }
+    }
+
+    /// Moves the planned read by the hold, the settings and the quiet hours
+    /// (`connectors::polling::Plan`); returns the plan and the phase's state when that
+    /// changed since it was last shown.
+    fn follow_plan(&mut self) -> (Plan, Option<VehicleState>) {
+        let now = Instant::now();
+        let local = self.shared.tz.local_time(chrono::Utc::now());
+        let planned = self.schedule.due().saturating_duration_since(now);
+        let plan = Plan::new(
+            self.schedule.planned(),
+            planned,
+            self.shared.held(),
+            &self.settings,
+            self.quiet.as_ref(),
+            local,
+        );
+        // Polling off: woken by the command that turns it on; OFF_RECHECK bounds the rest.
+        self.schedule
+            .postpone(now + plan.wait.unwrap_or(OFF_RECHECK));
+        let utc = chrono::Utc::now();
+        let next_poll = plan
+            .wait
+            .and_then(|w| chrono::Duration::from_std(w).ok())
+            .map(|w| (utc + w).timestamp());
+        let key = (plan.phase, next_poll);
+        if self.shown_plan == Some(key) {
+            return (plan, None);
+        }
+        self.shown_plan = Some(key);
+        (plan, Some(plan.state(utc)))
+    }
+
+    /// Publishes `state` with the phase, when that changed after a re-plan.
+    async fn publish_plan(&mut self, mut state: VehicleState) {
+        if let (_, Some(plan)) = self.follow_plan() {
+            state.merge(plan);
+        }
+        self.merge(state, chrono::Utc::now().timestamp()).await;
+    }
+
+    /// The planned read is due: read unless the hold, the settings or the quiet hours
+    /// moved it since it was planned.
+    async fn due(&mut self) {
+        let shown = self.shown_plan;
+        let (plan, news) = self.follow_plan();
+        if plan.wait != Some(std::time::Duration::ZERO) {
+            if let Some(news) = news {
+                self.merge(news, chrono::Utc::now().timestamp()).await;
+            }
+            return;
+        }
+        // Reading now: what the read plans next is what shows.
+        self.shown_plan = shown;
+        let scheduled = self.schedule.planned() != Next::Confirm;
+        let read = self.poll().await;
+        let answered = read.is_ok();
+        let mut state = VehicleState::default();
+        let next = match read {
+            Err(e) => {
+                if let Some(r) = self.refresh.take() {
+                    let _ = r
+                        .progress
+                        .send(CommandProgress::Failed(format!("the read failed: {e}")))
+                        .await;
+                }
+                if e.is_transient() {
+                    Next::BackOff
+                } else {
+                    self.next_after_read()
+                }
+            }
+            Ok(read) => {
+                state.merge(read);
+                if self.refresh.is_some() {
+                    state.merge(self.refresh_read().await);
+                }
+                self.next_after_read()
+            }
+        };
+        let now = Instant::now();
+        self.schedule.plan(next, self.intervals(), now);
+        if let (_, Some(plan)) = self.follow_plan() {
+            state.merge(plan);
+        }
+        self.merge(state, chrono::Utc::now().timestamp()).await;
+        if answered {
+            let updates = self.shared.updates.clone();
+            self.status
+                .set(&updates, &self.id, ConnectionStatus::OK)
+                .await;
+        }
+        // Only scheduled reads bring the slower services along, and only after 1011
+        // answered (after trouble they wait for the condition poll to succeed again).
+        if scheduled && answered && now >= self.next_detail {
+            self.details().await;
+            self.next_detail = Instant::now() + jitter(self.shared.cfg.detail_interval);
+        }
+    }
+
+    /// A refresh's 1001: a report newer than the press ends it as fresh; none after the
+    /// last `CONFIRM_AFTER` step ends it as failed (docs/protocols/iauto360.md, "Refresh").
+    async fn refresh_read(&mut self) -> VehicleState {
+        let answer = self.call(1001, json!({})).await;
+        let Some(mut r) = self.refresh.take() else {
+            return VehicleState::default();
+        };
+        r.reads += 1;
+        let (state, reported) = match &answer {
+            Ok(d) => (services::binding(d), services::last_data_time(d)),
+            Err(_) => (VehicleState::default(), None),
+        };
+        r.last_report = reported.max(r.last_report);
+        let at = |t: i64| {
+            chrono::DateTime::from_timestamp(t, 0)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        };
+        if let Some(reported_at) = reported.filter(|t| *t > r.pressed_at).and_then(at) {
+            tracing::info!(event = "iauto360_refreshed", vehicle = %self.id, reported_at, reads = r.reads);
+            let _ = r
+                .progress
+                .send(CommandProgress::Fresh { reported_at })
+                .await;
+        } else if r.reads > CONFIRM_AFTER.len() {
+            let last = r
+                .last_report
+                .and_then(at)
+                .unwrap_or_else(|| "unknown".into());
+            let why = format!(
+                "no report newer than the press after {} reads (last report at {last})",
+                r.reads
+            );
+            let _ = r.progress.send(CommandProgress::Failed(why)).await;
+        } else {
+            self.refresh = Some(r);
+        }
+        state
+    }
+
     async fn call(&self, service: u16, extra: Value) -> Result<Value, CallError> {
         let mut data = json!({"esn": self.esn});
         if let (Some(obj), Value::Object(extra)) = (data.as_object_mut(), extra) {
             obj.extend(extra);
         }
         let result = self.shared.api.call(service, &data).await;
+        self.shared.note(&result);
         if let Err(e) = &result {
             match e {
                 CallError::Refused(_) => {
@@ -380,8 +611,8 @@ impl Device {
         }
     }
 
-    /// 1011, the latest condition.
-    async fn poll(&mut self) -> Result<(), CallError> {
+    /// 1011, the latest condition: its state, for the caller to publish.
+    async fn poll(&mut self) -> Result<VehicleState, CallError> {
         self.shared.counters.polls.fetch_add(1, Ordering::Relaxed);
         let updates = &self.shared.updates;
         match self.call(1011, json!({})).await {
@@ -391,14 +622,10 @@ impl Device {
                 if let Some(r) = running {
                     self.running = r;
                 }
-                let updates = updates.clone();
                 updates.availability(self.id.clone(), true).await;
-                // 1011 has no time of its own: it is the car as of now.
-                self.merge(state, chrono::Utc::now().timestamp()).await;
-                self.status
-                    .set(&updates, &self.id, ConnectionStatus::OK)
-                    .await;
-                Ok(())
+                // 1011 has no time of its own: it is the car as of now (the caller merges
+                // it, then shows the connection ok).
+                Ok(state)
             }
             Err(e) => {
                 let offline = self.schedule.failed();
@@ -503,6 +730,10 @@ impl Device {
         let lock = match req.command {
             Command::Lock => true,
             Command::Unlock => false,
+            Command::Refresh => return self.refresh(req).await,
+            Command::Polling(_) | Command::PollInterval(_) | Command::PollIntervalActive(_) => {
+                return self.set_polling(req).await
+            }
             _ => {
                 let _ = req
                     .progress
@@ -546,6 +777,9 @@ impl Device {
                     lock,
                     sent_at: chrono::Utc::now().timestamp(),
                 });
+                // Confirming reads until the outcome (docs/protocols/iauto360.md, "Polling").
+                self.schedule.command_accepted(Instant::now());
+                self.publish_plan(VehicleState::default()).await;
             }
             (Ok(_), _) => {
                 self.fail(
@@ -556,6 +790,56 @@ impl Device {
             }
             (Err(e), _) => self.fail(req, e.to_string()).await,
         }
+    }
+
+    /// A refresh: 1011 at once, then on the `CONFIRM_AFTER` steps until 1001 shows a
+    /// report newer than the press; refused without a read while the account is held
+    /// (docs/protocols/iauto360.md, "Refresh").
+    async fn refresh(&mut self, req: CommandRequest) {
+        if let Some(left) = self.shared.held() {
+            let until = chrono::Duration::from_std(left)
+                .ok()
+                .map(|l| chrono::Utc::now() + l)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_else(|| "later".into());
+            let why = format!(
+                "the cloud is holding reads back until {until} (rate limit or server error): nothing was read"
+            );
+            let _ = req.progress.send(CommandProgress::Refused(why)).await;
+            return;
+        }
+        if let Some(old) = self.refresh.take() {
+            let _ = old
+                .progress
+                .send(CommandProgress::Failed(
+                    "superseded by a newer refresh".into(),
+                ))
+                .await;
+        }
+        let _ = req.progress.send(CommandProgress::Accepted).await;
+        self.refresh = Some(Refresh {
+            progress: req.progress,
+            pressed_at: chrono::Utc::now().timestamp(),
+            reads: 0,
+            last_report: None,
+        });
+        self.schedule.read_now(Instant::now());
+    }
+
+    /// Polling on / off and the intervals: kept in `state_dir`, shown at once, and the
+    /// next scheduled read planned again at the new pace from now.
+    async fn set_polling(&mut self, req: CommandRequest) {
+        self.settings.apply(&req.command);
+        self.shared.settings.set(self.id.as_str(), self.settings);
+        tracing::info!(event = "iauto360_polling_set", vehicle = %self.id, command = %req.command.name(), "polling settings changed");
+        let _ = req.progress.send(CommandProgress::Succeeded).await;
+        // A command's or a refresh's confirming reads keep their steps.
+        if self.schedule.planned() != Next::Confirm {
+            self.schedule
+                .plan(self.schedule.planned(), self.intervals(), Instant::now());
+        }
+        let shown = self.settings.state(self.shared.pace());
+        self.publish_plan(shown).await;
     }
 
     async fn fail(&self, req: CommandRequest, reason: String) {
@@ -594,8 +878,17 @@ impl Device {
                         CommandProgress::Failed("the car reported that it failed".into())
                     };
                     let _ = p.progress.send(progress).await;
+                    // Confirmed: back to the pace, unless a refresh still waits.
+                    if self.refresh.is_none() && self.schedule.planned() == Next::Confirm {
+                        let next = self.next_after_read();
+                        self.schedule.plan(next, self.intervals(), Instant::now());
+                        self.publish_plan(VehicleState::default()).await;
+                    }
                 }
             }
         }
     }
 }
+
+#[cfg(all(test, feature = "simulators"))]
+mod tests;

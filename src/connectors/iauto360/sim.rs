@@ -59,12 +59,22 @@ pub struct Calls {
     pub stale_time: u32,
     pub commands: Vec<Value>,
     pub pushes: Vec<u16>,
+    /// 1011 calls per esn, answered or failed on demand (what a refresh or a schedule
+    /// costs: each call is billed, `open_data_service_request.md` l.5-6).
+    pub reads: BTreeMap<String, u32>,
 }
 
 struct Car {
     driving: bool,
     locked: bool,
     trips: Vec<Value>,
+    /// 1001 `activeTime`: the box's last upload, unix s ("最后数据时间", seed
+    /// 002_613f1e6a4516259b.txt l.127; iauto360/open-api `open_data_services.md` l.543).
+    /// 1011 serves that upload ("最后上传坐标", seed l.244; `open_data_services.md` l.580):
+    /// no call asks the box for a new one, so it only changes when the box uploads.
+    active_time: i64,
+    /// When the box uploads its next report (unix s), if it will.
+    upload_at: Option<i64>,
 }
 
 struct Inner {
@@ -111,6 +121,8 @@ impl FakeIauto360 {
                     driving: false,
                     locked: true,
                     trips: vec![trip(1, now - 86_400, 12.5)],
+                    active_time: now - 60,
+                    upload_at: None,
                 };
                 (esn.clone(), car)
             })
@@ -180,6 +192,28 @@ impl FakeIauto360 {
     pub fn set_driving(&self, esn: &str, driving: bool) {
         if let Some(car) = lock(&self.inner).cars.get_mut(esn) {
             car.driving = driving;
+        }
+    }
+
+    /// 1011 calls for `esn` so far.
+    pub fn reads(&self, esn: &str) -> u32 {
+        lock(&self.inner).calls.reads.get(esn).copied().unwrap_or(0)
+    }
+
+    /// The box's last upload (1001 `activeTime`) was at `unix_s`.
+    pub fn set_active_time(&self, esn: &str, unix_s: i64) {
+        if let Some(car) = lock(&self.inner).cars.get_mut(esn) {
+            car.active_time = unix_s;
+            car.upload_at = None;
+        }
+    }
+
+    /// The box uploads a new report `after` from now (a car that woke up): from then on
+    /// 1001 `activeTime` says so.
+    pub fn upload_after(&self, esn: &str, after: Duration) {
+        let at = chrono::Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
+        if let Some(car) = lock(&self.inner).cars.get_mut(esn) {
+            car.upload_at = Some(at.timestamp());
         }
     }
 
@@ -282,6 +316,9 @@ fn handle(
     if !inner.cars.contains_key(&esn) {
         return refuse("终端不存在");
     }
+    if service == 1011 {
+        *inner.calls.reads.entry(esn.clone()).or_default() += 1;
+    }
     if let Some(fail) = inner.fails.get_mut(&service).and_then(VecDeque::pop_front) {
         return match fail {
             Fail::Http(s) => (
@@ -295,12 +332,18 @@ fn handle(
     }
     let now = chrono::Utc::now().timestamp();
     let (glat, glng) = wgs84_to_gcj02(HOME.0, HOME.1);
+    if let Some(car) = inner.cars.get_mut(&esn) {
+        if let Some(at) = car.upload_at.filter(|at| *at <= now) {
+            car.active_time = at;
+            car.upload_at = None;
+        }
+    }
     let Some(car) = inner.cars.get(&esn) else {
         return refuse("终端不存在");
     };
     match service {
         1001 => ok(
-            json!({"bindStatus": 1, "mobile": "138****0000", "plateNo": "粤A12345", "inserted": 1, "activeTime": now - 60}),
+            json!({"bindStatus": 1, "mobile": "138****0000", "plateNo": "粤A12345", "inserted": 1, "activeTime": car.active_time}),
         ),
         1011 => {
             let mut d = json!({"location": [glng, glat], "mileage": 23456.7, "voltage": if car.driving { 14.1 } else { 12.6 },
@@ -453,6 +496,7 @@ impl crate::upstream::Simulated for super::Iauto360 {
         i.devices = vec![super::Iauto360Device {
             esn: fake.devices[0].clone(),
             name: Some("Demo car".into()),
+            quiet_hours: None,
         }];
         i.push_listen = Some(([127, 0, 0, 1], port("push-port")).into());
         i.poll_interval = Duration::from_secs(30);

@@ -67,12 +67,12 @@ pub struct XchangerConfig {
     pub data_plan_unit: DataUnit,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Daily hours without scheduled reads, in `tz` ("23:00-06:00"; empty: none).
+    /// Daily hours without scheduled reads, in `timezone` ("23:00-06:00"; empty: none).
     pub quiet_hours: String,
     /// Quiet hours of single cars, by VIN (the car's wins over `quiet_hours`).
     pub vehicle_quiet_hours: std::collections::BTreeMap<String, String>,
     /// The cars' time zone, for quiet hours ("+08:00", "Asia/Shanghai").
-    pub tz: String,
+    pub timezone: String,
     /// Refresh wakes the car for a fresh position first (`PAI`, as the Geely app does when
     /// its map opens: docs/protocols/xchanger.md, "Refresh"), then reads its status.
     pub refresh_wakeup: bool,
@@ -104,7 +104,7 @@ impl Default for XchangerConfig {
             request_timeout: Duration::from_secs(20),
             quiet_hours: String::new(),
             vehicle_quiet_hours: Default::default(),
-            tz: "+08:00".into(),
+            timezone: "+08:00".into(),
             refresh_wakeup: true,
         }
     }
@@ -199,9 +199,9 @@ impl XchangerConfig {
                 out.push(("auth_base_url".into(), r));
             }
         }
-        if crate::zone::Zone::parse(&self.tz).is_none() {
+        if crate::zone::Zone::parse(&self.timezone).is_none() {
             out.push(err(
-                "tz",
+                "timezone",
                 "a UTC offset (\"+08:00\") or an IANA zone (\"Asia/Shanghai\")",
             ));
         }
@@ -274,7 +274,7 @@ impl crate::upstream::Upstream for Xchanger {
         "user_id",
         "app_key",
         "iccid",
-        "tz",
+        "timezone",
         "quiet_hours",
     ];
     fn enabled(config: &XchangerConfig) -> bool {

@@ -111,7 +111,7 @@ impl Connector for XchangerConnector {
                     .filter_map(|(vin, q)| Some((vin.clone(), quiet(q)?)))
                     .collect(),
                 // Checked by the config; China's zone if it was not.
-                tz: crate::zone::Zone::parse(&self.config.tz)
+                tz: crate::zone::Zone::parse(&self.config.timezone)
                     .unwrap_or(crate::zone::Zone::Named(chrono_tz::Asia::Shanghai)),
                 cfg: self.config,
                 updates: ctx.updates,
@@ -446,7 +446,7 @@ impl Car {
     /// settings and the quiet hours.
     fn plan(&self, now: Instant) -> Plan {
         let shared = &self.shared;
-        let local = shared.tz.local(chrono::Utc::now()).time();
+        let local = shared.tz.local_time(chrono::Utc::now());
         Plan::new(
             self.schedule.planned(),
             self.schedule.due().saturating_duration_since(now),

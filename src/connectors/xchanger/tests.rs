@@ -60,3 +60,75 @@ fn commands_map_to_services() {
     assert_eq!(body["serviceParameters"], json!([]));
     assert_eq!(body["operationScheduling"]["occurs"], 1);
 }
+
+/// Polling off: no read at all for 10 minutes of paused time; with polling on, the same
+/// car is read on its pace (so the count above could have been anything but zero).
+#[cfg(feature = "simulators")]
+#[tokio::test(start_paused = true)]
+async fn polling_off_reads_nothing_for_ten_minutes_of_paused_time() {
+    const VIN: &str = "L6T7722E0LN000001";
+    for polling in [false, true] {
+        let fake = sim::FakeXchanger::start(
+            sim::FakeOptions::default(),
+            "127.0.0.1:0".parse().expect("address"),
+        )
+        .await
+        .expect("fake cloud");
+        let dir = tempfile::tempdir().expect("dir");
+        let cfg = XchangerConfig {
+            enabled: true,
+            api: ApiVersion::V1,
+            base_url: fake.url(),
+            auth_base_url: fake.url(),
+            username: "driver@example.com".into(),
+            password: crate::config::Secret::new("correct horse"),
+            poll_interval: std::time::Duration::from_secs(60),
+            ..Default::default()
+        };
+        let settings = SettingsStore::load(None, POLLING_FILE);
+        settings.set(
+            VIN,
+            Settings {
+                polling,
+                ..Settings::default()
+            },
+        );
+        let counters = Arc::new(Counters::default());
+        let (updates, mut seen) = mpsc::channel(1024);
+        let shared = Arc::new(Shared {
+            api: Api::new(&cfg).expect("client"),
+            auth: Auth::new(cfg.clone(), dir.path().to_path_buf(), counters.clone()),
+            settings,
+            quiet: None,
+            vehicle_quiet: Default::default(),
+            tz: crate::zone::Zone::Named(chrono_tz::Asia::Shanghai),
+            cfg,
+            updates: UpdateSink::new(0, updates),
+            counters,
+            hold: Mutex::new(Hold::default()),
+        });
+        tokio::spawn(async move { while seen.recv().await.is_some() {} });
+        let (_commands, rx) = mpsc::channel(4);
+        let shutdown = CancellationToken::new();
+        let id = VehicleId::for_upstream("", VIN).expect("id");
+        let car = tokio::spawn(vehicle_loop(
+            shared,
+            VIN.into(),
+            id,
+            rx,
+            shutdown.clone(),
+            false,
+        ));
+        for _ in 0..600 {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        let reads = fake.calls().status_at_ms.len();
+        if polling {
+            assert!(reads >= 9, "{reads} reads in 10 minutes at one a minute");
+        } else {
+            assert_eq!(reads, 0, "polling off reads nothing");
+        }
+        shutdown.cancel();
+        let _ = car.await;
+    }
+}

@@ -116,6 +116,15 @@ pub fn binding(d: &Value) -> VehicleState {
     st
 }
 
+/// 1001 `activeTime`, the box's last data ("最后数据时间", unix s): when it last uploaded a
+/// report; a refresh waits for one newer than the press (docs/protocols/iauto360.md,
+/// "Refresh"). Absent, zero or not a whole number of seconds: `None`.
+pub fn last_data_time(d: &Value) -> Option<i64> {
+    num(d.get("activeTime"))
+        .filter(|t| t.is_finite() && *t > 0.0 && t.fract() == 0.0 && *t < 1e12)
+        .map(|t| t as i64)
+}
+
 /// 1019 tyres: pressure and temperature sensors, one warning, and per tyre the list of
 /// what its status bits say.
 pub fn tyres(d: &Value) -> VehicleState {

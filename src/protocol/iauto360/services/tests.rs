@@ -135,3 +135,25 @@ fn trips_and_pushed_events() {
     assert_eq!(odd.event.event_type, "other");
     assert!(pushed_event(&json!({"esn": "1", "type": "点火"})).is_none());
 }
+
+#[test]
+fn the_last_data_time_of_1001() {
+    assert_eq!(
+        last_data_time(&json!({"activeTime": 1_700_000_000})),
+        Some(1_700_000_000)
+    );
+    assert_eq!(
+        last_data_time(&json!({"activeTime": "1700000000"})),
+        Some(1_700_000_000)
+    );
+    for bad in [
+        json!({}),
+        json!({"activeTime": 0}),
+        json!({"activeTime": -5}),
+        json!({"activeTime": 1.5}),
+        json!({"activeTime": "soon"}),
+        json!({"activeTime": 1e300}),
+    ] {
+        assert_eq!(last_data_time(&bad), None, "{bad}");
+    }
+}
