@@ -618,7 +618,10 @@ async fn refresh_wakes_the_car_reads_at_once_and_answers_with_the_fresh_report()
     })
     .await;
     let probe = probe(&broker, &bridge).await;
-    wait_state(&probe, &bridge, VIN, |s| s["polling_phase"] == "idle").await;
+    wait_state(&probe, &bridge, VIN, |s| {
+        s["odometer"] == 33253 && s["polling_phase"] == "idle"
+    })
+    .await;
     let discovery = probe
         .wait_topic(
             &format!(
@@ -684,7 +687,10 @@ async fn a_flood_of_refresh_presses_reads_once_and_answers_each() {
     })
     .await;
     let probe = probe(&broker, &bridge).await;
-    wait_state(&probe, &bridge, VIN, |s| s["polling_phase"] == "idle").await;
+    wait_state(&probe, &bridge, VIN, |s| {
+        s["odometer"] == 33253 && s["polling_phase"] == "idle"
+    })
+    .await;
     let reads = cloud.calls().status_at_ms.len();
     let topic = bridge.topic(&format!("{VIN}/refresh/set"));
     for i in 0..100 {
@@ -738,12 +744,17 @@ async fn a_refresh_while_the_cloud_holds_back_is_rejected_without_a_read() {
     // The first read fails: the account is held for about the active interval.
     cloud.fail_next([Fail::Http(503)]);
     let bridge = start(&broker, &cloud, None, |c| {
-        c.upstreams.xchanger.poll_interval = Duration::from_secs(60);
+        c.upstreams.xchanger.poll_interval = Duration::from_secs(1800);
         c.upstreams.xchanger.poll_interval_active = Some(Duration::from_secs(60));
     })
     .await;
     let probe = probe(&broker, &bridge).await;
-    wait_state(&probe, &bridge, VIN, |s| s["polling_phase"] == "held").await;
+    // The failed read shows in the car's connection status; the hold is on from then.
+    let st = wait_state(&probe, &bridge, VIN, |s| {
+        s["connector_status"].as_str().is_some_and(|t| t != "ok")
+    })
+    .await;
+    assert_eq!(cloud.calls().status_at_ms.len(), 1, "{st}");
     let reads = cloud.calls().status_at_ms.len();
     probe
         .publish(
@@ -776,7 +787,10 @@ async fn a_refresh_that_brings_no_newer_report_fails() {
     })
     .await;
     let probe = probe(&broker, &bridge).await;
-    wait_state(&probe, &bridge, VIN, |s| s["polling_phase"] == "idle").await;
+    wait_state(&probe, &bridge, VIN, |s| {
+        s["odometer"] == 33253 && s["polling_phase"] == "idle"
+    })
+    .await;
     let reads = cloud.calls().status_at_ms.len();
     probe
         .publish(
@@ -804,7 +818,10 @@ async fn a_refresh_that_brings_no_newer_report_fails() {
         7,
         "one read and six confirming"
     );
-    wait_state(&probe, &bridge, VIN, |s| s["polling_phase"] == "idle").await;
+    wait_state(&probe, &bridge, VIN, |s| {
+        s["odometer"] == 33253 && s["polling_phase"] == "idle"
+    })
+    .await;
     bridge.stop().await;
 }
 
@@ -949,7 +966,10 @@ async fn the_polling_phase_follows_a_commands_confirming_reads() {
     })
     .await;
     let probe = probe(&broker, &bridge).await;
-    let idle = wait_state(&probe, &bridge, VIN, |s| s["polling_phase"] == "idle").await;
+    let idle = wait_state(&probe, &bridge, VIN, |s| {
+        s["odometer"] == 33253 && s["polling_phase"] == "idle"
+    })
+    .await;
     assert!(idle["next_poll"].as_str().is_some(), "{idle}");
     probe
         .publish(
@@ -980,7 +1000,10 @@ async fn evccs_wakeup_refreshes_the_car() {
     })
     .await;
     let probe = probe(&broker, &bridge).await;
-    wait_state(&probe, &bridge, VIN, |s| s["polling_phase"] == "idle").await;
+    wait_state(&probe, &bridge, VIN, |s| {
+        s["odometer"] == 33253 && s["polling_phase"] == "idle"
+    })
+    .await;
     let topic = wakeup["topic"].as_str().unwrap().replace("VEHICLE_ID", VIN);
     probe
         .publish(&topic, wakeup["payload"].as_str().unwrap(), false)
