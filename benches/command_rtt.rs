@@ -42,6 +42,7 @@ fn main() {
             stamp: false,
             profile: Default::default(),
             plain_status: false,
+            drive: None,
         };
         let devices = config_toml(&sim_opts);
         let _bridge = support::spawn_bridge(

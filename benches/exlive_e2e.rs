@@ -36,6 +36,7 @@ async fn run_scenario(port: u16, exlive_port: u16, bridge_pid: u32, sc: &Scenari
         password: "bench".into(),
         first_id,
         stamp: true,
+        drive: None,
     };
     let sim = tokio::spawn(vehicle2mqtt::connectors::exlive::sim::run(
         opts,

@@ -40,6 +40,7 @@ async fn scenario(
         stamp: true,
         profile: Default::default(),
         plain_status: false,
+        drive: None,
     };
     let sim = tokio::spawn(vehicle2mqtt::connectors::kingxun::sim::run(
         opts,

@@ -672,3 +672,75 @@ async fn terminal_ids_with_any_characters_get_state_discovery_and_commands() {
     }
     bridge.stop().await;
 }
+
+/// `simulate exlive --route`: a tracker drives a known route into the bridge at its speed,
+/// then stands at the route's end; the odometer grows by the route's length.
+#[tokio::test]
+async fn a_simulated_tracker_drives_a_route_and_stops_at_its_end() {
+    use vehicle2mqtt::connectors::exlive::sim::{run, SimOptions, SimStats};
+    use vehicle2mqtt::sim::{Drive, Route};
+    let broker = Mosquitto::start();
+    let bridge = Bridge::start(&broker, |_| {}).await;
+    let probe = Probe::connect(broker.port, &[&bridge.topic("#")]).await;
+    // About 556 m due north, driven at 180 km/h (50 m/s): 11 s.
+    let route = Route::parse("[[31.2, 121.4], [31.205, 121.4]]").unwrap();
+    let length_km = route.length_m() / 1000.0;
+    assert!((length_km - 0.556).abs() < 0.001, "{length_km}");
+    let drive = Drive {
+        route,
+        speed_kmh: 180.0,
+        charge_for: None,
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let opts = SimOptions {
+        server: format!("127.0.0.1:{}", bridge.port),
+        links: 1,
+        rate: 2.0,
+        user: "fleet".into(),
+        password: "s3cret".into(),
+        first_id: 501,
+        stamp: false,
+        drive: Some(std::sync::Arc::new(drive)),
+    };
+    let sim = tokio::spawn(run(
+        opts,
+        std::sync::Arc::new(SimStats::default()),
+        stop.clone(),
+    ));
+    let state = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        probe
+            .messages()
+            .into_iter()
+            .rev()
+            .find(|m| m.topic == bridge.topic("ex501/state") && pred(&m.json()))
+    };
+    probe
+        .wait_for("moving at 180", T, |m| {
+            m.topic == bridge.topic("ex501/state") && m.json()["speed"] == 180.0
+        })
+        .await;
+    probe
+        .wait_for("stopped", Duration::from_secs(30), |m| {
+            m.topic == bridge.topic("ex501/state") && m.json()["speed"] == 0.0
+        })
+        .await;
+    let first = probe
+        .messages()
+        .into_iter()
+        .find(|m| m.topic == bridge.topic("ex501/state"))
+        .unwrap()
+        .json();
+    let last = state(&|s| s["speed"] == 0.0).unwrap().json();
+    let driven = last["odometer"].as_f64().unwrap() - first["odometer"].as_f64().unwrap();
+    assert!(
+        (driven - length_km).abs() <= 0.06,
+        "{driven} km of {length_km}"
+    );
+    assert!(
+        (last["latitude"].as_f64().unwrap() - 31.205).abs() < 1e-5,
+        "{last}"
+    );
+    stop.cancel();
+    let _ = sim.await;
+    bridge.stop().await;
+}

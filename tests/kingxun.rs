@@ -65,6 +65,7 @@ impl Bridge {
             stamp: false,
             profile: Profile::Classic,
             plain_status: false,
+            drive: None,
         };
         let stats = Arc::new(SimStats::default());
         let stop = CancellationToken::new();

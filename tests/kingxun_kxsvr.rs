@@ -341,6 +341,7 @@ async fn setup() -> Setup {
             stamp: false,
             profile: Profile::Classic,
             plain_status: true,
+            drive: None,
         },
         sim.clone(),
         stop_sim.clone(),

@@ -26,6 +26,8 @@ pub struct SimOptions {
     pub first_id: u64,
     /// Put the send time (unix ns) into `posinfo` as `t=<ns>` for latency measurement.
     pub stamp: bool,
+    /// Drive this route instead of circling (every link alike).
+    pub drive: Option<Arc<crate::sim::Drive>>,
 }
 
 #[derive(Debug, Default)]
@@ -120,6 +122,7 @@ async fn link(
     let mut heartbeat = interval(Duration::from_secs(30));
     let mut step = 0u64;
     let mut odometer = 1000.0 + index as f64;
+    let set_off = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -129,8 +132,16 @@ async fn link(
             _ = heartbeat.tick() => wr.write_all(format!("{}\n", Message::Heartbeat.encode()).as_bytes()).await?,
             _ = tick.tick() => for _ in 0..burst {
                 step += 1;
-                odometer += 0.01;
-                let (lat, lng, heading) = crate::sim::route_point(center.0, center.1, 800.0, step, 360);
+                let driven = opts.drive.as_ref().map(|d| d.at(set_off.elapsed()));
+                let (lat, lng, heading, speed, dis) = match driven {
+                    Some(s) => (s.latitude, s.longitude, s.heading, s.speed_kmh, odometer + s.driven_m / 1000.0),
+                    None => {
+                        odometer += 0.01;
+                        let (lat, lng, heading) = crate::sim::route_point(center.0, center.1, 800.0, step, 360);
+                        (lat, lng, heading, 36.0, odometer)
+                    }
+                };
+                let ignition = driven.is_none_or(|s| s.moving);
                 let gpstime = chrono::Utc::now()
                     .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).expect("valid offset"))
                     .format("%Y-%m-%d %H:%M:%S")
@@ -141,15 +152,15 @@ async fn link(
                     id: id.clone(),
                     lat: Some((lat * 1e6).round() / 1e6),
                     lng: Some((lng * 1e6).round() / 1e6),
-                    veo: Some(36.0),
+                    veo: Some((speed * 10.0).round() / 10.0),
                     dir: Some(heading.round()),
                     gpstime: Some(gpstime),
                     av: Some(true),
                     alarm: Some(false),
                     oil: Some(42.5),
-                    dis: Some((odometer * 100.0).round() / 100.0),
+                    dis: Some((dis * 100.0).round() / 100.0),
                     wstate: None,
-                    cstate: Some("ACC开".into()),
+                    cstate: Some(if ignition { "ACC开" } else { "ACC关" }.into()),
                     posinfo: Some(posinfo),
                 });
                 wr.write_all(format!("{}\n", p.encode()).as_bytes()).await?;
@@ -190,6 +201,13 @@ pub struct Args {
     /// First vehicle id (link i reports id + i).
     #[arg(long, default_value_t = 1000)]
     first_id: u64,
+    /// Drive this route (GeoJSON LineString, or a JSON list of [latitude, longitude])
+    /// at --speed, then stand at its end.
+    #[arg(long)]
+    route: Option<std::path::PathBuf>,
+    /// km/h along --route.
+    #[arg(long, default_value_t = 40.0)]
+    speed: f64,
 }
 
 impl crate::upstream::Simulated for super::Exlive {
@@ -205,6 +223,8 @@ impl crate::upstream::Simulated for super::Exlive {
             user,
             password,
             first_id,
+            route,
+            speed,
         } = args;
         let opts = SimOptions {
             server,
@@ -214,6 +234,7 @@ impl crate::upstream::Simulated for super::Exlive {
             password,
             first_id,
             stamp: false,
+            drive: crate::sim::drive_from_args(route.as_deref(), speed, None)?,
         };
         let stats = Arc::new(SimStats::default());
         let reporter = {
@@ -268,6 +289,7 @@ impl crate::upstream::Simulated for super::Exlive {
             password: "demo".into(),
             first_id: 7001,
             stamp: false,
+            drive: None,
         };
         run(opts, Default::default(), shutdown).await;
     }

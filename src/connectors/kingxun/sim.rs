@@ -38,6 +38,9 @@ pub struct SimOptions {
     /// Send 1002 plain, as kxSvr's own client does (and kxSvr expects: it reads the body
     /// as a struct). By default the simulated firmware seals it, which proves its key.
     pub plain_status: bool,
+    /// Drive this route instead of circling (every device alike; no device trips then,
+    /// so the bridge's own trip detection is what a test sees).
+    pub drive: Option<Arc<crate::sim::Drive>>,
 }
 
 impl Default for SimOptions {
@@ -53,6 +56,7 @@ impl Default for SimOptions {
             stamp: false,
             profile: Profile::Classic,
             plain_status: false,
+            drive: None,
         }
     }
 }
@@ -136,23 +140,36 @@ fn now_local() -> LocalTime {
     LocalTime::from_naive((chrono::Utc::now() + chrono::Duration::hours(8)).naive_utc())
 }
 
-fn status(d: &Device, index: usize, stamp: bool) -> Status {
-    let (lat, lng, _) = crate::sim::route_point(
-        31.23 + (index % 100) as f64 * 0.005,
-        121.47 + (index / 100) as f64 * 0.005,
-        500.0,
-        d.step,
-        120,
-    );
-    let riding = d.lock & 1 != 0;
+fn status(d: &Device, index: usize, stamp: bool, driven: Option<crate::sim::DriveState>) -> Status {
+    let (lat, lng, _) = match driven {
+        Some(s) => (s.latitude, s.longitude, s.heading),
+        None => crate::sim::route_point(
+            31.23 + (index % 100) as f64 * 0.005,
+            121.47 + (index / 100) as f64 * 0.005,
+            500.0,
+            d.step,
+            120,
+        ),
+    };
+    let riding = driven.map_or(d.lock & 1 != 0, |s| s.moving);
+    // The device's units: speed in cm/s, mileage in 10 m (docs/protocols/kingxun.md, 1002).
+    let speed = match driven {
+        Some(s) => (s.speed_kmh / 0.0036).round() as u16,
+        None if riding => 5500,
+        None => 0,
+    };
+    let mileage = match driven {
+        Some(s) => d.mileage + (s.driven_m / 10.0) as u32,
+        None => d.mileage,
+    };
     Status {
         dev_type: 2,
         protocol: 1,
         lng,
         lat,
-        mileage: d.mileage,
+        mileage,
         driving: riding,
-        speed: if riding { 5500 } else { 0 },
+        speed,
         lock: d.lock,
         light: if riding { 0b01 } else { 0 },
         sensor: if riding { 0x01 } else { 0x02 },
@@ -164,7 +181,7 @@ fn status(d: &Device, index: usize, stamp: bool) -> Status {
             temp_cc: 2500,
         }),
         battery: Some(Battery {
-            charging: false,
+            charging: driven.is_some_and(|s| s.charging),
             id: if stamp {
                 format!("t={}", crate::sim::now_ns())
             } else {
@@ -238,11 +255,14 @@ async fn device(
     let mut tick = interval(o.interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut send_status = true;
+    let set_off = tokio::time::Instant::now();
+    let trip_every = if o.drive.is_some() { 0 } else { o.trip_every };
     loop {
         if send_status {
             send_status = false;
             seq = seq.wrapping_add(1);
-            let plain = status(&d, index, o.stamp).encode();
+            let driven = o.drive.as_ref().map(|r| r.at(set_off.elapsed()));
+            let plain = status(&d, index, o.stamp, driven).encode();
             let body = if o.plain_status {
                 plain
             } else {
@@ -258,7 +278,7 @@ async fn device(
             );
             wr.write_all(&f.to_bytes()).await?;
             stats.statuses.fetch_add(1, Ordering::Relaxed);
-            if o.trip_every > 0 && d.step > 0 && d.step.is_multiple_of(o.trip_every) {
+            if trip_every > 0 && d.step > 0 && d.step.is_multiple_of(trip_every) {
                 let now = now_local();
                 let trip = Trip {
                     start: now,
@@ -289,11 +309,21 @@ async fn device(
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {
                 d.step += 1;
-                if d.lock & 1 != 0 {
-                    d.mileage += 3;
-                    if d.step.is_multiple_of(10) {
-                        d.soc = d.soc.saturating_sub(1).max(10);
+                match o.drive.as_ref().map(|r| r.at(set_off.elapsed())) {
+                    // On a route the mileage follows the route; the battery drains while
+                    // moving and fills while charging.
+                    Some(s) if s.moving && d.step.is_multiple_of(10) => {
+                        d.soc = d.soc.saturating_sub(1).max(10)
                     }
+                    Some(s) if s.charging => d.soc = d.soc.saturating_add(1).min(100),
+                    Some(_) => {}
+                    None if d.lock & 1 != 0 => {
+                        d.mileage += 3;
+                        if d.step.is_multiple_of(10) {
+                            d.soc = d.soc.saturating_sub(1).max(10);
+                        }
+                    }
+                    None => {}
                 }
                 send_status = true;
             }
@@ -359,6 +389,16 @@ pub struct Args {
     /// Print the matching [[kingxun.devices]] config and exit.
     #[arg(long)]
     print_config: bool,
+    /// Drive this route (GeoJSON LineString, or a JSON list of [latitude, longitude])
+    /// at --speed, then stand at its end.
+    #[arg(long)]
+    route: Option<std::path::PathBuf>,
+    /// km/h along --route.
+    #[arg(long, default_value_t = 25.0)]
+    speed: f64,
+    /// After the route, charge this long (e.g. "10m").
+    #[arg(long, value_parser = humantime::parse_duration)]
+    charge: Option<Duration>,
 }
 
 /// The demo's devices: kx1001 and kx1002, keys from this seed.
@@ -378,6 +418,9 @@ impl crate::upstream::Simulated for super::Kingxun {
             first_id,
             interval,
             print_config,
+            route,
+            speed,
+            charge,
         } = args;
         let opts = SimOptions {
             server,
@@ -385,6 +428,7 @@ impl crate::upstream::Simulated for super::Kingxun {
             key_seed,
             first_id,
             interval,
+            drive: crate::sim::drive_from_args(route.as_deref(), speed, charge)?,
             ..Default::default()
         };
         if print_config {
