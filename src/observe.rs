@@ -46,6 +46,8 @@ pub struct Snapshot {
     pub mqtt_protocol: u64,
     /// The broker refused one of the bridge's subscriptions since it last subscribed.
     pub subscription_refused: bool,
+    /// Logins the embedded broker refused (wrong or missing user name or password).
+    pub embedded_refused_logins: u64,
 }
 
 /// Counts one occurrence; `Some(total)` when it is worth a log line (the 1st, 2nd, 4th,
@@ -99,6 +101,11 @@ impl Snapshot {
             g.set(v);
             g
         };
+        registry.register(
+            "embedded_broker_refused_logins",
+            "Logins the embedded MQTT broker refused (wrong or missing user name or password)",
+            counter(self.embedded_refused_logins),
+        );
         registry.register(
             "mqtt_connected",
             "1 while the MQTT client is connected",

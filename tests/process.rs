@@ -1053,3 +1053,118 @@ async fn a_restart_and_relink_publish_byte_identical_discovery() {
     signal(&second, 15);
     assert!(wait_exit(&mut second, T).await.success());
 }
+
+/// The embedded broker answers a refused login with CONNACK "not authorised" (3.1.1 code
+/// 5, MQTT 5 reason 0x87) and closes, so clients say why (rumqttd alone closed without a
+/// CONNACK, and mosquitto_sub retried forever); it logs and counts them.
+#[tokio::test]
+async fn the_embedded_broker_refuses_a_wrong_login_with_a_connack() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (port, http) = (common::free_port(), common::free_port());
+    let log = dir.path().join("bridge.log");
+    let child = bridge_cmd(dir.path())
+        .env("V2M_MQTT__EMBEDDED_LISTEN", format!("127.0.0.1:{port}"))
+        .env("V2M_BRIDGE__HTTP_LISTEN", format!("127.0.0.1:{http}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn");
+    let _child = KillOnDrop(child);
+    assert!(common::wait_port(port, T), "embedded broker never listened");
+    let (user, password) = common::embedded_login(&dir.path().join("state"));
+    // A raw 3.1.1 CONNECT with the right user and a wrong password, then MQTT 5.
+    let connect = |level: u8, pass: &str| {
+        let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', level, 0xC2, 0x00, 0x3C];
+        if level == 5 {
+            body.push(0x00);
+        }
+        for field in ["door-test", user.as_str(), pass] {
+            body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+            body.extend_from_slice(field.as_bytes());
+        }
+        let mut packet = vec![0x10, body.len() as u8];
+        packet.extend(body);
+        packet
+    };
+    for (level, expected) in [
+        (4u8, &[0x20u8, 0x02, 0x00, 0x05][..]),
+        (5, &[0x20, 0x03, 0x00, 0x87, 0x00]),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(&connect(level, "guess")).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(T, s.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            got, expected,
+            "level {level}: a CONNACK refusing the login, then closed"
+        );
+    }
+    // mosquitto_sub says why and stops, instead of retrying forever.
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                "#",
+                "-u",
+                "someone",
+                "-P",
+                "wrong",
+                "-W",
+                "10",
+            ])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("mosquitto_sub");
+    let said = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        !out.status.success() && said.contains("not authori"),
+        "{said}"
+    );
+    // The right login still gets in, through the same door.
+    let probe = Probe::connect_login(
+        port,
+        &["vehicle2mqtt/bridge/state"],
+        Some((&user, &password)),
+    )
+    .await;
+    probe.wait_for("online", T, |m| m.text() == "online").await;
+    // Counted in /metrics, logged with the peer.
+    let url = format!("http://127.0.0.1:{http}/metrics");
+    let deadline = std::time::Instant::now() + T;
+    let counted = loop {
+        let (_, body) = http_get(&url).await;
+        if body.contains("vehicle2mqtt_embedded_broker_refused_logins_total 3") {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(counted, "the three refusals are counted in /metrics");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("embedded_broker_login_refused") && logged.contains("127.0.0.1"),
+        "{logged}"
+    );
+    // Neither the real password nor a guess is in what the refusals log (the first start
+    // prints the login it made once, on purpose: that is how the user learns it).
+    for line in logged.lines().filter(|l| l.contains("embedded_broker")) {
+        assert!(
+            !line.contains(&password) && !line.contains("guess"),
+            "a password in the log: {line}"
+        );
+    }
+}

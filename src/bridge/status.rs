@@ -202,6 +202,10 @@ impl Status {
             mqtt_oversized_incoming: stats.oversized_incoming.load(Relaxed),
             mqtt_protocol: stats.protocol.load(Relaxed),
             subscription_refused: f.subscription_refused,
+            #[cfg(feature = "embedded-broker")]
+            embedded_refused_logins: crate::mqtt::broker_door::refused_logins(),
+            #[cfg(not(feature = "embedded-broker"))]
+            embedded_refused_logins: 0,
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The embedded broker (rumqttd), for installs with no broker of their own.
 //!
-//! rumqttd has no shutdown: it lives on its own thread until the process exits.
+//! rumqttd listens on a loopback port only; clients come in through the bridge's door
+//! (`broker_door`) on `mqtt.embedded_listen`, which answers logins itself. rumqttd has no
+//! shutdown: it lives on its own thread until the process exits.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -14,18 +16,19 @@ use crate::config::MqttConfig;
 /// bound, instead of letting the broker thread die quietly.
 pub fn start(cfg: &MqttConfig, max_connections: usize) -> anyhow::Result<SocketAddr> {
     let listen = cfg.embedded_listen;
-    // rumqttd binds on its own thread and only logs a failure; probe first so the user
-    // gets a clear error and exit code.
-    drop(
-        TcpListener::bind(listen)
-            .with_context(|| format!("embedded broker cannot listen on {listen}"))?,
-    );
+    let door = TcpListener::bind(listen)
+        .with_context(|| format!("embedded broker cannot listen on {listen}"))?;
+    door.set_nonblocking(true)?;
+    let door = tokio::net::TcpListener::from_std(door)?;
+    // rumqttd's own port: loopback, free now (rumqttd binds on its own thread).
+    let inner = TcpListener::bind(("127.0.0.1", 0))?.local_addr()?;
 
     let auth = (!cfg.username.is_empty())
         .then(|| HashMap::from([(cfg.username.clone(), cfg.password.expose().to_string())]));
+    let login = (!cfg.username.is_empty()).then(|| (cfg.username.clone(), cfg.password.clone()));
     let server = ServerSettings {
         name: "v4".into(),
-        listen,
+        listen: inner,
         tls: None,
         next_connection_delay_ms: 1,
         connections: ConnectionSettings {
@@ -67,21 +70,18 @@ pub fn start(cfg: &MqttConfig, max_connections: usize) -> anyhow::Result<SocketA
         })
         .context("spawning the embedded broker thread")?;
     // Wait (briefly) until it accepts, so the bridge's first connect does not race it.
-    let probe = match listen.ip() {
-        ip if ip.is_unspecified() && ip.is_ipv4() => {
-            SocketAddr::from(([127, 0, 0, 1], listen.port()))
-        }
-        ip if ip.is_unspecified() => {
-            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, listen.port()))
-        }
-        _ => listen,
-    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    while std::net::TcpStream::connect_timeout(&probe, std::time::Duration::from_millis(200))
+    while std::net::TcpStream::connect_timeout(&inner, std::time::Duration::from_millis(200))
         .is_err()
         && std::time::Instant::now() < deadline
     {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    tokio::spawn(super::broker_door::serve(
+        door,
+        inner,
+        login,
+        max_connections,
+    ));
     Ok(listen)
 }

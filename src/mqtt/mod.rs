@@ -10,6 +10,8 @@
 
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
+#[cfg(feature = "embedded-broker")]
+pub mod broker_door;
 mod eventloop;
 mod quick_ack;
 mod v4;
