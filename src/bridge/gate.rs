@@ -75,6 +75,15 @@ impl CommandGate {
         }
     }
 
+    /// Whether the vehicle's queue has room (asked before the PIN, so a full queue does
+    /// not use up an armed PIN).
+    pub fn has_room(&self, vehicle: &VehicleId) -> Result<(), Refusal> {
+        match self.in_flight.get(vehicle).is_some_and(|n| *n > self.queue) {
+            true => Err(Refusal::QueueFull),
+            false => Ok(()),
+        }
+    }
+
     /// Takes a place in the vehicle's queue: the running command and `queue` behind it.
     /// A refresh also needs its gap since the last one, and none running.
     pub fn enqueue(

@@ -378,9 +378,14 @@ impl<M: Mqtt> Hub<M> {
                     return;
                 }
                 self.gate.finished(&vehicle, &command);
-                if self.gate.lock_done(&vehicle) {
+                // Only a lock command's outcome ends LOCKING / UNLOCKING: a horn that
+                // finishes while a lock waits behind it says nothing of the lock.
+                if lock_transition(&command).is_some() && self.gate.lock_done(&vehicle) {
                     if status == CommandStatus::Succeeded {
                         self.fleet.set_locked(&vehicle, command == Command::Lock);
+                        if let Some(v) = self.fleet.get_mut(&vehicle) {
+                            v.record.state_changed();
+                        }
                     }
                     self.publish_state(&vehicle);
                 }
@@ -606,7 +611,11 @@ impl<M: Mqtt> Hub<M> {
         let (vid, owner) = (v.info().id.clone(), v.owner());
         let admitted = self
             .gate
-            .admit(&vid, &command, payload.code.as_deref(), self.now.mono)
+            .has_room(&vid)
+            .and_then(|()| {
+                self.gate
+                    .admit(&vid, &command, payload.code.as_deref(), self.now.mono)
+            })
             .and_then(|()| self.gate.enqueue(&vid, &command, self.now.mono));
         if let Err(refusal) = admitted {
             if refusal == Refusal::WrongPin {

@@ -68,8 +68,8 @@ struct Io {
     state_dir: std::path::PathBuf,
     /// Each connector's command queue, by index.
     connector_commands: Vec<mpsc::Sender<CommandRequest>>,
-    /// One worker per vehicle that has had a command.
-    workers: HashMap<VehicleId, mpsc::Sender<Queued>>,
+    /// One worker per vehicle that has had a command, and what tells it the vehicle left.
+    workers: HashMap<VehicleId, (mpsc::Sender<Queued>, CancellationToken)>,
     worker_tx: mpsc::Sender<WorkerEvent>,
     command_queue: usize,
     command_timeout: Duration,
@@ -101,22 +101,35 @@ impl Io {
                 queued,
             } => {
                 let Some(connector) = self.connector_commands.get(owner).cloned() else {
+                    // Cannot happen (the hub only knows vehicles of its connectors); still
+                    // answered, so no queue place or LOCKING is left behind.
+                    let outcome = WorkerEvent::Outcome {
+                        vehicle,
+                        id: queued.id,
+                        command: queued.command,
+                        status: CommandStatus::Failed,
+                        reason: Some("no connector for this vehicle".into()),
+                        reported_at: None,
+                    };
+                    hub.on_worker(outcome, Now::real());
                     return;
                 };
                 let (capacity, timeout) = (self.command_queue + 1, self.command_timeout);
                 let worker_tx = self.worker_tx.clone();
-                let sender = self.workers.entry(vehicle.clone()).or_insert_with(|| {
+                let (sender, _) = self.workers.entry(vehicle.clone()).or_insert_with(|| {
                     // The gate keeps a vehicle's commands to `command_queue` behind the
                     // running one, so this channel always has room.
                     let (tx, rx) = mpsc::channel(capacity);
+                    let forgotten = CancellationToken::new();
                     tokio::spawn(worker::run(
                         vehicle.clone(),
                         rx,
                         connector,
                         worker_tx,
                         timeout,
+                        forgotten.clone(),
                     ));
-                    tx
+                    (tx, forgotten)
                 });
                 if let Err(err) = sender.try_send(queued) {
                     let queued = match err {
@@ -136,8 +149,10 @@ impl Io {
                 }
             }
             Action::Forgotten(vehicle) => {
-                // Its worker ends once it has answered what it holds.
-                self.workers.remove(&vehicle);
+                // Its worker rejects what it still holds (never sends it) and ends.
+                if let Some((_, forgotten)) = self.workers.remove(&vehicle) {
+                    forgotten.cancel();
+                }
             }
             Action::Persist(batch) => {
                 let (dir, written) = (self.state_dir.clone(), self.written.clone());

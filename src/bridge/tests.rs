@@ -1090,6 +1090,79 @@ fn a_refresh_is_gated_per_vehicle_and_its_result_carries_the_reports_time() {
     assert!(r.iter().all(|r| r.get("reported_at").is_none()), "{r:?}");
 }
 
+#[test]
+fn another_commands_outcome_leaves_a_waiting_locks_transition_alone() {
+    let mut rig = Rig::new(config());
+    rig.connect();
+    rig.update(Update::Vehicle(scooter("kx1")));
+    rig.report("kx1", state(70));
+    rig.set("kx1", "horn", r#"{"action":"PRESS","id":"h"}"#);
+    rig.set("kx1", "lock", r#"{"action":"UNLOCK","id":"u"}"#);
+    assert_eq!(rig.commands().len(), 2);
+    rig.published();
+    rig.worker(WorkerEvent::Outcome {
+        vehicle: vid("kx1"),
+        id: "h".into(),
+        command: Command::Horn,
+        status: CommandStatus::Succeeded,
+        reason: None,
+        reported_at: None,
+    });
+    let sent = rig.published();
+    assert!(
+        last_state(&sent, "kx1").is_none_or(|s| s["lock"] == "UNLOCKING"),
+        "the horn's success says nothing of the lock: {sent:?}"
+    );
+    rig.report("kx1", state(69));
+    assert_eq!(
+        last_state(&rig.published(), "kx1").unwrap()["lock"],
+        "UNLOCKING"
+    );
+    rig.worker(WorkerEvent::Outcome {
+        vehicle: vid("kx1"),
+        id: "u".into(),
+        command: Command::Unlock,
+        status: CommandStatus::Failed,
+        reason: Some("no answer".into()),
+        reported_at: None,
+    });
+    assert_eq!(
+        last_state(&rig.published(), "kx1").unwrap()["lock"],
+        "LOCKED",
+        "a failed unlock shows the lock as the car last reported it"
+    );
+}
+
+#[test]
+fn a_full_queue_does_not_use_up_an_armed_pin() {
+    let mut c = config();
+    c.bridge.command_pin = Secret::new("2468");
+    c.bridge.command_queue = 1;
+    let mut rig = Rig::new(c);
+    rig.connect();
+    rig.update(Update::Vehicle(scooter("kx1")));
+    rig.set("kx1", "horn", "PRESS");
+    rig.set("kx1", "horn", "PRESS");
+    assert_eq!(rig.commands().len(), 2, "one running, one waiting");
+    rig.set("kx1", "pin", "2468");
+    rig.set("kx1", "engine", "ON");
+    let r = results(&rig.published());
+    assert_eq!(
+        r.last().unwrap()["reason"],
+        "command queue for this vehicle is full"
+    );
+    rig.worker(WorkerEvent::Outcome {
+        vehicle: vid("kx1"),
+        id: "x".into(),
+        command: Command::Horn,
+        status: CommandStatus::Succeeded,
+        reason: None,
+        reported_at: None,
+    });
+    rig.set("kx1", "engine", "ON");
+    assert_eq!(rig.commands().len(), 1, "the armed PIN is still good");
+}
+
 mod interleavings {
     //! Any interleaving of updates, MQTT loss, a client with no room and restarts never
     //! publishes an empty retained discovery payload for a configured vehicle, and ends

@@ -43,6 +43,7 @@ pub async fn run(
     connector: mpsc::Sender<CommandRequest>,
     hub: mpsc::Sender<WorkerEvent>,
     command_timeout: Duration,
+    forgotten: tokio_util::sync::CancellationToken,
 ) {
     while let Some(Queued {
         id,
@@ -50,6 +51,21 @@ pub async fn run(
         expires,
     }) = queue.recv().await
     {
+        if forgotten.is_cancelled() {
+            // The vehicle left the bridge: what still waits is answered, never sent.
+            let outcome = WorkerEvent::Outcome {
+                vehicle: vehicle.clone(),
+                id,
+                command,
+                status: CommandStatus::Rejected,
+                reason: Some("the vehicle was removed from the bridge".into()),
+                reported_at: None,
+            };
+            if hub.send(outcome).await.is_err() {
+                return;
+            }
+            continue;
+        }
         if expires.is_some_and(|t| std::time::Instant::now() >= t) {
             let outcome = WorkerEvent::Outcome {
                 vehicle: vehicle.clone(),

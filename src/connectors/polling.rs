@@ -59,9 +59,11 @@ fn minutes(m: u16) -> Duration {
 impl Settings {
     /// The intervals in force: the owner's, else the configured ones.
     pub fn intervals(&self, configured: Intervals) -> Intervals {
+        // Clamped here too: a stored file edited by hand cannot make a cloud be hammered.
+        let owner = |m: u16| minutes(m.clamp(MIN_MINUTES, MAX_MINUTES));
         Intervals {
-            idle: self.idle_minutes.map_or(configured.idle, minutes),
-            active: self.active_minutes.map_or(configured.active, minutes),
+            idle: self.idle_minutes.map_or(configured.idle, owner),
+            active: self.active_minutes.map_or(configured.active, owner),
         }
     }
 
@@ -246,15 +248,14 @@ impl SettingsStore {
 
     /// Keeps `settings` for `vehicle` (and writes the file when it changed).
     pub fn set(&self, vehicle: &str, settings: Settings) {
-        let bytes = {
-            let mut map = self.by_vehicle.lock().unwrap_or_else(|p| p.into_inner());
-            if map.get(vehicle) == Some(&settings) {
-                return;
-            }
-            map.insert(vehicle.to_string(), settings);
-            serde_json::to_vec_pretty(&*map)
-        };
-        if let (Some(dir), Ok(bytes)) = (&self.dir, bytes) {
+        let mut map = self.by_vehicle.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(vehicle) == Some(&settings) {
+            return;
+        }
+        map.insert(vehicle.to_string(), settings);
+        // Handed over under the lock (no I/O: the writer thread does it), so two vehicles
+        // setting at once cannot have the older file written last.
+        if let (Some(dir), Ok(bytes)) = (&self.dir, serde_json::to_vec_pretty(&*map)) {
             crate::state_dir::writer::write(dir, self.file, bytes, "polling_settings_saved");
         }
     }
@@ -290,6 +291,11 @@ mod tests {
         assert_eq!(st["polling"], false);
         assert_eq!(st["poll_interval"], 15);
         assert_eq!(st["poll_interval_active"], 1);
+        // A file edited by hand cannot make a cloud be read back to back.
+        let zero: Settings =
+            serde_json::from_str(r#"{"idle_minutes": 0, "active_minutes": 9999}"#).unwrap();
+        assert_eq!(zero.intervals(PACE).idle, Duration::from_secs(60));
+        assert_eq!(zero.intervals(PACE).active, Duration::from_secs(1440 * 60));
         // What a stored file says comes back; missing keys are the defaults.
         let back: Settings = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);

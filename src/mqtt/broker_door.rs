@@ -249,6 +249,8 @@ async fn door(
             }
             let mut chunk = [0u8; 1024];
             match stream.read(&mut chunk).await {
+                // A port probe, or a client that gave up: nothing to say.
+                Ok(0) | Err(_) if buf.is_empty() => return Err(String::new()),
                 Ok(0) | Err(_) => return Err("closed before its CONNECT".to_string()),
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
@@ -258,7 +260,7 @@ async fn door(
     let (connect, _len) = match read {
         Ok(Ok(found)) => found,
         Ok(Err(reason)) => {
-            if log.allow() == Ok(true) {
+            if !reason.is_empty() && log.allow() == Ok(true) {
                 tracing::warn!(event = "embedded_broker_bad_connect", peer = %peer, reason, "not an MQTT login; closed");
             }
             return;

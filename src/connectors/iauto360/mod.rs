@@ -335,7 +335,9 @@ const OUTCOME_SKEW_S: i64 = 120;
 /// "Refresh").
 struct Refresh {
     progress: mpsc::Sender<CommandProgress>,
-    /// Unix seconds of the press: a 1001 `activeTime` after it is a new report.
+    /// A 1001 `activeTime` after this is a new report: the newest one seen before the
+    /// press (the platform's own clock), or the press on the bridge's clock when none was
+    /// seen yet.
     pressed_at: i64,
     /// Reads made for it so far: the one at once, then one per `CONFIRM_AFTER` step.
     reads: usize,
@@ -363,6 +365,9 @@ struct Device {
     shown_plan: Option<(PollingPhase, Option<i64>)>,
     /// When the slower services are read again (with the first scheduled read after).
     next_detail: Instant,
+    /// The newest 1001 `activeTime` seen (the platform's clock): a refresh waits for a
+    /// newer one.
+    newest_report: Option<i64>,
 }
 
 async fn device_loop(
@@ -393,6 +398,7 @@ async fn device_loop(
         quiet,
         shown_plan: None,
         next_detail: now,
+        newest_report: None,
     };
     // HA's switch and numbers show the settings from the start.
     let shown = d.settings.state(d.shared.pace());
@@ -546,6 +552,7 @@ impl Device {
             Err(_) => (VehicleState::default(), None),
         };
         r.last_report = reported.max(r.last_report);
+        self.newest_report = reported.max(self.newest_report);
         let at = |t: i64| {
             chrono::DateTime::from_timestamp(t, 0)
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
@@ -662,6 +669,9 @@ impl Device {
         ];
         for (service, map) in table {
             if let Ok(d) = self.call(service, json!({})).await {
+                if service == 1001 {
+                    self.newest_report = services::last_data_time(&d).max(self.newest_report);
+                }
                 self.merge(map(&d), chrono::Utc::now().timestamp()).await;
             }
         }
@@ -819,7 +829,9 @@ impl Device {
         let _ = req.progress.send(CommandProgress::Accepted).await;
         self.refresh = Some(Refresh {
             progress: req.progress,
-            pressed_at: chrono::Utc::now().timestamp(),
+            pressed_at: self
+                .newest_report
+                .unwrap_or_else(|| chrono::Utc::now().timestamp()),
             reads: 0,
             last_report: None,
         });

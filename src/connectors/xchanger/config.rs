@@ -210,6 +210,14 @@ impl XchangerConfig {
                 .iter()
                 .map(|(vin, q)| (format!("vehicle_quiet_hours.{vin}"), q)),
         );
+        for vin in self.vehicle_quiet_hours.keys() {
+            if !valid_vin(vin) {
+                out.push((
+                    format!("vehicle_quiet_hours.{vin}"),
+                    "is not a VIN (6 to 32 letters and digits)".into(),
+                ));
+            }
+        }
         for (key, text) in quiet {
             if !text.trim().is_empty()
                 && crate::connectors::polling::QuietHours::parse(text).is_none()

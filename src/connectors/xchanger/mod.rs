@@ -108,7 +108,8 @@ impl Connector for XchangerConnector {
                     .config
                     .vehicle_quiet_hours
                     .iter()
-                    .filter_map(|(vin, q)| Some((vin.clone(), quiet(q)?)))
+                    // VINs are upper case as the cloud lists them.
+                    .filter_map(|(vin, q)| Some((vin.to_ascii_uppercase(), quiet(q)?)))
                     .collect(),
                 // Checked by the config; China's zone if it was not.
                 tz: crate::zone::Zone::parse(&self.config.timezone)
@@ -214,7 +215,9 @@ impl Shared {
     }
 
     fn quiet_for(&self, vin: &str) -> Option<&QuietHours> {
-        self.vehicle_quiet.get(vin).or(self.quiet.as_ref())
+        self.vehicle_quiet
+            .get(&vin.to_ascii_uppercase())
+            .or(self.quiet.as_ref())
     }
 
     fn held_until(&self) -> Option<Instant> {
@@ -411,6 +414,11 @@ async fn vehicle_loop(
             _ = shutdown.cancelled() => return,
             Some(req) = commands.recv() => car.command(req).await,
             _ = wait => {
+                // Plans change while a car sleeps (quiet hours begin, another car's read
+                // holds the account back): read only if the plan still says now.
+                if car.plan(Instant::now()).wait != Some(std::time::Duration::ZERO) {
+                    continue;
+                }
                 car.poll().await;
                 let cfg = &car.shared.cfg;
                 if with_plan && Instant::now() >= next_plan && car.schedule.failures() == 0 {
@@ -535,14 +543,15 @@ impl Car {
             return;
         }
         self.supersede().await;
-        let pressed = chrono::Utc::now().timestamp_millis();
         if self.shared.cfg.refresh_wakeup {
             wake_for_position(&self.shared, &self.vin, &self.id).await;
         }
         let _ = req.progress.send(CommandProgress::Accepted).await;
+        // Newer than the newest report seen, on the car's own clock (never the bridge's:
+        // the two need not agree).
         self.pending = Some(Pending {
             progress: req.progress,
-            baseline: Some(pressed),
+            baseline: self.last_update,
             expect: None,
             refresh: true,
         });
