@@ -25,8 +25,10 @@
 //!   false) or less accurate than [`MAX_ACCURACY_M`] are ignored; so are non-finite
 //!   numbers, negative speeds and levels outside 0-100 %.
 //!
-//! Size: a vehicle costs `size_of::<Deriver>()` (see `size_tests`) while it stands;
-//! an open trip adds about 170 bytes and 8 bytes per path point (`trips.path_points`).
+//! Size: a standing vehicle costs `size_of::<Deriver>()` and nothing on the heap (264
+//! bytes in a debug build, `size_tests`: 10 000 vehicles 2.6 MB). An open trip adds
+//! about 230 bytes, and 8 bytes per path point (`trips.path_points`, 500 by default:
+//! up to 4 KB per driving vehicle; 0 keeps no path). [`Deriver::size_bytes`] tells.
 
 use std::sync::Arc;
 
@@ -532,6 +534,9 @@ impl Deriver {
     fn motion(&mut self, m: Motion, settings: &Settings, d: &mut Derived) {
         let (event_type, at_ms) = match &m {
             Motion::Started { at_ms } => ("moving", *at_ms),
+            Motion::Ended {
+                announced: false, ..
+            } => return,
             Motion::Ended { at_ms, .. } => ("stopped", *at_ms),
         };
         let mut attributes = serde_json::Map::new();

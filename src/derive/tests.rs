@@ -263,6 +263,16 @@ fn standing_with_20_m_of_jitter_for_an_hour_is_no_trip_and_no_zone_flap() {
 }
 
 #[test]
+fn an_engine_idling_in_the_drive_is_no_trip_and_no_moving() {
+    let mut st = state(Some(START), Some(0.0));
+    st.set(Field::EngineRunning, true);
+    let reports: Vec<_> = (0..900).map(|i| (i as f64 * 2.0, st.clone())).collect();
+    let mut d = Deriver::new(settings(|_| {}));
+    let out = run(&mut d, &reports, 0.0, 2.0, 600.0);
+    assert!(out.iter().all(|d| d.events.is_empty()), "{out:?}");
+}
+
+#[test]
 fn crossing_a_zone_is_one_enter_and_one_exit() {
     let square = |lat: f64, lon: f64, half: f64| {
         vec![
@@ -862,6 +872,25 @@ proptest! {
         for pair in trips.windows(2) {
             prop_assert!(pair[1].start >= pair[0].end, "{:?}", pair);
         }
+        // `moving` and `stopped` alternate, starting with `moving`; every trip is
+        // one of those episodes.
+        let mut on_the_way = false;
+        let mut episodes = 0;
+        for e in out.iter().flat_map(|d| &d.events) {
+            match e.event_type.as_str() {
+                "moving" => {
+                    prop_assert!(!on_the_way);
+                    on_the_way = true;
+                    episodes += 1;
+                }
+                "stopped" => {
+                    prop_assert!(on_the_way);
+                    on_the_way = false;
+                }
+                _ => {}
+            }
+        }
+        prop_assert!(trips.len() <= episodes);
     }
 }
 

@@ -5,7 +5,8 @@
 //!   above `moving_speed_kmh`; it *moved* when its fix is `jitter_m` or more from the
 //!   last fix counted (GPS noise stays within that) and no faster than [`MAX_SPEED_KMH`]
 //!   from it (a faster one is a bad fix and dropped).
-//! - A trip starts with a report that is moving now or moved. When the vehicle moved
+//! - A trip starts with a report that is moving now or moved; `moving` is said once it
+//!   has covered `min_distance_m`, and `stopped` when such a trip ends. When the vehicle moved
 //!   away from where it last stood (a cloud polled every few minutes sees it only once
 //!   it is gone), the trip starts there and then; otherwise at this report.
 //! - A trip ends at its last report that moved or was moving, once the vehicle has stood
@@ -207,6 +208,8 @@ struct OpenTrip {
     last_motion_ms: i64,
     /// The latest report was moving now (not only moved).
     moving_now: bool,
+    /// `Motion::Started` was said for this trip.
+    announced: bool,
     reference: Option<Reference>,
     gps_m: f64,
     max_speed_kmh: Option<f32>,
@@ -235,11 +238,16 @@ impl Finished {
 /// What a report or a tick did to the vehicle's motion.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Motion {
-    /// A trip started at `at_ms` (vehicle time).
+    /// The open trip, started at `at_ms` (vehicle time), has covered `min_distance_m`:
+    /// the vehicle is on its way (an engine idling in the drive never gets here).
     Started { at_ms: i64 },
     /// The trip ended at `at_ms` (vehicle time); `trip` is `None` when it was too short
-    /// to count.
-    Ended { at_ms: i64, trip: Option<Finished> },
+    /// to count, and `announced` whether `Started` was said for it.
+    Ended {
+        at_ms: i64,
+        trip: Option<Finished>,
+        announced: bool,
+    },
 }
 
 /// A vehicle's trip state: small while it stands (the open trip is boxed), and all of it
@@ -268,6 +276,9 @@ impl TripDetector {
         let moving_now = s.moving_signal || s.speed_kmh.is_some_and(|v| v > cfg.moving_speed_kmh);
         if let Some(open) = self.open.as_deref_mut() {
             open.add(s, moving_now, cfg, path_limit);
+            if let Some(m) = open.announce(cfg) {
+                out.push(m);
+            }
             return;
         }
         let anchor_recent = self
@@ -324,6 +335,7 @@ impl TripDetector {
             last: start,
             last_motion_ms: s.at_ms,
             moving_now,
+            announced: false,
             reference,
             gps_m,
             max_speed_kmh: None,
@@ -332,9 +344,11 @@ impl TripDetector {
         };
         open.last.update(s);
         open.note_speed(s);
+        if let Some(m) = open.announce(cfg) {
+            out.push(m);
+        }
         self.open = Some(Box::new(open));
         self.anchor = None;
-        out.push(Motion::Started { at_ms: start.at_ms });
     }
 
     /// Time passed without a report: `quiet_ms` since the last one.
@@ -365,6 +379,7 @@ impl TripDetector {
             return Motion::Ended {
                 at_ms: 0,
                 trip: None,
+                announced: false,
             };
         };
         let OpenTrip {
@@ -376,6 +391,7 @@ impl TripDetector {
             max_speed_kmh,
             max_leg_kmh,
             mut path,
+            announced,
             ..
         } = *open;
         let mut end = last;
@@ -399,11 +415,13 @@ impl TripDetector {
             return Motion::Ended {
                 at_ms: end.at_ms,
                 trip: None,
+                announced,
             };
         }
         let at_ms = end.at_ms;
         Motion::Ended {
             at_ms,
+            announced,
             trip: Some(Finished {
                 start,
                 end,
@@ -458,6 +476,21 @@ impl OpenTrip {
         self.moving_now = moving_now;
         self.last.update(s);
         self.note_speed(s);
+    }
+
+    /// `Started`, once the trip has covered `min_distance_m` (by GPS or odometer).
+    fn announce(&mut self, cfg: &TripsConfig) -> Option<Motion> {
+        let odometer_m = match (self.start.odometer_km, self.last.odometer_km) {
+            (Some(a), Some(b)) if b > a => (b - a) * 1000.0,
+            _ => 0.0,
+        };
+        if self.announced || self.gps_m.max(odometer_m) < cfg.min_distance_m {
+            return None;
+        }
+        self.announced = true;
+        Some(Motion::Started {
+            at_ms: self.start.at_ms,
+        })
     }
 
     fn note_speed(&mut self, s: &Sample) {
