@@ -12,6 +12,7 @@ pub mod connectors;
 pub mod controls;
 #[cfg(feature = "simulators")]
 pub mod demo;
+pub mod derive;
 pub mod geo;
 pub mod hass;
 pub mod logging;

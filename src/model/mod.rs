@@ -162,6 +162,7 @@ catalog! {
     Driving = "driving", "Driving", Binary, Some("moving"), N, N, false, N;
     Odometer = "odometer", "Odometer", Number, Some("distance"), Some("km"), TI, false, N;
     Address = "address", "Address", Text, N, N, N, false, Some("mdi:map-marker");
+    Zone = "zone", "Zone", Text, N, N, N, false, Some("mdi:map-marker-radius");
     StatusText = "status_text", "Status", Text, N, N, N, false, Some("mdi:information-outline");
     Alarm = "alarm", "Alarm", Binary, Some("safety"), N, N, false, N;
     AlarmStatus = "alarm_status", "Alarm status", Enum, Some("enum"), N, N, false, Some("mdi:shield-car");
@@ -264,7 +265,12 @@ catalog! {
     LastTripDuration = "last_trip_duration", "Last trip duration", Number, Some("duration"), Some("min"), M, false, N;
     LastTripMaxSpeed = "last_trip_max_speed", "Last trip max speed", Number, Some("speed"), Some("km/h"), M, false, N;
     LastTripAvgSpeed = "last_trip_avg_speed", "Last trip average speed", Number, Some("speed"), Some("km/h"), M, false, N;
+    LastTripStart = "last_trip_start", "Last trip start", Timestamp, Some("timestamp"), N, N, false, N;
     LastTripEnd = "last_trip_end", "Last trip end", Timestamp, Some("timestamp"), N, N, false, N;
+    // Charging sessions (worked out by the bridge).
+    LastChargeEnd = "last_charge_end", "Last charge end", Timestamp, Some("timestamp"), N, N, false, N;
+    LastChargeDuration = "last_charge_duration", "Last charge duration", Number, Some("duration"), Some("min"), M, false, N;
+    LastChargeSocAdded = "last_charge_soc_added", "Last charge added", Number, N, Some("%"), M, false, Some("mdi:battery-plus");
     // Paperwork and connectivity.
     Plate = "plate", "Plate", Text, N, N, N, true, Some("mdi:card-text");
     Vin = "vin", "VIN", Text, N, N, N, true, Some("mdi:car-info");
