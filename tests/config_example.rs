@@ -50,6 +50,14 @@ fn example_documents_every_key() {
     // Optional sections and array entries have no default; they appear commented out.
     for optional in [
         "mqtt.ca_file",
+        "events.overspeed_kmh",
+        "events.inactive_after",
+        "events.low_battery_percent",
+        "zones.name",
+        "zones.latitude",
+        "zones.longitude",
+        "zones.radius_m",
+        "zones.polygon",
         "exlive.accounts.name",
         "exlive.accounts.password",
         "exlive.commands.name",

@@ -744,3 +744,91 @@ async fn a_simulated_tracker_drives_a_route_and_stops_at_its_end() {
     let _ = sim.await;
     bridge.stop().await;
 }
+
+/// Trips and zones worked out by the bridge (issue #26): a simulated tracker drives a
+/// known 1.1 km route through a zone; the bridge publishes one `trip` event (and the
+/// retained `trip/last`) with the route's length and the drive's duration, and one
+/// `zone_enter` / `zone_exit` for the zone it crossed.
+#[tokio::test]
+async fn a_driven_route_becomes_one_trip_and_one_zone_crossing() {
+    use vehicle2mqtt::connectors::exlive::sim::{run, SimOptions, SimStats};
+    use vehicle2mqtt::derive::ZoneConfig;
+    use vehicle2mqtt::sim::{Drive, Route};
+    let broker = Mosquitto::start();
+    let bridge = Bridge::start(&broker, |c| {
+        c.derive.trips.end_after = Duration::from_secs(10); // the shortest allowed
+        c.derive.events.zone_dwell = Duration::from_secs(1);
+        c.bridge.stale_after = Duration::from_secs(2); // the stale check ticks every 0.5 s
+        c.derive.zones = vec![ZoneConfig {
+            name: "bridge".into(),
+            latitude: Some(31.205),
+            longitude: Some(121.4),
+            radius_m: Some(100.0),
+            polygon: None,
+        }];
+    })
+    .await;
+    let probe = Probe::connect(broker.port, &[&bridge.topic("#")]).await;
+    // 0.01° of latitude due north: 1 111.95 m, at 180 km/h (50 m/s): 22.2 s.
+    let route = Route::parse("[[31.2, 121.4], [31.21, 121.4]]").unwrap();
+    let (length_km, drive_s) = (route.length_m() / 1000.0, route.length_m() / 50.0);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let rate = 2.0; // reports per second
+    let opts = SimOptions {
+        server: format!("127.0.0.1:{}", bridge.port),
+        links: 1,
+        rate,
+        user: "fleet".into(),
+        password: "s3cret".into(),
+        first_id: 601,
+        stamp: false,
+        drive: Some(std::sync::Arc::new(Drive {
+            route,
+            speed_kmh: 180.0,
+            charge_for: None,
+        })),
+    };
+    let sim = tokio::spawn(run(
+        opts,
+        std::sync::Arc::new(SimStats::default()),
+        stop.clone(),
+    ));
+    let trip = probe
+        .wait_for("the trip", Duration::from_secs(60), |m| {
+            m.topic == bridge.topic("ex601/event") && m.json()["event_type"] == "trip"
+        })
+        .await
+        .json();
+    let distance = trip["distance_km"].as_f64().unwrap();
+    assert!(
+        (distance - length_km).abs() <= 0.02 * length_km,
+        "{distance} km of {length_km}: {trip}"
+    );
+    let duration = trip["duration_s"].as_f64().unwrap();
+    assert!(
+        (duration - drive_s).abs() <= 1.0 / rate + 1.0,
+        "{duration} s of {drive_s}: {trip}"
+    );
+    eprintln!("trip: {distance} km of {length_km:.4}, {duration} s of {drive_s:.1}");
+    // A subscriber that comes later still gets it: retained.
+    let later = Probe::connect(broker.port, &[&bridge.topic("ex601/trip/last")]).await;
+    let last = later.wait_topic(&bridge.topic("ex601/trip/last"), T).await;
+    assert!(last.retain, "trip/last is retained");
+    assert_eq!(last.json()["distance_km"], trip["distance_km"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events: Vec<String> = probe
+        .messages()
+        .iter()
+        .filter(|m| m.topic == bridge.topic("ex601/event"))
+        .map(|m| m.json()["event_type"].as_str().unwrap_or("").to_string())
+        .collect();
+    let count = |t: &str| events.iter().filter(|e| *e == t).count();
+    assert_eq!(
+        (count("trip"), count("zone_enter"), count("zone_exit")),
+        (1, 1, 1),
+        "{events:?}"
+    );
+    stop.cancel();
+    let _ = sim.await;
+    bridge.stop().await;
+}

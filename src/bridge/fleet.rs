@@ -102,6 +102,11 @@ impl Vehicle {
         self.reported_at.is_some()
     }
 
+    /// When the vehicle itself last reported (its own clock where it gives one).
+    pub fn reported_at(&self) -> Option<DateTime<Utc>> {
+        self.reported_at
+    }
+
     /// What its documents are built from; `None` while only its record knows it.
     pub fn source(&self, pin_required: bool) -> Option<hass::Source<'_>> {
         self.info_known.then_some(hass::Source {
@@ -320,6 +325,26 @@ impl Fleet {
             v.online = true;
         }
         Reported { added, grew }
+    }
+
+    /// Fields the bridge worked out (zone, last trip, last charge) join the state as of
+    /// the vehicle's last report. Returns whether the entity set grew.
+    pub fn absorb_derived(&mut self, id: &VehicleId, fields: VehicleState) -> bool {
+        let Some(v) = self.vehicles.get_mut(id) else {
+            return false;
+        };
+        if fields == VehicleState::default() {
+            return false;
+        }
+        if let Some(at) = v.reported_at {
+            for field in fields.values.keys() {
+                v.field_times.insert(*field, at);
+            }
+        }
+        v.reported_this_run.absorb(&fields);
+        let grew = v.shape.absorb(&fields);
+        v.state.merge(fields);
+        grew
     }
 
     /// The connector's word on reachability. Returns whether the vehicle is known.

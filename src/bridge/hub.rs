@@ -22,6 +22,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rand::Rng;
 use serde_json::json;
 
+use super::derivations::Derivations;
 use super::fleet::{Fleet, Purge, Restored};
 use super::gate::{self, CommandGate, Refusal};
 use super::lifecycle::{self, Lifecycle};
@@ -142,6 +143,8 @@ pub struct Hub<M: Mqtt> {
     lifecycle: Lifecycle,
     records: RecordKeeper,
     gate: CommandGate,
+    /// Trips, zones and fleet events worked out of each vehicle's reports.
+    derivations: Derivations,
     /// Per vehicle, per-field topic → payload as last published: only with
     /// `per_field_topics`, so only then does a vehicle hold a map for it.
     field_payloads: HashMap<VehicleId, BTreeMap<String, String>>,
@@ -186,6 +189,14 @@ impl<M: Mqtt> Hub<M> {
                 config.bridge.command_queue,
                 config.bridge.refresh_min_gap,
             ),
+            derivations: Derivations::new(
+                // Checked with the config; the defaults (and a word) if it was not.
+                crate::derive::Settings::new(&config.derive).unwrap_or_else(|e| {
+                    tracing::error!(event = "derive_settings_refused", error = %e,
+                        "trips, events and zones run on their defaults");
+                    Default::default()
+                }),
+            ),
             topics,
             mqtt,
             link: MqttLink::default(),
@@ -214,6 +225,9 @@ impl<M: Mqtt> Hub<M> {
                     .restore_unlisted(id.clone(), owner, info, entities);
                 hub.forget_vehicle(&id);
                 continue;
+            }
+            if let Some(saved) = &record.derive {
+                hub.derivations.restore(&id, &record.connector, saved);
             }
             let vehicle = Restored::from_record(owner, &id, &record, entities);
             hub.fleet.restore(id, vehicle);
@@ -288,13 +302,23 @@ impl<M: Mqtt> Hub<M> {
                 }
                 self.status.changed();
                 self.check_stale_one(&vehicle);
+                let derived = match self.fleet.get(&vehicle) {
+                    Some(v) => {
+                        let at = v.reported_at().unwrap_or(now.wall);
+                        let state = v.state();
+                        self.derivations.report(&vehicle, name, at, now.wall, state)
+                    }
+                    None => Default::default(),
+                };
+                let grew = reported.grew | self.absorb_derived(&vehicle, derived.fields);
                 // Documents depend on the shape (and the info, synced when it comes): a
                 // status that adds no field costs no rebuild.
-                if reported.grew {
+                if grew {
                     self.discover(&vehicle, false);
                 }
                 self.publish_state(&vehicle);
                 self.publish_availability(&vehicle, false);
+                self.publish_derived(&vehicle, derived.events, derived.trip_ended);
             }
             Update::Availability { vehicle, online } => {
                 if self.fleet.set_online(&vehicle, online) {
@@ -411,6 +435,16 @@ impl<M: Mqtt> Hub<M> {
                     self.check_stale_one(&id);
                 }
                 self.forget_absent_fields();
+                for (id, derived) in self.derivations.tick(now.wall) {
+                    let changed = derived.fields != Default::default();
+                    if self.absorb_derived(&id, derived.fields) {
+                        self.discover(&id, false);
+                    }
+                    if changed {
+                        self.publish_state(&id);
+                    }
+                    self.publish_derived(&id, derived.events, derived.trip_ended);
+                }
             }
             Tick::Persist => self.persist(),
             Tick::Info => {
@@ -439,9 +473,14 @@ impl<M: Mqtt> Hub<M> {
     /// again until `None`).
     pub fn final_records(&mut self, now: Now) -> Option<records::Batch> {
         let names = self.status.names();
-        let batch = self
-            .records
-            .batch(&mut self.fleet, &self.lifecycle, &names, true, now.mono)?;
+        let batch = self.records.batch(
+            &mut self.fleet,
+            &self.lifecycle,
+            &self.derivations,
+            &names,
+            true,
+            now.mono,
+        )?;
         // Written before the next batch is asked for.
         self.records.written();
         Some(batch)
@@ -765,6 +804,7 @@ impl<M: Mqtt> Hub<M> {
         };
         self.field_payloads.remove(id);
         self.gate.forget(id);
+        self.derivations.forget(id);
         let removals = self.lifecycle.remove_all(id, &mut v.entities);
         let n = removals.len();
         for (topic, payload) in removals {
@@ -812,6 +852,45 @@ impl<M: Mqtt> Hub<M> {
     }
 
     /// Staleness by `bridge.vehicle_stale_after` for this vehicle, else `stale_after`.
+    /// Derived fields into the vehicle's state (its record is behind then). Returns
+    /// whether its entity set grew.
+    fn absorb_derived(&mut self, id: &VehicleId, fields: crate::model::VehicleState) -> bool {
+        if fields == Default::default() {
+            return false;
+        }
+        let grew = self.fleet.absorb_derived(id, fields);
+        if let Some(v) = self.fleet.get_mut(id) {
+            v.record.state_changed();
+            if grew {
+                v.record.entities_changed();
+            }
+        }
+        grew
+    }
+
+    /// Derived events on `<vehicle>/event`, and a finished trip retained on
+    /// `<vehicle>/trip/last` (the trip event's JSON, without its path).
+    fn publish_derived(
+        &mut self,
+        id: &VehicleId,
+        events: Vec<VehicleEvent>,
+        trip: Option<crate::derive::Trip>,
+    ) {
+        for event in events {
+            self.publish_event(id, event);
+        }
+        if let Some(trip) = trip {
+            if let Ok(mut json) = serde_json::to_value(&trip) {
+                if let Some(o) = json.as_object_mut() {
+                    o.remove("path");
+                }
+                let topic = self.topics.vehicle(id.as_str(), "trip/last");
+                self.send(topic, json.to_string(), true);
+            }
+        }
+    }
+
+    /// Staleness by `bridge.vehicle_stale_after` for this vehicle, else `stale_after`.
     fn check_stale_one(&mut self, id: &VehicleId) {
         let bridge = &self.config.bridge;
         let after = bridge
@@ -831,6 +910,7 @@ impl<M: Mqtt> Hub<M> {
         if let Some(batch) = self.records.batch(
             &mut self.fleet,
             &self.lifecycle,
+            &self.derivations,
             &names,
             false,
             self.now.mono,

@@ -11,6 +11,7 @@
 //! `bridge/info`); `command` parses `/set` payloads, `worker` runs a vehicle's commands.
 
 pub mod command;
+mod derivations;
 mod fleet;
 mod gate;
 mod hub;

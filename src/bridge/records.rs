@@ -85,6 +85,7 @@ impl RecordKeeper {
         &mut self,
         fleet: &mut Fleet,
         lifecycle: &Lifecycle,
+        derivations: &super::derivations::Derivations,
         connector_names: &[&'static str],
         last: bool,
         now: Instant,
@@ -109,7 +110,8 @@ impl RecordKeeper {
                 true => lifecycle.documents(id, v),
                 false => Default::default(),
             };
-            let record = record_of(v, connector_names, discovery);
+            let mut record = record_of(v, connector_names, discovery);
+            record.derive = derivations.save(id);
             v.record = Marks {
                 state_behind: false,
                 entities_behind: false,
@@ -165,5 +167,6 @@ fn record_of(
             model: v.info().reported_model.as_deref().map(str::to_string),
             sw_version: v.info().sw_version.clone(),
         },
+        derive: None,
     }
 }

@@ -38,6 +38,9 @@ pub struct Record {
     /// again after a restart.
     #[serde(default)]
     pub identity: Identity,
+    /// What the derivation stage keeps across a restart (an open trip, the last zone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derive: Option<serde_json::Value>,
 }
 
 /// The model and firmware a device reported (`VehicleInfo::reported_model`,

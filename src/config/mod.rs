@@ -341,6 +341,9 @@ impl Default for BridgeConfig {
 pub struct Config {
     pub mqtt: MqttConfig,
     pub bridge: BridgeConfig,
+    /// `[trips]`, `[events]`, `[[zones]]`: what the bridge works out of every vehicle's
+    /// reports (`crate::derive`).
+    pub derive: crate::derive::DeriveConfig,
     pub upstreams: Upstreams,
 }
 
@@ -350,6 +353,11 @@ impl Serialize for Config {
         let mut map = s.serialize_map(None)?;
         map.serialize_entry("mqtt", &self.mqtt)?;
         map.serialize_entry("bridge", &self.bridge)?;
+        map.serialize_entry("trips", &self.derive.trips)?;
+        map.serialize_entry("events", &self.derive.events)?;
+        if !self.derive.zones.is_empty() {
+            map.serialize_entry("zones", &self.derive.zones)?;
+        }
         self.upstreams.serialize_sections(&mut map)?;
         map.end()
     }
@@ -374,6 +382,9 @@ impl<'de> Deserialize<'de> for Config {
                     match name.as_str() {
                         "mqtt" => config.mqtt = map.next_value()?,
                         "bridge" => config.bridge = map.next_value()?,
+                        "trips" => config.derive.trips = map.next_value()?,
+                        "events" => config.derive.events = map.next_value()?,
+                        "zones" => config.derive.zones = map.next_value()?,
                         other => {
                             if !config.upstreams.deserialize_section(other, &mut map)? {
                                 return Err(serde::de::Error::unknown_field(
@@ -410,7 +421,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for SectionName {
 fn section_names() -> &'static [&'static str] {
     static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
     NAMES.get_or_init(|| {
-        let mut names = vec!["mqtt", "bridge"];
+        let mut names = vec!["mqtt", "bridge", "trips", "events", "zones"];
         names.extend(Upstreams::names());
         names
     })
@@ -539,7 +550,7 @@ impl Config {
     }
 
     fn validate(&self, figment: &Figment) -> Result<(), ConfigError> {
-        let mut problems: Vec<(String, String)> = Vec::new();
+        let mut problems: Vec<(String, String)> = self.derive.problems();
         let mut check = |key: &str, ok: bool, reason: &str| {
             if !ok {
                 problems.push((key.to_string(), reason.to_string()));

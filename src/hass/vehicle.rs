@@ -165,13 +165,21 @@ impl VehicleDiscovery<'_> {
                 config: m.into(),
             });
         }
-        if !self.info.event_types.is_empty() {
+        {
+            // What the device reports, then what the bridge works out of every vehicle's
+            // reports (trips, zones, fleet events: `crate::derive`).
+            let mut types: Vec<&str> = self.info.event_types.iter().map(String::as_str).collect();
+            for t in crate::derive::EVENT_TYPES {
+                if !types.contains(t) {
+                    types.push(t);
+                }
+            }
             let mut m = self.base("event", "events", Some("Events"));
             m.insert(
                 "state_topic".into(),
                 self.topics.vehicle(self.vid(), "event").into(),
             );
-            m.insert("event_types".into(), json!(&self.info.event_types[..]));
+            m.insert("event_types".into(), json!(types));
             out.push(Entity {
                 component: "event",
                 key: "events".into(),
