@@ -120,7 +120,7 @@ impl RecordKeeper {
             batch.push((
                 id.clone(),
                 store::Write::Save {
-                    record,
+                    record: Box::new(record),
                     keep_discovery,
                 },
             ));

@@ -112,7 +112,8 @@ pub enum Write {
     /// Write it; with `keep_discovery`, its documents are those already on disk (only
     /// its state changed: the documents are not rebuilt for that).
     Save {
-        record: Record,
+        /// Boxed: a record is large beside `Remove`, and a batch holds hundreds.
+        record: Box<Record>,
         keep_discovery: bool,
     },
     Remove,
@@ -228,7 +229,7 @@ mod tests {
             vec![(
                 id.clone(),
                 Write::Save {
-                    record,
+                    record: Box::new(record),
                     keep_discovery,
                 },
             )]

@@ -258,7 +258,7 @@ impl Rig {
         while let Some(batch) = self.hub.final_records(self.now) {
             for (id, write) in batch {
                 if let store::Write::Save { record, .. } = write {
-                    records.insert(id, record);
+                    records.insert(id, *record);
                 }
             }
         }
@@ -1229,7 +1229,7 @@ mod interleavings {
                             .map(|r| r.discovery.clone())
                             .unwrap_or_default();
                     }
-                    disk.insert(id, record);
+                    disk.insert(id, *record);
                 }
             }
         }

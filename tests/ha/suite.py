@@ -301,6 +301,11 @@ username = "driver@example.com"
 password = "correct horse"
 app_key = "ha-suite-key"
 poll_interval = "10s"
+[[zones]]
+name = "depot"
+latitude = 31.20
+longitude = 121.40
+radius_m = 3000.0
 [iauto360]
 enabled = true
 base_url = "http://127.0.0.1:{p['ia']}"
@@ -372,6 +377,9 @@ logger:
             "sensor.sim_scooter_1001_odometer": ("distance", "km"),
             "device_tracker.ex7001_location": (None, None),
             "button.ex7001_cmd_locate": (None, None),
+            # What the bridge works out (issue #26): the zone the tracker is in.
+            "sensor.ex7001_zone": (None, None),
+            "event.ex7001_events": (None, None),
             f"device_tracker.{PLATE_VEHICLE.lower()}_location": (None, None),
             ia_lock: (None, None),
             "device_tracker.family_car_location": (None, None),
@@ -410,6 +418,13 @@ logger:
             attrs = st["attributes"]
             assert attrs.get("device_class") == device_class, (entity, attrs)
             assert attrs.get("unit_of_measurement") == unit, (entity, attrs)
+
+        # The derived zone and the event entity's derived types.
+        await until("the tracker in its zone", lambda: _state_in(ha, "sensor.ex7001_zone", ("depot",)), 60)
+        types = (await ha.state("event.ex7001_events"))["attributes"].get("event_types", [])
+        for t in ("trip", "zone_enter", "zone_exit", "overspeed", "charge_session"):
+            assert t in types, (t, types)
+        print("zone sensor and derived event types ok", flush=True)
 
         # Lock without a code; unlock with the PIN; a wrong PIN changes nothing.
         await until("kingxun lock state", lambda: _state_in(ha, kx_lock, ("locked", "unlocked")), 60)
