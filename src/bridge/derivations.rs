@@ -62,6 +62,12 @@ impl Derivations {
         self.by_vehicle.remove(id);
     }
 
+    /// Whether the vehicle has anything for its record (it is written at shutdown then,
+    /// changed or not).
+    pub fn keeps(&self, id: &VehicleId) -> bool {
+        self.by_vehicle.contains_key(id)
+    }
+
     /// What the vehicle's record keeps of it (an open trip, the last zone).
     pub fn save(&self, id: &VehicleId) -> Option<serde_json::Value> {
         self.by_vehicle

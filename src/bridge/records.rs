@@ -26,6 +26,8 @@ pub(super) struct Marks {
     state_behind: bool,
     entities_behind: bool,
     saved_at: Option<Instant>,
+    /// Written at shutdown (with what the derivation keeps).
+    saved_last: bool,
 }
 
 impl Marks {
@@ -100,7 +102,10 @@ impl RecordKeeper {
             .collect();
         for (id, v) in fleet
             .iter_mut()
-            .filter(|(_, v)| v.record.due(last, now))
+            .filter(|(id, v)| {
+                v.record.due(last, now)
+                    || (last && !v.record.saved_last && derivations.keeps(id))
+            })
             .take(PERSIST_BATCH)
         {
             // Documents are rebuilt only when the entities changed; a state alone keeps
@@ -111,11 +116,17 @@ impl RecordKeeper {
                 false => Default::default(),
             };
             let mut record = record_of(v, connector_names, discovery);
-            record.derive = derivations.save(id);
+            // An open trip goes into the record at shutdown, so a restart continues it; a
+            // routine write leaves it out (a fleet on the move would write ~2 KB more per
+            // vehicle every few minutes). A crash loses an open trip, nothing else.
+            if last {
+                record.derive = derivations.save(id);
+            }
             v.record = Marks {
                 state_behind: false,
                 entities_behind: false,
                 saved_at: Some(now),
+                saved_last: last,
             };
             batch.push((
                 id.clone(),
