@@ -243,5 +243,19 @@ pub trait Connector: Send {
     fn configured_vehicles(&self) -> Option<Vec<crate::model::VehicleId>> {
         None
     }
+    /// `overspeed_kmh` of the connector's section and of its vehicle entries (each wins
+    /// over `events.overspeed_kmh`, a vehicle's over its section's).
+    fn speed_limits(&self) -> SpeedLimits {
+        SpeedLimits::default()
+    }
     fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture;
+}
+
+/// Speed limits a connector's config sets for `overspeed` events.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpeedLimits {
+    /// The section's `overspeed_kmh`.
+    pub section: Option<f64>,
+    /// Vehicle entries' `overspeed_kmh`.
+    pub vehicles: Vec<(crate::model::VehicleId, f64)>,
 }

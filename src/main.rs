@@ -55,6 +55,21 @@ enum Cmd {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// Print a vehicle's logged trips (state_dir/trips/<vehicle>.jsonl), oldest first:
+    /// JSON lines, or GPX / GeoJSON with each trip's path.
+    Trips {
+        /// The vehicle id (as in its topics, e.g. `ex7001`).
+        vehicle: String,
+        /// Only trips that started on or after this: `2026-12-01` (UTC) or RFC 3339.
+        #[arg(long)]
+        since: Option<String>,
+        /// GPX 1.1, one track per trip.
+        #[arg(long, conflicts_with = "geojson")]
+        gpx: bool,
+        /// A GeoJSON FeatureCollection, one LineString per trip.
+        #[arg(long)]
+        geojson: bool,
+    },
     /// Simulate devices or upstreams against a running bridge.
     #[cfg(feature = "simulators")]
     Simulate {
@@ -202,12 +217,70 @@ fn main() -> ExitCode {
         }
         Cmd::Run => run(config, false),
         Cmd::Health { .. } => health(&config.bridge.state_dir),
+        Cmd::Trips {
+            vehicle,
+            since,
+            gpx,
+            geojson,
+        } => trips(&config, &vehicle, since.as_deref(), gpx, geojson),
         #[cfg(feature = "simulators")]
         Cmd::Simulate { .. } | Cmd::Demo { .. } => {
             unreachable!("handled before the config is read")
         }
         Cmd::Addon { .. } => unreachable!("handled before the config is read"),
     }
+}
+
+/// `vehicle2mqtt trips`: the log printed; 1 with the reason when there is none.
+fn trips(
+    config: &Config,
+    vehicle: &str,
+    since: Option<&str>,
+    gpx: bool,
+    geojson: bool,
+) -> ExitCode {
+    use vehicle2mqtt::trip_log;
+    let since = match since.map(parse_since).transpose() {
+        Ok(s) => s,
+        Err(bad) => {
+            eprintln!(
+                "vehicle2mqtt trips: --since {bad:?} is not a date (2026-12-01) or RFC 3339 time"
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let state_dir = &config.bridge.state_dir;
+    match trip_log::read(state_dir, vehicle, since, config.derive.trips.keep) {
+        Ok((trips, bad)) => {
+            if bad > 0 {
+                eprintln!("vehicle2mqtt trips: {bad} unreadable line(s) skipped");
+            }
+            let out = match (gpx, geojson) {
+                (true, _) => trip_log::to_gpx(vehicle, &trips),
+                (_, true) => trip_log::to_geojson(&trips),
+                _ => trip_log::to_json_lines(&trips),
+            };
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("vehicle2mqtt trips: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A day (UTC midnight) or an RFC 3339 time.
+fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let text = text.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| text.to_string())
 }
 
 /// Asks the Supervisor for the MQTT service: the config keys it sets (the options file

@@ -199,3 +199,75 @@ fn the_old_kingxun_upstream_section_still_loads_as_kxsvr() {
         .to_string();
     assert!(err.contains("duplicate field `kxsvr`"), "{err}");
 }
+
+/// Issue #26: `overspeed_kmh` in every connector section and vehicle entry; a limit out of
+/// 1-400 km/h is refused naming its key.
+#[test]
+fn speed_limits_load_in_every_section_and_bad_ones_name_their_key() {
+    let _env = env_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("limits.toml");
+    let text = |kx: f64, ex: f64, vin: f64, esn: f64| {
+        format!(
+            r#"
+[events]
+overspeed_kmh = 120
+[kingxun]
+enabled = true
+overspeed_kmh = 25
+[[kingxun.devices]]
+id = 1001
+key = "000102030405060708090a0b0c0d0e0f"
+overspeed_kmh = {kx}
+[exlive]
+enabled = true
+overspeed_kmh = 90
+vehicle_overspeed_kmh = {{ "7001" = {ex} }}
+[[exlive.accounts]]
+name = "fleet"
+password = "pw"
+[xchanger]
+enabled = true
+username = "u@example.com"
+password = "p"
+app_key = "k"
+overspeed_kmh = 130
+vehicle_overspeed_kmh = {{ "LB1WA5884A8008781" = {vin} }}
+[iauto360]
+enabled = true
+open_id = "OPEN"
+secure_code = "CODE"
+overspeed_kmh = 110
+[[iauto360.devices]]
+esn = "865432100012345"
+overspeed_kmh = {esn}
+"#
+        )
+    };
+    std::fs::write(&file, text(30.0, 60.0, 100.0, 80.0)).unwrap();
+    let (config, _) = Config::load(Some(&file)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.upstreams.kingxun.overspeed_kmh, Some(25.0));
+    assert_eq!(
+        config.upstreams.kingxun.devices[0].overspeed_kmh,
+        Some(30.0)
+    );
+    assert_eq!(config.upstreams.exlive.vehicle_overspeed_kmh["7001"], 60.0);
+    assert_eq!(
+        config.upstreams.iauto360.devices[0].overspeed_kmh,
+        Some(80.0)
+    );
+    std::fs::write(&file, text(0.0, 500.0, -1.0, 401.0)).unwrap();
+    let err = Config::load(Some(&file))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    for key in [
+        "kingxun.devices[id=1001].overspeed_kmh",
+        "exlive.vehicle_overspeed_kmh.7001",
+        "xchanger.vehicle_overspeed_kmh.LB1WA5884A8008781",
+        "iauto360.devices[esn=865432100012345].overspeed_kmh",
+    ] {
+        assert!(err.contains(key), "{key} not named: {err}");
+    }
+    assert!(err.contains("must be 1 to 400 km/h"), "{err}");
+}

@@ -21,27 +21,44 @@ use common::ConnectorBridge as Bridge;
 impl Bridge {
     /// An EXLIVE server with one account and one pass-through command.
     async fn start(broker: &Mosquitto, tweak: impl FnOnce(&mut Config)) -> Bridge {
-        Bridge::start_with(broker, |config, port| {
-            config.upstreams.exlive.enabled = true;
-            config.upstreams.exlive.listen = format!("127.0.0.1:{port}").parse().unwrap();
-            config.upstreams.exlive.accounts = vec![ExliveAccount {
-                name: "fleet".into(),
-                password: Secret::new("s3cret"),
-                vehicles: Vec::new(),
-            }];
-            config.upstreams.exlive.commands = vec![ExliveCommand {
-                name: "locate".into(),
-                data: "WHERE#".into(),
-            }];
-            tweak(config);
-            (
-                Box::new(ExliveConnector::new(config.upstreams.exlive.clone()))
-                    as Box<dyn Connector>,
-                config.upstreams.exlive.server,
-            )
+        Bridge::start_with(broker, |config, port| exlive_server(config, port, tweak)).await
+    }
+
+    /// The same, with its state in `dir` and its listener on `port` (to restart it).
+    async fn exlive_in(
+        broker: &Mosquitto,
+        dir: &std::path::Path,
+        port: u16,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Bridge {
+        Bridge::start_in(broker, dir, port, |config, port| {
+            exlive_server(config, port, tweak)
         })
         .await
     }
+}
+
+fn exlive_server(
+    config: &mut Config,
+    port: u16,
+    tweak: impl FnOnce(&mut Config),
+) -> (Box<dyn Connector>, bool) {
+    config.upstreams.exlive.enabled = true;
+    config.upstreams.exlive.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    config.upstreams.exlive.accounts = vec![ExliveAccount {
+        name: "fleet".into(),
+        password: Secret::new("s3cret"),
+        vehicles: Vec::new(),
+    }];
+    config.upstreams.exlive.commands = vec![ExliveCommand {
+        name: "locate".into(),
+        data: "WHERE#".into(),
+    }];
+    tweak(config);
+    (
+        Box::new(ExliveConnector::new(config.upstreams.exlive.clone())) as Box<dyn Connector>,
+        config.upstreams.exlive.server,
+    )
 }
 
 #[tokio::test]
@@ -830,5 +847,157 @@ async fn a_driven_route_becomes_one_trip_and_one_zone_crossing() {
     );
     stop.cancel();
     let _ = sim.await;
+    bridge.stop().await;
+}
+
+/// A 1007 of terminal `id` at `lat` (longitude 121.4), `kmh`, at the tracker's time `at`
+/// (sent as Asia/Shanghai local time), without an odometer: the distance is the path's.
+fn fix(id: &str, lat: f64, kmh: f64, at: chrono::DateTime<chrono::Utc>) -> String {
+    let local = (at + chrono::Duration::hours(8)).format("%Y-%m-%d %H:%M:%S");
+    format!(
+        r#"{{"header":{{"cmd":"1007"}},"body":{{"id":"{id}","lat":"{lat:.6}","lng":"121.4","veo":"{kmh}","dir":"0","gpstime":"{local}","av":"1","alarm":"0"}}}}"#
+    )
+}
+
+async fn send_all(peer: &mut Peer, lines: Vec<String>) {
+    for l in lines {
+        peer.send(l.as_bytes()).await.unwrap();
+    }
+}
+
+/// Metres of latitude per degree (the bridge's haversine on a 6 371 km sphere).
+const M_PER_DEG_LAT: f64 = 6_371_000.0 * std::f64::consts::PI / 180.0;
+
+/// Issue #26: a restart in the middle of a trip yields one trip. The tracker drives 500 m
+/// into one bridge, the bridge stops and starts again on the same state, the tracker
+/// links again and drives 500 m more, then stands: one `trip` of 1 km that began before
+/// the restart, and the trip log holds it.
+#[tokio::test]
+async fn a_restart_in_the_middle_of_a_trip_yields_one_trip() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let tweak = |c: &mut Config| {
+        c.derive.trips.end_after = Duration::from_secs(10);
+        c.bridge.stale_after = Duration::from_secs(2); // the stale check ticks every 0.5 s
+    };
+    let bridge = Bridge::exlive_in(&broker, dir.path(), port, tweak).await;
+    let base = bridge.base.clone();
+    let probe = Probe::connect(broker.port, &[&bridge.topic("#")]).await;
+    // 50 m every 2 s of the tracker's clock (90 km/h), which runs a minute behind.
+    let t0 = chrono::Utc::now() - chrono::Duration::seconds(90);
+    let step = 50.0 / M_PER_DEG_LAT;
+    let at = |i: i64| t0 + chrono::Duration::seconds(2 * i);
+    let lat = |i: i64| 31.2 + step * i as f64;
+    let fixes = |range: std::ops::RangeInclusive<i64>, kmh: f64| -> Vec<String> {
+        range.map(|i| fix("901", lat(i), kmh, at(i))).collect()
+    };
+    let (mut peer, _) = Peer::login(bridge.port, "fleet", "s3cret").await;
+    send_all(&mut peer, fixes(0..=10, 90.0)).await;
+    probe
+        .wait_for("the 10th fix", T, |m| {
+            m.topic == bridge.topic("ex901/state")
+                && (m.json()["latitude"].as_f64().unwrap_or(0.0) - lat(10)).abs() < 1e-6
+        })
+        .await;
+    bridge.stop().await;
+    drop(peer);
+
+    let bridge = Bridge::exlive_in(&broker, dir.path(), port, |c| {
+        tweak(c);
+        c.mqtt.base_topic = base.clone();
+    })
+    .await;
+    let (mut peer, _) = Peer::login(bridge.port, "fleet", "s3cret").await;
+    send_all(&mut peer, fixes(11..=20, 90.0)).await;
+    let standing = (21..=23).map(|i| fix("901", lat(20), 0.0, at(i))).collect();
+    send_all(&mut peer, standing).await;
+    let trip = probe
+        .wait_for("the trip", Duration::from_secs(40), |m| {
+            m.topic == bridge.topic("ex901/event") && m.json()["event_type"] == "trip"
+        })
+        .await
+        .json();
+    let (distance, length_km) = (trip["distance_km"].as_f64().unwrap(), 20.0 * 50.0 / 1000.0);
+    assert!(
+        (distance - length_km).abs() <= 0.02 * length_km,
+        "{distance} km of {length_km}: {trip}"
+    );
+    let start = t0.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    assert_eq!(
+        trip["start"],
+        start.as_str(),
+        "the trip began before the restart: {trip}"
+    );
+    assert_eq!(trip["duration_s"], 40, "{trip}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let trips = probe
+        .messages()
+        .iter()
+        .filter(|m| m.topic == bridge.topic("ex901/event") && m.json()["event_type"] == "trip")
+        .count();
+    assert_eq!(trips, 1);
+    drop(peer);
+    bridge.stop().await;
+    // The trip log has it, with its path, and `vehicle2mqtt trips` reads it back.
+    let (logged, bad) = vehicle2mqtt::trip_log::read(dir.path(), "ex901", None, 100).unwrap();
+    assert_eq!((logged.len(), bad), (1, 0));
+    assert_eq!(logged[0]["distance_km"], trip["distance_km"]);
+    assert!(
+        logged[0]["path"].as_array().unwrap().len() >= 2,
+        "{:?}",
+        logged[0]
+    );
+}
+
+/// Issue #26: a 60 km/h stretch in a 50 km/h limit gives one `overspeed` with its peak.
+/// The limit is the tracker's own (`exlive.vehicle_overspeed_kmh`), over the section's
+/// 100 and `events.overspeed_kmh` 120; a second tracker at the same speed has the
+/// section's limit and none.
+#[tokio::test]
+async fn sixty_in_a_fifty_limit_is_one_overspeed_with_its_peak() {
+    let broker = Mosquitto::start();
+    let bridge = Bridge::start(&broker, |c| {
+        c.derive.events.overspeed_kmh = Some(120.0);
+        c.upstreams.exlive.overspeed_kmh = Some(100.0);
+        c.upstreams.exlive.vehicle_overspeed_kmh = [("902".to_string(), 50.0)].into();
+        c.bridge.stale_after = Duration::from_secs(2);
+    })
+    .await;
+    let probe = Probe::connect(broker.port, &[&bridge.topic("#")]).await;
+    let (mut peer, _) = Peer::login(bridge.port, "fleet", "s3cret").await;
+    let t0 = chrono::Utc::now() - chrono::Duration::seconds(120);
+    // 45 km/h, then 55-60-58 over a stretch, then 40 again and standing: one episode.
+    let speeds = [
+        45.0, 45.0, 55.0, 60.0, 58.0, 56.0, 40.0, 40.0, 30.0, 0.0, 0.0,
+    ];
+    for id in ["902", "903"] {
+        for (i, kmh) in speeds.iter().enumerate() {
+            let at = t0 + chrono::Duration::seconds(2 * i as i64);
+            let lat = 31.2 + (i as f64 * 30.0) / M_PER_DEG_LAT;
+            peer.send(fix(id, lat, *kmh, at).as_bytes()).await.unwrap();
+        }
+    }
+    let over = probe
+        .wait_for("the overspeed", T, |m| {
+            m.topic == bridge.topic("ex902/event") && m.json()["event_type"] == "overspeed"
+        })
+        .await
+        .json();
+    assert_eq!(over["peak_kmh"], 60.0, "{over}");
+    probe
+        .wait_for("the second tracker's last fix", T, |m| {
+            m.topic == bridge.topic("ex903/state") && m.json()["speed"] == 0.0
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let count = |topic: &str| {
+        probe
+            .messages()
+            .iter()
+            .filter(|m| m.topic == bridge.topic(topic) && m.json()["event_type"] == "overspeed")
+            .count()
+    };
+    assert_eq!((count("ex902/event"), count("ex903/event")), (1, 0));
     bridge.stop().await;
 }

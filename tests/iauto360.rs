@@ -38,6 +38,7 @@ async fn start(
         c.open_id = "OPEN123".into();
         c.secure_code = Secret::new("SECRETcode");
         c.devices = vec![Iauto360Device {
+            overspeed_kmh: None,
             esn: ESN.into(),
             name: Some("Family car".into()),
             quiet_hours: None,

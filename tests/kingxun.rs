@@ -30,6 +30,7 @@ impl Bridge {
             config.upstreams.kingxun.listen = format!("127.0.0.1:{port}").parse().unwrap();
             config.upstreams.kingxun.devices = (1001..=1003)
                 .map(|id| KingxunDevice {
+                    overspeed_kmh: None,
                     id,
                     key: Secret::new(hex::encode(derive_key(SEED, id))),
                     name: Some(format!("Scooter {id}")),
@@ -925,6 +926,7 @@ async fn a_link_storm_with_discovery_drops_no_document() {
         c.mqtt.queue_capacity = 20;
         c.upstreams.kingxun.devices = (1001..1001 + N)
             .map(|id| KingxunDevice {
+                overspeed_kmh: None,
                 id,
                 key: Secret::new(hex::encode(derive_key(SEED, id))),
                 name: None,

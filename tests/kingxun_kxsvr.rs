@@ -400,6 +400,7 @@ async fn web_server_role_drives_unlock_lock_and_open_lock_through_kxsvr() {
             host: "kingxun.site".into(),
             heartbeat: Duration::from_millis(300),
             devices: vec![KxsvrDevice {
+                overspeed_kmh: None,
                 id: DEV,
                 devtype: 2,
                 name: Some("Fleet scooter".into()),

@@ -1168,3 +1168,70 @@ async fn the_embedded_broker_refuses_a_wrong_login_with_a_connack() {
         );
     }
 }
+
+/// `vehicle2mqtt trips`: the trip log read back from `state_dir/trips/` as JSON lines
+/// (without paths), GeoJSON (longitude first) or GPX; `--since` cuts; a vehicle without
+/// a log exits 1 saying so; a bad date is a usage error.
+#[test]
+fn the_trips_command_prints_the_log_in_three_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("state").join("trips");
+    std::fs::create_dir_all(&logs).unwrap();
+    let trip = |start: &str, km: f64| {
+        serde_json::json!({
+            "start": start, "end": start, "distance_km": km, "duration_s": 60,
+            "start_latitude": 31.2, "start_longitude": 121.4,
+            "end_latitude": 31.21, "end_longitude": 121.4,
+            "path": [[31.2, 121.4], [31.205, 121.4], [31.21, 121.4]],
+        })
+        .to_string()
+    };
+    let text = format!(
+        "{}\n{}\n",
+        trip("2026-12-01T08:00:00Z", 1.1),
+        trip("2026-12-03T08:00:00Z", 2.2)
+    );
+    std::fs::write(logs.join("ex901.jsonl"), text).unwrap();
+    let run = |args: &[&str]| {
+        let out = bridge_cmd(dir.path())
+            .arg("trips")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, out, err) = run(&["ex901"]);
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["distance_km"], 2.2);
+    assert!(lines[0].get("path").is_none(), "{out}");
+    let (code, out, _) = run(&["ex901", "--since", "2026-12-02", "--geojson"]);
+    assert_eq!(code, Some(0));
+    let geo: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(geo["features"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        geo["features"][0]["geometry"]["coordinates"][2],
+        serde_json::json!([121.4, 31.21])
+    );
+    let (code, out, _) = run(&["ex901", "--gpx"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        (out.matches("<trk>").count(), out.matches("<trkpt ").count()),
+        (2, 6),
+        "{out}"
+    );
+    let (code, _, err) = run(&["ex999"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no trips logged for `ex999`"), "{err}");
+    let (code, _, err) = run(&["ex901", "--since", "last week"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("is not a date"), "{err}");
+}

@@ -18,6 +18,10 @@ const OWN_TRIPS: &[&str] = &["kingxun", "iauto360"];
 pub(super) struct Derivations {
     settings: Arc<Settings>,
     by_vehicle: HashMap<VehicleId, Box<Deriver>>,
+    /// `overspeed_kmh` of connector sections, by connector name.
+    section_limits: HashMap<&'static str, f64>,
+    /// `overspeed_kmh` of vehicle entries.
+    vehicle_limits: HashMap<VehicleId, f64>,
 }
 
 impl Derivations {
@@ -25,14 +29,45 @@ impl Derivations {
         Derivations {
             settings: Arc::new(settings),
             by_vehicle: HashMap::new(),
+            section_limits: HashMap::new(),
+            vehicle_limits: HashMap::new(),
         }
     }
 
+    /// A connector's speed limits (before any of its vehicles reports).
+    pub fn speed_limits(&mut self, connector: &'static str, limits: crate::connector::SpeedLimits) {
+        if let Some(kmh) = limits.section {
+            self.section_limits.insert(connector, kmh);
+        }
+        self.vehicle_limits.extend(limits.vehicles);
+    }
+
+    /// A vehicle that already has a deriver (restored from its record) takes its limit.
+    pub fn relimit(&mut self, id: &VehicleId, connector: &str) {
+        let limit = self.limit(id, connector);
+        if let Some(d) = self.by_vehicle.remove(id) {
+            self.by_vehicle
+                .insert(id.clone(), Box::new(d.with_overspeed_kmh(limit)));
+        }
+    }
+
+    /// A vehicle's own limit: its entry's, else its section's (else `None`:
+    /// `events.overspeed_kmh`).
+    fn limit(&self, id: &VehicleId, connector: &str) -> Option<f64> {
+        self.vehicle_limits
+            .get(id)
+            .or_else(|| self.section_limits.get(connector))
+            .copied()
+    }
+
     fn deriver(&mut self, id: &VehicleId, connector: &str) -> &mut Deriver {
+        let limit = self.limit(id, connector);
         let settings = &self.settings;
         self.by_vehicle.entry(id.clone()).or_insert_with(|| {
             Box::new(
-                Deriver::new(settings.clone()).with_upstream_trips(OWN_TRIPS.contains(&connector)),
+                Deriver::new(settings.clone())
+                    .with_upstream_trips(OWN_TRIPS.contains(&connector))
+                    .with_overspeed_kmh(limit),
             )
         })
     }
@@ -81,7 +116,8 @@ impl Derivations {
             return;
         };
         let d = Deriver::restore(self.settings.clone(), saved)
-            .with_upstream_trips(OWN_TRIPS.contains(&connector));
+            .with_upstream_trips(OWN_TRIPS.contains(&connector))
+            .with_overspeed_kmh(self.limit(id, connector));
         self.by_vehicle.insert(id.clone(), Box::new(d));
     }
 }

@@ -97,6 +97,12 @@ pub enum Action {
     Forgotten(VehicleId),
     /// Write these records to `state_dir` off the loop, then call `records_written`.
     Persist(records::Batch),
+    /// Add this finished trip (the `trip` event's attributes, a derived one with its
+    /// path) to the vehicle's trip log.
+    LogTrip {
+        vehicle: VehicleId,
+        trip: serde_json::Map<String, serde_json::Value>,
+    },
     /// Show this snapshot on `/metrics` and `/healthz`; with `alive`, also prove the
     /// loop alive in the liveness file.
     Observe {
@@ -325,7 +331,18 @@ impl<M: Mqtt> Hub<M> {
                     self.publish_availability(&vehicle, false);
                 }
             }
-            Update::Event { vehicle, event } => self.publish_event(&vehicle, event),
+            Update::Event { vehicle, event } => {
+                if event.event_type == "trip" && self.fleet.get(&vehicle).is_some() {
+                    // A trip the device reported itself (kingxun 1008, iauto360 1012).
+                    let mut trip = event.attributes.clone();
+                    trip.insert("source".into(), self.status.name(owner).into());
+                    self.actions.push(Action::LogTrip {
+                        vehicle: vehicle.clone(),
+                        trip,
+                    });
+                }
+                self.publish_event(&vehicle, event)
+            }
             Update::Roster(vehicles) => self.on_roster(owner, vehicles),
             Update::Counters(counters) => self.status.counters(owner, counters),
             Update::Recovered => self.status.recovered(owner),
@@ -461,6 +478,21 @@ impl<M: Mqtt> Hub<M> {
                     self.publish_everything(true);
                 }
             }
+        }
+    }
+
+    /// A connector's `overspeed_kmh` settings, given once at the start.
+    pub fn speed_limits(&mut self, connector: &'static str, limits: crate::connector::SpeedLimits) {
+        self.derivations.speed_limits(connector, limits);
+        // Vehicles restored from their records have their deriver already.
+        let owned: Vec<VehicleId> = self
+            .fleet
+            .iter()
+            .filter(|(_, v)| self.status.name(v.owner()) == connector)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in owned {
+            self.derivations.relimit(&id, connector);
         }
     }
 
@@ -880,12 +912,15 @@ impl<M: Mqtt> Hub<M> {
             self.publish_event(id, event);
         }
         if let Some(trip) = trip {
-            if let Ok(mut json) = serde_json::to_value(&trip) {
-                if let Some(o) = json.as_object_mut() {
-                    o.remove("path");
-                }
+            if let Ok(serde_json::Value::Object(logged)) = serde_json::to_value(&trip) {
+                let mut last = logged.clone();
+                last.remove("path");
                 let topic = self.topics.vehicle(id.as_str(), "trip/last");
-                self.send(topic, json.to_string(), true);
+                self.send(topic, serde_json::Value::Object(last).to_string(), true);
+                self.actions.push(Action::LogTrip {
+                    vehicle: id.clone(),
+                    trip: logged,
+                });
             }
         }
     }

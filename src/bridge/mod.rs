@@ -78,6 +78,8 @@ struct Io {
     writing: Option<tokio::task::JoinHandle<()>>,
     written: mpsc::Sender<()>,
     snapshot: crate::observe::SharedSnapshot,
+    /// Where finished trips go (`None` when its thread could not start).
+    trip_log: Option<crate::trip_log::TripLog>,
 }
 
 impl Io {
@@ -162,6 +164,11 @@ impl Io {
                     let _ = written.send(()).await;
                 }));
             }
+            Action::LogTrip { vehicle, trip } => {
+                if let Some(log) = &self.trip_log {
+                    log.log(&vehicle, trip);
+                }
+            }
             Action::Observe { snapshot, alive } => {
                 if alive {
                     crate::state_dir::write_alive(
@@ -215,12 +222,14 @@ pub async fn run(
     let (worker_tx, mut worker_rx) = mpsc::channel(1024);
     let (exit_tx, mut exit_rx) = mpsc::channel::<(usize, String)>(16);
     let mut infos = Vec::new();
+    let mut speed_limits = Vec::new();
     let mut connector_commands = Vec::new();
     for (index, connector) in connectors.into_iter().enumerate() {
         let name = connector.name();
         let configured = connector
             .configured_vehicles()
             .map(|ids| ids.into_iter().collect());
+        let limits = connector.speed_limits();
         let (cmd_tx, cmd_rx) = mpsc::channel(CONNECTOR_COMMAND_QUEUE);
         let ctx = ConnectorContext {
             updates: UpdateSink::new(index, update_tx.clone()),
@@ -242,6 +251,7 @@ pub async fn run(
             "connector started"
         );
         infos.push((name, configured));
+        speed_limits.push((name, limits));
         connector_commands.push(cmd_tx);
     }
     drop(update_tx);
@@ -258,6 +268,16 @@ pub async fn run(
     };
     let http_listen = config.bridge.http_listen.trim().to_string();
     let (written_tx, mut written_rx) = mpsc::channel(1);
+    let (trip_log, trip_log_thread) = match crate::trip_log::TripLog::start(
+        &state_dir,
+        config.derive.trips.keep,
+    ) {
+        Ok((log, thread)) => (Some(log), Some(thread)),
+        Err(err) => {
+            tracing::error!(event = "trip_log_unavailable", error = %err, "trip log: cannot start its writer; trips are published but not logged");
+            (None, None)
+        }
+    };
     let mut io = Io {
         state_dir: state_dir.clone(),
         connector_commands,
@@ -268,8 +288,12 @@ pub async fn run(
         writing: None,
         written: written_tx,
         snapshot: crate::observe::SharedSnapshot::default(),
+        trip_log,
     };
     let mut hub = Hub::new(config, publisher.clone(), infos, records, Now::real());
+    for (name, limits) in speed_limits {
+        hub.speed_limits(name, limits);
+    }
     io.carry_out(&mut hub);
     if !http_listen.is_empty() {
         let listener = tokio::net::TcpListener::bind(&http_listen)
@@ -328,6 +352,11 @@ pub async fn run(
     while let Some(batch) = hub.final_records(Now::real()) {
         let dir = state_dir.clone();
         let _ = tokio::task::spawn_blocking(move || store::save_all(&dir, batch)).await;
+    }
+    // The trips handed over are written before the bridge says it has stopped.
+    io.trip_log = None;
+    if let Some(thread) = trip_log_thread {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
     // A stopped bridge is not alive, whatever the file said a moment ago.
     remove_alive(&state_dir).await;

@@ -215,6 +215,16 @@ impl EventsConfig {
     }
 }
 
+/// The refused limits among `(key, limit)`, each as (key, reason).
+pub fn speed_limit_problems(
+    limits: impl IntoIterator<Item = (String, Option<f64>)>,
+) -> Vec<(String, String)> {
+    limits
+        .into_iter()
+        .filter_map(|(key, kmh)| Some((key, overspeed_problem(kmh?)?.to_string())))
+        .collect()
+}
+
 /// Why a speed limit (`overspeed_kmh`, in any section) is refused, if it is.
 pub fn overspeed_problem(kmh: f64) -> Option<&'static str> {
     (!(1.0..=400.0).contains(&kmh)).then_some("must be 1 to 400 km/h")

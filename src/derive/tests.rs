@@ -918,3 +918,31 @@ fn a_long_trip_keeps_at_most_500_points_and_a_standing_vehicle_no_heap() {
     assert!((last[1] - trip.end_longitude.unwrap()).abs() < 1e-4);
     assert_eq!(d.size_bytes(), std::mem::size_of::<Deriver>());
 }
+
+#[test]
+fn a_tracker_first_seen_driving_counts_its_first_and_last_legs() {
+    // No standing before: the first report is already at 90 km/h, then 49.9 m every 2 s
+    // (each leg just under the 50 m jitter, counted in pairs), 21 legs, then it stands:
+    // the last leg, under the jitter, is counted too.
+    let s = settings(|_| {});
+    let mut reports: Vec<(f64, VehicleState)> = (0..=21)
+        .map(|i| {
+            (
+                2.0 * i as f64,
+                state(Some(north(49.9 * i as f64)), Some(90.0)),
+            )
+        })
+        .collect();
+    let end = north(49.9 * 21.0);
+    reports.extend((22..=24).map(|i| (2.0 * i as f64, state(Some(end), Some(0.0)))));
+    let out = run(&mut Deriver::new(s), &reports, 0.0, 2.0, 600.0);
+    let trips = trips(&out);
+    assert_eq!(trips.len(), 1);
+    let length_km = 49.9 * 21.0 / 1000.0;
+    assert!(
+        (trips[0].distance_km - length_km).abs() < 0.002,
+        "{:?}",
+        trips[0]
+    );
+    assert_eq!(trips[0].duration_s, 42);
+}

@@ -107,7 +107,7 @@ impl Reference {
         let metres = distance_m((self.lat, self.lon), (fix.lat, fix.lon));
         if metres < jitter_m {
             self.jumps = 0;
-            return Leg::Noise;
+            return Leg::Noise { metres };
         }
         let seconds = (fix.at_ms.saturating_sub(self.at_ms)) as f64 / 1000.0;
         if seconds <= 0.0 || metres / seconds * 3.6 > MAX_SPEED_KMH {
@@ -124,7 +124,10 @@ impl Reference {
 }
 
 enum Leg {
-    Noise,
+    /// Within jitter of the reference: not counted (yet).
+    Noise {
+        metres: f64,
+    },
     Jump,
     /// Believed after too many jumps, without its distance.
     Reset,
@@ -216,6 +219,11 @@ struct OpenTrip {
     /// The fastest counted GPS leg: the max speed of a vehicle that reports none.
     max_leg_kmh: f32,
     path: Path,
+    /// How far the latest fix reported while moving is from `reference`, when that is
+    /// within jitter: a tracker's last leg before it stops is often shorter than the
+    /// jitter (50 m every 2 s is 90 km/h), and is counted when the trip ends.
+    #[serde(default)]
+    tail_m: f64,
 }
 
 /// A trip as the detector saw it; `Trip` (in `mod.rs`) adds the zones.
@@ -341,6 +349,7 @@ impl TripDetector {
             max_speed_kmh: None,
             max_leg_kmh,
             path,
+            tail_m: 0.0,
         };
         open.last.update(s);
         open.note_speed(s);
@@ -392,8 +401,10 @@ impl TripDetector {
             max_leg_kmh,
             mut path,
             announced,
+            tail_m,
             ..
         } = *open;
+        let gps_m = gps_m + tail_m;
         let mut end = last;
         end.at_ms = last_motion_ms.max(start.at_ms);
         path.finish(end.position, rules.path_limit);
@@ -463,13 +474,18 @@ impl OpenTrip {
                 }
                 Some(reference) => match reference.step(fix, cfg.jitter_m) {
                     Leg::Counted { metres, seconds } => {
+                        self.tail_m = 0.0;
                         self.gps_m += metres;
                         self.max_leg_kmh = self.max_leg_kmh.max((metres / seconds * 3.6) as f32);
                         self.last_motion_ms = s.at_ms;
                         self.path.push(fix.lat, fix.lon, path_limit);
                     }
-                    Leg::Reset => self.path.push(fix.lat, fix.lon, path_limit),
-                    Leg::Noise | Leg::Jump => {}
+                    Leg::Reset => {
+                        self.tail_m = 0.0;
+                        self.path.push(fix.lat, fix.lon, path_limit);
+                    }
+                    Leg::Noise { metres } if moving_now => self.tail_m = metres,
+                    Leg::Noise { .. } | Leg::Jump => {}
                 },
             }
         }

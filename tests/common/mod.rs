@@ -386,7 +386,7 @@ pub struct ConnectorBridge {
     pub port: u16,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl ConnectorBridge {
@@ -397,8 +397,20 @@ impl ConnectorBridge {
         setup: impl FnOnce(&mut Config, u16) -> (Box<dyn Connector>, bool),
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = test_config(&broker.url(), dir.path());
-        let port = free_port();
+        let mut bridge = Self::start_in(broker, dir.path(), free_port(), setup).await;
+        bridge._dir = Some(dir);
+        bridge
+    }
+
+    /// As [`start_with`](Self::start_with), with the state in `state_dir` and the
+    /// listener on `port` (a restart: the same state, where the devices link again).
+    pub async fn start_in(
+        broker: &Mosquitto,
+        state_dir: &std::path::Path,
+        port: u16,
+        setup: impl FnOnce(&mut Config, u16) -> (Box<dyn Connector>, bool),
+    ) -> Self {
+        let mut config = test_config(&broker.url(), state_dir);
         let (connector, listens) = setup(&mut config, port);
         let shutdown = CancellationToken::new();
         let base = config.mqtt.base_topic.clone();
@@ -418,7 +430,7 @@ impl ConnectorBridge {
             port,
             shutdown,
             task,
-            _dir: dir,
+            _dir: None,
         }
     }
 

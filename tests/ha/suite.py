@@ -301,6 +301,8 @@ username = "driver@example.com"
 password = "correct horse"
 app_key = "ha-suite-key"
 poll_interval = "10s"
+[trips]
+end_after = "10s"
 [[zones]]
 name = "depot"
 latitude = 31.20
@@ -323,6 +325,13 @@ name = "Family car"
                                "--devices", "1", "--key-seed", "7", "--interval", "2s"], logs)
     ex = start("exlive-sim", [BIN, "simulate", "exlive", "--server", f"127.0.0.1:{p['ex']}",
                               "--links", "1", "--rate", "0.5", "--first-id", "7001"], logs)
+    # A tracker that drives 556 m at 180 km/h and stops: one trip, the last-trip sensors.
+    route = os.path.join(work, "route.json")
+    with open(route, "w") as f:
+        f.write("[[31.2, 121.4], [31.205, 121.4]]")
+    start("exlive-route-sim", [BIN, "simulate", "exlive", "--server", f"127.0.0.1:{p['ex']}",
+                               "--links", "1", "--rate", "1", "--first-id", "7101",
+                               "--route", route, "--speed", "180"], logs)
 
     # Home Assistant, from scratch.
     ha_dir = os.path.join(work, "ha")
@@ -380,6 +389,13 @@ logger:
             # What the bridge works out (issue #26): the zone the tracker is in.
             "sensor.ex7001_zone": (None, None),
             "event.ex7001_events": (None, None),
+            # The trip the route tracker drove, worked out by the bridge.
+            "sensor.ex7101_last_trip_distance": ("distance", "km"),
+            "sensor.ex7101_last_trip_duration": ("duration", "min"),
+            "sensor.ex7101_last_trip_max_speed": ("speed", "km/h"),
+            "sensor.ex7101_last_trip_avg_speed": ("speed", "km/h"),
+            "sensor.ex7101_last_trip_start": ("timestamp", None),
+            "sensor.ex7101_last_trip_end": ("timestamp", None),
             f"device_tracker.{PLATE_VEHICLE.lower()}_location": (None, None),
             ia_lock: (None, None),
             "device_tracker.family_car_location": (None, None),
@@ -424,7 +440,15 @@ logger:
         types = (await ha.state("event.ex7001_events"))["attributes"].get("event_types", [])
         for t in ("trip", "zone_enter", "zone_exit", "overspeed", "charge_session"):
             assert t in types, (t, types)
-        print("zone sensor and derived event types ok", flush=True)
+        async def trip_km():
+            st = await ha.state("sensor.ex7101_last_trip_distance")
+            try:
+                return float(st["state"]) if st else None
+            except ValueError:  # "unavailable" until its state and availability arrive
+                return None
+        km = await until("the last trip's distance", trip_km, 30)
+        assert abs(km - 0.556) <= 0.02 * 0.556, km
+        print(f"zone sensor, derived event types and the last trip ({km} km) ok", flush=True)
 
         # Lock without a code; unlock with the PIN; a wrong PIN changes nothing.
         await until("kingxun lock state", lambda: _state_in(ha, kx_lock, ("locked", "unlocked")), 60)

@@ -24,6 +24,13 @@ pub struct ExliveConfig {
     pub timezone: String,
     /// Largest JSON object accepted on a link; a bigger one closes the link.
     pub max_message_size: usize,
+    /// `overspeed` events above this speed for this section's vehicles (over
+    /// `events.overspeed_kmh`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overspeed_kmh: Option<f64>,
+    /// `overspeed_kmh` of single trackers, by their EXLIVE id (over the section's).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub vehicle_overspeed_kmh: std::collections::BTreeMap<String, f64>,
     pub accounts: Vec<ExliveAccount>,
     pub commands: Vec<ExliveCommand>,
     /// Log in to an EXLIVE platform as a user and take its position stream.
@@ -41,6 +48,8 @@ impl Default for ExliveConfig {
             heartbeat_timeout: Duration::from_secs(90),
             timezone: "Asia/Shanghai".into(),
             max_message_size: 64 * 1024,
+            overspeed_kmh: None,
+            vehicle_overspeed_kmh: Default::default(),
             accounts: Vec::new(),
             commands: Vec::new(),
             client: None,
@@ -103,6 +112,13 @@ impl ExliveConfig {
         if let Err(e) = check_listener(&self.timezone, self.max_links) {
             out.push(e);
         }
+        out.extend(crate::derive::config::speed_limit_problems(
+            std::iter::once(("overspeed_kmh".to_string(), self.overspeed_kmh)).chain(
+                self.vehicle_overspeed_kmh
+                    .iter()
+                    .map(|(id, v)| (format!("vehicle_overspeed_kmh.{id}"), Some(*v))),
+            ),
+        ));
         if !(256..=16 * 1024 * 1024).contains(&self.max_message_size) {
             out.push((
                 "max_message_size".into(),

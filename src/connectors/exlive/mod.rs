@@ -69,6 +69,18 @@ impl Connector for ExliveConnector {
         "exlive"
     }
 
+    fn speed_limits(&self) -> crate::connector::SpeedLimits {
+        crate::connector::SpeedLimits {
+            section: self.config.overspeed_kmh,
+            vehicles: self
+                .config
+                .vehicle_overspeed_kmh
+                .iter()
+                .filter_map(|(id, kmh)| Some((VehicleId::for_upstream(ID_PREFIX, id)?, *kmh)))
+                .collect(),
+        }
+    }
+
     fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {
         Box::pin(async move {
             let tz = crate::shared::require_timezone("exlive", &self.config.timezone)?;

@@ -16,6 +16,10 @@ pub struct Iauto360Config {
     pub open_id: String,
     /// Signs every request and every event push; no default.
     pub secure_code: Secret,
+    /// `overspeed` events above this speed for this section's vehicles (over
+    /// `events.overspeed_kmh`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overspeed_kmh: Option<f64>,
     pub devices: Vec<Iauto360Device>,
     /// Latest condition (1011).
     #[serde(with = "humantime_serde")]
@@ -56,6 +60,9 @@ pub struct Iauto360Device {
     /// This box's quiet hours, instead of the section's.
     #[serde(default)]
     pub quiet_hours: Option<String>,
+    /// This vehicle's `overspeed` limit (over its section's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overspeed_kmh: Option<f64>,
 }
 
 impl Default for Iauto360Config {
@@ -65,6 +72,7 @@ impl Default for Iauto360Config {
             base_url: "https://open.iauto360.cn".into(),
             open_id: String::new(),
             secure_code: Secret::default(),
+            overspeed_kmh: None,
             devices: Vec::new(),
             poll_interval: Duration::from_secs(5 * 60),
             poll_interval_active: None,
@@ -109,6 +117,16 @@ impl Iauto360Config {
             return out;
         }
         let err = |k: &str, r: &str| (k.to_string(), r.to_string());
+        out.extend(crate::derive::config::speed_limit_problems(
+            std::iter::once(("overspeed_kmh".to_string(), self.overspeed_kmh)).chain(
+                self.devices.iter().map(|d| {
+                    (
+                        format!("devices[esn={}].overspeed_kmh", d.esn),
+                        d.overspeed_kmh,
+                    )
+                }),
+            ),
+        ));
         if let Err(e) = check_polling(
             &self.base_url,
             self.poll_interval,
@@ -231,6 +249,7 @@ mod tests {
             open_id: "OPEN123".into(),
             secure_code: Secret::new("s"),
             devices: vec![Iauto360Device {
+                overspeed_kmh: None,
                 esn: "865432100012345".into(),
                 name: None,
                 quiet_hours: None,

@@ -119,6 +119,18 @@ impl Connector for Iauto360Connector {
         )
     }
 
+    fn speed_limits(&self) -> crate::connector::SpeedLimits {
+        crate::connector::SpeedLimits {
+            section: self.config.overspeed_kmh,
+            vehicles: self
+                .config
+                .devices
+                .iter()
+                .filter_map(|d| Some((vehicle_id(&d.esn)?, d.overspeed_kmh?)))
+                .collect(),
+        }
+    }
+
     fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {
         Box::pin(async move {
             let cfg = self.config;

@@ -494,6 +494,7 @@ impl crate::upstream::Simulated for super::Iauto360 {
         i.open_id = fake.open_id;
         i.secure_code = crate::shared::Secret::new(fake.secure_code);
         i.devices = vec![super::Iauto360Device {
+            overspeed_kmh: None,
             esn: fake.devices[0].clone(),
             name: Some("Demo car".into()),
             quiet_hours: None,

@@ -39,6 +39,7 @@ async fn harness(tweak: impl FnOnce(&mut Iauto360Config)) -> Harness {
         open_id: "OPEN123".into(),
         secure_code: Secret::new("SECRETcode"),
         devices: vec![Iauto360Device {
+            overspeed_kmh: None,
             esn: ESN.into(),
             name: None,
             quiet_hours: None,
@@ -275,6 +276,7 @@ async fn settings_start_shown_and_capabilities_are_offered() {
     assert_eq!(h.last(Field::PollInterval), Some(10.into()));
     assert_eq!(h.last(Field::PollIntervalActive), Some(2.into()));
     let device = Iauto360Device {
+        overspeed_kmh: None,
         esn: ESN.into(),
         name: None,
         quiet_hours: None,

@@ -50,6 +50,10 @@ pub struct KingxunConfig {
     pub max_speed_kmh: u16,
     /// Time zone of device local times.
     pub timezone: String,
+    /// `overspeed` events above this speed for this section's vehicles (over
+    /// `events.overspeed_kmh`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overspeed_kmh: Option<f64>,
     pub devices: Vec<KingxunDevice>,
     /// Drive an existing kingxun server as its "web server" (9001/9002/4001–4005):
     /// `[kingxun.kxsvr]`. `[kingxun.upstream]`, its name before, is still read: by this
@@ -109,6 +113,9 @@ pub struct KxsvrDevice {
     pub devtype: u8,
     #[serde(default)]
     pub name: Option<String>,
+    /// This vehicle's `overspeed` limit (over its section's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overspeed_kmh: Option<f64>,
 }
 
 fn default_devtype() -> u8 {
@@ -143,6 +150,7 @@ impl Default for KingxunConfig {
             soc_min: 5,
             max_speed_kmh: 45,
             timezone: "Asia/Shanghai".into(),
+            overspeed_kmh: None,
             devices: Vec::new(),
             kxsvr: None,
         }
@@ -163,6 +171,9 @@ pub struct KingxunDevice {
     /// Overrides `kingxun.accept_plain_frames` for this device.
     #[serde(default)]
     pub accept_plain_frames: Option<bool>,
+    /// This vehicle's `overspeed` limit (over its section's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overspeed_kmh: Option<f64>,
 }
 
 impl KingxunDevice {
@@ -210,6 +221,18 @@ impl KingxunConfig {
         if !self.enabled {
             return out;
         }
+        let devices = self.devices.iter().map(|d| (d.id, d.overspeed_kmh));
+        let via = self.kxsvr.iter().flat_map(|k| &k.devices);
+        out.extend(crate::derive::config::speed_limit_problems(
+            std::iter::once(("overspeed_kmh".to_string(), self.overspeed_kmh))
+                .chain(devices.map(|(id, v)| (format!("devices[id={id}].overspeed_kmh"), v)))
+                .chain(via.map(|d| {
+                    (
+                        format!("kxsvr.devices[id={}].overspeed_kmh", d.id),
+                        d.overspeed_kmh,
+                    )
+                })),
+        ));
         if let Err(e) = check_listener(&self.timezone, self.max_links) {
             out.push(e);
         }

@@ -482,6 +482,18 @@ impl Connector for KingxunConnector {
         Some(ids)
     }
 
+    fn speed_limits(&self) -> crate::connector::SpeedLimits {
+        let direct = self.config.devices.iter().map(|d| (d.id, d.overspeed_kmh));
+        let via = self.config.kxsvr.iter().flat_map(|k| &k.devices);
+        crate::connector::SpeedLimits {
+            section: self.config.overspeed_kmh,
+            vehicles: direct
+                .chain(via.map(|d| (d.id, d.overspeed_kmh)))
+                .filter_map(|(id, kmh)| Some((vehicle_id(id), kmh?)))
+                .collect(),
+        }
+    }
+
     fn run(mut self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {
         Box::pin(async move {
             let tz = crate::shared::require_timezone("kingxun", &self.config.timezone)?;

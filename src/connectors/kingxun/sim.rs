@@ -446,6 +446,7 @@ impl crate::upstream::Simulated for super::Kingxun {
         c.listen = ([127, 0, 0, 1], port("kingxun-port")).into();
         c.devices = (0..DEMO_DEVICES)
             .map(|i| super::KingxunDevice {
+                overspeed_kmh: None,
                 id: 1001 + i,
                 key: crate::shared::Secret::new(hex::encode(derive_key(DEMO_SEED, 1001 + i))),
                 name: Some(format!("Demo scooter {}", i + 1)),

@@ -71,6 +71,13 @@ pub struct XchangerConfig {
     pub quiet_hours: String,
     /// Quiet hours of single cars, by VIN (the car's wins over `quiet_hours`).
     pub vehicle_quiet_hours: std::collections::BTreeMap<String, String>,
+    /// `overspeed` events above this speed for this section's vehicles (over
+    /// `events.overspeed_kmh`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overspeed_kmh: Option<f64>,
+    /// `overspeed_kmh` of single cars, by VIN (over the section's).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub vehicle_overspeed_kmh: std::collections::BTreeMap<String, f64>,
     /// The cars' time zone, for quiet hours ("+08:00", "Asia/Shanghai").
     pub timezone: String,
     /// Refresh wakes the car for a fresh position first (`PAI`, as the Geely app does when
@@ -104,6 +111,8 @@ impl Default for XchangerConfig {
             request_timeout: Duration::from_secs(20),
             quiet_hours: String::new(),
             vehicle_quiet_hours: Default::default(),
+            overspeed_kmh: None,
+            vehicle_overspeed_kmh: Default::default(),
             timezone: "+08:00".into(),
             refresh_wakeup: true,
         }
@@ -181,6 +190,13 @@ impl XchangerConfig {
             return out;
         }
         let err = |k: &str, r: &str| (k.to_string(), r.to_string());
+        out.extend(crate::derive::config::speed_limit_problems(
+            std::iter::once(("overspeed_kmh".to_string(), self.overspeed_kmh)).chain(
+                self.vehicle_overspeed_kmh
+                    .iter()
+                    .map(|(vin, v)| (format!("vehicle_overspeed_kmh.{vin}"), Some(*v))),
+            ),
+        ));
         if let Err(e) = check_polling(
             &self.base_url(),
             self.poll_interval,

@@ -94,6 +94,24 @@ impl Connector for XchangerConnector {
         })
     }
 
+    fn speed_limits(&self) -> crate::connector::SpeedLimits {
+        // The cloud's VIN is the id; a key written in another case still counts.
+        let ids = |vin: &String| {
+            [vin.clone(), vin.to_ascii_uppercase()]
+                .into_iter()
+                .filter_map(|v| VehicleId::for_upstream("", &v))
+        };
+        crate::connector::SpeedLimits {
+            section: self.config.overspeed_kmh,
+            vehicles: self
+                .config
+                .vehicle_overspeed_kmh
+                .iter()
+                .flat_map(|(vin, kmh)| ids(vin).map(move |id| (id, *kmh)))
+                .collect(),
+        }
+    }
+
     fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {
         Box::pin(async move {
             crate::connectors::warn_if_plain_http("xchanger", &self.config.base_url());
