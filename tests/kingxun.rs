@@ -994,3 +994,93 @@ async fn a_link_storm_with_discovery_drops_no_document() {
     stop.cancel();
     bridge.stop().await;
 }
+
+/// Issue #26 on kingxun: a simulated device drives a known 556 m route through a zone and
+/// reports the ride itself (1008), as real devices do. The bridge publishes that one
+/// trip (none derived besides), logs it with `source: kingxun`, and works out the zone:
+/// one `zone_enter` and one `zone_exit`.
+#[tokio::test]
+async fn a_kingxun_ride_is_the_devices_one_trip_and_one_zone_crossing() {
+    use vehicle2mqtt::derive::ZoneConfig;
+    use vehicle2mqtt::sim::{Drive, Route};
+    let broker = Mosquitto::start();
+    let bridge = Bridge::start(&broker, |c| {
+        c.derive.trips.end_after = Duration::from_secs(10);
+        c.derive.events.zone_dwell = Duration::from_secs(1);
+        c.bridge.stale_after = Duration::from_secs(2); // the stale check ticks every 0.5 s
+        c.derive.zones = vec![ZoneConfig {
+            name: "crossing".into(),
+            latitude: Some(31.2025),
+            longitude: Some(121.4),
+            radius_m: Some(100.0),
+            polygon: None,
+        }];
+    })
+    .await;
+    let probe = Probe::connect(broker.port, &[&bridge.topic("#")]).await;
+    let route = Route::parse("[[31.2, 121.4], [31.205, 121.4]]").unwrap();
+    let length_km = route.length_m() / 1000.0;
+    let opts = SimOptions {
+        server: format!("127.0.0.1:{}", bridge.port),
+        devices: 1,
+        first_id: 1001,
+        key_seed: SEED,
+        interval: Duration::from_millis(500),
+        trip_every: 3,
+        answer_commands: true,
+        stamp: false,
+        profile: Profile::Classic,
+        plain_status: false,
+        drive: Some(Arc::new(Drive {
+            route,
+            speed_kmh: 180.0,
+            charge_for: None,
+        })),
+    };
+    let stop = CancellationToken::new();
+    let sim = tokio::spawn(vehicle2mqtt::connectors::kingxun::sim::run(
+        opts,
+        Arc::new(SimStats::default()),
+        stop.clone(),
+    ));
+    let event = |m: &common::Msg, kind: &str| {
+        m.topic == bridge.topic("kx1001/event") && m.json()["event_type"] == kind
+    };
+    let trip = probe
+        .wait_for("the device's trip", Duration::from_secs(40), |m| {
+            event(m, "trip")
+        })
+        .await
+        .json();
+    let km = trip["distance_km"].as_f64().unwrap();
+    assert!(
+        (km - length_km).abs() <= 0.02 * length_km,
+        "{km} of {length_km}: {trip}"
+    );
+    probe
+        .wait_for("the zone exit", Duration::from_secs(20), |m| {
+            event(m, "zone_exit")
+        })
+        .await;
+    // Past the bridge's end_after: a derived trip would be out by now.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let count = |kind: &str| probe.messages().iter().filter(|m| event(m, kind)).count();
+    assert_eq!(
+        (count("trip"), count("zone_enter"), count("zone_exit")),
+        (1, 1, 1)
+    );
+    assert!(
+        !probe
+            .messages()
+            .iter()
+            .any(|m| m.topic == bridge.topic("kx1001/trip/last")),
+        "no derived trip for a device that reports its own"
+    );
+    let (logged, _) =
+        vehicle2mqtt::trip_log::read(bridge.state_dir(), "kx1001", None, 100).unwrap();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(logged[0]["source"], "kingxun");
+    stop.cancel();
+    let _ = sim.await;
+    bridge.stop().await;
+}

@@ -442,6 +442,14 @@ impl ConnectorBridge {
     pub fn topic(&self, leaf: &str) -> String {
         format!("{}/{leaf}", self.base)
     }
+
+    /// The state dir [`start_with`](Self::start_with) made.
+    #[allow(dead_code)] // not every test binary looks into it
+    pub fn state_dir(&self) -> &std::path::Path {
+        self._dir
+            .as_ref()
+            .map_or(std::path::Path::new(""), |d| d.path())
+    }
 }
 
 /// The embedded broker's login the bridge made in `state_dir`, waiting for the file.

@@ -38,8 +38,8 @@ pub struct SimOptions {
     /// Send 1002 plain, as kxSvr's own client does (and kxSvr expects: it reads the body
     /// as a struct). By default the simulated firmware seals it, which proves its key.
     pub plain_status: bool,
-    /// Drive this route instead of circling (every device alike; no device trips then,
-    /// so the bridge's own trip detection is what a test sees).
+    /// Drive this route instead of circling (every device alike); at its end the device
+    /// reports the ride as one 1008 trip, as a real one does, and no periodic trips.
     pub drive: Option<Arc<crate::sim::Drive>>,
 }
 
@@ -138,6 +138,36 @@ struct Device {
 
 fn now_local() -> LocalTime {
     LocalTime::from_naive((chrono::Utc::now() + chrono::Duration::hours(8)).naive_utc())
+}
+
+/// The 1008 a device sends after driving `drive` (just arrived): the route's ends and
+/// length, the drive's time and speed (km/h = value × 0.0036, as `report.rs` reads it).
+fn ride(drive: &crate::sim::Drive, index: usize, soc_begin: u8, soc_end: u8) -> Trip {
+    let end = now_local();
+    let took = chrono::Duration::from_std(drive.duration()).unwrap_or_default();
+    let start =
+        LocalTime::from_naive((chrono::Utc::now() - took + chrono::Duration::hours(8)).naive_utc());
+    let length = drive.route.length_m();
+    let (a, b) = (drive.route.at(0.0), drive.route.at(length));
+    let speed = (drive.speed_kmh / 0.0036)
+        .round()
+        .clamp(0.0, f64::from(u16::MAX)) as u16;
+    Trip {
+        start,
+        start_lng: a.1,
+        start_lat: a.0,
+        end,
+        end_lng: b.1,
+        end_lat: b.0,
+        distance_m: length.round() as u32,
+        soc_begin,
+        soc_end,
+        max_speed: speed,
+        avg_speed: speed,
+        max_current_ca: 1500,
+        battery_id: format!("BAT{index:05}"),
+        points: vec![(a.1, a.0), (b.1, b.0)],
+    }
 }
 
 fn status(d: &Device, index: usize, stamp: bool, driven: Option<crate::sim::DriveState>) -> Status {
@@ -257,6 +287,7 @@ async fn device(
     let mut send_status = true;
     let set_off = tokio::time::Instant::now();
     let trip_every = if o.drive.is_some() { 0 } else { o.trip_every };
+    let (soc_at_start, mut ride_reported) = (d.soc, false);
     loop {
         if send_status {
             send_status = false;
@@ -278,6 +309,18 @@ async fn device(
             );
             wr.write_all(&f.to_bytes()).await?;
             stats.statuses.fetch_add(1, Ordering::Relaxed);
+            let arrived = o.drive.as_ref().filter(|r| !r.at(set_off.elapsed()).moving);
+            if let (Some(drive), false) = (arrived, ride_reported) {
+                ride_reported = true;
+                let trip = ride(drive, index, soc_at_start, d.soc);
+                seq = seq.wrapping_add(1);
+                let body = crypto::encrypt(&key, &iv, &trip.encode());
+                wr.write_all(
+                    &Frame::request(id::TRIP, seq, dev_id, session_id, true, Bytes::from(body))
+                        .to_bytes(),
+                )
+                .await?;
+            }
             if trip_every > 0 && d.step > 0 && d.step.is_multiple_of(trip_every) {
                 let now = now_local();
                 let trip = Trip {
