@@ -58,10 +58,12 @@ async fn scenario(
     tokio::time::sleep(Duration::from_secs(3)).await;
     let sent0 = stats.statuses.load(Ordering::Relaxed);
     counter.measuring.store(true, Ordering::Relaxed);
+    let cpu0 = support::cpu_seconds(pid);
     let start = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     counter.measuring.store(false, Ordering::Relaxed);
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu = (support::cpu_seconds(pid) - cpu0) / elapsed * 100.0;
     let sent = stats.statuses.load(Ordering::Relaxed) - sent0;
     let received = counter.received.load(Ordering::Relaxed);
     let rss_loaded = support::rss_kib(pid);
@@ -71,13 +73,14 @@ async fn scenario(
     let _ = tokio::time::timeout(Duration::from_secs(10), sim).await;
     sub.abort();
     println!(
-        "devices={:>6} every {:?}: frames sent={:>7.0}/s delivered={:>7.0}/s  p50={:>6.1} ms p99={:>7.1} ms  bridge RSS: all linked, idle={} MiB, loaded={} MiB (own {} MiB)  (registered={}, errors={})",
+        "devices={:>6} every {:?}: frames sent={:>7.0}/s delivered={:>7.0}/s  p50={:>6.1} ms p99={:>7.1} ms  bridge CPU {:.0} % of a core, RSS: all linked, idle={} MiB, loaded={} MiB (own {} MiB)  (registered={}, errors={})",
         devices,
         interval,
         sent as f64 / elapsed,
         received as f64 / elapsed,
         support::percentile(&lat, 0.50) as f64 / 1000.0,
         support::percentile(&lat, 0.99) as f64 / 1000.0,
+        cpu,
         rss_connected / 1024,
         rss_loaded / 1024,
         anon_loaded / 1024,

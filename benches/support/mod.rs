@@ -21,6 +21,22 @@ pub fn rss_anon_kib(pid: u32) -> u64 {
     status_kib(pid, "RssAnon:")
 }
 
+/// CPU time the process has used, seconds (user + system, from `/proc/<pid>/stat`, at
+/// the usual 100 ticks a second).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let field = |n: usize| -> f64 {
+        rest.split_whitespace()
+            .nth(n)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat: the 12th and 13th after the name.
+    (field(11) + field(12)) / 100.0
+}
+
 fn status_kib(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
