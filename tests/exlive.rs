@@ -1001,3 +1001,68 @@ async fn sixty_in_a_fifty_limit_is_one_overspeed_with_its_peak() {
     assert_eq!((count("ex902/event"), count("ex903/event")), (1, 0));
     bridge.stop().await;
 }
+
+/// Issue #26: a tracker standing for an hour with 20 m of GPS jitter, right on a zone's
+/// edge, makes no trip, no `moving` and no zone flap. The hour is the tracker's clock: its
+/// 361 reports (one every 10 s) are sent at once, as a tracker catching up after a
+/// dead zone does.
+#[tokio::test]
+async fn an_hour_standing_with_jitter_on_a_zone_edge_is_no_trip_and_no_flap() {
+    use vehicle2mqtt::derive::ZoneConfig;
+    let broker = Mosquitto::start();
+    let bridge = Bridge::start(&broker, |c| {
+        c.derive.trips.end_after = Duration::from_secs(10);
+        c.bridge.stale_after = Duration::from_secs(2);
+        // The tracker stands 100 m north of the centre: on the edge of a 100 m circle.
+        c.derive.zones = vec![ZoneConfig {
+            name: "yard".into(),
+            latitude: Some(31.2 - 100.0 / M_PER_DEG_LAT),
+            longitude: Some(121.4),
+            radius_m: Some(100.0),
+            polygon: None,
+        }];
+    })
+    .await;
+    let probe = Probe::connect(broker.port, &[&bridge.topic("#")]).await;
+    let (mut peer, _) = Peer::login(bridge.port, "fleet", "s3cret").await;
+    let t0 = chrono::Utc::now() - chrono::Duration::seconds(3700);
+    // Jitter up to 20 m north or south, from a fixed-seed generator.
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut jitter = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % 4001) as f64 / 100.0 - 20.0
+    };
+    let last = 360;
+    let lines: Vec<String> = (0..=last)
+        .map(|i| {
+            let lat = 31.2 + jitter() / M_PER_DEG_LAT;
+            fix("904", lat, 0.0, t0 + chrono::Duration::seconds(10 * i))
+        })
+        .collect();
+    send_all(&mut peer, lines).await;
+    let end = (t0 + chrono::Duration::seconds(10 * last))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    probe
+        .wait_for("the hour's last report", T, |m| {
+            m.topic == bridge.topic("ex904/state") && m.json()["gps_time"] == end.as_str()
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(12)).await; // past end_after
+    let events: Vec<String> = probe
+        .messages()
+        .iter()
+        .filter(|m| m.topic == bridge.topic("ex904/event"))
+        .map(|m| m.json()["event_type"].as_str().unwrap_or("").to_string())
+        .collect();
+    let count = |t: &str| events.iter().filter(|e| *e == t).count();
+    assert_eq!((count("trip"), count("moving")), (0, 0), "{events:?}");
+    assert!(
+        count("zone_enter") + count("zone_exit") <= 1,
+        "the zone flapped: {events:?}"
+    );
+    drop(peer);
+    bridge.stop().await;
+}
