@@ -27,5 +27,6 @@ pub mod shared;
 #[cfg(feature = "simulators")]
 pub mod sim;
 pub mod state_dir;
+pub mod status_page;
 pub mod upstream;
 pub mod zone;

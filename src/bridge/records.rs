@@ -103,8 +103,7 @@ impl RecordKeeper {
         for (id, v) in fleet
             .iter_mut()
             .filter(|(id, v)| {
-                v.record.due(last, now)
-                    || (last && !v.record.saved_last && derivations.keeps(id))
+                v.record.due(last, now) || (last && !v.record.saved_last && derivations.keeps(id))
             })
             .take(PERSIST_BATCH)
         {

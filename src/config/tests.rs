@@ -190,6 +190,7 @@ fn every_secret_set() -> Config {
         password = "real-mqtt-password"
         [bridge]
         command_pin = "real-command-pin"
+        http_token = "real-page-http-token"
         [xchanger]
         password = "real-xchanger-password"
         auth_code = "real-xchanger-auth-code"
@@ -236,7 +237,7 @@ fn no_secret_of_a_full_config_shows_in_check_config_or_debug() {
             v
         })
         .collect();
-    assert_eq!(values.len(), 13, "{paths:?}");
+    assert_eq!(values.len(), 14, "{paths:?}");
 
     let shown = config.to_masked_toml();
     let debug = format!("{config:?}\n{config:#?}");
