@@ -475,3 +475,71 @@ async fn names_are_text_and_no_secret_is_on_any_page() {
     }
     s.bridge.stop().await;
 }
+
+#[tokio::test]
+async fn an_unlock_from_the_page_needs_the_pin_like_one_over_mqtt() {
+    let broker = Mosquitto::start();
+    let mut s = start(&broker, |c| {
+        c.bridge.http_token = Secret::new(TOKEN);
+        c.bridge.command_pin = Secret::new("2468");
+    })
+    .await;
+    let probe = Probe::connect(broker.port, &[&format!("{}/#", s.base)]).await;
+    s.announce(vehicle("kx1001", "Blue scooter"), state("LOCKED"))
+        .await;
+    let c = client();
+    let (_, cookie) = log_in(&c, &s.url, TOKEN).await;
+    let (cookie, _) = cookie.expect("logged in");
+    let body = page_when(&c, &s.url, Some(&cookie), |b| {
+        b.contains("value=\"unlock:kx1001\"")
+    })
+    .await;
+    let token = csrf(&body).expect("a CSRF token");
+    let unlock = |pin: &'static str| {
+        let (c, url, cookie, token) = (c.clone(), s.url.clone(), cookie.clone(), token.clone());
+        async move {
+            let r = c
+                .post(format!("{url}action"))
+                .header("cookie", cookie)
+                .form_body(&[
+                    ("do", "unlock:kx1001"),
+                    ("csrf", token.as_str()),
+                    ("pin", pin),
+                ])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 303);
+            let location = r.headers()["location"].to_str().unwrap().to_string();
+            location["./?sent=".len()..location.len() - "#events".len()].to_string()
+        }
+    };
+    let result_topic = format!("{}/kx1001/command/result", s.base);
+    let wrong = unlock("1111").await;
+    let r = probe
+        .wait_for("the wrong PIN's result", T, |m| {
+            m.topic == result_topic && m.json()["id"] == wrong
+        })
+        .await
+        .json();
+    assert_eq!(r["status"], "rejected", "{r}");
+    assert!(
+        s.bridge.ctx.commands.try_recv().is_err(),
+        "a wrong PIN reached the connector"
+    );
+    let right = unlock("2468").await;
+    let req = tokio::time::timeout(T, s.bridge.ctx.commands.recv())
+        .await
+        .expect("the unlock with the PIN reached the connector")
+        .unwrap();
+    assert_eq!(req.id, right);
+    req.progress.send(CommandProgress::Succeeded).await.unwrap();
+    let r = probe
+        .wait_for("the right PIN's result", T, |m| {
+            m.topic == result_topic && m.json()["id"] == right
+        })
+        .await
+        .json();
+    assert_eq!(r["status"], "succeeded", "{r}");
+    s.bridge.stop().await;
+}

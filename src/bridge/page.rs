@@ -135,24 +135,23 @@ pub(super) fn page(
                 || upstream(v).contains(&needle)
         })
         .collect();
-    let by = |a: &(&VehicleId, &Vehicle), b: &(&VehicleId, &Vehicle)| -> Ordering {
-        let (va, vb) = (a.1, b.1);
-        let first = match q.sort {
-            SortKey::Name => va
-                .info()
-                .name
-                .to_lowercase()
-                .cmp(&vb.info().name.to_lowercase()),
-            SortKey::Upstream => upstream(va).cmp(upstream(vb)),
-            SortKey::State => vb.shown_online().cmp(&va.shown_online()),
-            SortKey::Reported => va.reported_at().cmp(&vb.reported_at()),
-            SortKey::Battery => energy(va)
-                .partial_cmp(&energy(vb))
-                .unwrap_or(Ordering::Equal),
-        };
-        first.then_with(|| a.0.as_str().cmp(b.0.as_str()))
-    };
-    matched.sort_by(|a, b| if q.desc { by(b, a) } else { by(a, b) });
+    // Every key ends in the id, so the order is total and descending is its reverse.
+    match q.sort {
+        SortKey::Name => matched.sort_by_cached_key(|(id, v)| (v.info().name.to_lowercase(), *id)),
+        SortKey::Upstream => matched.sort_by_key(|(id, v)| (upstream(v), *id)),
+        // Online first, then offline, then those never shown either way.
+        SortKey::State => matched.sort_by_key(|(id, v)| (std::cmp::Reverse(v.shown_online()), *id)),
+        SortKey::Reported => matched.sort_by_key(|(id, v)| (v.reported_at(), *id)),
+        SortKey::Battery => matched.sort_by(|(ia, a), (ib, b)| {
+            let (ea, eb) = (energy(a), energy(b));
+            ea.partial_cmp(&eb)
+                .unwrap_or(Ordering::Equal)
+                .then_with(|| ia.cmp(ib))
+        }),
+    }
+    if q.desc {
+        matched.reverse();
+    }
     let pages = matched.len().div_ceil(PER_PAGE).max(1);
     let page = q.page.clamp(1, pages);
     let rows = matched

@@ -54,6 +54,19 @@ const HUB_ANSWER: Duration = Duration::from_secs(5);
 /// How often the live stream looks for changed status figures.
 const STATUS_EVERY: Duration = Duration::from_secs(2);
 
+/// Where `vehicle2mqtt addon` serves the page: `ingress_port` in addon/config.yaml.
+pub const ADDON_LISTEN: &str = "0.0.0.0:8099";
+
+/// What `vehicle2mqtt addon` sets for the page: ingress on (the Supervisor's proxy may
+/// act), and the page on [`ADDON_LISTEN`] unless the options or the environment name
+/// another address.
+pub fn addon_page(bridge: &mut crate::config::BridgeConfig) {
+    bridge.ingress = true;
+    if bridge.http_listen.trim().is_empty() {
+        bridge.http_listen = ADDON_LISTEN.into();
+    }
+}
+
 /// What the page is told at start.
 pub struct Settings {
     pub base_topic: String,
@@ -247,8 +260,10 @@ fn page_headers(app: &App) -> [(header::HeaderName, String); 3] {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct Notice {
+    /// The command id an action got (only its letters, digits and dashes are shown).
     sent: Option<String>,
-    refused: Option<String>,
+    /// Every kept event, result and problem.
+    full: bool,
 }
 
 async fn index(
@@ -272,14 +287,17 @@ async fn index(
     };
     let snapshot = app.snapshot.read().map(|s| s.clone()).unwrap_or_default();
     let who = who(&app, peer, &headers);
-    let notice = match (&notice.sent, &notice.refused) {
-        (Some(id), _) => Some(format!(
-            "Sent (command id {}): its result shows under Events and results and on <vehicle>/command/result.",
-            id.chars().take(32).collect::<String>()
-        )),
-        (None, Some(why)) => Some(format!("Refused: {}", why.chars().take(200).collect::<String>())),
-        (None, None) => None,
-    };
+    let notice_full = notice.full;
+    let notice = notice.sent.map(|id| {
+        let id: String = id
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .take(32)
+            .collect();
+        format!(
+            "Sent (command id {id}): its result shows under Events and results and on <vehicle>/command/result."
+        )
+    });
     let view = render::View {
         csrf: who.csrf(&app.auth),
         has_token: app.auth.has_token(),
@@ -287,6 +305,7 @@ async fn index(
         logged_in: matches!(who, Who::Session { .. }),
         map_tiles: &app.settings.map_tiles,
         notice: notice.as_deref(),
+        full: notice_full,
     };
     let html = render::page(
         &view,

@@ -131,6 +131,32 @@ pub struct View<'a> {
     pub logged_in: bool,
     pub map_tiles: &'a str,
     pub notice: Option<&'a str>,
+    /// Every kept event, result and problem, not only the newest.
+    pub full: bool,
+}
+
+/// Events and results, and problems, on a page (without `full`): the page stays small
+/// (under 200 KB with 100 fleet rows), the rest is one click away.
+pub const ENTRIES_SHOWN: usize = 100;
+pub const PROBLEMS_SHOWN: usize = 50;
+
+/// At most `max` characters of `text`, with an ellipsis when cut.
+fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
+/// "Showing the newest n of m" with a link to all, when not all are shown.
+fn more(shown: usize, kept: usize, anchor: &str) -> String {
+    if shown >= kept {
+        String::new()
+    } else {
+        format!(
+            " Showing the newest {shown} of {kept}: <a href=\"?full=true#{anchor}\">show all</a>."
+        )
+    }
 }
 
 fn cell(cells: &[(String, String)], id: &str) -> String {
@@ -373,12 +399,19 @@ pub fn page(
     h.push_str("</section>");
 
     // Why not.
-    h.push_str(
+    let shown = if view.full {
+        problems.len()
+    } else {
+        problems.len().min(PROBLEMS_SHOWN)
+    };
+    let _ = write!(
+        h,
         "<section id=\"whynot\"><h2>Why not</h2><p>Why a device may not show: the newest first \
-         (unknown ids, links that send only plain frames, refused logins, cloud errors and holds).</p>\
+         (unknown ids, links that send only plain frames, refused logins, cloud errors and holds).{}</p>\
          <table><thead><tr><th>Time</th><th>What</th><th>Peer</th><th>Detail</th></tr></thead><tbody id=\"problems\">",
+        more(shown, problems.len(), "whynot")
     );
-    for p in problems {
+    for p in &problems[..shown] {
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -426,11 +459,20 @@ pub fn page(
     h.push_str("</tbody></table></section>");
 
     // Events and results.
-    h.push_str(
-        "<section id=\"events\"><h2>Events and results</h2><table><thead><tr><th>Time</th>\
-         <th>Vehicle</th><th>Kind</th><th>What</th><th>Detail</th></tr></thead><tbody id=\"entries\">",
+    let shown = if view.full {
+        entries.len()
+    } else {
+        entries.len().min(ENTRIES_SHOWN)
+    };
+    let _ = write!(
+        h,
+        "<section id=\"events\"><h2>Events and results</h2><p>The newest first (the last {} are kept).{}</p>\
+         <table><thead><tr><th>Time</th><th>Vehicle</th><th>Kind</th><th>What</th><th>Detail</th></tr></thead>\
+         <tbody id=\"entries\">",
+        super::feed::ENTRIES,
+        more(shown, entries.len(), "events")
     );
-    for e in entries {
+    for e in &entries[..shown] {
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -438,7 +480,7 @@ pub fn page(
             esc(&e.vehicle),
             e.kind,
             esc(&e.what),
-            esc(&e.detail)
+            esc(&clip(&e.detail, 200))
         );
     }
     h.push_str("</tbody></table></section></main>");
@@ -504,6 +546,7 @@ mod tests {
             logged_in: false,
             map_tiles: "",
             notice: None,
+            full: false,
         };
         let html = page(
             &view,
