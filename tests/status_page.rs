@@ -543,3 +543,134 @@ async fn an_unlock_from_the_page_needs_the_pin_like_one_over_mqtt() {
     assert_eq!(r["status"], "succeeded", "{r}");
     s.bridge.stop().await;
 }
+
+/// The real binary's demo with a secret of every kind set to a marker (the EXLIVE
+/// account's password no longer the one its tracker sends, so a refused login shows
+/// under Why not): no page, endpoint or live event carries any of them, nor the kingxun
+/// device keys, nor the embedded broker's password.
+#[tokio::test]
+async fn no_secret_of_the_demo_is_on_any_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = std::process::Command::new(common::BIN)
+        .args([
+            "simulate",
+            "kingxun",
+            "--devices",
+            "2",
+            "--key-seed",
+            "2024",
+            "--first-id",
+            "1001",
+            "--print-config",
+        ])
+        .output()
+        .unwrap();
+    let devices = String::from_utf8(devices.stdout).unwrap();
+    let mut secrets: Vec<String> = devices
+        .lines()
+        .filter_map(|l| l.strip_prefix("key = \""))
+        .map(|k| k.trim_end_matches('"').to_string())
+        .collect();
+    assert_eq!(secrets.len(), 2, "{devices}");
+    let markers = [
+        ("bridge", "command_pin", "pin-marker-8642"),
+        ("bridge", "http_token", "http-token-marker-0123456789"),
+        ("xchanger", "password", "xchanger-password-marker"),
+        ("xchanger", "app_key", "xchanger-app-key-marker"),
+        ("iauto360", "secure_code", "iauto360-secure-code-marker"),
+    ];
+    let mut file = String::new();
+    for section in ["bridge", "xchanger", "iauto360"] {
+        file += &format!("[{section}]\n");
+        for (_, key, value) in markers.iter().filter(|(s, _, _)| *s == section) {
+            file += &format!("{key} = \"{value}\"\n");
+        }
+    }
+    file += "[exlive]\naccounts = [{ name = \"demo\", password = \"exlive-password-marker\" }]\n";
+    file += &devices;
+    secrets.extend(markers.iter().map(|(_, _, v)| v.to_string()));
+    secrets.push("exlive-password-marker".into());
+    let config = dir.path().join("secrets.toml");
+    std::fs::write(&config, file).unwrap();
+
+    let ports: Vec<u16> = (0..7).map(|_| common::free_port()).collect();
+    let mut args = vec![
+        "--config".to_string(),
+        config.display().to_string(),
+        "demo".into(),
+    ];
+    for (flag, port) in ["mqtt", "kingxun", "exlive", "xchanger", "iauto360", "push"]
+        .iter()
+        .zip(&ports)
+    {
+        args.extend([format!("--{flag}-port"), port.to_string()]);
+    }
+    let child = std::process::Command::new(common::BIN)
+        .args(&args)
+        .current_dir(dir.path())
+        .env("TMPDIR", dir.path())
+        .env("V2M_BRIDGE__HTTP_LISTEN", format!("127.0.0.1:{}", ports[6]))
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = common::KillOnDrop(child);
+    let state = dir
+        .path()
+        .join(format!("vehicle2mqtt-demo-{}", child.0.id()));
+    let (_, broker_password) = common::embedded_login(&state);
+    secrets.push(broker_password);
+    let url = format!("http://127.0.0.1:{}/", ports[6]);
+    assert!(
+        common::wait_port_async(ports[6], T).await,
+        "the page never listened"
+    );
+    let c = client();
+    page_when(&c, &url, None, |b| {
+        b.contains("kx1001") && b.contains("exlive_login_refused")
+    })
+    .await;
+    let (_, cookie) = log_in(&c, &url, "http-token-marker-0123456789").await;
+    let (cookie, set_cookie) = cookie.expect("logged in");
+    let mut bodies = vec![set_cookie];
+    for path in [
+        "",
+        "?full=true",
+        "?sort=battery&desc=true",
+        "login",
+        "metrics",
+        "healthz",
+    ] {
+        for cookie in [None, Some(cookie.as_str())] {
+            let mut req = c.get(format!("{url}{path}"));
+            if let Some(cookie) = cookie {
+                req = req.header("cookie", cookie);
+            }
+            bodies.push(text(req.send().await.unwrap()).await.1);
+        }
+    }
+    let mut live = c
+        .get(format!("{url}live?ids=kx1001,kx1002,ex7001"))
+        .send()
+        .await
+        .unwrap();
+    let chunk = tokio::time::timeout(T, live.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_or_default();
+    bodies.push(String::from_utf8_lossy(&chunk).to_string());
+    assert!(
+        bodies[2].contains("exlive_login_refused"),
+        "the refused login is shown"
+    );
+    for body in &bodies {
+        for secret in &secrets {
+            assert!(
+                !body.contains(secret.as_str()),
+                "`{secret}` on a page:\n{body}"
+            );
+        }
+    }
+}
