@@ -293,3 +293,44 @@ fn environment_variables_are_named_as_figment_reads_them() {
         "environment variable `V2M_KINGXUN__ZZ_NEVER_SET_PROBE`"
     );
 }
+
+/// The status page's settings are checked at load: a short token, an ingress address
+/// that is none, a tile URL that is no http(s) template or could leave its attribute.
+#[test]
+fn the_status_page_settings_are_checked() {
+    let problems = |toml: &str| -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, toml).unwrap();
+        match Config::load(Some(&file)) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    };
+    assert_eq!(
+        problems("[bridge]\nhttp_token = \"0123456789abcdef\"\nmap_tiles = \"\"\n"),
+        ""
+    );
+    assert!(problems("[bridge]\nhttp_token = \"short\"\n").contains("bridge.http_token"));
+    assert!(
+        problems("[bridge]\ningress = true\ningress_from = \"supervisor\"\n")
+            .contains("bridge.ingress_from")
+    );
+    assert_eq!(
+        problems("[bridge]\ningress_from = \"anything while ingress is off\"\n"),
+        ""
+    );
+    for bad in [
+        "ftp://tiles.example/{z}/{x}/{y}.png",
+        "https://tiles.example/{z}/{x}.png",
+        "https://tiles.example/{z}/{x}/{y}.png\\\" onload=\\\"x",
+        "https://tiles.example/<b>/{z}/{x}/{y}.png",
+    ] {
+        let got = problems(&format!("[bridge]\nmap_tiles = \"{bad}\"\n"));
+        assert!(got.contains("bridge.map_tiles"), "{bad}: {got}");
+    }
+    assert_eq!(
+        problems("[bridge]\nmap_tiles = \"https://{s}.tile.example.org/{z}/{x}/{y}.png\"\n"),
+        ""
+    );
+}

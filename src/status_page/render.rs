@@ -507,6 +507,38 @@ pub fn login(message: Option<&str>) -> String {
 mod tests {
     use super::*;
 
+    fn view(map_tiles: &str) -> View<'_> {
+        View {
+            csrf: None,
+            has_token: false,
+            ingress: false,
+            logged_in: false,
+            map_tiles,
+            notice: None,
+            full: false,
+        }
+    }
+
+    #[test]
+    fn the_map_is_there_only_with_tiles() {
+        let empty = FleetPage::default();
+        let q = FleetQuery::default();
+        let s = Snapshot::default();
+        let off = page(&view(""), &q, &empty, &s, "b", &[], &[]);
+        assert!(!off.contains("leaflet") && !off.contains("id=\"map\""));
+        let on = page(
+            &view("https://t.example/{z}/{x}/{y}.png"),
+            &q,
+            &empty,
+            &s,
+            "b",
+            &[],
+            &[],
+        );
+        assert!(on.contains("assets/leaflet.js") && on.contains("<div id=\"map\""));
+        assert!(on.contains("data-tiles=\"https://t.example/{z}/{x}/{y}.png\""));
+    }
+
     #[test]
     fn escapes_what_html_would_read() {
         assert_eq!(

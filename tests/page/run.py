@@ -9,7 +9,11 @@ a headless Chromium driven over the DevTools protocol.
 4. Logged in with bridge.http_token, the page's Lock button ends `succeeded` on
    <vehicle>/command/result (one result, with the page's command id); logged out, the same
    action (even with the old CSRF token) is refused with 403.
-5. A screenshot of the page is kept in $ARTEFACTS/status-page.png.
+5. Through a stand-in for Home Assistant's ingress (a proxy from 127.0.0.2, the page under
+   /api/hassio_ingress/<token>/): the script, style and live stream load under the prefix,
+   the page admits actions without a login, and its Unlock ends `succeeded`.
+6. Screenshots are kept in $ARTEFACTS: status-page.png (logged in), status-page-read-only.png,
+   status-page-ingress.png.
 
 With --bench: the page for 10 000 configured kingxun vehicles (size, server time,
 browser time) instead.
@@ -17,6 +21,8 @@ browser time) instead.
 Run by .ci/page-test with VEHICLE2MQTT_BIN and CHROMIUM.
 """
 import base64
+import http.client
+import http.server
 import json
 import os
 import shutil
@@ -26,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -149,6 +156,56 @@ def start_demo(work, extra_env=None, config=None):
     return demo, ports, http, login
 
 
+INGRESS_PREFIX = "/api/hassio_ingress/t0k3n"
+
+
+def ingress_proxy(upstream_port):
+    """Home Assistant's ingress as the bridge sees it: requests under a prefix, forwarded
+    from the Supervisor's own address (127.0.0.2 here) with X-Ingress-Path, responses
+    streamed back (the live stream too)."""
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"  # the end of a response is the end of the connection
+
+        def log_message(self, *args):
+            pass
+
+        def forward(self):
+            if not self.path.startswith(INGRESS_PREFIX + "/"):
+                self.send_error(404)
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            headers["X-Ingress-Path"] = INGRESS_PREFIX
+            up = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=120,
+                                            source_address=("127.0.0.2", 0))
+            up.request(self.command, self.path[len(INGRESS_PREFIX):], body=body, headers=headers)
+            r = up.getresponse()
+            self.send_response(r.status)
+            for k, v in r.getheaders():
+                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(k, v)
+            self.end_headers()
+            try:
+                while True:
+                    chunk = r.read1(65536)
+                    if not chunk:
+                        break
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+            except OSError:
+                pass
+            up.close()
+
+        do_GET = forward
+        do_POST = forward
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def mqtt_args(ports, login):
     return ["-h", "127.0.0.1", "-p", str(ports["mqtt"]), "-u", login["username"], "-P", login["password"]]
 
@@ -162,7 +219,10 @@ def suite(work):
     config = os.path.join(work, "hostile.toml")
     with open(config, "w") as f:
         f.write(devices)
-    demo, ports, http, login = start_demo(work, config=config)
+    # Ingress on, with the stand-in Supervisor at 127.0.0.2: the browser itself (127.0.0.1)
+    # is nobody special.
+    demo, ports, http, login = start_demo(
+        work, config=config, extra_env={"V2M_BRIDGE__INGRESS": "true", "V2M_BRIDGE__INGRESS_FROM": "127.0.0.2"})
     page = f"http://127.0.0.1:{http}/"
     until("every demo vehicle on the page",
           lambda: all(v.encode() in get(page)[1] for v in DEMO_VEHICLES), 60)
@@ -249,6 +309,29 @@ def suite(work):
     assert status == 403, f"a logged-out action answered {status}"
     print("logged out, the same action is refused (403)", flush=True)
     screenshot(tab, "status-page-read-only.png")
+
+    # 5. Through ingress: under a prefix, actions without a login.
+    proxy = ingress_proxy(http)
+    panel = f"http://127.0.0.1:{proxy.server_address[1]}{INGRESS_PREFIX}/"
+    load(tab, panel)
+    until("the page's script and live stream under the prefix", lambda: tab.evaluate(
+        "document.documentElement.dataset.live === 'connected'"), 30)
+    sheets = tab.evaluate("[...document.styleSheets].map(s => s.href)")
+    assert f"{panel}assets/status.css" in sheets, sheets
+    assert "Actions enabled (Home Assistant ingress)" in tab.evaluate("document.getElementById('auth').textContent")
+    tab.evaluate("window.__same_page = 2")
+    until("kx1001 locked", lambda: lock_cell(tab, "kx1001") == "LOCKED", 30)
+    tab.evaluate("document.querySelector('button[value=\"unlock:kx1001\"]').click()")
+    sent = until("the panel's command id", lambda: tab.evaluate(
+        f"document.readyState === 'complete' && location.pathname === {json.dumps(INGRESS_PREFIX + '/')}"
+        " && new URLSearchParams(location.search).get('sent')"), 30)
+    final = until("the panel's unlock to end", lambda: [r for r in results() if r["status"] != "accepted"], 60)
+    assert [r["status"] for r in final] == ["succeeded"] and final[0]["command"] == "unlock", results()
+    until("the panel showing kx1001 UNLOCKED, live through the proxy",
+          lambda: lock_cell(tab, "kx1001") == "UNLOCKED", 30)
+    print(f"through ingress ({INGRESS_PREFIX}/): unlock {sent} succeeded, live updates arrive", flush=True)
+    screenshot(tab, "status-page-ingress.png")
+    proxy.shutdown()
     tab.close()
     stop(demo)
 
