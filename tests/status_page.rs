@@ -303,6 +303,29 @@ async fn live_streams_are_capped_bodies_bounded_wrong_tokens_slowed_and_counted(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // Fleet pages, each a pass of the hub over the fleet, come at a bounded rate: of 60
+    // asked at once, some are told to come back (20 at once, 10 a second).
+    // A client that keeps no idle connection (each would hold one of the page's 64).
+    let once = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let asks = (0..60).map(|_| {
+        let (c, url) = (once.clone(), s.url.clone());
+        async move { c.get(url).send().await.unwrap() }
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    let busy: Vec<_> = answers
+        .iter()
+        .filter(|r| r.status().as_u16() == 503)
+        .collect();
+    assert!(
+        !busy.is_empty() && busy.len() < 60,
+        "{} of 60 refused",
+        busy.len()
+    );
+    assert!(busy.iter().all(|r| r.headers()["retry-after"] == "1"));
+
     // An oversized form is refused unread.
     let big = "x".repeat(64 * 1024);
     let r = c

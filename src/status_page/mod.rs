@@ -10,7 +10,8 @@
 //! `<vehicle>/command/result`.
 //!
 //! Bounded: connections (`MAX_CONNECTIONS`), live streams (`MAX_LIVE`, the next is
-//! answered 503), request bodies (`MAX_BODY`, 413), the filter text.
+//! answered 503), request bodies (`MAX_BODY`, 413), the filter text, fleet pages per
+//! second (`PAGES_PER_SECOND`, then 503: each costs the hub a pass over the fleet).
 
 mod auth;
 pub mod feed;
@@ -18,6 +19,7 @@ pub mod problems;
 mod render;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +51,10 @@ pub const MAX_LIVE: usize = 16;
 pub const MAX_BODY: usize = 8 * 1024;
 /// Longest filter text looked at.
 const MAX_FILTER: usize = 100;
+/// Fleet pages the hub builds per second at most (each goes over every vehicle, on the
+/// hub's own loop: a few ms for 10 000), and at once.
+const PAGES_PER_SECOND: f64 = 10.0;
+const PAGES_AT_ONCE: f64 = 20.0;
 /// How long the page waits for the hub's answer.
 const HUB_ANSWER: Duration = Duration::from_secs(5);
 /// How often the live stream looks for changed status figures.
@@ -78,8 +84,34 @@ pub struct Settings {
     pub broker: String,
 }
 
+/// A token bucket for the fleet pages: a reloading crowd or a crawler cannot keep the
+/// hub busy.
+struct Budget(std::sync::Mutex<(f64, std::time::Instant)>);
+
+impl Budget {
+    fn new() -> Budget {
+        Budget(std::sync::Mutex::new((
+            PAGES_AT_ONCE,
+            std::time::Instant::now(),
+        )))
+    }
+
+    fn take(&self) -> bool {
+        let mut b = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(b.1).as_secs_f64() * PAGES_PER_SECOND;
+        *b = ((b.0 + refill).min(PAGES_AT_ONCE), now);
+        if b.0 < 1.0 {
+            return false;
+        }
+        b.0 -= 1.0;
+        true
+    }
+}
+
 struct App {
     settings: Settings,
+    pages: Budget,
     auth: Auth,
     snapshot: SharedSnapshot,
     feed: Feed,
@@ -100,10 +132,42 @@ struct Limited {
     permits: Arc<Semaphore>,
 }
 
-/// A connection and its place among the open ones.
+/// A connection and its place among the open ones, closed when nothing went either
+/// way for `IDLE` (an idle keep-alive or a stalled client gives its place back; a live
+/// stream writes a keep-alive every 15 s).
 struct Counted {
     stream: TcpStream,
+    last: tokio::time::Instant,
+    idle: std::pin::Pin<Box<tokio::time::Sleep>>,
     _permit: OwnedSemaphorePermit,
+}
+
+/// A connection with no traffic this long is closed.
+const IDLE: Duration = Duration::from_secs(60);
+
+impl Counted {
+    fn new(stream: TcpStream, permit: OwnedSemaphorePermit) -> Counted {
+        Counted {
+            stream,
+            last: tokio::time::Instant::now(),
+            idle: Box::pin(tokio::time::sleep(IDLE)),
+            _permit: permit,
+        }
+    }
+
+    /// Pending while there was traffic within `IDLE`; an error once there was none.
+    fn idle_check(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Error> {
+        loop {
+            if self.idle.as_mut().poll(cx).is_pending() {
+                return std::task::Poll::Pending;
+            }
+            let due = self.last + IDLE;
+            if due <= tokio::time::Instant::now() {
+                return std::task::Poll::Ready(std::io::ErrorKind::TimedOut.into());
+            }
+            self.idle.as_mut().reset(due);
+        }
+    }
 }
 
 impl tokio::io::AsyncRead for Counted {
@@ -112,7 +176,14 @@ impl tokio::io::AsyncRead for Counted {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let me = self.get_mut();
+        match std::pin::Pin::new(&mut me.stream).poll_read(cx, buf) {
+            std::task::Poll::Pending => me.idle_check(cx).map(Err),
+            ready => {
+                me.last = tokio::time::Instant::now();
+                ready
+            }
+        }
     }
 }
 
@@ -122,7 +193,15 @@ impl tokio::io::AsyncWrite for Counted {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let me = self.get_mut();
+        match std::pin::Pin::new(&mut me.stream).poll_write(cx, buf) {
+            // A client that stopped reading is idle too.
+            std::task::Poll::Pending => me.idle_check(cx).map(Err),
+            ready => {
+                me.last = tokio::time::Instant::now();
+                ready
+            }
+        }
     }
     fn poll_flush(
         self: std::pin::Pin<&mut Self>,
@@ -144,21 +223,13 @@ impl axum::serve::Listener for Limited {
 
     async fn accept(&mut self) -> (Counted, SocketAddr) {
         loop {
-            // The semaphore is never closed.
-            let Ok(permit) = self.permits.clone().acquire_owned().await else {
-                std::future::pending::<()>().await;
-                continue;
+            let permit = match self.permits.clone().acquire_owned().await {
+                Ok(permit) => permit,
+                // Never closed; were it, no connection would be taken any more.
+                Err(_) => std::future::pending().await,
             };
             match self.listener.accept().await {
-                Ok((stream, peer)) => {
-                    return (
-                        Counted {
-                            stream,
-                            _permit: permit,
-                        },
-                        peer,
-                    )
-                }
+                Ok((stream, peer)) => return (Counted::new(stream, permit), peer),
                 // Usually out of file descriptors: wait instead of spinning.
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
@@ -193,6 +264,7 @@ pub async fn serve(
         ask,
         live: Arc::new(Semaphore::new(MAX_LIVE)),
         shutdown: shutdown.clone(),
+        pages: Budget::new(),
     });
     let page = axum::Router::new()
         .route("/", get(index))
@@ -274,6 +346,14 @@ async fn index(
     Query(notice): Query<Notice>,
 ) -> Response {
     q.q = q.q.chars().take(MAX_FILTER).collect();
+    if !app.pages.take() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "the page is asked for too often: try again in a second\n",
+        )
+            .into_response();
+    }
     let (tx, rx) = oneshot::channel();
     if app.ask.send(Ask::Fleet(q.clone(), tx)).await.is_err() {
         return (StatusCode::SERVICE_UNAVAILABLE, "the bridge is stopping\n").into_response();
@@ -622,6 +702,26 @@ mod tests {
         assert!(as_message("v2m", "lock:a/b", "", "x").is_err());
         assert!(as_message("v2m", "lock:#", "", "x").is_err());
         assert!(as_message("v2m", "horn:kx1", "", "x").is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_closed_and_gives_its_place_back() {
+        use axum::serve::Listener;
+        use tokio::io::AsyncReadExt;
+        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut listener = Limited {
+            listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            permits: permits.clone(),
+        };
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (mut conn, _) = listener.accept().await;
+        assert_eq!(permits.available_permits(), MAX_CONNECTIONS - 1);
+        // The client sends nothing: the paused clock runs on to the idle limit.
+        let err = conn.read(&mut [0u8; 16]).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        drop(conn);
+        assert_eq!(permits.available_permits(), MAX_CONNECTIONS);
     }
 
     #[test]
