@@ -1438,7 +1438,7 @@ fn the_fleet_page_filters_sorts_pages_and_shows_the_last_command() {
             .is_some_and(|c| c.starts_with("unlock: succeeded at ")),
         "{kx1:?}"
     );
-    let entries = feed.entries();
+    let (entries, _) = feed.entries(1);
     assert_eq!(
         (entries[0].kind, entries[0].what.as_str()),
         ("result", "unlock: succeeded")

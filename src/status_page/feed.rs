@@ -153,10 +153,10 @@ impl Feed {
         let _ = self.live.send(Live::Vehicle(Box::new(row)));
     }
 
-    /// Newest first.
-    pub fn entries(&self) -> Vec<Entry> {
+    /// The newest `n`, newest first, and how many are kept.
+    pub fn entries(&self, n: usize) -> (Vec<Entry>, usize) {
         let ring = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        ring.iter().cloned().collect()
+        (ring.iter().take(n).cloned().collect(), ring.len())
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Live> {
@@ -226,7 +226,8 @@ mod tests {
                 detail: String::new(),
             });
         }
-        let e = feed.entries();
+        let (e, kept) = feed.entries(usize::MAX);
+        assert_eq!(kept, ENTRIES);
         assert_eq!(e.len(), ENTRIES);
         assert_eq!(e[0].vehicle, format!("v{}", ENTRIES + 2));
     }

@@ -385,7 +385,6 @@ async fn index(
         logged_in: matches!(who, Who::Session { .. }),
         map_tiles: &app.settings.map_tiles,
         notice: notice.as_deref(),
-        full: notice_full,
     };
     let html = render::page(
         &view,
@@ -393,8 +392,14 @@ async fn index(
         &fleet,
         &snapshot,
         &app.settings.broker,
-        &problems::global().recent(),
-        &app.feed.entries(),
+        problems::global().recent(match notice_full {
+            true => problems::KEPT,
+            false => render::PROBLEMS_SHOWN,
+        }),
+        app.feed.entries(match notice_full {
+            true => feed::ENTRIES,
+            false => render::ENTRIES_SHOWN,
+        }),
     );
     (
         page_headers(&app),

@@ -68,10 +68,10 @@ impl Problems {
         let _ = self.live.send(problem);
     }
 
-    /// Newest first.
-    pub fn recent(&self) -> Vec<Problem> {
+    /// The newest `n`, newest first, and how many are kept.
+    pub fn recent(&self, n: usize) -> (Vec<Problem>, usize) {
         let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        ring.iter().cloned().collect()
+        (ring.iter().take(n).cloned().collect(), ring.len())
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Problem> {
@@ -103,7 +103,9 @@ mod tests {
         let mut live = p.subscribe();
         p.record("test", "10.0.0.1".into(), "live".into());
         assert_eq!(live.try_recv().map(|p| p.detail), Ok("live".to_string()));
-        let recent = p.recent();
+        let (recent, kept) = p.recent(usize::MAX);
+        assert_eq!(kept, KEPT);
+        assert_eq!(p.recent(3).0[..], recent[..3]);
         assert_eq!(recent.len(), KEPT);
         assert_eq!(recent[0].detail, "live");
         assert_eq!(recent[1].detail, format!("n{}", KEPT + 4));
@@ -114,7 +116,7 @@ mod tests {
     fn long_text_is_clipped_on_a_char_boundary() {
         let p = Problems::default();
         p.record("test", "é".repeat(500), "x".repeat(500));
-        let got = &p.recent()[0];
+        let got = &p.recent(1).0[0];
         assert_eq!(got.peer.chars().count(), MAX_TEXT);
         assert_eq!(got.detail.len(), MAX_TEXT);
     }

@@ -131,11 +131,10 @@ pub struct View<'a> {
     pub logged_in: bool,
     pub map_tiles: &'a str,
     pub notice: Option<&'a str>,
-    /// Every kept event, result and problem, not only the newest.
-    pub full: bool,
 }
 
-/// Events and results, and problems, on a page (without `full`): the page stays small
+/// Events and results, and problems, on a page (without `full`; the caller takes them):
+/// the page stays small
 /// (under 200 KB with 100 fleet rows), the rest is one click away.
 pub const ENTRIES_SHOWN: usize = 100;
 pub const PROBLEMS_SHOWN: usize = 50;
@@ -193,8 +192,8 @@ pub fn page(
     fleet: &FleetPage,
     snapshot: &Snapshot,
     broker: &str,
-    problems: &[Problem],
-    entries: &[Entry],
+    (problems, problems_kept): (Vec<Problem>, usize),
+    (entries, entries_kept): (Vec<Entry>, usize),
 ) -> String {
     let cells = status_cells(snapshot, broker);
     let mut h = String::with_capacity(64 * 1024);
@@ -399,19 +398,14 @@ pub fn page(
     h.push_str("</section>");
 
     // Why not.
-    let shown = if view.full {
-        problems.len()
-    } else {
-        problems.len().min(PROBLEMS_SHOWN)
-    };
     let _ = write!(
         h,
         "<section id=\"whynot\"><h2>Why not</h2><p>Why a device may not show: the newest first \
          (unknown ids, links that send only plain frames, refused logins, cloud errors and holds).{}</p>\
          <table><thead><tr><th>Time</th><th>What</th><th>Peer</th><th>Detail</th></tr></thead><tbody id=\"problems\">",
-        more(shown, problems.len(), "whynot")
+        more(problems.len(), problems_kept, "whynot")
     );
-    for p in &problems[..shown] {
+    for p in &problems {
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -459,20 +453,15 @@ pub fn page(
     h.push_str("</tbody></table></section>");
 
     // Events and results.
-    let shown = if view.full {
-        entries.len()
-    } else {
-        entries.len().min(ENTRIES_SHOWN)
-    };
     let _ = write!(
         h,
         "<section id=\"events\"><h2>Events and results</h2><p>The newest first (the last {} are kept).{}</p>\
          <table><thead><tr><th>Time</th><th>Vehicle</th><th>Kind</th><th>What</th><th>Detail</th></tr></thead>\
          <tbody id=\"entries\">",
         super::feed::ENTRIES,
-        more(shown, entries.len(), "events")
+        more(entries.len(), entries_kept, "events")
     );
-    for e in &entries[..shown] {
+    for e in &entries {
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -515,7 +504,6 @@ mod tests {
             logged_in: false,
             map_tiles,
             notice: None,
-            full: false,
         }
     }
 
@@ -524,7 +512,7 @@ mod tests {
         let empty = FleetPage::default();
         let q = FleetQuery::default();
         let s = Snapshot::default();
-        let off = page(&view(""), &q, &empty, &s, "b", &[], &[]);
+        let off = page(&view(""), &q, &empty, &s, "b", (vec![], 0), (vec![], 0));
         assert!(!off.contains("leaflet") && !off.contains("id=\"map\""));
         let on = page(
             &view("https://t.example/{z}/{x}/{y}.png"),
@@ -532,8 +520,8 @@ mod tests {
             &empty,
             &s,
             "b",
-            &[],
-            &[],
+            (vec![], 0),
+            (vec![], 0),
         );
         assert!(on.contains("assets/leaflet.js") && on.contains("<div id=\"map\""));
         assert!(on.contains("data-tiles=\"https://t.example/{z}/{x}/{y}.png\""));
@@ -578,7 +566,6 @@ mod tests {
             logged_in: false,
             map_tiles: "",
             notice: None,
-            full: false,
         };
         let html = page(
             &view,
@@ -586,8 +573,8 @@ mod tests {
             &fleet,
             &Snapshot::default(),
             "b",
-            &[],
-            &[],
+            (vec![], 0),
+            (vec![], 0),
         );
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(!html.contains("<script>alert"));
