@@ -1071,7 +1071,8 @@ impl<M: Mqtt> Hub<M> {
     fn publish_availability(&mut self, id: &VehicleId, force: bool) {
         let before = self.fleet.get(id).and_then(|v| v.shown_online());
         if let Some(available) = self.fleet.availability_to_publish(id, force) {
-            if before != Some(available) {
+            // Kept only while the page is served (a fleet's map otherwise).
+            if before != Some(available) && self.feed.is_some() {
                 self.extras.availability(id, self.now.wall);
                 self.show_row(id);
             }
@@ -1131,7 +1132,9 @@ impl<M: Mqtt> Hub<M> {
                 ),
             });
         }
-        if let Some(vid) = VehicleId::new(vehicle).filter(|v| self.fleet.contains(v)) {
+        let known =
+            VehicleId::new(vehicle).filter(|v| self.feed.is_some() && self.fleet.contains(v));
+        if let Some(vid) = known {
             self.extras.result(&vid, command, status, self.now.wall);
             self.show_row(&vid);
         }
