@@ -27,6 +27,7 @@ pub mod shared;
 #[cfg(feature = "simulators")]
 pub mod sim;
 pub mod state_dir;
+pub mod status_page;
 pub mod trip_log;
 pub mod upstream;
 pub mod zone;

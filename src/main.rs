@@ -178,7 +178,10 @@ fn main() -> ExitCode {
             }
         };
         return match Config::load_with(Some(options), &overrides) {
-            Ok((config, _)) => run(config, false),
+            Ok((mut config, _)) => {
+                vehicle2mqtt::status_page::addon_page(&mut config.bridge);
+                run(config, false)
+            }
             Err(err) => {
                 eprintln!(
                     "vehicle2mqtt: invalid add-on options:\n{}",

@@ -1,5 +1,5 @@
 //! What operators watch: `/metrics` (Prometheus text, rendered with the prometheus-client
-//! crate) and `/healthz` on `bridge.http_listen`, and the health verdict that
+//! crate) and `/healthz` on `bridge.http_listen` (beside the status page), and the health verdict that
 //! `vehicle2mqtt health` and the liveness file share. The hub writes a [`Snapshot`];
 //! scrapes only read it, so they never slow the bridge down.
 
@@ -11,7 +11,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio_util::sync::CancellationToken;
 
 /// One connector as the hub sees it.
 #[derive(Debug, Clone, Default)]
@@ -48,6 +47,12 @@ pub struct Snapshot {
     pub subscription_refused: bool,
     /// Logins the embedded broker refused (wrong or missing user name or password).
     pub embedded_refused_logins: u64,
+    /// Messages waiting for room in the MQTT client (the retry queue).
+    pub retry_queue: usize,
+    /// Vehicles whose newest state waits for MQTT.
+    pub unsent_states: usize,
+    /// Wrong `bridge.http_token`s given to the status page's login.
+    pub page_login_failures: u64,
 }
 
 /// Counts one occurrence; `Some(total)` when it is worth a log line (the 1st, 2nd, 4th,
@@ -105,6 +110,16 @@ impl Snapshot {
             "embedded_broker_refused_logins",
             "Logins the embedded MQTT broker refused (wrong or missing user name or password)",
             counter(self.embedded_refused_logins),
+        );
+        registry.register(
+            "page_login_failures",
+            "Wrong tokens given to the status page's login",
+            counter(self.page_login_failures),
+        );
+        registry.register(
+            "mqtt_retry_queue",
+            "Messages waiting for room in the MQTT client",
+            gauge(self.retry_queue as i64),
         );
         registry.register(
             "mqtt_connected",
@@ -192,12 +207,8 @@ impl Snapshot {
     }
 }
 
-/// Serves `/metrics` and `/healthz` until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    snapshot: SharedSnapshot,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
+/// `/metrics` and `/healthz` (the status page serves them beside itself).
+pub fn router(snapshot: SharedSnapshot) -> axum::Router {
     use axum::http::{header, StatusCode};
     use axum::response::IntoResponse;
     let metrics = {
@@ -230,12 +241,9 @@ pub async fn serve(
             }
         }
     };
-    let app = axum::Router::new()
+    axum::Router::new()
         .route("/metrics", axum::routing::get(metrics))
-        .route("/healthz", axum::routing::get(healthz));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+        .route("/healthz", axum::routing::get(healthz))
 }
 
 #[cfg(test)]

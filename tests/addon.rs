@@ -115,6 +115,41 @@ fn config_yaml_is_complete_and_consistent() {
     secrets_are_passwords(&c["schema"], "");
 }
 
+/// The status page in the sidebar: ingress on, proxied to the port `vehicle2mqtt addon`
+/// serves the page on, with a panel icon and title.
+#[test]
+fn the_status_page_is_the_addon_s_panel() {
+    let c = addon("config.yaml");
+    assert_eq!(c["ingress"], true);
+    let mut bridge = vehicle2mqtt::config::BridgeConfig::default();
+    vehicle2mqtt::status_page::addon_page(&mut bridge);
+    assert!(bridge.ingress);
+    let listen: std::net::SocketAddr = bridge.http_listen.parse().unwrap();
+    assert!(
+        listen.ip().is_unspecified(),
+        "the Supervisor's proxy reaches the add-on over its network: {listen}"
+    );
+    assert_eq!(c["ingress_port"].as_u64(), Some(u64::from(listen.port())));
+    assert!(c["panel_icon"]
+        .as_str()
+        .is_some_and(|i| i.starts_with("mdi:")));
+    assert!(c["panel_title"].as_str().is_some_and(|t| !t.is_empty()));
+    // And the defaults' ingress_from is the Supervisor's (the add-on documentation's),
+    // ingress off but where the add-on turns it on.
+    assert_eq!(bridge.ingress_from, "172.30.32.2");
+    assert!(!vehicle2mqtt::config::BridgeConfig::default().ingress);
+    // An address of the user's own is kept.
+    let mut own = vehicle2mqtt::config::BridgeConfig {
+        http_listen: "0.0.0.0:9090".into(),
+        ..Default::default()
+    };
+    vehicle2mqtt::status_page::addon_page(&mut own);
+    assert_eq!(
+        (own.http_listen.as_str(), own.ingress),
+        ("0.0.0.0:9090", true)
+    );
+}
+
 #[test]
 fn options_are_real_bridge_config_keys() {
     let c = addon("config.yaml");

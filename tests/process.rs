@@ -641,6 +641,8 @@ async fn the_addon_takes_its_broker_from_the_supervisor() {
     )
     .unwrap();
     let probe = Probe::connect(broker.port, &[&format!("{base}/bridge/state")]).await;
+    // Not the add-on's 0.0.0.0:8099, which another test or program may hold.
+    let page_port = common::free_port();
     let _child = KillOnDrop(
         bridge_cmd(dir.path())
             .arg("addon")
@@ -649,6 +651,7 @@ async fn the_addon_takes_its_broker_from_the_supervisor() {
             .arg("--supervisor")
             .arg(&supervisor)
             .env("SUPERVISOR_TOKEN", "supervisor-token")
+            .env("V2M_BRIDGE__HTTP_LISTEN", format!("127.0.0.1:{page_port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -656,6 +659,17 @@ async fn the_addon_takes_its_broker_from_the_supervisor() {
     );
     probe.wait_for("online", T, |m| m.text() == "online").await;
     assert_eq!(seen.lock().unwrap()[0], "Bearer supervisor-token");
+    // The add-on's page has ingress on: from anywhere but the Supervisor, read-only.
+    let page = reqwest::get(format!("http://127.0.0.1:{page_port}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("open this page from the add-on's panel"),
+        "{page}"
+    );
 
     // Without the Supervisor's token: a clear refusal, exit 1.
     let out = bridge_cmd(dir.path())

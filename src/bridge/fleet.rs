@@ -137,6 +137,11 @@ impl Vehicle {
     fn available(&self) -> bool {
         self.online && !self.stale
     }
+
+    /// What its `availability` topic last said; `None` before it said anything.
+    pub fn shown_online(&self) -> Option<bool> {
+        self.published_availability
+    }
 }
 
 /// What a state report changed.

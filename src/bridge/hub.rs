@@ -27,6 +27,7 @@ use super::fleet::{Fleet, Purge, Restored};
 use super::gate::{self, CommandGate, Refusal};
 use super::lifecycle::{self, Lifecycle};
 use super::outbox::{Outbox, Sink};
+use super::page::{self, Extras};
 use super::records::{self, RecordKeeper};
 use super::status::{Figures, Status};
 use super::worker::{Queued, WorkerEvent};
@@ -36,6 +37,7 @@ use crate::connector::Update;
 use crate::hass::Topics;
 use crate::model::{lock_state, Command, CommandStatus, Field, VehicleEvent, VehicleId};
 use crate::mqtt::{MqttEvent, MqttStats, SubscribeOptions};
+use crate::status_page::feed::{Entry, Feed, FleetPage, FleetQuery};
 
 /// Messages (other than states) waiting for room in the MQTT client's queue, per message
 /// the client itself queues (`mqtt.queue_capacity`, 1 000 by default: 50 000).
@@ -156,6 +158,9 @@ pub struct Hub<M: Mqtt> {
     field_payloads: HashMap<VehicleId, BTreeMap<String, String>>,
     /// When discovery goes out again after Home Assistant's birth.
     rediscover_at: Option<Instant>,
+    /// The status page's feed, when the page is served, and what only it shows.
+    feed: Option<Feed>,
+    extras: Extras,
     actions: Vec<Action>,
     now: Now,
 }
@@ -211,6 +216,8 @@ impl<M: Mqtt> Hub<M> {
             outbox: Outbox::new(retry_limit),
             field_payloads: HashMap::new(),
             rediscover_at: None,
+            feed: None,
+            extras: Extras::default(),
             actions: Vec::new(),
             now,
             config,
@@ -246,6 +253,40 @@ impl<M: Mqtt> Hub<M> {
             );
         }
         hub
+    }
+
+    /// Events, results and live rows go to the status page from now on.
+    pub fn set_feed(&mut self, feed: Feed) {
+        self.feed = Some(feed);
+    }
+
+    /// One page of the status page's fleet table.
+    pub fn fleet_page(&self, q: &FleetQuery) -> FleetPage {
+        let names = self.status.names();
+        page::page(
+            &self.fleet,
+            &names,
+            &self.extras,
+            |id| self.gate.pending_lock(id),
+            q,
+        )
+    }
+
+    /// The vehicle's row to whoever watches the page live.
+    fn show_row(&self, id: &VehicleId) {
+        let Some(feed) = self.feed.as_ref().filter(|f| f.watches(id.as_str())) else {
+            return;
+        };
+        if let Some(v) = self.fleet.get(id) {
+            let name = self.status.name(v.owner());
+            feed.vehicle(page::row(
+                id,
+                v,
+                name,
+                &self.extras,
+                self.gate.pending_lock(id),
+            ));
+        }
     }
 
     pub fn connector_name(&self, owner: usize) -> &'static str {
@@ -835,6 +876,7 @@ impl<M: Mqtt> Hub<M> {
             return 0;
         };
         self.field_payloads.remove(id);
+        self.extras.forget(id);
         self.gate.forget(id);
         self.derivations.forget(id);
         let removals = self.lifecycle.remove_all(id, &mut v.entities);
@@ -967,6 +1009,7 @@ impl<M: Mqtt> Hub<M> {
     /// away: owed states coalesce to the newest, so a reconnect sends the latest state of
     /// each vehicle, never a replay of the stale ones queued in the client.
     fn publish_state(&mut self, id: &VehicleId) {
+        self.show_row(id);
         let owed = !self.link.connected || self.outbox.is_behind() || !self.try_publish_state(id);
         if !owed {
             self.outbox.state_sent(id);
@@ -1061,7 +1104,13 @@ impl<M: Mqtt> Hub<M> {
     }
 
     fn publish_availability(&mut self, id: &VehicleId, force: bool) {
+        let before = self.fleet.get(id).and_then(|v| v.shown_online());
         if let Some(available) = self.fleet.availability_to_publish(id, force) {
+            // Kept only while the page is served (a fleet's map otherwise).
+            if before != Some(available) && self.feed.is_some() {
+                self.extras.availability(id, self.now.wall);
+                self.show_row(id);
+            }
             let topic = self.topics.vehicle(id.as_str(), "availability");
             self.send(topic, if available { "online" } else { "offline" }, true);
         }
@@ -1069,6 +1118,15 @@ impl<M: Mqtt> Hub<M> {
 
     fn publish_event(&mut self, id: &VehicleId, event: VehicleEvent) {
         let mut payload = event.attributes;
+        if let Some(feed) = &self.feed {
+            feed.entry(Entry {
+                at: self.now.rfc3339(),
+                vehicle: id.to_string(),
+                kind: "event",
+                what: event.event_type.to_string(),
+                detail: serde_json::Value::Object(payload.clone()).to_string(),
+            });
+        }
         payload.insert("event_type".into(), event.event_type.into());
         payload.insert("ts".into(), self.now.rfc3339().into());
         let topic = self.topics.vehicle(id.as_str(), "event");
@@ -1097,6 +1155,24 @@ impl<M: Mqtt> Hub<M> {
         if let Some(at) = reported_at {
             payload["reported_at"] = at.into();
         }
+        if let Some(feed) = &self.feed {
+            feed.entry(Entry {
+                at: self.now.rfc3339(),
+                vehicle: vehicle.to_string(),
+                kind: "result",
+                what: format!("{command}: {}", payload["status"].as_str().unwrap_or("")),
+                detail: format!(
+                    "id {id}{}",
+                    reason.map(|r| format!(", {r}")).unwrap_or_default()
+                ),
+            });
+        }
+        let known =
+            VehicleId::new(vehicle).filter(|v| self.feed.is_some() && self.fleet.contains(v));
+        if let Some(vid) = known {
+            self.extras.result(&vid, command, status, self.now.wall);
+            self.show_row(&vid);
+        }
         let topic = self.topics.vehicle(vehicle, "command/result");
         self.send(topic, payload.to_string(), false);
     }
@@ -1111,7 +1187,8 @@ impl<M: Mqtt> Hub<M> {
 
     fn observe(&mut self, alive: bool) {
         let figures = figures(&self.fleet, &self.gate, &self.link, self.mqtt.stats());
-        let snapshot = Box::new(self.status.snapshot(&figures));
+        let mut snapshot = Box::new(self.status.snapshot(&figures));
+        (snapshot.retry_queue, snapshot.unsent_states) = self.outbox.waiting();
         self.actions.push(Action::Observe { snapshot, alive });
     }
 

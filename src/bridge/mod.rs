@@ -17,6 +17,7 @@ mod gate;
 mod hub;
 mod lifecycle;
 mod outbox;
+mod page;
 mod records;
 mod status;
 pub mod store;
@@ -267,6 +268,25 @@ pub async fn run(
         false => Default::default(),
     };
     let http_listen = config.bridge.http_listen.trim().to_string();
+    let page_settings = crate::status_page::Settings {
+        base_topic: config.mqtt.base_topic.clone(),
+        token: config.bridge.http_token.clone(),
+        ingress_from: config
+            .bridge
+            .ingress
+            .then(|| config.bridge.ingress_from.parse().ok())
+            .flatten(),
+        map_tiles: config.bridge.map_tiles.clone(),
+        broker: match config.mqtt.url.as_str() {
+            "embedded" => format!("embedded, {}:{}", endpoint.host, endpoint.port),
+            _ => format!(
+                "{}:{}{}",
+                endpoint.host,
+                endpoint.port,
+                if endpoint.tls { ", TLS" } else { "" }
+            ),
+        },
+    };
     let (written_tx, mut written_rx) = mpsc::channel(1);
     let (trip_log, trip_log_thread) = match crate::trip_log::TripLog::start(
         &state_dir,
@@ -295,18 +315,26 @@ pub async fn run(
         hub.speed_limits(name, limits);
     }
     io.carry_out(&mut hub);
+    // The status page's questions; without a page nothing sends (the sender is dropped).
+    let (ask_tx, mut ask_rx) = mpsc::channel::<crate::status_page::feed::Ask>(64);
     if !http_listen.is_empty() {
         let listener = tokio::net::TcpListener::bind(&http_listen)
             .await
             .with_context(|| format!("bridge.http_listen: cannot listen on {http_listen}"))?;
-        tracing::info!(event = "http_listening", listen = %http_listen, "serving /metrics and /healthz");
-        let (snapshot, stop) = (io.snapshot.clone(), shutdown.clone());
+        tracing::info!(event = "http_listening", listen = %http_listen,
+            "serving the status page, /metrics and /healthz");
+        let feed = crate::status_page::feed::Feed::default();
+        hub.set_feed(feed.clone());
+        let (snapshot, stop, ask) = (io.snapshot.clone(), shutdown.clone(), ask_tx.clone());
         tokio::spawn(async move {
-            if let Err(e) = crate::observe::serve(listener, snapshot, stop).await {
-                tracing::error!(event = "http_stopped", error = %e, "metrics endpoint stopped");
+            if let Err(e) =
+                crate::status_page::serve(listener, snapshot, feed, ask, page_settings, stop).await
+            {
+                tracing::error!(event = "http_stopped", error = %e, "status page stopped");
             }
         });
     }
+    drop(ask_tx);
     let mut retry_tick = tokio::time::interval(RETRY_EVERY);
     let mut stale_tick = tokio::time::interval(hub.stale_check_every());
     let mut info_tick = tokio::time::interval(Duration::from_secs(1));
@@ -320,6 +348,20 @@ pub async fn run(
             Some((index, update)) = update_rx.recv() => hub.on_update(index, update, Now::real()),
             Some(event) = mqtt_rx.recv() => hub.on_mqtt(event, Now::real()),
             Some(event) = worker_rx.recv() => hub.on_worker(event, Now::real()),
+            Some(ask) = ask_rx.recv() => match ask {
+                crate::status_page::feed::Ask::Fleet(query, reply) => {
+                    let _ = reply.send(hub.fleet_page(&query));
+                }
+                crate::status_page::feed::Ask::Message { topic, payload } => {
+                    let message = crate::mqtt::MqttEvent::Message {
+                        topic,
+                        payload: payload.into(),
+                        retain: false,
+                        expires_in: None,
+                    };
+                    hub.on_mqtt(message, Now::real());
+                }
+            },
             Some((index, reason)) = exit_rx.recv() => {
                 if !shutdown.is_cancelled() && hub.on_connector_exit(index, &reason, Now::real()) {
                     io.carry_out(&mut hub);

@@ -74,6 +74,11 @@ impl Outbox {
         !self.retry.is_empty()
     }
 
+    /// Messages waiting for room, and vehicles whose newest state is owed.
+    pub fn waiting(&self) -> (usize, usize) {
+        (self.retry.len(), self.unsent_states.len())
+    }
+
     /// Something waits: a retry, a state or a discovery.
     pub fn has_work(&self) -> bool {
         !self.retry.is_empty() || !self.unsent_states.is_empty() || !self.owed_discovery.is_empty()

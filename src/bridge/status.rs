@@ -115,6 +115,10 @@ impl Status {
         };
         c.links = links;
         if let Some(err) = error {
+            // Once per new error: a cloud that fails every poll says it once.
+            if c.error.as_deref() != Some(err.as_str()) {
+                crate::status_page::problems::record("connector_error", c.name, err.clone());
+            }
             let msg = format!("{}: {err}", c.name);
             c.error = Some(err);
             self.set_error(msg);
@@ -206,6 +210,9 @@ impl Status {
             embedded_refused_logins: crate::mqtt::broker_door::refused_logins(),
             #[cfg(not(feature = "embedded-broker"))]
             embedded_refused_logins: 0,
+            retry_queue: 0,
+            unsent_states: 0,
+            page_login_failures: crate::status_page::login_failures(),
         }
     }
 }

@@ -1312,3 +1312,136 @@ mod interleavings {
         }
     }
 }
+
+/// The status page's fleet table: filtered, sorted and paged by the hub, with since when
+/// each vehicle shows what it shows and its last command; events and results in the feed.
+#[test]
+fn the_fleet_page_filters_sorts_pages_and_shows_the_last_command() {
+    use crate::status_page::feed::{Feed, FleetQuery, SortKey, StateFilter};
+    let mut rig = Rig::new(config());
+    let feed = Feed::default();
+    rig.hub.set_feed(feed.clone());
+    rig.connect();
+    for i in 0..250i64 {
+        let (owner, id) = if i % 5 == 0 {
+            (1, format!("ex{i}"))
+        } else {
+            (0, format!("kx{i}"))
+        };
+        let mut info = scooter(&id);
+        info.name = if i % 2 == 0 {
+            format!("scooter {i:03}")
+        } else {
+            format!("Scooter {i:03}")
+        };
+        rig.hub.on_update(owner, Update::Vehicle(info), rig.now);
+        rig.hub.on_update(
+            owner,
+            Update::State {
+                vehicle: vid(&id),
+                state: state(i % 100),
+                replace: false,
+            },
+            rig.now,
+        );
+        if i % 10 == 3 {
+            rig.hub.on_update(
+                owner,
+                Update::Availability {
+                    vehicle: vid(&id),
+                    online: false,
+                },
+                rig.now,
+            );
+        }
+        rig.collect();
+    }
+    let page = |q: FleetQuery| rig.hub.fleet_page(&q);
+    let all = page(FleetQuery::default());
+    assert_eq!(
+        (all.total, all.matched, all.pages, all.page, all.rows.len()),
+        (250, 250, 3, 1, 100)
+    );
+    let names: Vec<&str> = all.rows.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names[..3],
+        ["scooter 000", "Scooter 001", "scooter 002"],
+        "by name, any case"
+    );
+    let first = &all.rows[0];
+    assert_eq!((first.upstream, first.online), ("exlive", Some(true)));
+    assert!(first.since.is_some() && first.reported_at.is_some());
+    assert_eq!(first.energy.as_deref(), Some("battery 0 %"));
+    assert_eq!(first.actions, ["lock"]);
+
+    let last = page(FleetQuery {
+        page: 9,
+        ..Default::default()
+    });
+    assert_eq!(
+        (last.page, last.rows.len()),
+        (3, 50),
+        "a page past the end is the last"
+    );
+    let ex = page(FleetQuery {
+        q: "EXLIVE".into(),
+        ..Default::default()
+    });
+    assert_eq!(ex.matched, 50);
+    assert!(ex.rows.iter().all(|r| r.upstream == "exlive"));
+    let off = page(FleetQuery {
+        state: StateFilter::Offline,
+        ..Default::default()
+    });
+    assert_eq!(off.matched, 25);
+    assert!(off.rows.iter().all(|r| r.online == Some(false)));
+    let full = page(FleetQuery {
+        sort: SortKey::Battery,
+        desc: true,
+        ..Default::default()
+    });
+    assert_eq!(full.rows[0].energy.as_deref(), Some("battery 99 %"));
+    let state_first = page(FleetQuery {
+        sort: SortKey::State,
+        ..Default::default()
+    });
+    assert_eq!(state_first.rows[0].online, Some(true));
+    let state_last = page(FleetQuery {
+        sort: SortKey::State,
+        page: 3,
+        ..Default::default()
+    });
+    assert_eq!(state_last.rows.last().and_then(|r| r.online), Some(false));
+
+    // A command and its result: the row's last command, and an entry in the feed.
+    rig.set("kx1", "lock", r#"{"action":"UNLOCK","id":"page-1"}"#);
+    assert_eq!(rig.commands().len(), 1);
+    rig.worker(WorkerEvent::Outcome {
+        vehicle: vid("kx1"),
+        id: "page-1".into(),
+        command: Command::Unlock,
+        status: CommandStatus::Succeeded,
+        reason: None,
+        reported_at: None,
+    });
+    let row = rig
+        .hub
+        .fleet_page(&FleetQuery {
+            q: "kx1".into(),
+            ..Default::default()
+        })
+        .rows;
+    let kx1 = row.iter().find(|r| r.id == "kx1").unwrap();
+    assert!(
+        kx1.command
+            .as_deref()
+            .is_some_and(|c| c.starts_with("unlock: succeeded at ")),
+        "{kx1:?}"
+    );
+    let (entries, _) = feed.entries(1);
+    assert_eq!(
+        (entries[0].kind, entries[0].what.as_str()),
+        ("result", "unlock: succeeded")
+    );
+    assert!(entries[0].detail.contains("page-1"));
+}

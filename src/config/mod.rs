@@ -28,6 +28,7 @@ use describe::*;
 /// `V2M_BRIDGE__COMMAND_PIN=0123` as the number 123. Each upstream adds its own.
 const TEXT_KEYS: &[&str] = &[
     "bridge.command_pin",
+    "bridge.http_token",
     "mqtt.username",
     "mqtt.password",
     "mqtt.client_id",
@@ -163,6 +164,7 @@ pub const SECRET_KEYS: &[&str] = &[
     "access_token",
     "refresh_token",
     "auth_code",
+    "http_token",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -290,6 +292,19 @@ pub struct BridgeConfig {
     /// `/metrics` (Prometheus) and `/healthz` on this address, e.g. "127.0.0.1:9090";
     /// empty = off. An address that cannot be bound stops the bridge at start.
     pub http_listen: String,
+    /// With it, the status page on `http_listen` offers actions (lock, unlock, refresh,
+    /// purge) after a login with this token (at least 16 characters); without it (and
+    /// without `ingress`) the page is read-only.
+    pub http_token: Secret,
+    /// Home Assistant ingress: requests from `ingress_from` (the Supervisor's proxy,
+    /// which has authenticated the user) may act. Set by `vehicle2mqtt addon`; off
+    /// elsewhere, where that address means nothing.
+    pub ingress: bool,
+    /// The Supervisor's ingress proxy (the add-on documentation's 172.30.32.2).
+    pub ingress_from: String,
+    /// The status page's map tiles: a URL template with {z}, {x} and {y}; empty turns
+    /// the map off.
+    pub map_tiles: String,
     /// A connector that cannot go on (e.g. its port is taken) stops the bridge (exit 1),
     /// so a supervisor sees it; `false` keeps the others running, unhealthy.
     pub exit_on_connector_failure: bool,
@@ -309,6 +324,32 @@ pub struct BridgeConfig {
     pub vehicle_stale_after: std::collections::BTreeMap<String, StaleAfter>,
 }
 
+/// A tile URL template the page may hand to Leaflet: empty, or http(s) with {z}, {x}
+/// and {y} and nothing that could leave an attribute or a URL.
+fn check_map_tiles(t: &str) -> Result<(), &'static str> {
+    if t.is_empty() {
+        return Ok(());
+    }
+    if !(t.starts_with("https://") || t.starts_with("http://")) {
+        return Err("must start with https:// (or http://), or be empty to turn the map off");
+    }
+    if !["{z}", "{x}", "{y}"].iter().all(|p| t.contains(p)) {
+        return Err("must contain {z}, {x} and {y}");
+    }
+    if t.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || "\"'<>`\\".contains(c))
+    {
+        return Err("must not contain spaces, quotes, < or >");
+    }
+    Ok(())
+}
+
+/// OpenStreetMap's standard tiles (their usage policy asks for light use and the
+/// attribution the page shows).
+pub const DEFAULT_MAP_TILES: &str = "https://tile.openstreetmap.org/{z}/{x}/{y}.png";
+/// The shortest `bridge.http_token`.
+pub const MIN_HTTP_TOKEN: usize = 16;
+
 /// A duration in a map (`humantime`, e.g. "2h").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -325,6 +366,10 @@ impl Default for BridgeConfig {
             log_level: "info".into(),
             command_queue: 8,
             http_listen: String::new(),
+            http_token: Secret::default(),
+            ingress: false,
+            ingress_from: "172.30.32.2".into(),
+            map_tiles: DEFAULT_MAP_TILES.into(),
             exit_on_connector_failure: true,
             remember_vehicles: true,
             forget_absent_entities_after: Duration::ZERO,
@@ -629,6 +674,28 @@ impl Config {
                 "bridge.http_listen".into(),
                 format!("`{http}` is not host:port (e.g. 127.0.0.1:9090)"),
             ));
+        }
+        let token = self.bridge.http_token.expose();
+        if !token.is_empty() && (token.chars().count() < MIN_HTTP_TOKEN || token.len() > 256) {
+            problems.push((
+                "bridge.http_token".into(),
+                format!("must be {MIN_HTTP_TOKEN} to 256 characters (e.g. `openssl rand -hex 16`)"),
+            ));
+        }
+        if self.bridge.ingress
+            && self
+                .bridge
+                .ingress_from
+                .parse::<std::net::IpAddr>()
+                .is_err()
+        {
+            problems.push((
+                "bridge.ingress_from".into(),
+                format!("`{}` is not an IP address", self.bridge.ingress_from),
+            ));
+        }
+        if let Err(reason) = check_map_tiles(&self.bridge.map_tiles) {
+            problems.push(("bridge.map_tiles".into(), reason.into()));
         }
         if let Err(reason) = tracing_subscriber::EnvFilter::try_new(&self.bridge.log_level) {
             problems.push(("bridge.log_level".into(), reason.to_string()));

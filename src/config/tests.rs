@@ -190,6 +190,7 @@ fn every_secret_set() -> Config {
         password = "real-mqtt-password"
         [bridge]
         command_pin = "real-command-pin"
+        http_token = "real-page-http-token"
         [xchanger]
         password = "real-xchanger-password"
         auth_code = "real-xchanger-auth-code"
@@ -236,7 +237,7 @@ fn no_secret_of_a_full_config_shows_in_check_config_or_debug() {
             v
         })
         .collect();
-    assert_eq!(values.len(), 13, "{paths:?}");
+    assert_eq!(values.len(), 14, "{paths:?}");
 
     let shown = config.to_masked_toml();
     let debug = format!("{config:?}\n{config:#?}");
@@ -290,5 +291,46 @@ fn environment_variables_are_named_as_figment_reads_them() {
     assert_eq!(
         describe_env_var("kingxun.zz_never_set_probe"),
         "environment variable `V2M_KINGXUN__ZZ_NEVER_SET_PROBE`"
+    );
+}
+
+/// The status page's settings are checked at load: a short token, an ingress address
+/// that is none, a tile URL that is no http(s) template or could leave its attribute.
+#[test]
+fn the_status_page_settings_are_checked() {
+    let problems = |toml: &str| -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, toml).unwrap();
+        match Config::load(Some(&file)) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    };
+    assert_eq!(
+        problems("[bridge]\nhttp_token = \"0123456789abcdef\"\nmap_tiles = \"\"\n"),
+        ""
+    );
+    assert!(problems("[bridge]\nhttp_token = \"short\"\n").contains("bridge.http_token"));
+    assert!(
+        problems("[bridge]\ningress = true\ningress_from = \"supervisor\"\n")
+            .contains("bridge.ingress_from")
+    );
+    assert_eq!(
+        problems("[bridge]\ningress_from = \"anything while ingress is off\"\n"),
+        ""
+    );
+    for bad in [
+        "ftp://tiles.example/{z}/{x}/{y}.png",
+        "https://tiles.example/{z}/{x}.png",
+        "https://tiles.example/{z}/{x}/{y}.png\\\" onload=\\\"x",
+        "https://tiles.example/<b>/{z}/{x}/{y}.png",
+    ] {
+        let got = problems(&format!("[bridge]\nmap_tiles = \"{bad}\"\n"));
+        assert!(got.contains("bridge.map_tiles"), "{bad}: {got}");
+    }
+    assert_eq!(
+        problems("[bridge]\nmap_tiles = \"https://{s}.tile.example.org/{z}/{x}/{y}.png\"\n"),
+        ""
     );
 }

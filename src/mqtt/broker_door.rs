@@ -276,6 +276,11 @@ async fn door(
     if !admits(&connect, login.as_ref()) {
         attempt.failed();
         let n = REFUSED_LOGINS.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::status_page::problems::record(
+            "embedded_broker_login_refused",
+            peer,
+            "MQTT login refused: wrong or missing user name or password",
+        );
         if log.allow() == Ok(true) {
             tracing::warn!(event = "embedded_broker_login_refused", peer = %peer, refused = n,
                 "MQTT login refused (wrong or missing user name or password; the bridge's own is in state_dir/embedded_broker.json)");

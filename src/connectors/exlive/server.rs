@@ -204,6 +204,11 @@ async fn serve_link(
             .logins_failed
             .fetch_add(1, Ordering::Relaxed);
         attempt.failed();
+        crate::status_page::problems::record(
+            "exlive_login_refused",
+            peer,
+            format!("account `{name}`: wrong name or password"),
+        );
         tracing::warn!(event = "exlive_login_failed", peer = %peer, user = %name, "EXLIVE login refused");
         let _ = write_line(&mut wr, &Session::refused().encode()).await;
         return;
@@ -237,6 +242,11 @@ async fn serve_link(
                     }
                     Step::NotAllowed(id) => {
                         if let Some(n) = crate::observe::count_sampled(&shared.counters.not_allowed) {
+                            crate::status_page::problems::record(
+                                "exlive_vehicle_not_allowed",
+                                peer,
+                                format!("account `{name}` may not report vehicle `{id}` ({n} so far)"),
+                            );
                             tracing::warn!(event = "exlive_vehicle_not_allowed", peer = %peer, user = %name, vehicle = %id, total = n,
                                 "message for a vehicle this account may not report; dropped");
                         }

@@ -255,6 +255,18 @@ impl Shared {
             Err(CallError::RateLimited | CallError::Server(_)) => {
                 let now = Instant::now();
                 let until = hold.struggled(self.cfg.active_interval(), None, now);
+                crate::status_page::problems::record(
+                    "iauto360_hold",
+                    "iauto360 platform",
+                    format!(
+                        "{}: every read waits {} s",
+                        match result {
+                            Err(CallError::RateLimited) => "rate limited (429)",
+                            _ => "server error",
+                        },
+                        (until - now).as_secs()
+                    ),
+                );
                 tracing::warn!(
                     event = "iauto360_backoff",
                     failures = hold.failures(),

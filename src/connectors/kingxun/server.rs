@@ -298,6 +298,11 @@ async fn admit(
             .counters
             .unknown_devices
             .fetch_add(1, Ordering::Relaxed);
+        crate::status_page::problems::record(
+            "kingxun_unknown_device",
+            peer,
+            format!("device id {dev_id} tried to register; it is not in [[kingxun.devices]]"),
+        );
         if may_log(&shared, 1) {
             tracing::warn!(event = "kingxun_unknown_device", peer = %peer, dev_id,
                 "unknown device id: answered like any registration, but nothing it sends is used (add it to [[kingxun.devices]])");
@@ -512,6 +517,11 @@ impl LinkContext {
             LinkEvent::Unproven { msg_id, first } => {
                 c.unproven_frames.fetch_add(1, Ordering::Relaxed);
                 if first {
+                    crate::status_page::problems::record(
+                        "kingxun_plain_frames",
+                        peer,
+                        format!("device {dev_id} sends only plain frames: ignored until it sends an encrypted one (kingxun.accept_plain_frames)"),
+                    );
                     tracing::warn!(event = "kingxun_unproven_link", peer = %peer, dev_id, msg_id,
                         "plain frames from a link that has not yet sent an encrypted one: ignored until it proves the device key (see kingxun.accept_plain_frames)");
                 }

@@ -224,6 +224,11 @@ impl Shared {
                 };
                 let now = Instant::now();
                 let until = hold.struggled(self.cfg.active_interval(), at_least, now);
+                crate::status_page::problems::record(
+                    "xchanger_hold",
+                    "xchanger cloud",
+                    format!("{e}: every request waits {} s", (until - now).as_secs()),
+                );
                 tracing::warn!(event = "xchanger_backoff", error = %e, failures = hold.failures(),
                     wait_ms = (until - now).as_millis() as u64, "xchanger cloud trouble; backing off");
             }
