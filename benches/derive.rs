@@ -33,6 +33,11 @@ fn state(lat: f64, lon: f64, kmh: f64, odometer: f64, soc: f64) -> VehicleState 
 }
 
 fn main() {
+    // `cargo test --all-targets` runs benches too: the figure is a release build's.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("derive: skipped (run with `cargo bench --bench derive`)");
+        return;
+    }
     let mut config = DeriveConfig::default();
     config.events.overspeed_kmh = Some(50.0);
     config.events.low_battery_percent = Some(15.0);
