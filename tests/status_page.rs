@@ -462,10 +462,39 @@ async fn names_are_text_and_no_secret_is_on_any_page() {
         !body.contains("<script>alert") && !body.contains("<img") && !body.contains("<b>LOCKED")
     );
 
-    let mut bodies = vec![body];
+    // The map's positions: every vehicle with one, the name as a JSON string (the page's
+    // script makes it a text node).
+    let (status, json) = text(
+        c.get(format!("{}positions.json", s.url))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{json}");
+    let points: Vec<(String, String, f64, f64)> = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        points,
+        vec![("kx666".to_string(), hostile.to_string(), 31.2304, 121.4737)]
+    );
+    let script = text(
+        c.get(format!("{}assets/status.js", s.url))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+    .1;
+    assert!(
+        script.contains("label.textContent = r.name"),
+        "tooltips are text"
+    );
+
+    let mut bodies = vec![body, json];
     for path in [
         "",
         "?q=kx&sort=battery&desc=true&page=9",
+        "positions.json",
         "login",
         "metrics",
         "healthz",

@@ -272,6 +272,11 @@ impl<M: Mqtt> Hub<M> {
         )
     }
 
+    /// Every vehicle with a position, for the page's map.
+    pub fn positions(&self) -> Vec<crate::status_page::feed::MapPoint> {
+        page::positions(&self.fleet)
+    }
+
     /// The vehicle's row to whoever watches the page live.
     fn show_row(&self, id: &VehicleId) {
         let Some(feed) = self.feed.as_ref().filter(|f| f.watches(id.as_str())) else {

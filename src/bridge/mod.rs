@@ -352,6 +352,9 @@ pub async fn run(
                 crate::status_page::feed::Ask::Fleet(query, reply) => {
                     let _ = reply.send(hub.fleet_page(&query));
                 }
+                crate::status_page::feed::Ask::Positions(reply) => {
+                    let _ = reply.send(hub.positions());
+                }
                 crate::status_page::feed::Ask::Message { topic, payload } => {
                     let message = crate::mqtt::MqttEvent::Message {
                         topic,

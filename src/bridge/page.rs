@@ -111,6 +111,22 @@ pub(super) fn row(
     }
 }
 
+/// Every vehicle with a position, for the map.
+pub(super) fn positions(fleet: &Fleet) -> Vec<crate::status_page::feed::MapPoint> {
+    fleet
+        .iter()
+        .filter_map(|(id, v)| {
+            let p = v.state().position?;
+            Some((
+                id.to_string(),
+                v.info().name.clone(),
+                p.latitude,
+                p.longitude,
+            ))
+        })
+        .collect()
+}
+
 /// The page of the fleet table that `q` asks for (a page past the end is the last).
 pub(super) fn page(
     fleet: &Fleet,

@@ -269,6 +269,7 @@ pub async fn serve(
     let page = axum::Router::new()
         .route("/", get(index))
         .route("/live", get(live))
+        .route("/positions.json", get(positions))
         .route("/assets/{name}", get(asset))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
@@ -336,6 +337,33 @@ struct Notice {
     sent: Option<String>,
     /// Every kept event, result and problem.
     full: bool,
+}
+
+/// Every vehicle with a position, for the map (asked for once per page load, counted
+/// with the pages).
+async fn positions(State(app): Shared) -> Response {
+    if !app.pages.take() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "asked for too often: try again in a second\n",
+        )
+            .into_response();
+    }
+    let (tx, rx) = oneshot::channel();
+    if app.ask.send(Ask::Positions(tx)).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the bridge is stopping\n").into_response();
+    }
+    match tokio::time::timeout(HUB_ANSWER, rx).await {
+        Ok(Ok(points)) => {
+            ([(header::CACHE_CONTROL, "no-store")], axum::Json(points)).into_response()
+        }
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the bridge did not answer in time\n",
+        )
+            .into_response(),
+    }
 }
 
 async fn index(

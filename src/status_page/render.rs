@@ -392,7 +392,7 @@ pub fn page(
     if !view.map_tiles.is_empty() {
         h.push_str(
             "<div id=\"map\" aria-label=\"Map of this page's vehicles\"></div>\
-             <p class=\"small\">Map: this page's vehicles with a position. Tiles © OpenStreetMap contributors (or as bridge.map_tiles says).</p>",
+             <p class=\"small\">Map: every vehicle with a position (this page's first, the rest from positions.json). Tiles © OpenStreetMap contributors (or as bridge.map_tiles says).</p>",
         );
     }
     h.push_str("</section>");
