@@ -726,3 +726,45 @@ async fn no_secret_of_the_demo_is_on_any_page() {
         }
     }
 }
+
+/// At most `MAX_CONNECTIONS` (64) connections are held: 64 that say nothing take every
+/// place, the next waits unanswered (in the kernel's backlog, costing the bridge
+/// nothing); one of them closing lets it in.
+#[tokio::test]
+async fn connections_past_the_cap_wait_until_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let broker = Mosquitto::start();
+    let s = start(&broker, |_| {}).await;
+    let addr = s
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut silent = Vec::new();
+    for _ in 0..vehicle2mqtt::status_page::MAX_CONNECTIONS {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let mut next = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    next.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let early = tokio::time::timeout(Duration::from_secs(2), next.read_to_end(&mut answer)).await;
+    assert!(
+        early.is_err(),
+        "answered past the cap: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    drop(silent.pop());
+    tokio::time::timeout(T, next.read_to_end(&mut answer))
+        .await
+        .expect("answered once a place was free")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 "),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    drop(silent);
+    s.bridge.stop().await;
+}
