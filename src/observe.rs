@@ -53,6 +53,8 @@ pub struct Snapshot {
     pub unsent_states: usize,
     /// Wrong `bridge.http_token`s given to the status page's login.
     pub page_login_failures: u64,
+    /// Status page connections closed for too many from one address.
+    pub page_connections_refused: u64,
 }
 
 /// Counts one occurrence; `Some(total)` when it is worth a log line (the 1st, 2nd, 4th,
@@ -115,6 +117,11 @@ impl Snapshot {
             "page_login_failures",
             "Wrong tokens given to the status page's login",
             counter(self.page_login_failures),
+        );
+        registry.register(
+            "page_connections_refused",
+            "Status page connections closed: too many open from that address",
+            counter(self.page_connections_refused),
         );
         registry.register(
             "mqtt_retry_queue",

@@ -213,6 +213,8 @@ impl Status {
             retry_queue: 0,
             unsent_states: 0,
             page_login_failures: crate::status_page::login_failures(),
+            page_connections_refused: crate::status_page::REFUSED_PER_ADDRESS
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }

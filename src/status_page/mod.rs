@@ -45,6 +45,11 @@ use crate::observe::SharedSnapshot;
 
 /// Open connections at most; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Open connections from one address at most (half of all, and more than `MAX_LIVE`;
+/// past it a new one is closed at once), so
+/// one peer cannot hold every place and keep `/healthz` from its checker. The ingress
+/// proxy's address is exempt: every panel user comes through it.
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 32;
 /// Live streams (`live`) at most; the next is answered 503.
 pub const MAX_LIVE: usize = 16;
 /// Largest request body (a form holds a token, a CSRF token and a PIN).
@@ -130,6 +135,27 @@ pub struct Peer(pub SocketAddr);
 struct Limited {
     listener: TcpListener,
     permits: Arc<Semaphore>,
+    per_address: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    /// The ingress proxy (`bridge.ingress_from`, when ingress is on).
+    exempt: Option<std::net::IpAddr>,
+}
+
+/// One connection's share of its address's count, given back when it closes.
+struct AddressShare {
+    ip: std::net::IpAddr,
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl Drop for AddressShare {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// A connection and its place among the open ones, closed when nothing went either
@@ -140,18 +166,27 @@ struct Counted {
     last: tokio::time::Instant,
     idle: std::pin::Pin<Box<tokio::time::Sleep>>,
     _permit: OwnedSemaphorePermit,
+    _share: Option<AddressShare>,
 }
+
+/// Connections closed for `MAX_CONNECTIONS_PER_ADDRESS`.
+pub static REFUSED_PER_ADDRESS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A connection with no traffic this long is closed.
 const IDLE: Duration = Duration::from_secs(60);
 
 impl Counted {
-    fn new(stream: TcpStream, permit: OwnedSemaphorePermit) -> Counted {
+    fn new(
+        stream: TcpStream,
+        permit: OwnedSemaphorePermit,
+        share: Option<AddressShare>,
+    ) -> Counted {
         Counted {
             stream,
             last: tokio::time::Instant::now(),
             idle: Box::pin(tokio::time::sleep(IDLE)),
             _permit: permit,
+            _share: share,
         }
     }
 
@@ -229,7 +264,31 @@ impl axum::serve::Listener for Limited {
                 Err(_) => std::future::pending().await,
             };
             match self.listener.accept().await {
-                Ok((stream, peer)) => return (Counted::new(stream, permit), peer),
+                Ok((stream, peer)) => {
+                    let ip = peer.ip();
+                    if self.exempt == Some(ip) {
+                        return (Counted::new(stream, permit, None), peer);
+                    }
+                    let mut counts = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
+                    let n = counts.entry(ip).or_default();
+                    if *n >= MAX_CONNECTIONS_PER_ADDRESS {
+                        // Closed at once (the stream and the permit dropped), counted and
+                        // logged sparsely.
+                        drop(counts);
+                        if let Some(total) = crate::observe::count_sampled(&REFUSED_PER_ADDRESS) {
+                            tracing::warn!(event = "page_connection_refused", peer = %ip, refused_total = total,
+                                "status page: {MAX_CONNECTIONS_PER_ADDRESS} connections from this address already; closed");
+                        }
+                        continue;
+                    }
+                    *n += 1;
+                    drop(counts);
+                    let share = AddressShare {
+                        ip,
+                        counts: self.per_address.clone(),
+                    };
+                    return (Counted::new(stream, permit, Some(share)), peer);
+                }
                 // Usually out of file descriptors: wait instead of spinning.
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
@@ -256,6 +315,7 @@ pub async fn serve(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let settings_ingress = settings.ingress_from;
     let app = Arc::new(App {
         auth: Auth::new(settings.token.clone(), settings.ingress_from),
         settings,
@@ -281,6 +341,8 @@ pub async fn serve(
     let listener = Limited {
         listener,
         permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        per_address: Arc::default(),
+        exempt: settings_ingress,
     };
     axum::serve(
         listener,
