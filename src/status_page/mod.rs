@@ -807,6 +807,8 @@ mod tests {
         let mut listener = Limited {
             listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
             permits: permits.clone(),
+            per_address: Arc::default(),
+            exempt: None,
         };
         let addr = listener.local_addr().unwrap();
         let _client = TcpStream::connect(addr).await.unwrap();
