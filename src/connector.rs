@@ -259,3 +259,21 @@ pub struct SpeedLimits {
     /// Vehicle entries' `overspeed_kmh`.
     pub vehicles: Vec<(crate::model::VehicleId, f64)>,
 }
+
+impl SpeedLimits {
+    /// A section's limit and its `vehicle_overspeed_kmh` table, each key made vehicle ids
+    /// by `ids` (none for a key that makes no id).
+    pub fn from_table<I: IntoIterator<Item = crate::model::VehicleId>>(
+        section: Option<f64>,
+        table: &std::collections::BTreeMap<String, f64>,
+        ids: impl Fn(&str) -> I,
+    ) -> SpeedLimits {
+        SpeedLimits {
+            section,
+            vehicles: table
+                .iter()
+                .flat_map(|(key, kmh)| ids(key).into_iter().map(move |id| (id, *kmh)))
+                .collect(),
+        }
+    }
+}

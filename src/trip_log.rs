@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{mpsc, Arc};
 
 use chrono::{DateTime, Utc};
@@ -72,10 +72,6 @@ impl TripLog {
                 );
             }
         }
-    }
-
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 }
 

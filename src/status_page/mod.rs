@@ -401,30 +401,34 @@ struct Notice {
     full: bool,
 }
 
+/// What the hub answers `ask` with, within the page budget (each answer is a pass of
+/// the hub over the fleet, on its own loop); the response to send otherwise.
+async fn ask_hub<T>(app: &App, ask: impl FnOnce(oneshot::Sender<T>) -> Ask) -> Result<T, Response> {
+    let unavailable = |text: &'static str| (StatusCode::SERVICE_UNAVAILABLE, text).into_response();
+    if !app.pages.take() {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "the page is asked for too often: try again in a second\n",
+        )
+            .into_response());
+    }
+    let (tx, rx) = oneshot::channel();
+    if app.ask.send(ask(tx)).await.is_err() {
+        return Err(unavailable("the bridge is stopping\n"));
+    }
+    match tokio::time::timeout(HUB_ANSWER, rx).await {
+        Ok(Ok(answer)) => Ok(answer),
+        _ => Err(unavailable("the bridge did not answer in time\n")),
+    }
+}
+
 /// Every vehicle with a position, for the map (asked for once per page load, counted
 /// with the pages).
 async fn positions(State(app): Shared) -> Response {
-    if !app.pages.take() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "1")],
-            "asked for too often: try again in a second\n",
-        )
-            .into_response();
-    }
-    let (tx, rx) = oneshot::channel();
-    if app.ask.send(Ask::Positions(tx)).await.is_err() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "the bridge is stopping\n").into_response();
-    }
-    match tokio::time::timeout(HUB_ANSWER, rx).await {
-        Ok(Ok(points)) => {
-            ([(header::CACHE_CONTROL, "no-store")], axum::Json(points)).into_response()
-        }
-        _ => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the bridge did not answer in time\n",
-        )
-            .into_response(),
+    match ask_hub(&app, Ask::Positions).await {
+        Ok(points) => ([(header::CACHE_CONTROL, "no-store")], axum::Json(points)).into_response(),
+        Err(response) => response,
     }
 }
 
@@ -436,24 +440,9 @@ async fn index(
     Query(notice): Query<Notice>,
 ) -> Response {
     q.q = q.q.chars().take(MAX_FILTER).collect();
-    if !app.pages.take() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "1")],
-            "the page is asked for too often: try again in a second\n",
-        )
-            .into_response();
-    }
-    let (tx, rx) = oneshot::channel();
-    if app.ask.send(Ask::Fleet(q.clone(), tx)).await.is_err() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "the bridge is stopping\n").into_response();
-    }
-    let Ok(Ok(fleet)) = tokio::time::timeout(HUB_ANSWER, rx).await else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the bridge did not answer in time\n",
-        )
-            .into_response();
+    let fleet = match ask_hub(&app, |tx| Ask::Fleet(q.clone(), tx)).await {
+        Ok(fleet) => fleet,
+        Err(response) => return response,
     };
     let snapshot = app.snapshot.read().map(|s| s.clone()).unwrap_or_default();
     let who = who(&app, peer, &headers);

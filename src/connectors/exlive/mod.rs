@@ -70,15 +70,11 @@ impl Connector for ExliveConnector {
     }
 
     fn speed_limits(&self) -> crate::connector::SpeedLimits {
-        crate::connector::SpeedLimits {
-            section: self.config.overspeed_kmh,
-            vehicles: self
-                .config
-                .vehicle_overspeed_kmh
-                .iter()
-                .filter_map(|(id, kmh)| Some((VehicleId::for_upstream(ID_PREFIX, id)?, *kmh)))
-                .collect(),
-        }
+        crate::connector::SpeedLimits::from_table(
+            self.config.overspeed_kmh,
+            &self.config.vehicle_overspeed_kmh,
+            |id| VehicleId::for_upstream(ID_PREFIX, id),
+        )
     }
 
     fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {

@@ -309,36 +309,35 @@ async fn device(
             );
             wr.write_all(&f.to_bytes()).await?;
             stats.statuses.fetch_add(1, Ordering::Relaxed);
+            // A trip: the ride once it arrived on a route, or one every `trip_every`.
             let arrived = o.drive.as_ref().filter(|r| !r.at(set_off.elapsed()).moving);
-            if let (Some(drive), false) = (arrived, ride_reported) {
-                ride_reported = true;
-                let trip = ride(drive, index, soc_at_start, d.soc);
-                seq = seq.wrapping_add(1);
-                let body = crypto::encrypt(&key, &iv, &trip.encode());
-                wr.write_all(
-                    &Frame::request(id::TRIP, seq, dev_id, session_id, true, Bytes::from(body))
-                        .to_bytes(),
-                )
-                .await?;
-            }
-            if trip_every > 0 && d.step > 0 && d.step.is_multiple_of(trip_every) {
-                let now = now_local();
-                let trip = Trip {
-                    start: now,
-                    start_lng: 121.47,
-                    start_lat: 31.23,
-                    end: now,
-                    end_lng: 121.48,
-                    end_lat: 31.24,
-                    distance_m: 1200,
-                    soc_begin: d.soc.saturating_add(1),
-                    soc_end: d.soc,
-                    max_speed: 7000,
-                    avg_speed: 4200,
-                    max_current_ca: 1500,
-                    battery_id: format!("BAT{index:05}"),
-                    points: vec![(121.475, 31.235)],
-                };
+            let trip = match arrived {
+                Some(drive) if !ride_reported => {
+                    ride_reported = true;
+                    Some(ride(drive, index, soc_at_start, d.soc))
+                }
+                _ if trip_every > 0 && d.step > 0 && d.step.is_multiple_of(trip_every) => {
+                    let now = now_local();
+                    Some(Trip {
+                        start: now,
+                        start_lng: 121.47,
+                        start_lat: 31.23,
+                        end: now,
+                        end_lng: 121.48,
+                        end_lat: 31.24,
+                        distance_m: 1200,
+                        soc_begin: d.soc.saturating_add(1),
+                        soc_end: d.soc,
+                        max_speed: 7000,
+                        avg_speed: 4200,
+                        max_current_ca: 1500,
+                        battery_id: format!("BAT{index:05}"),
+                        points: vec![(121.475, 31.235)],
+                    })
+                }
+                _ => None,
+            };
+            if let Some(trip) = trip {
                 seq = seq.wrapping_add(1);
                 let body = crypto::encrypt(&key, &iv, &trip.encode());
                 wr.write_all(

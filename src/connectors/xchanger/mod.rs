@@ -96,20 +96,15 @@ impl Connector for XchangerConnector {
 
     fn speed_limits(&self) -> crate::connector::SpeedLimits {
         // The cloud's VIN is the id; a key written in another case still counts.
-        let ids = |vin: &String| {
-            [vin.clone(), vin.to_ascii_uppercase()]
-                .into_iter()
-                .filter_map(|v| VehicleId::for_upstream("", &v))
-        };
-        crate::connector::SpeedLimits {
-            section: self.config.overspeed_kmh,
-            vehicles: self
-                .config
-                .vehicle_overspeed_kmh
-                .iter()
-                .flat_map(|(vin, kmh)| ids(vin).map(move |id| (id, *kmh)))
-                .collect(),
-        }
+        crate::connector::SpeedLimits::from_table(
+            self.config.overspeed_kmh,
+            &self.config.vehicle_overspeed_kmh,
+            |vin| {
+                [vin.to_string(), vin.to_ascii_uppercase()]
+                    .into_iter()
+                    .filter_map(|v| VehicleId::for_upstream("", &v))
+            },
+        )
     }
 
     fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture {
