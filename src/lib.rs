@@ -6,6 +6,7 @@
 //! feeds them all and `main.rs` wires them together.
 
 pub mod bridge;
+pub mod cluster;
 pub mod config;
 pub mod connector;
 pub mod connectors;

@@ -1,0 +1,474 @@
+//! Several bridges on one base topic (docs/cluster.md), without I/O: the hub feeds it
+//! what the broker says (instance states, heartbeats, vehicle claims, results) and the
+//! time, and asks it who speaks for a vehicle, who answers a command and which cloud
+//! accounts this instance may poll.
+//!
+//! - Members: the instances whose retained `<base>/bridge/<id>/state` reads `online`
+//!   (each one's last will sets it `offline`).
+//! - A TCP-linked vehicle belongs to the instance holding its proven link; a cloud
+//!   account's vehicles to the instance polling the account. Each claim is retained on
+//!   `<base>/<vehicle>/owner`; the newest claim wins, and an older holder yields.
+//! - A cloud account is polled by its rendezvous home among the members, taken over only
+//!   after `settle` (the one losing it stops at once), and never by an instance that has
+//!   not heard its own heartbeat back for `lease_ttl` (fenced).
+
+pub mod rendezvous;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::model::VehicleId;
+
+/// An instance's cluster settings (the `[cluster]` section, once the hub runs on it).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This instance's name among the bridges on the base topic ([`valid_instance_id`]).
+    pub instance_id: String,
+    /// After the live instances change, how long before one takes over a cloud account
+    /// (the one losing it stops at once).
+    pub settle: Duration,
+    /// An instance that has not heard its own heartbeat back for this long stops polling
+    /// (fences itself): shorter than [`WILL_AFTER`] + `settle`, the time the others need
+    /// to see it dead and wait.
+    pub lease_ttl: Duration,
+}
+
+/// When the broker publishes a dead instance's will: 1.5 × the 30 s keepalive.
+pub const WILL_AFTER: Duration = Duration::from_secs(45);
+/// How often an instance sends itself a heartbeat through the broker.
+pub const BEAT_EVERY: Duration = Duration::from_secs(2);
+/// Claims remembered at most (any client that may publish on the base topic could
+/// otherwise grow the map without end).
+const MAX_CLAIMS: usize = 200_000;
+/// Members remembered at most.
+const MAX_MEMBERS: usize = 1_000;
+/// Command ids remembered, cluster-wide, so a repeated id runs once.
+const SEEN_IDS: usize = 16_384;
+/// A claim dated further ahead than this is refused (a wrong clock, or forged).
+const MAX_CLOCK_AHEAD: chrono::Duration = chrono::Duration::seconds(60);
+
+/// A vehicle's owner as retained on `<base>/<vehicle>/owner`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub instance: String,
+    pub since: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ClaimError {
+    #[error("not JSON with `instance` and `since`")]
+    Malformed,
+    #[error("`instance` is not an instance id")]
+    BadInstance,
+    #[error("`since` is not an RFC 3339 time")]
+    BadSince,
+}
+
+impl Claim {
+    /// An owner message: `None` when it clears the topic (an empty payload).
+    pub fn parse(payload: &[u8]) -> Result<Option<Claim>, ClaimError> {
+        if payload.is_empty() {
+            return Ok(None);
+        }
+        #[derive(serde::Deserialize)]
+        struct Wire {
+            instance: String,
+            since: String,
+        }
+        let wire: Wire = serde_json::from_slice(payload).map_err(|_| ClaimError::Malformed)?;
+        if !valid_instance_id(&wire.instance) {
+            return Err(ClaimError::BadInstance);
+        }
+        let since = DateTime::parse_from_rfc3339(&wire.since)
+            .map_err(|_| ClaimError::BadSince)?
+            .with_timezone(&Utc);
+        Ok(Some(Claim {
+            instance: wire.instance,
+            since,
+        }))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "instance": self.instance,
+            "since": self.since.to_rfc3339_opts(SecondsFormat::Millis, true),
+        })
+        .to_string()
+    }
+
+    /// Whether this claim overrides `other`: later, or as late and the greater id (so
+    /// every instance orders two claims alike).
+    fn newer_than(&self, other: &Claim) -> bool {
+        (self.since, &self.instance) > (other.since, &other.instance)
+    }
+}
+
+/// Letters, digits, `-`, `_`; 1 to 32 of them.
+pub fn valid_instance_id(id: &str) -> bool {
+    (1..=32).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Who answers a command for a vehicle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answerer {
+    /// This instance owns the vehicle: it runs the command.
+    Owner,
+    /// Nobody owns it and this instance is its rendezvous home: it answers `offline`.
+    Home,
+    /// Another instance (its owner, or its home).
+    Elsewhere,
+}
+
+/// What a claim seen on the broker means here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    Nothing,
+    /// Another instance claimed a vehicle this one holds: let it go.
+    Yield {
+        to: String,
+    },
+    /// A claim naming this instance for a vehicle it does not hold (left by an earlier
+    /// run): to be cleared, so the others stop sending it there.
+    StaleOwnClaim,
+}
+
+/// Counters shown on `/metrics`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClusterCounters {
+    pub claims_refused: u64,
+    pub yields: u64,
+    pub repeated_ids: u64,
+    pub orphans_marked: u64,
+}
+
+pub struct Cluster {
+    me: String,
+    /// A random id of this run: a heartbeat carrying another is a second instance with
+    /// this id.
+    incarnation: String,
+    settle: Duration,
+    lease_ttl: Duration,
+    /// Instance → online, as their retained states say.
+    members: BTreeMap<String, bool>,
+    /// When the live members last changed (or this instance connected).
+    changed_at: Instant,
+    /// The newest claim seen per vehicle.
+    claims: HashMap<String, Claim>,
+    /// The vehicles this instance holds, and since when.
+    mine: HashMap<VehicleId, Claim>,
+    /// Vehicles whose owner died or let them go, since when: after `settle` their home
+    /// marks them offline unless someone claimed them.
+    orphans: HashMap<String, Instant>,
+    /// The last heartbeat of ours the broker sent back, and when we sent one.
+    last_contact: Option<Instant>,
+    last_beat: Option<Instant>,
+    /// The cloud account of each connector (by index), and whether it may be polled here.
+    accounts: Vec<Option<String>>,
+    permits: Vec<bool>,
+    seen_ids: HashSet<(String, String)>,
+    seen_order: VecDeque<(String, String)>,
+    /// Another live instance runs with this id.
+    duplicate: bool,
+    pub counters: ClusterCounters,
+}
+
+impl Cluster {
+    pub fn new(config: &ClusterConfig, accounts: Vec<Option<String>>, now: Instant) -> Cluster {
+        let permits = vec![false; accounts.len()];
+        Cluster {
+            me: config.instance_id.clone(),
+            incarnation: format!("{:016x}", rand::random::<u64>()),
+            settle: config.settle,
+            lease_ttl: config.lease_ttl,
+            members: BTreeMap::new(),
+            changed_at: now,
+            claims: HashMap::new(),
+            mine: HashMap::new(),
+            orphans: HashMap::new(),
+            last_contact: None,
+            last_beat: None,
+            accounts,
+            permits,
+            seen_ids: HashSet::new(),
+            seen_order: VecDeque::new(),
+            duplicate: false,
+            counters: ClusterCounters::default(),
+        }
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    pub fn incarnation(&self) -> &str {
+        &self.incarnation
+    }
+
+    /// The live members, this instance among them once its own state came back.
+    pub fn live(&self) -> impl Iterator<Item = &str> {
+        self.members
+            .iter()
+            .filter(|(_, online)| **online)
+            .map(|(id, _)| id.as_str())
+    }
+
+    fn is_live(&self, id: &str) -> bool {
+        self.members.get(id).copied().unwrap_or(false)
+    }
+
+    /// The rendezvous home of `key` among the live members.
+    pub fn home(&self, key: &str) -> Option<&str> {
+        rendezvous::home(self.live(), key)
+    }
+
+    /// Whether this instance is the only live one (its will is then the cluster's).
+    pub fn alone(&self) -> bool {
+        self.live().all(|id| id == self.me)
+    }
+
+    /// Connected to the broker (again): the membership is being learnt anew.
+    pub fn connected(&mut self, now: Instant) {
+        self.changed_at = now;
+    }
+
+    /// `<base>/bridge/<id>/state` arrived. Returns whether the live members changed.
+    pub fn on_member_state(&mut self, id: &str, payload: &[u8], now: Instant) -> bool {
+        if !valid_instance_id(id) {
+            return false;
+        }
+        let online = payload == b"online";
+        if !self.members.contains_key(id) && self.members.len() >= MAX_MEMBERS {
+            return false;
+        }
+        let was = self.members.insert(id.to_string(), online).unwrap_or(false);
+        if was == online {
+            return false;
+        }
+        self.changed_at = now;
+        if !online {
+            // Its vehicles wait `settle` for a new link elsewhere, then go offline.
+            for (vehicle, claim) in &self.claims {
+                if claim.instance == id {
+                    self.orphans.insert(vehicle.clone(), now);
+                }
+            }
+        }
+        true
+    }
+
+    /// Our own heartbeat came back (`payload` is its incarnation). A foreign one means a
+    /// second instance runs with this id.
+    pub fn on_beat(&mut self, payload: &[u8], now: Instant) {
+        if payload == self.incarnation.as_bytes() {
+            self.last_contact = Some(now);
+        } else {
+            self.duplicate = true;
+        }
+    }
+
+    /// Whether another live instance uses this id.
+    pub fn duplicate(&self) -> bool {
+        self.duplicate
+    }
+
+    /// A heartbeat is due (the hub publishes the incarnation on our beat topic).
+    pub fn beat_due(&mut self, now: Instant) -> bool {
+        let due = self
+            .last_beat
+            .is_none_or(|at| now.saturating_duration_since(at) >= BEAT_EVERY);
+        if due {
+            self.last_beat = Some(now);
+        }
+        due
+    }
+
+    /// Cut off from the broker for longer than `lease_ttl`.
+    pub fn fenced(&self, now: Instant) -> bool {
+        self.last_contact
+            .is_none_or(|at| now.saturating_duration_since(at) > self.lease_ttl)
+    }
+
+    /// `<base>/<vehicle>/owner` arrived.
+    pub fn on_claim(
+        &mut self,
+        vehicle: &str,
+        payload: &[u8],
+        now: Instant,
+        wall: DateTime<Utc>,
+    ) -> Seen {
+        let claim = match Claim::parse(payload) {
+            Ok(Some(claim)) => claim,
+            Ok(None) => {
+                if self.claims.remove(vehicle).is_some() {
+                    self.orphans.insert(vehicle.to_string(), now);
+                }
+                return Seen::Nothing;
+            }
+            Err(_) => {
+                self.counters.claims_refused += 1;
+                return Seen::Nothing;
+            }
+        };
+        if claim.since > wall + MAX_CLOCK_AHEAD {
+            self.counters.claims_refused += 1;
+            return Seen::Nothing;
+        }
+        let held = VehicleId::new(vehicle).and_then(|id| self.mine.get(&id).cloned());
+        if let Some(current) = self.claims.get(vehicle) {
+            if current.newer_than(&claim) {
+                return Seen::Nothing; // an older claim arriving late
+            }
+        } else if self.claims.len() >= MAX_CLAIMS {
+            self.counters.claims_refused += 1;
+            return Seen::Nothing;
+        }
+        self.claims.insert(vehicle.to_string(), claim.clone());
+        if self.is_live(&claim.instance) {
+            self.orphans.remove(vehicle);
+        } else {
+            self.orphans.entry(vehicle.to_string()).or_insert(now);
+        }
+        match held {
+            Some(mine) if claim.instance != self.me && claim.newer_than(&mine) => {
+                self.counters.yields += 1;
+                Seen::Yield { to: claim.instance }
+            }
+            None if claim.instance == self.me => Seen::StaleOwnClaim,
+            _ => Seen::Nothing,
+        }
+    }
+
+    /// This instance holds the vehicle now (a proven link, or its account's report). The
+    /// claim to publish, when it is new.
+    pub fn claim(&mut self, id: &VehicleId, wall: DateTime<Utc>) -> Option<Claim> {
+        if self.mine.contains_key(id) {
+            return None;
+        }
+        let claim = Claim {
+            instance: self.me.clone(),
+            since: wall,
+        };
+        self.mine.insert(id.clone(), claim.clone());
+        self.claims.insert(id.to_string(), claim.clone());
+        self.orphans.remove(id.as_str());
+        Some(claim)
+    }
+
+    /// This instance let the vehicle go.
+    pub fn release(&mut self, id: &VehicleId) {
+        self.mine.remove(id);
+    }
+
+    pub fn owns(&self, id: &VehicleId) -> bool {
+        self.mine.contains_key(id)
+    }
+
+    pub fn owned(&self) -> impl Iterator<Item = &VehicleId> {
+        self.mine.keys()
+    }
+
+    /// Who answers a command for `vehicle` (as the topic names it).
+    pub fn answerer(&self, vehicle: &str) -> Answerer {
+        if VehicleId::new(vehicle).is_some_and(|id| self.mine.contains_key(&id)) {
+            return Answerer::Owner;
+        }
+        let owned_elsewhere = self
+            .claims
+            .get(vehicle)
+            .is_some_and(|c| c.instance != self.me && self.is_live(&c.instance));
+        if !owned_elsewhere && self.home(vehicle) == Some(self.me.as_str()) {
+            return Answerer::Home;
+        }
+        Answerer::Elsewhere
+    }
+
+    /// Notes a command id (from a `/set`, or a result any instance published); returns
+    /// whether it was seen before.
+    pub fn seen_before(&mut self, vehicle: &str, id: &str) -> bool {
+        let key = (vehicle.to_string(), id.to_string());
+        if self.seen_ids.contains(&key) {
+            self.counters.repeated_ids += 1;
+            return true;
+        }
+        if self.seen_order.len() >= SEEN_IDS {
+            if let Some(old) = self.seen_order.pop_front() {
+                self.seen_ids.remove(&old);
+            }
+        }
+        self.seen_ids.insert(key.clone());
+        self.seen_order.push_back(key);
+        false
+    }
+
+    /// Notes an id without counting it as repeated (a result echoing back).
+    pub fn note_result(&mut self, vehicle: &str, id: &str) {
+        let before = self.counters.repeated_ids;
+        self.seen_before(vehicle, id);
+        self.counters.repeated_ids = before;
+    }
+
+    /// Orphans whose `settle` is over: the ones this instance is home for, to mark
+    /// offline (each once).
+    pub fn due_orphans(&mut self, now: Instant) -> Vec<String> {
+        let settle = self.settle;
+        let due: Vec<String> = self
+            .orphans
+            .iter()
+            .filter(|(_, since)| now.saturating_duration_since(**since) >= settle)
+            .map(|(v, _)| v.clone())
+            .collect();
+        let mut mine = Vec::new();
+        for vehicle in due {
+            self.orphans.remove(&vehicle);
+            let held_elsewhere = self
+                .claims
+                .get(&vehicle)
+                .is_some_and(|c| self.is_live(&c.instance) && c.instance != self.me);
+            let held_here = VehicleId::new(&vehicle).is_some_and(|id| self.mine.contains_key(&id));
+            if !held_elsewhere && !held_here && self.home(&vehicle) == Some(self.me.as_str()) {
+                self.counters.orphans_marked += 1;
+                mine.push(vehicle);
+            }
+        }
+        mine
+    }
+
+    /// The cloud accounts this instance may poll now, by connector index; `Some` when
+    /// that changed. Losing one is at once; gaining one waits for `settle` after the
+    /// last change of the members, and never while fenced.
+    pub fn permits(&mut self, now: Instant) -> Option<Vec<bool>> {
+        let fenced = self.fenced(now);
+        let settled = now.saturating_duration_since(self.changed_at) >= self.settle;
+        let mut changed = false;
+        for (i, account) in self.accounts.iter().enumerate() {
+            let Some(key) = account else { continue };
+            let home = !fenced && self.home(key) == Some(self.me.as_str());
+            let permit = match (self.permits[i], home) {
+                (_, false) => false,
+                (true, true) => true,
+                (false, true) => settled,
+            };
+            changed |= permit != self.permits[i];
+            self.permits[i] = permit;
+        }
+        changed.then(|| self.permits.clone())
+    }
+
+    /// Whether connector `index` is a cloud account (polled by one instance).
+    pub fn is_account(&self, index: usize) -> bool {
+        self.accounts.get(index).is_some_and(|a| a.is_some())
+    }
+
+    /// Whether connector `index` may run its account here.
+    pub fn permitted(&self, index: usize) -> bool {
+        self.permits.get(index).copied().unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,367 @@
+use super::*;
+
+fn config(id: &str) -> ClusterConfig {
+    ClusterConfig {
+        instance_id: id.into(),
+        settle: Duration::from_secs(10),
+        lease_ttl: Duration::from_secs(20),
+    }
+}
+
+fn wall(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+}
+
+fn claim(instance: &str, secs: i64) -> Vec<u8> {
+    Claim {
+        instance: instance.into(),
+        since: wall(secs),
+    }
+    .to_json()
+    .into_bytes()
+}
+
+fn vid(s: &str) -> VehicleId {
+    VehicleId::new(s).unwrap()
+}
+
+/// An instance that sees `live` online and has heard its own heartbeat.
+fn member(me: &str, live: &[&str], accounts: Vec<Option<String>>, t0: Instant) -> Cluster {
+    let mut c = Cluster::new(&config(me), accounts, t0);
+    for id in live {
+        c.on_member_state(id, b"online", t0);
+    }
+    let beat = c.incarnation().to_string();
+    c.on_beat(beat.as_bytes(), t0);
+    c
+}
+
+#[test]
+fn a_claim_round_trips_and_bad_ones_are_refused() {
+    let c = Claim {
+        instance: "node-1".into(),
+        since: wall(0),
+    };
+    assert_eq!(
+        c.to_json(),
+        r#"{"instance":"node-1","since":"2027-01-15T08:00:00.000Z"}"#
+    );
+    assert_eq!(Claim::parse(c.to_json().as_bytes()), Ok(Some(c)));
+    assert_eq!(Claim::parse(b""), Ok(None), "an empty payload clears");
+    assert_eq!(Claim::parse(b"node-1"), Err(ClaimError::Malformed));
+    assert_eq!(
+        Claim::parse(b"12345"),
+        Err(ClaimError::Malformed),
+        "a numeric string"
+    );
+    assert_eq!(
+        Claim::parse(br#"{"instance":"a/b","since":"2027-01-15T08:00:00Z"}"#),
+        Err(ClaimError::BadInstance)
+    );
+    assert_eq!(
+        Claim::parse(br#"{"instance":"","since":"2027-01-15T08:00:00Z"}"#),
+        Err(ClaimError::BadInstance)
+    );
+    assert_eq!(
+        Claim::parse(br#"{"instance":"a","since":"yesterday"}"#),
+        Err(ClaimError::BadSince)
+    );
+    assert_eq!(
+        Claim::parse(br#"{"instance":"a","since":1800000000}"#),
+        Err(ClaimError::Malformed),
+        "a number for the time"
+    );
+    let long = format!(
+        r#"{{"instance":"{}","since":"2027-01-15T08:00:00Z"}}"#,
+        "a".repeat(33)
+    );
+    assert_eq!(Claim::parse(long.as_bytes()), Err(ClaimError::BadInstance));
+}
+
+/// The device linked again at B: A, holding an older link, yields; B, seeing A's older
+/// claim arrive after its own, keeps it. Both end agreeing, whatever the order.
+#[test]
+fn the_newest_claim_wins_in_any_order() {
+    let t0 = Instant::now();
+    for a_first in [true, false] {
+        let mut a = member("a", &["a", "b"], vec![], t0);
+        let mut b = member("b", &["a", "b"], vec![], t0);
+        let v = vid("kx1");
+        let claim_a = a.claim(&v, wall(0)).expect("a new claim").to_json();
+        let claim_b = b.claim(&v, wall(5)).expect("a new claim").to_json();
+        let (first, second) = match a_first {
+            true => (&claim_a, &claim_b),
+            false => (&claim_b, &claim_a),
+        };
+        let mut seen_a = Vec::new();
+        let mut seen_b = Vec::new();
+        for payload in [first, second] {
+            seen_a.push(a.on_claim("kx1", payload.as_bytes(), t0, wall(6)));
+            seen_b.push(b.on_claim("kx1", payload.as_bytes(), t0, wall(6)));
+        }
+        assert!(
+            seen_a.contains(&Seen::Yield { to: "b".into() }),
+            "a yields: {seen_a:?}"
+        );
+        a.release(&v);
+        assert!(
+            seen_b.iter().all(|s| *s == Seen::Nothing),
+            "b keeps it: {seen_b:?}"
+        );
+        assert!(b.owns(&v) && !a.owns(&v));
+        assert_eq!(a.answerer("kx1"), Answerer::Elsewhere);
+        assert_eq!(b.answerer("kx1"), Answerer::Owner);
+    }
+}
+
+#[test]
+fn equal_times_are_ordered_by_instance_id() {
+    let t0 = Instant::now();
+    let mut a = member("a", &["a", "b"], vec![], t0);
+    let v = vid("kx1");
+    a.claim(&v, wall(0));
+    let seen = a.on_claim("kx1", &claim("b", 0), t0, wall(0));
+    assert_eq!(
+        seen,
+        Seen::Yield { to: "b".into() },
+        "b > a at the same instant"
+    );
+    let mut b = member("b", &["a", "b"], vec![], t0);
+    b.claim(&v, wall(0));
+    assert_eq!(
+        b.on_claim("kx1", &claim("a", 0), t0, wall(0)),
+        Seen::Nothing
+    );
+}
+
+/// A forged claim cannot take a vehicle from its holder: one dated far ahead is refused
+/// and counted, and a malformed one costs only itself.
+#[test]
+fn forged_claims_are_refused() {
+    let t0 = Instant::now();
+    let mut a = member("a", &["a", "b"], vec![], t0);
+    let v = vid("kx1");
+    a.claim(&v, wall(0));
+    assert_eq!(
+        a.on_claim("kx1", &claim("b", 3600), t0, wall(1)),
+        Seen::Nothing
+    );
+    assert_eq!(
+        a.on_claim("kx1", b"{\"instance\":", t0, wall(1)),
+        Seen::Nothing
+    );
+    assert_eq!(a.on_claim("kx1", b"\xff\xfe", t0, wall(1)), Seen::Nothing);
+    assert_eq!(a.counters.claims_refused, 3);
+    assert!(a.owns(&v));
+    assert_eq!(a.answerer("kx1"), Answerer::Owner);
+}
+
+/// A claim this instance left in an earlier run (it no longer holds the link) is to be
+/// cleared, or the others would keep sending its commands here.
+#[test]
+fn an_own_claim_from_an_earlier_run_is_stale() {
+    let t0 = Instant::now();
+    let mut a = member("a", &["a"], vec![], t0);
+    assert_eq!(
+        a.on_claim("kx1", &claim("a", -600), t0, wall(0)),
+        Seen::StaleOwnClaim
+    );
+    assert_eq!(a.on_claim("kx1", b"", t0, wall(0)), Seen::Nothing);
+}
+
+/// Nobody owns the vehicle: exactly one live instance answers (its rendezvous home);
+/// once an instance owns it, only the owner does.
+#[test]
+fn exactly_one_instance_answers_a_command() {
+    let t0 = Instant::now();
+    let live = ["a", "b", "c"];
+    let mut all: Vec<Cluster> = live
+        .iter()
+        .map(|me| member(me, &live, vec![], t0))
+        .collect();
+    for n in 0..200 {
+        let v = format!("kx{n}");
+        let answering = all
+            .iter()
+            .filter(|c| c.answerer(&v) != Answerer::Elsewhere)
+            .count();
+        assert_eq!(answering, 1, "{v}: {answering} answer an unowned vehicle");
+    }
+    // c links kx7; everyone learns the claim.
+    let claim_c = all[2].claim(&vid("kx7"), wall(0)).unwrap().to_json();
+    for c in &mut all[..2] {
+        c.on_claim("kx7", claim_c.as_bytes(), t0, wall(0));
+    }
+    let answers: Vec<Answerer> = all.iter().map(|c| c.answerer("kx7")).collect();
+    assert_eq!(
+        answers,
+        [Answerer::Elsewhere, Answerer::Elsewhere, Answerer::Owner]
+    );
+    // c dies: its will says offline; the home answers again.
+    for c in &mut all[..2] {
+        c.on_member_state("c", b"offline", t0);
+    }
+    let answering: Vec<Answerer> = all[..2].iter().map(|c| c.answerer("kx7")).collect();
+    assert_eq!(
+        answering.iter().filter(|a| **a == Answerer::Home).count(),
+        1,
+        "{answering:?}"
+    );
+    // An id that names no valid vehicle still has one home.
+    let odd = "x y";
+    assert_eq!(
+        all[..2]
+            .iter()
+            .filter(|c| c.answerer(odd) == Answerer::Home)
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_repeated_command_id_is_seen_and_counted() {
+    let t0 = Instant::now();
+    let mut a = member("a", &["a"], vec![], t0);
+    assert!(!a.seen_before("kx1", "42"));
+    assert!(a.seen_before("kx1", "42"), "the replay");
+    assert!(!a.seen_before("kx2", "42"), "ids are per vehicle");
+    a.note_result("kx3", "7");
+    assert!(
+        a.seen_before("kx3", "7"),
+        "a result another instance published"
+    );
+    assert_eq!(a.counters.repeated_ids, 2);
+    // Bounded: the oldest ids go first.
+    for n in 0..SEEN_IDS {
+        a.seen_before("kx9", &n.to_string());
+    }
+    assert!(
+        !a.seen_before("kx1", "42"),
+        "forgotten after {SEEN_IDS} newer ids"
+    );
+}
+
+/// A dead owner's vehicles wait `settle` for a new link, then their home (one instance)
+/// marks them offline; a vehicle that linked elsewhere first is left alone.
+#[test]
+fn a_dead_owners_vehicles_go_offline_after_settle_unless_claimed() {
+    let t0 = Instant::now();
+    let live = ["a", "b", "c"];
+    let mut survivors: Vec<Cluster> = ["a", "b"]
+        .iter()
+        .map(|me| member(me, &live, vec![], t0))
+        .collect();
+    for s in &mut survivors {
+        for n in 0..50 {
+            s.on_claim(&format!("kx{n}"), &claim("c", 0), t0, wall(0));
+        }
+    }
+    let died = t0 + Duration::from_secs(1);
+    for s in &mut survivors {
+        s.on_member_state("c", b"offline", died);
+    }
+    // kx0 links again at a before settle is over.
+    let claim_a = survivors[0].claim(&vid("kx0"), wall(2)).unwrap().to_json();
+    survivors[1].on_claim("kx0", claim_a.as_bytes(), died, wall(2));
+    for s in &mut survivors {
+        assert!(
+            s.due_orphans(died + Duration::from_secs(9)).is_empty(),
+            "not before settle"
+        );
+    }
+    let mut marked: Vec<String> = survivors
+        .iter_mut()
+        .flat_map(|s| s.due_orphans(died + Duration::from_secs(10)))
+        .collect();
+    marked.sort();
+    let mut want: Vec<String> = (1..50).map(|n| format!("kx{n}")).collect();
+    want.sort();
+    assert_eq!(marked, want, "each once, by one instance, kx0 not at all");
+    for s in &mut survivors {
+        assert!(
+            s.due_orphans(died + Duration::from_secs(60)).is_empty(),
+            "only once"
+        );
+    }
+}
+
+/// A cloud account: polled by its home; a newcomer that becomes home waits `settle`,
+/// the one losing it stops at once, so the two never poll together.
+#[test]
+fn an_account_moves_without_two_pollers() {
+    let t0 = Instant::now();
+    let key = "xchanger:user:alice".to_string();
+    // With node-1..3 the home is node-1, without node-1 it is node-2 (rendezvous tests).
+    let mut n2 = member(
+        "node-2",
+        &["node-2", "node-3"],
+        vec![Some(key.clone()), None],
+        t0,
+    );
+    assert_eq!(n2.permits(t0), None, "nothing before settle");
+    let t1 = t0 + Duration::from_secs(10);
+    n2.on_beat(n2.incarnation().to_string().as_bytes(), t1);
+    assert_eq!(n2.permits(t1), Some(vec![true, false]), "home after settle");
+    assert!(n2.permitted(0) && !n2.permitted(1) && n2.is_account(0) && !n2.is_account(1));
+    // node-1 joins: node-2 stops at once (before node-1's settle is over).
+    let mut n1 = member(
+        "node-1",
+        &["node-1", "node-2", "node-3"],
+        vec![Some(key.clone()), None],
+        t1,
+    );
+    n2.on_member_state("node-1", b"online", t1);
+    assert_eq!(n2.permits(t1), Some(vec![false, false]), "lost at once");
+    assert_eq!(n1.permits(t1 + Duration::from_secs(9)), None);
+    let t2 = t1 + Duration::from_secs(10);
+    n1.on_beat(n1.incarnation().to_string().as_bytes(), t2);
+    assert_eq!(n1.permits(t2), Some(vec![true, false]));
+    // node-1 is cut off: its heartbeat stops coming back; after lease_ttl it fences itself.
+    assert_eq!(
+        n1.permits(t2 + Duration::from_secs(20)),
+        None,
+        "within the lease"
+    );
+    assert_eq!(
+        n1.permits(t2 + Duration::from_secs(21)),
+        Some(vec![false, false]),
+        "fenced"
+    );
+    assert!(n1.fenced(t2 + Duration::from_secs(21)));
+    // The others see it dead after its will and wait settle: later than the fence.
+    assert!(config("x").lease_ttl < WILL_AFTER + config("x").settle);
+}
+
+#[test]
+fn a_foreign_heartbeat_on_our_topic_is_a_second_instance() {
+    let t0 = Instant::now();
+    let mut a = member("a", &["a"], vec![], t0);
+    assert!(!a.duplicate());
+    a.on_beat(b"0123456789abcdef", t0);
+    assert!(a.duplicate());
+}
+
+#[test]
+fn membership_is_bounded_and_checked() {
+    let t0 = Instant::now();
+    let mut a = member("a", &["a"], vec![], t0);
+    assert!(!a.on_member_state("not/an/id", b"online", t0));
+    assert!(!a.on_member_state("a", b"online", t0), "unchanged");
+    for n in 0..2 * MAX_MEMBERS {
+        a.on_member_state(&format!("m{n}"), b"online", t0);
+    }
+    assert_eq!(a.live().count(), MAX_MEMBERS);
+    assert!(!a.alone());
+    let b = member("b", &["b"], vec![], t0);
+    assert!(b.alone());
+}
+
+#[test]
+fn heartbeats_are_due_every_beat() {
+    let t0 = Instant::now();
+    let mut a = Cluster::new(&config("a"), vec![], t0);
+    assert!(a.fenced(t0), "fenced until its first heartbeat returns");
+    assert!(a.beat_due(t0));
+    assert!(!a.beat_due(t0 + BEAT_EVERY / 2));
+    assert!(a.beat_due(t0 + BEAT_EVERY));
+}
