@@ -34,11 +34,71 @@ pub async fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::T
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// How many links a listener holds.
+/// How many links a listener holds, and whether each starts with a PROXY v2 header.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_links: usize,
     pub per_address: usize,
+    /// Every link starts with a PROXY protocol v2 header (a load balancer in front): the
+    /// device's address is the header's, for the per-address limit and the logs; a link
+    /// without one is refused.
+    pub proxy_protocol: bool,
+}
+
+/// How long a link behind a load balancer has to send its PROXY header.
+pub const PROXY_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads a PROXY v2 header off the front of `stream`, in exact reads (the fixed 16 bytes,
+/// then the length they give), so the device's own bytes stay in the socket for its
+/// protocol. Returns the device's address: the header's, or `peer` for LOCAL.
+pub async fn read_proxy_header(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+) -> Result<SocketAddr, ProxyRefusal> {
+    use crate::protocol::proxy_v2::{self, Origin, FIXED_LEN, MAX_PAYLOAD};
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut buf = vec![0u8; FIXED_LEN];
+        stream.read_exact(&mut buf).await?;
+        // The fixed part tells the length (or refuses the bytes).
+        if let Err(e) = proxy_v2::parse(&buf) {
+            return Ok(Err(e));
+        }
+        let len = usize::from(u16::from_be_bytes([buf[14], buf[15]])).min(MAX_PAYLOAD);
+        buf.resize(FIXED_LEN + len, 0);
+        stream.read_exact(&mut buf[FIXED_LEN..]).await?;
+        Ok::<_, std::io::Error>(proxy_v2::parse(&buf))
+    };
+    match tokio::time::timeout(PROXY_HEADER_TIMEOUT, read).await {
+        Err(_) => Err(ProxyRefusal::Slow),
+        Ok(Err(e)) => Err(ProxyRefusal::Io(e.kind())),
+        Ok(Ok(Err(e))) => Err(ProxyRefusal::Header(e)),
+        Ok(Ok(Ok(None))) => Err(ProxyRefusal::Header(proxy_v2::ProxyError::BadSignature)),
+        Ok(Ok(Ok(Some(header)))) => Ok(match header.origin {
+            Origin::Local => peer,
+            Origin::Proxied { source, .. } => source,
+        }),
+    }
+}
+
+/// A PROXY header read: the device's address (or why not), the stream, the balancer's
+/// address and the link's permit.
+type ProxyRead = (
+    Result<SocketAddr, ProxyRefusal>,
+    TcpStream,
+    SocketAddr,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
+/// Why a link behind a load balancer was refused before its protocol began.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyRefusal {
+    #[error("no PROXY header within {} s", PROXY_HEADER_TIMEOUT.as_secs())]
+    Slow,
+    #[error("closed before its PROXY header ended ({0:?})")]
+    Io(std::io::ErrorKind),
+    #[error("bad PROXY header: {0}")]
+    Header(crate::protocol::proxy_v2::ProxyError),
 }
 
 /// Accepts connections until `shutdown`, runs `serve(stream, peer)` for each one the
@@ -58,9 +118,32 @@ pub async fn accept_loop<F, Fut>(
     let permits = Arc::new(Semaphore::new(limits.max_links));
     let peers = Arc::new(PeerLinks::default());
     let mut backoff = AcceptBackoff::default();
+    // Links behind a load balancer reading their PROXY header, each in its own task (a
+    // slow one holds only its permit); at most `max_links` of them, as the permits say.
+    let mut headers: tokio::task::JoinSet<ProxyRead> = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
+            Some(read) = headers.join_next(), if !headers.is_empty() => {
+                let Ok((read, stream, peer, permit)) = read else { continue };
+                let device = match read {
+                    Ok(device) => device,
+                    Err(why) => {
+                        if let Some(n) = crate::observe::count_sampled(refused) {
+                            tracing::warn!(event = format!("{connector}_link_refused").as_str(), peer = %peer,
+                                reason = %why, total_refused = n, "link refused: proxy_protocol is on");
+                        }
+                        continue;
+                    }
+                };
+                // The per-address slot is the device's, taken once the header named it.
+                let Some(slot) = peers.admit(device.ip(), limits.per_address) else {
+                    refused_per_address(connector, refused, device, limits.per_address);
+                    continue;
+                };
+                tokio::spawn(task(serve(stream, device), permit, slot));
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -86,15 +169,26 @@ pub async fn accept_loop<F, Fut>(
             }
             continue;
         };
+        if limits.proxy_protocol {
+            headers.spawn(async move {
+                let mut stream = stream;
+                let read = read_proxy_header(&mut stream, peer).await;
+                (read, stream, peer, permit)
+            });
+            continue;
+        }
         let Some(slot) = peers.admit(peer.ip(), limits.per_address) else {
-            if let Some(n) = crate::observe::count_sampled(refused) {
-                tracing::warn!(event = format!("{connector}_link_refused").as_str(), peer = %peer,
-                    per_address = limits.per_address, total_refused = n,
-                    "link refused: max_links_per_address reached");
-            }
+            refused_per_address(connector, refused, peer, limits.per_address);
             continue;
         };
         tokio::spawn(task(serve(stream, peer), permit, slot));
+    }
+}
+
+fn refused_per_address(connector: &str, refused: &AtomicU64, peer: SocketAddr, per_address: usize) {
+    if let Some(n) = crate::observe::count_sampled(refused) {
+        tracing::warn!(event = format!("{connector}_link_refused").as_str(), peer = %peer,
+            per_address, total_refused = n, "link refused: max_links_per_address reached");
     }
 }
 

@@ -5,4 +5,5 @@ pub mod exlive;
 pub mod iauto360;
 pub mod json;
 pub mod kingxun;
+pub mod proxy_v2;
 pub mod xchanger;

@@ -18,6 +18,10 @@ pub struct ExliveConfig {
     /// Links from one address at once: one peer cannot take every slot. 0 = a tenth of
     /// `max_links` (at least 4). Raise it for many trackers behind one NAT.
     pub max_links_per_address: usize,
+    /// Every link starts with a PROXY protocol v2 header (HAProxy's `send-proxy-v2` in
+    /// front): the per-address limit and the logs see the device, not the balancer. A
+    /// link without the header is refused.
+    pub proxy_protocol: bool,
     #[serde(with = "humantime_serde")]
     pub heartbeat_timeout: Duration,
     /// Time zone of `gpstime`: "Asia/Shanghai", "UTC" or a fixed offset like "+08:00".
@@ -45,6 +49,7 @@ impl Default for ExliveConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 1502)),
             max_links: 10_000,
             max_links_per_address: 0,
+            proxy_protocol: false,
             heartbeat_timeout: Duration::from_secs(90),
             timezone: "Asia/Shanghai".into(),
             max_message_size: 64 * 1024,

@@ -18,6 +18,10 @@ pub struct KingxunConfig {
     /// Links from one address at once: one peer cannot take every slot. 0 = a tenth of
     /// `max_links` (at least 4). Raise it for many devices behind one carrier NAT.
     pub max_links_per_address: usize,
+    /// Every link starts with a PROXY protocol v2 header (HAProxy's `send-proxy-v2` in
+    /// front): the per-address limit and the logs see the device, not the balancer. A
+    /// link without the header is refused.
+    pub proxy_protocol: bool,
     /// A link with no frame for this long is closed and its device goes offline.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -135,6 +139,7 @@ impl Default for KingxunConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 10086)),
             max_links: 10_000,
             max_links_per_address: 0,
+            proxy_protocol: false,
             idle_timeout: Duration::from_secs(600),
             read_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(30),

@@ -26,6 +26,7 @@ pub(super) async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Ca
     let limits = crate::connectors::link::Limits {
         max_links: shared.config.max_links,
         per_address: shared.config.links_per_address(),
+        proxy_protocol: shared.config.proxy_protocol,
     };
     let refused = &shared.counters.links_refused;
     crate::connectors::link::accept_loop(
