@@ -4,7 +4,9 @@
 //! accounts this instance may poll.
 //!
 //! - Members: the instances whose retained `<base>/bridge/<id>/state` reads `online`
-//!   (each one's last will sets it `offline`).
+//!   (each one's last will sets it `offline`) and whose heartbeat was heard within
+//!   `lease_ttl`: a broker node that dies takes its clients' wills with it (NATS, measured
+//!   in docs/cluster-brokers.md), so a retained `online` alone proves nothing.
 //! - A TCP-linked vehicle belongs to the instance holding its proven link; a cloud
 //!   account's vehicles to the instance polling the account. Each claim is retained on
 //!   `<base>/<vehicle>/owner`; the newest claim wins, and an older holder yields.
@@ -155,6 +157,10 @@ pub struct Cluster {
     lease_ttl: Duration,
     /// Instance → online, as their retained states say.
     members: BTreeMap<String, bool>,
+    /// Instance → when its heartbeat was last heard.
+    beats: HashMap<String, Instant>,
+    /// The live members as last worked out (`refresh`).
+    live: std::collections::BTreeSet<String>,
     /// When the live members last changed (or this instance connected).
     changed_at: Instant,
     /// The newest claim seen per vehicle.
@@ -186,6 +192,8 @@ impl Cluster {
             settle: config.settle,
             lease_ttl: config.lease_ttl,
             members: BTreeMap::new(),
+            beats: HashMap::new(),
+            live: Default::default(),
             changed_at: now,
             claims: HashMap::new(),
             mine: HashMap::new(),
@@ -211,14 +219,40 @@ impl Cluster {
 
     /// The live members, this instance among them once its own state came back.
     pub fn live(&self) -> impl Iterator<Item = &str> {
-        self.members
-            .iter()
-            .filter(|(_, online)| **online)
-            .map(|(id, _)| id.as_str())
+        self.live.iter().map(|id| id.as_str())
     }
 
     fn is_live(&self, id: &str) -> bool {
-        self.members.get(id).copied().unwrap_or(false)
+        self.live.contains(id)
+    }
+
+    /// Works the live members out again (states, and heartbeats within `lease_ttl`); a
+    /// change restarts `settle`, and the vehicles of a member gone wait for their home.
+    pub fn refresh(&mut self, now: Instant) {
+        let live: std::collections::BTreeSet<String> =
+            self.members
+                .iter()
+                .filter(|(id, online)| {
+                    **online
+                        && (**id == self.me
+                            || self.beats.get(*id).is_some_and(|at| {
+                                now.saturating_duration_since(*at) <= self.lease_ttl
+                            }))
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+        if live == self.live {
+            return;
+        }
+        self.changed_at = now;
+        for gone in self.live.difference(&live) {
+            for (vehicle, claim) in &self.claims {
+                if claim.instance == *gone {
+                    self.orphans.insert(vehicle.clone(), now);
+                }
+            }
+        }
+        self.live = live;
     }
 
     /// The rendezvous home of `key` among the live members.
@@ -245,30 +279,31 @@ impl Cluster {
         if !self.members.contains_key(id) && self.members.len() >= MAX_MEMBERS {
             return false;
         }
-        let was = self.members.insert(id.to_string(), online).unwrap_or(false);
-        if was == online {
-            return false;
-        }
-        self.changed_at = now;
-        if !online {
-            // Its vehicles wait `settle` for a new link elsewhere, then go offline.
-            for (vehicle, claim) in &self.claims {
-                if claim.instance == id {
-                    self.orphans.insert(vehicle.clone(), now);
-                }
-            }
-        }
-        true
+        self.members.insert(id.to_string(), online);
+        let before = self.live.clone();
+        self.refresh(now);
+        before != self.live
     }
 
-    /// Our own heartbeat came back (`payload` is its incarnation). A foreign one means a
-    /// second instance runs with this id.
-    pub fn on_beat(&mut self, payload: &[u8], now: Instant) {
-        if payload == self.incarnation.as_bytes() {
-            self.last_contact = Some(now);
-        } else {
-            self.duplicate = true;
+    /// A heartbeat on `<base>/bridge/<from>/beat` (`payload`: its sender's incarnation).
+    /// Ours coming back proves the broker hears us; ours with a foreign incarnation means
+    /// a second instance runs with this id; another's keeps it live.
+    pub fn on_beat(&mut self, from: &str, payload: &[u8], now: Instant) {
+        if from == self.me {
+            if payload == self.incarnation.as_bytes() {
+                self.last_contact = Some(now);
+            } else {
+                self.duplicate = true;
+            }
+            return;
         }
+        if !valid_instance_id(from)
+            || (!self.beats.contains_key(from) && self.beats.len() >= MAX_MEMBERS)
+        {
+            return;
+        }
+        self.beats.insert(from.to_string(), now);
+        self.refresh(now);
     }
 
     /// Whether another live instance uses this id.
@@ -415,6 +450,7 @@ impl Cluster {
     /// Orphans whose `settle` is over: the ones this instance is home for, to mark
     /// offline (each once).
     pub fn due_orphans(&mut self, now: Instant) -> Vec<String> {
+        self.refresh(now);
         let settle = self.settle;
         let due: Vec<String> = self
             .orphans
@@ -442,6 +478,7 @@ impl Cluster {
     /// that changed. Losing one is at once; gaining one waits for `settle` after the
     /// last change of the members, and never while fenced.
     pub fn permits(&mut self, now: Instant) -> Option<Vec<bool>> {
+        self.refresh(now);
         let fenced = self.fenced(now);
         let settled = now.saturating_duration_since(self.changed_at) >= self.settle;
         let mut changed = false;

@@ -28,11 +28,14 @@ fn vid(s: &str) -> VehicleId {
 /// An instance that sees `live` online and has heard its own heartbeat.
 fn member(me: &str, live: &[&str], accounts: Vec<Option<String>>, t0: Instant) -> Cluster {
     let mut c = Cluster::new(&config(me), accounts, t0);
+    for id in live.iter().filter(|id| **id != me) {
+        c.on_beat(id, b"theirs", t0);
+    }
     for id in live {
         c.on_member_state(id, b"online", t0);
     }
     let beat = c.incarnation().to_string();
-    c.on_beat(beat.as_bytes(), t0);
+    c.on_beat(me, beat.as_bytes(), t0);
     c
 }
 
@@ -300,7 +303,9 @@ fn an_account_moves_without_two_pollers() {
     );
     assert_eq!(n2.permits(t0), None, "nothing before settle");
     let t1 = t0 + Duration::from_secs(10);
-    n2.on_beat(n2.incarnation().to_string().as_bytes(), t1);
+    let beat = n2.incarnation().to_string();
+    n2.on_beat("node-2", beat.as_bytes(), t1);
+    n2.on_beat("node-3", b"theirs", t1);
     assert_eq!(n2.permits(t1), Some(vec![true, false]), "home after settle");
     assert!(n2.permitted(0) && !n2.permitted(1) && n2.is_account(0) && !n2.is_account(1));
     // node-1 joins: node-2 stops at once (before node-1's settle is over).
@@ -310,11 +315,15 @@ fn an_account_moves_without_two_pollers() {
         vec![Some(key.clone()), None],
         t1,
     );
+    n2.on_beat("node-1", b"theirs", t1);
     n2.on_member_state("node-1", b"online", t1);
     assert_eq!(n2.permits(t1), Some(vec![false, false]), "lost at once");
     assert_eq!(n1.permits(t1 + Duration::from_secs(9)), None);
     let t2 = t1 + Duration::from_secs(10);
-    n1.on_beat(n1.incarnation().to_string().as_bytes(), t2);
+    let beat = n1.incarnation().to_string();
+    n1.on_beat("node-1", beat.as_bytes(), t2);
+    n1.on_beat("node-2", b"theirs", t2);
+    n1.on_beat("node-3", b"theirs", t2);
     assert_eq!(n1.permits(t2), Some(vec![true, false]));
     // node-1 is cut off: its heartbeat stops coming back; after lease_ttl it fences itself.
     assert_eq!(
@@ -337,7 +346,7 @@ fn a_foreign_heartbeat_on_our_topic_is_a_second_instance() {
     let t0 = Instant::now();
     let mut a = member("a", &["a"], vec![], t0);
     assert!(!a.duplicate());
-    a.on_beat(b"0123456789abcdef", t0);
+    a.on_beat("a", b"0123456789abcdef", t0);
     assert!(a.duplicate());
 }
 
@@ -348,6 +357,7 @@ fn membership_is_bounded_and_checked() {
     assert!(!a.on_member_state("not/an/id", b"online", t0));
     assert!(!a.on_member_state("a", b"online", t0), "unchanged");
     for n in 0..2 * MAX_MEMBERS {
+        a.on_beat(&format!("m{n}"), b"theirs", t0);
         a.on_member_state(&format!("m{n}"), b"online", t0);
     }
     assert_eq!(a.live().count(), MAX_MEMBERS);
@@ -364,4 +374,49 @@ fn heartbeats_are_due_every_beat() {
     assert!(a.beat_due(t0));
     assert!(!a.beat_due(t0 + BEAT_EVERY / 2));
     assert!(a.beat_due(t0 + BEAT_EVERY));
+}
+
+/// A broker node died with the instance's connection: no will ever comes (NATS), its
+/// retained state still reads `online`. Its silence past `lease_ttl` is its death: its
+/// vehicles go to their home after `settle`, and its account moves.
+#[test]
+fn a_silent_member_is_dead_though_its_state_says_online() {
+    let t0 = Instant::now();
+    let key = "xchanger:user:alice".to_string();
+    let mut n2 = member("node-2", &["node-1", "node-2"], vec![Some(key)], t0);
+    n2.on_claim("kx1", &claim("node-1", 0), t0, wall(0));
+    assert_eq!(n2.answerer("kx1"), Answerer::Elsewhere);
+    // node-2 keeps hearing itself; node-1 falls silent at t0.
+    let mine = n2.incarnation().to_string();
+    let mut t = t0;
+    for _ in 0..15 {
+        t += BEAT_EVERY;
+        n2.on_beat("node-2", mine.as_bytes(), t);
+    }
+    let dead_at = t0 + config("x").lease_ttl + Duration::from_secs(1);
+    assert_eq!(
+        n2.permits(t0 + Duration::from_secs(19)),
+        None,
+        "node-1 still live"
+    );
+    assert!(n2.live().any(|m| m == "node-1"));
+    n2.permits(dead_at);
+    assert!(!n2.live().any(|m| m == "node-1"), "silent past lease_ttl");
+    assert_eq!(
+        n2.answerer("kx1"),
+        Answerer::Home,
+        "its vehicle answered by its home"
+    );
+    assert!(n2.due_orphans(dead_at + Duration::from_secs(9)).is_empty());
+    assert_eq!(
+        n2.due_orphans(dead_at + Duration::from_secs(10)),
+        vec!["kx1".to_string()]
+    );
+    let later = dead_at + Duration::from_secs(10);
+    n2.on_beat("node-2", mine.as_bytes(), later);
+    assert_eq!(
+        n2.permits(later),
+        Some(vec![true]),
+        "the account, after settle"
+    );
 }
