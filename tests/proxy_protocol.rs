@@ -29,14 +29,33 @@ impl Running {
     }
 }
 
-/// The binary with an EXLIVE server behind a balancer: one link per device address.
-async fn bridge(broker: &Mosquitto) -> Running {
+/// The real binary with `config(port)` for a listener on a free `port`, logging to
+/// `dir/log`.
+async fn spawn(broker: &Mosquitto, config: impl FnOnce(u16) -> String) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
     let base = format!("p{}", rand::random::<u32>());
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config(port)).unwrap();
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let child = common::bridge_against(broker, dir.path(), &base)
+        .arg("--config")
+        .arg(&path)
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    assert!(common::wait_port_async(port, T).await, "device listener");
+    Running {
+        _child: KillOnDrop(child),
+        dir,
+        port,
+    }
+}
+
+/// The binary with an EXLIVE server behind a balancer: one link per device address.
+async fn bridge(broker: &Mosquitto) -> Running {
+    spawn(broker, |port| {
         format!(
             r#"[exlive]
 enabled = true
@@ -49,23 +68,9 @@ proxy_protocol = true
 name = "fleet"
 password = "s3cret-pass"
 "#
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.path().join("log")).unwrap();
-    let child = common::bridge_against(broker, dir.path(), &base)
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    assert!(common::wait_port_async(port, T).await, "EXLIVE listener");
-    Running {
-        _child: KillOnDrop(child),
-        dir,
-        port,
-    }
+        )
+    })
+    .await
 }
 
 fn header(source: &str, port: u16) -> Vec<u8> {
@@ -216,31 +221,17 @@ async fn a_kingxun_device_behind_a_balancer_registers() {
     use common::kingxun::RawDevice;
     const SEED: u64 = 5;
     let broker = Mosquitto::start();
-    let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
     let key = hex::encode(vehicle2mqtt::connectors::kingxun::sim::derive_key(
         SEED, 1001,
     ));
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
+    let b = spawn(&broker, |port| {
         format!(
             "[kingxun]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nproxy_protocol = true\n\n\
              [[kingxun.devices]]\nid = 1001\nkey = \"{key}\"\n"
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.path().join("log")).unwrap();
-    let base = format!("p{}", rand::random::<u32>());
-    let child = common::bridge_against(&broker, dir.path(), &base)
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    let _bridge = KillOnDrop(child);
-    assert!(common::wait_port_async(port, T).await, "kingxun listener");
+        )
+    })
+    .await;
+    let port = b.port;
 
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     stream
@@ -263,7 +254,7 @@ async fn a_kingxun_device_behind_a_balancer_registers() {
         None,
         "answered without a header"
     );
-    let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+    let log = b.log();
     assert!(log.contains("203.0.113.44:50000"), "{log}");
 }
 

@@ -135,25 +135,23 @@ fn check_version_command(byte: u8) -> Result<bool, ProxyError> {
 /// The header for `source` → `destination` (both of one family): what a balancer sends,
 /// for tests and the device simulator.
 pub fn encode(source: SocketAddr, destination: SocketAddr) -> Option<Vec<u8>> {
-    let mut out = SIGNATURE.to_vec();
-    out.push(0x21);
-    match (source, destination) {
+    let (family, src, dst): (u8, Vec<u8>, Vec<u8>) = match (source, destination) {
         (SocketAddr::V4(s), SocketAddr::V4(d)) => {
-            out.extend_from_slice(&[0x11, 0x00, 12]);
-            out.extend_from_slice(&s.ip().octets());
-            out.extend_from_slice(&d.ip().octets());
-            out.extend_from_slice(&s.port().to_be_bytes());
-            out.extend_from_slice(&d.port().to_be_bytes());
+            (0x11, s.ip().octets().into(), d.ip().octets().into())
         }
         (SocketAddr::V6(s), SocketAddr::V6(d)) => {
-            out.extend_from_slice(&[0x21, 0x00, 36]);
-            out.extend_from_slice(&s.ip().octets());
-            out.extend_from_slice(&d.ip().octets());
-            out.extend_from_slice(&s.port().to_be_bytes());
-            out.extend_from_slice(&d.port().to_be_bytes());
+            (0x21, s.ip().octets().into(), d.ip().octets().into())
         }
         _ => return None,
-    }
+    };
+    let len = (2 * src.len() + 4) as u16;
+    let mut out = SIGNATURE.to_vec();
+    out.extend_from_slice(&[0x21, family]);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&src);
+    out.extend_from_slice(&dst);
+    out.extend_from_slice(&source.port().to_be_bytes());
+    out.extend_from_slice(&destination.port().to_be_bytes());
     Some(out)
 }
 
