@@ -227,6 +227,32 @@ pub struct ConnectorContext {
     pub updates: UpdateSink,
     pub commands: mpsc::Receiver<CommandRequest>,
     pub shutdown: CancellationToken,
+    /// Cluster: vehicles another instance owns now; a TCP connector closes their stale
+    /// links and stops reporting them from those links (docs/cluster.md).
+    pub releases: mpsc::Receiver<VehicleId>,
+    /// Cluster: whether this instance may run the connector's cloud account
+    /// ([`Connector::cloud_account`]) now; always true alone.
+    pub permit: tokio::sync::watch::Receiver<bool>,
+}
+
+impl ConnectorContext {
+    /// A context for a connector alone (tests, tools): nothing is ever released, the
+    /// account always permitted.
+    pub fn alone(
+        updates: UpdateSink,
+        commands: mpsc::Receiver<CommandRequest>,
+        shutdown: CancellationToken,
+    ) -> ConnectorContext {
+        let (_, releases) = mpsc::channel(1);
+        let (_, permit) = tokio::sync::watch::channel(true);
+        ConnectorContext {
+            updates,
+            commands,
+            shutdown,
+            releases,
+            permit,
+        }
+    }
 }
 
 pub type ConnectorFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
@@ -247,6 +273,17 @@ pub trait Connector: Send {
     /// over `events.overspeed_kmh`, a vehicle's over its section's).
     fn speed_limits(&self) -> SpeedLimits {
         SpeedLimits::default()
+    }
+    /// The cloud account this connector logs in to (a stable key, no secret in it), when
+    /// it has one: in a cluster one live instance at a time runs it.
+    fn cloud_account(&self) -> Option<String> {
+        None
+    }
+    /// A connector that is all account (a cloud poller) gives a fresh copy of itself: in
+    /// a cluster the bridge runs a copy while this instance holds the account's permit
+    /// and stops it when the permit goes. `None`: the connector reads `ctx.permit` itself.
+    fn fresh_copy(&self) -> Option<Box<dyn Connector>> {
+        None
     }
     fn run(self: Box<Self>, ctx: ConnectorContext) -> ConnectorFuture;
 }

@@ -393,6 +393,11 @@ fn run(config: Config, demo: bool) -> ExitCode {
     };
     match runtime.block_on(serve(config, demo)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is::<vehicle2mqtt::bridge::DuplicateInstance>() => {
+            tracing::error!(event = "cluster_duplicate_instance", error = %err, "vehicle2mqtt stopped");
+            eprintln!("vehicle2mqtt: {err}");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(err) => {
             tracing::error!(
                 event = "fatal",

@@ -12,7 +12,10 @@
 //! - `gate`: PIN tries and lockouts, armed PINs, per-vehicle queues, lock transitions;
 //! - `status`: connectors, errors, `bridge/info` and the snapshot.
 //!
-//! This file only routes inputs to those parts and their answers to MQTT.
+//! This file only routes inputs to those parts and their answers to MQTT; `cluster`
+//! adds what an instance among several does (docs/cluster.md).
+
+mod cluster;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -32,6 +35,7 @@ use super::records::{self, RecordKeeper};
 use super::status::{Figures, Status};
 use super::worker::{Queued, WorkerEvent};
 use super::{command, store};
+use crate::cluster::Answerer;
 use crate::config::Config;
 use crate::connector::Update;
 use crate::hass::Topics;
@@ -97,6 +101,17 @@ pub enum Action {
     },
     /// The vehicle is gone: its worker may end.
     Forgotten(VehicleId),
+    /// Another cluster instance owns the vehicle now: its commands here fail with
+    /// `moved to <to>` and its connector lets the stale link go.
+    Moved {
+        vehicle: VehicleId,
+        owner: Option<usize>,
+        to: String,
+    },
+    /// Which cloud accounts (by connector index) this cluster instance may poll now.
+    Permits(Vec<bool>),
+    /// Another instance with this cluster id runs: this one must stop (exit 2).
+    Duplicate(String),
     /// Write these records to `state_dir` off the loop, then call `records_written`.
     Persist(records::Batch),
     /// Add this finished trip (the `trip` event's attributes, a derived one with its
@@ -163,6 +178,8 @@ pub struct Hub<M: Mqtt> {
     extras: Extras,
     actions: Vec<Action>,
     now: Now,
+    /// Cluster mode (`cluster.instance_id`): who owns which vehicle, who polls which account.
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 /// A connector as the hub is told of it: its name and the vehicles its config lists
@@ -192,8 +209,17 @@ impl<M: Mqtt> Hub<M> {
             .saturating_mul(RETRY_PER_QUEUED)
             .max(100);
         let pin_required = !config.bridge.command_pin.is_empty();
+        let cluster = config
+            .cluster
+            .settings()
+            .map(|settings| crate::cluster::Cluster::new(&settings, Vec::new(), now.mono));
+        let mut lifecycle = Lifecycle::new(topics.clone(), config.mqtt.discovery, pin_required);
+        if let Some(c) = &cluster {
+            lifecycle.set_instance(c.me().to_string());
+        }
         let mut hub = Hub {
-            lifecycle: Lifecycle::new(topics.clone(), config.mqtt.discovery, pin_required),
+            cluster,
+            lifecycle,
             records: RecordKeeper::new(config.bridge.remember_vehicles),
             gate: CommandGate::new(
                 config.bridge.command_pin.clone(),
@@ -253,6 +279,14 @@ impl<M: Mqtt> Hub<M> {
             );
         }
         hub
+    }
+
+    /// The cloud account of each connector, by index (cluster mode: each is polled by one
+    /// instance at a time).
+    pub fn set_accounts(&mut self, accounts: Vec<Option<String>>) {
+        if let Some(c) = &mut self.cluster {
+            c.set_accounts(accounts);
+        }
     }
 
     /// Events, results and live rows go to the status page from now on.
@@ -353,6 +387,9 @@ impl<M: Mqtt> Hub<M> {
                     }
                 }
                 self.status.changed();
+                if self.cluster.as_ref().is_some_and(|c| c.is_account(owner)) {
+                    self.claim(&vehicle); // only the account's poller has its reports
+                }
                 self.check_stale_one(&vehicle);
                 let derived = match self.fleet.get(&vehicle) {
                     Some(v) => {
@@ -365,7 +402,7 @@ impl<M: Mqtt> Hub<M> {
                 let grew = reported.grew | self.absorb_derived(&vehicle, derived.fields);
                 // Documents depend on the shape (and the info, synced when it comes): a
                 // status that adds no field costs no rebuild.
-                if grew {
+                if grew | self.first_report_since_claim(&vehicle) {
                     self.discover(&vehicle, false);
                 }
                 self.publish_state(&vehicle);
@@ -376,8 +413,14 @@ impl<M: Mqtt> Hub<M> {
                 if self.fleet.set_online(&vehicle, online) {
                     self.publish_availability(&vehicle, false);
                 }
+                if online && self.fleet.contains(&vehicle) {
+                    self.claim(&vehicle); // a proven link, or a login that carries it
+                }
             }
             Update::Event { vehicle, event } => {
+                if !self.speaks_for(&vehicle) {
+                    return;
+                }
                 if event.event_type == "trip" && self.fleet.get(&vehicle).is_some() {
                     // A trip the device reported itself (kingxun 1008, iauto360 1012).
                     let mut trip = event.attributes.clone();
@@ -406,6 +449,7 @@ impl<M: Mqtt> Hub<M> {
                 };
                 self.observe(true);
                 self.send(self.topics.bridge_state(), "online", true);
+                self.cluster_connected();
                 self.subscribe_all(true);
                 self.publish_everything(false);
                 self.flush_info(true);
@@ -511,6 +555,7 @@ impl<M: Mqtt> Hub<M> {
             }
             Tick::Persist => self.persist(),
             Tick::Info => {
+                self.cluster_tick();
                 self.flush_info(false);
                 self.observe(false);
             }
@@ -564,9 +609,12 @@ impl<M: Mqtt> Hub<M> {
         Some(batch)
     }
 
-    /// The bridge stops: its retained state says so.
+    /// The bridge stops: its retained state says so (in a cluster: its vehicles' and its
+    /// own, and the cluster's only when it was the last instance).
     pub fn going_offline(&mut self) {
-        self.send(self.topics.bridge_state(), "offline", true);
+        if self.cluster_going_offline() {
+            self.send(self.topics.bridge_state(), "offline", true);
+        }
     }
 
     // ---- MQTT in ---------------------------------------------------------------------
@@ -599,6 +647,9 @@ impl<M: Mqtt> Hub<M> {
             }
         } else if let Some(rest) = topic.strip_prefix(&format!("{}/", self.topics.base)) {
             let parts: Vec<&str> = rest.split('/').collect();
+            if self.on_cluster_message(&parts, payload) {
+                return;
+            }
             match parts[..] {
                 ["bridge", lifecycle::PURGE_ENTITY, "set"] => self.on_purge(payload, retain),
                 [vehicle, "pin", "set"] => self.on_pin(vehicle, payload, retain),
@@ -694,6 +745,26 @@ impl<M: Mqtt> Hub<M> {
             .ok()
             .and_then(|p| p.id.clone())
             .unwrap_or_else(new_command_id);
+        let given_id = parsed.as_ref().ok().and_then(|p| p.id.as_deref());
+        match self.answerer(vehicle) {
+            Answerer::Elsewhere => return, // its owner (or its home) answers
+            _ if self.repeated(vehicle, given_id) => {
+                tracing::warn!(event = "command_repeated", vehicle, id = %id,
+                    "a command id seen before in the cluster: not run again");
+                return;
+            }
+            Answerer::Home => {
+                return self.publish_result(
+                    vehicle,
+                    &id,
+                    entity,
+                    CommandStatus::Failed,
+                    Some("offline"),
+                    None,
+                )
+            }
+            Answerer::Owner => {}
+        }
         if retain {
             // A retained command would fire again on every reconnect: never execute it.
             return self.reject(
@@ -764,6 +835,11 @@ impl<M: Mqtt> Hub<M> {
     /// command, or counts a wrong PIN like any other).
     fn on_pin(&mut self, vehicle: &str, raw: &Bytes, retain: bool) {
         let id = new_command_id();
+        match self.answerer(vehicle) {
+            Answerer::Elsewhere => return,
+            Answerer::Home => return self.reject(vehicle, &id, "pin", "offline"),
+            Answerer::Owner => {}
+        }
         if retain {
             return self.reject(vehicle, &id, "pin", "retained PIN ignored");
         }
@@ -802,7 +878,7 @@ impl<M: Mqtt> Hub<M> {
     /// again); while MQTT is behind, the vehicle is owed instead and built when there is
     /// room. The only way to a discovery publish.
     fn discover(&mut self, id: &VehicleId, force: bool) {
-        if !self.lifecycle.enabled() {
+        if !self.lifecycle.enabled() || !self.speaks_for(id) {
             return;
         }
         if self.outbox.is_behind() {
@@ -831,9 +907,12 @@ impl<M: Mqtt> Hub<M> {
         let text = String::from_utf8_lossy(payload);
         let target = text.trim();
         let ids: Vec<VehicleId> = if target == "stale" {
-            self.fleet.ids()
+            // In a cluster each instance purges what it owns.
+            let ids = self.fleet.ids();
+            ids.into_iter().filter(|id| self.speaks_for(id)).collect()
         } else {
             match VehicleId::new(target).filter(|id| self.fleet.contains(id)) {
+                Some(id) if !self.speaks_for(&id) => return, // its owner purges it
                 Some(id) => vec![id],
                 None => {
                     tracing::warn!(event = "purge_ignored", target = %target.chars().take(64).collect::<String>(),
@@ -846,7 +925,7 @@ impl<M: Mqtt> Hub<M> {
         for id in &ids {
             removed += self.purge_vehicle(id);
         }
-        if target == "stale" {
+        if target == "stale" && self.cluster.as_ref().is_none_or(|c| c.alone()) {
             let unclaimed = self.lifecycle.take_unclaimed(&self.fleet);
             removed += unclaimed.len();
             for topic in unclaimed {
@@ -877,6 +956,8 @@ impl<M: Mqtt> Hub<M> {
     /// Removes a vehicle: its entities, its retained state and availability, its record,
     /// its worker. Returns the number of entities removed.
     fn forget_vehicle(&mut self, id: &VehicleId) -> usize {
+        // In a cluster, what HA shows of it is its owner's to remove.
+        let speaks = self.speaks_for(id);
         let Some(mut v) = self.fleet.remove(id) else {
             return 0;
         };
@@ -885,16 +966,19 @@ impl<M: Mqtt> Hub<M> {
         self.gate.forget(id);
         self.derivations.forget(id);
         let removals = self.lifecycle.remove_all(id, &mut v.entities);
-        let n = removals.len();
-        for (topic, payload) in removals {
-            self.send(topic, payload, true);
+        let n = if speaks { removals.len() } else { 0 };
+        if speaks {
+            for (topic, payload) in removals {
+                self.send(topic, payload, true);
+            }
+            self.send(self.topics.vehicle(id.as_str(), "state"), Vec::new(), true);
+            self.send(
+                self.topics.vehicle(id.as_str(), "availability"),
+                Vec::new(),
+                true,
+            );
+            self.unclaim(id);
         }
-        self.send(self.topics.vehicle(id.as_str(), "state"), Vec::new(), true);
-        self.send(
-            self.topics.vehicle(id.as_str(), "availability"),
-            Vec::new(),
-            true,
-        );
         self.outbox.forget(id);
         self.records.forget(id.clone());
         self.status.changed();
@@ -955,6 +1039,9 @@ impl<M: Mqtt> Hub<M> {
         events: Vec<VehicleEvent>,
         trip: Option<crate::derive::Trip>,
     ) {
+        if !self.speaks_for(id) {
+            return;
+        }
         for event in events {
             self.publish_event(id, event);
         }
@@ -1015,6 +1102,9 @@ impl<M: Mqtt> Hub<M> {
     /// each vehicle, never a replay of the stale ones queued in the client.
     fn publish_state(&mut self, id: &VehicleId) {
         self.show_row(id);
+        if !self.speaks_for(id) {
+            return;
+        }
         let owed = !self.link.connected || self.outbox.is_behind() || !self.try_publish_state(id);
         if !owed {
             self.outbox.state_sent(id);
@@ -1027,7 +1117,7 @@ impl<M: Mqtt> Hub<M> {
     }
 
     fn try_publish_state(&mut self, id: &VehicleId) -> bool {
-        let Some(v) = self.fleet.get(id) else {
+        let Some(v) = self.fleet.get(id).filter(|_| self.speaks_for(id)) else {
             return true;
         };
         let pending = self.gate.pending_lock(id);
@@ -1109,6 +1199,9 @@ impl<M: Mqtt> Hub<M> {
     }
 
     fn publish_availability(&mut self, id: &VehicleId, force: bool) {
+        if !self.speaks_for(id) {
+            return;
+        }
         let before = self.fleet.get(id).and_then(|v| v.shown_online());
         if let Some(available) = self.fleet.availability_to_publish(id, force) {
             // Kept only while the page is served (a fleet's map otherwise).
@@ -1122,6 +1215,9 @@ impl<M: Mqtt> Hub<M> {
     }
 
     fn publish_event(&mut self, id: &VehicleId, event: VehicleEvent) {
+        if !self.speaks_for(id) {
+            return;
+        }
         let mut payload = event.attributes;
         if let Some(feed) = &self.feed {
             feed.entry(Entry {
@@ -1186,7 +1282,7 @@ impl<M: Mqtt> Hub<M> {
     fn flush_info(&mut self, force: bool) {
         let figures = figures(&self.fleet, &self.gate, &self.link, self.mqtt.stats());
         if let Some(info) = self.status.info_to_publish(&figures, force) {
-            self.send(self.topics.bridge_info(), info, true);
+            self.send(self.info_topic(), info, true);
         }
     }
 

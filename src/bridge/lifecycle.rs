@@ -44,6 +44,8 @@ pub(super) struct Lifecycle {
     /// Retained discovery configs of ours found on the broker (a purge removes those no
     /// vehicle claims).
     unclaimed: HashSet<String>,
+    /// This cluster instance's id (cluster mode): it announces its own device.
+    instance: Option<String>,
 }
 
 impl Lifecycle {
@@ -54,7 +56,13 @@ impl Lifecycle {
             pin_required,
             names: hass::EntityNames::default(),
             unclaimed: HashSet::new(),
+            instance: None,
         }
+    }
+
+    /// Cluster mode: the bridge's sensors move to this instance's own device.
+    pub fn set_instance(&mut self, instance: String) {
+        self.instance = Some(instance);
     }
 
     pub fn enabled(&self) -> bool {
@@ -109,7 +117,7 @@ impl Lifecycle {
         if !self.enabled {
             return Vec::new();
         }
-        hass::bridge_entities(&self.topics)
+        hass::bridge_entities(&self.topics, self.instance.as_deref())
             .into_iter()
             .map(|e| (e.topic(&self.topics, "bridge"), e.config.to_string()))
             .collect()
@@ -121,10 +129,13 @@ impl Lifecycle {
     pub fn retained_config(&mut self, topic: &str) -> Option<String> {
         let object_id = self.topics.config_object_id(topic)?;
         if let Some(key) = object_id.strip_prefix("bridge_") {
-            let current = hass::bridge_entities(&self.topics)
+            let current = hass::bridge_entities(&self.topics, self.instance.as_deref())
                 .iter()
                 .any(|e| e.key == key);
-            if current {
+            // In a cluster, the instances' devices are each instance's to keep (ids may
+            // hold `_`, so whose a key is cannot be told apart from here).
+            let others = self.instance.is_some() && key.starts_with(hass::INSTANCE_KEY_PREFIX);
+            if current || others {
                 return None;
             }
             tracing::info!(

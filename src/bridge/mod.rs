@@ -38,7 +38,13 @@ use crate::connector::{CommandRequest, Connector, ConnectorContext, UpdateSink};
 use crate::model::{CommandStatus, VehicleId};
 use crate::mqtt::{self, MqttStats, Publisher, SubscribeOptions};
 use hub::{Action, Hub, Now, Tick};
-use worker::{Queued, WorkerEvent};
+use worker::{Gone, Queued, WorkerEvent};
+
+/// Another cluster instance with this `cluster.instance_id` runs (started earlier): this
+/// one stops, exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DuplicateInstance(pub String);
 
 /// Capacity of the connectors → hub queue.
 const UPDATE_QUEUE: usize = 8192;
@@ -71,7 +77,19 @@ struct Io {
     /// Each connector's command queue, by index.
     connector_commands: Vec<mpsc::Sender<CommandRequest>>,
     /// One worker per vehicle that has had a command, and what tells it the vehicle left.
-    workers: HashMap<VehicleId, (mpsc::Sender<Queued>, CancellationToken)>,
+    workers: HashMap<
+        VehicleId,
+        (
+            mpsc::Sender<Queued>,
+            tokio::sync::watch::Sender<Option<Gone>>,
+        ),
+    >,
+    /// Each connector's "let this vehicle's link go" (cluster: it moved elsewhere).
+    releases: Vec<mpsc::Sender<VehicleId>>,
+    /// Each connector's cloud-account permit (always on when alone).
+    permits: Vec<tokio::sync::watch::Sender<bool>>,
+    /// Set when the hub found a second instance with this cluster id.
+    duplicate: Option<String>,
     worker_tx: mpsc::Sender<WorkerEvent>,
     command_queue: usize,
     command_timeout: Duration,
@@ -124,16 +142,16 @@ impl Io {
                     // The gate keeps a vehicle's commands to `command_queue` behind the
                     // running one, so this channel always has room.
                     let (tx, rx) = mpsc::channel(capacity);
-                    let forgotten = CancellationToken::new();
+                    let (gone, gone_rx) = tokio::sync::watch::channel(None);
                     tokio::spawn(worker::run(
                         vehicle.clone(),
                         rx,
                         connector,
                         worker_tx,
                         timeout,
-                        forgotten.clone(),
+                        gone_rx,
                     ));
-                    (tx, forgotten)
+                    (tx, gone)
                 });
                 if let Err(err) = sender.try_send(queued) {
                     let queued = match err {
@@ -154,10 +172,26 @@ impl Io {
             }
             Action::Forgotten(vehicle) => {
                 // Its worker rejects what it still holds (never sends it) and ends.
-                if let Some((_, forgotten)) = self.workers.remove(&vehicle) {
-                    forgotten.cancel();
+                if let Some((_, gone)) = self.workers.remove(&vehicle) {
+                    let _ = gone.send(Some(Gone::removed()));
                 }
             }
+            Action::Moved { vehicle, owner, to } => {
+                // Its commands here fail `moved to <to>`, in flight or queued, before the
+                // connector closes the stale link (whose own answers then go nowhere).
+                if let Some((_, gone)) = self.workers.remove(&vehicle) {
+                    let _ = gone.send(Some(Gone::moved(&to)));
+                }
+                if let Some(release) = owner.and_then(|o| self.releases.get(o)) {
+                    let _ = release.try_send(vehicle);
+                }
+            }
+            Action::Permits(permits) => {
+                for (permit, allowed) in self.permits.iter().zip(permits) {
+                    permit.send_if_modified(|p| std::mem::replace(p, allowed) != allowed);
+                }
+            }
+            Action::Duplicate(why) => self.duplicate = Some(why),
             Action::Persist(batch) => {
                 let (dir, written) = (self.state_dir.clone(), self.written.clone());
                 self.writing = Some(tokio::spawn(async move {
@@ -199,9 +233,26 @@ pub async fn run(
         config.mqtt.username = user;
         config.mqtt.password = crate::config::Secret::new(password);
     }
+    let cluster = config.cluster.settings();
     if config.mqtt.client_id.is_empty() {
-        config.mqtt.client_id = crate::state_dir::client_id(&config.bridge.state_dir)?;
+        let installation = crate::state_dir::client_id(&config.bridge.state_dir)?;
+        // In a cluster, the instance id in front; the installation's part keeps two
+        // instances started with one id apart, so each hears the other (and one stops).
+        config.mqtt.client_id = match &cluster {
+            Some(c) => format!("{}-{installation}", c.instance_id)
+                .chars()
+                .take(64)
+                .collect(),
+            None => installation,
+        };
     }
+    let topics = crate::hass::Topics::new(&config.mqtt.base_topic, &config.mqtt.discovery_prefix);
+    // Alone, the bridge's will is the cluster's state; in a cluster each instance's will
+    // is its own, and a sentinel session carries the cluster's (docs/cluster.md).
+    let will_topic = match &cluster {
+        Some(c) => topics.instance_state(&c.instance_id),
+        None => topics.bridge_state(),
+    };
     let endpoint = match config
         .mqtt
         .broker_url()
@@ -217,7 +268,17 @@ pub async fn run(
         true => crate::config::MqttProtocol::V311,
         false => config.mqtt.protocol,
     };
-    let (publisher, mqtt_task) = mqtt::start(&config.mqtt, &endpoint, protocol, mqtt_tx)?;
+    let (publisher, mqtt_task) =
+        mqtt::start(&config.mqtt, &endpoint, protocol, mqtt_tx, will_topic)?;
+    let sentinel = match cluster.is_some() {
+        true => Some(start_sentinel(
+            &config,
+            &endpoint,
+            protocol,
+            topics.bridge_state(),
+        )?),
+        false => None,
+    };
 
     let (update_tx, mut update_rx) = mpsc::channel(UPDATE_QUEUE);
     let (worker_tx, mut worker_rx) = mpsc::channel(1024);
@@ -225,6 +286,7 @@ pub async fn run(
     let mut infos = Vec::new();
     let mut speed_limits = Vec::new();
     let mut connector_commands = Vec::new();
+    let (mut releases, mut permits, mut accounts) = (Vec::new(), Vec::new(), Vec::new());
     for (index, connector) in connectors.into_iter().enumerate() {
         let name = connector.name();
         let configured = connector
@@ -232,14 +294,24 @@ pub async fn run(
             .map(|ids| ids.into_iter().collect());
         let limits = connector.speed_limits();
         let (cmd_tx, cmd_rx) = mpsc::channel(CONNECTOR_COMMAND_QUEUE);
+        let (release_tx, release_rx) = mpsc::channel(RELEASE_QUEUE);
+        let account = cluster.as_ref().and(connector.cloud_account());
+        // Alone every account is this bridge's; in a cluster it waits for its permit.
+        let (permit_tx, permit_rx) = tokio::sync::watch::channel(account.is_none());
         let ctx = ConnectorContext {
             updates: UpdateSink::new(index, update_tx.clone()),
             commands: cmd_rx,
             shutdown: shutdown.child_token(),
+            releases: release_rx,
+            permit: permit_rx,
         };
+        let gated = account.is_some() && connector.fresh_copy().is_some();
         let exit_tx = exit_tx.clone();
         tokio::spawn(async move {
-            let result = connector.run(ctx).await;
+            let result = match gated {
+                true => run_permitted(connector, ctx).await,
+                false => connector.run(ctx).await,
+            };
             let reason = match result {
                 Ok(()) => "stopped".to_string(),
                 Err(err) => format!("{err:#}"),
@@ -254,6 +326,9 @@ pub async fn run(
         infos.push((name, configured));
         speed_limits.push((name, limits));
         connector_commands.push(cmd_tx);
+        releases.push(release_tx);
+        permits.push(permit_tx);
+        accounts.push(account);
     }
     drop(update_tx);
 
@@ -309,8 +384,12 @@ pub async fn run(
         written: written_tx,
         snapshot: crate::observe::SharedSnapshot::default(),
         trip_log,
+        releases,
+        permits,
+        duplicate: None,
     };
     let mut hub = Hub::new(config, publisher.clone(), infos, records, Now::real());
+    hub.set_accounts(accounts);
     for (name, limits) in speed_limits {
         hub.speed_limits(name, limits);
     }
@@ -387,6 +466,16 @@ pub async fn run(
             _ = retry_tick.tick(), if hub.wants_retry() => hub.on_tick(Tick::Retry, Now::real()),
         }
         io.carry_out(&mut hub);
+        if let Some(why) = io.duplicate.take() {
+            // Said nothing offline: the instance with this id that stays is online.
+            publisher.disconnect().await;
+            if let Some((sentinel, _)) = &sentinel {
+                sentinel.disconnect().await;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(2), mqtt_task).await;
+            remove_alive(&state_dir).await;
+            return Err(DuplicateInstance(why).into());
+        }
     }
 
     tracing::info!(event = "shutdown", "shutting down: publishing offline");
@@ -416,7 +505,110 @@ pub async fn run(
             "MQTT did not flush within 5 s"
         );
     }
+    // After the instance's last words: a clean DISCONNECT, so the sentinel's will (the
+    // cluster `offline`) is not sent while other instances run.
+    if let Some((sentinel, task)) = sentinel {
+        sentinel.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
     Ok(())
+}
+
+/// Capacity of each connector's release queue (cluster: vehicles that moved elsewhere).
+const RELEASE_QUEUE: usize = 1024;
+
+/// The cluster's sentinel: a second session whose last will sets `<base>/bridge/state`
+/// `offline`, and which sets it `online` on every connection. A survivor that sees the
+/// `offline` of another's sentinel puts `online` back (the hub, `bridge/state`); the last
+/// instance's will stays.
+fn start_sentinel(
+    config: &Config,
+    endpoint: &mqtt::Endpoint,
+    protocol: crate::config::MqttProtocol,
+    topic: String,
+) -> anyhow::Result<(Publisher, tokio::task::JoinHandle<()>)> {
+    let mut cfg = config.mqtt.clone();
+    let id: String = cfg.client_id.chars().take(55).collect();
+    cfg.client_id = format!("{id}-sentinel");
+    cfg.queue_capacity = 16;
+    let (tx, mut rx) = mpsc::channel(16);
+    let (sentinel, task) = mqtt::start(&cfg, endpoint, protocol, tx, topic.clone())?;
+    let publisher = sentinel.clone();
+    tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            if matches!(event, crate::mqtt::MqttEvent::Connected) {
+                publisher.try_publish(&topic, "online", true);
+            }
+        }
+    });
+    Ok((sentinel, task))
+}
+
+/// Runs a cloud connector while this cluster instance holds its account's permit: a
+/// fresh copy each time the permit comes, stopped (its tasks ended) the moment it goes,
+/// so two instances never poll one account at once.
+async fn run_permitted(template: Box<dyn Connector>, ctx: ConnectorContext) -> anyhow::Result<()> {
+    let ConnectorContext {
+        updates,
+        mut commands,
+        shutdown,
+        mut permit,
+        ..
+    } = ctx;
+    let name = template.name();
+    let not_here = "offline: another instance polls this account";
+    loop {
+        loop {
+            if *permit.borrow_and_update() {
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                changed = permit.changed() => if changed.is_err() { return Ok(()) },
+                Some(req) = commands.recv() => {
+                    let _ = req.progress.try_send(crate::model::CommandProgress::Failed(not_here.into()));
+                }
+            }
+        }
+        let Some(copy) = template.fresh_copy() else {
+            return Ok(());
+        };
+        tracing::info!(
+            event = "cluster_account_started",
+            connector = name,
+            "this instance polls the account now"
+        );
+        let stop = shutdown.child_token();
+        let (forward, forwarded) = mpsc::channel(CONNECTOR_COMMAND_QUEUE);
+        let run = copy.run(ConnectorContext::alone(
+            updates.clone(),
+            forwarded,
+            stop.clone(),
+        ));
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                ended = &mut run => return ended,
+                Some(req) = commands.recv() => {
+                    if let Err(refused) = forward.try_send(req) {
+                        let req = match refused {
+                            mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
+                        };
+                        let _ = req.progress.try_send(crate::model::CommandProgress::Failed("connector busy".into()));
+                    }
+                }
+                changed = permit.changed() => {
+                    if changed.is_err() || !*permit.borrow_and_update() {
+                        tracing::info!(event = "cluster_account_stopped", connector = name,
+                            "another instance polls the account now (or this one is fenced)");
+                        stop.cancel();
+                        let _ = (&mut run).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(feature = "embedded-broker")]

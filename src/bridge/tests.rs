@@ -22,6 +22,8 @@ use crate::model::{
 };
 use crate::mqtt::{MqttEvent, MqttStats, SubscribeOptions};
 
+mod cluster;
+
 #[derive(Clone, PartialEq)]
 struct Msg {
     topic: String,

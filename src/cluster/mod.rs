@@ -48,6 +48,10 @@ const MAX_CLAIMS: usize = 200_000;
 const MAX_MEMBERS: usize = 1_000;
 /// Command ids remembered, cluster-wide, so a repeated id runs once.
 const SEEN_IDS: usize = 16_384;
+/// After its first connection, how long an instance listens before it claims anything:
+/// long enough to hear a second instance with its id (which would otherwise take the
+/// vehicles from the first, then stop).
+pub const PROBATION: Duration = Duration::from_millis(2500 + BEAT_EVERY.as_millis() as u64);
 /// A claim dated further ahead than this is refused (a wrong clock, or forged).
 const MAX_CLOCK_AHEAD: chrono::Duration = chrono::Duration::seconds(60);
 
@@ -150,9 +154,10 @@ pub struct ClusterCounters {
 
 pub struct Cluster {
     me: String,
-    /// A random id of this run: a heartbeat carrying another is a second instance with
-    /// this id.
+    /// This run's heartbeat: a random id and the start time (ms since 1970). Another on
+    /// our beat topic is a second instance with this id; the later started one goes.
     incarnation: String,
+    started_ms: i64,
     settle: Duration,
     lease_ttl: Duration,
     /// Instance → online, as their retained states say.
@@ -180,15 +185,27 @@ pub struct Cluster {
     seen_order: VecDeque<(String, String)>,
     /// Another live instance runs with this id.
     duplicate: bool,
+    /// Until when claims wait (from the first connection), and the vehicles waiting.
+    probation_until: Option<Instant>,
+    deferred: HashSet<VehicleId>,
+    /// Claims naming this instance seen on probation: cleared after it unless this is a
+    /// second instance of the id (whose twin holds them).
+    stale_own: HashSet<String>,
+    /// Vehicles claimed whose first report here is still to come: their discovery waits
+    /// for it (a device's identity comes with its first report, and a document built
+    /// without it would differ from the one its last owner left).
+    fresh: HashSet<VehicleId>,
     pub counters: ClusterCounters,
 }
 
 impl Cluster {
     pub fn new(config: &ClusterConfig, accounts: Vec<Option<String>>, now: Instant) -> Cluster {
         let permits = vec![false; accounts.len()];
+        let started_ms = Utc::now().timestamp_millis();
         Cluster {
             me: config.instance_id.clone(),
-            incarnation: format!("{:016x}", rand::random::<u64>()),
+            incarnation: format!("{:016x} {started_ms}", rand::random::<u64>()),
+            started_ms,
             settle: config.settle,
             lease_ttl: config.lease_ttl,
             members: BTreeMap::new(),
@@ -205,6 +222,10 @@ impl Cluster {
             seen_ids: HashSet::new(),
             seen_order: VecDeque::new(),
             duplicate: false,
+            probation_until: None,
+            deferred: HashSet::new(),
+            stale_own: HashSet::new(),
+            fresh: HashSet::new(),
             counters: ClusterCounters::default(),
         }
     }
@@ -268,6 +289,20 @@ impl Cluster {
     /// Connected to the broker (again): the membership is being learnt anew.
     pub fn connected(&mut self, now: Instant) {
         self.changed_at = now;
+        self.probation_until.get_or_insert(now + PROBATION);
+    }
+
+    fn on_probation(&self, now: Instant) -> bool {
+        self.probation_until.is_none_or(|until| now < until)
+    }
+
+    /// The vehicles claimed during probation, once it is over (and no duplicate was
+    /// heard): to claim now.
+    pub fn due_claims(&mut self, now: Instant) -> Vec<VehicleId> {
+        if self.on_probation(now) || self.duplicate {
+            return Vec::new();
+        }
+        self.deferred.drain().collect()
     }
 
     /// `<base>/bridge/<id>/state` arrived. Returns whether the live members changed.
@@ -286,14 +321,19 @@ impl Cluster {
     }
 
     /// A heartbeat on `<base>/bridge/<from>/beat` (`payload`: its sender's incarnation).
-    /// Ours coming back proves the broker hears us; ours with a foreign incarnation means
-    /// a second instance runs with this id; another's keeps it live.
+    /// Ours coming back proves the broker hears us; ours with a foreign incarnation of an
+    /// instance started earlier means this one is the second with this id (the earlier
+    /// one stays); another's keeps it live.
     pub fn on_beat(&mut self, from: &str, payload: &[u8], now: Instant) {
         if from == self.me {
             if payload == self.incarnation.as_bytes() {
                 self.last_contact = Some(now);
-            } else {
-                self.duplicate = true;
+            } else if let Some((nonce, started)) = std::str::from_utf8(payload)
+                .ok()
+                .and_then(|p| p.split_once(' '))
+                .and_then(|(n, s)| Some((n, s.parse::<i64>().ok()?)))
+            {
+                self.duplicate |= (started, nonce) < (self.started_ms, self.nonce());
             }
             return;
         }
@@ -306,7 +346,11 @@ impl Cluster {
         self.refresh(now);
     }
 
-    /// Whether another live instance uses this id.
+    fn nonce(&self) -> &str {
+        self.incarnation.split(' ').next().unwrap_or_default()
+    }
+
+    /// Whether another live instance, started earlier, uses this id.
     pub fn duplicate(&self) -> bool {
         self.duplicate
     }
@@ -373,15 +417,45 @@ impl Cluster {
                 self.counters.yields += 1;
                 Seen::Yield { to: claim.instance }
             }
-            None if claim.instance == self.me => Seen::StaleOwnClaim,
+            None if claim.instance == self.me && self.on_probation(now) => {
+                if self.stale_own.len() < MAX_CLAIMS {
+                    self.stale_own.insert(vehicle.to_string());
+                }
+                Seen::Nothing
+            }
+            None if claim.instance == self.me && !self.duplicate => Seen::StaleOwnClaim,
             _ => Seen::Nothing,
         }
     }
 
+    /// Claims naming this instance for vehicles it does not hold, seen on probation: to
+    /// clear once probation is over (never by a second instance of the id).
+    pub fn due_stale_claims(&mut self, now: Instant) -> Vec<String> {
+        if self.on_probation(now) || self.duplicate {
+            return Vec::new();
+        }
+        let pending: Vec<String> = self.stale_own.drain().collect();
+        pending
+            .into_iter()
+            .filter(|v| {
+                let still_ours = self.claims.get(v).is_some_and(|c| c.instance == self.me);
+                let held = VehicleId::new(v).is_some_and(|id| self.mine.contains_key(&id));
+                still_ours && !held
+            })
+            .collect()
+    }
+
     /// This instance holds the vehicle now (a proven link, or its account's report). The
     /// claim to publish, when it is new.
-    pub fn claim(&mut self, id: &VehicleId, wall: DateTime<Utc>) -> Option<Claim> {
+    /// During probation the claim waits ([`Cluster::due_claims`]).
+    pub fn claim(&mut self, id: &VehicleId, now: Instant, wall: DateTime<Utc>) -> Option<Claim> {
         if self.mine.contains_key(id) {
+            return None;
+        }
+        if self.on_probation(now) || self.duplicate {
+            if self.deferred.len() < MAX_CLAIMS {
+                self.deferred.insert(id.clone());
+            }
             return None;
         }
         let claim = Claim {
@@ -389,14 +463,23 @@ impl Cluster {
             since: wall,
         };
         self.mine.insert(id.clone(), claim.clone());
+        self.fresh.insert(id.clone());
         self.claims.insert(id.to_string(), claim.clone());
         self.orphans.remove(id.as_str());
         Some(claim)
     }
 
     /// This instance let the vehicle go.
+    /// Whether this is the vehicle's first report since this instance claimed it (asked
+    /// once per report; true once).
+    pub fn first_report(&mut self, id: &VehicleId) -> bool {
+        self.fresh.remove(id)
+    }
+
     pub fn release(&mut self, id: &VehicleId) {
         self.mine.remove(id);
+        self.fresh.remove(id);
+        self.deferred.remove(id);
     }
 
     pub fn owns(&self, id: &VehicleId) -> bool {
@@ -405,6 +488,17 @@ impl Cluster {
 
     pub fn owned(&self) -> impl Iterator<Item = &VehicleId> {
         self.mine.keys()
+    }
+
+    /// The vehicles this instance holds, with their claims.
+    pub fn owned_claims(&self) -> impl Iterator<Item = (&VehicleId, &Claim)> {
+        self.mine.iter()
+    }
+
+    /// The cloud account of each connector, by index (`None`: not an account).
+    pub fn set_accounts(&mut self, accounts: Vec<Option<String>>) {
+        self.permits = vec![false; accounts.len()];
+        self.accounts = accounts;
     }
 
     /// Who answers a command for `vehicle` (as the topic names it).
@@ -479,8 +573,10 @@ impl Cluster {
     /// last change of the members, and never while fenced.
     pub fn permits(&mut self, now: Instant) -> Option<Vec<bool>> {
         self.refresh(now);
-        let fenced = self.fenced(now);
-        let settled = now.saturating_duration_since(self.changed_at) >= self.settle;
+        // Nor on probation, nor as a second instance of an id: its twin would be home too.
+        let fenced = self.fenced(now) || self.duplicate;
+        let settled = now.saturating_duration_since(self.changed_at) >= self.settle
+            && !self.on_probation(now);
         let mut changed = false;
         for (i, account) in self.accounts.iter().enumerate() {
             let Some(key) = account else { continue };

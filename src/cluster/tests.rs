@@ -36,6 +36,7 @@ fn member(me: &str, live: &[&str], accounts: Vec<Option<String>>, t0: Instant) -
     }
     let beat = c.incarnation().to_string();
     c.on_beat(me, beat.as_bytes(), t0);
+    c.connected(t0);
     c
 }
 
@@ -90,8 +91,14 @@ fn the_newest_claim_wins_in_any_order() {
         let mut a = member("a", &["a", "b"], vec![], t0);
         let mut b = member("b", &["a", "b"], vec![], t0);
         let v = vid("kx1");
-        let claim_a = a.claim(&v, wall(0)).expect("a new claim").to_json();
-        let claim_b = b.claim(&v, wall(5)).expect("a new claim").to_json();
+        let claim_a = a
+            .claim(&v, t0 + PROBATION, wall(0))
+            .expect("a new claim")
+            .to_json();
+        let claim_b = b
+            .claim(&v, t0 + PROBATION, wall(5))
+            .expect("a new claim")
+            .to_json();
         let (first, second) = match a_first {
             true => (&claim_a, &claim_b),
             false => (&claim_b, &claim_a),
@@ -122,7 +129,7 @@ fn equal_times_are_ordered_by_instance_id() {
     let t0 = Instant::now();
     let mut a = member("a", &["a", "b"], vec![], t0);
     let v = vid("kx1");
-    a.claim(&v, wall(0));
+    a.claim(&v, t0 + PROBATION, wall(0));
     let seen = a.on_claim("kx1", &claim("b", 0), t0, wall(0));
     assert_eq!(
         seen,
@@ -130,7 +137,7 @@ fn equal_times_are_ordered_by_instance_id() {
         "b > a at the same instant"
     );
     let mut b = member("b", &["a", "b"], vec![], t0);
-    b.claim(&v, wall(0));
+    b.claim(&v, t0 + PROBATION, wall(0));
     assert_eq!(
         b.on_claim("kx1", &claim("a", 0), t0, wall(0)),
         Seen::Nothing
@@ -144,7 +151,7 @@ fn forged_claims_are_refused() {
     let t0 = Instant::now();
     let mut a = member("a", &["a", "b"], vec![], t0);
     let v = vid("kx1");
-    a.claim(&v, wall(0));
+    a.claim(&v, t0 + PROBATION, wall(0));
     assert_eq!(
         a.on_claim("kx1", &claim("b", 3600), t0, wall(1)),
         Seen::Nothing
@@ -165,11 +172,12 @@ fn forged_claims_are_refused() {
 fn an_own_claim_from_an_earlier_run_is_stale() {
     let t0 = Instant::now();
     let mut a = member("a", &["a"], vec![], t0);
+    let later = t0 + PROBATION;
     assert_eq!(
-        a.on_claim("kx1", &claim("a", -600), t0, wall(0)),
+        a.on_claim("kx1", &claim("a", -600), later, wall(0)),
         Seen::StaleOwnClaim
     );
-    assert_eq!(a.on_claim("kx1", b"", t0, wall(0)), Seen::Nothing);
+    assert_eq!(a.on_claim("kx1", b"", later, wall(0)), Seen::Nothing);
 }
 
 /// Nobody owns the vehicle: exactly one live instance answers (its rendezvous home);
@@ -191,7 +199,10 @@ fn exactly_one_instance_answers_a_command() {
         assert_eq!(answering, 1, "{v}: {answering} answer an unowned vehicle");
     }
     // c links kx7; everyone learns the claim.
-    let claim_c = all[2].claim(&vid("kx7"), wall(0)).unwrap().to_json();
+    let claim_c = all[2]
+        .claim(&vid("kx7"), t0 + PROBATION, wall(0))
+        .unwrap()
+        .to_json();
     for c in &mut all[..2] {
         c.on_claim("kx7", claim_c.as_bytes(), t0, wall(0));
     }
@@ -264,7 +275,10 @@ fn a_dead_owners_vehicles_go_offline_after_settle_unless_claimed() {
         s.on_member_state("c", b"offline", died);
     }
     // kx0 links again at a before settle is over.
-    let claim_a = survivors[0].claim(&vid("kx0"), wall(2)).unwrap().to_json();
+    let claim_a = survivors[0]
+        .claim(&vid("kx0"), t0 + PROBATION, wall(2))
+        .unwrap()
+        .to_json();
     survivors[1].on_claim("kx0", claim_a.as_bytes(), died, wall(2));
     for s in &mut survivors {
         assert!(
@@ -346,8 +360,12 @@ fn a_foreign_heartbeat_on_our_topic_is_a_second_instance() {
     let t0 = Instant::now();
     let mut a = member("a", &["a"], vec![], t0);
     assert!(!a.duplicate());
-    a.on_beat("a", b"0123456789abcdef", t0);
-    assert!(a.duplicate());
+    a.on_beat("a", b"0123456789abcdef 99999999999999", t0);
+    assert!(!a.duplicate(), "started later: the other one goes");
+    a.on_beat("a", b"not a heartbeat", t0);
+    assert!(!a.duplicate());
+    a.on_beat("a", b"0123456789abcdef 1", t0);
+    assert!(a.duplicate(), "started earlier: this one goes");
 }
 
 #[test]
@@ -418,5 +436,57 @@ fn a_silent_member_is_dead_though_its_state_says_online() {
         n2.permits(later),
         Some(vec![true]),
         "the account, after settle"
+    );
+}
+
+/// A newly started instance claims nothing until it has listened for a second instance
+/// with its id; then what it was to claim is claimed, unless it is that second one.
+#[test]
+fn claims_wait_for_probation_and_a_duplicate_claims_nothing() {
+    let t0 = Instant::now();
+    let mut a = member("a", &["a"], vec![], t0);
+    let v = vid("kx1");
+    assert_eq!(a.claim(&v, t0, wall(0)), None, "on probation");
+    assert!(!a.owns(&v));
+    assert!(a.due_claims(t0 + Duration::from_secs(1)).is_empty());
+    assert_eq!(a.due_claims(t0 + PROBATION), vec![v.clone()]);
+    assert!(a.claim(&v, t0 + PROBATION, wall(0)).is_some());
+    assert!(a.due_claims(t0 + PROBATION).is_empty(), "each once");
+
+    let mut b = member("b", &["b"], vec![], t0);
+    assert_eq!(b.claim(&v, t0, wall(0)), None);
+    b.on_beat("b", b"0123456789abcdef 1", t0);
+    assert!(b.duplicate());
+    assert!(b.due_claims(t0 + PROBATION).is_empty());
+    assert_eq!(b.claim(&v, t0 + PROBATION, wall(0)), None);
+}
+
+/// A claim naming this instance, left by an earlier run, is cleared after probation; a
+/// second instance of the id never clears its twin's.
+#[test]
+fn own_stale_claims_wait_for_probation_and_a_twin_keeps_its_hands_off() {
+    let t0 = Instant::now();
+    let mut fresh = member("a", &["a"], vec![], t0);
+    assert_eq!(
+        fresh.on_claim("kx1", &claim("a", 0), t0, wall(10)),
+        Seen::Nothing
+    );
+    assert!(fresh.due_stale_claims(t0).is_empty(), "on probation");
+    assert_eq!(
+        fresh.due_stale_claims(t0 + PROBATION),
+        vec!["kx1".to_string()]
+    );
+    assert_eq!(
+        fresh.on_claim("kx2", &claim("a", 0), t0 + PROBATION, wall(10)),
+        Seen::StaleOwnClaim
+    );
+
+    let mut twin = member("a", &["a"], vec![], t0);
+    twin.on_claim("kx1", &claim("a", 0), t0, wall(10));
+    twin.on_beat("a", b"0123456789abcdef 1", t0);
+    assert!(twin.due_stale_claims(t0 + PROBATION).is_empty());
+    assert_eq!(
+        twin.on_claim("kx2", &claim("a", 0), t0 + PROBATION, wall(10)),
+        Seen::Nothing
     );
 }

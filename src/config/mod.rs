@@ -34,6 +34,7 @@ const TEXT_KEYS: &[&str] = &[
     "mqtt.client_id",
     "mqtt.base_topic",
     "mqtt.discovery_prefix",
+    "cluster.instance_id",
 ];
 
 /// Every text setting, the bridge's and each upstream's.
@@ -389,7 +390,82 @@ pub struct Config {
     /// `[trips]`, `[events]`, `[[zones]]`: what the bridge works out of every vehicle's
     /// reports (`crate::derive`).
     pub derive: crate::derive::DeriveConfig,
+    /// `[cluster]`: several bridges on one base topic (docs/cluster.md).
+    pub cluster: ClusterSection,
     pub upstreams: Upstreams,
+}
+
+/// `[cluster]`: off while `instance_id` is empty; then the bridge behaves as one alone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// This instance's name among the bridges on the base topic: letters, digits, `-`,
+    /// `_` (at most 32). Set, it turns cluster mode on.
+    pub instance_id: String,
+    /// After the live instances change, how long before one takes over a cloud account.
+    #[serde(with = "humantime_serde")]
+    pub settle: Duration,
+    /// An instance that has not heard its own heartbeat back through the broker for this
+    /// long stops polling cloud accounts.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            instance_id: String::new(),
+            settle: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(20),
+        }
+    }
+}
+
+impl ClusterSection {
+    /// The cluster's settings when cluster mode is on.
+    pub fn settings(&self) -> Option<crate::cluster::ClusterConfig> {
+        (!self.instance_id.is_empty()).then(|| crate::cluster::ClusterConfig {
+            instance_id: self.instance_id.clone(),
+            settle: self.settle,
+            lease_ttl: self.lease_ttl,
+        })
+    }
+
+    fn problems(&self, mqtt_url: &str) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if self.instance_id.is_empty() {
+            return problems;
+        }
+        if !crate::cluster::valid_instance_id(&self.instance_id) {
+            problems.push((
+                "cluster.instance_id".into(),
+                "must be 1 to 32 letters, digits, `-` or `_`".into(),
+            ));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&self.settle) {
+            problems.push(("cluster.settle".into(), "must be 1 s to 5 min".into()));
+        }
+        let most = crate::cluster::WILL_AFTER + self.settle;
+        let least = crate::cluster::BEAT_EVERY * 3;
+        if self.lease_ttl < least || self.lease_ttl >= most {
+            problems.push((
+                "cluster.lease_ttl".into(),
+                format!(
+                    "must be at least {} s (three heartbeats) and less than {} s (the {} s the others take to see an instance dead, plus settle): else two instances may poll one account",
+                    least.as_secs(),
+                    most.as_secs(),
+                    crate::cluster::WILL_AFTER.as_secs()
+                ),
+            ));
+        }
+        if mqtt_url == "embedded" {
+            problems.push((
+                "mqtt.url".into(),
+                "cluster mode needs a broker every instance reaches, not the embedded one".into(),
+            ));
+        }
+        problems
+    }
 }
 
 impl Serialize for Config {
@@ -400,6 +476,9 @@ impl Serialize for Config {
         map.serialize_entry("bridge", &self.bridge)?;
         map.serialize_entry("trips", &self.derive.trips)?;
         map.serialize_entry("events", &self.derive.events)?;
+        if !self.cluster.instance_id.is_empty() {
+            map.serialize_entry("cluster", &self.cluster)?;
+        }
         if !self.derive.zones.is_empty() {
             map.serialize_entry("zones", &self.derive.zones)?;
         }
@@ -430,6 +509,7 @@ impl<'de> Deserialize<'de> for Config {
                         "trips" => config.derive.trips = map.next_value()?,
                         "events" => config.derive.events = map.next_value()?,
                         "zones" => config.derive.zones = map.next_value()?,
+                        "cluster" => config.cluster = map.next_value()?,
                         other => {
                             if !config.upstreams.deserialize_section(other, &mut map)? {
                                 return Err(serde::de::Error::unknown_field(
@@ -466,7 +546,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for SectionName {
 fn section_names() -> &'static [&'static str] {
     static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
     NAMES.get_or_init(|| {
-        let mut names = vec!["mqtt", "bridge", "trips", "events", "zones"];
+        let mut names = vec!["mqtt", "bridge", "trips", "events", "zones", "cluster"];
         names.extend(Upstreams::names());
         names
     })
@@ -700,6 +780,7 @@ impl Config {
         if let Err(reason) = tracing_subscriber::EnvFilter::try_new(&self.bridge.log_level) {
             problems.push(("bridge.log_level".into(), reason.to_string()));
         }
+        problems.extend(self.cluster.problems(&self.mqtt.url));
         problems.extend(self.upstreams.problems());
         if problems.is_empty() {
             return Ok(());

@@ -18,7 +18,7 @@ mod topics;
 mod vehicle;
 
 pub use announced::{entity_topic, Announced, EntityName, EntityNames, Publish, Source};
-pub use bridge::bridge_entities;
+pub use bridge::{bridge_entities, INSTANCE_KEY_PREFIX};
 pub use topics::Topics;
 pub use vehicle::VehicleDiscovery;
 

@@ -23,6 +23,30 @@ impl Topics {
     pub fn bridge_info(&self) -> String {
         format!("{}/bridge/info", self.base)
     }
+    /// A cluster instance's own retained state (its last will: `offline`).
+    pub fn instance_state(&self, instance: &str) -> String {
+        format!("{}/bridge/{instance}/state", self.base)
+    }
+    /// A cluster instance's `bridge/info`.
+    pub fn instance_info(&self, instance: &str) -> String {
+        format!("{}/bridge/{instance}/info", self.base)
+    }
+    /// Where a cluster instance's heartbeats go (not retained).
+    pub fn instance_beat(&self, instance: &str) -> String {
+        format!("{}/bridge/{instance}/beat", self.base)
+    }
+    /// What every cluster instance listens to: the others' states and heartbeats, the
+    /// vehicles' owners and results, the cluster-wide state.
+    pub fn cluster_filters(&self) -> [String; 5] {
+        let base = &self.base;
+        [
+            format!("{base}/bridge/+/state"),
+            format!("{base}/bridge/+/beat"),
+            format!("{base}/+/owner"),
+            format!("{base}/+/command/result"),
+            format!("{base}/bridge/state"),
+        ]
+    }
     pub fn ha_status(&self) -> String {
         format!("{}/status", self.discovery_prefix)
     }

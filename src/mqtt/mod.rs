@@ -208,18 +208,20 @@ struct Settings {
 /// Starts the client and its event loop task. `events` receives connection changes and
 /// incoming messages; messages are dropped (and counted) when the bridge falls behind.
 /// `protocol` "auto" starts with MQTT 5 and falls back to 3.1.1 for good when the broker
-/// refuses 5 before ever accepting it.
+/// refuses 5 before ever accepting it. `will_topic` gets a retained `offline` when the
+/// connection dies without a DISCONNECT.
 pub fn start(
     cfg: &MqttConfig,
     endpoint: &Endpoint,
     protocol: MqttProtocol,
     events: mpsc::Sender<MqttEvent>,
+    will_topic: String,
 ) -> anyhow::Result<(Publisher, JoinHandle<()>)> {
     let settings = Settings {
         client_id: cfg.client_id.clone(),
         host: endpoint.host.clone(),
         port: endpoint.port,
-        will_topic: format!("{}/bridge/state", cfg.base_topic),
+        will_topic,
         login: (!cfg.username.is_empty())
             .then(|| (cfg.username.clone(), cfg.password.expose().to_string())),
         tls: match endpoint.tls {
@@ -383,7 +385,8 @@ mod tests {
             tls: false,
         };
         let (tx, mut rx) = mpsc::channel(8);
-        let (publisher, task) = start(&cfg, &endpoint, MqttProtocol::Auto, tx).unwrap();
+        let will = format!("{}/bridge/state", cfg.base_topic);
+        let (publisher, task) = start(&cfg, &endpoint, MqttProtocol::Auto, tx, will).unwrap();
         let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .expect("connects");

@@ -165,11 +165,11 @@ mod tests {
         let Some(connector) = connectors.into_iter().next() else {
             panic!("no connector")
         };
-        let task = tokio::spawn(connector.run(ConnectorContext {
-            updates: UpdateSink::new(0, tx),
-            commands: rx,
-            shutdown: shutdown.clone(),
-        }));
+        let task = tokio::spawn(connector.run(ConnectorContext::alone(
+            UpdateSink::new(0, tx),
+            rx,
+            shutdown.clone(),
+        )));
         let (_, first) = updates.recv().await.unwrap();
         assert!(
             matches!(first, Update::Vehicle(ref v) if v.id.as_str() == "echo7"),

@@ -38,6 +38,42 @@ pub(super) async fn run(
     Ok(())
 }
 
+/// Runs the client while this instance holds the account's permit (always alone): in a
+/// cluster one instance at a time logs in to the platform (docs/cluster.md).
+pub(super) async fn run_permitted(
+    cfg: ExliveClientConfig,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    mut permit: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    loop {
+        while !*permit.borrow_and_update() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                changed = permit.changed() => if changed.is_err() { return Ok(()) },
+            }
+        }
+        let stop = shutdown.child_token();
+        tracing::info!(event = "exlive_client_permitted", address = %cfg.address, "this instance runs the EXLIVE platform login");
+        let client = run(cfg.clone(), shared.clone(), stop.clone());
+        tokio::pin!(client);
+        loop {
+            tokio::select! {
+                ended = &mut client => return ended,
+                changed = permit.changed() => {
+                    if changed.is_err() || !*permit.borrow_and_update() {
+                        tracing::info!(event = "exlive_client_handed_over", address = %cfg.address,
+                            "another instance runs the EXLIVE platform login now (or this one is fenced)");
+                        stop.cancel();
+                        let _ = (&mut client).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
 struct ExliveClient<'a> {
     cfg: &'a ExliveClientConfig,
     shared: &'a Arc<Shared>,

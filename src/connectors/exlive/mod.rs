@@ -69,6 +69,12 @@ impl Connector for ExliveConnector {
         "exlive"
     }
 
+    /// The platform login (client role): one instance at a time in a cluster.
+    fn cloud_account(&self) -> Option<String> {
+        let client = self.config.client.as_ref()?;
+        Some(format!("exlive:{}:{}", client.address, client.name))
+    }
+
     fn speed_limits(&self) -> crate::connector::SpeedLimits {
         crate::connector::SpeedLimits::from_table(
             self.config.overspeed_kmh,
@@ -84,6 +90,8 @@ impl Connector for ExliveConnector {
             let ConnectorContext {
                 mut commands,
                 shutdown,
+                mut releases,
+                permit,
                 ..
             } = ctx;
             let mut tasks = crate::connectors::Tasks::default();
@@ -102,7 +110,7 @@ impl Connector for ExliveConnector {
             if let Some(client) = self.config.client.clone() {
                 tasks.spawn(
                     "exlive platform client",
-                    client::run(client, shared.clone(), shutdown.clone()),
+                    client::run_permitted(client, shared.clone(), shutdown.clone(), permit),
                 );
             }
             let mut counters_tick = tokio::time::interval(crate::connector::COUNTERS_EVERY);
@@ -111,6 +119,7 @@ impl Connector for ExliveConnector {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     Some(req) = commands.recv() => shared.send_command(req),
+                    Some(vehicle) = releases.recv() => shared.release(&vehicle),
                     _ = counters_tick.tick() => report.report(shared.counters.snapshot(), &shared.updates).await,
                     reason = tasks.ended() => {
                         if shutdown.is_cancelled() {
@@ -145,6 +154,9 @@ struct Terminals {
     announced: HashMap<String, bool>,
     /// terminalid → commands waiting for a 1013, oldest first.
     pending: HashMap<String, VecDeque<mpsc::Sender<CommandProgress>>>,
+    /// EXLIVE id → the link it was let go from (cluster: another instance owns it): that
+    /// link's reports of it are ignored, so it is not claimed back (docs/cluster.md).
+    released: HashMap<String, u64>,
 }
 
 impl Default for Terminals {
@@ -154,6 +166,7 @@ impl Default for Terminals {
             routes: HashMap::new(),
             announced: HashMap::new(),
             pending: HashMap::new(),
+            released: HashMap::new(),
         }
     }
 }
@@ -298,11 +311,40 @@ impl Shared {
         }
     }
 
+    /// Another cluster instance owns the vehicle now: its route goes, and the link that
+    /// carried it is not listened to about it any more (a new link is).
+    fn release(&self, vehicle: &VehicleId) {
+        let mut terminals = self.terminals();
+        let Some(exlive_id) = terminals.ids.upstream_id(vehicle).map(str::to_string) else {
+            return;
+        };
+        if let Some((link, _)) = terminals.routes.remove(&exlive_id) {
+            tracing::info!(event = "exlive_released", vehicle = %vehicle, link = link.id,
+                "another instance owns the vehicle: this link's reports of it are ignored");
+            terminals.released.insert(exlive_id, link.id);
+        }
+    }
+
+    /// Whether `link` let the terminal go (and a new link takes it back).
+    fn let_go(terminals: &mut Terminals, exlive_id: &str, link: &LinkHandle) -> bool {
+        match terminals.released.get(exlive_id) {
+            Some(from) if *from == link.id => true,
+            Some(_) => {
+                terminals.released.remove(exlive_id);
+                false
+            }
+            None => false,
+        }
+    }
+
     /// A vehicle was announced by a platform (1011) without a position yet.
     async fn announce(&self, link: &LinkHandle, exlive_id: &str, code: &str) {
         let exlive_id = exlive_id.trim();
         let (id, first) = {
             let mut terminals = self.terminals();
+            if Self::let_go(&mut terminals, exlive_id, link) {
+                return;
+            }
             let Some(id) = self.vehicle(&mut terminals, exlive_id) else {
                 return;
             };
@@ -336,6 +378,9 @@ impl Shared {
         let alarm = p.alarm.unwrap_or(false);
         let (id, first, moved, alarm_rose) = {
             let mut terminals = self.terminals();
+            if Self::let_go(&mut terminals, exlive_id, link) {
+                return;
+            }
             let Some(id) = self.vehicle(&mut terminals, exlive_id) else {
                 return;
             };

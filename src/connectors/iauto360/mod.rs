@@ -109,6 +109,18 @@ impl Connector for Iauto360Connector {
         "iauto360"
     }
 
+    /// One poller per open_id, cluster-wide (docs/cluster.md).
+    fn cloud_account(&self) -> Option<String> {
+        Some(format!("iauto360:{}", self.config.open_id))
+    }
+
+    fn fresh_copy(&self) -> Option<Box<dyn Connector>> {
+        Some(Box::new(Iauto360Connector {
+            config: self.config.clone(),
+            state_dir: self.state_dir.clone(),
+        }))
+    }
+
     fn configured_vehicles(&self) -> Option<Vec<VehicleId>> {
         Some(
             self.config

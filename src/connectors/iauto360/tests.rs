@@ -54,11 +54,7 @@ async fn harness(tweak: impl FnOnce(&mut Iauto360Config)) -> Harness {
     let (tx, updates) = mpsc::channel(1024);
     let (commands, rx) = mpsc::channel(4);
     let shutdown = CancellationToken::new();
-    let ctx = ConnectorContext {
-        updates: UpdateSink::new(0, tx),
-        commands: rx,
-        shutdown: shutdown.clone(),
-    };
+    let ctx = ConnectorContext::alone(UpdateSink::new(0, tx), rx, shutdown.clone());
     let connector = Box::new(Iauto360Connector::new(cfg).with_state_dir(dir.path().into()));
     tokio::spawn(connector.run(ctx));
     Harness {

@@ -18,6 +18,7 @@ pub use report::*;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
 
 use chrono::{SecondsFormat, Utc};
 
@@ -211,8 +212,8 @@ pub(crate) struct Shared {
     pub updates: UpdateSink,
     /// devId → key and name.
     pub devices: crate::model::VecMap<u32, Device>,
-    /// devId → (link id, command sender) of the device's current link.
-    pub links: Mutex<HashMap<u32, (u64, LinkSender)>>,
+    /// devId → (link id, command sender, what ends it) of the device's current link.
+    pub links: Mutex<HashMap<u32, (u64, LinkSender, CancellationToken)>>,
     /// devId → (software version, device type) as last reported, so every announcement
     /// carries the best-known identity.
     pub known: Mutex<HashMap<u32, KnownIdentity>>,
@@ -386,6 +387,24 @@ impl Shared {
         (configured && vehicle_id(dev_id) == *vehicle).then_some(dev_id)
     }
 
+    /// Another cluster instance owns the device now (it linked there): its link here is
+    /// stale, and ends without marking it offline (docs/cluster.md).
+    fn release(&self, vehicle: &VehicleId) {
+        let Some(dev_id) = self.device_of(vehicle) else {
+            return;
+        };
+        let link = self.links.lock().ok().and_then(|mut l| l.remove(&dev_id));
+        if let Some((id, _, end)) = link {
+            tracing::info!(
+                event = "kingxun_link_released",
+                dev_id,
+                link = id,
+                "another instance holds the device's link now: closing this one"
+            );
+            end.cancel();
+        }
+    }
+
     fn send_command(&self, req: CommandRequest) {
         let Some(dev_id) = self.device_of(&req.vehicle) else {
             let _ = req
@@ -421,7 +440,7 @@ impl Shared {
             self.links
                 .lock()
                 .ok()
-                .and_then(|l| l.get(&dev_id).map(|(_, tx)| tx.clone()))
+                .and_then(|l| l.get(&dev_id).map(|(_, tx, _)| tx.clone()))
         });
         let Some(link) = link else {
             let _ = req
@@ -580,6 +599,7 @@ impl Connector for KingxunConnector {
             let ConnectorContext {
                 mut commands,
                 shutdown,
+                mut releases,
                 ..
             } = ctx;
             let mut tasks = crate::connectors::Tasks::default();
@@ -611,6 +631,7 @@ impl Connector for KingxunConnector {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     Some(req) = commands.recv() => shared.send_command(req),
+                    Some(vehicle) = releases.recv() => shared.release(&vehicle),
                     _ = counters_tick.tick() => report.report(shared.counters.snapshot(), &shared.updates).await,
                     reason = tasks.ended() => {
                         if shutdown.is_cancelled() {

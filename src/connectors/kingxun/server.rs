@@ -198,7 +198,7 @@ impl Link {
                 .try_send(CommandProgress::Failed("device link closed".into()));
         }
         let still_ours = shared.links.lock().map(|mut l| {
-            if l.get(&dev_id).is_some_and(|(id, _)| *id == link.id) {
+            if l.get(&dev_id).is_some_and(|(id, _, _)| *id == link.id) {
                 l.remove(&dev_id);
                 true
             } else {
@@ -336,7 +336,8 @@ async fn admit(
         context: LinkContext {
             sw_version: register.software_version(),
             shared,
-            shutdown,
+            // Its own, so that a cluster release ends this link alone.
+            shutdown: shutdown.child_token(),
             peer,
             id,
             mailbox: Mailbox::new(16),
@@ -553,11 +554,12 @@ impl LinkContext {
     /// device): from now on it is the device's link, displacing any older one.
     async fn prove(&self, dev_id: u32) {
         let shared = &*self.shared;
-        let replaced = shared
-            .links
-            .lock()
-            .ok()
-            .and_then(|mut l| l.insert(dev_id, (self.id, self.mailbox.clone())));
+        let replaced = shared.links.lock().ok().and_then(|mut l| {
+            l.insert(
+                dev_id,
+                (self.id, self.mailbox.clone(), self.shutdown.clone()),
+            )
+        });
         if replaced.is_some() {
             tracing::info!(
                 event = "kingxun_link_replaced",

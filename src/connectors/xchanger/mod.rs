@@ -84,6 +84,18 @@ impl Connector for XchangerConnector {
         "xchanger"
     }
 
+    /// One login per account, cluster-wide (docs/cluster.md).
+    fn cloud_account(&self) -> Option<String> {
+        Some(format!("xchanger:{}", self.config.account()))
+    }
+
+    fn fresh_copy(&self) -> Option<Box<dyn Connector>> {
+        Some(Box::new(XchangerConnector::new(
+            self.config.clone(),
+            self.state_dir.clone(),
+        )))
+    }
+
     /// With `vins` set, those are the cars; else the account's list says (a roster).
     fn configured_vehicles(&self) -> Option<Vec<VehicleId>> {
         let vins = &self.config.vins;
