@@ -202,22 +202,25 @@ pub async fn run(
     if config.mqtt.client_id.is_empty() {
         config.mqtt.client_id = crate::state_dir::client_id(&config.bridge.state_dir)?;
     }
-    let endpoint = match config
+    let mut endpoints = Vec::new();
+    for url in config
         .mqtt
-        .broker_url()
+        .broker_urls()
         .map_err(anyhow::Error::msg)
         .context("mqtt.url")?
     {
-        BrokerUrl::Embedded => start_embedded(&config)?,
-        BrokerUrl::Tcp { host, port, tls } => mqtt::Endpoint { host, port, tls },
-    };
+        endpoints.push(match url {
+            BrokerUrl::Embedded => start_embedded(&config)?,
+            BrokerUrl::Tcp { host, port, tls } => mqtt::Endpoint { host, port, tls },
+        });
+    }
     let (mqtt_tx, mut mqtt_rx) = mpsc::channel(1024);
     // The embedded broker (rumqttd's 3.1.1 listener) is spoken to in 3.1.1.
     let protocol = match config.mqtt.url == "embedded" {
         true => crate::config::MqttProtocol::V311,
         false => config.mqtt.protocol,
     };
-    let (publisher, mqtt_task) = mqtt::start(&config.mqtt, &endpoint, protocol, mqtt_tx)?;
+    let (publisher, mqtt_task) = mqtt::start(&config.mqtt, &endpoints, protocol, mqtt_tx)?;
 
     let (update_tx, mut update_rx) = mpsc::channel(UPDATE_QUEUE);
     let (worker_tx, mut worker_rx) = mpsc::channel(1024);
@@ -278,13 +281,8 @@ pub async fn run(
             .flatten(),
         map_tiles: config.bridge.map_tiles.clone(),
         broker: match config.mqtt.url.as_str() {
-            "embedded" => format!("embedded, {}:{}", endpoint.host, endpoint.port),
-            _ => format!(
-                "{}:{}{}",
-                endpoint.host,
-                endpoint.port,
-                if endpoint.tls { ", TLS" } else { "" }
-            ),
+            "embedded" => format!("embedded, {}", mqtt::describe_endpoints(&endpoints)),
+            _ => mqtt::describe_endpoints(&endpoints),
         },
     };
     let (written_tx, mut written_rx) = mpsc::channel(1);
