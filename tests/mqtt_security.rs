@@ -154,8 +154,39 @@ async fn tls_with_a_private_ca_file() {
     config.mqtt.ca_file = Some(broker.dir.path().join("ca.pem"));
     let base = config.mqtt.base_topic.clone();
     let bridge = RunningBridge::start(config).await;
-    // A plain-TCP probe cannot talk to a TLS listener, so ask the broker through a TLS
-    // client of our own making.
+    assert!(
+        tls_sees_online(&broker, &base).await,
+        "bridge online over TLS with mqtt.ca_file"
+    );
+    bridge.stop().await;
+}
+
+/// A list mixing plain and TLS brokers: the first (plain, down) fails, the second is
+/// reached over TLS with `mqtt.ca_file` (each URL has its own TLS flag).
+#[tokio::test]
+async fn tls_in_a_mixed_broker_list() {
+    let broker = Mosquitto::start_with(with_tls);
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "mqtt://127.0.0.1:{}, mqtts://127.0.0.1:{}",
+        common::free_port(),
+        broker.port
+    );
+    let mut config = common::test_config(&url, dir.path());
+    config.mqtt.ca_file = Some(broker.dir.path().join("ca.pem"));
+    let base = config.mqtt.base_topic.clone();
+    let bridge = RunningBridge::start(config).await;
+    assert!(
+        tls_sees_online(&broker, &base).await,
+        "bridge online over TLS at the second broker of the list"
+    );
+    bridge.stop().await;
+}
+
+/// Whether `<base>/bridge/state` reads online on the TLS `broker` within `T`. A
+/// plain-TCP probe cannot talk to a TLS listener, so this asks through a TLS client of
+/// its own.
+async fn tls_sees_online(broker: &Mosquitto, base: &str) -> bool {
     let ca = std::fs::read(broker.dir.path().join("ca.pem")).unwrap();
     let mut opts = rumqttc::MqttOptions::new("probe-tls", "127.0.0.1", broker.port);
     opts.set_transport(rumqttc::Transport::tls(ca, None, None));
@@ -178,8 +209,7 @@ async fn tls_with_a_private_ca_file() {
         }
     })
     .await;
-    assert_eq!(got, Ok(true), "bridge online over TLS with mqtt.ca_file");
-    bridge.stop().await;
+    got == Ok(true)
 }
 
 /// Two bridges left at the default client id on one broker: each gets its own id, so

@@ -253,15 +253,18 @@ pub async fn run(
         Some(c) => topics.instance_state(&c.instance_id),
         None => topics.bridge_state(),
     };
-    let endpoint = match config
+    let mut endpoints = Vec::new();
+    for url in config
         .mqtt
-        .broker_url()
+        .broker_urls()
         .map_err(anyhow::Error::msg)
         .context("mqtt.url")?
     {
-        BrokerUrl::Embedded => start_embedded(&config)?,
-        BrokerUrl::Tcp { host, port, tls } => mqtt::Endpoint { host, port, tls },
-    };
+        endpoints.push(match url {
+            BrokerUrl::Embedded => start_embedded(&config)?,
+            BrokerUrl::Tcp { host, port, tls } => mqtt::Endpoint { host, port, tls },
+        });
+    }
     let (mqtt_tx, mut mqtt_rx) = mpsc::channel(1024);
     // The embedded broker (rumqttd's 3.1.1 listener) is spoken to in 3.1.1.
     let protocol = match config.mqtt.url == "embedded" {
@@ -269,11 +272,11 @@ pub async fn run(
         false => config.mqtt.protocol,
     };
     let (publisher, mqtt_task) =
-        mqtt::start(&config.mqtt, &endpoint, protocol, mqtt_tx, will_topic)?;
+        mqtt::start(&config.mqtt, &endpoints, protocol, mqtt_tx, will_topic)?;
     let sentinel = match cluster.is_some() {
         true => Some(start_sentinel(
             &config,
-            &endpoint,
+            &endpoints,
             protocol,
             topics.bridge_state(),
         )?),
@@ -353,13 +356,8 @@ pub async fn run(
             .flatten(),
         map_tiles: config.bridge.map_tiles.clone(),
         broker: match config.mqtt.url.as_str() {
-            "embedded" => format!("embedded, {}:{}", endpoint.host, endpoint.port),
-            _ => format!(
-                "{}:{}{}",
-                endpoint.host,
-                endpoint.port,
-                if endpoint.tls { ", TLS" } else { "" }
-            ),
+            "embedded" => format!("embedded, {}", mqtt::describe_endpoints(&endpoints)),
+            _ => mqtt::describe_endpoints(&endpoints),
         },
     };
     let (written_tx, mut written_rx) = mpsc::channel(1);
@@ -523,7 +521,7 @@ const RELEASE_QUEUE: usize = 1024;
 /// instance's will stays.
 fn start_sentinel(
     config: &Config,
-    endpoint: &mqtt::Endpoint,
+    endpoints: &[mqtt::Endpoint],
     protocol: crate::config::MqttProtocol,
     topic: String,
 ) -> anyhow::Result<(Publisher, tokio::task::JoinHandle<()>)> {
@@ -532,7 +530,7 @@ fn start_sentinel(
     cfg.client_id = format!("{id}-sentinel");
     cfg.queue_capacity = 16;
     let (tx, mut rx) = mpsc::channel(16);
-    let (sentinel, task) = mqtt::start(&cfg, endpoint, protocol, tx, topic.clone())?;
+    let (sentinel, task) = mqtt::start(&cfg, endpoints, protocol, tx, topic.clone())?;
     let publisher = sentinel.clone();
     tokio::spawn(async move {
         while let Some(event) = rx.recv().await {

@@ -185,7 +185,8 @@ pub enum BoolFormat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    /// "embedded", or mqtt://host:port, or mqtts://host:port.
+    /// "embedded", or mqtt://host:port, or mqtts://host:port; or several brokers, comma
+    /// separated, tried in order (see [`MqttConfig::broker_urls`]).
     pub url: String,
     pub embedded_listen: SocketAddr,
     pub username: String,
@@ -733,7 +734,7 @@ impl Config {
                 problems.push((key, "must be greater than 0".into()));
             }
         }
-        if let Err(reason) = self.mqtt.broker_url() {
+        if let Err(reason) = self.mqtt.broker_urls() {
             problems.push(("mqtt.url".into(), reason));
         }
         if self.mqtt.url == "embedded"
@@ -804,36 +805,63 @@ impl Config {
 }
 
 impl MqttConfig {
-    pub fn broker_url(&self) -> Result<BrokerUrl, String> {
-        if self.url == "embedded" {
-            return Ok(BrokerUrl::Embedded);
+    /// The brokers `url` names, in the order they are tried: "embedded", one URL, or
+    /// several comma separated (spaces around the commas allowed). A bad element is named
+    /// with its position; "embedded" cannot be part of a list.
+    pub fn broker_urls(&self) -> Result<Vec<BrokerUrl>, String> {
+        if !self.url.contains(',') {
+            return parse_broker_url(&self.url).map(|url| vec![url]);
         }
-        let (tls, rest) = if let Some(rest) = self.url.strip_prefix("mqtt://") {
-            (false, rest)
-        } else if let Some(rest) = self.url.strip_prefix("mqtts://") {
-            (true, rest)
-        } else {
-            return Err(format!(
-                "`{}` is neither \"embedded\" nor mqtt://host:port nor mqtts://host:port",
-                self.url
-            ));
-        };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                let port = p.parse::<u16>().map_err(|_| format!("bad port `{p}`"))?;
-                (
-                    h.trim_start_matches('[').trim_end_matches(']').to_string(),
-                    port,
-                )
+        let mut urls = Vec::new();
+        for (i, element) in self.url.split(',').map(str::trim).enumerate() {
+            let position = i + 1;
+            match element {
+                "" => return Err(format!("broker {position} of the list is empty")),
+                "embedded" => {
+                    return Err(format!(
+                        "broker {position} of the list is \"embedded\", which cannot be part of a list: \
+                         use \"embedded\" alone, or only mqtt:// and mqtts:// URLs"
+                    ))
+                }
+                _ => urls.push(
+                    parse_broker_url(element)
+                        .map_err(|reason| format!("broker {position} of the list: {reason}"))?,
+                ),
             }
-            _ => (rest.to_string(), if tls { 8883 } else { 1883 }),
-        };
-        if host.is_empty() {
-            return Err("missing host".into());
         }
-        Ok(BrokerUrl::Tcp { host, port, tls })
+        Ok(urls)
     }
+}
+
+/// One broker: "embedded", mqtt://host[:port] or mqtts://host[:port] (IPv6 in brackets).
+fn parse_broker_url(url: &str) -> Result<BrokerUrl, String> {
+    if url == "embedded" {
+        return Ok(BrokerUrl::Embedded);
+    }
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtt://") {
+        (false, rest)
+    } else if let Some(rest) = url.strip_prefix("mqtts://") {
+        (true, rest)
+    } else {
+        return Err(format!(
+            "`{url}` is neither \"embedded\" nor mqtt://host:port nor mqtts://host:port"
+        ));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            let port = p.parse::<u16>().map_err(|_| format!("bad port `{p}`"))?;
+            (
+                h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                port,
+            )
+        }
+        _ => (rest.to_string(), if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() {
+        return Err("missing host".into());
+    }
+    Ok(BrokerUrl::Tcp { host, port, tls })
 }
 
 #[cfg(test)]

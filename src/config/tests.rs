@@ -1,11 +1,26 @@
 use super::*;
 
-fn url(u: &str) -> Result<BrokerUrl, String> {
+fn urls(u: &str) -> Result<Vec<BrokerUrl>, String> {
     MqttConfig {
         url: u.into(),
         ..Default::default()
     }
-    .broker_url()
+    .broker_urls()
+}
+
+/// One URL: exactly one broker, or the reason.
+fn url(u: &str) -> Result<BrokerUrl, String> {
+    let mut list = urls(u)?;
+    assert_eq!(list.len(), 1, "{u}");
+    Ok(list.remove(0))
+}
+
+fn tcp(host: &str, port: u16, tls: bool) -> BrokerUrl {
+    BrokerUrl::Tcp {
+        host: host.into(),
+        port,
+        tls,
+    }
 }
 
 #[test]
@@ -30,6 +45,82 @@ fn broker_urls() {
     assert!(url("http://x:1").is_err());
     assert!(url("mqtt://host:notaport").is_err());
     assert!(url("mqtt://:1883").is_err());
+    assert_eq!(url("mqtt://[::1]:1885"), Ok(tcp("::1", 1885, false)));
+    // A single URL is taken as it is, as before lists: no trimming.
+    assert!(url(" mqtt://a:1").is_err());
+    assert!(url("embedded ").is_err());
+}
+
+/// `mqtt.url` as a comma separated list: each element by the single-URL rules, spaces
+/// around the commas allowed, TLS per element; a bad element is named by its position.
+#[test]
+fn broker_url_lists() {
+    assert_eq!(
+        urls("mqtt://a:1883,mqtt://b:1884"),
+        Ok(vec![tcp("a", 1883, false), tcp("b", 1884, false)])
+    );
+    assert_eq!(
+        urls(" mqtts://a , mqtt://[fd00::2]:1999,  mqtts://10.0.0.3:8884/ "),
+        Ok(vec![
+            tcp("a", 8883, true),
+            tcp("fd00::2", 1999, false),
+            tcp("10.0.0.3", 8884, true),
+        ])
+    );
+    let err = urls("mqtt://a:1883, mqtt://b:nope").unwrap_err();
+    assert!(
+        err.contains("broker 2") && err.contains("bad port `nope`"),
+        "{err}"
+    );
+    let err = urls("http://a:1, mqtt://b").unwrap_err();
+    assert!(
+        err.contains("broker 1") && err.contains("`http://a:1`"),
+        "{err}"
+    );
+    let err = urls("mqtt://a,,mqtt://b").unwrap_err();
+    assert!(err.contains("broker 2") && err.contains("empty"), "{err}");
+    let err = urls("mqtt://a,").unwrap_err();
+    assert!(err.contains("broker 2") && err.contains("empty"), "{err}");
+    let err = urls("mqtt://a:1883, embedded").unwrap_err();
+    assert!(
+        err.contains("broker 2") && err.contains("cannot be part of a list"),
+        "{err}"
+    );
+    let err = urls("embedded,mqtt://a:1883").unwrap_err();
+    assert!(
+        err.contains("broker 1") && err.contains("embedded"),
+        "{err}"
+    );
+    let err = urls("mqtt://a, mqtt://:1883").unwrap_err();
+    assert!(
+        err.contains("broker 2") && err.contains("missing host"),
+        "{err}"
+    );
+}
+
+/// A bad list is a config error at load, naming `mqtt.url` and the element.
+#[test]
+fn a_bad_broker_list_fails_the_load() {
+    let load = |url: &str| -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, format!("[mqtt]\nurl = \"{url}\"\n")).unwrap();
+        Config::load(Some(&file))
+            .map(|(c, _)| c)
+            .map_err(|e| e.to_string())
+    };
+    let config = load("mqtt://127.0.0.1:1, mqtts://broker.example").expect("a good list loads");
+    assert_eq!(config.mqtt.broker_urls().map(|u| u.len()), Ok(2));
+    let err = load("mqtt://127.0.0.1:1, embedded").unwrap_err();
+    assert!(
+        err.contains("mqtt.url") && err.contains("broker 2"),
+        "{err}"
+    );
+    let err = load("mqtt://127.0.0.1:1,mqtt://b:99999").unwrap_err();
+    assert!(
+        err.contains("mqtt.url") && err.contains("broker 2") && err.contains("99999"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -5,13 +5,13 @@
 
 use std::fmt::Display;
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{Backoff, MqttEvent, MqttStats, QuickAck, MAX_PACKET_SIZE};
+use super::{Backoff, Endpoint, MqttEvent, MqttStats, QuickAck, Settings, MAX_PACKET_SIZE};
 
 /// What one poll of a protocol's event loop means to the bridge.
 pub(super) enum Polled {
@@ -60,6 +60,9 @@ pub(super) trait Connection {
 
     fn poll(&mut self) -> impl Future<Output = Result<Polled, Self::Error>> + Send;
     fn broker_address(&self) -> (String, u16);
+    /// Makes the next connect go to `endpoint` (called after a failure, when the
+    /// connection is gone).
+    fn set_broker(&mut self, s: &Settings, endpoint: &Endpoint);
     fn classify(err: &Self::Error) -> Failure;
     /// Whether an error before the first CONNACK means "this broker does not speak 5"
     /// (rather than "the broker is down" or "the login is wrong").
@@ -73,14 +76,19 @@ pub(super) trait Connection {
 pub(super) enum Ended {
     /// Shutdown: our disconnect, or the bridge stopped listening.
     Stopped,
-    /// The broker refused MQTT 5 before ever accepting it, and the caller may fall back.
-    RefusesV5,
+    /// The broker refused MQTT 5 before ever accepting it, and the caller may fall back;
+    /// `at` is that broker's place in `Settings::endpoints`.
+    RefusesV5 { at: usize },
 }
 
-/// Runs `conn` until shutdown. `may_fall_back`: a broker that refuses MQTT 5 before
-/// ever accepting it ends the loop with [`Ended::RefusesV5`] instead of being retried.
+/// Runs `conn`, connecting to `settings.endpoint(at)` first, until shutdown. After every
+/// failed connection (refused, timed out, dropped) the next attempt goes to the next
+/// endpoint, wrapping around. `may_fall_back`: a broker that refuses MQTT 5 before ever
+/// accepting it ends the loop with [`Ended::RefusesV5`] instead of being retried.
 pub(super) async fn run<C: Connection>(
     mut conn: C,
+    settings: &Settings,
+    mut at: usize,
     events: &mpsc::Sender<MqttEvent>,
     stats: &MqttStats,
     may_fall_back: bool,
@@ -92,16 +100,21 @@ pub(super) async fn run<C: Connection>(
     let mut connected_at: Option<Instant> = None;
     let mut quick_ack = QuickAck::default();
     let mut ever_connected = false;
+    // Moves to another broker since the last connection: the log is sampled (1st, 2nd,
+    // 4th ...) so a long outage of every broker costs a few lines.
+    let moves = AtomicU64::new(0);
     loop {
         match conn.poll().await {
             Ok(Polled::Connected { session_present }) => {
                 connected_at = Some(Instant::now());
                 ever_connected = true;
+                moves.store(0, Ordering::Relaxed);
                 stats.protocol.store(C::VERSION, Ordering::Relaxed);
                 tracing::info!(
                     event = "mqtt_connected",
                     protocol = C::PROTOCOL,
                     session_present,
+                    broker = %settings.endpoint(at).address(),
                     "connected to MQTT broker"
                 );
                 if events.send(MqttEvent::Connected).await.is_err() {
@@ -142,7 +155,7 @@ pub(super) async fn run<C: Connection>(
                 if may_fall_back && !ever_connected && C::refuses_v5(&err) {
                     tracing::warn!(event = "mqtt_v5_refused", error = %err,
                         "the broker does not accept MQTT 5; using MQTT 3.1.1 (set mqtt.protocol = \"3.1.1\" to skip this attempt)");
-                    return Ended::RefusesV5;
+                    return Ended::RefusesV5 { at };
                 }
                 stats.reconnects.fetch_add(1, Ordering::Relaxed);
                 let lasted = connected_at.take().map(|t| t.elapsed()).unwrap_or_default();
@@ -169,6 +182,17 @@ pub(super) async fn run<C: Connection>(
                     }
                 }
                 let _ = events.try_send(MqttEvent::Disconnected(err.to_string()));
+                if settings.endpoints.len() > 1 {
+                    let from = settings.endpoint(at).address();
+                    at = (at + 1) % settings.endpoints.len();
+                    let next = settings.endpoint(at);
+                    conn.set_broker(settings, next);
+                    if let Some(n) = crate::observe::count_sampled(&moves) {
+                        tracing::warn!(event = "mqtt_broker_next", from = %from, broker = %next.address(),
+                            tls = next.tls, retry_in_ms, total_moves = n,
+                            "MQTT broker {from} failed; the next attempt goes to {}", next.address());
+                    }
+                }
                 tokio::time::sleep(delay).await;
             }
         }

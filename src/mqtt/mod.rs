@@ -187,44 +187,91 @@ impl Publisher {
     }
 }
 
-/// Connection parameters resolved from the config.
+/// Connection parameters resolved from the config: one broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
     pub tls: bool,
 }
 
+impl Endpoint {
+    /// host:port, an IPv6 host in brackets.
+    pub fn address(&self) -> String {
+        match self.host.contains(':') {
+            true => format!("[{}]:{}", self.host, self.port),
+            false => format!("{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// The brokers as the status page shows them: one as `host:port` (`, TLS`), a list as
+/// its addresses in the order they are tried.
+pub fn describe_endpoints(endpoints: &[Endpoint]) -> String {
+    match endpoints {
+        [one] => format!(
+            "{}:{}{}",
+            one.host,
+            one.port,
+            if one.tls { ", TLS" } else { "" }
+        ),
+        list => list
+            .iter()
+            .map(|e| format!("{}{}", e.address(), if e.tls { " (TLS)" } else { "" }))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 /// What both protocol versions' clients are made from.
 struct Settings {
     client_id: String,
-    host: String,
-    port: u16,
+    /// The brokers, tried in order: a failed connection moves to the next (wrapping).
+    endpoints: Vec<Endpoint>,
     will_topic: String,
     login: Option<(String, String)>,
+    /// Built once when any endpoint uses TLS; used by those that do.
     tls: Option<Arc<ClientConfig>>,
     queue: usize,
 }
 
+impl Settings {
+    /// The endpoint at `at`, wrapping (`start` refuses an empty list).
+    fn endpoint(&self, at: usize) -> &Endpoint {
+        &self.endpoints[at % self.endpoints.len()]
+    }
+
+    /// The TLS configuration for `endpoint`, if it uses TLS.
+    fn tls_for(&self, endpoint: &Endpoint) -> Option<Arc<ClientConfig>> {
+        endpoint.tls.then(|| self.tls.clone()).flatten()
+    }
+}
+
 /// Starts the client and its event loop task. `events` receives connection changes and
 /// incoming messages; messages are dropped (and counted) when the bridge falls behind.
+/// `endpoints` are tried in order: the first is connected to first, and every failed
+/// connection (refused, timed out, dropped) makes the next reconnect go to the next one,
+/// wrapping around, with the usual backoff.
 /// `protocol` "auto" starts with MQTT 5 and falls back to 3.1.1 for good when the broker
 /// refuses 5 before ever accepting it. `will_topic` gets a retained `offline` when the
 /// connection dies without a DISCONNECT.
 pub fn start(
     cfg: &MqttConfig,
-    endpoint: &Endpoint,
+    endpoints: &[Endpoint],
     protocol: MqttProtocol,
     events: mpsc::Sender<MqttEvent>,
     will_topic: String,
 ) -> anyhow::Result<(Publisher, JoinHandle<()>)> {
+    if endpoints.is_empty() {
+        anyhow::bail!("no MQTT broker to connect to");
+    }
     let settings = Settings {
         client_id: cfg.client_id.clone(),
-        host: endpoint.host.clone(),
-        port: endpoint.port,
+        endpoints: endpoints.to_vec(),
         will_topic,
         login: (!cfg.username.is_empty())
             .then(|| (cfg.username.clone(), cfg.password.expose().to_string())),
-        tls: match endpoint.tls {
+        tls: match endpoints.iter().any(|e| e.tls) {
             true => Some(Arc::new(tls_config(cfg.ca_file.as_deref())?)),
             false => None,
         },
@@ -233,23 +280,24 @@ pub fn start(
     let stats = Arc::new(MqttStats::default());
     let (client, task) = match protocol {
         MqttProtocol::V311 => {
-            let (client, eventloop) = v4::client(&settings);
+            let (client, eventloop) = v4::client(&settings, 0);
             let client = Arc::new(RwLock::new(Client::V4(client)));
             let stats = stats.clone();
             let task = tokio::spawn(async move {
-                eventloop::run(eventloop, &events, &stats, false).await;
+                eventloop::run(eventloop, &settings, 0, &events, &stats, false).await;
             });
             (client, task)
         }
         MqttProtocol::V5 | MqttProtocol::Auto => {
-            let (c5, eventloop) = v5::client(&settings);
+            let (c5, eventloop) = v5::client(&settings, 0);
             let client = Arc::new(RwLock::new(Client::V5(c5)));
             let may_fall_back = protocol == MqttProtocol::Auto;
             let (slot, stats) = (client.clone(), stats.clone());
             let task = tokio::spawn(async move {
-                let ended = eventloop::run(eventloop, &events, &stats, may_fall_back).await;
-                if ended == eventloop::Ended::RefusesV5 {
-                    fall_back_to_v4(&settings, &slot, &events, &stats).await;
+                let ended =
+                    eventloop::run(eventloop, &settings, 0, &events, &stats, may_fall_back).await;
+                if let eventloop::Ended::RefusesV5 { at } = ended {
+                    fall_back_to_v4(&settings, at, &slot, &events, &stats).await;
                 }
             });
             (client, task)
@@ -258,19 +306,21 @@ pub fn start(
     Ok((Publisher { client, stats }, task))
 }
 
-/// Replaces the MQTT 5 client with a 3.1.1 one (the broker refused 5) and runs it.
+/// Replaces the MQTT 5 client with a 3.1.1 one (the broker at `at` refused 5) and runs
+/// it, starting with that broker.
 async fn fall_back_to_v4(
     settings: &Settings,
+    at: usize,
     slot: &RwLock<Client>,
     events: &mpsc::Sender<MqttEvent>,
     stats: &MqttStats,
 ) {
-    let (client, eventloop) = v4::client(settings);
+    let (client, eventloop) = v4::client(settings, at);
     match slot.write() {
         Ok(mut c) => *c = Client::V4(client),
         Err(poisoned) => *poisoned.into_inner() = Client::V4(client),
     }
-    eventloop::run(eventloop, events, stats, false).await;
+    eventloop::run(eventloop, settings, at, events, stats, false).await;
 }
 
 /// The TLS client configuration, built here rather than by rumqttc: certificates are read
@@ -386,7 +436,7 @@ mod tests {
         };
         let (tx, mut rx) = mpsc::channel(8);
         let will = format!("{}/bridge/state", cfg.base_topic);
-        let (publisher, task) = start(&cfg, &endpoint, MqttProtocol::Auto, tx, will).unwrap();
+        let (publisher, task) = start(&cfg, &[endpoint], MqttProtocol::Auto, tx, will).unwrap();
         let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .expect("connects");
@@ -397,5 +447,86 @@ mod tests {
         assert!(matches!(publisher.client(), Client::V4(_)));
         assert_eq!(publisher.stats().reconnects.load(Ordering::Relaxed), 0);
         task.abort();
+    }
+
+    /// Two brokers, the first refusing connections: the client moves on to the second,
+    /// and after that one drops it, back to the first (now answering).
+    #[tokio::test]
+    async fn a_failed_broker_moves_the_next_attempt_to_the_next_one() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A port nothing listens on (bound, then let go).
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let first_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let second = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let second_port = second.local_addr().unwrap().port();
+        /// Accepts one MQTT 3.1.1 CONNECT, answers CONNACK, and hands the socket back.
+        async fn accept_one(listener: &tokio::net::TcpListener) -> tokio::net::TcpStream {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 256];
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(buf[..n].windows(4).any(|w| w == b"MQTT"));
+            socket.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
+            socket
+        }
+        let cfg = MqttConfig {
+            client_id: "failover-test".into(),
+            ..MqttConfig::default()
+        };
+        let endpoints = [first_port, second_port].map(|port| Endpoint {
+            host: "127.0.0.1".into(),
+            port,
+            tls: false,
+        });
+        let (tx, mut rx) = mpsc::channel(64);
+        let will = format!("{}/bridge/state", cfg.base_topic);
+        let (publisher, task) = start(&cfg, &endpoints, MqttProtocol::V311, tx, will).unwrap();
+        let socket = tokio::time::timeout(Duration::from_secs(10), accept_one(&second))
+            .await
+            .expect("the second broker is tried after the first refuses");
+        let connected = async {
+            loop {
+                match rx.recv().await {
+                    Some(MqttEvent::Connected) => return,
+                    Some(_) => {}
+                    None => panic!("event loop ended"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), connected)
+            .await
+            .expect("connected to the second");
+        assert_eq!(publisher.stats().reconnects.load(Ordering::Relaxed), 1);
+        // The first comes up, the second drops the client: the next attempt is the first.
+        let first = tokio::net::TcpListener::bind(("127.0.0.1", first_port))
+            .await
+            .unwrap();
+        drop(socket);
+        let _back = tokio::time::timeout(Duration::from_secs(10), accept_one(&first))
+            .await
+            .expect("back to the first broker after the second dropped");
+        task.abort();
+    }
+
+    /// The status page's broker string: one broker as before, a list in its order.
+    #[test]
+    fn endpoints_are_described_as_before_or_as_a_list() {
+        let e = |host: &str, port, tls| Endpoint {
+            host: host.into(),
+            port,
+            tls,
+        };
+        assert_eq!(
+            describe_endpoints(&[e("10.0.0.2", 1883, false)]),
+            "10.0.0.2:1883"
+        );
+        assert_eq!(
+            describe_endpoints(&[e("b.local", 8883, true)]),
+            "b.local:8883, TLS"
+        );
+        assert_eq!(
+            describe_endpoints(&[e("a", 1883, false), e("fd00::2", 8883, true)]),
+            "a:1883, [fd00::2]:8883 (TLS)"
+        );
     }
 }

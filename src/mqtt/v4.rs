@@ -11,10 +11,18 @@ use rumqttc::{
 };
 
 use super::eventloop::{Connection, Failure, Polled};
-use super::{Settings, MAX_PACKET_SIZE};
+use super::{Endpoint, Settings, MAX_PACKET_SIZE};
 
-pub(super) fn client(s: &Settings) -> (AsyncClient, EventLoop) {
-    let mut opts = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
+/// The client and its event loop, connecting to the endpoint at `at` first.
+pub(super) fn client(s: &Settings, at: usize) -> (AsyncClient, EventLoop) {
+    let (client, mut eventloop) = AsyncClient::new(options(s, s.endpoint(at)), s.queue);
+    eventloop.set_network_options(super::network_options());
+    (client, eventloop)
+}
+
+/// Everything the client connects with, to `endpoint`.
+fn options(s: &Settings, endpoint: &Endpoint) -> MqttOptions {
+    let mut opts = MqttOptions::new(s.client_id.clone(), endpoint.host.clone(), endpoint.port);
     opts.set_keep_alive(Duration::from_secs(30))
         .set_clean_session(true) // never receive commands queued while we were away
         .set_max_packet_size(MAX_PACKET_SIZE, MAX_PACKET_SIZE)
@@ -29,14 +37,10 @@ pub(super) fn client(s: &Settings) -> (AsyncClient, EventLoop) {
     if let Some((user, password)) = &s.login {
         opts.set_credentials(user.clone(), password.clone());
     }
-    if let Some(tls) = &s.tls {
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            tls.clone(),
-        )));
+    if let Some(tls) = s.tls_for(endpoint) {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
     }
-    let (client, mut eventloop) = AsyncClient::new(opts, s.queue);
-    eventloop.set_network_options(super::network_options());
-    (client, eventloop)
+    opts
 }
 
 impl Connection for EventLoop {
@@ -81,6 +85,11 @@ impl Connection for EventLoop {
 
     fn broker_address(&self) -> (String, u16) {
         self.mqtt_options.broker_address()
+    }
+
+    fn set_broker(&mut self, s: &Settings, endpoint: &Endpoint) {
+        // Read at the next connect; the session state is kept (clean session anyway).
+        self.mqtt_options = options(s, endpoint);
     }
 
     fn classify(err: &ConnectionError) -> Failure {

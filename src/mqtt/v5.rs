@@ -17,10 +17,16 @@ use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
 
 use super::eventloop::{Connection, Failure, Polled};
-use super::{Settings, MAX_PACKET_SIZE};
+use super::{Endpoint, Settings, MAX_PACKET_SIZE};
 
-pub(super) fn client(s: &Settings) -> (AsyncClient, EventLoop) {
-    let mut opts = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
+/// The client and its event loop, connecting to the endpoint at `at` first.
+pub(super) fn client(s: &Settings, at: usize) -> (AsyncClient, EventLoop) {
+    AsyncClient::new(options(s, s.endpoint(at)), s.queue)
+}
+
+/// Everything the client connects with, to `endpoint`.
+fn options(s: &Settings, endpoint: &Endpoint) -> MqttOptions {
+    let mut opts = MqttOptions::new(s.client_id.clone(), endpoint.host.clone(), endpoint.port);
     opts.set_keep_alive(Duration::from_secs(30))
         .set_clean_start(true) // never receive commands queued while we were away
         .set_max_packet_size(Some(MAX_PACKET_SIZE as u32))
@@ -35,13 +41,11 @@ pub(super) fn client(s: &Settings) -> (AsyncClient, EventLoop) {
     if let Some((user, password)) = &s.login {
         opts.set_credentials(user.clone(), password.clone());
     }
-    if let Some(tls) = &s.tls {
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            tls.clone(),
-        )));
+    if let Some(tls) = s.tls_for(endpoint) {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
     }
     opts.set_network_options(super::network_options());
-    AsyncClient::new(opts, s.queue)
+    opts
 }
 
 impl Connection for EventLoop {
@@ -100,6 +104,11 @@ impl Connection for EventLoop {
 
     fn broker_address(&self) -> (String, u16) {
         self.options.broker_address()
+    }
+
+    fn set_broker(&mut self, s: &Settings, endpoint: &Endpoint) {
+        // Read at the next connect (the connection is gone after an error).
+        self.options = options(s, endpoint);
     }
 
     fn classify(err: &ConnectionError) -> Failure {
