@@ -222,6 +222,44 @@ pub async fn route_command(
     }
 }
 
+/// Until when this cluster instance may speak for a cloud account: its last heartbeat
+/// heard back through the broker plus `cluster.lease_ttl` (forever alone). A client checks
+/// it right before each request, so an instance that was frozen or cut off sends nothing
+/// when it wakes, before anything else has run (docs/cluster.md).
+#[derive(Debug, Clone)]
+pub struct Lease(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+/// The clock leases are counted on: milliseconds since the first lease was made.
+fn lease_clock() -> std::time::Instant {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(std::time::Instant::now)
+}
+
+impl Lease {
+    pub fn forever() -> Lease {
+        Lease(std::sync::Arc::new(u64::MAX.into()))
+    }
+
+    /// A lease that has run out until it is renewed.
+    pub fn expired() -> Lease {
+        lease_clock();
+        Lease(std::sync::Arc::new(0.into()))
+    }
+
+    pub fn renew_until(&self, until: std::time::Instant) {
+        let ms = until.saturating_duration_since(lease_clock()).as_millis();
+        self.0.store(
+            u64::try_from(ms).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    pub fn valid(&self) -> bool {
+        let now = lease_clock().elapsed().as_millis();
+        u128::from(self.0.load(std::sync::atomic::Ordering::Relaxed)) > now
+    }
+}
+
 /// Everything a connector is given when it starts.
 pub struct ConnectorContext {
     pub updates: UpdateSink,
@@ -233,6 +271,8 @@ pub struct ConnectorContext {
     /// Cluster: whether this instance may run the connector's cloud account
     /// ([`Connector::cloud_account`]) now; always true alone.
     pub permit: tokio::sync::watch::Receiver<bool>,
+    /// Cluster: the time-bound side of the permit, checked before each cloud request.
+    pub lease: Lease,
 }
 
 impl ConnectorContext {
@@ -251,6 +291,7 @@ impl ConnectorContext {
             shutdown,
             releases,
             permit,
+            lease: Lease::forever(),
         }
     }
 }
@@ -312,5 +353,23 @@ impl SpeedLimits {
                 .flat_map(|(key, kmh)| ids(key).into_iter().map(move |id| (id, *kmh)))
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::Lease;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_lease_holds_until_its_time_and_not_after() {
+        assert!(Lease::forever().valid());
+        let lease = Lease::expired();
+        assert!(!lease.valid(), "nothing heard yet");
+        lease.renew_until(Instant::now() + Duration::from_secs(60));
+        assert!(lease.valid());
+        let copy = lease.clone();
+        lease.renew_until(Instant::now());
+        assert!(!copy.valid(), "every copy sees the renewal, and its end");
     }
 }

@@ -110,6 +110,9 @@ pub enum Action {
     },
     /// Which cloud accounts (by connector index) this cluster instance may poll now.
     Permits(Vec<bool>),
+    /// Until when this cluster instance's accounts may be spoken for (renewed with each
+    /// heartbeat of its own heard back).
+    Lease(Instant),
     /// Another instance with this cluster id runs: this one must stop (exit 2).
     Duplicate(String),
     /// Write these records to `state_dir` off the loop, then call `records_written`.
@@ -753,16 +756,7 @@ impl<M: Mqtt> Hub<M> {
                     "a command id seen before in the cluster: not run again");
                 return;
             }
-            Answerer::Home => {
-                return self.publish_result(
-                    vehicle,
-                    &id,
-                    entity,
-                    CommandStatus::Failed,
-                    Some("offline"),
-                    None,
-                )
-            }
+            Answerer::Home => return self.answer_as_home(vehicle, &id, entity),
             Answerer::Owner => {}
         }
         if retain {
@@ -837,7 +831,7 @@ impl<M: Mqtt> Hub<M> {
         let id = new_command_id();
         match self.answerer(vehicle) {
             Answerer::Elsewhere => return,
-            Answerer::Home => return self.reject(vehicle, &id, "pin", "offline"),
+            Answerer::Home => return self.answer_as_home(vehicle, &id, "pin"),
             Answerer::Owner => {}
         }
         if retain {

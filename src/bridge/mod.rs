@@ -88,6 +88,8 @@ struct Io {
     releases: Vec<mpsc::Sender<VehicleId>>,
     /// Each connector's cloud-account permit (always on when alone).
     permits: Vec<tokio::sync::watch::Sender<bool>>,
+    /// The leases of the cluster's cloud accounts (none alone).
+    leases: Vec<crate::connector::Lease>,
     /// Set when the hub found a second instance with this cluster id.
     duplicate: Option<String>,
     worker_tx: mpsc::Sender<WorkerEvent>,
@@ -192,6 +194,11 @@ impl Io {
                 }
             }
             Action::Duplicate(why) => self.duplicate = Some(why),
+            Action::Lease(until) => {
+                for lease in &self.leases {
+                    lease.renew_until(until);
+                }
+            }
             Action::Persist(batch) => {
                 let (dir, written) = (self.state_dir.clone(), self.written.clone());
                 self.writing = Some(tokio::spawn(async move {
@@ -290,6 +297,7 @@ pub async fn run(
     let mut speed_limits = Vec::new();
     let mut connector_commands = Vec::new();
     let (mut releases, mut permits, mut accounts) = (Vec::new(), Vec::new(), Vec::new());
+    let mut leases = Vec::new();
     for (index, connector) in connectors.into_iter().enumerate() {
         let name = connector.name();
         let configured = connector
@@ -301,12 +309,20 @@ pub async fn run(
         let account = cluster.as_ref().and(connector.cloud_account());
         // Alone every account is this bridge's; in a cluster it waits for its permit.
         let (permit_tx, permit_rx) = tokio::sync::watch::channel(account.is_none());
+        let lease = match account.is_some() {
+            true => crate::connector::Lease::expired(),
+            false => crate::connector::Lease::forever(),
+        };
+        if account.is_some() {
+            leases.push(lease.clone());
+        }
         let ctx = ConnectorContext {
             updates: UpdateSink::new(index, update_tx.clone()),
             commands: cmd_rx,
             shutdown: shutdown.child_token(),
             releases: release_rx,
             permit: permit_rx,
+            lease,
         };
         let gated = account.is_some() && connector.fresh_copy().is_some();
         let exit_tx = exit_tx.clone();
@@ -384,6 +400,7 @@ pub async fn run(
         trip_log,
         releases,
         permits,
+        leases,
         duplicate: None,
     };
     let mut hub = Hub::new(config, publisher.clone(), infos, records, Now::real());
@@ -551,6 +568,7 @@ async fn run_permitted(template: Box<dyn Connector>, ctx: ConnectorContext) -> a
         mut commands,
         shutdown,
         mut permit,
+        lease,
         ..
     } = ctx;
     let name = template.name();
@@ -578,11 +596,9 @@ async fn run_permitted(template: Box<dyn Connector>, ctx: ConnectorContext) -> a
         );
         let stop = shutdown.child_token();
         let (forward, forwarded) = mpsc::channel(CONNECTOR_COMMAND_QUEUE);
-        let run = copy.run(ConnectorContext::alone(
-            updates.clone(),
-            forwarded,
-            stop.clone(),
-        ));
+        let mut ctx = ConnectorContext::alone(updates.clone(), forwarded, stop.clone());
+        ctx.lease = lease.clone();
+        let run = copy.run(ctx);
         tokio::pin!(run);
         loop {
             tokio::select! {

@@ -52,6 +52,11 @@ const SEEN_IDS: usize = 16_384;
 /// long enough to hear a second instance with its id (which would otherwise take the
 /// vehicles from the first, then stop).
 pub const PROBATION: Duration = Duration::from_millis(2500 + BEAT_EVERY.as_millis() as u64);
+/// How long a home waits before it answers a command `failed: offline`: a result from the
+/// owner meanwhile (one whose claim this instance missed) silences it.
+pub const HOME_ANSWER_AFTER: Duration = Duration::from_secs(1);
+/// Home answers waiting at most.
+const MAX_HOME_ANSWERS: usize = 10_000;
 /// A claim dated further ahead than this is refused (a wrong clock, or forged).
 const MAX_CLOCK_AHEAD: chrono::Duration = chrono::Duration::seconds(60);
 
@@ -185,6 +190,11 @@ pub struct Cluster {
     seen_order: VecDeque<(String, String)>,
     /// Another live instance runs with this id.
     duplicate: bool,
+    /// Commands this instance is to answer `offline` as their vehicle's home, unless the
+    /// owner answers first: (when, vehicle, id, what).
+    home_answers: VecDeque<(Instant, String, String, String)>,
+    /// Fenced at the last look: contact coming back restarts `settle`.
+    was_fenced: bool,
     /// Until when claims wait (from the first connection), and the vehicles waiting.
     probation_until: Option<Instant>,
     deferred: HashSet<VehicleId>,
@@ -222,6 +232,8 @@ impl Cluster {
             seen_ids: HashSet::new(),
             seen_order: VecDeque::new(),
             duplicate: false,
+            was_fenced: false,
+            home_answers: VecDeque::new(),
             probation_until: None,
             deferred: HashSet::new(),
             stale_own: HashSet::new(),
@@ -364,6 +376,14 @@ impl Cluster {
             self.last_beat = Some(now);
         }
         due
+    }
+
+    /// Until when this instance may speak for its accounts: its last heartbeat heard back
+    /// plus `lease_ttl` (`None`: never heard, or a second instance of the id).
+    pub fn lease_until(&self) -> Option<Instant> {
+        self.last_contact
+            .filter(|_| !self.duplicate)
+            .map(|at| at + self.lease_ttl)
     }
 
     /// Cut off from the broker for longer than `lease_ttl`.
@@ -534,8 +554,38 @@ impl Cluster {
         false
     }
 
-    /// Notes an id without counting it as repeated (a result echoing back).
+    /// A command this instance answers as its vehicle's home: after
+    /// [`HOME_ANSWER_AFTER`], unless a result for it comes first. `false` when too many wait
+    /// (the command is dropped, its sender's timeout answers).
+    pub fn defer_home_answer(&mut self, vehicle: &str, id: &str, what: &str, now: Instant) -> bool {
+        if self.home_answers.len() >= MAX_HOME_ANSWERS {
+            return false;
+        }
+        self.home_answers.push_back((
+            now + HOME_ANSWER_AFTER,
+            vehicle.to_string(),
+            id.to_string(),
+            what.to_string(),
+        ));
+        true
+    }
+
+    /// The home answers due now: (vehicle, id, what).
+    pub fn due_home_answers(&mut self, now: Instant) -> Vec<(String, String, String)> {
+        let mut due = Vec::new();
+        while self.home_answers.front().is_some_and(|(at, ..)| *at <= now) {
+            if let Some((_, vehicle, id, what)) = self.home_answers.pop_front() {
+                due.push((vehicle, id, what));
+            }
+        }
+        due
+    }
+
+    /// Notes an id without counting it as repeated (a result echoing back); a home answer
+    /// still waiting for it is not given.
     pub fn note_result(&mut self, vehicle: &str, id: &str) {
+        self.home_answers
+            .retain(|(_, v, i, _)| !(v == vehicle && i == id));
         let before = self.counters.repeated_ids;
         self.seen_before(vehicle, id);
         self.counters.repeated_ids = before;
@@ -575,6 +625,13 @@ impl Cluster {
         self.refresh(now);
         // Nor on probation, nor as a second instance of an id: its twin would be home too.
         let fenced = self.fenced(now) || self.duplicate;
+        // Back from a fence (cut off, frozen): the others may have taken over meanwhile,
+        // so nothing is gained before a whole `settle` with contact.
+        if self.fenced(now) {
+            self.was_fenced = true;
+        } else if std::mem::take(&mut self.was_fenced) {
+            self.changed_at = now;
+        }
         let settled = now.saturating_duration_since(self.changed_at) >= self.settle
             && !self.on_probation(now);
         let mut changed = false;

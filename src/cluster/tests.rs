@@ -490,3 +490,42 @@ fn own_stale_claims_wait_for_probation_and_a_twin_keeps_its_hands_off() {
         Seen::Nothing
     );
 }
+
+/// An instance that was cut off (or frozen) and hears itself again gains nothing before a
+/// whole settle: meanwhile another instance may have taken its accounts.
+#[test]
+fn back_from_a_fence_an_instance_waits_settle_again() {
+    let t0 = Instant::now();
+    let account = || vec![Some("xchanger:a".to_string())];
+    let mut a = member("a", &["a"], account(), t0);
+    assert_eq!(a.permits(t0 + Duration::from_secs(10)), Some(vec![true]));
+    let woke = t0 + Duration::from_secs(60);
+    assert_eq!(a.permits(woke), Some(vec![false]), "fenced on waking");
+    let beat = a.incarnation().to_string();
+    a.on_beat("a", beat.as_bytes(), woke);
+    assert_eq!(a.permits(woke + Duration::from_secs(1)), None, "settling");
+    assert_eq!(
+        a.permits(woke + Duration::from_secs(11)),
+        Some(vec![true]),
+        "after settle"
+    );
+}
+
+#[test]
+fn the_lease_runs_from_the_last_own_heartbeat_heard() {
+    let t0 = Instant::now();
+    let mut a = Cluster::new(&config("a"), vec![], t0);
+    assert_eq!(a.lease_until(), None, "never heard");
+    let beat = a.incarnation().to_string();
+    a.on_beat("a", beat.as_bytes(), t0 + Duration::from_secs(3));
+    assert_eq!(
+        a.lease_until(),
+        Some(t0 + Duration::from_secs(3) + config("a").lease_ttl)
+    );
+    a.on_beat("a", b"0123456789abcdef 1", t0);
+    assert_eq!(
+        a.lease_until(),
+        None,
+        "a second instance of the id has none"
+    );
+}

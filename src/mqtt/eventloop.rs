@@ -136,7 +136,7 @@ pub(super) async fn run<C: Connection>(
                     retain,
                     expires_in,
                 };
-                forward(events, stats, msg);
+                forward(events, stats, msg).await;
             }
             Ok(Polled::SubscribeRefused { codes }) => {
                 if let Some(n) = crate::observe::count_sampled(&stats.subscribe_refused) {
@@ -199,15 +199,25 @@ pub(super) async fn run<C: Connection>(
     }
 }
 
-/// Hands an incoming message to the bridge without waiting; when the bridge is behind,
-/// the message is dropped, counted and logged (sparsely).
-fn forward(events: &mpsc::Sender<MqttEvent>, stats: &MqttStats, msg: MqttEvent) {
-    if let Err(mpsc::error::TrySendError::Full(_)) = events.try_send(msg) {
+/// How long an incoming message waits for room in the bridge's queue before it is dropped.
+/// A burst (a cluster's claims at start, a fleet's commands at once) waits: the broker
+/// holds the rest meanwhile, and nothing is lost. Only a bridge stuck for this long loses
+/// messages; the wait stays well inside the 30 s keepalive.
+const FORWARD_WAIT: Duration = Duration::from_secs(5);
+
+/// Hands an incoming message to the bridge, waiting up to [`FORWARD_WAIT`] while it is
+/// behind; past that the message is dropped, counted and logged (sparsely).
+async fn forward(events: &mpsc::Sender<MqttEvent>, stats: &MqttStats, msg: MqttEvent) {
+    let msg = match events.try_send(msg) {
+        Err(mpsc::error::TrySendError::Full(msg)) => msg,
+        _ => return,
+    };
+    if let Ok(Err(_)) | Err(_) = tokio::time::timeout(FORWARD_WAIT, events.send(msg)).await {
         if let Some(n) = crate::observe::count_sampled(&stats.dropped_messages) {
             tracing::warn!(
                 event = "mqtt_message_dropped",
                 total_dropped = n,
-                "bridge busy; incoming MQTT message dropped"
+                "bridge stuck for 5 s; incoming MQTT message dropped"
             );
         }
     }

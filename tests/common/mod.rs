@@ -3,6 +3,7 @@
 //! process and the real binary, and upstream peers driven by hand (`kingxun`, `exlive`).
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod exlive;
 pub mod kingxun;
 

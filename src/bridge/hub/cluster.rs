@@ -32,6 +32,22 @@ impl<M: Mqtt> Hub<M> {
         }
     }
 
+    /// A command for a vehicle nobody live owns, as far as this instance knows: answered
+    /// `failed: offline` a moment later, unless its owner (whose claim this instance may
+    /// have missed) answers first.
+    pub(super) fn answer_as_home(&mut self, vehicle: &str, id: &str, what: &str) {
+        let now = self.now.mono;
+        if let Some(c) = &mut self.cluster {
+            if !c.defer_home_answer(vehicle, id, what, now) {
+                tracing::warn!(
+                    event = "cluster_home_answers_full",
+                    vehicle,
+                    "too many commands for vehicles nobody owns; dropped"
+                );
+            }
+        }
+    }
+
     /// The topic `bridge/info` goes to: this instance's own in a cluster.
     pub(super) fn info_topic(&self) -> String {
         match &self.cluster {
@@ -78,7 +94,14 @@ impl<M: Mqtt> Hub<M> {
                     self.membership_changed();
                 }
             }
-            ["bridge", instance, "beat"] => c.on_beat(instance, payload, now.mono),
+            ["bridge", instance, "beat"] => {
+                c.on_beat(instance, payload, now.mono);
+                if *instance == c.me() {
+                    if let Some(until) = c.lease_until() {
+                        self.actions.push(Action::Lease(until));
+                    }
+                }
+            }
             [vehicle, "owner"] => match c.on_claim(vehicle, payload, now.mono, now.wall) {
                 Seen::Nothing => {}
                 Seen::Yield { to } => {
@@ -188,6 +211,7 @@ impl<M: Mqtt> Hub<M> {
             }
             return;
         }
+        let home_answers = c.due_home_answers(now);
         let due_claims = c.due_claims(now);
         let stale_claims = c.due_stale_claims(now);
         let beat = c.beat_due(now).then(|| c.incarnation().to_string());
@@ -200,6 +224,16 @@ impl<M: Mqtt> Hub<M> {
         if let Some(permits) = permits {
             tracing::info!(event = "cluster_permits", permits = ?permits, "cloud accounts this instance polls changed");
             self.actions.push(Action::Permits(permits));
+        }
+        for (vehicle, id, what) in home_answers {
+            self.publish_result(
+                &vehicle,
+                &id,
+                &what,
+                crate::model::CommandStatus::Failed,
+                Some("offline"),
+                None,
+            );
         }
         for vehicle in stale_claims {
             let topic = self.topics.vehicle(&vehicle, "owner");

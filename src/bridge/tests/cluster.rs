@@ -182,12 +182,36 @@ fn a_vehicle_nobody_owns_is_answered_offline_by_its_home_alone() {
     let mut rig = instance(&[]);
     rig.set("kx5", "lock", r#"{"id":"c1","action":"LOCK"}"#);
     assert!(rig.commands().is_empty());
-    let sent = rig.published();
+    assert!(
+        rig.published().is_empty(),
+        "a moment for an owner it may not know of"
+    );
+    rig.advance(crate::cluster::HOME_ANSWER_AFTER);
+    rig.tick(Tick::Info);
+    let sent: Vec<Msg> = rig
+        .published()
+        .into_iter()
+        .filter(|m| m.topic.ends_with("/command/result"))
+        .collect();
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].topic, format!("{BASE}/kx5/command/result"));
     assert_eq!(sent[0].json()["status"], "failed");
     assert_eq!(sent[0].json()["reason"], "offline");
     assert_eq!(sent[0].json()["id"], "c1");
+
+    // An owner whose claim this instance missed answers first: the home stays silent.
+    rig.set("kx6", "lock", r#"{"id":"c2","action":"LOCK"}"#);
+    rig.message(
+        &format!("{BASE}/kx6/command/result"),
+        r#"{"id":"c2","status":"accepted"}"#,
+        false,
+    );
+    rig.advance(crate::cluster::HOME_ANSWER_AFTER);
+    rig.tick(Tick::Info);
+    assert!(!rig
+        .published()
+        .iter()
+        .any(|m| m.topic.ends_with("/command/result")));
 }
 
 #[test]

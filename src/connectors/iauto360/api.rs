@@ -51,6 +51,8 @@ pub struct Api {
     open_id: String,
     secure_code: crate::shared::Secret,
     plan: Option<i64>,
+    /// Cluster: no request once this instance's lease on the account ran out.
+    lease: crate::connector::Lease,
 }
 
 impl Api {
@@ -63,7 +65,14 @@ impl Api {
             open_id: cfg.open_id.clone(),
             secure_code: cfg.secure_code.clone(),
             plan: cfg.plan,
+            lease: crate::connector::Lease::forever(),
         })
+    }
+
+    /// Requests only while `lease` holds (cluster mode).
+    pub fn with_lease(mut self, lease: crate::connector::Lease) -> Api {
+        self.lease = lease;
+        self
     }
 
     /// Calls `service` with `data`; returns the reply's `data`.
@@ -81,6 +90,11 @@ impl Api {
             .acquire()
             .await
             .map_err(|_| CallError::Transport("client closed".into()))?;
+        if !self.lease.valid() {
+            return Err(CallError::Transport(
+                "this cluster instance's lease on the account ran out".into(),
+            ));
+        }
         let mut resp = self
             .http
             .post(url)

@@ -156,7 +156,7 @@ impl Connector for Iauto360Connector {
                 .unwrap_or_default();
             let tz = crate::shared::require_timezone("iauto360", &cfg.timezone)?;
             let shared = Arc::new(Shared {
-                api: Api::new(&cfg)?,
+                api: Api::new(&cfg)?.with_lease(ctx.lease.clone()),
                 cfg: cfg.clone(),
                 updates: ctx.updates.clone(),
                 counters: counters.clone(),

@@ -105,6 +105,8 @@ pub struct Api {
     client_id: String,
     version: ApiVersion,
     app_key: Secret,
+    /// Cluster: no request once this instance's lease on the account ran out.
+    lease: crate::connector::Lease,
 }
 
 impl Api {
@@ -118,7 +120,14 @@ impl Api {
             client_id: client_id(&cfg.account()),
             version: cfg.api,
             app_key: cfg.app_key.clone(),
+            lease: crate::connector::Lease::forever(),
         })
+    }
+
+    /// Requests only while `lease` holds (cluster mode).
+    pub fn with_lease(mut self, lease: crate::connector::Lease) -> Api {
+        self.lease = lease;
+        self
     }
 
     pub fn version(&self) -> ApiVersion {
@@ -207,6 +216,11 @@ impl Api {
             .acquire()
             .await
             .map_err(|_| ApiError::Transport("client closed".into()))?;
+        if !self.lease.valid() {
+            return Err(ApiError::Transport(
+                "this cluster instance's lease on the account ran out".into(),
+            ));
+        }
         let mut resp = req.send().await.map_err(transport)?;
         let status = resp.status().as_u16();
         let retry_after = resp

@@ -125,7 +125,7 @@ impl Connector for XchangerConnector {
             let counters = Arc::new(Counters::default());
             let quiet = |text: &str| QuietHours::parse(text);
             let shared = Arc::new(Shared {
-                api: Api::new(&self.config)?,
+                api: Api::new(&self.config)?.with_lease(ctx.lease.clone()),
                 settings: SettingsStore::load(Some(self.state_dir.clone()), POLLING_FILE),
                 auth: Auth::new(self.config.clone(), self.state_dir, counters.clone()),
                 quiet: quiet(&self.config.quiet_hours),
