@@ -21,6 +21,47 @@ pub fn rss_anon_kib(pid: u32) -> u64 {
     status_kib(pid, "RssAnon:")
 }
 
+/// The most resident memory the process has had, KiB (`VmHWM`).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+/// Lets this process (and the children it starts, which inherit it) open `want` files:
+/// the soft limit up to `want`, the hard one too where allowed (root). Returns the soft
+/// limit in effect.
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
+pub fn raise_open_files(want: u64) -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
+    }
+    if (limit.rlim_cur as u64) < want {
+        let raised = libc::rlimit {
+            rlim_cur: want as libc::rlim_t,
+            rlim_max: limit.rlim_max.max(want as libc::rlim_t),
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        } else {
+            // Not allowed past the hard limit: up to it.
+            let capped = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            // SAFETY: as above.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &capped) } == 0 {
+                limit = capped;
+            }
+        }
+    }
+    limit.rlim_cur as u64
+}
+
 /// CPU time the process has used, seconds (user + system, from `/proc/<pid>/stat`, at
 /// the usual 100 ticks a second).
 pub fn cpu_seconds(pid: u32) -> f64 {
@@ -206,6 +247,16 @@ where
     F: FnOnce(u16) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    bench_main_with(name, None, body)
+}
+
+/// [`bench_main`] with mosquitto's listener settings `listener_conf` (in place of
+/// `allow_anonymous true`) when given.
+pub fn bench_main_with<F, Fut>(name: &str, listener_conf: Option<&str>, body: F)
+where
+    F: FnOnce(u16) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     if !std::env::args().any(|a| a == "--bench") {
         println!("{name}: skipped (run with `cargo bench --bench {name}`)");
         return;
@@ -215,7 +266,10 @@ where
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let broker = crate::common::Mosquitto::start();
+        let broker = match listener_conf {
+            Some(conf) => crate::common::Mosquitto::start_with(|_| conf.to_string()),
+            None => crate::common::Mosquitto::start(),
+        };
         body(broker.port).await;
     });
 }
