@@ -271,3 +271,43 @@ overspeed_kmh = {esn}
     }
     assert!(err.contains("must be 1 to 400 km/h"), "{err}");
 }
+
+/// `[cluster]`: off without an id; an all-digit id from the environment stays text; each
+/// bad value is refused with its key (the id's rule, the lease's bounds, the embedded
+/// broker, which other instances cannot reach).
+#[test]
+fn the_cluster_section_is_checked_and_its_id_is_text() {
+    let _env = env_lock();
+    std::env::set_var("V2M_MQTT__URL", "mqtt://127.0.0.1:1883");
+    let (config, _) = Config::load(None).expect("loads");
+    assert!(config.cluster.settings().is_none(), "off by default");
+    std::env::set_var("V2M_CLUSTER__INSTANCE_ID", "007");
+    let (config, _) = Config::load(None).expect("an all-digit id loads");
+    let settings = config.cluster.settings().expect("on");
+    assert_eq!(settings.instance_id, "007");
+    assert_eq!(settings.lease_ttl, std::time::Duration::from_secs(20));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    let err_of = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        Config::load(Some(&file))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    std::env::remove_var("V2M_CLUSTER__INSTANCE_ID");
+    let err = err_of("[cluster]\ninstance_id = \"b/1\"\n");
+    assert!(err.contains("cluster.instance_id"), "{err}");
+    let err = err_of("[cluster]\ninstance_id = \"b1\"\nlease_ttl = \"60s\"\n");
+    assert!(
+        err.contains("cluster.lease_ttl") && err.contains("55"),
+        "{err}"
+    );
+    let err = err_of("[cluster]\ninstance_id = \"b1\"\nlease_ttl = \"2s\"\n");
+    assert!(err.contains("cluster.lease_ttl"), "{err}");
+    std::env::set_var("V2M_MQTT__URL", "embedded");
+    let err = err_of("[cluster]\ninstance_id = \"b1\"\n");
+    assert!(err.contains("mqtt.url") && err.contains("cluster"), "{err}");
+    std::env::remove_var("V2M_MQTT__URL");
+}

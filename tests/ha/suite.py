@@ -604,8 +604,135 @@ logger:
         problems = mqtt_log_problems(ha_log) + removals(ha_log)
         assert not problems, "\n".join(problems)
         print(f"HA restart: {len(reg)} entities, renamed one kept", flush=True)
-        print(f"HA log: 0 MQTT warnings or errors, 0 removals; {entities} entities; "
-              f"suite took {time.time() - started:.0f} s", flush=True)
+        print(f"HA log: 0 MQTT warnings or errors, 0 removals; {entities} entities", flush=True)
+
+        await cluster_phase(ha, p["mqtt"], work, logs, ha_log)
+        print(f"suite took {time.time() - started:.0f} s", flush=True)
+
+
+def retained(port, topic, wait=3.0):
+    """The retained payload on `topic` (b"" when none), read with paho-mqtt."""
+    import paho.mqtt.client as mqtt
+    got = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.on_connect = lambda c, *_: c.subscribe(topic, 1)
+    client.on_message = lambda c, u, m: got.append(m.payload)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    end = time.time() + wait
+    while not got and time.time() < end:
+        time.sleep(0.05)
+    client.loop_stop()
+    client.disconnect()
+    return got[-1] if got else b""
+
+
+def owner(port, vehicle):
+    raw = retained(port, f"{CLUSTER_BASE}/{vehicle}/owner")
+    try:
+        return json.loads(raw).get("instance") if raw else None
+    except ValueError:
+        return None
+
+
+CLUSTER_BASE = "v2mc"
+
+
+async def cluster_phase(ha, mqtt_port, work, logs, ha_log):
+    """Two instances in cluster mode (docs/cluster.md) on another base topic: each its own
+    device in HA under the cluster's; a scooter that moves from one to the other keeps
+    every entity as it was (0 removed, 0 documents HA finds changed) and answers its
+    lock at the new owner; the owner killed, its scooter shows unavailable."""
+    devices = subprocess.run([BIN, "simulate", "kingxun", "--devices", "1", "--key-seed", "9",
+                              "--first-id", "2001", "--print-config"],
+                             capture_output=True, text=True, check=True).stdout
+    ports, bridges = {}, {}
+    for name in ("c1", "c2"):
+        ports[name] = free_port()
+        config = os.path.join(work, f"cluster-{name}.toml")
+        with open(config, "w") as f:
+            f.write(f"""[mqtt]
+url = "mqtt://127.0.0.1:{mqtt_port}"
+base_topic = "{CLUSTER_BASE}"
+[bridge]
+state_dir = "{os.path.join(work, 'state-' + name)}"
+command_timeout = "20s"
+[cluster]
+instance_id = "{name}"
+settle = "2s"
+lease_ttl = "6s"
+[kingxun]
+enabled = true
+listen = "127.0.0.1:{ports[name]}"
+{devices}
+""")
+        bridges[name] = start(f"cluster-{name}", [BIN, "--config", config, "run"], logs)
+        wait_port(ports[name])
+    lock = "lock.sim_scooter_2001_lock"
+    sim = start("cluster-sim", [BIN, "simulate", "kingxun", "--server", f"127.0.0.1:{ports['c1']}",
+                                "--devices", "1", "--key-seed", "9", "--first-id", "2001",
+                                "--interval", "2s"], logs)
+    expected = [lock, "sensor.sim_scooter_2001_battery_level",
+                f"sensor.{CLUSTER_BASE}_bridge_c1_version", f"sensor.{CLUSTER_BASE}_bridge_c2_links",
+                f"button.{CLUSTER_BASE}_bridge_purge"]
+
+    async def all_there():
+        reg = await ha.registry()
+        return reg if all(e in reg for e in expected) else None
+    try:
+        await until("the cluster's entities", all_there, 90)
+    except AssertionError:
+        reg = await ha.registry()
+        raise AssertionError(f"missing: {[e for e in expected if e not in reg]}")
+    await until("the scooter's lock", lambda: _state_in(ha, lock, ("locked", "unlocked")), 60)
+    await until("owned by c1", lambda: _true(owner(mqtt_port, "kx2001") == "c1"), 30)
+    devices_reply = await ha.call({"type": "config/device_registry/list"})
+    by_id = {d["id"]: d for d in devices_reply["result"]}
+    reg = await ha.registry()
+    instance = by_id.get(reg[f"sensor.{CLUSTER_BASE}_bridge_c1_version"]["device_id"], {})
+    scooter = by_id.get(reg[lock]["device_id"], {})
+    cluster_device = by_id.get(instance.get("via_device_id"), {})
+    assert instance.get("name") == "vehicle2mqtt c1", instance
+    assert cluster_device.get("name") == "vehicle2mqtt bridge", cluster_device
+    assert scooter.get("via_device_id") == cluster_device.get("id"), (scooter, cluster_device)
+    await asyncio.sleep(5)
+    count = len(await ha.registry())
+    updates_before, removals_before = len(updates(ha_log)), len(removals(ha_log))
+
+    # The scooter moves to c2.
+    stop(sim)
+    moved_at = time.time()
+    sim = start("cluster-sim", [BIN, "simulate", "kingxun", "--server", f"127.0.0.1:{ports['c2']}",
+                                "--devices", "1", "--key-seed", "9", "--first-id", "2001",
+                                "--interval", "2s"], logs)
+    await until("owned by c2", lambda: _true(owner(mqtt_port, "kx2001") == "c2"), 30)
+    await until("the lock available at c2", lambda: _state_in(ha, lock, ("locked", "unlocked")), 30)
+    r = await ha.service("lock", "lock", lock)
+    assert r["success"], r
+    await until("locked through c2", lambda: _event(
+        ha, "event.sim_scooter_2001_command_result", "succeeded", "lock"), 30)
+    print(f"cluster: the scooter moved to c2 and locked through it, "
+          f"{time.time() - moved_at:.1f} s after its link moved", flush=True)
+    await asyncio.sleep(10)
+    changed = updates(ha_log)[updates_before:]
+    gone = removals(ha_log)[removals_before:]
+    assert not changed, "documents changed at a takeover:\n" + "\n".join(changed)
+    assert not gone, gone
+    assert len(await ha.registry()) == count
+
+    # Its owner dies: the scooter shows unavailable (its home marks it offline).
+    killed_at = time.time()
+    stop(bridges["c2"], signal.SIGKILL)
+    stop(sim)
+    await until("the scooter unavailable", lambda: _state_in(ha, lock, ("unavailable",)), 30)
+    print(f"cluster: owner killed, the scooter unavailable in HA after "
+          f"{time.time() - killed_at:.1f} s", flush=True)
+    assert not removals(ha_log)[removals_before:]
+    assert not updates(ha_log)[updates_before:]
+    problems = mqtt_log_problems(ha_log)
+    assert not problems, "\n".join(problems)
+    print(f"cluster: {count} entities, 0 removed, 0 changed documents ('Updating component') "
+          f"at the takeover and the kill", flush=True)
 
 
 async def _true(value):

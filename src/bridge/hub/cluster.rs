@@ -213,7 +213,9 @@ impl<M: Mqtt> Hub<M> {
         }
         let home_answers = c.due_home_answers(now);
         let due_claims = c.due_claims(now);
-        let stale_claims = c.due_stale_claims(now);
+        // Claimed again below rather than cleared first.
+        let mut stale_claims = c.due_stale_claims(now);
+        stale_claims.retain(|v| !due_claims.iter().any(|d| d.as_str() == v));
         let beat = c.beat_due(now).then(|| c.incarnation().to_string());
         let permits = c.permits(now);
         let orphans = c.due_orphans(now);
