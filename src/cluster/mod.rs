@@ -419,8 +419,11 @@ impl Cluster {
         }
         let held = VehicleId::new(vehicle).and_then(|id| self.mine.get(&id).cloned());
         if let Some(current) = self.claims.get(vehicle) {
-            if current.newer_than(&claim) {
-                return Seen::Nothing; // an older claim arriving late
+            // An older claim arriving late; but a live instance's claim beats one by an
+            // instance nobody hears, however new that says it is.
+            let live_beats_dead = self.is_live(&claim.instance) && !self.is_live(&current.instance);
+            if current.newer_than(&claim) && !live_beats_dead {
+                return Seen::Nothing;
             }
         } else if self.claims.len() >= MAX_CLAIMS {
             self.counters.claims_refused += 1;
@@ -433,7 +436,13 @@ impl Cluster {
             self.orphans.entry(vehicle.to_string()).or_insert(now);
         }
         match held {
-            Some(mine) if claim.instance != self.me && claim.newer_than(&mine) => {
+            // Only to a live instance: a claim by one nobody hears (a forged one, or left
+            // by an instance long gone) must not close a device's link here.
+            Some(mine)
+                if claim.instance != self.me
+                    && claim.newer_than(&mine)
+                    && self.is_live(&claim.instance) =>
+            {
                 self.counters.yields += 1;
                 Seen::Yield { to: claim.instance }
             }

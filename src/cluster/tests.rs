@@ -529,3 +529,30 @@ fn the_lease_runs_from_the_last_own_heartbeat_heard() {
         "a second instance of the id has none"
     );
 }
+
+/// A newer claim by an instance nobody hears (forged by any client that may publish on
+/// the base topic, or left by one long gone) takes nothing from the live owner.
+#[test]
+fn a_claim_by_an_instance_not_live_takes_nothing() {
+    let t0 = Instant::now();
+    let mut a = member("a", &["a", "b"], vec![], t0);
+    let v = vid("kx1");
+    a.claim(&v, t0 + PROBATION, wall(0));
+    assert_eq!(
+        a.on_claim("kx1", &claim("ghost", 5), t0, wall(10)),
+        Seen::Nothing
+    );
+    assert!(a.owns(&v));
+    assert_eq!(
+        a.on_claim("kx1", &claim("b", 6), t0, wall(10)),
+        Seen::Yield { to: "b".into() }
+    );
+    // A ghost dated ahead does not pin the vehicle: a live claim still moves it.
+    let mut c = member("c", &["c", "b"], vec![], t0);
+    c.claim(&v, t0 + PROBATION, wall(0));
+    c.on_claim("kx1", &claim("ghost", 50), t0, wall(10));
+    assert_eq!(
+        c.on_claim("kx1", &claim("b", 6), t0, wall(10)),
+        Seen::Yield { to: "b".into() }
+    );
+}

@@ -642,7 +642,7 @@ async def cluster_phase(ha, mqtt_port, work, logs, ha_log):
     """Two instances in cluster mode (docs/cluster.md) on another base topic: each its own
     device in HA under the cluster's; a scooter that moves from one to the other keeps
     every entity as it was (0 removed, 0 documents HA finds changed) and answers its
-    lock at the new owner; the owner killed, its scooter shows unavailable."""
+    lock at the new owner; the owner killed, its scooter shows disconnected."""
     devices = subprocess.run([BIN, "simulate", "kingxun", "--devices", "1", "--key-seed", "9",
                               "--first-id", "2001", "--print-config"],
                              capture_output=True, text=True, check=True).stdout
@@ -724,8 +724,12 @@ listen = "127.0.0.1:{ports[name]}"
     killed_at = time.time()
     stop(bridges["c2"], signal.SIGKILL)
     stop(sim)
-    await until("the scooter unavailable", lambda: _state_in(ha, lock, ("unavailable",)), 30)
-    print(f"cluster: owner killed, the scooter unavailable in HA after "
+    # Controls keep their last value; `connected` and the live readings follow the link.
+    connected = "binary_sensor.sim_scooter_2001_connected"
+    await until("the scooter disconnected", lambda: _state_in(ha, connected, ("off",)), 30)
+    await until("its speed unavailable", lambda: _state_in(
+        ha, "sensor.sim_scooter_2001_speed", ("unavailable",)), 30)
+    print(f"cluster: owner killed, the scooter disconnected in HA after "
           f"{time.time() - killed_at:.1f} s", flush=True)
     assert not removals(ha_log)[removals_before:]
     assert not updates(ha_log)[updates_before:]
