@@ -390,8 +390,14 @@ impl<M: Mqtt> Hub<M> {
                     }
                 }
                 self.status.changed();
-                if self.cluster.as_ref().is_some_and(|c| c.is_account(owner)) {
-                    self.claim(&vehicle); // only the account's poller has its reports
+                // Only the account's poller has its reports (a report of a copy stopped a
+                // moment ago claims nothing).
+                if self
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.is_account(owner) && c.permitted(owner))
+                {
+                    self.claim(&vehicle);
                 }
                 self.check_stale_one(&vehicle);
                 let derived = match self.fleet.get(&vehicle) {
@@ -650,7 +656,7 @@ impl<M: Mqtt> Hub<M> {
             }
         } else if let Some(rest) = topic.strip_prefix(&format!("{}/", self.topics.base)) {
             let parts: Vec<&str> = rest.split('/').collect();
-            if self.on_cluster_message(&parts, payload) {
+            if self.on_cluster_message(&parts, payload, retain) {
                 return;
             }
             match parts[..] {

@@ -462,6 +462,7 @@ pub async fn run(
             Some((index, reason)) = exit_rx.recv() => {
                 if !shutdown.is_cancelled() && hub.on_connector_exit(index, &reason, Now::real()) {
                     io.carry_out(&mut hub);
+                    drain(&mut mqtt_rx);
                     hub.going_offline();
                     publisher.disconnect().await;
                     let _ = tokio::time::timeout(Duration::from_secs(2), mqtt_task).await;
@@ -483,6 +484,7 @@ pub async fn run(
         io.carry_out(&mut hub);
         if let Some(why) = io.duplicate.take() {
             // Said nothing offline: the instance with this id that stays is online.
+            drain(&mut mqtt_rx);
             publisher.disconnect().await;
             if let Some((sentinel, _)) = &sentinel {
                 sentinel.disconnect().await;
@@ -509,6 +511,7 @@ pub async fn run(
     }
     // A stopped bridge is not alive, whatever the file said a moment ago.
     remove_alive(&state_dir).await;
+    drain(&mut mqtt_rx);
     hub.going_offline();
     publisher.disconnect().await;
     if tokio::time::timeout(Duration::from_secs(5), mqtt_task)
@@ -527,6 +530,15 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
     Ok(())
+}
+
+/// From now on what MQTT brings is thrown away, so that the client's event loop, which
+/// waits for room in this queue, is never held up while the last words go out (in a
+/// cluster the owner topics this instance clears come back to it).
+fn drain(events: &mut mpsc::Receiver<crate::mqtt::MqttEvent>) {
+    let (_, closed) = mpsc::channel(1);
+    let mut rx = std::mem::replace(events, closed);
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
 }
 
 /// Capacity of each connector's release queue (cluster: vehicles that moved elsewhere).

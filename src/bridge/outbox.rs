@@ -131,6 +131,12 @@ impl Outbox {
         self.owed_discovery.remove(id);
     }
 
+    /// Drops the waiting messages whose topic `gone` says (a vehicle that moved to another
+    /// cluster instance: what it was owed is the new owner's to say now).
+    pub fn drop_waiting(&mut self, gone: impl Fn(&str) -> bool) {
+        self.retry.retain(|(topic, _, _)| !gone(topic));
+    }
+
     /// A storm's queues keep their room once emptied (a fleet's worth of entries): it is
     /// handed back when they are empty again.
     pub fn release_empty(&mut self) {

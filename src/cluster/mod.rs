@@ -146,6 +146,10 @@ pub enum Seen {
     /// A claim naming this instance for a vehicle it does not hold (left by an earlier
     /// run): to be cleared, so the others stop sending it there.
     StaleOwnClaim,
+    /// The owner topic of a vehicle this instance holds names an older or no owner (a
+    /// claim republished by an instance that came back, a cleared topic, a forgery): to
+    /// publish this instance's claim again, so every instance ends agreeing.
+    Reassert(Claim),
 }
 
 /// Counters shown on `/metrics`.
@@ -183,6 +187,12 @@ pub struct Cluster {
     /// The last heartbeat of ours the broker sent back, and when we sent one.
     last_contact: Option<Instant>,
     last_beat: Option<Instant>,
+    /// Heartbeats sent and when, by sequence number: the lease runs from when the one
+    /// that came back was sent, not from when it was read.
+    sent_beats: VecDeque<(u64, Instant)>,
+    next_beat: u64,
+    /// Contact came back after a fence: what this instance owns is shown again.
+    recovered: bool,
     /// The cloud account of each connector (by index), and whether it may be polled here.
     accounts: Vec<Option<String>>,
     permits: Vec<bool>,
@@ -227,6 +237,9 @@ impl Cluster {
             orphans: HashMap::new(),
             last_contact: None,
             last_beat: None,
+            sent_beats: VecDeque::new(),
+            next_beat: 0,
+            recovered: false,
             accounts,
             permits,
             seen_ids: HashSet::new(),
@@ -324,7 +337,16 @@ impl Cluster {
         }
         let online = payload == b"online";
         if !self.members.contains_key(id) && self.members.len() >= MAX_MEMBERS {
-            return false;
+            // Full (of forgeries, or of instances long gone): one offline makes room.
+            let Some(gone) = self
+                .members
+                .iter()
+                .find(|(m, on)| !**on && **m != self.me)
+                .map(|(m, _)| m.clone())
+            else {
+                return false;
+            };
+            self.members.remove(&gone);
         }
         self.members.insert(id.to_string(), online);
         let before = self.live.clone();
@@ -338,21 +360,48 @@ impl Cluster {
     /// one stays); another's keeps it live.
     pub fn on_beat(&mut self, from: &str, payload: &[u8], now: Instant) {
         if from == self.me {
-            if payload == self.incarnation.as_bytes() {
-                self.last_contact = Some(now);
-            } else if let Some((nonce, started)) = std::str::from_utf8(payload)
-                .ok()
-                .and_then(|p| p.split_once(' '))
-                .and_then(|(n, s)| Some((n, s.parse::<i64>().ok()?)))
-            {
+            let text = std::str::from_utf8(payload).unwrap_or_default();
+            let mut parts = text.split(' ');
+            let (nonce, started, seq) = (parts.next(), parts.next(), parts.next());
+            let started = started.and_then(|s| s.parse::<i64>().ok());
+            let (Some(nonce), Some(started)) = (nonce, started) else {
+                return;
+            };
+            if nonce == self.nonce() && started == self.started_ms {
+                // Ours: contact as of when it was sent (a heartbeat read late proves no
+                // more than that).
+                let sent_at = match seq.and_then(|s| s.parse::<u64>().ok()) {
+                    Some(seq) => self
+                        .sent_beats
+                        .iter()
+                        .find(|(n, _)| *n == seq)
+                        .map(|(_, at)| *at),
+                    None => Some(now),
+                };
+                if let Some(at) = sent_at {
+                    self.last_contact = Some(self.last_contact.map_or(at, |c| c.max(at)));
+                }
+            } else {
                 self.duplicate |= (started, nonce) < (self.started_ms, self.nonce());
             }
             return;
         }
-        if !valid_instance_id(from)
-            || (!self.beats.contains_key(from) && self.beats.len() >= MAX_MEMBERS)
-        {
+        if !valid_instance_id(from) {
             return;
+        }
+        if !self.beats.contains_key(from) && self.beats.len() >= MAX_MEMBERS {
+            // Full: the stalest beat, if it is older than the lease, makes room.
+            let lease = self.lease_ttl;
+            let Some(stale) = self
+                .beats
+                .iter()
+                .filter(|(_, at)| now.saturating_duration_since(**at) > lease)
+                .min_by_key(|(_, at)| **at)
+                .map(|(id, _)| id.clone())
+            else {
+                return;
+            };
+            self.beats.remove(&stale);
         }
         self.beats.insert(from.to_string(), now);
         self.refresh(now);
@@ -367,15 +416,28 @@ impl Cluster {
         self.duplicate
     }
 
-    /// A heartbeat is due (the hub publishes the incarnation on our beat topic).
-    pub fn beat_due(&mut self, now: Instant) -> bool {
+    /// The heartbeat to publish on our beat topic, when one is due: the incarnation and a
+    /// sequence number.
+    pub fn beat(&mut self, now: Instant) -> Option<String> {
         let due = self
             .last_beat
             .is_none_or(|at| now.saturating_duration_since(at) >= BEAT_EVERY);
-        if due {
-            self.last_beat = Some(now);
+        if !due {
+            return None;
         }
-        due
+        self.last_beat = Some(now);
+        self.next_beat += 1;
+        if self.sent_beats.len() >= 64 {
+            self.sent_beats.pop_front();
+        }
+        self.sent_beats.push_back((self.next_beat, now));
+        Some(format!("{} {}", self.incarnation, self.next_beat))
+    }
+
+    /// Contact came back after a fence (once): what this instance owns is to be shown and
+    /// claimed again, since the others may have marked it offline meanwhile.
+    pub fn take_recovered(&mut self) -> bool {
+        std::mem::take(&mut self.recovered)
     }
 
     /// Until when this instance may speak for its accounts: its last heartbeat heard back
@@ -400,9 +462,19 @@ impl Cluster {
         now: Instant,
         wall: DateTime<Utc>,
     ) -> Seen {
+        // Only vehicle ids (bounded, and what the bridge itself publishes under).
+        let Some(id) = VehicleId::new(vehicle).filter(|id| id.as_str() == vehicle) else {
+            self.counters.claims_refused += 1;
+            return Seen::Nothing;
+        };
+        let held = self.mine.get(&id).cloned();
         let claim = match Claim::parse(payload) {
             Ok(Some(claim)) => claim,
             Ok(None) => {
+                if let Some(mine) = held {
+                    self.claims.insert(vehicle.to_string(), mine.clone());
+                    return Seen::Reassert(mine);
+                }
                 if self.claims.remove(vehicle).is_some() {
                     self.orphans.insert(vehicle.to_string(), now);
                 }
@@ -417,13 +489,15 @@ impl Cluster {
             self.counters.claims_refused += 1;
             return Seen::Nothing;
         }
-        let held = VehicleId::new(vehicle).and_then(|id| self.mine.get(&id).cloned());
         if let Some(current) = self.claims.get(vehicle) {
             // An older claim arriving late; but a live instance's claim beats one by an
             // instance nobody hears, however new that says it is.
             let live_beats_dead = self.is_live(&claim.instance) && !self.is_live(&current.instance);
             if current.newer_than(&claim) && !live_beats_dead {
-                return Seen::Nothing;
+                return match held {
+                    Some(mine) if claim.instance != self.me => Seen::Reassert(mine),
+                    _ => Seen::Nothing,
+                };
             }
         } else if self.claims.len() >= MAX_CLAIMS {
             self.counters.claims_refused += 1;
@@ -445,6 +519,11 @@ impl Cluster {
             {
                 self.counters.yields += 1;
                 Seen::Yield { to: claim.instance }
+            }
+            // Newer, by an instance nobody hears: ours stands, and is said again.
+            Some(mine) if claim.instance != self.me => {
+                self.claims.insert(vehicle.to_string(), mine.clone());
+                Seen::Reassert(mine)
             }
             None if claim.instance == self.me && self.on_probation(now) => {
                 if self.stale_own.len() < MAX_CLAIMS {
@@ -487,9 +566,17 @@ impl Cluster {
             }
             return None;
         }
+        // Newer than the claim it replaces even when this clock is behind that one's.
+        let since = match self.claims.get(id.as_str()) {
+            Some(current) => current
+                .since
+                .checked_add_signed(chrono::Duration::milliseconds(1))
+                .map_or(wall, |after| wall.max(after)),
+            None => wall,
+        };
         let claim = Claim {
             instance: self.me.clone(),
-            since: wall,
+            since,
         };
         self.mine.insert(id.clone(), claim.clone());
         self.fresh.insert(id.clone());
@@ -531,9 +618,14 @@ impl Cluster {
     }
 
     /// Who answers a command for `vehicle` (as the topic names it).
-    pub fn answerer(&self, vehicle: &str) -> Answerer {
+    /// Nobody answers as a home while on probation: until the others' heartbeats come,
+    /// this instance would think itself home for every vehicle.
+    pub fn answerer(&self, vehicle: &str, now: Instant) -> Answerer {
         if VehicleId::new(vehicle).is_some_and(|id| self.mine.contains_key(&id)) {
             return Answerer::Owner;
+        }
+        if self.on_probation(now) {
+            return Answerer::Elsewhere;
         }
         let owned_elsewhere = self
             .claims
@@ -548,6 +640,9 @@ impl Cluster {
     /// Notes a command id (from a `/set`, or a result any instance published); returns
     /// whether it was seen before.
     pub fn seen_before(&mut self, vehicle: &str, id: &str) -> bool {
+        if id.len() > 64 || vehicle.len() > 64 {
+            return false; // not a command id (those are at most 64), not kept
+        }
         let key = (vehicle.to_string(), id.to_string());
         if self.seen_ids.contains(&key) {
             self.counters.repeated_ids += 1;
@@ -604,6 +699,10 @@ impl Cluster {
     /// offline (each once).
     pub fn due_orphans(&mut self, now: Instant) -> Vec<String> {
         self.refresh(now);
+        // Cut off, this instance cannot tell a dead owner from its own silence.
+        if self.fenced(now) {
+            return Vec::new();
+        }
         let settle = self.settle;
         let due: Vec<String> = self
             .orphans
@@ -640,6 +739,7 @@ impl Cluster {
             self.was_fenced = true;
         } else if std::mem::take(&mut self.was_fenced) {
             self.changed_at = now;
+            self.recovered = true;
         }
         let settled = now.saturating_duration_since(self.changed_at) >= self.settle
             && !self.on_probation(now);

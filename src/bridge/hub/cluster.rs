@@ -20,7 +20,7 @@ impl<M: Mqtt> Hub<M> {
     pub(super) fn answerer(&self, vehicle: &str) -> Answerer {
         self.cluster
             .as_ref()
-            .map_or(Answerer::Owner, |c| c.answerer(vehicle))
+            .map_or(Answerer::Owner, |c| c.answerer(vehicle, self.now.mono))
     }
 
     /// Whether a command id was answered before, anywhere in the cluster (alone: never
@@ -36,6 +36,10 @@ impl<M: Mqtt> Hub<M> {
     /// `failed: offline` a moment later, unless its owner (whose claim this instance may
     /// have missed) answers first.
     pub(super) fn answer_as_home(&mut self, vehicle: &str, id: &str, what: &str) {
+        if VehicleId::new(vehicle).is_none_or(|v| v.as_str() != vehicle) {
+            // Not a vehicle id: nobody can own it, nothing is kept.
+            return self.reject(vehicle, id, what, "unknown vehicle");
+        }
         let now = self.now.mono;
         if let Some(c) = &mut self.cluster {
             if !c.defer_home_answer(vehicle, id, what, now) {
@@ -77,7 +81,12 @@ impl<M: Mqtt> Hub<M> {
 
     /// A message on a cluster topic (`parts`: the topic below the base). Returns whether
     /// it was one.
-    pub(super) fn on_cluster_message(&mut self, parts: &[&str], payload: &[u8]) -> bool {
+    pub(super) fn on_cluster_message(
+        &mut self,
+        parts: &[&str],
+        payload: &[u8],
+        retain: bool,
+    ) -> bool {
         let now = self.now;
         let Some(c) = &mut self.cluster else {
             return false;
@@ -94,6 +103,9 @@ impl<M: Mqtt> Hub<M> {
                     self.membership_changed();
                 }
             }
+            // A retained heartbeat is a forgery (ours never are): it would stop this
+            // instance on every start.
+            ["bridge", _, "beat"] if retain => {}
             ["bridge", instance, "beat"] => {
                 c.on_beat(instance, payload, now.mono);
                 if *instance == c.me() {
@@ -112,6 +124,10 @@ impl<M: Mqtt> Hub<M> {
                 Seen::StaleOwnClaim => {
                     let topic = self.topics.vehicle(vehicle, "owner");
                     self.send(topic, Vec::new(), true);
+                }
+                Seen::Reassert(claim) => {
+                    let topic = self.topics.vehicle(vehicle, "owner");
+                    self.send(topic, claim.to_json(), true);
                 }
             },
             [vehicle, "command", "result"] => {
@@ -171,6 +187,15 @@ impl<M: Mqtt> Hub<M> {
         }
         tracing::info!(event = "cluster_yielded", vehicle = %id, to = %to, "another instance owns the vehicle now");
         self.outbox.forget(&id);
+        // What waits for it (an availability, an event, a document) is not said late.
+        let (mine, docs) = (
+            format!("{}/{}/", self.topics.base, id.as_str()),
+            format!("/{}/{}_", self.topics.node, id.as_str()),
+        );
+        let result = "/command/result";
+        self.outbox.drop_waiting(|topic| {
+            (topic.starts_with(&mine) && !topic.ends_with(result)) || topic.contains(&docs)
+        });
         self.status.changed();
         let owner = self.fleet.get(&id).map(|v| v.owner());
         self.actions.push(Action::Moved {
@@ -216,12 +241,34 @@ impl<M: Mqtt> Hub<M> {
         // Claimed again below rather than cleared first.
         let mut stale_claims = c.due_stale_claims(now);
         stale_claims.retain(|v| !due_claims.iter().any(|d| d.as_str() == v));
-        let beat = c.beat_due(now).then(|| c.incarnation().to_string());
+        let beat = c.beat(now);
+        let recovered = c.take_recovered();
         let permits = c.permits(now);
         let orphans = c.due_orphans(now);
         let me = c.me().to_string();
         if let Some(beat) = beat {
             self.send(self.topics.instance_beat(&me), beat, false);
+        }
+        if recovered {
+            // Back after a fence: the others may have shown these offline meanwhile.
+            let owned: Vec<(VehicleId, String)> = self
+                .cluster
+                .as_ref()
+                .map(|c| {
+                    c.owned_claims()
+                        .map(|(id, claim)| (id.clone(), claim.to_json()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            tracing::info!(
+                event = "cluster_recovered",
+                vehicles = owned.len(),
+                "in contact again after a fence: claims and availability said again"
+            );
+            for (id, claim) in owned {
+                self.send(self.topics.vehicle(id.as_str(), "owner"), claim, true);
+                self.publish_availability(&id, true);
+            }
         }
         if let Some(permits) = permits {
             tracing::info!(event = "cluster_permits", permits = ?permits, "cloud accounts this instance polls changed");

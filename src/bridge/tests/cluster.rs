@@ -18,9 +18,27 @@ fn instance(others: &[&str]) -> Rig {
     }
     rig.advance(PROBATION);
     rig.tick(Tick::Info);
+    echo_own_beats(&mut rig);
     rig.published();
     rig.actions.clear();
     rig
+}
+
+/// The broker brings this instance's heartbeats back (the fake client does not).
+fn echo_own_beats(rig: &mut Rig) {
+    let beats: Vec<Msg> = rig
+        .mqtt
+        .0
+        .sent
+        .borrow()
+        .iter()
+        .filter(|m| m.topic == format!("{BASE}/bridge/a/beat"))
+        .cloned()
+        .collect();
+    assert!(!beats.is_empty(), "a heartbeat went out");
+    for beat in beats {
+        rig.message(&beat.topic, beat.text(), false);
+    }
 }
 
 fn about<'a>(sent: &'a [Msg], vehicle: &str) -> Vec<&'a Msg> {
