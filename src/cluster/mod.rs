@@ -3,10 +3,11 @@
 //! time, and asks it who speaks for a vehicle, who answers a command and which cloud
 //! accounts this instance may poll.
 //!
-//! - Members: the instances whose retained `<base>/bridge/<id>/state` reads `online`
-//!   (each one's last will sets it `offline`) and whose heartbeat was heard within
-//!   `lease_ttl`: a broker node that dies takes its clients' wills with it (NATS, measured
-//!   in docs/cluster-brokers.md), so a retained `online` alone proves nothing.
+//! - Members: the instances whose heartbeat was heard within `lease_ttl`, unless their
+//!   `<base>/bridge/<id>/state` said `offline` (their last will, or a clean stop) after it.
+//!   Heartbeats carry liveness, not retained states: a broker node that dies takes its
+//!   clients' wills with it, and NATS was seen not to bring a retained `online` live
+//!   (docs/cluster-brokers.md, tests/cluster_nats.rs). This instance is always a member.
 //! - A TCP-linked vehicle belongs to the instance holding its proven link; a cloud
 //!   account's vehicles to the instance polling the account. Each claim is retained on
 //!   `<base>/<vehicle>/owner`; the newest claim wins, and an older holder yields.
@@ -170,7 +171,7 @@ pub struct Cluster {
     settle: Duration,
     lease_ttl: Duration,
     /// Instance → online, as their retained states say.
-    members: BTreeMap<String, bool>,
+    members: BTreeMap<String, (bool, Instant)>,
     /// Instance → when its heartbeat was last heard.
     beats: HashMap<String, Instant>,
     /// The live members as last worked out (`refresh`).
@@ -193,6 +194,8 @@ pub struct Cluster {
     next_beat: u64,
     /// Contact came back after a fence: what this instance owns is shown again.
     recovered: bool,
+    /// The live members and fence as last reported (`news`).
+    reported: Option<(Vec<String>, bool)>,
     /// The cloud account of each connector (by index), and whether it may be polled here.
     accounts: Vec<Option<String>>,
     permits: Vec<bool>,
@@ -240,6 +243,7 @@ impl Cluster {
             sent_beats: VecDeque::new(),
             next_beat: 0,
             recovered: false,
+            reported: None,
             accounts,
             permits,
             seen_ids: HashSet::new(),
@@ -275,18 +279,24 @@ impl Cluster {
     /// Works the live members out again (states, and heartbeats within `lease_ttl`); a
     /// change restarts `settle`, and the vehicles of a member gone wait for their home.
     pub fn refresh(&mut self, now: Instant) {
-        let live: std::collections::BTreeSet<String> =
-            self.members
-                .iter()
-                .filter(|(id, online)| {
-                    **online
-                        && (**id == self.me
-                            || self.beats.get(*id).is_some_and(|at| {
-                                now.saturating_duration_since(*at) <= self.lease_ttl
-                            }))
-                })
-                .map(|(id, _)| id.clone())
-                .collect();
+        // A member is live while its heartbeat comes, unless its state said `offline` (its
+        // will, or a clean stop) after its last heartbeat. Heartbeats, not retained states,
+        // carry liveness: a broker can fail to bring a retained message live (NATS, seen in
+        // tests/cluster_nats.rs), and a dead node loses its clients' wills.
+        let lease = self.lease_ttl;
+        let mut live: std::collections::BTreeSet<String> = self
+            .beats
+            .iter()
+            .filter(|(id, at)| {
+                let stopped = self
+                    .members
+                    .get(*id)
+                    .is_some_and(|(online, since)| !*online && since >= *at);
+                now.saturating_duration_since(**at) <= lease && !stopped
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        live.insert(self.me.clone());
         if live == self.live {
             return;
         }
@@ -341,14 +351,14 @@ impl Cluster {
             let Some(gone) = self
                 .members
                 .iter()
-                .find(|(m, on)| !**on && **m != self.me)
+                .find(|(m, (on, _))| !*on && **m != self.me)
                 .map(|(m, _)| m.clone())
             else {
                 return false;
             };
             self.members.remove(&gone);
         }
-        self.members.insert(id.to_string(), online);
+        self.members.insert(id.to_string(), (online, now));
         let before = self.live.clone();
         self.refresh(now);
         before != self.live
@@ -432,6 +442,20 @@ impl Cluster {
         }
         self.sent_beats.push_back((self.next_beat, now));
         Some(format!("{} {}", self.incarnation, self.next_beat))
+    }
+
+    /// The live members and whether this instance is fenced, when that changed since the
+    /// last call (for the log).
+    pub fn news(&mut self, now: Instant) -> Option<(Vec<String>, bool, usize)> {
+        let now_seen = (
+            self.live.iter().cloned().collect::<Vec<_>>(),
+            self.fenced(now),
+        );
+        if self.reported.as_ref() == Some(&now_seen) {
+            return None;
+        }
+        self.reported = Some(now_seen.clone());
+        Some((now_seen.0, now_seen.1, self.orphans.len()))
     }
 
     /// Contact came back after a fence (once): what this instance owns is to be shown and
@@ -618,13 +642,18 @@ impl Cluster {
     }
 
     /// Who answers a command for `vehicle` (as the topic names it).
-    /// Nobody answers as a home while on probation: until the others' heartbeats come,
-    /// this instance would think itself home for every vehicle.
+    /// Nobody answers as a home while on probation (until the others' heartbeats come,
+    /// this instance would think itself home for every vehicle), while fenced, or while the
+    /// members are changing.
     pub fn answerer(&self, vehicle: &str, now: Instant) -> Answerer {
         if VehicleId::new(vehicle).is_some_and(|id| self.mine.contains_key(&id)) {
             return Answerer::Owner;
         }
-        if self.on_probation(now) {
+        // Nor while cut off, nor before the members have been steady for `settle` (a
+        // broker stall makes everyone look dead for a while; what it thinks then of who
+        // owns what is not to be said).
+        let steady = now.saturating_duration_since(self.changed_at) >= self.settle;
+        if self.on_probation(now) || self.fenced(now) || !steady {
             return Answerer::Elsewhere;
         }
         let owned_elsewhere = self
@@ -712,16 +741,20 @@ impl Cluster {
             .collect();
         let mut mine = Vec::new();
         for vehicle in due {
-            self.orphans.remove(&vehicle);
             let held_elsewhere = self
                 .claims
                 .get(&vehicle)
                 .is_some_and(|c| self.is_live(&c.instance) && c.instance != self.me);
             let held_here = VehicleId::new(&vehicle).is_some_and(|id| self.mine.contains_key(&id));
-            if !held_elsewhere && !held_here && self.home(&vehicle) == Some(self.me.as_str()) {
+            if held_elsewhere || held_here {
+                self.orphans.remove(&vehicle);
+            } else if self.home(&vehicle) == Some(self.me.as_str()) {
+                self.orphans.remove(&vehicle);
                 self.counters.orphans_marked += 1;
                 mine.push(vehicle);
             }
+            // Another's to mark: kept, in case the members change and it becomes ours
+            // (views of who is home differ for a while after a stall).
         }
         mine
     }
@@ -735,8 +768,10 @@ impl Cluster {
         let fenced = self.fenced(now) || self.duplicate;
         // Back from a fence (cut off, frozen): the others may have taken over meanwhile,
         // so nothing is gained before a whole `settle` with contact.
+        // (Not hearing itself before its first heartbeat came back is no fence to recover
+        // from: nothing was held.)
         if self.fenced(now) {
-            self.was_fenced = true;
+            self.was_fenced |= self.last_contact.is_some();
         } else if std::mem::take(&mut self.was_fenced) {
             self.changed_at = now;
             self.recovered = true;

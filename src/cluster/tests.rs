@@ -8,6 +8,9 @@ fn config(id: &str) -> ClusterConfig {
     }
 }
 
+/// When a member made by [`member`] has had its members steady for `settle`.
+const STEADY: Duration = Duration::from_secs(10);
+
 fn wall(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
 }
@@ -124,8 +127,8 @@ fn the_newest_claim_wins_in_any_order() {
             "b keeps it: {seen_b:?}"
         );
         assert!(b.owns(&v) && !a.owns(&v));
-        assert_eq!(a.answerer("kx1", t0 + PROBATION), Answerer::Elsewhere);
-        assert_eq!(b.answerer("kx1", t0 + PROBATION), Answerer::Owner);
+        assert_eq!(a.answerer("kx1", t0 + STEADY), Answerer::Elsewhere);
+        assert_eq!(b.answerer("kx1", t0 + STEADY), Answerer::Owner);
     }
 }
 
@@ -168,7 +171,7 @@ fn forged_claims_are_refused() {
     assert_eq!(a.on_claim("kx1", b"\xff\xfe", t0, wall(1)), Seen::Nothing);
     assert_eq!(a.counters.claims_refused, 3);
     assert!(a.owns(&v));
-    assert_eq!(a.answerer("kx1", t0 + PROBATION), Answerer::Owner);
+    assert_eq!(a.answerer("kx1", t0 + STEADY), Answerer::Owner);
 }
 
 /// A claim this instance left in an earlier run (it no longer holds the link) is to be
@@ -199,7 +202,7 @@ fn exactly_one_instance_answers_a_command() {
         let v = format!("kx{n}");
         let answering = all
             .iter()
-            .filter(|c| c.answerer(&v, t0 + PROBATION) != Answerer::Elsewhere)
+            .filter(|c| c.answerer(&v, t0 + STEADY) != Answerer::Elsewhere)
             .count();
         assert_eq!(answering, 1, "{v}: {answering} answer an unowned vehicle");
     }
@@ -211,10 +214,7 @@ fn exactly_one_instance_answers_a_command() {
     for c in &mut all[..2] {
         c.on_claim("kx7", claim_c.as_bytes(), t0, wall(0));
     }
-    let answers: Vec<Answerer> = all
-        .iter()
-        .map(|c| c.answerer("kx7", t0 + PROBATION))
-        .collect();
+    let answers: Vec<Answerer> = all.iter().map(|c| c.answerer("kx7", t0 + STEADY)).collect();
     assert_eq!(
         answers,
         [Answerer::Elsewhere, Answerer::Elsewhere, Answerer::Owner]
@@ -225,7 +225,7 @@ fn exactly_one_instance_answers_a_command() {
     }
     let answering: Vec<Answerer> = all[..2]
         .iter()
-        .map(|c| c.answerer("kx7", t0 + PROBATION))
+        .map(|c| c.answerer("kx7", t0 + STEADY))
         .collect();
     assert_eq!(
         answering.iter().filter(|a| **a == Answerer::Home).count(),
@@ -237,7 +237,7 @@ fn exactly_one_instance_answers_a_command() {
     assert_eq!(
         all[..2]
             .iter()
-            .filter(|c| c.answerer(odd, t0 + PROBATION) == Answerer::Home)
+            .filter(|c| c.answerer(odd, t0 + STEADY) == Answerer::Home)
             .count(),
         1
     );
@@ -389,7 +389,11 @@ fn membership_is_bounded_and_checked() {
         a.on_beat(&format!("m{n}"), b"theirs", t0);
         a.on_member_state(&format!("m{n}"), b"online", t0);
     }
-    assert_eq!(a.live().count(), MAX_MEMBERS);
+    assert_eq!(
+        a.live().count(),
+        MAX_MEMBERS + 1,
+        "the others heard, and itself"
+    );
     assert!(!a.alone());
     let b = member("b", &["b"], vec![], t0);
     assert!(b.alone());
@@ -494,7 +498,7 @@ fn a_silent_member_is_dead_though_its_state_says_online() {
     let key = "xchanger:user:alice".to_string();
     let mut n2 = member("node-2", &["node-1", "node-2"], vec![Some(key)], t0);
     n2.on_claim("kx1", &claim("node-1", 0), t0, wall(0));
-    assert_eq!(n2.answerer("kx1", t0 + PROBATION), Answerer::Elsewhere);
+    assert_eq!(n2.answerer("kx1", t0 + STEADY), Answerer::Elsewhere);
     // node-2 keeps hearing itself; node-1 falls silent at t0.
     let mine = n2.incarnation().to_string();
     let mut t = t0;
@@ -512,7 +516,12 @@ fn a_silent_member_is_dead_though_its_state_says_online() {
     n2.permits(dead_at);
     assert!(!n2.live().any(|m| m == "node-1"), "silent past lease_ttl");
     assert_eq!(
-        n2.answerer("kx1", t0 + PROBATION),
+        n2.answerer("kx1", dead_at),
+        Answerer::Elsewhere,
+        "the members just changed"
+    );
+    assert_eq!(
+        n2.answerer("kx1", dead_at + STEADY),
         Answerer::Home,
         "its vehicle answered by its home"
     );

@@ -237,6 +237,10 @@ impl<M: Mqtt> Hub<M> {
             return;
         }
         let home_answers = c.due_home_answers(now);
+        if let Some((live, fenced, orphans)) = c.news(now) {
+            tracing::info!(event = "cluster_view", live = ?live, fenced, orphans,
+                "live instances as this one sees them");
+        }
         let due_claims = c.due_claims(now);
         // Claimed again below rather than cleared first.
         let mut stale_claims = c.due_stale_claims(now);
@@ -294,7 +298,7 @@ impl<M: Mqtt> Hub<M> {
             }
         }
         for vehicle in orphans {
-            tracing::info!(event = "cluster_orphan_offline", vehicle = %vehicle,
+            tracing::info!(event = "cluster_orphan_offline", vehicle = %vehicle, home = true,
                 "its owner is gone and nobody linked it since: shown offline");
             let topic = self.topics.vehicle(&vehicle, "availability");
             self.send(topic, "offline", true);

@@ -19,6 +19,14 @@ fn instance(others: &[&str]) -> Rig {
     rig.advance(PROBATION);
     rig.tick(Tick::Info);
     echo_own_beats(&mut rig);
+    // The members steady for `settle` (10 s), the others heard meanwhile.
+    rig.advance(Duration::from_secs(10));
+    for id in others {
+        rig.message(&format!("{BASE}/bridge/{id}/beat"), "f00 1", false);
+    }
+    rig.mqtt.0.sent.borrow_mut().clear();
+    rig.tick(Tick::Info);
+    echo_own_beats(&mut rig);
     rig.published();
     rig.actions.clear();
     rig
