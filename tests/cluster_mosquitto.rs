@@ -224,10 +224,27 @@ async fn three_instances_share_a_fleet_and_survive_a_kill() {
         .await;
     }
     let topic = format!("{base}/kx1004/owner");
-    wait_new(&probe, stop_mark, "kx1004 freed", T, |m| {
-        m.topic == topic && m.payload.is_empty()
-    })
-    .await;
+    let end = Instant::now() + T;
+    while !probe
+        .messages()
+        .iter()
+        .skip(stop_mark)
+        .any(|m| m.topic == topic && m.payload.is_empty())
+    {
+        if Instant::now() > end {
+            for m in &probe.messages()[stop_mark..] {
+                if !m.topic.ends_with("/state") || m.topic.contains("/bridge/") {
+                    let text: String = m.text().chars().take(80).collect();
+                    eprintln!("probe after stop: {} = {text}", m.topic);
+                }
+            }
+            for l in n[r].log().lines().rev().take(30) {
+                eprintln!("{}: {}", n[r].id, l.chars().take(240).collect::<String>());
+            }
+            panic!("kx1004 not freed by its owner's clean stop");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(last_text(&probe, &state).as_deref(), Some("online"));
 

@@ -679,6 +679,12 @@ impl<M: Mqtt> Hub<M> {
             no_local: false,
         };
         self.mqtt.subscribe(&self.topics.command_filter(), commands);
+        if self.cluster.is_none() {
+            // Its own state coming back tells a stop that its last words were taken (in a
+            // cluster, `cluster_filters` has it).
+            self.mqtt
+                .subscribe(&self.topics.bridge_state(), SubscribeOptions::default());
+        }
         if self.config.mqtt.discovery {
             self.mqtt
                 .subscribe(&self.topics.ha_status(), SubscribeOptions::default());

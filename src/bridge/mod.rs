@@ -511,8 +511,24 @@ pub async fn run(
     }
     // A stopped bridge is not alive, whatever the file said a moment ago.
     remove_alive(&state_dir).await;
-    drain(&mut mqtt_rx);
+    // The bridge's own state comes back through the broker (its instance state in a
+    // cluster): once its `offline` does, everything said before it has been taken (a DISCONNECT sent while
+    // QoS 1 publishes wait for the broker's receive window would drop them).
+    let last_word = Some(match &cluster {
+        Some(c) => topics.instance_state(&c.instance_id),
+        None => topics.bridge_state(),
+    });
+    let taken = drain_until(&mut mqtt_rx, last_word);
     hub.going_offline();
+    // What found the client's queue full goes out before the DISCONNECT (at most 3 s).
+    let flush_until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while hub.wants_retry() && tokio::time::Instant::now() < flush_until {
+        hub.on_tick(Tick::Retry, Now::real());
+        tokio::time::sleep(RETRY_EVERY).await;
+    }
+    if let Some(taken) = taken {
+        let _ = tokio::time::timeout(Duration::from_secs(3), taken).await;
+    }
     publisher.disconnect().await;
     if tokio::time::timeout(Duration::from_secs(5), mqtt_task)
         .await
@@ -536,9 +552,34 @@ pub async fn run(
 /// waits for room in this queue, is never held up while the last words go out (in a
 /// cluster the owner topics this instance clears come back to it).
 fn drain(events: &mut mpsc::Receiver<crate::mqtt::MqttEvent>) {
+    let _ = drain_until(events, None);
+}
+
+/// [`drain`], telling when an `offline` on `topic` has come by.
+fn drain_until(
+    events: &mut mpsc::Receiver<crate::mqtt::MqttEvent>,
+    topic: Option<String>,
+) -> Option<tokio::sync::oneshot::Receiver<()>> {
     let (_, closed) = mpsc::channel(1);
     let mut rx = std::mem::replace(events, closed);
-    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+    let mut seen_tx = Some(seen_tx);
+    let watching = topic.is_some();
+    tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            if let crate::mqtt::MqttEvent::Message {
+                topic: t, payload, ..
+            } = &event
+            {
+                if Some(t) == topic.as_ref() && &payload[..] == b"offline" {
+                    if let Some(tx) = seen_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        }
+    });
+    watching.then_some(seen_rx)
 }
 
 /// Capacity of each connector's release queue (cluster: vehicles that moved elsewhere).
