@@ -88,14 +88,7 @@ async fn cluster(ids: &[&str]) -> (Mosquitto, Probe, FakeIauto360, Setup, Vec<In
     for id in ids {
         n.push(Instance::start(&setup, id).await);
     }
-    for i in &n {
-        let topic = format!("{base}/bridge/{}/state", i.id);
-        probe
-            .wait_for("instance online", T, |m| {
-                m.topic == topic && m.text() == "online"
-            })
-            .await;
-    }
+    wait_online(&probe, &base, &n, T).await;
     (broker, probe, cloud, setup, n)
 }
 

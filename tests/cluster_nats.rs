@@ -130,14 +130,7 @@ async fn owner_and_its_broker_node_die_behind_haproxy() {
         };
         n.push(Instance::start(&setup, id).await);
     }
-    for i in &n {
-        let topic = format!("{base}/bridge/{}/state", i.id);
-        probe
-            .wait_for("instance online", NATS_T, |m| {
-                m.topic == topic && m.text() == "online"
-            })
-            .await;
-    }
+    wait_online(&probe, &base, &n, NATS_T).await;
     let dir = tempfile::tempdir().unwrap();
     let front = free_port();
     let _haproxy = haproxy(
@@ -223,15 +216,7 @@ async fn owner_and_its_broker_node_die_behind_haproxy() {
                 eprintln!("probe: {} = {}", m.topic, m.text());
             }
         }
-        for i in &n {
-            for l in i
-                .log()
-                .lines()
-                .filter(|l| l.contains("1001") || l.contains("mqtt_") || l.contains("cluster_"))
-            {
-                eprintln!("{}: {}", i.id, l.chars().take(240).collect::<String>());
-            }
-        }
+        dump_logs(&n, &["1001", "mqtt_", "cluster_"]);
         panic!("no result for kx1001's command in 48 s");
     };
     assert_eq!(res["status"], "succeeded", "{res}");
@@ -250,15 +235,7 @@ async fn owner_and_its_broker_node_die_behind_haproxy() {
             .any(|m| m.topic == topic && m.text() == "offline")
         {
             if Instant::now() > end {
-                for i in &n {
-                    for l in i
-                        .log()
-                        .lines()
-                        .filter(|l| l.contains("cluster_") || l.contains("mqtt_"))
-                    {
-                        eprintln!("{}: {}", i.id, l.chars().take(240).collect::<String>());
-                    }
-                }
+                dump_logs(&n, &["cluster_", "mqtt_"]);
                 panic!("kx{left} never shown offline");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -443,3 +443,28 @@ pub fn assert_one_result_each(probe: &Probe, expected: &[&str]) -> usize {
     }
     results.len()
 }
+
+/// Waits until every instance's retained state reads `online`.
+pub async fn wait_online(probe: &Probe, base: &str, instances: &[Instance], within: Duration) {
+    for i in instances {
+        let topic = format!("{base}/bridge/{}/state", i.id);
+        probe
+            .wait_for("instance online", within, |m| {
+                m.topic == topic && m.text() == "online"
+            })
+            .await;
+    }
+}
+
+/// Prints each instance's log lines that contain one of `words` (when a test fails).
+pub fn dump_logs(instances: &[Instance], words: &[&str]) {
+    for i in instances {
+        for l in i
+            .log()
+            .lines()
+            .filter(|l| words.iter().any(|w| l.contains(w)))
+        {
+            eprintln!("{}: {}", i.id, l.chars().take(240).collect::<String>());
+        }
+    }
+}

@@ -66,17 +66,35 @@ impl<M: Mqtt> Hub<M> {
         let Some(c) = &mut self.cluster else { return };
         c.connected(self.now.mono);
         let me = c.me().to_string();
-        let claims: Vec<(VehicleId, String)> = c
-            .owned_claims()
-            .map(|(id, claim)| (id.clone(), claim.to_json()))
-            .collect();
         self.send(self.topics.instance_state(&me), "online", true);
         for filter in self.topics.cluster_filters() {
             self.mqtt.subscribe(&filter, SubscribeOptions::default());
         }
-        for (id, claim) in claims {
-            self.send(self.topics.vehicle(id.as_str(), "owner"), claim, true);
+        self.send_owned_claims();
+    }
+
+    /// `<vehicle>/owner`: the claim, or empty to clear it.
+    fn send_owner(&mut self, vehicle: &str, claim: Option<&crate::cluster::Claim>) {
+        let payload = claim.map(|c| c.to_json().into_bytes()).unwrap_or_default();
+        self.send(self.topics.vehicle(vehicle, "owner"), payload, true);
+    }
+
+    /// Every claim this instance holds, again (a newer one elsewhere still wins); returns
+    /// the vehicles.
+    fn send_owned_claims(&mut self) -> Vec<VehicleId> {
+        let claims: Vec<(VehicleId, crate::cluster::Claim)> = self
+            .cluster
+            .as_ref()
+            .map(|c| {
+                c.owned_claims()
+                    .map(|(id, claim)| (id.clone(), claim.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (id, claim) in &claims {
+            self.send_owner(id.as_str(), Some(claim));
         }
+        claims.into_iter().map(|(id, _)| id).collect()
     }
 
     /// A message on a cluster topic (`parts`: the topic below the base). Returns whether
@@ -121,14 +139,8 @@ impl<M: Mqtt> Hub<M> {
                         self.yield_vehicle(id, to);
                     }
                 }
-                Seen::StaleOwnClaim => {
-                    let topic = self.topics.vehicle(vehicle, "owner");
-                    self.send(topic, Vec::new(), true);
-                }
-                Seen::Reassert(claim) => {
-                    let topic = self.topics.vehicle(vehicle, "owner");
-                    self.send(topic, claim.to_json(), true);
-                }
+                Seen::StaleOwnClaim => self.send_owner(vehicle, None),
+                Seen::Reassert(claim) => self.send_owner(vehicle, Some(&claim)),
             },
             [vehicle, "command", "result"] => {
                 #[derive(serde::Deserialize)]
@@ -160,11 +172,7 @@ impl<M: Mqtt> Hub<M> {
             return;
         };
         tracing::info!(event = "cluster_claimed", vehicle = %id, "this instance owns the vehicle now");
-        self.send(
-            self.topics.vehicle(id.as_str(), "owner"),
-            claim.to_json(),
-            true,
-        );
+        self.send_owner(id.as_str(), Some(&claim));
         // Discovery waits for the vehicle's first report here (`first_report`).
         self.field_payloads.remove(id);
         if self.fleet.get(id).is_some_and(|v| v.has_reported()) {
@@ -210,7 +218,7 @@ impl<M: Mqtt> Hub<M> {
         if let Some(c) = &mut self.cluster {
             if c.owns(id) {
                 c.release(id);
-                self.send(self.topics.vehicle(id.as_str(), "owner"), Vec::new(), true);
+                self.send_owner(id.as_str(), None);
             }
         }
     }
@@ -255,22 +263,13 @@ impl<M: Mqtt> Hub<M> {
         }
         if recovered {
             // Back after a fence: the others may have shown these offline meanwhile.
-            let owned: Vec<(VehicleId, String)> = self
-                .cluster
-                .as_ref()
-                .map(|c| {
-                    c.owned_claims()
-                        .map(|(id, claim)| (id.clone(), claim.to_json()))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let owned = self.send_owned_claims();
             tracing::info!(
                 event = "cluster_recovered",
                 vehicles = owned.len(),
                 "in contact again after a fence: claims and availability said again"
             );
-            for (id, claim) in owned {
-                self.send(self.topics.vehicle(id.as_str(), "owner"), claim, true);
+            for id in owned {
                 self.publish_availability(&id, true);
             }
         }
@@ -289,8 +288,7 @@ impl<M: Mqtt> Hub<M> {
             );
         }
         for vehicle in stale_claims {
-            let topic = self.topics.vehicle(&vehicle, "owner");
-            self.send(topic, Vec::new(), true);
+            self.send_owner(&vehicle, None);
         }
         for id in due_claims {
             if self.fleet.contains(&id) {
@@ -322,7 +320,7 @@ impl<M: Mqtt> Hub<M> {
                 "offline",
                 true,
             );
-            self.send(self.topics.vehicle(id.as_str(), "owner"), Vec::new(), true);
+            self.send_owner(id.as_str(), None);
         }
         self.send(self.topics.instance_state(&me), "offline", true);
         alone
